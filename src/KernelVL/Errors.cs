@@ -1,0 +1,28 @@
+namespace KernelVL;
+
+/// <summary>Base of every exception the library throws on purpose. The CLI maps these to exit codes.</summary>
+public class KernelVLException : Exception
+{
+    public KernelVLException(string message) : base(message) { }
+    public KernelVLException(string message, Exception inner) : base(message, inner) { }
+}
+
+/// <summary>A tensor argument has the wrong rank, size or dtype for the op it was given to.</summary>
+public sealed class ShapeException : KernelVLException
+{
+    public ShapeException(string message) : base(message) { }
+}
+
+/// <summary>Input from outside the process (a file, a command-line value) is malformed. CLI exit code 2.</summary>
+public class BadInputException : KernelVLException
+{
+    public BadInputException(string message) : base(message) { }
+    public BadInputException(string message, Exception inner) : base(message, inner) { }
+}
+
+/// <summary>A backend cannot do what was asked (not available on this machine, op missing, device error).</summary>
+public sealed class BackendException : KernelVLException
+{
+    public BackendException(string message) : base(message) { }
+    public BackendException(string message, Exception inner) : base(message, inner) { }
+}

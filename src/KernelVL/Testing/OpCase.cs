@@ -1,0 +1,82 @@
+namespace KernelVL.Testing;
+
+/// <summary>
+/// One entry of the parity registry: an op at one shape, with its error budget (max |x - ref| over
+/// the largest |ref| of each output tensor), its FLOP count and its minimal memory traffic in bytes
+/// (for the perf harness), and the code that runs it on an <see cref="OpContext"/>.
+/// </summary>
+public sealed record OpCase(string Op, string Shape, double Budget, double Flops, double Bytes, Action<OpContext> Run)
+{
+    public override string ToString() => $"{Op} {Shape}";
+}
+
+/// <summary>The outcome of checking one case on one backend against the reference.</summary>
+public sealed record OpCheckResult(OpCase Case, string Backend, double MaxRelError, bool Ok, string? Problem)
+{
+    public override string ToString() => Ok
+        ? $"{Case} on {Backend}: ok (max rel error {MaxRelError:E2} <= {Case.Budget:E1})"
+        : $"{Case} on {Backend}: FAIL {Problem}";
+}
+
+/// <summary>Runs a case on a backend and on the reference with the same inputs and compares every output.</summary>
+public static class OpCheck
+{
+    /// <summary>Two units in the last place of an f32 value, relative.</summary>
+    public const double StorageUlps = 2.0 / (1 << 23);
+
+    public static OpCheckResult Run(OpCase c, IBackend backend, IBackend reference, int seed)
+    {
+        var rng = new Random(seed);
+        using var refCtx = new OpContext(reference, rng);
+        c.Run(refCtx);
+        var expected = refCtx.Collect();
+        using var ctx = new OpContext(backend, rng, inputsFrom: refCtx);
+        c.Run(ctx);
+        var actual = ctx.Collect();
+        return Compare(c, backend.Name, expected, actual, seed);
+    }
+
+    public static OpCheckResult Compare(OpCase c, string backend, IReadOnlyList<OpContext.Result> expected, IReadOnlyList<OpContext.Result> actual, int seed)
+    {
+        double worst = 0;
+        string where = $" (seed {seed})";
+        if (expected.Count != actual.Count) return new(c, backend, double.NaN, false, "different slots" + where);
+        for (int s = 0; s < expected.Count; s++)
+        {
+            var e = expected[s];
+            var a = actual[s];
+            if (!a.GuardIntact) return new(c, backend, double.NaN, false, $"wrote past the end of {a.Name}" + where);
+            if (!a.InputIntact) return new(c, backend, double.NaN, false, $"modified its input {a.Name}" + where);
+            if (!e.GuardIntact || !e.InputIntact) return new(c, backend, double.NaN, false, $"the reference broke {e.Name}" + where);
+            if (e.Kind == OpContext.SlotKind.Input) continue;
+            bool delta = e.Kind == OpContext.SlotKind.Accumulate;
+            double maxRef = 0;
+            for (int i = 0; i < e.Values.Length; i++)
+            {
+                double r = e.Values[i] - (delta ? e.Initial![i] : 0);
+                if (double.IsFinite(r)) maxRef = Math.Max(maxRef, Math.Abs(r));
+            }
+            // Error beyond the unavoidable rounding of the stored f32 value (2 ulp of |ref|): an accumulated
+            // gradient on top of a large initial value cannot be more exact than that value's ulp.
+            double err = 0;
+            for (int i = 0; i < e.Values.Length; i++)
+            {
+                double r = e.Values[i] - (delta ? e.Initial![i] : 0);
+                double x = a.Values[i] - (delta ? a.Initial![i] : 0);
+                if (double.IsNaN(r)) return new(c, backend, double.NaN, false, $"reference produced NaN in {e.Name}[{i}]" + where);
+                if (!double.IsFinite(r))
+                {
+                    if (x != r) return new(c, backend, double.NaN, false, $"{a.Name}[{i}] = {x}, expected {r}" + where);
+                    continue;
+                }
+                if (!double.IsFinite(x)) return new(c, backend, double.NaN, false, $"non-finite {a.Name}[{i}] = {x}, expected {r}" + where);
+                err = Math.Max(err, Math.Abs(x - r) - StorageUlps * Math.Abs(e.Values[i]));
+            }
+            double rel = maxRef > 0 ? err / maxRef : err;
+            worst = Math.Max(worst, rel);
+            if (rel > c.Budget)
+                return new(c, backend, rel, false, $"{a.Name}: max rel error {rel:E2} > budget {c.Budget:E1}" + where);
+        }
+        return new(c, backend, worst, true, null);
+    }
+}
