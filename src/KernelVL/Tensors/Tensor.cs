@@ -48,7 +48,7 @@ public sealed unsafe class Tensor : IDisposable
         if (Grad is not null) return Grad;
         using (IsLeaf ? TensorScope.Untracked() : default)
         {
-            var g = Backend.Empty(Shape, DType.F32);
+            var g = Backend.Empty(Shape, DType == DType.I32 ? DType.F32 : DType);
             Backend.Fill(g, 0f);
             Grad = g;
         }
