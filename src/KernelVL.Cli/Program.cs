@@ -1,1 +1,23 @@
-System.Console.WriteLine("x");
+using System.CommandLine;
+using KernelVL.Cli;
+
+var verbose = new Option<bool>("--verbose") { Description = "Print stack traces on errors", Recursive = true };
+var root = new RootCommand("kernelvl: fast cross-modal (image <-> text) retrieval with decomposed vision-language transformers");
+root.Options.Add(verbose);
+root.Subcommands.Add(InfoCommand.Create());
+var parsed = root.Parse(args);
+if (parsed.Errors.Count > 0)
+{
+    // Usage errors are bad input: one line each on stderr, exit code 2.
+    foreach (var error in parsed.Errors) Console.Error.WriteLine($"kernelvl: bad input: {error.Message}");
+    Console.Error.WriteLine("kernelvl: run 'kernelvl --help' for usage");
+    return ErrorReporting.BadInput;
+}
+try
+{
+    return parsed.Invoke();
+}
+catch (Exception e)
+{
+    return ErrorReporting.Report(e, parsed.GetValue(verbose));
+}

@@ -17,6 +17,9 @@ public interface IBackend : IDisposable
 {
     string Name { get; }
 
+    /// <summary>Waits until every op issued so far has finished (a no-op for synchronous host backends). Timers call it.</summary>
+    void Synchronize();
+
     // ---- memory ----
     /// <summary>Uninitialised tensor on this backend, tracked by the current <see cref="Autograd.TensorScope"/>.</summary>
     Tensor Empty(Shape shape, DType dtype = DType.F32);

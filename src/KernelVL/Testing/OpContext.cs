@@ -17,6 +17,7 @@ public sealed class OpContext : IDisposable
     private readonly Dictionary<string, int[]> _hostI = new();
     private readonly List<Tensor> _owned = new();
     private readonly List<Slot> _slots = new();
+    private readonly Dictionary<string, Tensor> _byName = new();
     private readonly Random _rng;
 
     public OpContext(IBackend backend, Random rng, OpContext? inputsFrom = null)
@@ -31,6 +32,19 @@ public sealed class OpContext : IDisposable
     }
 
     public IBackend B { get; }
+
+    /// <summary>The call under test, as recorded by <see cref="Op"/>: the perf harness times repeated calls of it.</summary>
+    public Action? Timed { get; private set; }
+
+    /// <summary>
+    /// Runs the op under test once and records it for timing. Tensors are memoised by name, so calling the
+    /// action again reuses the same inputs and outputs (accumulating outputs keep accumulating).
+    /// </summary>
+    public void Op(Action call)
+    {
+        call();
+        Timed = call;
+    }
 
     public enum SlotKind { Input, Output, Accumulate, InOut }
 
@@ -68,6 +82,7 @@ public sealed class OpContext : IDisposable
 
     public Tensor IntsWith(string name, Func<Random, int> gen, params int[] dims)
     {
+        if (_byName.TryGetValue(name, out var known)) return known;
         var shape = new Shape(dims);
         if (!_hostI.TryGetValue(name, out var h))
         {
@@ -78,12 +93,14 @@ public sealed class OpContext : IDisposable
         var t = B.Empty(shape, DType.I32);
         B.CopyFromHost(h, t);
         _owned.Add(t);
+        _byName[name] = t;
         return t;
     }
 
     /// <summary>Key-padding mask i32 [b, t]: each row keeps a random prefix of length >= 1 (row 0 keeps all; with allowEmpty the last keeps none).</summary>
     public Tensor Mask(string name, int b, int t, bool allowEmpty = false)
     {
+        if (_byName.TryGetValue(name, out var known)) return known;
         var shape = new Shape(b, t);
         if (!_hostI.TryGetValue(name, out var h))
         {
@@ -99,6 +116,7 @@ public sealed class OpContext : IDisposable
         var m = B.Empty(shape, DType.I32);
         B.CopyFromHost(h, m);
         _owned.Add(m);
+        _byName[name] = m;
         return m;
     }
 
@@ -130,6 +148,11 @@ public sealed class OpContext : IDisposable
 
     private Tensor Add(string name, SlotKind kind, Shape shape, float[]? initial)
     {
+        if (_byName.TryGetValue(name, out var known))
+        {
+            if (known.Shape != shape) throw new InvalidOperationException($"{name} was created as {known.Shape}, now asked as {shape}");
+            return known;
+        }
         long n = shape.Numel;
         var buffer = B.Empty(new Shape(checked((int)(n + GuardElements))));
         var host = new float[n + GuardElements];
@@ -142,6 +165,7 @@ public sealed class OpContext : IDisposable
         _owned.Add(buffer);
         _owned.Add(view);
         _slots.Add(new Slot(name, kind, buffer, view, initial is null ? null : (float[])initial.Clone()));
+        _byName[name] = view;
         return view;
     }
 

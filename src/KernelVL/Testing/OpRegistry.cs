@@ -17,8 +17,8 @@ public static class OpRegistry
         int[] A(params int[] d) => batch > 1 ? [batch, .. d] : d;
         int[] Bd(params int[] d) => batch > 1 && !sharedB ? [batch, .. d] : d;
         return new("matmul", shape, budget, 2.0 * batch * m * n * k, F * batch * ((double)m * k + (sharedB ? 1.0 / batch : 1) * k * n + m * n),
-            c => c.B.MatMul(c.In("a", transA ? A(k, m) : A(m, k)), c.In("b", transB ? Bd(n, k) : Bd(k, n)), bias ? c.In("bias", n) : null,
-                c.Out("y", A(m, n)), transA, transB));
+            c => c.Op(() => c.B.MatMul(c.In("a", transA ? A(k, m) : A(m, k)), c.In("b", transB ? Bd(n, k) : Bd(k, n)), bias ? c.In("bias", n) : null,
+                c.Out("y", A(m, n)), transA, transB)));
     }
 
     public static OpCase MatMulBackward(int batch, int m, int n, int k, bool transA, bool transB, bool sharedB, double budget = 2e-6)
@@ -27,49 +27,49 @@ public static class OpRegistry
         int[] A(params int[] d) => batch > 1 ? [batch, .. d] : d;
         int[] Bd(params int[] d) => batch > 1 && !sharedB ? [batch, .. d] : d;
         return new("matmul_backward", shape, budget, 4.0 * batch * m * n * k, F * 2 * batch * ((double)m * k + k * n + m * n),
-            c => c.B.MatMulBackward(c.In("a", transA ? A(k, m) : A(m, k)), c.In("b", transB ? Bd(n, k) : Bd(k, n)), c.In("dy", A(m, n)),
-                c.Acc("da", transA ? A(k, m) : A(m, k)), c.Acc("db", transB ? Bd(n, k) : Bd(k, n)), c.Acc("dbias", n), transA, transB));
+            c => c.Op(() => c.B.MatMulBackward(c.In("a", transA ? A(k, m) : A(m, k)), c.In("b", transB ? Bd(n, k) : Bd(k, n)), c.In("dy", A(m, n)),
+                c.Acc("da", transA ? A(k, m) : A(m, k)), c.Acc("db", transB ? Bd(n, k) : Bd(k, n)), c.Acc("dbias", n), transA, transB)));
     }
 
     public static OpCase Add(int outer, int inner) => new("add", $"{outer}x{inner}", 1e-7, (double)outer * inner, F * (2.0 * outer * inner + inner),
-        c => c.B.Add(c.In("a", outer, inner), c.In("b", inner), c.Out("y", outer, inner)));
+        c => c.Op(() => c.B.Add(c.In("a", outer, inner), c.In("b", inner), c.Out("y", outer, inner))));
 
     public static OpCase AddBackward(int outer, int inner) => new("add_backward", $"{outer}x{inner}", 1e-6, 2.0 * outer * inner, F * 3.0 * outer * inner,
-        c => c.B.AddBackward(c.In("dy", outer, inner), c.Acc("da", outer, inner), c.Acc("db", inner)));
+        c => c.Op(() => c.B.AddBackward(c.In("dy", outer, inner), c.Acc("da", outer, inner), c.Acc("db", inner))));
 
     public static OpCase Mul(int outer, int inner) => new("mul", $"{outer}x{inner}", 1e-7, (double)outer * inner, F * (2.0 * outer * inner + inner),
-        c => c.B.Mul(c.In("a", outer, inner), c.In("b", inner), c.Out("y", outer, inner)));
+        c => c.Op(() => c.B.Mul(c.In("a", outer, inner), c.In("b", inner), c.Out("y", outer, inner))));
 
     public static OpCase MulBackward(int outer, int inner) => new("mul_backward", $"{outer}x{inner}", 1e-6, 4.0 * outer * inner, F * 4.0 * outer * inner,
-        c => c.B.MulBackward(c.In("a", outer, inner), c.In("b", inner), c.In("dy", outer, inner), c.Acc("da", outer, inner), c.Acc("db", inner)));
+        c => c.Op(() => c.B.MulBackward(c.In("a", outer, inner), c.In("b", inner), c.In("dy", outer, inner), c.Acc("da", outer, inner), c.Acc("db", inner))));
 
     public static OpCase Scale(int n) => new("scale", $"{n}", 1e-7, n, F * 2.0 * n,
-        c => c.B.Scale(c.In("x", n), 0.37f, c.Out("y", n)));
+        c => c.Op(() => c.B.Scale(c.In("x", n), 0.37f, c.Out("y", n))));
 
     public static OpCase ScaleBackward(int n) => new("scale_backward", $"{n}", 1e-7, 2.0 * n, F * 3.0 * n,
-        c => c.B.ScaleBackward(c.In("dy", n), 0.37f, c.Acc("dx", n)));
+        c => c.Op(() => c.B.ScaleBackward(c.In("dy", n), 0.37f, c.Acc("dx", n))));
 
     public static OpCase Gelu(int rows, int cols) => new("gelu", $"{rows}x{cols}", 2e-6, 20.0 * rows * cols, F * 2.0 * rows * cols,
-        c => c.B.Gelu(c.In("x", 2f, rows, cols), c.Out("y", rows, cols)));
+        c => c.Op(() => c.B.Gelu(c.In("x", 2f, rows, cols), c.Out("y", rows, cols))));
 
     public static OpCase GeluBackward(int rows, int cols) => new("gelu_backward", $"{rows}x{cols}", 2e-6, 30.0 * rows * cols, F * 4.0 * rows * cols,
-        c => c.B.GeluBackward(c.In("x", 2f, rows, cols), c.In("dy", rows, cols), c.Acc("dx", rows, cols)));
+        c => c.Op(() => c.B.GeluBackward(c.In("x", 2f, rows, cols), c.In("dy", rows, cols), c.Acc("dx", rows, cols))));
 
     public static OpCase Tanh(int rows, int cols) => new("tanh", $"{rows}x{cols}", 1e-6, 10.0 * rows * cols, F * 2.0 * rows * cols,
-        c => c.B.Tanh(c.In("x", 2f, rows, cols), c.Out("y", rows, cols)));
+        c => c.Op(() => c.B.Tanh(c.In("x", 2f, rows, cols), c.Out("y", rows, cols))));
 
     public static OpCase TanhBackward(int rows, int cols) => new("tanh_backward", $"{rows}x{cols}", 1e-6, 3.0 * rows * cols, F * 4.0 * rows * cols,
-        c => c.B.TanhBackward(c.InWith("y", r => (float)(2 * r.NextDouble() - 1), rows, cols), c.In("dy", rows, cols), c.Acc("dx", rows, cols)));
+        c => c.Op(() => c.B.TanhBackward(c.InWith("y", r => (float)(2 * r.NextDouble() - 1), rows, cols), c.In("dy", rows, cols), c.Acc("dx", rows, cols))));
 
     public static OpCase Sum(int n) => new("sum", $"{n}", 1e-5, n, F * n,
-        c => c.B.SumAll(c.InWith("x", r => (float)r.NextDouble() + 0.5f, n), c.Out("y", 1)));
+        c => c.Op(() => c.B.SumAll(c.InWith("x", r => (float)r.NextDouble() + 0.5f, n), c.Out("y", 1))));
 
     public static OpCase SumBackward(int n) => new("sum_backward", $"{n}", 1e-7, n, F * 2.0 * n,
-        c => c.B.SumAllBackward(c.In("dy", 1), c.Acc("dx", n)));
+        c => c.Op(() => c.B.SumAllBackward(c.In("dy", 1), c.Acc("dx", n))));
 
     public static OpCase LayerNorm(int rows, int cols) => new("layernorm", $"{rows}x{cols}", 2e-6, 8.0 * rows * cols, F * 2.0 * rows * cols,
-        c => c.B.LayerNorm(c.InWith("x", r => 3f + 2f * OpContext.Normal(r), rows, cols), c.In("gamma", cols), c.In("beta", cols), 1e-5f,
-            c.Out("y", rows, cols), c.Out("mean", rows), c.Out("rstd", rows)));
+        c => c.Op(() => c.B.LayerNorm(c.InWith("x", r => 3f + 2f * OpContext.Normal(r), rows, cols), c.In("gamma", cols), c.In("beta", cols), 1e-5f,
+            c.Out("y", rows, cols), c.Out("mean", rows), c.Out("rstd", rows))));
 
     public static OpCase LayerNormBackward(int rows, int cols) => new("layernorm_backward", $"{rows}x{cols}", 1e-5, 14.0 * rows * cols, F * 3.0 * rows * cols,
         c =>
@@ -79,21 +79,21 @@ public static class OpRegistry
             var mean = c.Temp(rows);
             var rstd = c.Temp(rows);
             c.B.LayerNorm(x, gamma, c.In("beta", cols), 1e-5f, c.Temp(rows, cols), mean, rstd);
-            c.B.LayerNormBackward(x, gamma, mean, rstd, c.In("dy", rows, cols), c.Acc("dx", rows, cols), c.Acc("dgamma", cols), c.Acc("dbeta", cols));
+            c.Op(() => c.B.LayerNormBackward(x, gamma, mean, rstd, c.In("dy", rows, cols), c.Acc("dx", rows, cols), c.Acc("dgamma", cols), c.Acc("dbeta", cols)));
         });
 
     public static OpCase Softmax(int rows, int cols, int maskRows = 0)
         => new("softmax", $"{rows}x{cols}{(maskRows > 0 ? $" mask{maskRows}" : "")}", 2e-6, 5.0 * rows * cols, F * 2.0 * rows * cols,
-            c => c.B.Softmax(c.In("x", 3f, rows, cols),
+            c => c.Op(() => c.B.Softmax(c.In("x", 3f, rows, cols),
                 maskRows > 0 ? c.InWith("mask", r => r.NextDouble() < 0.3 ? float.NegativeInfinity : -(float)r.NextDouble(), maskRows, cols) : null,
-                c.Out("y", rows, cols)));
+                c.Out("y", rows, cols))));
 
     public static OpCase SoftmaxBackward(int rows, int cols) => new("softmax_backward", $"{rows}x{cols}", 2e-6, 4.0 * rows * cols, F * 4.0 * rows * cols,
         c =>
         {
             var y = c.Temp(rows, cols);
             c.B.Softmax(c.In("x", 3f, rows, cols), null, y);
-            c.B.SoftmaxBackward(y, c.In("dy", rows, cols), c.Acc("dx", rows, cols));
+            c.Op(() => c.B.SoftmaxBackward(y, c.In("dy", rows, cols), c.Acc("dx", rows, cols)));
         });
 
     private static double AttnFlops(int b, int h, int tq, int tk, int d) => 4.0 * b * h * tq * tk * d;
@@ -101,8 +101,8 @@ public static class OpRegistry
     public static OpCase Attention(int b, int h, int tq, int tk, int d, bool mask, double budget = 5e-6)
         => new("attention", $"B{b} H{h} Tq{tq} Tk{tk} D{d}{(mask ? " mask" : "")}", budget, AttnFlops(b, h, tq, tk, d),
             F * b * h * (2.0 * tq * d + 2.0 * tk * d),
-            c => c.B.Attention(c.In("q", b, h, tq, d), c.In("k", b, h, tk, d), c.In("v", b, h, tk, d), mask ? c.Mask("mask", b, tk, allowEmpty: b > 2) : null,
-                1f / MathF.Sqrt(d), c.Out("o", b, h, tq, d), c.Out("lse", b, h, tq)));
+            c => c.Op(() => c.B.Attention(c.In("q", b, h, tq, d), c.In("k", b, h, tk, d), c.In("v", b, h, tk, d), mask ? c.Mask("mask", b, tk, allowEmpty: b > 2) : null,
+                1f / MathF.Sqrt(d), c.Out("o", b, h, tq, d), c.Out("lse", b, h, tq))));
 
     public static OpCase AttentionBackward(int b, int h, int tq, int tk, int d, bool mask, double budget = 2e-5)
         => new("attention_backward", $"B{b} H{h} Tq{tq} Tk{tk} D{d}{(mask ? " mask" : "")}", budget, 2.5 * AttnFlops(b, h, tq, tk, d),
@@ -114,53 +114,53 @@ public static class OpRegistry
                 var o = c.Temp(b, h, tq, d); var lse = c.Temp(b, h, tq);
                 float scale = 1f / MathF.Sqrt(d);
                 c.B.Attention(q, k, v, m, scale, o, lse);
-                c.B.AttentionBackward(q, k, v, m, scale, o, lse, c.In("dO", b, h, tq, d), c.Acc("dq", b, h, tq, d), c.Acc("dk", b, h, tk, d), c.Acc("dv", b, h, tk, d));
+                c.Op(() => c.B.AttentionBackward(q, k, v, m, scale, o, lse, c.In("dO", b, h, tq, d), c.Acc("dq", b, h, tq, d), c.Acc("dk", b, h, tk, d), c.Acc("dv", b, h, tk, d)));
             });
 
     public static OpCase SwapAxes12(int a, int b, int cc, int d) => new("swap_axes12", $"{a}x{b}x{cc}x{d}", 0, 0, F * 2.0 * a * b * cc * d,
-        c => c.B.SwapAxes12(c.In("x", a, b, cc, d), c.Out("y", a, cc, b, d)));
+        c => c.Op(() => c.B.SwapAxes12(c.In("x", a, b, cc, d), c.Out("y", a, cc, b, d))));
 
     public static OpCase SwapAxes12Backward(int a, int b, int cc, int d) => new("swap_axes12_backward", $"{a}x{b}x{cc}x{d}", 1e-7, (double)a * b * cc * d, F * 3.0 * a * b * cc * d,
-        c => c.B.SwapAxes12Backward(c.In("dy", a, cc, b, d), c.Acc("dx", a, b, cc, d)));
+        c => c.Op(() => c.B.SwapAxes12Backward(c.In("dy", a, cc, b, d), c.Acc("dx", a, b, cc, d))));
 
     public static OpCase Embedding(int n, int vocab, int dim) => new("embedding", $"N{n} V{vocab} C{dim}", 0, 0, F * 2.0 * n * dim,
-        c => c.B.Embedding(c.Ints("ids", vocab, n), c.In("table", vocab, dim), c.Out("y", n, dim)));
+        c => c.Op(() => c.B.Embedding(c.Ints("ids", vocab, n), c.In("table", vocab, dim), c.Out("y", n, dim))));
 
     public static OpCase EmbeddingBackward(int n, int vocab, int dim) => new("embedding_backward", $"N{n} V{vocab} C{dim}", 1e-6, (double)n * dim, F * 3.0 * n * dim,
-        c => c.B.EmbeddingBackward(c.Ints("ids", vocab, n), c.In("dy", n, dim), c.Acc("dtable", vocab, dim)));
+        c => c.Op(() => c.B.EmbeddingBackward(c.Ints("ids", vocab, n), c.In("dy", n, dim), c.Acc("dtable", vocab, dim))));
 
     public static OpCase Dropout(int n, float p) => new("dropout", $"{n} p{p}", 1e-7, n, F * 2.0 * n,
-        c => c.B.Dropout(c.In("x", n), p, 0xC0FFEEUL + (ulong)n, c.Out("y", n)));
+        c => c.Op(() => c.B.Dropout(c.In("x", n), p, 0xC0FFEEUL + (ulong)n, c.Out("y", n))));
 
     public static OpCase DropoutBackward(int n, float p) => new("dropout_backward", $"{n} p{p}", 1e-7, n, F * 3.0 * n,
-        c => c.B.DropoutBackward(c.In("dy", n), p, 0xC0FFEEUL + (ulong)n, c.Acc("dx", n)));
+        c => c.Op(() => c.B.DropoutBackward(c.In("dy", n), p, 0xC0FFEEUL + (ulong)n, c.Acc("dx", n))));
 
     public static OpCase MeanPool(int b, int t, int dim, bool mask) => new("mean_pool", $"B{b} T{t} C{dim}{(mask ? " mask" : "")}", 1e-6, (double)b * t * dim, F * b * t * dim,
-        c => c.B.MeanPool(c.In("x", b, t, dim), mask ? c.Mask("mask", b, t, allowEmpty: true) : null, c.Out("y", b, dim)));
+        c => c.Op(() => c.B.MeanPool(c.In("x", b, t, dim), mask ? c.Mask("mask", b, t, allowEmpty: true) : null, c.Out("y", b, dim))));
 
     public static OpCase MeanPoolBackward(int b, int t, int dim, bool mask) => new("mean_pool_backward", $"B{b} T{t} C{dim}{(mask ? " mask" : "")}", 1e-6, (double)b * t * dim, F * 2.0 * b * t * dim,
-        c => c.B.MeanPoolBackward(mask ? c.Mask("mask", b, t, allowEmpty: true) : null, c.In("dy", b, dim), c.Acc("dx", b, t, dim)));
+        c => c.Op(() => c.B.MeanPoolBackward(mask ? c.Mask("mask", b, t, allowEmpty: true) : null, c.In("dy", b, dim), c.Acc("dx", b, t, dim))));
 
     public static OpCase L2Normalize(int rows, int cols) => new("l2_normalize", $"{rows}x{cols}", 1e-6, 3.0 * rows * cols, F * 2.0 * rows * cols,
-        c => c.B.L2Normalize(c.In("x", rows, cols), 1e-12f, c.Out("y", rows, cols)));
+        c => c.Op(() => c.B.L2Normalize(c.In("x", rows, cols), 1e-12f, c.Out("y", rows, cols))));
 
     public static OpCase L2NormalizeBackward(int rows, int cols) => new("l2_normalize_backward", $"{rows}x{cols}", 2e-6, 6.0 * rows * cols, F * 3.0 * rows * cols,
-        c => c.B.L2NormalizeBackward(c.In("x", rows, cols), 1e-12f, c.In("dy", rows, cols), c.Acc("dx", rows, cols)));
+        c => c.Op(() => c.B.L2NormalizeBackward(c.In("x", rows, cols), 1e-12f, c.In("dy", rows, cols), c.Acc("dx", rows, cols))));
 
     public static OpCase Concat(int b, int ta, int tb, int dim) => new("concat", $"B{b} Ta{ta} Tb{tb} C{dim}", 0, 0, F * 2.0 * b * (ta + tb) * dim,
-        c => c.B.Concat(c.In("a", b, ta, dim), c.In("b", b, tb, dim), c.Out("y", b, ta + tb, dim)));
+        c => c.Op(() => c.B.Concat(c.In("a", b, ta, dim), c.In("b", b, tb, dim), c.Out("y", b, ta + tb, dim))));
 
     public static OpCase ConcatBackward(int b, int ta, int tb, int dim) => new("concat_backward", $"B{b} Ta{ta} Tb{tb} C{dim}", 1e-7, (double)b * (ta + tb) * dim, F * 3.0 * b * (ta + tb) * dim,
-        c => c.B.ConcatBackward(c.In("dy", b, ta + tb, dim), c.Acc("da", b, ta, dim), c.Acc("db", b, tb, dim)));
+        c => c.Op(() => c.B.ConcatBackward(c.In("dy", b, ta + tb, dim), c.Acc("da", b, ta, dim), c.Acc("db", b, tb, dim))));
 
     public static OpCase Slice(int b, int t, int start, int len, int dim) => new("slice", $"B{b} T{t} [{start}:{start + len}] C{dim}", 0, 0, F * 2.0 * b * len * dim,
-        c => c.B.Slice(c.In("x", b, t, dim), start, c.Out("y", b, len, dim)));
+        c => c.Op(() => c.B.Slice(c.In("x", b, t, dim), start, c.Out("y", b, len, dim))));
 
     public static OpCase SliceBackward(int b, int t, int start, int len, int dim) => new("slice_backward", $"B{b} T{t} [{start}:{start + len}] C{dim}", 1e-7, (double)b * len * dim, F * 3.0 * b * len * dim,
-        c => c.B.SliceBackward(c.In("dy", b, len, dim), start, c.Acc("dx", b, t, dim)));
+        c => c.Op(() => c.B.SliceBackward(c.In("dy", b, len, dim), start, c.Acc("dx", b, t, dim))));
 
     public static OpCase CrossEntropy(int n, int v) => new("cross_entropy", $"N{n} V{v}", 2e-6, 4.0 * n * v, F * (double)n * v,
-        c => c.B.CrossEntropy(c.In("logits", 3f, n, v), c.IntsWith("targets", r => r.NextDouble() < 0.2 ? -100 : r.Next(v), n), c.Out("loss", 1), c.Out("lse", n)));
+        c => c.Op(() => c.B.CrossEntropy(c.In("logits", 3f, n, v), c.IntsWith("targets", r => r.NextDouble() < 0.2 ? -100 : r.Next(v), n), c.Out("loss", 1), c.Out("lse", n))));
 
     public static OpCase CrossEntropyBackward(int n, int v) => new("cross_entropy_backward", $"N{n} V{v}", 2e-6, 4.0 * n * v, F * 2.0 * n * v,
         c =>
@@ -169,21 +169,21 @@ public static class OpRegistry
             var targets = c.IntsWith("targets", r => r.NextDouble() < 0.2 ? -100 : r.Next(v), n);
             var lse = c.Temp(n);
             c.B.CrossEntropy(logits, targets, c.Temp(1), lse);
-            c.B.CrossEntropyBackward(logits, targets, lse, c.In("dloss", 1), c.Acc("dlogits", n, v));
+            c.Op(() => c.B.CrossEntropyBackward(logits, targets, lse, c.In("dloss", 1), c.Acc("dlogits", n, v)));
         });
 
     public static OpCase Bce(int n) => new("bce_with_logits", $"{n}", 2e-6, 6.0 * n, F * 2.0 * n,
-        c => c.B.BceWithLogits(c.In("x", 3f, n), c.InWith("targets", r => (float)r.NextDouble(), n), c.Out("loss", 1)));
+        c => c.Op(() => c.B.BceWithLogits(c.In("x", 3f, n), c.InWith("targets", r => (float)r.NextDouble(), n), c.Out("loss", 1))));
 
     public static OpCase BceBackward(int n) => new("bce_with_logits_backward", $"{n}", 2e-6, 6.0 * n, F * 3.0 * n,
-        c => c.B.BceWithLogitsBackward(c.In("x", 3f, n), c.InWith("targets", r => (float)r.NextDouble(), n), c.In("dloss", 1), c.Acc("dx", n)));
+        c => c.Op(() => c.B.BceWithLogitsBackward(c.In("x", 3f, n), c.InWith("targets", r => (float)r.NextDouble(), n), c.In("dloss", 1), c.Acc("dx", n))));
 
     private static Func<Random, float> UnitRowsGen(int dim) => r => OpContext.Normal(r) / MathF.Sqrt(dim);
 
     public static OpCase InfoNce(int n, int dim, float temperature = 0.05f)
         => new("infonce", $"N{n} D{dim} tau{temperature}", 5e-6, 2.0 * n * n * dim + 8.0 * n * n, F * 2.0 * n * dim,
-            c => c.B.InfoNce(c.InWith("t", UnitRowsGen(dim), n, dim), c.InWith("v", UnitRowsGen(dim), n, dim), 1f / temperature,
-                c.Out("loss", 1), c.Out("lseRow", n), c.Out("lseCol", n)));
+            c => c.Op(() => c.B.InfoNce(c.InWith("t", UnitRowsGen(dim), n, dim), c.InWith("v", UnitRowsGen(dim), n, dim), 1f / temperature,
+                c.Out("loss", 1), c.Out("lseRow", n), c.Out("lseCol", n))));
 
     public static OpCase InfoNceBackward(int n, int dim, float temperature = 0.05f)
         => new("infonce_backward", $"N{n} D{dim} tau{temperature}", 1e-5, 6.0 * n * n * dim + 10.0 * n * n, F * 4.0 * n * dim,
@@ -192,19 +192,19 @@ public static class OpRegistry
                 var t = c.InWith("t", UnitRowsGen(dim), n, dim); var v = c.InWith("v", UnitRowsGen(dim), n, dim);
                 var lr = c.Temp(n); var lc = c.Temp(n);
                 c.B.InfoNce(t, v, 1f / temperature, c.Temp(1), lr, lc);
-                c.B.InfoNceBackward(t, v, 1f / temperature, lr, lc, c.In("dloss", 1), c.Acc("dt", n, dim), c.Acc("dv", n, dim));
+                c.Op(() => c.B.InfoNceBackward(t, v, 1f / temperature, lr, lc, c.In("dloss", 1), c.Acc("dt", n, dim), c.Acc("dv", n, dim)));
             });
 
     public static OpCase AdamW(int n) => new("adamw", $"{n}", 2e-6, 12.0 * n, F * 7.0 * n,
-        c => c.B.AdamW(c.InOut("param", OpContext.Normal, n), c.In("grad", n), c.InOut("m", r => 0.1f * OpContext.Normal(r), n),
-            c.InOut("v", r => 0.01f * (float)r.NextDouble(), n), new AdamWParams(1e-3f, 0.9f, 0.999f, 1e-8f, 0.05f), 7));
+        c => c.Op(() => c.B.AdamW(c.InOut("param", OpContext.Normal, n), c.In("grad", n), c.InOut("m", r => 0.1f * OpContext.Normal(r), n),
+            c.InOut("v", r => 0.01f * (float)r.NextDouble(), n), new AdamWParams(1e-3f, 0.9f, 0.999f, 1e-8f, 0.05f), 7)));
 
     public static OpCase ClipGradNorm(int tensors, int n, float maxNorm) => new("clip_grad_norm", $"{tensors}x{n} max{maxNorm}", 2e-6, 3.0 * tensors * n, F * 3.0 * tensors * n,
         c =>
         {
             var grads = new List<KernelVL.Tensors.Tensor>();
             for (int i = 0; i < tensors; i++) grads.Add(c.InOut($"g{i}", OpContext.Normal, n + i));
-            c.B.ClipGradNorm(grads, maxNorm, c.Out("norm", 1));
+            c.Op(() => c.B.ClipGradNorm(grads, maxNorm, c.Out("norm", 1)));
         });
 
     // ---------------------------------------------------------------- the lists
@@ -252,13 +252,15 @@ public static class OpRegistry
         yield return Softmax(8, 17, maskRows: 8);
         foreach (var (b, h, tq, tk, d, mask) in new[]
                  {
-                     (1, 1, 1, 1, 1, false), (2, 3, 5, 7, 8, true), (1, 2, 17, 17, 59, false), (3, 2, 33, 70, 16, true),
+                     (1, 1, 1, 3, 1, false), (2, 3, 5, 7, 8, true), (1, 2, 17, 17, 59, false), (3, 2, 33, 70, 16, true),
                      (2, 1, 97, 97, 64, true), (1, 2, 130, 300, 32, true), (4, 2, 65, 65, 64, true),
                  })
         {
             yield return Attention(b, h, tq, tk, d, mask);
             yield return AttentionBackward(b, h, tq, tk, d, mask);
         }
+        // One key: the softmax is constant, so dk is zero in exact arithmetic; only the forward is compared there.
+        yield return Attention(1, 1, 1, 1, 1, mask: false);
         foreach (var (a, b, cc, d) in new[] { (1, 1, 1, 1), (2, 5, 3, 7), (3, 17, 4, 64) })
         {
             yield return SwapAxes12(a, b, cc, d); yield return SwapAxes12Backward(a, b, cc, d);

@@ -163,17 +163,39 @@ public sealed unsafe partial class CpuBackend
         return s;
     }
 
-    /// <summary>Row and column log-sum-exps of S [n, n].</summary>
-    private static void RowColLse(float[] s, int n, float* lseRow, float* lseCol)
+    /// <summary>log(1 + x), accurate for tiny x (Goldberg's correction of the rounded 1 + x).</summary>
+    private static double Log1P(double x)
+    {
+        double u = 1 + x;
+        return u == 1 ? x : Math.Log(u) * x / (u - 1);
+    }
+
+    /// <summary>
+    /// Row and column log-sum-exps of S [n, n], and the loss terms lse - S_ii of both directions. When the
+    /// diagonal is its row's (column's) maximum the term is log1p(sum of the other exp(S_ij - S_ii)):
+    /// exact when the softmax saturates, where lse - S_ii would cancel to rounding noise.
+    /// </summary>
+    private static void RowColLse(float[] s, int n, float* lseRow, float* lseCol, double[] termRow, double[] termCol)
     {
         fixed (float* S = s)
         {
             float* Sp = S;
             Rows(n, n, (a, e) =>
             {
-                for (long i = a; i < e; i++) lseRow[i] = LogSumExp(new ReadOnlySpan<float>(Sp + i * n, n));
+                var tmp = new float[n];
+                for (long i = a; i < e; i++)
+                {
+                    var row = new ReadOnlySpan<float>(Sp + i * n, n);
+                    lseRow[i] = LogSumExp(row);
+                    float diag = row[(int)i];
+                    if (diag < TensorPrimitives.Max(row)) { termRow[i] = (double)lseRow[i] - diag; continue; }
+                    TensorPrimitives.Subtract(row, diag, tmp);
+                    TensorPrimitives.Exp(tmp, tmp);
+                    tmp[i] = 0f;
+                    termRow[i] = Log1P(TensorPrimitives.Sum(tmp));
+                }
             });
-            // Columns: each thread owns a band of columns and sweeps the rows twice (max, then sum of exp).
+            // Columns: each thread owns a band of columns and sweeps the rows (max, sum of exp, off-diagonal sum).
             int parts = Math.Clamp(n / 64, 1, CpuParallel.Threads);
             int per = (n + parts - 1) / parts;
             CpuParallel.Each(parts, t =>
@@ -182,17 +204,28 @@ public sealed unsafe partial class CpuBackend
                 if (w <= 0) return;
                 var mx = new float[w];
                 var sum = new float[w];
+                var off = new float[w];
+                var diag = new float[w];
                 var tmp = new float[w];
                 mx.AsSpan().Fill(float.NegativeInfinity);
+                for (int j = 0; j < w; j++) diag[j] = Sp[(long)(c0 + j) * n + c0 + j];
                 for (int i = 0; i < n; i++) TensorPrimitives.Max(mx, new ReadOnlySpan<float>(Sp + (long)i * n + c0, w), mx);
                 for (int i = 0; i < n; i++)
                 {
-                    TensorPrimitives.Subtract(new ReadOnlySpan<float>(Sp + (long)i * n + c0, w), mx, tmp);
+                    var row = new ReadOnlySpan<float>(Sp + (long)i * n + c0, w);
+                    TensorPrimitives.Subtract(row, mx, tmp);
                     TensorPrimitives.Exp(tmp, tmp);
                     TensorPrimitives.Add(sum, tmp, sum);
+                    TensorPrimitives.Subtract(row, diag, tmp);
+                    TensorPrimitives.Exp(tmp, tmp);
+                    if (i >= c0 && i < c0 + w) tmp[i - c0] = 0f;
+                    TensorPrimitives.Add(off, tmp, off);
                 }
-                TensorPrimitives.Log(sum, sum);
-                TensorPrimitives.Add(sum, mx, new Span<float>(lseCol + c0, w));
+                for (int j = 0; j < w; j++)
+                {
+                    lseCol[c0 + j] = mx[j] + MathF.Log(sum[j]);
+                    termCol[c0 + j] = diag[j] < mx[j] ? (double)lseCol[c0 + j] - diag[j] : Log1P(off[j]);
+                }
             });
         }
     }
@@ -205,10 +238,11 @@ public sealed unsafe partial class CpuBackend
         Contract.Dims(op, "lseRow", lseRow, n); Contract.Dims(op, "lseCol", lseCol, n);
         F32(op, t, v, loss, lseRow, lseCol);
         var s = SimilarityMatrix(t, v, n, dim, invTemperature);
-        float* LR = lseRow.F32Ptr, LC = lseCol.F32Ptr;
-        RowColLse(s, n, LR, LC);
+        var termRow = new double[n];
+        var termCol = new double[n];
+        RowColLse(s, n, lseRow.F32Ptr, lseCol.F32Ptr, termRow, termCol);
         double total = 0;
-        for (int i = 0; i < n; i++) total += (double)LR[i] + LC[i] - 2.0 * s[(long)i * n + i];
+        for (int i = 0; i < n; i++) total += termRow[i] + termCol[i];
         *loss.F32Ptr = (float)(total / n);
     }
 

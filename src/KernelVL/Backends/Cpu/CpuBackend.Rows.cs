@@ -395,13 +395,28 @@ public sealed unsafe partial class CpuBackend
         int* T = targets.I32Ptr;
         for (int i = 0; i < n; i++) if (T[i] >= v) Contract.Fail(op, $"target {T[i]} at row {i} is outside [0, {v})");
         float* X = logits.F32Ptr, L = lse.F32Ptr;
+        var terms = new double[n];
         Rows(n, v, (s, e) =>
         {
-            for (long i = s; i < e; i++) L[i] = LogSumExp(new ReadOnlySpan<float>(X + i * v, v));
+            float[]? tmp = null;
+            for (long i = s; i < e; i++)
+            {
+                var row = new ReadOnlySpan<float>(X + i * v, v);
+                L[i] = LogSumExp(row);
+                if (T[i] < 0) continue;
+                float xt = row[T[i]];
+                if (xt < TensorPrimitives.Max(row)) { terms[i] = (double)L[i] - xt; continue; }
+                // The target is the row's max: log1p(sum of the others' exp(x_j - x_t)), exact when saturated.
+                tmp ??= new float[v];
+                TensorPrimitives.Subtract(row, xt, tmp);
+                TensorPrimitives.Exp(tmp, tmp);
+                tmp[T[i]] = 0f;
+                terms[i] = Log1P(TensorPrimitives.Sum(tmp));
+            }
         });
         double total = 0; int count = 0;
         for (int i = 0; i < n; i++)
-            if (T[i] >= 0) { total += L[i] - X[(long)i * v + T[i]]; count++; }
+            if (T[i] >= 0) { total += terms[i]; count++; }
         *loss.F32Ptr = count > 0 ? (float)(total / count) : 0f;
     }
 

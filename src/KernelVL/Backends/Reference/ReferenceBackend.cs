@@ -12,6 +12,8 @@ public unsafe class ReferenceBackend : IBackend
 {
     public virtual string Name => "reference";
 
+    public virtual void Synchronize() { }
+
     // ------------------------------------------------------------------ host helpers
     protected static double[] Read(Tensor t)
     {

@@ -1,0 +1,58 @@
+using System.CommandLine;
+using System.Text.Json;
+using KernelVL.Backends;
+using KernelVL.Diagnostics;
+
+namespace KernelVL.Cli;
+
+/// <summary>`kernelvl info`: runtime, CPU features, accelerators, CUDA libraries, and the backend each op runs on.</summary>
+internal static class InfoCommand
+{
+    public static Command Create()
+    {
+        var json = new Option<bool>("--json") { Description = "Print the report as JSON" };
+        var cmd = new Command("info", "Show the runtime, CPU features, accelerators ILGPU finds, CUDA driver and NVRTC presence, and where each op runs");
+        cmd.Options.Add(json);
+        cmd.SetAction(ErrorReporting.Guard(r => Run(r.GetValue(json))));
+        return cmd;
+    }
+
+    private static int Run(bool json)
+    {
+        var devices = SystemInfo.IlgpuDevices();
+        string? cuda = SystemInfo.CudaDriver, nvrtc = SystemInfo.Nvrtc;
+        string backend = BackendFactory.DefaultName;
+        var ops = SystemInfo.OpImplementations(SystemInfo.BackendType(backend));
+        if (json)
+        {
+            var report = new
+            {
+                runtime = SystemInfo.Runtime,
+                cpu = SystemInfo.CpuName,
+                cores = SystemInfo.Cores,
+                cpu_features = SystemInfo.CpuFeatures,
+                ilgpu_devices = devices.Select(d => new { name = d.Name, type = d.Type, memory_bytes = d.MemoryBytes }),
+                cuda_driver = cuda,
+                nvrtc,
+                backends = BackendFactory.Names.Select(n => new { name = n, available = BackendFactory.Unavailable(n) is null, reason = BackendFactory.Unavailable(n) }),
+                default_backend = backend,
+                ops = ops.Select(o => new { op = o.Op, implemented_by = o.ImplementedBy }),
+            };
+            Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
+            return ErrorReporting.Ok;
+        }
+        Console.WriteLine($"runtime        {SystemInfo.Runtime}");
+        Console.WriteLine($"cpu            {SystemInfo.CpuName}, {SystemInfo.Cores} cores");
+        Console.WriteLine($"cpu features   {string.Join(", ", SystemInfo.CpuFeatures)}");
+        Console.WriteLine("ilgpu devices");
+        foreach (var d in devices) Console.WriteLine($"  {d.Type,-8} {d.Name}{(d.MemoryBytes > 0 && d.Type != "CPU" ? $" ({d.MemoryBytes / (1 << 20)} MiB)" : "")}");
+        Console.WriteLine($"cuda driver    {cuda ?? "not found (no NVIDIA driver: GPU backends unavailable)"}");
+        Console.WriteLine($"nvrtc          {nvrtc ?? "not found (CUDA kernels would use the embedded PTX)"}");
+        Console.WriteLine("backends");
+        foreach (var n in BackendFactory.Names)
+            Console.WriteLine($"  {n,-10} {BackendFactory.Unavailable(n) ?? "available"}{(n == backend ? " (default)" : "")}");
+        Console.WriteLine($"ops on the {backend} backend (CpuBackend = its own SIMD kernel, ReferenceBackend = scalar loops)");
+        foreach (var (op, by) in ops) Console.WriteLine($"  {op,-24} {by}");
+        return ErrorReporting.Ok;
+    }
+}

@@ -1,0 +1,118 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using ILGPU;
+using ILGPU.Runtime;
+using KernelVL.Backends;
+using KernelVL.Backends.Cpu;
+
+namespace KernelVL.Diagnostics;
+
+/// <summary>What this machine offers the engine: CPU, SIMD, accelerators, CUDA libraries, and where each op runs.</summary>
+public static class SystemInfo
+{
+    public sealed record Accelerator(string Name, string Type, long MemoryBytes);
+
+    public static string Runtime => $"{RuntimeInformation.FrameworkDescription} on {RuntimeInformation.OSDescription} ({RuntimeInformation.ProcessArchitecture})";
+
+    public static string CpuName
+    {
+        get
+        {
+            try
+            {
+                foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                    if (line.StartsWith("model name", StringComparison.Ordinal)) return line[(line.IndexOf(':') + 1)..].Trim();
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+            return RuntimeInformation.ProcessArchitecture.ToString();
+        }
+    }
+
+    public static int Cores => Environment.ProcessorCount;
+
+    /// <summary>The SIMD features the Cpu backend uses, as the JIT sees them.</summary>
+    public static IReadOnlyList<string> CpuFeatures
+    {
+        get
+        {
+            var f = new List<string>();
+            if (Avx2.IsSupported) f.Add("AVX2");
+            if (Fma.IsSupported) f.Add("FMA");
+            if (Avx512F.IsSupported) f.Add("AVX-512F");
+            if (Avx512BW.IsSupported) f.Add("AVX-512BW");
+            if (Avx512Vbmi.IsSupported) f.Add("AVX-512VBMI");
+            f.Add(Vector512.IsHardwareAccelerated ? "Vector512 accelerated" : "Vector512 not accelerated (Vector256 paths)");
+            return f;
+        }
+    }
+
+    /// <summary>Every device ILGPU finds (CPU accelerator, CUDA, OpenCL); an ILGPU failure is reported as an entry, not thrown.</summary>
+    public static IReadOnlyList<Accelerator> IlgpuDevices()
+    {
+        try
+        {
+            using var context = Context.Create(b => b.Default());
+            return context.Devices.Select(d => new Accelerator(d.Name, d.AcceleratorType.ToString(), d.MemorySize)).ToArray();
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return [new Accelerator($"ILGPU failed to enumerate devices: {e.Message}", "error", 0)];
+        }
+    }
+
+    /// <summary>The first of the names that loads, or null.</summary>
+    private static string? Probe(IEnumerable<string> names)
+    {
+        foreach (var n in names)
+        {
+            if (NativeLibrary.TryLoad(n, out var h))
+            {
+                NativeLibrary.Free(h);
+                return n;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>libcuda (the driver API), or null when no NVIDIA driver is installed.</summary>
+    public static string? CudaDriver => Probe(["libcuda.so.1", "libcuda.so", "nvcuda.dll"]);
+
+    /// <summary>libnvrtc, probing the versioned names (the major CUDA version is in the file name) and CUDA_HOME.</summary>
+    public static string? Nvrtc
+    {
+        get
+        {
+            var names = new List<string> { "libnvrtc.so" };
+            for (int major = 14; major >= 11; major--) names.Add($"libnvrtc.so.{major}");
+            names.Add("libnvrtc.so.11.2");
+            string? home = Environment.GetEnvironmentVariable("CUDA_HOME") ?? Environment.GetEnvironmentVariable("CUDA_PATH");
+            if (home is not null)
+                foreach (var n in names.ToArray()) names.Add(Path.Combine(home, "lib64", n));
+            return Probe(names);
+        }
+    }
+
+    /// <summary>For each op of the contract, the class that implements it on a backend (its own kernel or the reference's loops).</summary>
+    public static IReadOnlyList<(string Op, string ImplementedBy)> OpImplementations(Type backendType)
+    {
+        var result = new List<(string, string)>();
+        foreach (var m in typeof(IBackend).GetMethods())
+        {
+            if (m.IsSpecialName || m.Name is "Dispose" or "Synchronize") continue;
+            var impl = backendType.GetMethod(m.Name, BindingFlags.Public | BindingFlags.Instance, m.GetParameters().Select(p => p.ParameterType).ToArray());
+            string by = impl?.DeclaringType?.Name ?? "missing";
+            if (!result.Any(r => r.Item1 == m.Name)) result.Add((m.Name, by));
+        }
+        return result;
+    }
+
+    public static Type BackendType(string name) => name switch
+    {
+        "cpu" => typeof(CpuBackend),
+        "reference" => typeof(ReferenceBackend),
+        _ => throw new BackendException($"unknown backend '{name}'"),
+    };
+}
