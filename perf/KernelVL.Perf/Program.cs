@@ -1,1 +1,126 @@
-System.Console.WriteLine("x");
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using KernelVL.Backends;
+using KernelVL.Diagnostics;
+using KernelVL.Perf;
+using KernelVL.Testing;
+
+// The kernel perf harness: checks every registry op against the scalar reference before timing it
+// (llm.c style), times it, and relates the result to the machine's measured peaks.
+const string usage = """
+    usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS]
+      ops          check, then time, every op of the parity registry at the perf shapes
+      --backend    backend to time (default: cpu; known: reference, cpu)
+      --json FILE  also write the results as JSON (written to FILE.tmp, then renamed)
+      --filter RE  only ops whose "op shape" matches the regular expression
+      --min-time   seconds of timed calls per op (default 0.3); the median call is reported
+    """;
+
+if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }
+if (args[0] != "ops") { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
+string backendName = "cpu"; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
+for (int i = 1; i < args.Length; i++)
+{
+    string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+    try
+    {
+        switch (args[i])
+        {
+            case "--backend": backendName = Next(); break;
+            case "--json": jsonPath = Next(); break;
+            case "--filter": filter = new Regex(Next(), RegexOptions.IgnoreCase); break;
+            case "--min-time": minTime = double.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            default: throw new ArgumentException($"unknown option '{args[i]}'");
+        }
+    }
+    catch (Exception e) when (e is ArgumentException or FormatException)
+    {
+        Console.Error.WriteLine($"perf: bad input: {e.Message}");
+        return 2;
+    }
+}
+if (BackendFactory.Unavailable(backendName) is { } why) { Console.Error.WriteLine($"perf: bad input: {why}"); return 2; }
+
+Console.Error.WriteLine("measuring peaks (FMA loop on all cores, 256 MiB copy) ...");
+double fma = Peaks.FmaGflops(), copy = Peaks.CopyGbps();
+Console.Error.WriteLine($"peaks: fma {fma:F0} GFLOP/s, copy {copy:F1} GB/s");
+
+using var backend = BackendFactory.Create(backendName);
+using var reference = new ReferenceBackend();
+var cases = OpRegistry.PerfCases().Where(c => filter is null || filter.IsMatch(c.ToString())).ToArray();
+var results = new List<Dictionary<string, object?>>();
+Console.WriteLine($"| op | shape | median ms | GFLOP/s | GB/s | of peak | max rel err | ok |");
+Console.WriteLine($"|---|---|---:|---:|---:|---:|---:|---|");
+int failures = 0;
+foreach (var c in cases)
+{
+    double medianMs = double.NaN;
+    var check = OpCheck.Run(c, backend, reference, Random.Shared.Next(), (ctx, r) =>
+    {
+        if (!r.Ok || ctx.Timed is null) return;
+        var op = ctx.Timed;
+        // Warm-up until the JIT's tiering has promoted the hot methods (30 calls + a delay): 0.5 s and 3 calls, or 60 calls.
+        var warm = Stopwatch.StartNew();
+        for (int n = 0; (warm.Elapsed.TotalSeconds < 0.5 || n < 3) && n < 60; n++) { op(); backend.Synchronize(); }
+        var times = new List<double>();
+        var total = Stopwatch.StartNew();
+        while ((total.Elapsed.TotalSeconds < minTime || times.Count < 5) && times.Count < 500)
+        {
+            var sw = Stopwatch.StartNew();
+            op();
+            backend.Synchronize();
+            times.Add(sw.Elapsed.TotalMilliseconds);
+        }
+        medianMs = Peaks.Median(times);
+    });
+    if (!check.Ok) failures++;
+    double secs = medianMs / 1e3;
+    double gflops = c.Flops > 0 ? c.Flops / secs / 1e9 : 0, gbps = c.Bytes / secs / 1e9;
+    bool computeBound = c.Flops / Math.Max(1, c.Bytes) > 10;
+    double fraction = computeBound ? gflops / fma : gbps / copy;
+    results.Add(new()
+    {
+        ["op"] = c.Op, ["backend"] = backend.Name, ["shape"] = c.Shape,
+        ["median_ms"] = R(medianMs), ["gflops"] = R(gflops), ["gbps"] = R(gbps),
+        ["bound"] = computeBound ? "compute" : "memory", ["fraction_of_peak"] = R(fraction),
+        ["max_rel_error"] = double.IsFinite(check.MaxRelError) ? check.MaxRelError : null, ["ok"] = check.Ok, ["problem"] = check.Problem,
+    });
+    Console.WriteLine($"| {c.Op} | {c.Shape} | {medianMs:F3} | {gflops:F1} | {gbps:F1} | {fraction:P0} {(computeBound ? "fma" : "copy")} | {check.MaxRelError:E1} | {(check.Ok ? "ok" : "FAIL: " + check.Problem)} |");
+}
+
+// The issue's targets on this machine, as ratios measured in this run.
+var targets = new List<Dictionary<string, object?>>();
+Dictionary<string, object?>? Find(string op, string shape) => results.FirstOrDefault(r => (string)r["op"]! == op && (string)r["shape"]! == shape);
+void Target(string name, double? value, double goal)
+{
+    if (value is null || double.IsNaN(value.Value)) return;
+    targets.Add(new() { ["target"] = name, ["value"] = R(value.Value), ["goal"] = goal, ["met"] = value >= goal });
+    Console.WriteLine($"target: {name} = {value:F2} (goal >= {goal:F2}) {(value >= goal ? "met" : "NOT MET")}");
+}
+var gemm = Find("matmul", "1024x768x768");
+var attn = Find("attention", "B8 H12 Tq256 Tk256 D64");
+double Val(Dictionary<string, object?> r, string key) => r[key] is double d ? d : double.NaN;
+if (gemm is not null) Target("fp32 GEMM 1024x768x768 / FMA peak", Val(gemm, "gflops") / fma, 0.75);
+if (gemm is not null && attn is not null) Target("attention fwd B8 H12 T256 D64 / GEMM rate", Val(attn, "gflops") / Val(gemm, "gflops"), 0.5);
+foreach (var (op, shape) in new[] { ("layernorm", "8192x768"), ("softmax", "8192x1024") })
+    if (Find(op, shape) is { } r) Target($"{op} {shape} / copy bandwidth", Val(r, "gbps") / copy, 0.5);
+
+if (jsonPath is not null)
+{
+    var doc = new Dictionary<string, object?>
+    {
+        ["machine"] = new Dictionary<string, object?> { ["cpu"] = SystemInfo.CpuName, ["cores"] = SystemInfo.Cores, ["gpu"] = null, ["runtime"] = SystemInfo.Runtime },
+        ["peaks"] = new Dictionary<string, object?> { ["fma_gflops"] = R(fma), ["copy_gbps"] = R(copy) },
+        ["results"] = results,
+        ["targets"] = targets,
+    };
+    string tmp = jsonPath + ".tmp";
+    File.WriteAllText(tmp, JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));
+    File.Move(tmp, jsonPath, overwrite: true);
+    Console.Error.WriteLine($"wrote {jsonPath}");
+}
+if (failures > 0) Console.Error.WriteLine($"{failures} op(s) failed their check against the reference and were not timed");
+return failures > 0 ? 1 : 0;
+
+static double? R(double x) => double.IsFinite(x) ? Math.Round(x, 4) : null;

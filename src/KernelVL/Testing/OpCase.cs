@@ -24,7 +24,8 @@ public static class OpCheck
     /// <summary>Two units in the last place of an f32 value, relative.</summary>
     public const double StorageUlps = 2.0 / (1 << 23);
 
-    public static OpCheckResult Run(OpCase c, IBackend backend, IBackend reference, int seed)
+    /// <param name="thenOnBackend">Called with the backend's context (inputs in place, op run once) after the check, before disposal: the perf harness times there.</param>
+    public static OpCheckResult Run(OpCase c, IBackend backend, IBackend reference, int seed, Action<OpContext, OpCheckResult>? thenOnBackend = null)
     {
         var rng = new Random(seed);
         using var refCtx = new OpContext(reference, rng);
@@ -32,8 +33,11 @@ public static class OpCheck
         var expected = refCtx.Collect();
         using var ctx = new OpContext(backend, rng, inputsFrom: refCtx);
         c.Run(ctx);
+        backend.Synchronize();
         var actual = ctx.Collect();
-        return Compare(c, backend.Name, expected, actual, seed);
+        var result = Compare(c, backend.Name, expected, actual, seed);
+        thenOnBackend?.Invoke(ctx, result);
+        return result;
     }
 
     public static OpCheckResult Compare(OpCase c, string backend, IReadOnlyList<OpContext.Result> expected, IReadOnlyList<OpContext.Result> actual, int seed)

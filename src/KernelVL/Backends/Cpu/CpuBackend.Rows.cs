@@ -96,11 +96,7 @@ public sealed unsafe partial class CpuBackend
                 var yr = new Span<float>(Y + i * c, c);
                 if (MK != null) TensorPrimitives.Add(new ReadOnlySpan<float>(X + i * c, c), new ReadOnlySpan<float>(MK + i / per * c, c), yr);
                 else new ReadOnlySpan<float>(X + i * c, c).CopyTo(yr);
-                float mx = TensorPrimitives.Max(yr);
-                if (float.IsNegativeInfinity(mx)) { yr.Clear(); continue; }
-                TensorPrimitives.Subtract(yr, mx, yr);
-                TensorPrimitives.Exp(yr, yr);
-                TensorPrimitives.Multiply(yr, 1f / TensorPrimitives.Sum(yr), yr);
+                CpuMath.SoftmaxRow(Y + i * c, c);
             }
         });
     }

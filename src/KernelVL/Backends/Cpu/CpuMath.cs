@@ -83,4 +83,47 @@ internal static unsafe class CpuMath
             dx[i] += dy[i] * (cdf + v * pdf);
         }
     }
+
+    /// <summary>
+    /// In place: y = softmax(y) over one row, in three passes (max; exp and sum together; scale). A row whose
+    /// entries are all -inf (fully masked) becomes zeros.
+    /// </summary>
+    public static void SoftmaxRow(float* y, int n)
+    {
+        int i = 0;
+        float mx = float.NegativeInfinity;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var vm = Vector512.Create(float.NegativeInfinity);
+            for (; i + 16 <= n; i += 16) vm = Vector512.Max(vm, Vector512.Load(y + i));
+            mx = Vector512.Max(vm, Vector512.Create(mx)).ToScalar();
+            for (int l = 1; l < 16; l++) mx = MathF.Max(mx, vm.GetElement(l));
+        }
+        for (; i < n; i++) mx = MathF.Max(mx, y[i]);
+        if (float.IsNegativeInfinity(mx))
+        {
+            new Span<float>(y, n).Clear();
+            return;
+        }
+        i = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var vmx = Vector512.Create(mx);
+            var vs = Vector512<float>.Zero;
+            for (; i + 16 <= n; i += 16)
+            {
+                var e = Vector512.Exp(Vector512.Load(y + i) - vmx);
+                e.Store(y + i);
+                vs += e;
+            }
+            sum = Vector512.Sum(vs);
+        }
+        for (; i < n; i++)
+        {
+            y[i] = MathF.Exp(y[i] - mx);
+            sum += y[i];
+        }
+        System.Numerics.Tensors.TensorPrimitives.Multiply(new Span<float>(y, n), 1f / sum, new Span<float>(y, n));
+    }
 }
