@@ -10,7 +10,10 @@ using KernelVL.Testing;
 // (llm.c style), times it, and relates the result to the machine's measured peaks.
 const string usage = """
     usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS]
+           KernelVL.Perf check [--backend cpu] [--filter REGEX]
       ops          check, then time, every op of the parity registry at the perf shapes
+      check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
+                   for machines that have the .NET runtime but no SDK)
       --backend    backend to time (default: cpu; known: reference, cpu)
       --json FILE  also write the results as JSON (written to FILE.tmp, then renamed)
       --filter RE  only ops whose "op shape" matches the regular expression
@@ -18,7 +21,7 @@ const string usage = """
     """;
 
 if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }
-if (args[0] != "ops") { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
+if (args[0] is not ("ops" or "check")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
 string backendName = "cpu"; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
 for (int i = 1; i < args.Length; i++)
 {
@@ -41,6 +44,8 @@ for (int i = 1; i < args.Length; i++)
     }
 }
 if (BackendFactory.Unavailable(backendName) is { } why) { Console.Error.WriteLine($"perf: bad input: {why}"); return 2; }
+
+if (args[0] == "check") return CheckAll(backendName, filter);
 
 Console.Error.WriteLine("measuring peaks (FMA loop on all cores, 256 MiB copy) ...");
 double fma = Peaks.FmaGflops(), copy = Peaks.CopyGbps();
@@ -122,5 +127,20 @@ if (jsonPath is not null)
 }
 if (failures > 0) Console.Error.WriteLine($"{failures} op(s) failed their check against the reference and were not timed");
 return failures > 0 ? 1 : 0;
+
+static int CheckAll(string backendName, Regex? filter)
+{
+    using var backend = BackendFactory.Create(backendName);
+    using var reference = new ReferenceBackend();
+    int passed = 0, failed = 0;
+    foreach (var c in OpRegistry.TestCases().Where(c => filter is null || filter.IsMatch(c.ToString())))
+    {
+        var r = OpCheck.Run(c, backend, reference, Random.Shared.Next());
+        if (r.Ok) passed++;
+        else { failed++; Console.WriteLine(r); }
+    }
+    Console.WriteLine($"{passed} passed, {failed} failed");
+    return failed > 0 ? 1 : 0;
+}
 
 static double? R(double x) => double.IsFinite(x) ? Math.Round(x, 4) : null;

@@ -11,15 +11,18 @@ internal static class InfoCommand
     public static Command Create()
     {
         var json = new Option<bool>("--json") { Description = "Print the report as JSON" };
+        var probe = new Option<bool>("--probe") { Description = "Also create an accelerator on every ILGPU device and run a test kernel there" };
         var cmd = new Command("info", "Show the runtime, CPU features, accelerators ILGPU finds, CUDA driver and NVRTC presence, and where each op runs");
         cmd.Options.Add(json);
-        cmd.SetAction(ErrorReporting.Guard(r => Run(r.GetValue(json))));
+        cmd.Options.Add(probe);
+        cmd.SetAction(ErrorReporting.Guard(r => Run(r.GetValue(json), r.GetValue(probe))));
         return cmd;
     }
 
-    private static int Run(bool json)
+    private static int Run(bool json, bool probe)
     {
         var devices = SystemInfo.IlgpuDevices();
+        var probes = probe ? SystemInfo.ProbeIlgpu() : [];
         string? cuda = SystemInfo.CudaDriver, nvrtc = SystemInfo.Nvrtc;
         string backend = BackendFactory.DefaultName;
         var ops = SystemInfo.OpImplementations(SystemInfo.BackendType(backend));
@@ -32,6 +35,7 @@ internal static class InfoCommand
                 cores = SystemInfo.Cores,
                 cpu_features = SystemInfo.CpuFeatures,
                 ilgpu_devices = devices.Select(d => new { name = d.Name, type = d.Type, memory_bytes = d.MemoryBytes }),
+                ilgpu_probe = probes.Select(p => new { device = p.Device, type = p.Type, ok = p.Ok, detail = p.Detail }),
                 cuda_driver = cuda,
                 nvrtc,
                 backends = BackendFactory.Names.Select(n => new { name = n, available = BackendFactory.Unavailable(n) is null, reason = BackendFactory.Unavailable(n) }),
@@ -46,6 +50,7 @@ internal static class InfoCommand
         Console.WriteLine($"cpu features   {string.Join(", ", SystemInfo.CpuFeatures)}");
         Console.WriteLine("ilgpu devices");
         foreach (var d in devices) Console.WriteLine($"  {d.Type,-8} {d.Name}{(d.MemoryBytes > 0 && d.Type != "CPU" ? $" ({d.MemoryBytes / (1 << 20)} MiB)" : "")}");
+        foreach (var p in probes) Console.WriteLine($"  probe {p.Type,-8} {(p.Ok ? "ok" : "FAILED")}: {p.Detail}");
         Console.WriteLine($"cuda driver    {cuda ?? "not found (no NVIDIA driver: GPU backends unavailable)"}");
         Console.WriteLine($"nvrtc          {nvrtc ?? "not found (CUDA kernels would use the embedded PTX)"}");
         Console.WriteLine("backends");
@@ -53,6 +58,6 @@ internal static class InfoCommand
             Console.WriteLine($"  {n,-10} {BackendFactory.Unavailable(n) ?? "available"}{(n == backend ? " (default)" : "")}");
         Console.WriteLine($"ops on the {backend} backend (CpuBackend = its own SIMD kernel, ReferenceBackend = scalar loops)");
         foreach (var (op, by) in ops) Console.WriteLine($"  {op,-24} {by}");
-        return ErrorReporting.Ok;
+        return probes.Any(p => !p.Ok) ? ErrorReporting.Failure : ErrorReporting.Ok;
     }
 }

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using KernelVL.Backends;
 using KernelVL.Backends.Cpu;
@@ -61,6 +62,56 @@ public static class SystemInfo
         {
             return [new Accelerator($"ILGPU failed to enumerate devices: {e.Message}", "error", 0)];
         }
+    }
+
+    public sealed record ProbeResult(string Device, string Type, bool Ok, string Detail);
+
+    private static void AxpyKernel(Index1D i, ArrayView<float> x, ArrayView<float> y) => y[i] = 2f * x[i] + y[i];
+
+    /// <summary>
+    /// Creates an accelerator on every device ILGPU finds, compiles and runs a small kernel there and checks
+    /// its result: proves that the driver, ILGPU's code generator and the device work together.
+    /// </summary>
+    public static IReadOnlyList<ProbeResult> ProbeIlgpu(int n = 1 << 20)
+    {
+        var results = new List<ProbeResult>();
+        try
+        {
+            using var context = Context.Create(b => b.Default().EnableAlgorithms());
+            foreach (var device in context.Devices)
+            {
+                try
+                {
+                    using var acc = device.CreateAccelerator(context);
+                    var kernel = acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(AxpyKernel);
+                    var x = new float[n]; var y = new float[n];
+                    for (int i = 0; i < n; i++) { x[i] = i % 97; y[i] = i % 13; }
+                    using var dx = acc.Allocate1D(x);
+                    using var dy = acc.Allocate1D(y);
+                    var sw = System.Diagnostics.Stopwatch.StartNew();
+                    kernel(n, dx.View, dy.View);
+                    acc.Synchronize();
+                    double ms = sw.Elapsed.TotalMilliseconds;
+                    var back = dy.GetAsArray1D();
+                    int bad = 0;
+                    for (int i = 0; i < n; i++) if (back[i] != 2f * (i % 97) + i % 13) bad++;
+                    string extra = acc is ILGPU.Runtime.Cuda.CudaAccelerator cuda
+                        ? $", sm_{cuda.Architecture.Major}{cuda.Architecture.Minor}, PTX ISA {cuda.InstructionSet}, driver {cuda.DriverVersion}, context 0x{cuda.NativePtr:x}"
+                        : "";
+                    results.Add(new ProbeResult(device.Name, device.AcceleratorType.ToString(), bad == 0,
+                        bad == 0 ? $"axpy over {n} floats correct ({ms:F1} ms incl. launch){extra}" : $"{bad} wrong results{extra}"));
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    results.Add(new ProbeResult(device.Name, device.AcceleratorType.ToString(), false, $"{e.GetType().Name}: {e.Message}"));
+                }
+            }
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            results.Add(new ProbeResult("ILGPU context", "error", false, $"{e.GetType().Name}: {e.Message}"));
+        }
+        return results;
     }
 
     /// <summary>The first of the names that loads, or null.</summary>

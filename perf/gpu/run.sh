@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh).
+# Unpacks the .NET runtime, checks that libcuda, libnvrtc and ILGPU's CUDA accelerator load and run a
+# kernel, runs the parity registry there, and times the PyTorch baselines the CUDA kernels will be
+# measured against. Everything lands in $OUT (or a temporary folder).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bundle=perf/gpu/bundle
+OUT=${OUT:-$(mktemp -d)}
+[ -f "$bundle/dotnet-runtime.tar.xz" ] || { echo "error: $bundle is missing: run perf/gpu/prepare.sh first and carry it" >&2; exit 2; }
+
+export DOTNET_ROOT=$(mktemp -d)
+tar -C "$DOTNET_ROOT" -xJf "$bundle/dotnet-runtime.tar.xz"
+export PATH="$DOTNET_ROOT:$PATH" DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 DOTNET_CLI_TELEMETRY_OPTOUT=1
+
+echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
+echo "== CUDA libraries"
+ls -l /usr/lib/x86_64-linux-gnu/libcuda.so* /usr/local/nvidia/lib64/libcuda.so* 2>/dev/null | head -n 4
+nvrtc_dirs=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libnvrtc.so*' -print 2>/dev/null | xargs -r -n1 dirname | sort -u)
+echo "libnvrtc found in: ${nvrtc_dirs:-nowhere}"
+for d in $nvrtc_dirs; do export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+
+echo "== kernelvl info --probe"
+dotnet "$bundle/cli/kernelvl.dll" info --probe --json > "$OUT/info.json"; echo "exit $?"
+python3 - "$OUT/info.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("runtime:", d["runtime"]); print("cpu:", d["cpu"], d["cores"], "cores")
+print("cuda driver:", d["cuda_driver"], "| nvrtc:", d["nvrtc"])
+for p in d["ilgpu_probe"]: print(f'  {p["type"]:8} {"ok" if p["ok"] else "FAILED"}  {p["device"]}: {p["detail"]}')
+PY
+
+echo "== parity registry on the cpu backend ($(nproc) cores)"
+dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cpu 2>&1 | tail -n 5 | tee "$OUT/check-cpu.txt"
+
+echo "== PyTorch baselines"
+python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
