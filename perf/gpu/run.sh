@@ -16,9 +16,13 @@ export PATH="$DOTNET_ROOT:$PATH" DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 DOTNET_
 echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
 echo "== CUDA libraries"
 ls -l /usr/lib/x86_64-linux-gnu/libcuda.so* /usr/local/nvidia/lib64/libcuda.so* 2>/dev/null | head -n 4
-nvrtc_dirs=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libnvrtc.so*' -print 2>/dev/null | xargs -r -n1 dirname | sort -u)
+# libnvrtc: the toolkit's, else PyTorch's wheel. Never a 'stubs' folder: it holds a stub libcuda.so that
+# shadows the real driver for anything that asks for "libcuda.so" (ILGPU does) and makes cuInit fail.
+nvrtc_dirs=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libnvrtc.so*' -print 2>/dev/null | grep -v /stubs/ | xargs -r -n1 dirname | sort -u)
 echo "libnvrtc found in: ${nvrtc_dirs:-nowhere}"
-for d in $nvrtc_dirs; do export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+first=$(echo "$nvrtc_dirs" | grep -m1 cuda || echo "$nvrtc_dirs" | head -n 1)
+[ -n "$first" ] && export LD_LIBRARY_PATH="$first${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
 echo "== kernelvl info --probe"
 dotnet "$bundle/cli/kernelvl.dll" info --probe --json > "$OUT/info.json"; echo "exit $?"
@@ -33,5 +37,7 @@ PY
 echo "== parity registry on the cpu backend ($(nproc) cores)"
 dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cpu 2>&1 | tail -n 5 | tee "$OUT/check-cpu.txt"
 
-echo "== PyTorch baselines"
-python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
+if [ "${SKIP_TORCH:-0}" != 1 ]; then
+  echo "== PyTorch baselines"
+  python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
+fi

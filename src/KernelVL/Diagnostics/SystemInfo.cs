@@ -111,7 +111,40 @@ public static class SystemInfo
         {
             results.Add(new ProbeResult("ILGPU context", "error", false, $"{e.GetType().Name}: {e.Message}"));
         }
+        if (CudaDriver is not null && !results.Any(r => r.Type == nameof(AcceleratorType.Cuda)))
+            results.Add(new ProbeResult("CUDA", nameof(AcceleratorType.Cuda), false, ExplainMissingCuda()));
         return results;
+    }
+
+    /// <summary>
+    /// ILGPU swallows every error while it enumerates CUDA devices. When libcuda loads but no CUDA device
+    /// appears, this asks ILGPU's (internal) driver binding directly, by reflection, what went wrong.
+    /// </summary>
+    private static string ExplainMissingCuda()
+    {
+        try
+        {
+            var asm = typeof(Context).Assembly;
+            var apiType = asm.GetType("ILGPU.Runtime.Cuda.CudaAPI")!;
+            var api = apiType.GetProperty("CurrentAPI", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static)!.GetValue(null);
+            if (api is null) return "libcuda loads, but ILGPU has no CUDA driver binding";
+            string kind = api.GetType().Name;
+            var count = apiType.GetMethod("GetDeviceCount", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance)!;
+            object?[] args = [0];
+            object? err = count.Invoke(api, args);
+            string detail = $"ILGPU binding {kind}: cuDeviceGetCount -> {err}, {args[0]} device(s)";
+            var ctor = typeof(ILGPU.Runtime.Cuda.CudaDevice).GetConstructor(BindingFlags.NonPublic | BindingFlags.Instance, [typeof(int)]);
+            if (ctor is not null && args[0] is int n && n > 0)
+            {
+                try { ctor.Invoke([0]); detail += "; device 0 describes itself without error"; }
+                catch (TargetInvocationException e) { detail += $"; describing device 0 failed: {e.InnerException?.GetType().Name}: {e.InnerException?.Message}"; }
+            }
+            return "libcuda loads, but ILGPU found no CUDA device. " + detail;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return $"libcuda loads, but ILGPU found no CUDA device ({e.GetType().Name}: {e.Message})";
+        }
     }
 
     /// <summary>The first of the names that loads, or null.</summary>
