@@ -489,8 +489,7 @@ public sealed unsafe partial class CpuBackend
         Elementwise(param.Numel, (s, e) =>
         {
             long i = s;
-            if (Vector512.IsHardwareAccelerated)
-            {
+            if (CpuMath.Use512)
                 for (; i + 16 <= e; i += 16)
                 {
                     var g = Vector512.Load(G + i);
@@ -501,7 +500,17 @@ public sealed unsafe partial class CpuBackend
                     (pv - Vector512.Create(lr) * upd).Store(P + i);
                     mv.Store(M + i); vv.Store(V + i);
                 }
-            }
+            if (CpuMath.Use256)
+                for (; i + 8 <= e; i += 8)
+                {
+                    var g = Vector256.Load(G + i);
+                    var mv = Vector256.Create(b1) * Vector256.Load(M + i) + Vector256.Create(1f - b1) * g;
+                    var vv = Vector256.Create(b2) * Vector256.Load(V + i) + Vector256.Create(1f - b2) * g * g;
+                    var pv = Vector256.Load(P + i);
+                    var upd = mv * Vector256.Create(c1) / (Vector256.Sqrt(vv * Vector256.Create(c2)) + Vector256.Create(eps)) + Vector256.Create(wd) * pv;
+                    (pv - Vector256.Create(lr) * upd).Store(P + i);
+                    mv.Store(M + i); vv.Store(V + i);
+                }
             for (; i < e; i++)
             {
                 float g = G[i];
