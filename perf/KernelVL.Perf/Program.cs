@@ -108,7 +108,7 @@ var attn = Find("attention", "B8 H12 Tq256 Tk256 D64");
 double Val(Dictionary<string, object?> r, string key) => r[key] is double d ? d : double.NaN;
 if (gemm is not null) Target("fp32 GEMM 1024x768x768 / FMA peak", Val(gemm, "gflops") / fma, 0.75);
 if (gemm is not null && attn is not null) Target("attention fwd B8 H12 T256 D64 / GEMM rate", Val(attn, "gflops") / Val(gemm, "gflops"), 0.5);
-foreach (var (op, shape) in new[] { ("layernorm", "8192x768"), ("softmax", "8192x1024") })
+foreach (var (op, shape) in new[] { ("layernorm", "65536x768"), ("softmax", "65536x1024") })
     if (Find(op, shape) is { } r) Target($"{op} {shape} / copy bandwidth", Val(r, "gbps") / copy, 0.5);
 
 if (jsonPath is not null)

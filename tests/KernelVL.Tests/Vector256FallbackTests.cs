@@ -14,7 +14,11 @@ public sealed class NarrowSimd;
 [Collection(nameof(NarrowSimd))]
 public class Vector256FallbackTests
 {
-    private static readonly string[] Ops = ["matmul", "matmul_backward", "gelu", "gelu_backward", "softmax", "softmax_backward", "adamw", "attention", "attention_backward"];
+    private static readonly string[] Ops =
+    [
+        "matmul", "matmul_backward", "gelu", "gelu_backward", "softmax", "softmax_backward", "adamw", "attention", "attention_backward",
+        "dropout", "dropout_backward", "cross_entropy", "cross_entropy_backward", "infonce", "infonce_backward", "bce_with_logits",
+    ];
 
     public static IEnumerable<object[]> Data() =>
         OpRegistry.TestCases().Select((c, i) => (c, i)).Where(x => Ops.Contains(x.c.Op)).Select(x => new object[] { x.i, x.c.ToString() });

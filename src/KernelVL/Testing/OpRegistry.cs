@@ -303,8 +303,12 @@ public static class OpRegistry
         yield return Attention(8, 12, 256, 256, 64, mask: false);
         yield return Attention(8, 12, 256, 256, 64, mask: true);
         yield return AttentionBackward(8, 12, 256, 256, 64, mask: true);
+        // Memory-bound ops at the model's size (~25 MB: partly cache-resident) and at a size far beyond the
+        // last-level cache, which is what the copy peak (256 MiB) is comparable with.
         yield return LayerNorm(8192, 768); yield return LayerNormBackward(8192, 768);
+        yield return LayerNorm(65536, 768); yield return LayerNormBackward(65536, 768);
         yield return Softmax(8192, 1024); yield return SoftmaxBackward(8192, 1024);
+        yield return Softmax(65536, 1024); yield return SoftmaxBackward(65536, 1024);
         yield return Add(8192, 768); yield return AddBackward(8192, 768);
         yield return Mul(8192, 768); yield return MulBackward(8192, 768);
         yield return Scale(8192 * 768); yield return ScaleBackward(8192 * 768);

@@ -63,11 +63,10 @@ public sealed unsafe partial class CpuBackend
                         var s = new Span<float>(S + r * cols, cols);
                         float mNew = MathF.Max(M[r], TensorPrimitives.Max(s));
                         if (float.IsNegativeInfinity(mNew)) { s.Clear(); continue; }   // every key so far masked
-                        TensorPrimitives.Subtract(s, mNew, s);
-                        TensorPrimitives.Exp(s, s);
+                        float rowSum = CpuMath.ExpShift(S + r * cols, S + r * cols, cols, mNew);
                         float corr = MathF.Exp(M[r] - mNew);
                         if (corr != 1f) TensorPrimitives.Multiply(new Span<float>(O + r * D, D), corr, new Span<float>(O + r * D, D));
-                        Lsum[r] = Lsum[r] * corr + TensorPrimitives.Sum(s);
+                        Lsum[r] = Lsum[r] * corr + rowSum;
                         M[r] = mNew;
                     }
                     // O += P V_j
@@ -129,8 +128,7 @@ public sealed unsafe partial class CpuBackend
                             var pr = new Span<float>(P + r * cols, cols);
                             float l = L[i0 + r];
                             if (float.IsNegativeInfinity(l)) { pr.Clear(); continue; }
-                            TensorPrimitives.Subtract(pr, l, pr);
-                            TensorPrimitives.Exp(pr, pr);
+                            CpuMath.ExpShift(P + r * cols, P + r * cols, cols, l);
                         }
                         if (dV != null)   // dV_j += P^T dO_i
                             CpuGemm.Gemm(cols, D, rows, P, cols, true, dOi, D, false, dV + (long)j0 * D, D, 1f, true, null, parallel: false);
@@ -186,11 +184,10 @@ public sealed unsafe partial class CpuBackend
                 for (long i = a; i < e; i++)
                 {
                     var row = new ReadOnlySpan<float>(Sp + i * n, n);
-                    lseRow[i] = LogSumExp(row);
+                    lseRow[i] = CpuMath.LogSumExp(Sp + i * n, n);
                     float diag = row[(int)i];
                     if (diag < TensorPrimitives.Max(row)) { termRow[i] = (double)lseRow[i] - diag; continue; }
-                    TensorPrimitives.Subtract(row, diag, tmp);
-                    TensorPrimitives.Exp(tmp, tmp);
+                    fixed (float* tp = tmp) CpuMath.ExpShift(Sp + i * n, tp, n, diag);
                     tmp[i] = 0f;
                     termRow[i] = Log1P(TensorPrimitives.Sum(tmp));
                 }
@@ -210,17 +207,16 @@ public sealed unsafe partial class CpuBackend
                 mx.AsSpan().Fill(float.NegativeInfinity);
                 for (int j = 0; j < w; j++) diag[j] = Sp[(long)(c0 + j) * n + c0 + j];
                 for (int i = 0; i < n; i++) TensorPrimitives.Max(mx, new ReadOnlySpan<float>(Sp + (long)i * n + c0, w), mx);
-                for (int i = 0; i < n; i++)
-                {
-                    var row = new ReadOnlySpan<float>(Sp + (long)i * n + c0, w);
-                    TensorPrimitives.Subtract(row, mx, tmp);
-                    TensorPrimitives.Exp(tmp, tmp);
-                    TensorPrimitives.Add(sum, tmp, sum);
-                    TensorPrimitives.Subtract(row, diag, tmp);
-                    TensorPrimitives.Exp(tmp, tmp);
-                    if (i >= c0 && i < c0 + w) tmp[i - c0] = 0f;
-                    TensorPrimitives.Add(off, tmp, off);
-                }
+                fixed (float* tp = tmp, mxp = mx, dp = diag)
+                    for (int i = 0; i < n; i++)
+                    {
+                        float* row = Sp + (long)i * n + c0;
+                        CpuMath.ExpDiff(row, mxp, tp, w);
+                        TensorPrimitives.Add(sum, tmp, sum);
+                        CpuMath.ExpDiff(row, dp, tp, w);
+                        if (i >= c0 && i < c0 + w) tmp[i - c0] = 0f;
+                        TensorPrimitives.Add(off, tmp, off);
+                    }
                 for (int j = 0; j < w; j++)
                 {
                     lseCol[c0 + j] = mx[j] + MathF.Log(sum[j]);
@@ -269,28 +265,25 @@ public sealed unsafe partial class CpuBackend
             {
                 var tmp = new float[n];
                 var acc = colOffParts.AsSpan(part * n, n);
-                for (int i = part * per; i < Math.Min(n, (part + 1) * per); i++)
-                {
-                    TensorPrimitives.Subtract(new ReadOnlySpan<float>(Sp + (long)i * n, n), new ReadOnlySpan<float>(LC, n), tmp);
-                    TensorPrimitives.Exp(tmp, tmp);
-                    tmp[i] = 0f;
-                    TensorPrimitives.Add(acc, tmp, acc);
-                }
+                fixed (float* tp = tmp)
+                    for (int i = part * per; i < Math.Min(n, (part + 1) * per); i++)
+                    {
+                        CpuMath.ExpDiff(Sp + (long)i * n, LC, tp, n);
+                        tmp[i] = 0f;
+                        TensorPrimitives.Add(acc, tmp, acc);
+                    }
             });
             var colOff = new float[n];
             for (int part = 0; part < parts; part++) TensorPrimitives.Add(colOff, colOffParts.AsSpan(part * n, n), colOff);
             Rows(n, n, (a, e) =>
             {
                 var tmp = new float[n];
-                var lc = new ReadOnlySpan<float>(LC, n);
                 for (long i = a; i < e; i++)
                 {
                     var row = new Span<float>(Sp + i * n, n);
-                    TensorPrimitives.Subtract(row, lc, tmp);
-                    TensorPrimitives.Exp(tmp, tmp);
-                    TensorPrimitives.Subtract(row, LR[i], row);
-                    TensorPrimitives.Exp(row, row);
-                    float rowOff = TensorPrimitives.Sum(row) - row[(int)i];
+                    fixed (float* tp = tmp) CpuMath.ExpDiff(Sp + i * n, LC, tp, n);
+                    float rowSum = CpuMath.ExpShift(Sp + i * n, Sp + i * n, n, LR[i]);
+                    float rowOff = rowSum - row[(int)i];
                     TensorPrimitives.Add(row, tmp, row);
                     row[(int)i] = -(rowOff + colOff[i]);
                     TensorPrimitives.Multiply(row, g, row);

@@ -22,6 +22,7 @@ public sealed unsafe partial class CpuBackend
         {
             for (long i = s; i < e; i++)
             {
+                if (i + 2 < e) CpuMath.Prefetch(X + (i + 2) * c, c);
                 var xr = new ReadOnlySpan<float>(X + i * c, c);
                 var yr = new Span<float>(Y + i * c, c);
                 float m = TensorPrimitives.Sum(xr) / c;
@@ -89,17 +90,32 @@ public sealed unsafe partial class CpuBackend
         int per = SoftmaxMaskRows(op, r, c, mask);
         F32(op, x, mask, y);
         float* X = x.F32Ptr, Y = y.F32Ptr, MK = mask is null ? null : mask.F32Ptr;
+        // Each row: (x + mask) -> max -> exp(. - max) into an L1-resident scratch row -> scaled into y. Outputs far
+        // beyond the caches are streamed out (non-temporal stores), so y's lines are never read from memory.
+        bool streaming = y.Numel * 4L > StreamingBytes;
         Rows(r, c, (s, e) =>
         {
-            for (long i = s; i < e; i++)
-            {
-                var yr = new Span<float>(Y + i * c, c);
-                if (MK != null) TensorPrimitives.Add(new ReadOnlySpan<float>(X + i * c, c), new ReadOnlySpan<float>(MK + i / per * c, c), yr);
-                else new ReadOnlySpan<float>(X + i * c, c).CopyTo(yr);
-                CpuMath.SoftmaxRow(Y + i * c, c);
-            }
+            var scratch = Scratch(c);
+            fixed (float* t = scratch)
+                for (long i = s; i < e; i++)
+                {
+                    float* src = X + i * c;
+                    if (i + 2 < e) CpuMath.Prefetch(X + (i + 2) * c, c);
+                    if (MK != null)
+                    {
+                        TensorPrimitives.Add(new ReadOnlySpan<float>(src, c), new ReadOnlySpan<float>(MK + i / per * c, c), new Span<float>(t, c));
+                        src = t;
+                    }
+                    float mx = TensorPrimitives.Max(new ReadOnlySpan<float>(src, c));
+                    if (float.IsNegativeInfinity(mx)) { new Span<float>(Y + i * c, c).Clear(); continue; }   // fully masked row
+                    float sum = CpuMath.ExpShift(src, t, c, mx);
+                    CpuMath.ScaleStore(t, 1f / sum, Y + i * c, c, streaming);
+                }
         });
     }
+
+    /// <summary>Outputs larger than this (bytes) are written with non-temporal stores where a kernel supports it.</summary>
+    private const long StreamingBytes = 64L << 20;
 
     public override void SoftmaxBackward(Tensor y, Tensor dy, Tensor dx)
     {
@@ -360,11 +376,7 @@ public sealed unsafe partial class CpuBackend
         Contract.SameShape("dropout", "x", x, "y", y);
         F32("dropout", x, y);
         float* X = x.F32Ptr, Y = y.F32Ptr;
-        float s = 1f / (1f - p);
-        Elementwise(x.Numel, (a, e) =>
-        {
-            for (long i = a; i < e; i++) Y[i] = CounterRng.Uniform(seed, i) >= p ? X[i] * s : 0f;
-        });
+        Elementwise(x.Numel, (a, e) => CpuMath.DropoutScale(X + a, Y + a, e - a, a, p, seed, accumulate: false));
     }
 
     public override void DropoutBackward(Tensor dy, float p, ulong seed, Tensor dx)
@@ -373,11 +385,7 @@ public sealed unsafe partial class CpuBackend
         Contract.SameShape("dropout backward", "dy", dy, "dx", dx);
         F32("dropout backward", dy, dx);
         float* D = dy.F32Ptr, DX = dx.F32Ptr;
-        float s = 1f / (1f - p);
-        Elementwise(dy.Numel, (a, e) =>
-        {
-            for (long i = a; i < e; i++) if (CounterRng.Uniform(seed, i) >= p) DX[i] += D[i] * s;
-        });
+        Elementwise(dy.Numel, (a, e) => CpuMath.DropoutScale(D + a, DX + a, e - a, a, p, seed, accumulate: true));
     }
 
     // ------------------------------------------------------------------ losses
@@ -398,14 +406,13 @@ public sealed unsafe partial class CpuBackend
             for (long i = s; i < e; i++)
             {
                 var row = new ReadOnlySpan<float>(X + i * v, v);
-                L[i] = LogSumExp(row);
+                L[i] = CpuMath.LogSumExp(X + i * v, v);
                 if (T[i] < 0) continue;
                 float xt = row[T[i]];
                 if (xt < TensorPrimitives.Max(row)) { terms[i] = (double)L[i] - xt; continue; }
                 // The target is the row's max: log1p(sum of the others' exp(x_j - x_t)), exact when saturated.
                 tmp ??= new float[v];
-                TensorPrimitives.Subtract(row, xt, tmp);
-                TensorPrimitives.Exp(tmp, tmp);
+                fixed (float* tp = tmp) CpuMath.ExpShift(X + i * v, tp, v, xt);
                 tmp[T[i]] = 0f;
                 terms[i] = Log1P(TensorPrimitives.Sum(tmp));
             }
@@ -414,16 +421,6 @@ public sealed unsafe partial class CpuBackend
         for (int i = 0; i < n; i++)
             if (T[i] >= 0) { total += terms[i]; count++; }
         *loss.F32Ptr = count > 0 ? (float)(total / count) : 0f;
-    }
-
-    private static float LogSumExp(ReadOnlySpan<float> x)
-    {
-        float mx = TensorPrimitives.Max(x);
-        if (float.IsNegativeInfinity(mx)) return mx;
-        Span<float> tmp = x.Length <= 1024 ? stackalloc float[x.Length] : new float[x.Length];
-        TensorPrimitives.Subtract(x, mx, tmp);
-        TensorPrimitives.Exp(tmp, tmp);
-        return mx + MathF.Log(TensorPrimitives.Sum(tmp));
     }
 
     public override void CrossEntropyBackward(Tensor logits, Tensor targets, Tensor lse, Tensor dloss, Tensor dlogits)
@@ -444,9 +441,9 @@ public sealed unsafe partial class CpuBackend
             for (long i = s; i < e; i++)
             {
                 if (T[i] < 0) continue;
-                TensorPrimitives.Subtract(new ReadOnlySpan<float>(X + i * v, v), L[i], p);
-                TensorPrimitives.Exp(p, p);
-                p[T[i]] = -(TensorPrimitives.Sum(p) - p[T[i]]);   // p_t - 1 without cancellation
+                float sum;
+                fixed (float* pp = p) sum = CpuMath.ExpShift(X + i * v, pp, v, L[i]);
+                p[T[i]] = -(sum - p[T[i]]);   // p_t - 1 without cancellation
                 var dr = new Span<float>(DX + i * v, v);
                 TensorPrimitives.FusedMultiplyAdd(p, g, dr, dr);
             }
@@ -459,10 +456,33 @@ public sealed unsafe partial class CpuBackend
         Contract.Scalar("bce", "loss", loss);
         F32("bce", x, targets, loss);
         float* X = x.F32Ptr, T = targets.F32Ptr;
+        long n = x.Numel;
+        // Per element max(x, 0) - x t + log(1 + exp(-|x|)), in chunks: partial sums in double, added in order.
+        const int Chunk = 4096;
+        long chunks = (n + Chunk - 1) / Chunk;
+        var partial = new double[chunks];
+        CpuParallel.For(chunks, 8, (c0, c1) =>
+        {
+            var tmp = new float[Chunk];
+            for (long c = c0; c < c1; c++)
+            {
+                long s0 = c * Chunk;
+                int len = (int)Math.Min(Chunk, n - s0);
+                var xs = new ReadOnlySpan<float>(X + s0, len);
+                var t = tmp.AsSpan(0, len);
+                TensorPrimitives.Abs(xs, t);
+                TensorPrimitives.Negate(t, t);
+                fixed (float* tp = tmp) CpuMath.ExpShift(tp, tp, len, 0f);
+                TensorPrimitives.Add(t, 1f, t);
+                TensorPrimitives.Log(t, t);
+                double sum = TensorPrimitives.Sum(t) - (double)TensorPrimitives.Dot(xs, new ReadOnlySpan<float>(T + s0, len));
+                TensorPrimitives.Max(xs, 0f, t);
+                partial[c] = sum + TensorPrimitives.Sum(t);
+            }
+        });
         double total = 0;
-        for (long i = 0; i < x.Numel; i++)
-            total += MathF.Max(X[i], 0) - X[i] * T[i] + MathF.Log(1 + MathF.Exp(-MathF.Abs(X[i])));
-        *loss.F32Ptr = x.Numel > 0 ? (float)(total / x.Numel) : 0f;
+        foreach (double v in partial) total += v;
+        *loss.F32Ptr = n > 0 ? (float)(total / n) : 0f;
     }
 
     public override void BceWithLogitsBackward(Tensor x, Tensor targets, Tensor dloss, Tensor dx)
@@ -472,7 +492,18 @@ public sealed unsafe partial class CpuBackend
         F32("bce backward", x, targets, dloss, dx);
         float* X = x.F32Ptr, T = targets.F32Ptr, DX = dx.F32Ptr;
         float g = *dloss.F32Ptr / x.Numel;
-        for (long i = 0; i < x.Numel; i++) DX[i] += g * (1f / (1f + MathF.Exp(-X[i])) - T[i]);
+        Elementwise(x.Numel, (a, e) =>
+        {
+            var tmp = new float[Math.Min(4096, e - a)];
+            for (long s0 = a; s0 < e; s0 += tmp.Length)
+            {
+                int len = (int)Math.Min(tmp.Length, e - s0);
+                var t = tmp.AsSpan(0, len);
+                TensorPrimitives.Sigmoid(S(X, s0, s0 + len), t);
+                TensorPrimitives.Subtract(t, S(T, s0, s0 + len), t);
+                TensorPrimitives.FusedMultiplyAdd(t, g, S(DX, s0, s0 + len), S(DX, s0, s0 + len));   // dx += g (sigmoid(x) - t)
+            }
+        });
     }
 
     // ------------------------------------------------------------------ optimiser

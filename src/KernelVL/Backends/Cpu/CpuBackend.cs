@@ -101,9 +101,13 @@ public sealed unsafe partial class CpuBackend : ReferenceBackend
         if (dbias is not null) ColumnSums(DY, (long)d.Batch * M, N, dbias.F32Ptr);
     }
 
-    /// <summary>sums[j] += sum over rows of x[r, j]; x [rows, n]. Rows split over cores, partial sums combined.</summary>
+    /// <summary>
+    /// sums[j] += sum over rows of x[r, j]; x [rows, n]. Rows are split over the cores; each part sums blocks of
+    /// 64 rows first and adds the block sums, so the f32 rounding grows with 64 + rows/64, not with rows.
+    /// </summary>
     private static void ColumnSums(float* x, long rows, int n, float* sums)
     {
+        const int Block = 64;
         int parts = (int)Math.Clamp(rows / 64, 1, CpuParallel.Threads);
         var partial = new float[parts * n];
         long per = (rows + parts - 1) / parts;
@@ -111,9 +115,16 @@ public sealed unsafe partial class CpuBackend : ReferenceBackend
         CpuParallel.Each(parts, t =>
         {
             var acc = partial.AsSpan(t * n, n);
+            var block = new float[n];
             float* X = (float*)px;
-            for (long r = t * per; r < Math.Min(rows, (t + 1) * per); r++)
-                TensorPrimitives.Add(acc, new ReadOnlySpan<float>(X + r * n, n), acc);
+            long r0 = t * per, r1 = Math.Min(rows, (t + 1) * per);
+            for (long b = r0; b < r1; b += Block)
+            {
+                Array.Clear(block);
+                for (long r = b; r < Math.Min(r1, b + Block); r++)
+                    TensorPrimitives.Add(block, new ReadOnlySpan<float>(X + r * n, n), block);
+                TensorPrimitives.Add(acc, block, acc);
+            }
         });
         var s = new Span<float>(sums, n);
         for (int t = 0; t < parts; t++) TensorPrimitives.Add(s, partial.AsSpan(t * n, n), s);

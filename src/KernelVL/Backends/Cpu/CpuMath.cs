@@ -1,4 +1,6 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace KernelVL.Backends.Cpu;
 
@@ -15,6 +17,128 @@ internal static unsafe class CpuMath
     private const float InvSqrt2 = 0.70710678118654752f;
     private const float InvSqrt2Pi = 0.39894228040143268f;
 
+    // ---------------------------------------------------------------- exp
+    // exp(x) = 2^n e^r with n = round(x log2 e), r = x - n ln 2 (ln 2 split in two for exactness) and e^r from
+    // a degree-6 polynomial on |r| <= ln2/2 (Cephes' expf coefficients): ~1 ulp, and 2-3x the throughput of
+    // the runtime's Vector512.Exp, which widens to double. Inputs below -87.3 give 0 (so -inf, a masked score,
+    // gives exactly 0); inputs above 88.37 are clamped (no caller exponentiates a positive number that large).
+    private const float ExpHi = 88.37f, ExpLo = -87.33f, Log2E = 1.44269504088896341f, Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
+    private const float RoundMagic = 12582912f;          // 1.5 * 2^23
+    private const int RoundMagicBits = 0x4B400000;        // its bit pattern
+    private const float E1 = 1.9875691500e-4f, E2 = 1.3981999507e-3f, E3 = 8.3334519073e-3f, E4 = 4.1665795894e-2f, E5 = 1.6666665459e-1f, E6 = 5.0000001201e-1f;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Exp(Vector512<float> x)
+    {
+        var under = Vector512.LessThan(x, Vector512.Create(ExpLo));
+        x = Vector512.Min(x, Vector512.Create(ExpHi));
+        x = Vector512.Max(x, Vector512.Create(ExpLo));
+        // Round to nearest with the 1.5 * 2^23 trick: t's low mantissa bits then hold n as an integer.
+        var t = Vector512.FusedMultiplyAdd(x, Vector512.Create(Log2E), Vector512.Create(RoundMagic));
+        var n = t - Vector512.Create(RoundMagic);
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), x);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(E1), r, Vector512.Create(E2));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(E3)); p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(E4));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(E5)); p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(E6));
+        var y = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
+        var scale = (t.AsInt32() - Vector512.Create(RoundMagicBits) + Vector512.Create(127)) << 23;
+        return Vector512.ConditionalSelect(under, Vector512<float>.Zero, y * scale.AsSingle());
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> Exp(Vector256<float> x)
+    {
+        var under = Vector256.LessThan(x, Vector256.Create(ExpLo));
+        x = Vector256.Min(x, Vector256.Create(ExpHi));
+        x = Vector256.Max(x, Vector256.Create(ExpLo));
+        var t = Vector256.FusedMultiplyAdd(x, Vector256.Create(Log2E), Vector256.Create(RoundMagic));
+        var n = t - Vector256.Create(RoundMagic);
+        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), x);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
+        var p = Vector256.FusedMultiplyAdd(Vector256.Create(E1), r, Vector256.Create(E2));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(E3)); p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(E4));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(E5)); p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(E6));
+        var y = Vector256.FusedMultiplyAdd(p, r * r, r + Vector256<float>.One);
+        var scale = (t.AsInt32() - Vector256.Create(RoundMagicBits) + Vector256.Create(127)) << 23;
+        return Vector256.ConditionalSelect(under, Vector256<float>.Zero, y * scale.AsSingle());
+    }
+
+    /// <summary>dst[i] = exp(src[i] - shift); returns the sum. dst may be src.</summary>
+    public static float ExpShift(float* src, float* dst, int n, float shift)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Use512)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i + 16 <= n; i += 16)
+            {
+                var e = Exp(Vector512.Load(src + i) - Vector512.Create(shift));
+                e.Store(dst + i);
+                acc += e;
+            }
+            sum += Vector512.Sum(acc);
+        }
+        if (Use256)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i + 8 <= n; i += 8)
+            {
+                var e = Exp(Vector256.Load(src + i) - Vector256.Create(shift));
+                e.Store(dst + i);
+                acc += e;
+            }
+            sum += Vector256.Sum(acc);
+        }
+        for (; i < n; i++)
+        {
+            dst[i] = MathF.Exp(src[i] - shift);
+            sum += dst[i];
+        }
+        return sum;
+    }
+
+    /// <summary>dst[i] = exp(a[i] - b[i]) (a row minus per-column log-sum-exps). dst may be a.</summary>
+    public static void ExpDiff(float* a, float* b, float* dst, int n)
+    {
+        int i = 0;
+        if (Use512)
+            for (; i + 16 <= n; i += 16) Exp(Vector512.Load(a + i) - Vector512.Load(b + i)).Store(dst + i);
+        if (Use256)
+            for (; i + 8 <= n; i += 8) Exp(Vector256.Load(a + i) - Vector256.Load(b + i)).Store(dst + i);
+        for (; i < n; i++) dst[i] = MathF.Exp(a[i] - b[i]);
+    }
+
+    /// <summary>Sum of exp(x[i] - shift), nothing stored.</summary>
+    public static float SumExpShift(float* x, int n, float shift)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Use512)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i + 16 <= n; i += 16) acc += Exp(Vector512.Load(x + i) - Vector512.Create(shift));
+            sum += Vector512.Sum(acc);
+        }
+        if (Use256)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i + 8 <= n; i += 8) acc += Exp(Vector256.Load(x + i) - Vector256.Create(shift));
+            sum += Vector256.Sum(acc);
+        }
+        for (; i < n; i++) sum += MathF.Exp(x[i] - shift);
+        return sum;
+    }
+
+    /// <summary>log(sum exp(x)) of one row in two passes and no scratch; -inf when every entry is -inf.</summary>
+    public static float LogSumExp(float* x, int n)
+    {
+        float mx = System.Numerics.Tensors.TensorPrimitives.Max(new ReadOnlySpan<float>(x, n));
+        if (float.IsNegativeInfinity(mx)) return mx;
+        return mx + MathF.Log(SumExpShift(x, n, mx));
+    }
+
     // erfc(z) for z >= 0 with fractional error below 1.2e-7: t = 1/(1 + z/2), erfc = t exp(-z^2 + P(t)),
     // P the classic 10-term Chebyshev fit. The same polynomial at every width.
     private const float P0 = -1.26551223f, P1 = 1.00002368f, P2 = 0.37409196f, P3 = 0.09678418f, P4 = -0.18628806f,
@@ -28,6 +152,7 @@ internal static unsafe class CpuMath
         return t * MathF.Exp(-z * z + p);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> ErfcPos(Vector512<float> z)
     {
         var t = Vector512<float>.One / (Vector512<float>.One + Vector512.Create(0.5f) * z);
@@ -35,9 +160,10 @@ internal static unsafe class CpuMath
         p = Vector512.Create(P7) + t * p; p = Vector512.Create(P6) + t * p; p = Vector512.Create(P5) + t * p;
         p = Vector512.Create(P4) + t * p; p = Vector512.Create(P3) + t * p; p = Vector512.Create(P2) + t * p;
         p = Vector512.Create(P1) + t * p; p = Vector512.Create(P0) + t * p;
-        return t * Vector512.Exp(p - z * z);
+        return t * Exp(p - z * z);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> ErfcPos(Vector256<float> z)
     {
         var t = Vector256<float>.One / (Vector256<float>.One + Vector256.Create(0.5f) * z);
@@ -45,18 +171,20 @@ internal static unsafe class CpuMath
         p = Vector256.Create(P7) + t * p; p = Vector256.Create(P6) + t * p; p = Vector256.Create(P5) + t * p;
         p = Vector256.Create(P4) + t * p; p = Vector256.Create(P3) + t * p; p = Vector256.Create(P2) + t * p;
         p = Vector256.Create(P1) + t * p; p = Vector256.Create(P0) + t * p;
-        return t * Vector256.Exp(p - z * z);
+        return t * Exp(p - z * z);
     }
 
     // 1 + erf(u), accurate in relative terms also where it is tiny (u very negative).
     private static float OnePlusErf(float u) => u >= 0 ? 2f - ErfcPos(u) : ErfcPos(-u);
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> OnePlusErf(Vector512<float> u)
     {
         var e = ErfcPos(Vector512.Abs(u));
         return Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(u, Vector512<float>.Zero), Vector512.Create(2f) - e, e);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> OnePlusErf(Vector256<float> u)
     {
         var e = ErfcPos(Vector256.Abs(u));
@@ -91,7 +219,7 @@ internal static unsafe class CpuMath
             {
                 var v = Vector512.Load(x + i);
                 var cdf = Vector512.Create(0.5f) * OnePlusErf(v * Vector512.Create(InvSqrt2));
-                var pdf = Vector512.Create(InvSqrt2Pi) * Vector512.Exp(Vector512.Create(-0.5f) * v * v);
+                var pdf = Vector512.Create(InvSqrt2Pi) * Exp(Vector512.Create(-0.5f) * v * v);
                 (Vector512.Load(dx + i) + Vector512.Load(dy + i) * (cdf + v * pdf)).Store(dx + i);
             }
         if (Use256)
@@ -99,7 +227,7 @@ internal static unsafe class CpuMath
             {
                 var v = Vector256.Load(x + i);
                 var cdf = Vector256.Create(0.5f) * OnePlusErf(v * Vector256.Create(InvSqrt2));
-                var pdf = Vector256.Create(InvSqrt2Pi) * Vector256.Exp(Vector256.Create(-0.5f) * v * v);
+                var pdf = Vector256.Create(InvSqrt2Pi) * Exp(Vector256.Create(-0.5f) * v * v);
                 (Vector256.Load(dx + i) + Vector256.Load(dy + i) * (cdf + v * pdf)).Store(dx + i);
             }
         for (; i < n; i++)
@@ -124,35 +252,95 @@ internal static unsafe class CpuMath
             row.Clear();
             return;
         }
+        float sum = ExpShift(y, y, n, mx);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(row, 1f / sum, row);
+    }
+
+    /// <summary>
+    /// dst = src * s. With <paramref name="streaming"/> (for outputs far larger than the caches) it uses
+    /// non-temporal stores where dst is 64-byte aligned, so the output's lines are not first read from memory.
+    /// </summary>
+    public static void ScaleStore(float* src, float s, float* dst, int n, bool streaming)
+    {
         int i = 0;
-        float sum = 0;
+        if (streaming && Use512 && ((nuint)dst & 63) == 0)
+        {
+            for (; i + 16 <= n; i += 16) (Vector512.Load(src + i) * Vector512.Create(s)).StoreAlignedNonTemporal(dst + i);
+        }
+        System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(src + i, n - i), s, new Span<float>(dst + i, n - i));
+    }
+
+    /// <summary>
+    /// Inverted dropout over elements [start, start + n) of a tensor: y = x / (1 - p) where
+    /// CounterRng.Uniform(seed, index) >= p, else 0 (or y += that, when accumulating). The counter hash runs on
+    /// 64-bit lanes; keep-tests compare the hash's top 24 bits with ceil(p 2^24), which is exactly Uniform >= p.
+    /// </summary>
+    public static void DropoutScale(float* x, float* y, long n, long start, float p, ulong seed, bool accumulate)
+    {
+        float s = 1f / (1f - p);
+        ulong threshold = (ulong)Math.Ceiling(p * 16777216.0);
+        ulong seedTerm = seed * 0x9E3779B97F4A7C15UL + 0x632BE59BD9B4E019UL;
+        long i = 0;
         if (Use512)
         {
-            var vs = Vector512<float>.Zero;
+            var lane = Vector512.Create(0UL, 1, 2, 3, 4, 5, 6, 7);
             for (; i + 16 <= n; i += 16)
             {
-                var e = Vector512.Exp(Vector512.Load(y + i) - Vector512.Create(mx));
-                e.Store(y + i);
-                vs += e;
+                var k0 = Hash(Vector512.Create((ulong)(start + i)) + lane, seedTerm);
+                var k1 = Hash(Vector512.Create((ulong)(start + i + 8)) + lane, seedTerm);
+                var keep = Vector512.Narrow(Vector512.GreaterThanOrEqual(k0, Vector512.Create(threshold)),
+                                            Vector512.GreaterThanOrEqual(k1, Vector512.Create(threshold))).AsSingle();
+                var v = Vector512.ConditionalSelect(keep, Vector512.Load(x + i) * Vector512.Create(s), Vector512<float>.Zero);
+                (accumulate ? Vector512.Load(y + i) + v : v).Store(y + i);
             }
-            sum += Vector512.Sum(vs);
         }
         if (Use256)
         {
-            var vs = Vector256<float>.Zero;
+            var lane = Vector256.Create(0UL, 1, 2, 3);
             for (; i + 8 <= n; i += 8)
             {
-                var e = Vector256.Exp(Vector256.Load(y + i) - Vector256.Create(mx));
-                e.Store(y + i);
-                vs += e;
+                var k0 = Hash(Vector256.Create((ulong)(start + i)) + lane, seedTerm);
+                var k1 = Hash(Vector256.Create((ulong)(start + i + 4)) + lane, seedTerm);
+                var keep = Vector256.Narrow(Vector256.GreaterThanOrEqual(k0, Vector256.Create(threshold)),
+                                            Vector256.GreaterThanOrEqual(k1, Vector256.Create(threshold))).AsSingle();
+                var v = Vector256.ConditionalSelect(keep, Vector256.Load(x + i) * Vector256.Create(s), Vector256<float>.Zero);
+                (accumulate ? Vector256.Load(y + i) + v : v).Store(y + i);
             }
-            sum += Vector256.Sum(vs);
         }
         for (; i < n; i++)
         {
-            y[i] = MathF.Exp(y[i] - mx);
-            sum += y[i];
+            float v = CounterRng.Uniform(seed, start + i) >= p ? x[i] * s : 0f;
+            y[i] = accumulate ? y[i] + v : v;
         }
-        System.Numerics.Tensors.TensorPrimitives.Multiply(row, 1f / sum, row);
+    }
+
+    // CounterRng.Hash on 64-bit lanes, returning the top 24 bits (what Uniform scales by 2^-24).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<ulong> Hash(Vector512<ulong> counter, ulong seedTerm)
+    {
+        var z = Vector512.Create(seedTerm) + counter * Vector512.Create(0xD1B54A32D192ED03UL);
+        z = (z ^ (z >>> 30)) * Vector512.Create(0xBF58476D1CE4E5B9UL);
+        z = (z ^ (z >>> 27)) * Vector512.Create(0x94D049BB133111EBUL);
+        return (z ^ (z >>> 31)) >>> 40;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<ulong> Hash(Vector256<ulong> counter, ulong seedTerm)
+    {
+        var z = Vector256.Create(seedTerm) + counter * Vector256.Create(0xD1B54A32D192ED03UL);
+        z = (z ^ (z >>> 30)) * Vector256.Create(0xBF58476D1CE4E5B9UL);
+        z = (z ^ (z >>> 27)) * Vector256.Create(0x94D049BB133111EBUL);
+        return (z ^ (z >>> 31)) >>> 40;
+    }
+
+    /// <summary>
+    /// Asks for the cache lines of [p, p + floats) ahead of use. Row kernels call it for a row or two ahead: rows of
+    /// a few KB each start a new page, where the hardware prefetcher stops, so a lone core stalls on every row.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Prefetch(float* p, long floats)
+    {
+        if (!Sse.IsSupported) return;
+        for (long o = 0; o < floats; o += 16) Sse.Prefetch0(p + o);
     }
 }
