@@ -215,7 +215,9 @@ public static class OpRegistry
             foreach (bool ta in new[] { false, true })
                 foreach (bool tb in new[] { false, true })
                 {
-                    yield return MatMul(1, m, n, k, ta, tb, bias: (m + k) % 2 == 0 || tb, sharedB: false);
+                    // No bias on the one-element product: a*b + bias can cancel to almost nothing, and then f32
+                    // rounding of a*b (not an error of the kernel) dominates the relative error of that one value.
+                    yield return MatMul(1, m, n, k, ta, tb, bias: m * n * k > 1 && ((m + k) % 2 == 0 || tb), sharedB: false);
                     yield return MatMulBackward(1, m, n, k, ta, tb, sharedB: false);
                 }
         yield return MatMul(3, 5, 7, 9, false, true, bias: true, sharedB: true);

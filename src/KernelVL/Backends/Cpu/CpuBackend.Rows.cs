@@ -18,21 +18,25 @@ public sealed unsafe partial class CpuBackend
         Contract.SameShape(op, "x", x, "y", y); Contract.Dims(op, "mean", mean, r); Contract.Dims(op, "rstd", rstd, r);
         F32(op, x, gamma, beta, y, mean, rstd);
         float* X = x.F32Ptr, G = gamma.F32Ptr, B = beta.F32Ptr, Y = y.F32Ptr, M = mean.F32Ptr, R = rstd.F32Ptr;
+        bool streaming = y.Numel * 4L > StreamingBytes;   // see Softmax
         Rows(r, c, (s, e) =>
         {
-            for (long i = s; i < e; i++)
-            {
-                if (i + 2 < e) CpuMath.Prefetch(X + (i + 2) * c, c);
-                var xr = new ReadOnlySpan<float>(X + i * c, c);
-                var yr = new Span<float>(Y + i * c, c);
-                float m = TensorPrimitives.Sum(xr) / c;
-                TensorPrimitives.Subtract(xr, m, yr);                 // y = x - mean
-                float v = TensorPrimitives.SumOfSquares(yr) / c;      // two-pass variance
-                float rs = 1f / MathF.Sqrt(v + eps);
-                TensorPrimitives.Multiply(yr, rs, yr);
-                TensorPrimitives.FusedMultiplyAdd(yr, new ReadOnlySpan<float>(G, c), new ReadOnlySpan<float>(B, c), yr);
-                M[i] = m; R[i] = rs;
-            }
+            var scratch = Scratch(c);
+            fixed (float* t = scratch)
+                for (long i = s; i < e; i++)
+                {
+                    if (i + 2 < e) CpuMath.Prefetch(X + (i + 2) * c, c);
+                    var xr = new ReadOnlySpan<float>(X + i * c, c);
+                    var tr = new Span<float>(t, c);
+                    float m = TensorPrimitives.Sum(xr) / c;
+                    TensorPrimitives.Subtract(xr, m, tr);                 // t = x - mean
+                    float v = TensorPrimitives.SumOfSquares(tr) / c;      // two-pass variance
+                    float rs = 1f / MathF.Sqrt(v + eps);
+                    TensorPrimitives.Multiply(tr, rs, tr);
+                    TensorPrimitives.FusedMultiplyAdd(tr, new ReadOnlySpan<float>(G, c), new ReadOnlySpan<float>(B, c), tr);
+                    CpuMath.ScaleStore(t, 1f, Y + i * c, c, streaming);
+                    M[i] = m; R[i] = rs;
+                }
         });
     }
 
