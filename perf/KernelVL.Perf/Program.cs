@@ -14,7 +14,7 @@ const string usage = """
       ops          check, then time, every op of the parity registry at the perf shapes
       check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
                    for machines that have the .NET runtime but no SDK)
-      --backend    backend to time (default: cpu; known: reference, cpu)
+      --backend    backend to time (default: cpu; known: reference, cpu, ilgpu-cpu, ilgpu)
       --json FILE  also write the results as JSON (written to FILE.tmp, then renamed)
       --filter RE  only ops whose "op shape" matches the regular expression
       --min-time   seconds of timed calls per op (default 0.3); the median call is reported
@@ -102,7 +102,7 @@ Console.Error.WriteLine($"copy peak: median {copy:F1} GB/s of {copySamples.Count
 foreach (var r in results)
     if ((string)r["bound"]! == "memory" && r["gbps"] is double gb) r["fraction_of_peak"] = R(gb / copy);
 
-Console.WriteLine($"machine: {SystemInfo.CpuName}, {SystemInfo.Cores} cores; backend {backend.Name}; peaks: FMA {fma:F0} GFLOP/s, copy {copy:F1} GB/s (median of {copySamples.Count})");
+Console.WriteLine($"machine: {SystemInfo.CpuName}, {SystemInfo.Cores} cores{(backend is KernelVL.Backends.Ilgpu.IlgpuBackend ib2 ? $", accelerator {ib2.Accelerator.Name}" : "")}; backend {backend.Name}; peaks: FMA {fma:F0} GFLOP/s, copy {copy:F1} GB/s (median of {copySamples.Count})");
 Console.WriteLine();
 Console.WriteLine("| op | shape | median ms | GFLOP/s | GB/s | of peak | max rel err | ok |");
 Console.WriteLine("|---|---|---:|---:|---:|---:|---:|---|");
@@ -131,7 +131,7 @@ if (jsonPath is not null)
 {
     var doc = new Dictionary<string, object?>
     {
-        ["machine"] = new Dictionary<string, object?> { ["cpu"] = SystemInfo.CpuName, ["cores"] = SystemInfo.Cores, ["gpu"] = null, ["runtime"] = SystemInfo.Runtime },
+        ["machine"] = new Dictionary<string, object?> { ["cpu"] = SystemInfo.CpuName, ["cores"] = SystemInfo.Cores, ["gpu"] = backend is KernelVL.Backends.Ilgpu.IlgpuBackend ib && ib.Accelerator.AcceleratorType != ILGPU.Runtime.AcceleratorType.CPU ? ib.Accelerator.Name : null, ["runtime"] = SystemInfo.Runtime },
         ["peaks"] = new Dictionary<string, object?>
         {
             ["fma_gflops"] = R(fma), ["copy_gbps"] = R(copy),

@@ -4,7 +4,27 @@ using KernelVL.Testing;
 namespace KernelVL.Tests;
 
 /// <summary>The parity registry: every op x its test shapes x every fast backend, against the scalar reference.</summary>
-public class ParityTests
+public sealed class BackendPool : IDisposable
+{
+    private readonly Dictionary<string, IBackend> _backends = new();
+
+    /// <summary>One instance per backend for the whole class: ILGPU backends compile their kernels once, in their constructor.</summary>
+    public IBackend Get(string name)
+    {
+        lock (_backends)
+        {
+            if (!_backends.TryGetValue(name, out var b)) _backends[name] = b = BackendFactory.Create(name);
+            return b;
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in _backends.Values) b.Dispose();
+    }
+}
+
+public class ParityTests(BackendPool pool) : IClassFixture<BackendPool>
 {
     private static readonly OpCase[] Cases = OpRegistry.TestCases().ToArray();
 
@@ -23,7 +43,7 @@ public class ParityTests
         Skip.If(why is not null, why);
         var c = Cases[index];
         Assert.Equal(name, c.ToString());
-        using var be = BackendFactory.Create(backend);
+        var be = pool.Get(backend);
         using var reference = new ReferenceBackend();
         int seed = Random.Shared.Next();
         var r = OpCheck.Run(c, be, reference, seed);
