@@ -246,7 +246,10 @@ public static class OpRegistry
         {
             yield return Gelu(r, cc); yield return GeluBackward(r, cc);
             yield return Tanh(r, cc); yield return TanhBackward(r, cc);
-            yield return LayerNorm(r, cc); yield return LayerNormBackward(r, cc);
+            // One column: the output is beta whatever x is, so dx is zero in exact arithmetic and only rounding is
+            // left to compare (a fused multiply-add on the GPU leaves it, the CPU not); the forward is still compared.
+            yield return LayerNorm(r, cc);
+            if (cc > 1) yield return LayerNormBackward(r, cc);
             yield return Softmax(r, cc); yield return SoftmaxBackward(r, cc);
             yield return L2Normalize(r, cc); yield return L2NormalizeBackward(r, cc);
         }
