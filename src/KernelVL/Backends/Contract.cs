@@ -119,6 +119,22 @@ public static class Contract
         Dims(op, "mask", mask, b, t);
     }
 
+    public const int MaxTopK = 1024;
+
+    /// <summary>Checks a top-k search; returns (Q, N, D).</summary>
+    public static (int Q, int N, int D) TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices)
+    {
+        const string op = "topk";
+        if (queries.Rank != 2) Fail(op, $"queries must be [Q, D], got {queries.Shape}");
+        if (corpus.Rank != 2 || corpus.Shape[1] != queries.Shape[1]) Fail(op, $"corpus must be [N, {queries.Shape[1]}], got {corpus.Shape}");
+        int q = queries.Shape[0], n = corpus.Shape[0];
+        if (k < 1 || k > Math.Min(n, MaxTopK)) Fail(op, $"k must be in [1, min(N = {n}, {MaxTopK})], got {k}");
+        Dims(op, "scores", scores, q, k);
+        DTypeIs(op, "indices", indices, DType.I32);
+        Dims(op, "indices", indices, q, k);
+        return (q, n, queries.Shape[1]);
+    }
+
     public static void Dropout(float p)
     {
         if (!(p >= 0f && p < 1f)) Fail("dropout", $"p must be in [0, 1), got {p}");

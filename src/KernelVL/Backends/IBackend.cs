@@ -116,6 +116,14 @@ public interface IBackend : IDisposable
     void InfoNce(Tensor t, Tensor v, float invTemperature, Tensor loss, Tensor lseRow, Tensor lseCol);
     void InfoNceBackward(Tensor t, Tensor v, float invTemperature, Tensor lseRow, Tensor lseCol, Tensor dloss, Tensor? dt, Tensor? dv);
 
+    // ---- retrieval ----
+    /// <summary>
+    /// Exact top-k by inner product: queries [Q, D] against corpus [N, D] -> the k best scores [Q, k] (descending) and
+    /// their corpus rows, indices i32 [Q, k]; ties go to the lower index. 1 <= k <= min(N, 1024). Fast backends
+    /// select on the fly over tiles of scores: no [Q, N] matrix for large N.
+    /// </summary>
+    void TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices);
+
     // ---- optimiser ----
     /// <summary>One AdamW step, in place: param, m, v [same shape]; step counts from 1.</summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWParams p, int step);

@@ -7,6 +7,9 @@ namespace KernelVL.Testing;
 /// </summary>
 public sealed record OpCase(string Op, string Shape, double Budget, double Flops, double Bytes, Action<OpContext> Run)
 {
+    /// <summary>Extra checks on the backend's own results (e.g. tie-aware top-k indices); returns a problem or null.</summary>
+    public Func<OpContext, string?>? Validate { get; init; }
+
     public override string ToString() => $"{Op} {Shape}";
 }
 
@@ -36,6 +39,8 @@ public static class OpCheck
         backend.Synchronize();
         var actual = ctx.Collect();
         var result = Compare(c, backend.Name, expected, actual, seed);
+        if (result.Ok && c.Validate?.Invoke(ctx) is { } problem)
+            result = result with { Ok = false, Problem = problem + $" (seed {seed})" };
         thenOnBackend?.Invoke(ctx, result);
         return result;
     }

@@ -138,6 +138,45 @@ public sealed class OpContext : IDisposable
         return Add(name, SlotKind.InOut, shape, HostF(name, shape.Numel, gen));
     }
 
+    /// <summary>An i32 output (e.g. top-k indices): guarded and poisoned like <see cref="Out"/>, checked by the case's validator.</summary>
+    public Tensor OutInts(string name, params int[] dims)
+    {
+        if (_byName.TryGetValue(name, out var known)) return known;
+        var shape = new Shape(dims);
+        long n = shape.Numel;
+        var buffer = B.Empty(new Shape(checked((int)(n + GuardElements))), DType.I32);
+        var host = new int[n + GuardElements];
+        Array.Fill(host, int.MinValue, 0, (int)n);
+        Array.Fill(host, IntSentinel, (int)n, GuardElements);
+        B.CopyFromHost(host, buffer);
+        using var body = buffer.Narrow0(0, (int)n);
+        var view = body.Reshape(shape.ToArray());
+        _owned.Add(buffer);
+        _owned.Add(view);
+        _intSlots.Add((name, buffer, view));
+        _byName[name] = view;
+        return view;
+    }
+
+    public const int IntSentinel = -12345678;
+    private readonly List<(string Name, Tensor Buffer, Tensor View)> _intSlots = new();
+
+    /// <summary>An i32 output's values, or a problem with its guard region.</summary>
+    public (int[] Values, string? Problem) ReadInts(string name)
+    {
+        var (n, buffer, view) = _intSlots.First(s => s.Name == name);
+        var all = buffer.ToArrayI32();
+        for (long i = view.Numel; i < all.Length; i++)
+            if (all[i] != IntSentinel) return ([], $"wrote past the end of {n}");
+        return (all[..(int)view.Numel], null);
+    }
+
+    /// <summary>The current values of a float slot on this context's backend.</summary>
+    public float[] Read(string name) => _slots.First(s => s.Name == name).View.ToArray();
+
+    /// <summary>The host copy of a float input drawn for this case.</summary>
+    public float[] Host(string name) => _hostF[name];
+
     /// <summary>A plain scratch tensor the case uses between calls (not compared).</summary>
     public Tensor Temp(params int[] dims)
     {

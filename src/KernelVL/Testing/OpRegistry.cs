@@ -207,6 +207,45 @@ public static class OpRegistry
             c.Op(() => c.B.ClipGradNorm(grads, maxNorm, c.Out("norm", 1)));
         });
 
+    /// <summary>
+    /// Top-k search. Scores are compared with the reference's (ties have equal scores, so which tied row was picked
+    /// does not matter there); the indices are checked tie-aware: in range, no duplicates in a row, each one's
+    /// exact score (recomputed in f64) equal to the reported score, scores descending.
+    /// </summary>
+    public static OpCase TopK(int q, int n, int d, int k, bool ties = false)
+    {
+        Func<Random, float> gen = ties ? r => r.Next(-1, 2) : OpContext.Normal;
+        return new("topk", $"Q{q} N{n} D{d} k{k}{(ties ? " ties" : "")}", 2e-6, 2.0 * q * n * d, F * ((double)n * d + (double)q * d),
+            c => c.Op(() => c.B.TopK(c.InWith("queries", gen, q, d), c.InWith("corpus", gen, n, d), k, c.Out("scores", q, k), c.OutInts("indices", q, k))))
+        {
+            Validate = ctx =>
+            {
+                var (idx, problem) = ctx.ReadInts("indices");
+                return problem ?? TopKIndexProblem(q, n, d, k, ctx.Host("queries"), ctx.Host("corpus"), idx, ctx.Read("scores"));
+            },
+        };
+    }
+
+    private static string? TopKIndexProblem(int q, int n, int d, int k, float[] qs, float[] cs, int[] idx, float[] scores)
+    {
+        for (int i = 0; i < q; i++)
+        {
+            var seen = new HashSet<int>();
+            for (int j = 0; j < k; j++)
+            {
+                int id = idx[i * k + j];
+                if (id < 0 || id >= n) return $"query {i}: index {id} out of range";
+                if (!seen.Add(id)) return $"query {i}: index {id} twice";
+                double dot = 0;
+                for (int c = 0; c < d; c++) dot += (double)qs[i * d + c] * cs[(long)id * d + c];
+                double s = scores[i * k + j];
+                if (Math.Abs(dot - s) > 1e-5 * Math.Max(1, Math.Abs(dot))) return $"query {i}, rank {j}: index {id} scores {dot}, reported {s}";
+                if (j > 0 && scores[i * k + j] > scores[i * k + j - 1]) return $"query {i}: scores not descending at rank {j}";
+            }
+        }
+        return null;
+    }
+
     // ---------------------------------------------------------------- the lists
     /// <summary>Small, awkward shapes: every op forward and backward, for the parity tests.</summary>
     public static IEnumerable<OpCase> TestCases()
@@ -295,6 +334,13 @@ public static class OpRegistry
         yield return InfoNce(33, 16, 0.005f); yield return InfoNceBackward(33, 16, 0.005f);
         foreach (var (t, n, mx) in new[] { (1, 1, 1f), (3, 17, 0.5f), (5, 1000, 100f), (4, 300, 1f) })
             yield return ClipGradNorm(t, n, mx);
+        // k = 1, k = N, N not a multiple of any tile or group, several tiles, k = 1024, and heavy ties.
+        foreach (var (q, n, d, k, ties) in new[]
+                 {
+                     (1, 1, 1, 1, false), (3, 17, 5, 1, false), (5, 100, 16, 7, false), (3, 50, 8, 50, false),
+                     (2, 2500, 16, 10, false), (2, 1500, 8, 1024, false), (4, 3000, 3, 64, true), (3, 1100, 2, 5, true),
+                 })
+            yield return TopK(q, n, d, k, ties);
     }
 
     /// <summary>The shapes the perf harness times: the model's (ViLT-B/32-like: C 768, 12 heads, T 256) and the issue's targets.</summary>
@@ -330,6 +376,7 @@ public static class OpRegistry
         yield return CrossEntropy(320, 30522); yield return CrossEntropyBackward(320, 30522);
         yield return Bce(1 << 20); yield return BceBackward(1 << 20);
         yield return InfoNce(1024, 768, 0.005f); yield return InfoNceBackward(1024, 768, 0.005f);
+        yield return TopK(256, 16384, 256, 10);
         yield return AdamW(1 << 22);
         yield return ClipGradNorm(16, 1 << 18, 1f);
     }

@@ -23,7 +23,7 @@ public sealed unsafe class IlgpuBackend : IBackend
     private readonly Accelerator _acc;
     private readonly IlgpuAllocator _alloc;
     private readonly Stream _s;
-    private readonly int _rowGroup, _gemmT, _attnGroup;
+    private readonly int _rowGroup, _gemmT, _attnGroup, _topkGroup;
 
     public string Name { get; }
     public Accelerator Accelerator => _acc;
@@ -110,6 +110,9 @@ public sealed unsafe class IlgpuBackend : IBackend
         _gemm = acc.LoadKernel<V, V, V, V, GemmArgs>(Gemm);
         _attn = acc.LoadKernel<V, V, V, VI, AttnArgs, V, V>(IlgpuAttention.Forward);
         _attnB = acc.LoadKernel<V, V, V, VI, AttnArgs, V, V, V, V, V, V>(IlgpuAttention.Backward);
+        _topkSelect = acc.LoadKernel<V, int, int, int, int, V, VI>(IlgpuTopK.Select);
+        _topkWrite = acc.LoadAutoGroupedKernel<Index2D, V, VI, int, int, V, VI>(IlgpuTopK.Write);
+        _topkGroup = PowerOfTwoAtMost(Math.Min(512, maxThreads));
     }
 
     private static int PowerOfTwoAtMost(int n)
@@ -154,6 +157,8 @@ public sealed unsafe class IlgpuBackend : IBackend
     private readonly Action<Stream, KernelConfig, V, V, V, V, GemmArgs> _gemm;
     private readonly Action<Stream, KernelConfig, V, V, V, VI, AttnArgs, V, V> _attn;
     private readonly Action<Stream, KernelConfig, V, V, V, VI, AttnArgs, V, V, V, V, V, V> _attnB;
+    private readonly Action<Stream, KernelConfig, V, int, int, int, int, V, VI> _topkSelect;
+    private readonly Action<Stream, Index2D, V, VI, int, int, V, VI> _topkWrite;
 
     // ---------------------------------------------------------------- views
     private IlgpuStorage Own(Tensor t) => t.Storage as IlgpuStorage is { } s && ReferenceEquals(s.Backend, this)
@@ -696,6 +701,27 @@ public sealed unsafe class IlgpuBackend : IBackend
         _nceGrad(_s, Rows(n), F(s), F(lseRow), F(lseCol), F(colOff), F(dloss), n, invTemperature / n);
         if (dt is not null) LaunchGemm(n, dim, n, F(s), n, false, 0, F(v), dim, false, 0, F(dt), dim, 0, 1, V.Empty, true);
         if (dv is not null) LaunchGemm(n, dim, n, F(s), n, true, 0, F(t), dim, false, 0, F(dv), dim, 0, 1, V.Empty, true);
+    }
+
+    // ---------------------------------------------------------------- retrieval
+    public void TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices)
+    {
+        var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
+        if (q == 0) return;
+        int k2 = PowerOfTwoAtMost(k);
+        if (k2 < k) k2 *= 2;
+        int w = IlgpuTopK.W;
+        using var tile = Empty(new Shape(q, w));                   // [Q, W] scores of one corpus tile
+        using var bestS = Empty(new Shape(q, k2));                 // running best, sorted
+        using var bestI = Empty(new Shape(q, k2), DType.I32);
+        V C = F(corpus);
+        for (int t0 = 0; t0 < n; t0 += w)
+        {
+            int cols = Math.Min(w, n - t0);
+            LaunchGemm(q, cols, d, F(queries), d, false, 0, C.SubView((long)t0 * d), d, true, 0, F(tile), w, 0, 1, V.Empty, false);
+            _topkSelect(_s, new KernelConfig(q, _topkGroup), F(tile), t0, cols, k2, t0 == 0 ? 1 : 0, F(bestS), I(bestI));
+        }
+        _topkWrite(_s, new Index2D(q, k), F(bestS), I(bestI), k2, k, F(scores), I(indices));
     }
 
     // ---------------------------------------------------------------- optimiser

@@ -803,6 +803,27 @@ public unsafe class ReferenceBackend : IBackend
         return mx + Math.Log(s);
     }
 
+    // ------------------------------------------------------------------ retrieval
+    public virtual void TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices)
+    {
+        var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
+        var Q = Read(queries); var C = Read(corpus);
+        var S = new double[(long)q * k]; var I = new double[(long)q * k];
+        var all = new (double Score, int Index)[n];
+        for (int i = 0; i < q; i++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                double dot = 0;
+                for (int c = 0; c < d; c++) dot += Q[(long)i * d + c] * C[(long)j * d + c];
+                all[j] = (dot, j);
+            }
+            Array.Sort(all, (x, y) => x.Score != y.Score ? y.Score.CompareTo(x.Score) : x.Index.CompareTo(y.Index));
+            for (int j = 0; j < k; j++) { S[(long)i * k + j] = all[j].Score; I[(long)i * k + j] = all[j].Index; }
+        }
+        Write(scores, S); Write(indices, I);
+    }
+
     // ------------------------------------------------------------------ optimiser
     public virtual void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWParams p, int step)
     {
