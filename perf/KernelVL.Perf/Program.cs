@@ -14,7 +14,8 @@ const string usage = """
       ops          check, then time, every op of the parity registry at the perf shapes
       check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
                    for machines that have the .NET runtime but no SDK)
-      --backend    backend to time (default: cpu; known: reference, cpu, ilgpu-cpu, ilgpu)
+      --backend    backend to time (default: cpu; known: reference, cpu, ilgpu-cpu, ilgpu-cuda; ilgpu = the best ILGPU
+                   accelerator present: CUDA, else ILGPU's CPU accelerator)
       --json FILE  also write the results as JSON (written to FILE.tmp, then renamed)
       --filter RE  only ops whose "op shape" matches the regular expression
       --min-time   seconds of timed calls per op (default 0.3); the median call is reported
@@ -47,6 +48,7 @@ if (BackendFactory.Unavailable(backendName) is { } why) { Console.Error.WriteLin
 
 if (args[0] == "check") return CheckAll(backendName, filter);
 
+if (BackendFactory.Resolve(backendName) != backendName) Console.Error.WriteLine($"backend {backendName} is {BackendFactory.Resolve(backendName)} here");
 Console.Error.WriteLine("measuring peaks (FMA loop on all cores, 256 MiB copy) ...");
 // The copy peak of this (virtualised, shared) machine drifts by tens of percent within minutes: it is sampled
 // before and after the ops, and the median of all samples is the reference for the memory-bound ratios.
@@ -85,7 +87,7 @@ foreach (var c in cases)
     double secs = medianMs / 1e3;
     double gflops = c.Flops > 0 ? c.Flops / secs / 1e9 : 0, gbps = c.Bytes / secs / 1e9;
     bool computeBound = c.Flops / Math.Max(1, c.Bytes) > 10;
-    bool hostBackend = backend.Name is "cpu" or "reference" or "ilgpu-cpu";
+    bool hostBackend = backend.Name is "cpu" or "reference" or "ilgpu-cpu";   // the measured peaks are the host's
     double fraction = !hostBackend ? double.NaN : computeBound ? gflops / fma : gbps / copy;
     results.Add(new()
     {

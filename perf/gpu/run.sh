@@ -38,11 +38,11 @@ echo "== parity registry on the cpu backend ($(nproc) cores)"
 dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cpu 2>&1 | tail -n 5 | tee "$OUT/check-cpu.txt"
 
 echo "== parity registry on the ilgpu backend (ILGPU's CUDA accelerator)"
-dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend ilgpu 2>&1 | tail -n 20 | tee "$OUT/check-ilgpu.txt"
+dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend ilgpu-cuda 2>&1 | tail -n 20 | tee "$OUT/check-ilgpu.txt"
 
 if [ "${SKIP_ILGPU_OPS:-0}" != 1 ]; then
   echo "== ops --backend ilgpu (checked against the reference, then timed)"
-  dotnet "$bundle/perf/KernelVL.Perf.dll" ops --backend ilgpu --json "$OUT/ilgpu-ops.json" ${ILGPU_OPS_FILTER:+--filter "$ILGPU_OPS_FILTER"} \
+  dotnet "$bundle/perf/KernelVL.Perf.dll" ops --backend ilgpu-cuda --json "$OUT/ilgpu-ops.json" ${ILGPU_OPS_FILTER:+--filter "$ILGPU_OPS_FILTER"} \
     > "$OUT/ilgpu-ops.md" 2> "$OUT/ilgpu-ops.log"
   echo "exit $?"; tail -n 6 "$OUT/ilgpu-ops.md"
 fi

@@ -106,6 +106,18 @@ public static class Contract
         return new AttentionDims(b, h, tq, tk, d);
     }
 
+    public static AttentionDims AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor? keyMask, Tensor o, Tensor lse, Tensor dO,
+        Tensor? dq, Tensor? dk, Tensor? dv)
+    {
+        const string op = "attention backward";
+        var d = Attention(q, k, v, keyMask, o, lse);
+        SameShape(op, "o", o, "dO", dO);
+        SameShapeOrNull(op, "q", q, "dq", dq);
+        SameShapeOrNull(op, "k", k, "dk", dk);
+        SameShapeOrNull(op, "v", v, "dv", dv);
+        return d;
+    }
+
     public static SeqDims Seq(string op, string name, Tensor x)
     {
         if (x.Rank != 3) Fail(op, $"{name} must be [B, T, C], got {x.Shape}");

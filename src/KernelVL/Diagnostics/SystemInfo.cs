@@ -197,7 +197,7 @@ public static class SystemInfo
     {
         "cpu" => typeof(CpuBackend),
         "reference" => typeof(ReferenceBackend),
-        "ilgpu" or "ilgpu-cpu" => typeof(KernelVL.Backends.Ilgpu.IlgpuBackend),
+        "ilgpu" or "ilgpu-cpu" or "ilgpu-cuda" => typeof(KernelVL.Backends.Ilgpu.IlgpuBackend),
         _ => throw new BackendException($"unknown backend '{name}'"),
     };
 }

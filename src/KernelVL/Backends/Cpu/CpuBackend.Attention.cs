@@ -85,11 +85,7 @@ public sealed unsafe partial class CpuBackend
     public override void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse, Tensor dO,
         Tensor? dq, Tensor? dk, Tensor? dv)
     {
-        var d = Contract.Attention(q, k, v, keyMask, o, lse);
-        Contract.SameShape("attention backward", "o", o, "dO", dO);
-        Contract.SameShapeOrNull("attention backward", "q", q, "dq", dq);
-        Contract.SameShapeOrNull("attention backward", "k", k, "dk", dk);
-        Contract.SameShapeOrNull("attention backward", "v", v, "dv", dv);
+        var d = Contract.AttentionBackward(q, k, v, keyMask, o, lse, dO, dq, dk, dv);
         F32("attention backward", q, k, v, o, lse, dO, dq, dk, dv);
         var addMask = AdditiveKeyMask(keyMask, d.B, d.Tk);
         float* Qp = q.F32Ptr, Kp = k.F32Ptr, Vp = v.F32Ptr, Op = o.F32Ptr, Lp = lse.F32Ptr, dOp = dO.F32Ptr;

@@ -32,7 +32,7 @@ public sealed unsafe class IlgpuBackend : IBackend
     public static IlgpuBackend CreateCpu() => Create("ilgpu-cpu", d => d.AcceleratorType == AcceleratorType.CPU);
 
     /// <summary>The first CUDA device; throws <see cref="BackendException"/> when there is none.</summary>
-    public static IlgpuBackend CreateCuda() => Create("ilgpu", d => d.AcceleratorType == AcceleratorType.Cuda);
+    public static IlgpuBackend CreateCuda() => Create("ilgpu-cuda", d => d.AcceleratorType == AcceleratorType.Cuda);
 
     /// <summary>Null when a CUDA device is usable through ILGPU, else why not.</summary>
     public static string? CudaUnavailable()
@@ -493,11 +493,7 @@ public sealed unsafe class IlgpuBackend : IBackend
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse, Tensor dO,
         Tensor? dq, Tensor? dk, Tensor? dv)
     {
-        var d = Contract.Attention(q, k, v, keyMask, o, lse);
-        Contract.SameShape("attention backward", "o", o, "dO", dO);
-        Contract.SameShapeOrNull("attention backward", "q", q, "dq", dq);
-        Contract.SameShapeOrNull("attention backward", "k", k, "dk", dk);
-        Contract.SameShapeOrNull("attention backward", "v", v, "dv", dv);
+        var d = Contract.AttentionBackward(q, k, v, keyMask, o, lse, dO, dq, dk, dv);
         if (d.B * d.H * d.Tq == 0) return;
         _attnB(_s, AttnGrid(d), F(q), F(k), F(v), I(keyMask, true), AttnArgsOf(d, keyMask, scale), F(o), F(lse), F(dO),
             F(dq, true), F(dk, true), F(dv, true));

@@ -414,8 +414,7 @@ public unsafe class ReferenceBackend : IBackend
     public virtual void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse, Tensor dO,
         Tensor? dq, Tensor? dk, Tensor? dv)
     {
-        var d = Contract.Attention(q, k, v, keyMask, o, lse);
-        Contract.SameShape("attention backward", "o", o, "dO", dO);
+        var d = Contract.AttentionBackward(q, k, v, keyMask, o, lse, dO, dq, dk, dv);
         var Q = Read(q); var K = Read(k); var V = Read(v); var L = Read(lse); var DO = Read(dO); var Mk = MaskOrNull(keyMask);
         var DQ = new double[Q.Length]; var DK = new double[K.Length]; var DV = new double[V.Length];
         var p = new double[d.Tk]; var dp = new double[d.Tk];
