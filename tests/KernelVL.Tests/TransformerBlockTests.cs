@@ -8,7 +8,7 @@ namespace KernelVL.Tests;
 /// Gradients through a whole 2-layer pre-LN single-stream transformer with every op of the contract
 /// in one graph (embeddings, patch projection, concat, dropout, attention with padding, GELU MLP, layer
 /// norms, slices, pooling, tanh, L2 norm) and the three losses on top (InfoNCE, MLM cross-entropy, ITM BCE).
-/// Checked by finite differences in f64, and the Cpu backend's f32 gradients against them.
+/// Checked by finite differences in f64, and each fast backend's f32 gradients against them.
 /// </summary>
 public unsafe class TransformerBlockTests
 {
@@ -134,12 +134,16 @@ public unsafe class TransformerBlockTests
         GradCheckTests.Check(be, new Random(seed), () => net.Loss(), net.Params.ToArray(), budget: 1e-6, maxProbes: 12);
     }
 
-    [Fact]
-    public void CpuGradientsMatchTheF64Reference()
+    [SkippableTheory]
+    [InlineData("cpu")]
+    [InlineData("ilgpu-cpu")]
+    [InlineData("ilgpu-cuda")]
+    public void F32GradientsMatchTheF64Reference(string backend)
     {
+        Skip.If(BackendFactory.Unavailable(backend) is { } why, BackendFactory.Unavailable(backend));
         int seed = Random.Shared.Next();
         using var reference = new ReferenceBackend();
-        using var cpu = new Backends.Cpu.CpuBackend();
+        using var cpu = BackendFactory.Create(backend);
         using var netRef = new Net(reference, DType.F64, seed);
         using var netCpu = new Net(cpu, DType.F32, seed);
         double lossRef, lossCpu;
