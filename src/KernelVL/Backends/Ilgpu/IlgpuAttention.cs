@@ -20,6 +20,20 @@ internal static class IlgpuAttention
     public const int Kt = 32;
     public const int MaxD = 128;
 
+    /// <summary>Keys and values j0 .. j0 + Kt of head bh into shared memory (zeros past Tk), then a barrier.</summary>
+    private static void LoadTile(ArrayView<float> k, ArrayView<float> v, long bh, int j0, AttnArgs p, ArrayView<float> sk, ArrayView<float> sv)
+    {
+        int d = p.D;
+        for (int e = Group.IdxX; e < Kt * d; e += Group.DimX)
+        {
+            int kk = e / d, c = e % d, key = j0 + kk;
+            long src = (bh * p.Tk + key) * d + c;
+            sk[e] = key < p.Tk ? k[src] : 0f;
+            sv[e] = key < p.Tk ? v[src] : 0f;
+        }
+        Group.Barrier();
+    }
+
     public static void Forward(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> mask, AttnArgs p,
         ArrayView<float> o, ArrayView<float> lse)
     {
@@ -41,14 +55,7 @@ internal static class IlgpuAttention
         float m = float.NegativeInfinity, l = 0f;
         for (int j0 = 0; j0 < p.Tk; j0 += Kt)
         {
-            for (int e = Group.IdxX; e < Kt * d; e += Group.DimX)
-            {
-                int kk = e / d, c = e % d, key = j0 + kk;
-                long src = (bh * p.Tk + key) * d + c;
-                sk[e] = key < p.Tk ? k[src] : 0f;
-                sv[e] = key < p.Tk ? v[src] : 0f;
-            }
-            Group.Barrier();
+            LoadTile(k, v, bh, j0, p, sk, sv);
             if (active)
             {
                 int n = p.Tk - j0 < Kt ? p.Tk - j0 : Kt;
@@ -107,14 +114,7 @@ internal static class IlgpuAttention
         }
         for (int j0 = 0; j0 < p.Tk; j0 += Kt)
         {
-            for (int e = Group.IdxX; e < Kt * d; e += Group.DimX)
-            {
-                int kk = e / d, c = e % d, key = j0 + kk;
-                long src = (bh * p.Tk + key) * d + c;
-                sk[e] = key < p.Tk ? k[src] : 0f;
-                sv[e] = key < p.Tk ? v[src] : 0f;
-            }
-            Group.Barrier();
+            LoadTile(k, v, bh, j0, p, sk, sv);
             if (active)
             {
                 int n = p.Tk - j0 < Kt ? p.Tk - j0 : Kt;
