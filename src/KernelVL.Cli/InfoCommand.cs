@@ -38,6 +38,7 @@ internal static class InfoCommand
                 ilgpu_probe = probes.Select(p => new { device = p.Device, type = p.Type, ok = p.Ok, detail = p.Detail }),
                 cuda_driver = cuda,
                 nvrtc,
+                cuda_kernels_embedded = KernelVL.Cuda.EmbeddedKernels.Names,
                 backends = BackendFactory.Names.Select(n => new { name = n, available = BackendFactory.Unavailable(n) is null, reason = BackendFactory.Unavailable(n) }),
                 default_backend = backend,
                 ops = ops.Select(o => new { op = o.Op, implemented_by = o.ImplementedBy }),
@@ -53,6 +54,7 @@ internal static class InfoCommand
         foreach (var p in probes) Console.WriteLine($"  probe {p.Type,-8} {(p.Ok ? "ok" : "FAILED")}: {p.Detail}");
         Console.WriteLine($"cuda driver    {cuda ?? "not found (no NVIDIA driver: GPU backends unavailable)"}");
         Console.WriteLine($"nvrtc          {nvrtc ?? "not found (CUDA kernels would use the embedded PTX)"}");
+        Console.WriteLine($"cuda kernels   {string.Join(", ", KernelVL.Cuda.EmbeddedKernels.Names)} (embedded PTX for sm_80, compiled at build time)");
         Console.WriteLine("backends");
         foreach (var n in BackendFactory.Names)
             Console.WriteLine($"  {n,-10} {BackendFactory.Unavailable(n) ?? "available"}{(n == backend ? " (default)" : "")}");

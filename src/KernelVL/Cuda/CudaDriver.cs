@@ -1,0 +1,177 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace KernelVL.Cuda;
+
+/// <summary>
+/// The project's own binding of the CUDA driver API (libcuda.so.1): only the calls the Cuda backend makes, resolved
+/// once as unmanaged function pointers. Every failing call becomes a <see cref="CudaException"/> naming the call and
+/// the CUresult. A machine without the driver gets a <see cref="BackendException"/> saying so, never a crash.
+/// The context is ILGPU's (its accelerator's NativePtr), so both share memory and the stream.
+/// </summary>
+public sealed unsafe class CudaDriver
+{
+    public const string LibraryName = "libcuda.so.1";
+
+    private readonly delegate* unmanaged<uint, int> _cuInit;
+    private readonly delegate* unmanaged<int*, int> _cuDriverGetVersion;
+    private readonly delegate* unmanaged<int, byte**, int> _cuGetErrorString;
+    private readonly delegate* unmanaged<nint, int> _cuCtxSetCurrent;
+    private readonly delegate* unmanaged<nint*, void*, uint, int*, void**, int> _cuModuleLoadDataEx;
+    private readonly delegate* unmanaged<nint, int> _cuModuleUnload;
+    private readonly delegate* unmanaged<nint*, nint, byte*, int> _cuModuleGetFunction;
+    private readonly delegate* unmanaged<nint, int, int, int> _cuFuncSetAttribute;
+    private readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
+    private readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
+
+    private CudaDriver(nint lib)
+    {
+        _cuInit = (delegate* unmanaged<uint, int>)Export(lib, "cuInit");
+        _cuDriverGetVersion = (delegate* unmanaged<int*, int>)Export(lib, "cuDriverGetVersion");
+        _cuGetErrorString = (delegate* unmanaged<int, byte**, int>)Export(lib, "cuGetErrorString");
+        _cuCtxSetCurrent = (delegate* unmanaged<nint, int>)Export(lib, "cuCtxSetCurrent");
+        _cuModuleLoadDataEx = (delegate* unmanaged<nint*, void*, uint, int*, void**, int>)Export(lib, "cuModuleLoadDataEx");
+        _cuModuleUnload = (delegate* unmanaged<nint, int>)Export(lib, "cuModuleUnload");
+        _cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)Export(lib, "cuModuleGetFunction");
+        _cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Export(lib, "cuFuncSetAttribute");
+        _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Export(lib, "cuLaunchKernel");
+        _cuStreamSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuStreamSynchronize");
+        Check("cuInit", _cuInit(0));
+    }
+
+    private static void* Export(nint lib, string name) =>
+        NativeLibrary.TryGetExport(lib, name, out var p) ? (void*)p
+        : throw new BackendException($"{LibraryName} has no {name}: the NVIDIA driver is too old for this project");
+
+    /// <summary>Loads the driver; throws <see cref="BackendException"/> with the reason when this machine has none.</summary>
+    public static CudaDriver Load()
+    {
+        if (!NativeLibrary.TryLoad(LibraryName, out var lib))
+            throw new BackendException($"{LibraryName} could not be loaded: this machine has no NVIDIA driver, so the cuda backend is unavailable");
+        return new CudaDriver(lib);
+    }
+
+    /// <summary>Throws a <see cref="CudaException"/> for a failed call, with the driver's own description where it has one.</summary>
+    public void Check(string call, int result, string? log = null)
+    {
+        if (result == 0) return;
+        string? description = null;
+        byte* s = null;
+        if (_cuGetErrorString != null && _cuGetErrorString(result, &s) == 0 && s != null) description = Marshal.PtrToStringUTF8((nint)s);
+        throw new CudaException(call, result, description, log);
+    }
+
+    public int DriverVersion
+    {
+        get
+        {
+            int v;
+            Check("cuDriverGetVersion", _cuDriverGetVersion(&v));
+            return v;
+        }
+    }
+
+    public void SetCurrentContext(nint context) => Check("cuCtxSetCurrent", _cuCtxSetCurrent(context));
+
+    /// <summary>Loads PTX (JIT-compiled by the driver) or a CUBIN; a failure carries the JIT's error log.</summary>
+    public nint LoadModule(ReadOnlySpan<byte> image)
+    {
+        const int CU_JIT_ERROR_LOG_BUFFER = 5, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6;
+        var log = new byte[16384];
+        var copy = new byte[image.Length + 1];   // NUL-terminated for PTX
+        image.CopyTo(copy);
+        fixed (byte* img = copy, logp = log)
+        {
+            int* options = stackalloc int[] { CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES };
+            void** values = stackalloc void*[] { logp, (void*)(nint)log.Length };
+            nint module;
+            int r = _cuModuleLoadDataEx(&module, img, 2, options, values);
+            if (r != 0) Check("cuModuleLoadDataEx", r, Encoding.UTF8.GetString(log).TrimEnd('\0'));
+            return module;
+        }
+    }
+
+    public void UnloadModule(nint module) => Check("cuModuleUnload", _cuModuleUnload(module));
+
+    public nint GetFunction(nint module, string name)
+    {
+        var bytes = Encoding.ASCII.GetBytes(name + "\0");
+        fixed (byte* n = bytes)
+        {
+            nint f;
+            Check($"cuModuleGetFunction({name})", _cuModuleGetFunction(&f, module, n));
+            return f;
+        }
+    }
+
+    /// <summary>CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8: lets a kernel use more than 48 KB of shared memory.</summary>
+    public void SetMaxDynamicSharedMemory(nint function, int bytes) => Check("cuFuncSetAttribute", _cuFuncSetAttribute(function, 8, bytes));
+
+    public void Launch(nint function, (uint X, uint Y, uint Z) grid, (uint X, uint Y, uint Z) block, uint sharedBytes, nint stream, KernelArgs args)
+        => Check("cuLaunchKernel", _cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, sharedBytes, stream, args.Pointers, null));
+
+    public void Synchronize(nint stream) => Check("cuStreamSynchronize", _cuStreamSynchronize(stream));
+}
+
+/// <summary>
+/// Kernel arguments packed for cuLaunchKernel: each value is copied into one unmanaged block (8-byte slots) and
+/// <see cref="Pointers"/> lists their addresses. No boxing; reusable with <see cref="Clear"/>.
+/// </summary>
+public sealed unsafe class KernelArgs : IDisposable
+{
+    private const int MaxArgs = 32;
+    private byte* _values;
+    private void** _pointers;
+    private int _count;
+
+    public KernelArgs()
+    {
+        _values = (byte*)NativeMemory.AllocZeroed(MaxArgs * 8);
+        _pointers = (void**)NativeMemory.AllocZeroed(MaxArgs * (nuint)sizeof(void*));
+    }
+
+    public int Count => _count;
+    public void** Pointers => _pointers;
+
+    public KernelArgs Add<T>(T value) where T : unmanaged
+    {
+        if (sizeof(T) > 8) throw new ArgumentException($"kernel arguments are at most 8 bytes, {typeof(T).Name} is {sizeof(T)}");
+        if (_count == MaxArgs) throw new ArgumentException($"at most {MaxArgs} kernel arguments");
+        byte* slot = _values + _count * 8;
+        *(T*)slot = value;
+        _pointers[_count++] = slot;
+        return this;
+    }
+
+    /// <summary>The value of argument i, as the kernel will see it.</summary>
+    public T Get<T>(int i) where T : unmanaged => i < _count ? *(T*)_pointers[i] : throw new ArgumentOutOfRangeException(nameof(i));
+
+    public void Clear() => _count = 0;
+
+    public void Dispose()
+    {
+        NativeMemory.Free(_values);
+        NativeMemory.Free(_pointers);
+        _values = null;
+        _pointers = null;
+    }
+}
+
+/// <summary>The CUDA kernels of kernels/*.cu as the build embedded them: PTX for sm_80 (JIT-compiled by any newer driver) and the sources.</summary>
+public static class EmbeddedKernels
+{
+    public static IReadOnlyList<string> Names { get; } = typeof(EmbeddedKernels).Assembly.GetManifestResourceNames()
+        .Where(n => n.StartsWith("kernels/", StringComparison.Ordinal) && n.EndsWith(".ptx", StringComparison.Ordinal))
+        .Select(n => n["kernels/".Length..^".ptx".Length]).OrderBy(n => n, StringComparer.Ordinal).ToArray();
+
+    public static string Ptx(string name) => Read($"kernels/{name}.ptx");
+    public static string Source(string name) => Read($"kernels/{name}.cu");
+
+    private static string Read(string resource)
+    {
+        using var s = typeof(EmbeddedKernels).Assembly.GetManifestResourceStream(resource)
+            ?? throw new BackendException($"kernel resource {resource} is not embedded in this build");
+        using var r = new StreamReader(s);
+        return r.ReadToEnd();
+    }
+}
