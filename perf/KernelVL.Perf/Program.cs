@@ -59,6 +59,10 @@ Console.Error.WriteLine($"peaks: fma {fma:F0} GFLOP/s, copy {copy:F1} GB/s");
 
 using var backend = BackendFactory.Create(backendName);
 using var reference = new ReferenceBackend();
+
+// Numbers in output and files never depend on the user's locale (decimal commas would break tables and JSON readers).
+System.Globalization.CultureInfo.DefaultThreadCurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
 var cases = OpRegistry.PerfCases().Where(c => filter is null || filter.IsMatch(c.ToString())).ToArray();
 var results = new List<Dictionary<string, object?>>();
 int failures = 0;

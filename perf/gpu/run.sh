@@ -11,7 +11,9 @@ OUT=${OUT:-$(mktemp -d)}
 
 export DOTNET_ROOT=$(mktemp -d)
 tar -C "$DOTNET_ROOT" -xJf "$bundle/dotnet-runtime.tar.xz"
-export PATH="$DOTNET_ROOT:$PATH" DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 DOTNET_CLI_TELEMETRY_OPTOUT=1
+export PATH="$DOTNET_ROOT:$PATH" DOTNET_CLI_TELEMETRY_OPTOUT=1
+# Without libicu .NET only starts in invariant mode (then the tokenizer cannot strip accents: Unicode normalisation needs ICU).
+ldconfig -p 2>/dev/null | grep -q libicuuc || export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1
 
 echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
 echo "== CUDA libraries"

@@ -1,6 +1,10 @@
 using System.CommandLine;
 using KernelVL.Cli;
 
+// Numbers in output and files never depend on the user's locale (decimal commas would break tables and JSON readers).
+System.Globalization.CultureInfo.DefaultThreadCurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+
 var verbose = new Option<bool>("--verbose") { Description = "Print stack traces on errors", Recursive = true };
 var root = new RootCommand("kernelvl: fast cross-modal (image <-> text) retrieval with decomposed vision-language transformers");
 root.Options.Add(verbose);

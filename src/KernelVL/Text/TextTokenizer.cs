@@ -1,0 +1,77 @@
+using Microsoft.ML.Tokenizers;
+
+namespace KernelVL.Text;
+
+/// <summary>A batch of tokenised texts: ids and attention masks [B, T] (row-major), T = the longest in the batch.</summary>
+public sealed record TokenBatch(int[] Ids, int[] Mask, int Batch, int Length);
+
+/// <summary>
+/// Uncased-BERT WordPiece tokenisation (as ViLT/BERT: lower-casing and accent stripping) from a checkpoint's
+/// vocab.txt, through Microsoft.ML.Tokenizers' BertTokenizer; adds [CLS] ... [SEP], truncates to the model's
+/// maximum text length and pads batches with [PAD] (mask 0).
+/// </summary>
+public sealed class TextTokenizer
+{
+    /// <summary>Texts longer than this are refused before tokenising (they would be truncated to a few dozen tokens anyway).</summary>
+    public const int MaxCharacters = 10_000;
+
+    private readonly BertTokenizer _bert;
+
+    public int MaxLength { get; }
+    public int PadId => _bert.PaddingTokenId;
+    public int ClsId => _bert.ClassificationTokenId;
+    public int SepId => _bert.SeparatorTokenId;
+    public int MaskId => _bert.MaskingTokenId;
+    public int UnknownId => _bert.UnknownTokenId;
+
+    private TextTokenizer(BertTokenizer bert, int maxLength)
+    {
+        _bert = bert;
+        MaxLength = maxLength;
+    }
+
+    public static TextTokenizer Load(string vocabPath, int maxLength)
+    {
+        if (!File.Exists(vocabPath)) throw new BadInputException($"{vocabPath}: no such file");
+        if (maxLength < 2) throw new BadInputException($"{vocabPath}: a maximum text length of {maxLength} leaves no room for [CLS] and [SEP]");
+        try
+        {
+            var bert = BertTokenizer.Create(vocabPath, new BertOptions { LowerCaseBeforeTokenization = true, RemoveNonSpacingMarks = true });
+            return new TextTokenizer(bert, maxLength);
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or IOException)
+        {
+            throw new BadInputException($"{vocabPath}: not a usable WordPiece vocabulary ({e.Message})");
+        }
+    }
+
+    /// <summary>[CLS] tokens [SEP], truncated to <see cref="MaxLength"/>.</summary>
+    public int[] Encode(string text)
+    {
+        if (string.IsNullOrWhiteSpace(text)) throw new BadInputException("empty text: nothing to encode");
+        if (text.Length > MaxCharacters) throw new BadInputException($"text of {text.Length} characters is over the {MaxCharacters}-character limit");
+        var pieces = _bert.EncodeToIds(text, addSpecialTokens: false);
+        int keep = Math.Min(pieces.Count, MaxLength - 2);
+        var ids = new int[keep + 2];
+        ids[0] = ClsId;
+        for (int i = 0; i < keep; i++) ids[i + 1] = pieces[i];
+        ids[^1] = SepId;
+        return ids;
+    }
+
+    /// <summary>Encodes a batch, padded to its longest member (or to <see cref="MaxLength"/> with padToMax).</summary>
+    public TokenBatch EncodeBatch(IReadOnlyList<string> texts, bool padToMax = false)
+    {
+        var rows = texts.Select(Encode).ToArray();
+        int t = padToMax ? MaxLength : rows.Length == 0 ? 0 : rows.Max(r => r.Length);
+        var ids = new int[rows.Length * t];
+        var mask = new int[rows.Length * t];
+        Array.Fill(ids, PadId);
+        for (int b = 0; b < rows.Length; b++)
+        {
+            rows[b].CopyTo(ids, b * t);
+            Array.Fill(mask, 1, b * t, rows[b].Length);
+        }
+        return new TokenBatch(ids, mask, rows.Length, t);
+    }
+}
