@@ -17,7 +17,7 @@ public class Vector256FallbackTests
     private static readonly string[] Ops =
     [
         "matmul", "matmul_backward", "gelu", "gelu_backward", "softmax", "softmax_backward", "adamw", "attention", "attention_backward",
-        "dropout", "dropout_backward", "cross_entropy", "cross_entropy_backward", "infonce", "infonce_backward", "bce_with_logits", "topk",
+        "dropout", "dropout_backward", "cross_entropy", "cross_entropy_backward", "infonce", "infonce_backward", "bce_with_logits", "topk", "layernorm_backward",
     ];
 
     public static IEnumerable<object[]> Data() =>

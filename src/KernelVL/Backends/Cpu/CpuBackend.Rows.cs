@@ -55,29 +55,12 @@ public sealed unsafe partial class CpuBackend
         long per = (r + parts - 1) / parts;
         CpuParallel.Each(parts, t =>
         {
-            var xh = new float[c];
-            var g = new float[c];
-            var pg = partG.AsSpan(t * c, c);
-            var pb = partB.AsSpan(t * c, c);
-            var gam = new ReadOnlySpan<float>(G, c);
-            for (long i = t * per; i < Math.Min(r, (t + 1) * per); i++)
-            {
-                var xr = new ReadOnlySpan<float>(X + i * c, c);
-                var dr = new ReadOnlySpan<float>(D + i * c, c);
-                TensorPrimitives.Subtract(xr, M[i], xh);
-                TensorPrimitives.Multiply(xh, R[i], xh);              // x-hat
-                TensorPrimitives.FusedMultiplyAdd(dr, xh, pg, pg);      // dgamma += dy * xhat
-                TensorPrimitives.Add(pb, dr, pb);                       // dbeta += dy
-                if (DX == null) continue;
-                TensorPrimitives.Multiply(dr, gam, g);                  // g = dy * gamma
-                float meanG = TensorPrimitives.Sum(g) / c;
-                float meanGX = TensorPrimitives.Dot(g, xh) / c;
-                // dx += rstd * (g - meanG - xhat * meanGX)
-                var dxr = new Span<float>(DX + i * c, c);
-                TensorPrimitives.FusedMultiplyAdd(xh, -meanGX, g, g);
-                TensorPrimitives.Add(g, -meanG, g);
-                TensorPrimitives.FusedMultiplyAdd(g, R[i], dxr, dxr);
-            }
+            fixed (float* pg = partG, pb = partB)
+                for (long i = t * per; i < Math.Min(r, (t + 1) * per); i++)
+                {
+                    if (i + 2 < r) { CpuMath.Prefetch(X + (i + 2) * c, c); CpuMath.Prefetch(D + (i + 2) * c, c); }
+                    CpuMath.LayerNormBackwardRow(X + i * c, D + i * c, G, M[i], R[i], c, DX == null ? null : DX + i * c, pg + t * c, pb + t * c);
+                }
         });
         for (int t = 0; t < parts; t++)
         {

@@ -343,4 +343,78 @@ internal static unsafe class CpuMath
         if (!Sse.IsSupported) return;
         for (long o = 0; o < floats; o += 16) Sse.Prefetch0(p + o);
     }
+
+    /// <summary>
+    /// One row of the layer-norm backward, fused into two passes over the row: (1) xhat and g = dy * gamma on the fly,
+    /// the two row sums, and dgamma += dy * xhat, dbeta += dy into the caller's partial sums; (2) dx += rstd (g - mean(g)
+    /// - xhat mean(g xhat)), recomputing xhat and g. dx may be null (only the parameter gradients wanted).
+    /// </summary>
+    public static void LayerNormBackwardRow(float* x, float* dy, float* gamma, float mean, float rstd, int c, float* dx, float* dgamma, float* dbeta)
+    {
+        int i = 0;
+        float sg = 0, sgx = 0;
+        if (Use512)
+        {
+            Vector512<float> ag = default, agx = default, vm = Vector512.Create(mean), vr = Vector512.Create(rstd);
+            for (; i + 16 <= c; i += 16)
+            {
+                var d = Vector512.Load(dy + i);
+                var xh = (Vector512.Load(x + i) - vm) * vr;
+                var g = d * Vector512.Load(gamma + i);
+                ag += g; agx += g * xh;
+                (Vector512.Load(dgamma + i) + d * xh).Store(dgamma + i);
+                (Vector512.Load(dbeta + i) + d).Store(dbeta + i);
+            }
+            sg += Vector512.Sum(ag); sgx += Vector512.Sum(agx);
+        }
+        if (Use256)
+        {
+            Vector256<float> ag = default, agx = default, vm = Vector256.Create(mean), vr = Vector256.Create(rstd);
+            for (; i + 8 <= c; i += 8)
+            {
+                var d = Vector256.Load(dy + i);
+                var xh = (Vector256.Load(x + i) - vm) * vr;
+                var g = d * Vector256.Load(gamma + i);
+                ag += g; agx += g * xh;
+                (Vector256.Load(dgamma + i) + d * xh).Store(dgamma + i);
+                (Vector256.Load(dbeta + i) + d).Store(dbeta + i);
+            }
+            sg += Vector256.Sum(ag); sgx += Vector256.Sum(agx);
+        }
+        for (; i < c; i++)
+        {
+            float xh = (x[i] - mean) * rstd, g = dy[i] * gamma[i];
+            sg += g; sgx += g * xh;
+            dgamma[i] += dy[i] * xh;
+            dbeta[i] += dy[i];
+        }
+        if (dx == null) return;
+        float mg = sg / c, mgx = sgx / c;
+        i = 0;
+        if (Use512)
+        {
+            Vector512<float> vm = Vector512.Create(mean), vr = Vector512.Create(rstd), vmg = Vector512.Create(mg), vmgx = Vector512.Create(mgx);
+            for (; i + 16 <= c; i += 16)
+            {
+                var xh = (Vector512.Load(x + i) - vm) * vr;
+                var g = Vector512.Load(dy + i) * Vector512.Load(gamma + i);
+                (Vector512.Load(dx + i) + vr * (g - vmg - xh * vmgx)).Store(dx + i);
+            }
+        }
+        if (Use256)
+        {
+            Vector256<float> vm = Vector256.Create(mean), vr = Vector256.Create(rstd), vmg = Vector256.Create(mg), vmgx = Vector256.Create(mgx);
+            for (; i + 8 <= c; i += 8)
+            {
+                var xh = (Vector256.Load(x + i) - vm) * vr;
+                var g = Vector256.Load(dy + i) * Vector256.Load(gamma + i);
+                (Vector256.Load(dx + i) + vr * (g - vmg - xh * vmgx)).Store(dx + i);
+            }
+        }
+        for (; i < c; i++)
+        {
+            float xh = (x[i] - mean) * rstd, g = dy[i] * gamma[i];
+            dx[i] += rstd * (g - mg - xh * mgx);
+        }
+    }
 }
