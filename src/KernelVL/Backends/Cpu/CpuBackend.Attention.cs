@@ -278,8 +278,9 @@ public sealed unsafe partial class CpuBackend
                 {
                     var row = new Span<float>(Sp + i * n, n);
                     fixed (float* tp = tmp) CpuMath.ExpDiff(Sp + i * n, LC, tp, n);
-                    float rowSum = CpuMath.ExpShift(Sp + i * n, Sp + i * n, n, LR[i]);
-                    float rowOff = rowSum - row[(int)i];
+                    CpuMath.ExpShift(Sp + i * n, Sp + i * n, n, LR[i]);
+                    row[(int)i] = 0f;                               // the off-diagonal mass summed directly: sum - p_ii
+                    float rowOff = TensorPrimitives.Sum(row);       // would cancel when p_ii -> 1
                     TensorPrimitives.Add(row, tmp, row);
                     row[(int)i] = -(rowOff + colOff[i]);
                     TensorPrimitives.Multiply(row, g, row);
