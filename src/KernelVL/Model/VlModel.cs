@@ -14,7 +14,9 @@ public sealed record VlBatch(int Batch, int[]? TextIds = null, int[]? TextMask =
 /// <summary>
 /// ViLT with the public checkpoint names: vilt.embeddings.*, vilt.encoder.layer.N.*, vilt.layernorm, vilt.pooler.dense,
 /// rank_output. <see cref="Score"/> is the early-interaction (cross-encoder) match score; <see cref="Embed"/> is
-/// VLDeformer's single-modality embedding through the same weights.
+/// VLDeformer's single-modality embedding through the same weights. Call the forwards inside a
+/// <see cref="Autograd.TensorScope"/>: the input tensors they upload and every intermediate belong to the step and are
+/// freed with it (outside a scope they are the caller's to dispose).
 /// </summary>
 public sealed class VlModel : Module
 {
