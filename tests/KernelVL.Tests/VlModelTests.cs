@@ -8,21 +8,21 @@ namespace KernelVL.Tests;
 
 public class VlModelTests
 {
-    private static readonly VlTransformerConfig Micro = VlTransformerConfig.Preset("tiny") with
+    internal static readonly VlTransformerConfig Micro = VlTransformerConfig.Preset("tiny") with
     {
         VocabSize = 11, HiddenSize = 8, NumHeads = 2, NumLayers = 1, IntermediateSize = 12, MaxTextLength = 6,
         ImageSize = 8, MaxImageSide = 8, PatchSize = 4, HiddenDropout = 0f,
     };
 
-    private static VlBatch Batch(Random rng, int b, bool text, bool image, int gridH = 3, int gridW = 2)
+    internal static VlBatch Batch(Random rng, int b, bool text, bool image, int gridH = 3, int gridW = 2)
     {
         int t = 5, n = gridH * gridW, pp = 3 * Micro.PatchSize * Micro.PatchSize;
         return new VlBatch(b,
             TextIds: text ? Enumerable.Range(0, b * t).Select(_ => rng.Next(Micro.VocabSize)).ToArray() : null,
             TextMask: text ? Enumerable.Range(0, b * t).Select(i => i % t < t - (i / t) ? 1 : 0).ToArray() : null,
             TextLength: text ? t : 0,
-            Patches: image ? Enumerable.Range(0, b * n * pp).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray() : null,
-            GridH: image ? gridH : 0, GridW: image ? gridW : 0);
+            Images: image ? new PatchBatch(Enumerable.Range(0, b * n * pp).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), n,
+                Enumerable.Repeat(gridH, b).ToArray(), Enumerable.Repeat(gridW, b).ToArray()) : null);
     }
 
     [Fact]
@@ -52,7 +52,7 @@ public class VlModelTests
         // Text + images on a 3x2 patch grid (the trained grid is 2x2: the position embeddings are resampled).
         using var be = new ReferenceBackend();
         int seed = Random.Shared.Next();
-        using var m = new VlModel(be, Micro, seed, DType.F64);
+        using var m = new VlModel(be, Micro, seed, DType.F64, heads: VlHeads.Rank);
         var rng = new Random(seed);
         foreach (var (_, p) in m.NamedParameters()) foreach (ref double v in GradCheckTests.D(p)) v += 0.2 * GradCheckTests.Normal(rng);
         var batch = Batch(rng, 2, text: true, image: true);

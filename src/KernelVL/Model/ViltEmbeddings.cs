@@ -44,20 +44,26 @@ public sealed class ViltEmbeddings : Module
         return Ops.Add(_textNorm.Forward(e), _modality.Forward(modalityIds));
     }
 
-    /// <summary>patches [B, N, 3PP], resample [N, G*G] (a constant), modalityIds [B, 1 + N] -> [B, 1 + N, C].</summary>
-    public Tensor Image(Tensor patches, int gridH, int gridW, Tensor resample, Tensor modalityIds)
+    /// <summary>
+    /// patches [B, N, 3PP], resample [B * N, G*G] (a constant: row b*N+j holds the bilinear weights of image b's patch j on
+    /// the trained G x G grid; zero for padding rows), modalityIds [B, 1 + N] -> [B, 1 + N, C].
+    /// </summary>
+    public Tensor Image(Tensor patches, Tensor resample, Tensor modalityIds)
     {
         int b = patches.Shape[0], n = patches.Shape[1], c = _cfg.HiddenSize, g2 = _grid * _grid;
-        if (n != gridH * gridW) throw new ShapeException($"{n} patches do not make a {gridH}x{gridW} grid");
+        if (resample.Shape[0] != b * n || resample.Shape[1] != g2) throw new ShapeException($"resample {resample.Shape} for {b} images of {n} patches on a {_grid}x{_grid} grid");
         var x = Ops.Linear(patches, Ops.Reshape(_patchW, c, patches.Shape[2]), _patchB);      // [B, N, C]
         var pos = Ops.Reshape(_pos, 1, 1 + g2, c);                                             // [1, 1 + G*G, C]
-        var gridPos = Ops.MatMul(resample, Ops.Reshape(Ops.Slice(pos, 1, g2), g2, c));        // [N, C]
+        var gridPos = Ops.Reshape(Ops.MatMul(resample, Ops.Reshape(Ops.Slice(pos, 1, g2), g2, c)), b, n, c);   // [B, N, C]
         var cls = Ops.Add(Ops.Reshape(_cls, 1, c), Ops.Reshape(Ops.Slice(pos, 0, 1), 1, c));  // [1, C]
         var zeros = Backend.Empty(new Shape(b, 1, c), DType);
         Backend.Fill(zeros, 0f);
         var seq = Ops.Concat(Ops.Add(zeros, cls), Ops.Add(x, gridPos));                       // [B, 1 + N, C]
         return Ops.Add(seq, _modality.Forward(modalityIds));
     }
+
+    /// <summary>The word embedding table [V, C] (the MLM decoder is tied to it).</summary>
+    public Tensor WordEmbeddings => _word.Weight;
 
     /// <summary>Raw parameters under one name (the Conv2d projection's weight and bias).</summary>
     private sealed class Raw(IBackend backend, DType dtype) : Module(backend, dtype)

@@ -1,45 +1,105 @@
+using KernelVL.Autograd;
+using KernelVL.Imaging;
+using KernelVL.IO;
 using KernelVL.Nn;
 using KernelVL.Tensors;
+using KernelVL.Text;
 
 namespace KernelVL.Model;
 
-/// <summary>
-/// Host-side inputs of one batch. Text: ids and masks [B, T] row-major. Images: patches [B, N, 3 P P], each patch's
-/// pixels in (channel, row, column) order (the Conv2d weight layout), on a GridH x GridW grid, with a patch mask [B, N]
-/// (0 = padding) or null. Either modality may be absent (the decomposed encoders use one at a time).
-/// </summary>
-public sealed record VlBatch(int Batch, int[]? TextIds = null, int[]? TextMask = null, int TextLength = 0,
-    float[]? Patches = null, int GridH = 0, int GridW = 0, int[]? PatchMask = null);
+/// <summary>The heads a model carries (a checkpoint may hold any of them).</summary>
+[Flags]
+public enum VlHeads
+{
+    None = 0,
+    /// <summary>The retrieval match score: Linear(C, 1) on the pooled output (ViLT's rank_output).</summary>
+    Rank = 1,
+    /// <summary>The 2-way image-text matching head (ViLT's itm_score.fc, Oscar's classifier).</summary>
+    Itm = 2,
+    /// <summary>Masked language modelling: transform + decoder tied to the word embeddings (mlm_score / cls.predictions).</summary>
+    Mlm = 4,
+    All = Rank | Itm | Mlm,
+}
+
+/// <summary>One pass of the transformer: last hidden states [B, T, C], the key mask i32 [B, T], the text's length (text comes first).</summary>
+public sealed record VlEncoded(Tensor Hidden, Tensor Mask, int TextLength);
 
 /// <summary>
-/// ViLT with the public checkpoint names: vilt.embeddings.*, vilt.encoder.layer.N.*, vilt.layernorm, vilt.pooler.dense,
-/// rank_output. <see cref="Score"/> is the early-interaction (cross-encoder) match score; <see cref="Embed"/> is
-/// VLDeformer's single-modality embedding through the same weights. Call the forwards inside a
-/// <see cref="Autograd.TensorScope"/>: the input tensors they upload and every intermediate belong to the step and are
-/// freed with it (outside a scope they are the caller's to dispose).
+/// The single-stream VL transformer, ViLT (pixels) or Oscar/VinVL (regions) behind one config, with the public
+/// checkpoint names (vilt.embeddings.*, vilt.encoder.layer.N.*, rank_output, itm_score.fc, mlm_score.*; bert.*,
+/// classifier, cls.predictions.* for Oscar). <see cref="Score"/> is the early-interaction (cross-encoder) match score;
+/// <see cref="Embed"/> is VLDeformer's single-modality embedding through the same weights. Call the forwards inside a
+/// <see cref="TensorScope"/>: the input tensors they upload and every intermediate belong to the step and are freed with
+/// it (outside a scope they are the caller's to dispose).
 /// </summary>
 public sealed class VlModel : Module
 {
-    private readonly Group _vilt;
-    private readonly ViltEmbeddings _emb;
+    private readonly ViltEmbeddings? _vilt;
+    private readonly Embedding? _bertWord, _bertPosition, _bertType;
+    private readonly Nn.LayerNorm? _bertTextNorm, _regionNorm;
+    private readonly Linear? _region;
     private readonly List<TransformerLayer> _layers = new();
-    private readonly Nn.LayerNorm _final;
-    private readonly Linear _pooler, _rank;
+    private readonly Nn.LayerNorm? _final;
+    private readonly Linear _pooler;
+    private readonly Linear? _rank, _itm;
+    private readonly MlmHead? _mlm;
+    private readonly Dictionary<(int, int), float[]> _resampleCache = new();
 
     public VlTransformerConfig Config { get; }
+    public VlHeads Heads { get; }
 
-    public VlModel(IBackend backend, VlTransformerConfig cfg, int seed, DType dtype = DType.F32) : base(backend, dtype)
+    /// <summary>The tokenizer of the checkpoint's vocab.txt (set by <see cref="Load"/>, or by whoever builds the model).</summary>
+    public TextTokenizer? Tokenizer { get; set; }
+
+    public VlModel(IBackend backend, VlTransformerConfig cfg, int seed, DType dtype = DType.F32, VlHeads heads = VlHeads.All) : base(backend, dtype)
     {
-        if (cfg.Family != VlFamily.Vilt) throw new BadInputException("this model class implements the ViLT family; Oscar's region embedder is not implemented yet");
         Config = cfg;
+        Heads = heads;
         var rng = new Random(seed);
-        _vilt = Child("vilt", new Group(backend, dtype));
-        _emb = _vilt.Add("embeddings", new ViltEmbeddings(backend, cfg, rng, dtype));
-        var layers = _vilt.Add("encoder", new Group(backend, dtype)).Add("layer", new Group(backend, dtype));
+        int c = cfg.HiddenSize;
+        bool vilt = cfg.Family == VlFamily.Vilt;
+        var root = Child(vilt ? "vilt" : "bert", new Group(backend, dtype));
+        Tensor word;
+        if (vilt)
+        {
+            _vilt = root.Add("embeddings", new ViltEmbeddings(backend, cfg, rng, dtype));
+            word = _vilt.WordEmbeddings;
+        }
+        else
+        {
+            var e = root.Add("embeddings", new Group(backend, dtype));
+            _bertWord = e.Add("word_embeddings", new Embedding(backend, cfg.VocabSize, c, rng, dtype: dtype));
+            _bertPosition = e.Add("position_embeddings", new Embedding(backend, cfg.MaxTextLength, c, rng, dtype: dtype));
+            _bertType = e.Add("token_type_embeddings", new Embedding(backend, cfg.TypeVocabSize, c, rng, dtype: dtype));
+            _bertTextNorm = e.Add("LayerNorm", new Nn.LayerNorm(backend, c, cfg.LayerNormEps, rng, dtype));
+            _region = root.Add("img_embedding", new Linear(backend, cfg.RegionFeatureSize, c, true, rng, dtype: dtype));
+            _regionNorm = root.Add("LayerNorm", new Nn.LayerNorm(backend, c, cfg.LayerNormEps, rng, dtype));
+            word = _bertWord.Weight;
+        }
+        var layers = root.Add("encoder", new Group(backend, dtype)).Add("layer", new Group(backend, dtype));
         for (int i = 0; i < cfg.NumLayers; i++) _layers.Add(layers.Add(i.ToString(System.Globalization.CultureInfo.InvariantCulture), new TransformerLayer(backend, cfg, rng, dtype)));
-        _final = _vilt.Add("layernorm", new Nn.LayerNorm(backend, cfg.HiddenSize, cfg.LayerNormEps, rng, dtype));
-        _pooler = _vilt.Add("pooler", new Group(backend, dtype)).Add("dense", new Linear(backend, cfg.HiddenSize, cfg.HiddenSize, true, rng, dtype: dtype));
-        _rank = Child("rank_output", new Linear(backend, cfg.HiddenSize, 1, true, rng, dtype: dtype));
+        if (vilt) _final = root.Add("layernorm", new Nn.LayerNorm(backend, c, cfg.LayerNormEps, rng, dtype));
+        _pooler = root.Add("pooler", new Group(backend, dtype)).Add("dense", new Linear(backend, c, c, true, rng, dtype: dtype));
+        if (heads.HasFlag(VlHeads.Rank)) _rank = Child("rank_output", new Linear(backend, c, 1, true, rng, dtype: dtype));
+        if (heads.HasFlag(VlHeads.Itm))
+            _itm = vilt ? Child("itm_score", new Group(backend, dtype)).Add("fc", new Linear(backend, c, 2, true, rng, dtype: dtype))
+                        : Child("classifier", new Linear(backend, c, 2, true, rng, dtype: dtype));
+        if (heads.HasFlag(VlHeads.Mlm))
+            _mlm = vilt ? Child("mlm_score", new MlmHead(backend, cfg, word, rng, dtype))
+                        : Child("cls", new Group(backend, dtype)).Add("predictions", new MlmHead(backend, cfg, word, rng, dtype));
+    }
+
+    /// <summary>The names of the heads' weights, to tell from a checkpoint which heads it holds.</summary>
+    public static VlHeads HeadsIn(IEnumerable<string> tensorNames)
+    {
+        var h = VlHeads.None;
+        foreach (var n in tensorNames)
+        {
+            if (n == "rank_output.weight") h |= VlHeads.Rank;
+            else if (n is "itm_score.fc.weight" or "classifier.weight") h |= VlHeads.Itm;
+            else if (n is "mlm_score.transform.dense.weight" or "cls.predictions.transform.dense.weight") h |= VlHeads.Mlm;
+        }
+        return h;
     }
 
     private Tensor Ints(int[] values, params int[] dims)
@@ -56,42 +116,58 @@ public sealed class VlModel : Module
         return t;
     }
 
-    /// <summary>Last hidden states [B, T, C] and the key mask [B, T] of the sequence: text, then [CLS] + patches, either or both.</summary>
-    public (Tensor Hidden, Tensor Mask) Encode(VlBatch x, bool training = false, ulong seed = 0)
+    /// <summary>Runs the transformer over text, then image ([CLS] + patches, or regions), either or both.</summary>
+    /// <param name="seed">Dropout and max_image_length sampling draw from it (fixed seed: the same patches every call).</param>
+    public VlEncoded Encode(VlBatch x, bool training = false, ulong seed = 0)
     {
-        int b = x.Batch, c = Config.HiddenSize;
+        int b = x.Batch;
         Tensor? seq = null;
         var mask = new List<int[]>();
-        int total = 0;
+        int textLength = 0;
         if (x.TextIds is not null)
         {
             int t = x.TextLength;
             if (x.TextIds.Length != b * t) throw new ShapeException($"text ids: {x.TextIds.Length} values for [{b}, {t}]");
+            if (x.TextMask is not null && x.TextMask.Length != b * t) throw new ShapeException($"text mask: {x.TextMask.Length} values for [{b}, {t}]");
+            if (t > Config.MaxTextLength) throw new ShapeException($"text of {t} tokens is longer than the model's {Config.MaxTextLength}");
+            foreach (int id in x.TextIds)
+                if ((uint)id >= (uint)Config.VocabSize) throw new ShapeException($"token id {id} is outside the vocabulary of {Config.VocabSize}");
             var ids = Ints(x.TextIds, b, t);
-            seq = _emb.Text(ids, Ints(new int[b * t], b, t), Ints(new int[b * t], b, t), Ints(Enumerable.Range(0, t).ToArray(), t));   // type 0, modality 0
+            var zeros = Ints(new int[b * t], b, t);
+            var positions = Ints(Enumerable.Range(0, t).ToArray(), t);
+            seq = _vilt is not null
+                ? _vilt.Text(ids, zeros, zeros, positions)   // token type 0, modality 0
+                : _bertTextNorm!.Forward(Ops.Add(Ops.Add(_bertWord!.Forward(ids), _bertType!.Forward(zeros)), _bertPosition!.Forward(positions)));
             mask.Add(x.TextMask ?? Enumerable.Repeat(1, b * t).ToArray());
-            total += t;
+            textLength = t;
         }
-        if (x.Patches is not null)
+        if (x.Images is not null)
         {
-            int n = x.GridH * x.GridW, pp = Config.NumChannels * Config.PatchSize * Config.PatchSize;
-            if (x.Patches.Length != (long)b * n * pp) throw new ShapeException($"patches: {x.Patches.Length} values for [{b}, {n}, {pp}]");
-            int g = Config.ImageSize / Config.PatchSize;
-            var resample = Floats(Interpolation.BilinearAlignCorners(g, g, x.GridH, x.GridW), n, g * g);   // [N, G*G], a constant
-            var img = _emb.Image(Floats(x.Patches, b, n, pp), x.GridH, x.GridW, resample, Ints(Enumerable.Repeat(1, b * (n + 1)).ToArray(), b, n + 1));
+            if (_vilt is null) throw new ShapeException("an Oscar model takes region features, not pixels");
+            if (x.Images.Batch != b) throw new ShapeException($"{x.Images.Batch} images for a batch of {b}");
+            var (patches, n, resample, pm) = ImageInputs(x.Images, seed);
+            int pp = Config.NumChannels * Config.PatchSize * Config.PatchSize, g = Config.ImageSize / Config.PatchSize;
+            var ones = Ints(Enumerable.Repeat(1, b * (n + 1)).ToArray(), b, n + 1);
+            var img = _vilt.Image(Floats(patches, b, n, pp), Floats(resample, b * n, g * g), ones);   // [B, 1 + N, C]
             seq = seq is null ? img : Ops.Concat(seq, img);
-            var pm = new int[b * (n + 1)];
-            for (int i = 0; i < b; i++)
-            {
-                pm[i * (n + 1)] = 1;
-                for (int j = 0; j < n; j++) pm[i * (n + 1) + 1 + j] = x.PatchMask is null ? 1 : x.PatchMask[i * n + j];
-            }
             mask.Add(pm);
-            total += n + 1;
+        }
+        else if (x.Regions is not null)
+        {
+            if (_region is null) throw new ShapeException("a ViLT model takes pixels, not region features");
+            var r = x.Regions;
+            if (r.Batch != b) throw new ShapeException($"{r.Batch} region sets for a batch of {b}");
+            if (r.FeatureSize != Config.RegionFeatureSize) throw new ShapeException($"region features of {r.FeatureSize} values, the model takes {Config.RegionFeatureSize}");
+            if (r.Features.Length != (long)b * r.MaxRegions * r.FeatureSize) throw new ShapeException($"region features: {r.Features.Length} values for [{b}, {r.MaxRegions}, {r.FeatureSize}]");
+            var img = _regionNorm!.Forward(_region.Forward(Floats(r.Features, b, r.MaxRegions, r.FeatureSize)));   // [B, R, C]
+            seq = seq is null ? img : Ops.Concat(seq, img);
+            var rm = new int[b * r.MaxRegions];
+            for (int i = 0; i < b; i++) Array.Fill(rm, 1, i * r.MaxRegions, Math.Min(r.Counts[i], r.MaxRegions));
+            mask.Add(rm);
         }
         if (seq is null) throw new ShapeException("a batch needs text, images or both");
-        // Key mask [B, total]: each modality's mask rows side by side.
-        var keys = new int[b * total];
+        int total = seq.Shape[1];
+        var keys = new int[b * total];   // [B, total]: each modality's mask rows side by side
         int at = 0;
         foreach (var m in mask)
         {
@@ -102,16 +178,86 @@ public sealed class VlModel : Module
         var keyMask = Ints(keys, b, total);
         var h = Ops.Dropout(seq, Config.HiddenDropout, seed * 131 + 7, training && Config.HiddenDropout > 0);
         for (int l = 0; l < _layers.Count; l++) h = _layers[l].Forward(h, keyMask, training, seed * 1009 + (ulong)l);
-        return (_final.Forward(h), keyMask);
+        return new VlEncoded(_final is null ? h : _final.Forward(h), keyMask, textLength);
     }
 
-    /// <summary>The cross-encoder's match score of each (text, image) pair: rank_output(tanh(pooler(h[:, 0]))) -> [B].</summary>
+    /// <summary>
+    /// The image part on the host: patches [B, N, 3PP] (at most max_image_length of each image's patches, drawn with the
+    /// seed, when the config caps them), the position resampling [B * N, G*G] and the mask [B, 1 + N] ([CLS] first).
+    /// </summary>
+    private (float[] Patches, int N, float[] Resample, int[] Mask) ImageInputs(PatchBatch pb, ulong seed)
+    {
+        int b = pb.Batch, pp = Config.NumChannels * Config.PatchSize * Config.PatchSize, g = Config.ImageSize / Config.PatchSize, g2 = g * g;
+        if (pb.Patches.Length != (long)b * pb.MaxPatches * pp) throw new ShapeException($"patches: {pb.Patches.Length} values for [{b}, {pb.MaxPatches}, {pp}]");
+        var rows = new int[b][];
+        for (int i = 0; i < b; i++)
+        {
+            int count = pb.Count(i);
+            if (count < 1 || count > pb.MaxPatches) throw new ShapeException($"image {i}: a {pb.GridH[i]}x{pb.GridW[i]} grid in {pb.MaxPatches} patch rows");
+            var all = Enumerable.Range(0, count).ToArray();
+            if (Config.MaxImageLength > 0 && count > Config.MaxImageLength)
+            {
+                new Random(unchecked((int)(seed * 7919 + (ulong)i))).Shuffle(all);   // ViLT samples max_image_length patches
+                all = all[..Config.MaxImageLength];
+                Array.Sort(all);
+            }
+            rows[i] = all;
+        }
+        int n = rows.Max(r => r.Length);
+        var patches = new float[(long)b * n * pp];
+        var resample = new float[(long)b * n * g2];
+        var mask = new int[b * (n + 1)];
+        for (int i = 0; i < b; i++)
+        {
+            int gh = pb.GridH[i], gw = pb.GridW[i];
+            if (!_resampleCache.TryGetValue((gh, gw), out var weights))
+                _resampleCache[(gh, gw)] = weights = Interpolation.BilinearAlignCorners(g, g, gh, gw);   // [gh*gw, G*G]
+            mask[i * (n + 1)] = 1;
+            for (int j = 0; j < rows[i].Length; j++)
+            {
+                int src = rows[i][j];
+                Array.Copy(pb.Patches, ((long)i * pb.MaxPatches + src) * pp, patches, ((long)i * n + j) * pp, pp);
+                Array.Copy(weights, (long)src * g2, resample, ((long)i * n + j) * g2, g2);
+                mask[i * (n + 1) + 1 + j] = 1;
+            }
+        }
+        return (patches, n, resample, mask);
+    }
+
+    /// <summary>The pooled output: tanh(pooler(h[:, 0])) -> [B, C].</summary>
+    public Tensor Pooled(VlEncoded e)
+    {
+        int b = e.Hidden.Shape[0], c = Config.HiddenSize;
+        return Ops.Tanh(_pooler.Forward(Ops.Reshape(Ops.Slice(e.Hidden, 0, 1), b, c)));
+    }
+
+    /// <summary>The 2-way image-text matching logits [B, 2] (index 1 = match).</summary>
+    public Tensor ItmLogits(Tensor pooled) => (_itm ?? throw new BadInputException("this model has no ITM head")).Forward(pooled);
+
+    /// <summary>The retrieval head's score [B].</summary>
+    public Tensor RankScore(Tensor pooled) => Ops.Reshape((_rank ?? throw new BadInputException("this model has no rank_output head")).Forward(pooled), pooled.Shape[0]);
+
+    /// <summary>MLM logits over the text positions [B, T, V].</summary>
+    public Tensor MlmLogits(VlEncoded e)
+    {
+        if (_mlm is null) throw new BadInputException("this model has no MLM head");
+        if (e.TextLength == 0) throw new ShapeException("MLM needs text in the batch");
+        return _mlm.Forward(Ops.Slice(e.Hidden, 0, e.TextLength));
+    }
+
+    /// <summary>
+    /// The cross-encoder's match score of each (text, image) pair [B]: the rank_output head where the model has it, else
+    /// the ITM head's logit(match) - logit(no match).
+    /// </summary>
     public Tensor Score(VlBatch x, bool training = false, ulong seed = 0)
     {
-        var (h, _) = Encode(x, training, seed);
-        int b = x.Batch, c = Config.HiddenSize;
-        var first = Ops.Reshape(Ops.Slice(h, 0, 1), b, c);
-        return Ops.Reshape(_rank.Forward(Ops.Tanh(_pooler.Forward(first))), b);
+        if (!x.HasText || !x.HasImages) throw new ShapeException("a match score needs text and an image in every pair");
+        var pooled = Pooled(Encode(x, training, seed));
+        if (_rank is not null) return RankScore(pooled);
+        if (_itm is null) throw new BadInputException("this model has neither a rank_output nor an ITM head to score pairs with");
+        var logits = ItmLogits(pooled);                                          // [B, 2]
+        var diff = Ops.MatMul(logits, Floats([-1f, 1f], 2, 1));                  // [B, 1]
+        return Ops.Reshape(diff, x.Batch);
     }
 
     /// <summary>
@@ -120,11 +266,120 @@ public sealed class VlModel : Module
     /// </summary>
     public Tensor Embed(VlBatch x, bool training = false, ulong seed = 0)
     {
-        if ((x.TextIds is null) == (x.Patches is null)) throw new ShapeException("an embedding is of one modality: give text or images");
-        var (h, mask) = Encode(x, training, seed);
+        if (x.HasText == x.HasImages) throw new ShapeException("an embedding is of one modality: give text or images");
+        var e = Encode(x, training, seed);
         var pooled = Config.Pooling == VlPooling.Cls
-            ? Ops.Reshape(Ops.Slice(h, 0, 1), x.Batch, Config.HiddenSize)
-            : Ops.Tanh(Ops.MeanPool(h, mask));
+            ? Ops.Reshape(Ops.Slice(e.Hidden, 0, 1), x.Batch, Config.HiddenSize)
+            : Ops.Tanh(Ops.MeanPool(e.Hidden, e.Mask));
         return Ops.L2Normalize(pooled);
     }
+
+    // ---- checkpoints ----
+
+    public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", VocabFile = "vocab.txt";
+
+    /// <summary>
+    /// Loads a checkpoint folder (config.json, model.safetensors, vocab.txt) onto a backend. The heads are those the file
+    /// holds; buffers that are no parameters (position_ids, token_type_ids) and the tied MLM decoder (its weight and bias are the
+    /// word embeddings and mlm_score.bias) are accepted and skipped; any other
+    /// unknown, missing or mis-shaped tensor is an error naming it.
+    /// </summary>
+    public static VlModel Load(string folder, IBackend backend, DType dtype = DType.F32)
+    {
+        if (!Directory.Exists(folder)) throw new BadInputException($"{folder}: no such checkpoint folder");
+        var cfg = VlTransformerConfig.Load(Path.Combine(folder, ConfigFile));
+        string weights = Path.Combine(folder, WeightsFile), vocab = Path.Combine(folder, VocabFile);
+        if (!File.Exists(weights)) throw new BadInputException($"{weights}: no such file (a checkpoint folder holds {ConfigFile}, {WeightsFile} and {VocabFile})");
+        VlHeads heads;
+        using (var f = SafeTensorsFile.Open(weights)) heads = HeadsIn(f.Tensors.Keys);
+        var tokenizer = TextTokenizer.Load(vocab, cfg.MaxTextLength);
+        if (tokenizer.VocabularySize > cfg.VocabSize)
+            throw new BadInputException($"{vocab}: {tokenizer.VocabularySize} tokens, more than the model's vocab_size {cfg.VocabSize}");
+        var model = new VlModel(backend, cfg, seed: 0, dtype, heads);
+        try
+        {
+            StateDict.Load(model, weights, skip: n => n.EndsWith(".position_ids", StringComparison.Ordinal) || n.EndsWith(".token_type_ids", StringComparison.Ordinal)
+                || n.StartsWith("mlm_score.decoder.", StringComparison.Ordinal) || n.StartsWith("cls.predictions.decoder.", StringComparison.Ordinal));
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        model.Tokenizer = tokenizer;
+        return model;
+    }
+
+    /// <summary>Writes the checkpoint folder (each file to a temporary name, then renamed into place).</summary>
+    public void Save(string folder)
+    {
+        if (Tokenizer is null) throw new BadInputException("the model has no tokenizer: a checkpoint needs its vocab.txt");
+        Directory.CreateDirectory(folder);
+        AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), Config.ToJson());
+        StateDict.Save(this, Path.Combine(folder, WeightsFile));
+        string vocab = Path.Combine(folder, VocabFile);
+        if (!string.Equals(Path.GetFullPath(vocab), Path.GetFullPath(Tokenizer.VocabPath), StringComparison.Ordinal))
+            AtomicFile.WriteAllText(vocab, File.ReadAllText(Tokenizer.VocabPath));
+    }
+
+    // ---- convenience: raw inputs ----
+
+    private TextTokenizer Tok => Tokenizer ?? throw new BadInputException("the model has no tokenizer (load it from a checkpoint folder with vocab.txt)");
+
+    /// <summary>Tokenises captions into a text-only batch.</summary>
+    public VlBatch TextBatch(IReadOnlyList<string> captions)
+    {
+        var t = Tok.EncodeBatch(captions);
+        return new VlBatch(t.Batch, t.Ids, t.Mask, t.Length);
+    }
+
+    /// <summary>Patches of preprocessed images as an image-only batch.</summary>
+    public VlBatch ImageBatch(IReadOnlyList<PreparedImage> images)
+    {
+        if (Config.Family != VlFamily.Vilt) throw new BadInputException("an Oscar model takes region features (features.tsv), not pixels");
+        return new VlBatch(images.Count, Images: PatchBatch.From(images, Config.PatchSize));
+    }
+
+    /// <summary>The image preprocessing this model's config asks for.</summary>
+    public ImagePreprocessor Preprocessor() => ImagePreprocessor.For(Config);
+
+    /// <summary>The cross-encoder score of one (image, caption) pair.</summary>
+    public float MatchScore(PreparedImage image, string caption) => ScorePairs([image], [caption])[0];
+
+    /// <summary>Cross-encoder scores of pairs (images[i], captions[i]), in batches; no gradients.</summary>
+    public float[] ScorePairs(IReadOnlyList<PreparedImage> images, IReadOnlyList<string> captions, int batchSize = 32)
+    {
+        if (images.Count != captions.Count) throw new ShapeException($"{images.Count} images for {captions.Count} captions");
+        var scores = new float[images.Count];
+        using var _ = Tape.NoGrad();
+        for (int s = 0; s < images.Count; s += batchSize)
+        {
+            int n = Math.Min(batchSize, images.Count - s);
+            var text = TextBatch(captions.Skip(s).Take(n).ToList());
+            var img = ImageBatch(images.Skip(s).Take(n).ToList());
+            using var scope = new TensorScope();
+            Backend.CopyToHost(Score(text with { Images = img.Images }), scores.AsSpan(s, n));
+        }
+        return scores;
+    }
+}
+
+/// <summary>The MLM head (BERT's prediction head): transform (dense, GELU, LayerNorm), then the decoder tied to the word embeddings, plus a bias.</summary>
+public sealed class MlmHead : Module
+{
+    private readonly Linear _dense;
+    private readonly Nn.LayerNorm _norm;
+    private readonly Tensor _decoder, _bias;
+
+    public MlmHead(IBackend backend, VlTransformerConfig cfg, Tensor wordEmbeddings, Random rng, DType dtype = DType.F32) : base(backend, dtype)
+    {
+        var t = Child("transform", new Group(backend, dtype));
+        _dense = t.Add("dense", new Linear(backend, cfg.HiddenSize, cfg.HiddenSize, true, rng, dtype: dtype));
+        _norm = t.Add("LayerNorm", new Nn.LayerNorm(backend, cfg.HiddenSize, cfg.LayerNormEps, rng, dtype));
+        _decoder = wordEmbeddings;   // [V, C], owned by the embeddings
+        _bias = Param("bias", "zeros", rng, cfg.VocabSize);
+    }
+
+    /// <summary>x [B, T, C] -> logits [B, T, V].</summary>
+    public Tensor Forward(Tensor x) => Ops.Linear(_norm.Forward(Ops.Gelu(_dense.Forward(x))), _decoder, _bias);
 }

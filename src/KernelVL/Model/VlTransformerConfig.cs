@@ -150,4 +150,36 @@ public sealed record VlTransformerConfig
             throw new BadInputException($"{source}: max_image_length must be -1 (all patches) or positive, got 0");
         return c;
     }
+
+    /// <summary>config.json in the Hugging Face names (model_type vilt or bert) plus this project's kernelvl_* keys; <see cref="FromJson"/> reads it back.</summary>
+    public string ToJson()
+    {
+        var o = new JsonObject
+        {
+            ["model_type"] = Family == VlFamily.Vilt ? "vilt" : "bert",
+            ["kernelvl_family"] = Family == VlFamily.Vilt ? "vilt" : "oscar",
+            ["kernelvl_pooling"] = Pooling == VlPooling.Cls ? "cls" : "mean_tanh",
+            ["vocab_size"] = VocabSize,
+            ["hidden_size"] = HiddenSize,
+            ["num_hidden_layers"] = NumLayers,
+            ["num_attention_heads"] = NumHeads,
+            ["intermediate_size"] = IntermediateSize,
+            ["hidden_act"] = "gelu",
+            ["layer_norm_eps"] = LayerNormEps,
+            ["hidden_dropout_prob"] = HiddenDropout,
+            ["attention_probs_dropout_prob"] = AttentionDropout,
+            ["max_position_embeddings"] = MaxTextLength,
+            ["type_vocab_size"] = TypeVocabSize,
+            ["modality_type_vocab_size"] = ModalityTypeVocabSize,
+            ["qkv_bias"] = QkvBias,
+            ["num_channels"] = NumChannels,
+            ["image_size"] = ImageSize,
+            ["patch_size"] = PatchSize,
+            ["kernelvl_max_image_side"] = MaxImageSide,
+            ["max_image_length"] = MaxImageLength,
+            ["img_feature_dim"] = RegionFeatureSize,
+            ["max_img_seq_length"] = MaxRegions,
+        };
+        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
 }

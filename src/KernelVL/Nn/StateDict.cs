@@ -11,8 +11,9 @@ public static class StateDict
     /// <summary>
     /// Loads every parameter of the module from the file. Missing, unknown (with <paramref name="allowUnknown"/> false)
     /// and mis-shaped tensors are all listed in one <see cref="BadInputException"/> naming the file; nothing is loaded then.
+    /// Tensors for which <paramref name="skip"/> is true (buffers that are no parameters, tied copies) are passed over.
     /// </summary>
-    public static void Load(Module module, string path, string prefix = "", bool allowUnknown = false)
+    public static void Load(Module module, string path, string prefix = "", bool allowUnknown = false, Func<string, bool>? skip = null)
     {
         using var file = SafeTensorsFile.Open(path);
         var wanted = module.NamedParameters(prefix).ToList();
@@ -24,7 +25,7 @@ public static class StateDict
             if (!file.Tensors.TryGetValue(name, out var info)) missing.Add($"{name} {t.Shape}");
             else if (!info.Shape.SequenceEqual(t.Shape.ToArray())) misshaped.Add($"{name} is [{string.Join(", ", info.Shape)}], the model needs {t.Shape}");
         }
-        var unknown = allowUnknown ? [] : file.Tensors.Keys.Where(k => !names.Contains(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
+        var unknown = allowUnknown ? [] : file.Tensors.Keys.Where(k => !names.Contains(k) && !(skip?.Invoke(k) ?? false)).OrderBy(k => k, StringComparer.Ordinal).ToList();
         static string List(string what, List<string> items) =>
             items.Count == 0 ? "" : $"{items.Count} {what}: {string.Join(", ", items.Take(6))}{(items.Count > 6 ? $", and {items.Count - 6} more" : "")}";
         var parts = new[] { List("mis-shaped", misshaped), List("missing", missing), List("unknown", unknown) }.Where(p => p.Length > 0).ToArray();

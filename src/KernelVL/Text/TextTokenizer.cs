@@ -24,10 +24,18 @@ public sealed class TextTokenizer
     public int MaskId => _bert.MaskingTokenId;
     public int UnknownId => _bert.UnknownTokenId;
 
-    private TextTokenizer(BertTokenizer bert, int maxLength)
+    /// <summary>The vocab.txt it was read from.</summary>
+    public string VocabPath { get; }
+
+    /// <summary>The number of tokens in the vocabulary (the largest id + 1).</summary>
+    public int VocabularySize { get; }
+
+    private TextTokenizer(BertTokenizer bert, int maxLength, string vocabPath, int vocabularySize)
     {
         _bert = bert;
         MaxLength = maxLength;
+        VocabPath = vocabPath;
+        VocabularySize = vocabularySize;
     }
 
     public static TextTokenizer Load(string vocabPath, int maxLength)
@@ -37,7 +45,7 @@ public sealed class TextTokenizer
         try
         {
             var bert = BertTokenizer.Create(vocabPath, new BertOptions { LowerCaseBeforeTokenization = true, RemoveNonSpacingMarks = true });
-            return new TextTokenizer(bert, maxLength);
+            return new TextTokenizer(bert, maxLength, vocabPath, File.ReadLines(vocabPath).Count(l => l.Length > 0));
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or IOException)
         {

@@ -1,0 +1,136 @@
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.Memory;
+using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
+using KernelVL.Model;
+
+namespace KernelVL.Imaging;
+
+/// <summary>One preprocessed image: pixels [3, Height, Width] (channel-major), normalised to [-1, 1].</summary>
+public sealed record PreparedImage(float[] Pixels, int Height, int Width);
+
+/// <summary>
+/// ViLT's image preprocessing through ImageSharp 2.1, as Hugging Face's ViltImageProcessor does it: RGB, EXIF orientation
+/// applied, resized (bicubic) so the shorter side is the config's image size and the longer at most its cap, both then
+/// rounded down to multiples of the patch size, rescaled to [0, 1] and normalised with mean 0.5, std 0.5.
+/// Files are identified before decoding and refused above <see cref="MaxPixels"/> (decompression bombs); decoding runs
+/// under an allocation limit. Every problem is a <see cref="BadInputException"/> naming the file.
+/// </summary>
+public sealed class ImagePreprocessor
+{
+    /// <summary>The default cap on width x height of an input file (~100 megapixels, e.g. 12000 x 8000).</summary>
+    public const long DefaultMaxPixels = 100_000_000;
+
+    private static readonly Lazy<Configuration> Limited = new(() =>
+    {
+        var c = Configuration.Default.Clone();
+        c.MemoryAllocator = MemoryAllocator.Create(new MemoryAllocatorOptions { AllocationLimitMegabytes = 1024 });
+        return c;
+    });
+
+    public int ShorterSide { get; }
+    public int LongerSideCap { get; }
+    public int SizeDivisor { get; }
+    public long MaxPixels { get; }
+
+    public ImagePreprocessor(int shorterSide, int longerSideCap, int sizeDivisor, long maxPixels = DefaultMaxPixels)
+    {
+        if (shorterSide < sizeDivisor || longerSideCap < shorterSide || sizeDivisor < 1)
+            throw new BadInputException($"image sizes: shorter side {shorterSide}, longer cap {longerSideCap} and divisor {sizeDivisor} do not fit together");
+        ShorterSide = shorterSide;
+        LongerSideCap = longerSideCap;
+        SizeDivisor = sizeDivisor;
+        MaxPixels = maxPixels;
+    }
+
+    /// <summary>ViLT's settings from a config: shorter side image_size, longer cap kernelvl_max_image_side, patches of patch_size.</summary>
+    public static ImagePreprocessor For(VlTransformerConfig cfg) => new(cfg.ImageSize, cfg.MaxImageSide, cfg.PatchSize);
+
+    /// <summary>ViltImageProcessor's output size for an input of h x w (get_resize_output_image_size with size_divisor).</summary>
+    public (int Height, int Width) OutputSize(int h, int w)
+    {
+        double scale = ShorterSide / (double)Math.Min(h, w);
+        double nh, nw;
+        if (h < w) { nh = ShorterSide; nw = scale * w; }
+        else { nh = scale * h; nw = ShorterSide; }
+        if (Math.Max(nh, nw) > LongerSideCap)
+        {
+            double s = LongerSideCap / Math.Max(nh, nw);
+            nh *= s;
+            nw *= s;
+        }
+        int oh = (int)(nh + 0.5) / SizeDivisor * SizeDivisor, ow = (int)(nw + 0.5) / SizeDivisor * SizeDivisor;
+        return (Math.Max(oh, SizeDivisor), Math.Max(ow, SizeDivisor));
+    }
+
+    /// <summary>Reads, checks and preprocesses one image file.</summary>
+    public PreparedImage Load(string path)
+    {
+        if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (IOException e)
+        {
+            throw new BadInputException($"{path}: cannot be read ({e.Message})");
+        }
+        return Load(bytes, path);
+    }
+
+    /// <summary>Preprocesses an encoded image held in memory; <paramref name="name"/> is used in errors.</summary>
+    public PreparedImage Load(byte[] encoded, string name)
+    {
+        IImageInfo? info;
+        try
+        {
+            info = Image.Identify(Limited.Value, encoded, out _);
+        }
+        catch (Exception e) when (e is ImageFormatException or InvalidDataException or NotSupportedException or ArgumentException or InvalidMemoryOperationException)
+        {
+            throw new BadInputException($"{name}: not a readable image ({e.Message})");
+        }
+        if (info is null) throw new BadInputException($"{name}: not an image in a known format (jpeg, png, webp, bmp, gif, tiff, tga, pbm)");
+        if (info.Width < 1 || info.Height < 1) throw new BadInputException($"{name}: the image has no pixels ({info.Width}x{info.Height})");
+        if ((long)info.Width * info.Height > MaxPixels)
+            throw new BadInputException($"{name}: {info.Width}x{info.Height} is over the {MaxPixels / 1e6:0.#}-megapixel limit for an input image");
+        try
+        {
+            using var image = Image.Load<Rgb24>(Limited.Value, encoded);
+            return Prepare(image);
+        }
+        catch (Exception e) when (e is ImageFormatException or InvalidDataException or NotSupportedException or ArgumentException or InvalidMemoryOperationException or IndexOutOfRangeException)
+        {
+            throw new BadInputException($"{name}: the image could not be decoded, it may be truncated or corrupt ({e.Message})");
+        }
+    }
+
+    /// <summary>Orients, resizes and normalises a decoded image (which is left unchanged).</summary>
+    public PreparedImage Prepare(Image<Rgb24> source)
+    {
+        using var image = source.Clone(c => c.AutoOrient());
+        var (h, w) = OutputSize(image.Height, image.Width);
+        image.Mutate(c => c.Resize(new ResizeOptions { Size = new Size(w, h), Mode = ResizeMode.Stretch, Sampler = KnownResamplers.Bicubic }));
+        var pixels = new float[3 * h * w];   // [3, H, W]
+        int plane = h * w;
+        image.ProcessPixelRows(rows =>
+        {
+            for (int y = 0; y < h; y++)
+            {
+                var row = rows.GetRowSpan(y);
+                for (int x = 0; x < w; x++)
+                {
+                    int o = y * w + x;
+                    pixels[o] = Normalise(row[x].R);
+                    pixels[plane + o] = Normalise(row[x].G);
+                    pixels[2 * plane + o] = Normalise(row[x].B);
+                }
+            }
+        });
+        return new PreparedImage(pixels, h, w);
+    }
+
+    // (v / 255 - 0.5) / 0.5, in the order the processor computes it.
+    private static float Normalise(byte v) => (float)((v * (1.0 / 255.0) - 0.5) / 0.5);
+}
