@@ -185,3 +185,42 @@ public sealed class ModelApiTests : IDisposable
         for (int i = 0; i < 8; i++) Assert.Equal(all[8 + i], second[i], 1e-6);
     }
 }
+
+public sealed class RegionFeaturesTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "kernelvl-tsv-" + Guid.NewGuid().ToString("N"));
+
+    public RegionFeaturesTests() => Directory.CreateDirectory(_dir);
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void FeaturesTsvRoundTripsAndBatchesWithPadding()
+    {
+        var rng = new Random(Random.Shared.Next());
+        var images = new[] { 3, 1, 5 }.Select((n, i) => new RegionFeatures($"img{i}", n, 6, Enumerable.Range(0, n * 6).Select(_ => (float)rng.NextDouble()).ToArray())).ToArray();
+        string path = Path.Combine(_dir, "features.tsv");
+        RegionFeaturesTsv.Write(path, images);
+        var back = RegionFeaturesTsv.Read(path, featureSize: 6).ToArray();
+        Assert.Equal(images.Select(i => i.Id), back.Select(i => i.Id));
+        for (int i = 0; i < 3; i++) Assert.Equal(images[i].Features, back[i].Features);
+        var batch = RegionFeaturesTsv.Batch(back, maxRegions: 4);
+        Assert.Equal(4, batch.MaxRegions);
+        Assert.Equal([3, 1, 4], batch.Counts);
+        Assert.Equal(images[2].Features[..24], batch.Features[48..72]);
+        Assert.All(batch.Features[(24 + 6)..48], v => Assert.Equal(0f, v));
+    }
+
+    [Fact]
+    public void MalformedLinesAreNamedByFileAndLine()
+    {
+        string path = Path.Combine(_dir, "bad.tsv");
+        var good = Convert.ToBase64String(new byte[2 * 6 * 4]);
+        File.WriteAllLines(path, [$"a\t2\t{good}", "b\t2\tnot-base64!", ""]);
+        var e = Assert.Throws<BadInputException>(() => RegionFeaturesTsv.Read(path, 6).ToList());
+        Assert.Contains("bad.tsv:2", e.Message);
+        File.WriteAllLines(path, [$"a\t3\t{good}"]);
+        Assert.Contains("for 3 boxes", Assert.Throws<BadInputException>(() => RegionFeaturesTsv.Read(path, 6).ToList()).Message);
+        File.WriteAllLines(path, ["a\t2"]);
+        Assert.Contains("3 tab-separated fields", Assert.Throws<BadInputException>(() => RegionFeaturesTsv.Read(path, 6).ToList()).Message);
+    }
+}
