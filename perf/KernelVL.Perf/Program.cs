@@ -11,6 +11,9 @@ using KernelVL.Testing;
 const string usage = """
     usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS]
            KernelVL.Perf check [--backend cpu] [--filter REGEX]
+           KernelVL.Perf e2e [--backend NAME]... [--config base|small|tiny] [--json FILE] [--min-time SECONDS]
+      e2e          model throughput with random weights: decomposed images/s and texts/s, cross-encoder pairs/s
+                   (base = ViLT-B/32 size; every fast backend present unless --backend is given)
       ops          check, then time, every op of the parity registry at the perf shapes
       check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
                    for machines that have the .NET runtime but no SDK)
@@ -22,6 +25,11 @@ const string usage = """
     """;
 
 if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }
+if (args[0] == "e2e")
+{
+    try { return E2e.Run(args); }
+    catch (Exception e) when (e is ArgumentException or FormatException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
+}
 if (args[0] is not ("ops" or "check")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
 string backendName = "cpu"; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
 for (int i = 1; i < args.Length; i++)
