@@ -1,0 +1,111 @@
+using KernelVL.Data;
+using KernelVL.Retrieval;
+
+namespace KernelVL.Tests;
+
+public class RecallTests
+{
+    [Fact]
+    public void HandComputedCaseWithTheFiveCaptionsRule()
+    {
+        // images x captions; captions 0, 1 are image 0's, 2, 3 image 1's.
+        float[] s = [0.9f, 0.1f, 0.5f, 0.2f,
+                     0.3f, 0.8f, 0.7f, 0.6f];
+        var r = Recall.Evaluate(s, 2, [0, 0, 1, 1]);
+        // i2t: image 0's best caption (0) is first; image 1's best own caption (2, 0.7) is behind caption 1 (0.8): rank 2.
+        Assert.Equal(new RecallAt(50, 100, 100, 1, 1.5), r.I2T);
+        // t2i: caption 1 prefers image 1 (0.8 > 0.1): rank 2; the others rank 1.
+        Assert.Equal(new RecallAt(75, 100, 100, 1, 1.25), r.T2I);
+        Assert.Equal(50 + 100 + 100 + 75 + 100 + 100, r.Rsum);
+    }
+
+    [Fact]
+    public void TiesGoToTheLowerIndex()
+    {
+        float[] row = [0.5f, 0.5f, 0.9f, 0.5f];
+        Assert.Equal(2, Recall.Rank(row, 0));
+        Assert.Equal(3, Recall.Rank(row, 1));
+        Assert.Equal(4, Recall.Rank(row, 3));
+        Assert.Equal(1, Recall.Rank(row, 2));
+    }
+
+    [Fact]
+    public void MedianRankAndRecallAtKCountEdges()
+    {
+        var r = Recall.Summarise([1, 5, 6, 10, 11, 30]);
+        Assert.Equal(100.0 / 6, r.R1, 9);
+        Assert.Equal(200.0 / 6, r.R5, 9);
+        Assert.Equal(400.0 / 6, r.R10, 9);
+        Assert.Equal(Math.Floor((5.0 + 9.0) / 2) + 1, r.MedR);   // 0-based ranks 5 and 9 in the middle
+    }
+
+    [Fact]
+    public void BlockedEmbeddingEvaluationEqualsTheDenseMatrix()
+    {
+        var rng = new Random(Random.Shared.Next());
+        int images = 37, per = 5, d = 16;
+        float[] Unit(int n)
+        {
+            var v = new float[n * d];
+            for (int i = 0; i < n; i++)
+            {
+                double norm = 0;
+                for (int j = 0; j < d; j++) { v[i * d + j] = (float)(rng.NextDouble() - 0.5); norm += v[i * d + j] * v[i * d + j]; }
+                for (int j = 0; j < d; j++) v[i * d + j] /= (float)Math.Sqrt(norm);
+            }
+            return v;
+        }
+        var img = Unit(images);
+        var txt = Unit(images * per);
+        var owner = Enumerable.Range(0, images * per).Select(c => c / per).ToArray();
+        var dense = new float[images * images * per];
+        for (int i = 0; i < images; i++)
+            for (int c = 0; c < images * per; c++)
+            {
+                double s = 0;
+                for (int j = 0; j < d; j++) s += (double)img[i * d + j] * txt[c * d + j];
+                dense[i * images * per + c] = (float)s;
+            }
+        // The dense matrix is computed in double then rounded, the blocked one in float: compare the summaries, which
+        // agree unless two scores fall within rounding of each other (vanishingly rare at d = 16 with random vectors).
+        var a = Recall.Evaluate(dense, images, owner);
+        var b = Recall.FromEmbeddings(img, txt, d, owner, block: 8);
+        Assert.Equal(a.I2T.R1, b.I2T.R1);
+        Assert.Equal(a.T2I.R5, b.T2I.R5);
+        Assert.Equal(a.Rsum, b.Rsum, 9);
+    }
+
+    [Fact]
+    public void FoldsAreConsecutiveThousands()
+    {
+        Assert.Equal([(0, 1000), (1000, 1000), (2000, 1000), (3000, 1000), (4000, 1000)], Recall.Folds(5000));
+        Assert.Equal([(0, 10), (10, 10)], Recall.Folds(25, 10));
+        Assert.Throws<ShapeException>(() => Recall.Evaluate(new float[4], 2, [0, 0]));   // image 1 has no caption
+    }
+
+    [Fact]
+    public void KarpathyJsonRoundTripsAndBadFilesAreNamed()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "kernelvl-ds-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string path = Path.Combine(dir, "d.json");
+            KarpathyDataset.Save(path, [new DatasetImage(0, "img/a.png", "train", ["a red circle.", "a circle that is red"]), new DatasetImage(1, "b.png", "test", ["a blue square"])]);
+            var ds = KarpathyDataset.Load(path);
+            Assert.Equal(2, ds.Images.Count);
+            Assert.Equal(Path.Combine("img", "a.png"), ds.Images[0].Path);
+            Assert.Equal(["a red circle.", "a circle that is red"], ds.Images[0].Captions);
+            Assert.Single(ds.Split("test"));
+            Assert.Contains("no images in split 'val'", Assert.Throws<BadInputException>(() => ds.Split("val")).Message);
+            File.WriteAllText(path, "{\"images\": [{\"filename\": \"x.jpg\", \"split\": \"test\", \"sentences\": []}]}");
+            Assert.Contains("images[0] (x.jpg) has no sentences", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            File.WriteAllText(path, "{\"images\": [");
+            Assert.Contains("not valid JSON", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+}
