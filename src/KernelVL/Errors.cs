@@ -26,3 +26,9 @@ public sealed class BackendException : KernelVLException
     public BackendException(string message) : base(message) { }
     public BackendException(string message, Exception inner) : base(message, inner) { }
 }
+
+/// <summary>Training produced a non-finite loss or gradient (CLI exit code 1).</summary>
+public sealed class TrainingDivergedException : KernelVLException
+{
+    public TrainingDivergedException(string message) : base(message) { }
+}

@@ -98,8 +98,11 @@ public class RecallTests
             Assert.Equal(["a red circle.", "a circle that is red"], ds.Images[0].Captions);
             Assert.Single(ds.Split("test"));
             Assert.Contains("no images in split 'val'", Assert.Throws<BadInputException>(() => ds.Split("val")).Message);
-            File.WriteAllText(path, "{\"images\": [{\"filename\": \"x.jpg\", \"split\": \"test\", \"sentences\": []}]}");
-            Assert.Contains("images[0] (x.jpg) has no sentences", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            File.WriteAllText(path, "{\"images\": [{\"filename\": \"x.jpg\", \"split\": \"test\", \"sentences\": [{\"raw\": \" \"}]}, {\"filename\": \"y.jpg\", \"split\": \"test\", \"sentences\": [{\"raw\": \"\"}, {\"raw\": \"ok\"}]}]}");
+            Assert.Contains("images[0] (x.jpg): sentence 0 is empty", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path, strict: true)).Message);
+            var lenient = KarpathyDataset.Load(path);
+            Assert.Equal(["ok"], Assert.Single(lenient.Images).Captions);
+            Assert.Equal(3, lenient.Problems.Count);   // two empty sentences, one image left without any
             File.WriteAllText(path, "{\"images\": [");
             Assert.Contains("not valid JSON", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
         }

@@ -17,13 +17,21 @@ public sealed class KarpathyDataset
     public string Source { get; }
     public IReadOnlyList<DatasetImage> Images { get; }
 
-    public KarpathyDataset(string source, IReadOnlyList<DatasetImage> images)
+    /// <summary>What was skipped while reading (empty captions, images left without any): empty unless the file had such entries.</summary>
+    public IReadOnlyList<string> Problems { get; }
+
+    public KarpathyDataset(string source, IReadOnlyList<DatasetImage> images, IReadOnlyList<string>? problems = null)
     {
         Source = source;
         Images = images;
+        Problems = problems ?? [];
     }
 
-    public static KarpathyDataset Load(string path)
+    /// <summary>
+    /// Reads the file. Empty captions and images without captions are skipped and listed in <see cref="Problems"/>, or
+    /// are an error with <paramref name="strict"/>; a file that is not in the format is always an error.
+    /// </summary>
+    public static KarpathyDataset Load(string path, bool strict = false)
     {
         if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
         JsonNode? root;
@@ -38,6 +46,12 @@ public sealed class KarpathyDataset
         }
         if (root is not JsonObject o || o["images"] is not JsonArray arr) throw new BadInputException($"{path}: no \"images\" array (expected the Karpathy split format)");
         var images = new List<DatasetImage>(arr.Count);
+        var problems = new List<string>();
+        void Problem(string message)
+        {
+            if (strict) throw new BadInputException(message);
+            problems.Add(message);
+        }
         for (int i = 0; i < arr.Count; i++)
         {
             string Where() => $"{path}: images[{i}]";
@@ -46,19 +60,25 @@ public sealed class KarpathyDataset
             string? dir = Str(im, "filepath");
             string split = Str(im, "split") ?? throw new BadInputException($"{Where()} has no split");
             if (split == "restval") split = "train";
-            if (im["sentences"] is not JsonArray sents || sents.Count == 0) throw new BadInputException($"{Where()} ({file}) has no sentences");
+            if (im["sentences"] is not JsonArray sents) throw new BadInputException($"{Where()} ({file}) has no sentences array");
             var caps = new List<string>(sents.Count);
-            foreach (var s in sents)
+            for (int k = 0; k < sents.Count; k++)
             {
+                var s = sents[k];
                 string? raw = s is JsonObject so ? Str(so, "raw") : null;
                 if (raw is null && s is JsonObject st && st["tokens"] is JsonArray toks) raw = string.Join(' ', toks.Select(t => t?.ToString()));
-                if (string.IsNullOrWhiteSpace(raw)) throw new BadInputException($"{Where()} ({file}) has an empty sentence");
-                caps.Add(raw);
+                if (string.IsNullOrWhiteSpace(raw)) Problem($"{Where()} ({file}): sentence {k} is empty");
+                else caps.Add(raw);
+            }
+            if (caps.Count == 0)
+            {
+                Problem($"{Where()} ({file}) has no usable sentences: skipped");
+                continue;
             }
             int id = im["imgid"] is JsonValue v && v.TryGetValue(out int x) ? x : i;
             images.Add(new DatasetImage(id, dir is null ? file : System.IO.Path.Combine(dir, file), split, caps));
         }
-        return new KarpathyDataset(path, images);
+        return new KarpathyDataset(path, images, problems);
     }
 
     private static string? Str(JsonObject o, string key) => o[key] is JsonValue v && v.TryGetValue(out string? s) ? s : null;

@@ -102,6 +102,13 @@ public sealed class VlModel : Module
         return h;
     }
 
+    /// <summary>The head a parameter name belongs to (None for the encoder's own).</summary>
+    public static VlHeads HeadOf(string name) =>
+        name.StartsWith("rank_output.", StringComparison.Ordinal) ? VlHeads.Rank
+        : name.StartsWith("itm_score.", StringComparison.Ordinal) || name.StartsWith("classifier.", StringComparison.Ordinal) ? VlHeads.Itm
+        : name.StartsWith("mlm_score.", StringComparison.Ordinal) || name.StartsWith("cls.predictions.", StringComparison.Ordinal) ? VlHeads.Mlm
+        : VlHeads.None;
+
     private Tensor Ints(int[] values, params int[] dims)
     {
         var t = Backend.Empty(new Shape(dims), DType.I32);
@@ -284,7 +291,8 @@ public sealed class VlModel : Module
     /// word embeddings and mlm_score.bias) are accepted and skipped; any other
     /// unknown, missing or mis-shaped tensor is an error naming it.
     /// </summary>
-    public static VlModel Load(string folder, IBackend backend, DType dtype = DType.F32)
+    /// <param name="ensureHeads">Heads to have even when the file lacks them (freshly initialised; e.g. pretraining an encoder checkpoint).</param>
+    public static VlModel Load(string folder, IBackend backend, DType dtype = DType.F32, VlHeads ensureHeads = VlHeads.None, int seed = 0)
     {
         if (!Directory.Exists(folder)) throw new BadInputException($"{folder}: no such checkpoint folder");
         var cfg = VlTransformerConfig.Load(Path.Combine(folder, ConfigFile));
@@ -295,10 +303,11 @@ public sealed class VlModel : Module
         var tokenizer = TextTokenizer.Load(vocab, cfg.MaxTextLength);
         if (tokenizer.VocabularySize > cfg.VocabSize)
             throw new BadInputException($"{vocab}: {tokenizer.VocabularySize} tokens, more than the model's vocab_size {cfg.VocabSize}");
-        var model = new VlModel(backend, cfg, seed: 0, dtype, heads);
+        var fresh = ensureHeads & ~heads;
+        var model = new VlModel(backend, cfg, seed, dtype, heads | ensureHeads);
         try
         {
-            StateDict.Load(model, weights, skip: n => n.EndsWith(".position_ids", StringComparison.Ordinal) || n.EndsWith(".token_type_ids", StringComparison.Ordinal)
+            StateDict.Load(model, weights, optional: n => (HeadOf(n) & fresh) != VlHeads.None, skip: n => n.EndsWith(".position_ids", StringComparison.Ordinal) || n.EndsWith(".token_type_ids", StringComparison.Ordinal)
                 || n.StartsWith("mlm_score.decoder.", StringComparison.Ordinal) || n.StartsWith("cls.predictions.decoder.", StringComparison.Ordinal));
         }
         catch

@@ -1,0 +1,98 @@
+namespace KernelVL.Training;
+
+public enum TrainStage
+{
+    /// <summary>Stage 1: the single-stream VL transformer learns with image-text matching (hard in-batch negatives) and masked language modelling.</summary>
+    Pretrain,
+    /// <summary>Stage 2 (VLDeformer): bidirectional InfoNCE over single-modality embeddings from the same weights.</summary>
+    Decompose,
+}
+
+/// <summary>
+/// Everything a training run is given. Defaults per stage come from <see cref="For"/> (stage 2: PAPER.md's recipe).
+/// The options that shape the run (data, batch, schedule, seed) are fingerprinted into the checkpoint, and a resume with
+/// different ones is refused.
+/// </summary>
+public sealed record TrainOptions
+{
+    public required TrainStage Stage { get; init; }
+    /// <summary>Karpathy split JSON.</summary>
+    public required string Data { get; init; }
+    /// <summary>The folder image paths in <see cref="Data"/> are relative to.</summary>
+    public required string Images { get; init; }
+    /// <summary>Output folder: the best model (a checkpoint folder), metrics.jsonl, plots, and train/last for resuming.</summary>
+    public required string Out { get; init; }
+    /// <summary>Checkpoint to start from (stage 2: required; stage 1: optional, else from scratch).</summary>
+    public string? Init { get; init; }
+    /// <summary>Config preset when training from scratch (tiny, small, base).</summary>
+    public string Config { get; init; } = "small";
+    /// <summary>vocab.txt when training from scratch; else one is built from the training captions.</summary>
+    public string? Vocab { get; init; }
+    public int MaxVocab { get; init; } = 4096;
+    public string Backend { get; init; } = "cpu";
+    public int Seed { get; init; } = 1;
+    public int Epochs { get; init; } = 10;
+    /// <summary>Effective batch (pairs per optimiser step).</summary>
+    public int BatchSize { get; init; } = 64;
+    /// <summary>Pairs per forward pass (gradient accumulation; stage 2 uses gradient caching so negatives span the whole batch).</summary>
+    public int MicroBatch { get; init; } = 64;
+    public float LearningRate { get; init; } = 7.5e-6f;
+    public float WeightDecay { get; init; } = 0.05f;
+    public float Eps { get; init; } = 1e-8f;
+    public float Clip { get; init; } = 1.0f;
+    public int Warmup { get; init; } = 200;
+    public float Temperature { get; init; } = 0.005f;
+    public float MlmProbability { get; init; } = 0.15f;
+    /// <summary>Evaluate every this many steps (0: at the end of each epoch).</summary>
+    public int EvalEvery { get; init; }
+    /// <summary>Held-out images evaluated (with all their captions); the cross-encoder's evaluation is quadratic, so stage 1 uses fewer.</summary>
+    public int EvalImages { get; init; } = 1000;
+    public string EvalSplit { get; init; } = "val";
+    /// <summary>Write the resumable checkpoint every this many steps (0: at each evaluation).</summary>
+    public int CheckpointEvery { get; init; }
+    public bool Resume { get; init; }
+    public bool Strict { get; init; }
+    public int Workers { get; init; } = Math.Max(1, Environment.ProcessorCount);
+
+    /// <summary>The stage's defaults: stage 2 as PAPER.md (AdamW 7.5e-6, wd 0.05, clip 1, 200 warm-up steps, tau 0.005); stage 1 as ViLT (1e-4, wd 0.01).</summary>
+    public static TrainOptions For(TrainStage stage, string data, string images, string outDir) => stage == TrainStage.Decompose
+        ? new() { Stage = stage, Data = data, Images = images, Out = outDir }
+        : new() { Stage = stage, Data = data, Images = images, Out = outDir, LearningRate = 1e-4f, WeightDecay = 0.01f, EvalImages = 100 };
+
+    /// <summary>Checks the values; a bad one is a <see cref="BadInputException"/> naming the option.</summary>
+    public void Validate()
+    {
+        void Need(bool ok, string what)
+        {
+            if (!ok) throw new BadInputException(what);
+        }
+        Need(Epochs >= 1, $"--epochs must be at least 1, got {Epochs}");
+        Need(BatchSize >= 2, $"--batch must be at least 2 (in-batch negatives), got {BatchSize}");
+        Need(MicroBatch >= 1, $"--micro-batch must be at least 1, got {MicroBatch}");
+        Need(LearningRate > 0 && float.IsFinite(LearningRate), $"--lr must be positive, got {LearningRate}");
+        Need(WeightDecay >= 0, $"--weight-decay must be >= 0, got {WeightDecay}");
+        Need(Eps > 0, $"--eps must be positive, got {Eps}");
+        Need(Clip >= 0, $"--clip must be >= 0 (0: no clipping), got {Clip}");
+        Need(Warmup >= 0, $"--warmup must be >= 0, got {Warmup}");
+        Need(Temperature > 0, $"--temperature must be positive, got {Temperature}");
+        Need(MlmProbability > 0 && MlmProbability < 1, $"--mlm-probability must be in (0, 1), got {MlmProbability}");
+        Need(EvalImages >= 2, $"--eval-images must be at least 2, got {EvalImages}");
+        Need(EvalEvery >= 0 && CheckpointEvery >= 0, "--eval-every and --checkpoint-every must be >= 0");
+        Need(Workers >= 1, $"--workers must be at least 1, got {Workers}");
+        Need(Stage == TrainStage.Pretrain || Init is not null, "decomposition starts from a trained VL transformer: give --model");
+    }
+
+    /// <summary>The options a resumed run must share with the run it continues.</summary>
+    public string Fingerprint() => string.Join("|", Stage, Path.GetFullPath(Data), Init is null ? "" : Path.GetFullPath(Init), Config, Seed, Epochs, BatchSize,
+        LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), WeightDecay.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        Warmup, Temperature.ToString("R", System.Globalization.CultureInfo.InvariantCulture), MlmProbability.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
+}
+
+/// <summary>What the trainer reports after each step.</summary>
+public sealed record TrainProgress(TrainStage Stage, int Step, int TotalSteps, int Epoch, float Loss, float LearningRate, double ExamplesPerSecond, TimeSpan Elapsed, TimeSpan Eta);
+
+/// <summary>One evaluation on the held-out split.</summary>
+public sealed record EvalRecord(int Step, int Epoch, Retrieval.RecallResult Recall, double Seconds, string Mode);
+
+/// <summary>How a run ended.</summary>
+public sealed record TrainSummary(int Steps, int Epochs, float FinalLoss, EvalRecord? Best, EvalRecord? Last, int SkippedImages, int SkippedPairs, double Seconds, bool Stopped);

@@ -1,0 +1,453 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using KernelVL.Autograd;
+using KernelVL.Data;
+using KernelVL.Imaging;
+using KernelVL.IO;
+using KernelVL.Model;
+using KernelVL.Retrieval;
+using KernelVL.Tensors;
+using KernelVL.Text;
+
+namespace KernelVL.Training;
+
+/// <summary>
+/// Runs stage 1 (ITM with hard in-batch negatives + MLM) or stage 2 (VLDeformer's bidirectional InfoNCE) over a Karpathy
+/// split. All randomness (data order, caption choice, masking, negatives, dropout) is a function of the seed and the
+/// step, so a run resumed from its last checkpoint continues exactly as the uninterrupted run would (on the Cpu backend,
+/// whose kernels are deterministic). Output folder: the best model by image-to-text R@1 (a checkpoint folder),
+/// metrics.jsonl, loss.png, recall.png, and train/last (model + optimizer + trainer state) for --resume.
+/// </summary>
+public sealed class Trainer
+{
+    private readonly TrainOptions _o;
+    private readonly IBackend _backend;
+    public Action<TrainProgress>? Progress { get; set; }
+    public Action<EvalRecord>? Evaluated { get; set; }
+    public Action<string>? Warn { get; set; }
+    public Action<string>? Info { get; set; }
+
+    public const string LastFolder = "train/last", MetricsFile = "metrics.jsonl", StateFile = "trainer_state.json", OptimizerFile = "optimizer.safetensors";
+
+    public Trainer(TrainOptions options, IBackend backend)
+    {
+        options.Validate();
+        _o = options;
+        _backend = backend;
+    }
+
+    private static int Mix(params long[] parts)
+    {
+        ulong h = 1469598103934665603UL;
+        foreach (long p in parts) h = (h ^ (ulong)p) * 1099511628211UL;
+        return (int)(h ^ (h >> 32)) & int.MaxValue;
+    }
+
+    /// <summary>Runs until the last epoch ends or <paramref name="ct"/> is cancelled (then it stops like a killed run: nothing more is written).</summary>
+    public TrainSummary Run(CancellationToken ct = default)
+    {
+        var sw = Stopwatch.StartNew();
+        var data = KarpathyDataset.Load(_o.Data, _o.Strict);
+        foreach (var p in data.Problems.Take(5)) Warn?.Invoke(p);
+        if (data.Problems.Count > 5) Warn?.Invoke($"... and {data.Problems.Count - 5} more problems in {_o.Data}");
+        var train = data.Split("train");
+        IReadOnlyList<DatasetImage> held;
+        try { held = data.Split(_o.EvalSplit); }
+        catch (BadInputException) when (_o.EvalSplit == "val")
+        {
+            held = data.Split("test");
+            Warn?.Invoke($"{_o.Data} has no 'val' split: evaluating on 'test'");
+        }
+        held = held.Take(_o.EvalImages).ToList();
+        Directory.CreateDirectory(_o.Out);
+        string last = Path.Combine(_o.Out, LastFolder);
+
+        using var model = CreateModel(train, last);
+        var pre = model.Preprocessor();
+        var trainImages = new ImageCache(train, _o.Images, pre, _o.Strict) { Warn = Warn };
+        var heldImages = new ImageCache(held, _o.Images, pre, _o.Strict) { Warn = Warn };
+        using var opt = new AdamWOptimizer(model) { Eps = _o.Eps, WeightDecay = _o.WeightDecay };
+
+        int perEpoch = Math.Max(1, train.Count / _o.BatchSize);
+        int total = perEpoch * _o.Epochs;
+        int step = 0;
+        double bestR1 = double.NegativeInfinity;
+        EvalRecord? best = null, lastEval = null;
+        if (_o.Resume && File.Exists(Path.Combine(last, StateFile)))
+        {
+            var st = JsonNode.Parse(File.ReadAllText(Path.Combine(last, StateFile)))!.AsObject();
+            if ((string?)st["fingerprint"] != _o.Fingerprint())
+                throw new BadInputException($"{Path.Combine(last, StateFile)}: written by a run with other options (data, batch, schedule or seed); resume with the same ones or start a new --out");
+            opt.Load(Path.Combine(last, OptimizerFile));
+            step = (int)st["step"]!;
+            bestR1 = (double?)st["best_i2t_r1"] ?? double.NegativeInfinity;
+            if (step != opt.Step) throw new BadInputException($"{last}: the optimizer is at step {opt.Step}, the trainer state at {step}");
+            Info?.Invoke($"resuming {_o.Stage} at step {step + 1} of {total}");
+        }
+        else if (_o.Resume) Info?.Invoke($"nothing to resume in {last}: starting");
+        TruncateMetrics(step);
+
+        float loss = float.NaN;
+        int skippedPairs = 0;
+        var window = new Queue<(double Seconds, int Examples)>();
+        bool stopped = false;
+        for (int epoch = step / perEpoch; epoch < _o.Epochs && !stopped; epoch++)
+        {
+            int first = step - epoch * perEpoch;
+            using var loader = new BatchPrefetcher(EpochBatches(train, epoch, perEpoch).Skip(first), trainImages, _o.Workers);
+            for (int k = first; k < perEpoch; k++)
+            {
+                var batch = loader.Next() ?? throw new KernelVLException("the data loader ended early");
+                skippedPairs += batch.Skipped;
+                var t0 = sw.Elapsed.TotalSeconds;
+                step++;
+                float lr = Schedule.Cosine(_o.LearningRate, step, _o.Warmup, total);
+                if (batch.Items.Count >= 2)
+                {
+                    loss = _o.Stage == TrainStage.Decompose ? DecomposeStep(model, batch, step) : PretrainStep(model, batch, step);
+                    if (!float.IsFinite(loss)) throw new TrainingDivergedException($"the loss is {loss} at step {step}: training diverged (lower the learning rate)");
+                    opt.Apply(lr, _o.Clip);
+                }
+                else
+                {
+                    Warn?.Invoke($"step {step}: fewer than 2 readable pairs in the batch: skipped");
+                    opt.ZeroGrad();
+                }
+                double dt = sw.Elapsed.TotalSeconds - t0;
+                window.Enqueue((dt, batch.Items.Count));
+                if (window.Count > 20) window.Dequeue();
+                double eps = window.Sum(w => w.Examples) / Math.Max(1e-9, window.Sum(w => w.Seconds));
+                var eta = TimeSpan.FromSeconds(window.Average(w => w.Seconds) * (total - step));
+                AppendMetrics(new JsonObject { ["step"] = step, ["epoch"] = epoch + 1, ["loss"] = loss, ["lr"] = lr, ["examples_per_s"] = Math.Round(eps, 2), ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2) });
+                Progress?.Invoke(new TrainProgress(_o.Stage, step, total, epoch + 1, loss, lr, eps, sw.Elapsed, eta));
+                if (ct.IsCancellationRequested) { stopped = true; break; }
+
+                bool endOfEpoch = k == perEpoch - 1;
+                bool eval = _o.EvalEvery > 0 ? step % _o.EvalEvery == 0 || step == total : endOfEpoch;
+                if (eval)
+                {
+                    lastEval = Evaluate(model, heldImages, held, step, epoch + 1);
+                    AppendMetrics(new JsonObject
+                    {
+                        ["step"] = step, ["epoch"] = epoch + 1, ["eval"] = lastEval.Mode, ["i2t_r1"] = lastEval.Recall.I2T.R1, ["i2t_r5"] = lastEval.Recall.I2T.R5,
+                        ["i2t_r10"] = lastEval.Recall.I2T.R10, ["t2i_r1"] = lastEval.Recall.T2I.R1, ["t2i_r5"] = lastEval.Recall.T2I.R5,
+                        ["t2i_r10"] = lastEval.Recall.T2I.R10, ["rsum"] = lastEval.Recall.Rsum, ["eval_seconds"] = Math.Round(lastEval.Seconds, 2),
+                    });
+                    Evaluated?.Invoke(lastEval);
+                    if (lastEval.Recall.I2T.R1 > bestR1 || best is null && bestR1 == double.NegativeInfinity)
+                    {
+                        bestR1 = lastEval.Recall.I2T.R1;
+                        best = lastEval;
+                        model.Save(_o.Out);   // the best model is the output folder itself
+                    }
+                    TrainingPlots.Write(_o.Out);
+                }
+                if (eval || (_o.CheckpointEvery > 0 && step % _o.CheckpointEvery == 0) || step == total)
+                    SaveLast(model, opt, last, step, bestR1);
+            }
+        }
+        if (!stopped) TrainingPlots.Write(_o.Out);
+        return new TrainSummary(step, _o.Epochs, loss, best, lastEval, trainImages.FailedCount + heldImages.FailedCount, skippedPairs, sw.Elapsed.TotalSeconds, stopped);
+    }
+
+    private VlModel CreateModel(IReadOnlyList<DatasetImage> train, string last)
+    {
+        var heads = _o.Stage == TrainStage.Pretrain ? VlHeads.Itm | VlHeads.Mlm : VlHeads.None;
+        if (_o.Resume && File.Exists(Path.Combine(last, StateFile))) return VlModel.Load(last, _backend, ensureHeads: heads, seed: _o.Seed);
+        if (_o.Init is not null) return VlModel.Load(_o.Init, _backend, ensureHeads: heads, seed: _o.Seed);
+        // From scratch: a vocabulary (given, or built from the training captions) and a preset sized to it.
+        Directory.CreateDirectory(_o.Out);
+        string vocabPath = _o.Vocab ?? Path.Combine(_o.Out, "train", "vocab.txt");
+        if (_o.Vocab is null)
+        {
+            var vocab = VocabBuilder.Build(train.SelectMany(i => i.Captions), _o.MaxVocab);
+            VocabBuilder.Write(vocabPath, vocab);
+            Info?.Invoke($"built a vocabulary of {vocab.Count} tokens from the training captions");
+        }
+        var cfg = VlTransformerConfig.Preset(_o.Config);
+        var tok = TextTokenizer.Load(vocabPath, cfg.MaxTextLength);
+        cfg = cfg with { VocabSize = tok.VocabularySize };
+        return new VlModel(_backend, cfg, _o.Seed, heads: VlHeads.Itm | VlHeads.Mlm) { Tokenizer = tok };
+    }
+
+    /// <summary>Epoch e: the training images in a seeded order, one seeded caption each, cut into batches.</summary>
+    private IEnumerable<IReadOnlyList<PairItem>> EpochBatches(IReadOnlyList<DatasetImage> train, int epoch, int perEpoch)
+    {
+        var order = Enumerable.Range(0, train.Count).ToArray();
+        new Random(Mix(_o.Seed, epoch, 11)).Shuffle(order);
+        for (int k = 0; k < perEpoch; k++)
+        {
+            int n = Math.Min(_o.BatchSize, train.Count);
+            var items = new List<PairItem>(n);
+            for (int i = 0; i < n; i++)
+            {
+                int img = order[(k * _o.BatchSize + i) % order.Length];
+                var caps = train[img].Captions;
+                items.Add(new PairItem(img, caps[new Random(Mix(_o.Seed, epoch, img, 13)).Next(caps.Count)]));
+            }
+            yield return items;
+        }
+    }
+
+    private static List<T> Chunk<T>(IReadOnlyList<T> items, int start, int count) => Enumerable.Range(start, count).Select(i => items[i]).ToList();
+
+    private ulong DropoutSeed(int step, int chunk, int side) => (ulong)Mix(_o.Seed, step, chunk, side, 17);
+
+    /// <summary>
+    /// Stage 2 with gradient caching: embeddings of the whole batch without a graph, the InfoNCE loss and its gradient with
+    /// respect to the embeddings, then each micro-batch recomputed (same dropout) with a graph and back-propagated from
+    /// those gradients. The negatives span the whole batch however small the micro-batch.
+    /// </summary>
+    private float DecomposeStep(VlModel model, LoadedBatch batch, int step)
+    {
+        int n = batch.Items.Count, d = model.Config.HiddenSize, mb = _o.MicroBatch;
+        var captions = batch.Items.Select(i => i.Caption).ToList();
+        var t = new float[n * d];
+        var v = new float[n * d];
+        using (Tape.NoGrad())
+        {
+            for (int s = 0, c = 0; s < n; s += mb, c++)
+            {
+                int m = Math.Min(mb, n - s);
+                using var scope = new TensorScope();
+                _backend.CopyToHost(model.Embed(model.TextBatch(Chunk(captions, s, m)), training: true, DropoutSeed(step, c, 0)), t.AsSpan(s * d, m * d));
+                _backend.CopyToHost(model.Embed(model.ImageBatch(Chunk(batch.Images, s, m)), training: true, DropoutSeed(step, c, 1)), v.AsSpan(s * d, m * d));
+            }
+        }
+        float loss;
+        var gt = new float[n * d];
+        var gv = new float[n * d];
+        using (var scope = new TensorScope())
+        {
+            var tt = Upload(t, n, d);
+            var vv = Upload(v, n, d);
+            tt.RequiresGrad = vv.RequiresGrad = true;
+            var l = Ops.InfoNce(tt, vv, _o.Temperature);
+            loss = l.Item();
+            Tape.Backward(l);
+            _backend.CopyToHost(tt.Grad!, gt);
+            _backend.CopyToHost(vv.Grad!, gv);
+            tt.Grad!.Dispose();
+            vv.Grad!.Dispose();
+        }
+        for (int s = 0, c = 0; s < n; s += mb, c++)
+        {
+            int m = Math.Min(mb, n - s);
+            using (var scope = new TensorScope())
+            {
+                var e = model.Embed(model.TextBatch(Chunk(captions, s, m)), training: true, DropoutSeed(step, c, 0));
+                Tape.Backward(Ops.SumAll(Ops.Mul(e, Upload(gt[(s * d)..((s + m) * d)], m, d))));
+            }
+            using (var scope = new TensorScope())
+            {
+                var e = model.Embed(model.ImageBatch(Chunk(batch.Images, s, m)), training: true, DropoutSeed(step, c, 1));
+                Tape.Backward(Ops.SumAll(Ops.Mul(e, Upload(gv[(s * d)..((s + m) * d)], m, d))));
+            }
+        }
+        return loss;
+    }
+
+    private Tensor Upload(float[] host, params int[] dims)
+    {
+        var x = _backend.Empty(new Shape(dims));
+        _backend.CopyFromHost(host, x);
+        return x;
+    }
+
+    private Tensor UploadInts(int[] host, params int[] dims)
+    {
+        var x = _backend.Empty(new Shape(dims), DType.I32);
+        _backend.CopyFromHost(host, x);
+        return x;
+    }
+
+    /// <summary>
+    /// Stage 1: ITM over the positives, one hard negative caption per image and one hard negative image per caption
+    /// (sampled by the model's own single-modality similarity, ALBEF-style, never a pair with the same caption text),
+    /// plus MLM on the positives' captions (15% of tokens: 80% [MASK], 10% a random token, 10% kept).
+    /// </summary>
+    private float PretrainStep(VlModel model, LoadedBatch batch, int step)
+    {
+        int n = batch.Items.Count, d = model.Config.HiddenSize, mb = _o.MicroBatch;
+        var captions = batch.Items.Select(i => i.Caption).ToList();
+        var rng = new Random(Mix(_o.Seed, step, 19));
+        // Similarity from the current weights, no graph.
+        var t = new float[n * d];
+        var v = new float[n * d];
+        using (Tape.NoGrad())
+        {
+            for (int s = 0; s < n; s += mb)
+            {
+                int m = Math.Min(mb, n - s);
+                using var scope = new TensorScope();
+                _backend.CopyToHost(model.Embed(model.TextBatch(Chunk(captions, s, m))), t.AsSpan(s * d, m * d));
+                _backend.CopyToHost(model.Embed(model.ImageBatch(Chunk(batch.Images, s, m))), v.AsSpan(s * d, m * d));
+            }
+        }
+        int Sample(Func<int, double> sim, int self)
+        {
+            var w = new double[n];
+            double max = double.NegativeInfinity;
+            for (int j = 0; j < n; j++)
+                if (j != self && captions[j] != captions[self]) max = Math.Max(max, sim(j));
+            if (double.IsNegativeInfinity(max)) return -1;
+            double sum = 0;
+            for (int j = 0; j < n; j++) sum += w[j] = j != self && captions[j] != captions[self] ? Math.Exp((sim(j) - max) / 0.1) : 0;
+            double u = rng.NextDouble() * sum;
+            for (int j = 0; j < n; j++) if ((u -= w[j]) <= 0 && w[j] > 0) return j;
+            return Array.FindLastIndex(w, x => x > 0);
+        }
+        double Dot(float[] a, int i, float[] b, int j) => System.Numerics.Tensors.TensorPrimitives.Dot(a.AsSpan(i * d, d), b.AsSpan(j * d, d));
+        var pairs = new List<(int Image, int Caption, int Label)>();
+        for (int i = 0; i < n; i++) pairs.Add((i, i, 1));
+        for (int i = 0; i < n; i++) { int j = Sample(j => Dot(v, i, t, j), i); if (j >= 0) pairs.Add((i, j, 0)); }   // image i, a hard caption
+        for (int j = 0; j < n; j++) { int i = Sample(i => Dot(t, j, v, i), j); if (i >= 0) pairs.Add((i, j, 0)); }   // caption j, a hard image
+
+        float total = 0;
+        for (int s = 0; s < pairs.Count; s += mb)
+        {
+            int m = Math.Min(mb, pairs.Count - s);
+            var chunk = pairs.GetRange(s, m);
+            using var scope = new TensorScope();
+            var x = model.TextBatch(chunk.Select(p => captions[p.Caption]).ToList()) with { Images = PatchBatch.From(chunk.Select(p => batch.Images[p.Image]).ToList(), model.Config.PatchSize) };
+            var logits = model.ItmLogits(model.Pooled(model.Encode(x, training: true, DropoutSeed(step, s, 2))));
+            var l = Ops.Scale(Ops.CrossEntropy(logits, UploadInts(chunk.Select(p => p.Label).ToArray(), m)), m / (float)pairs.Count);
+            total += l.Item();
+            Tape.Backward(l);
+        }
+
+        // MLM on the positives.
+        var tok = model.Tokenizer!;
+        var enc = tok.EncodeBatch(captions);
+        int len = enc.Length, vocab = model.Config.VocabSize;
+        var ids = (int[])enc.Ids.Clone();
+        var targets = Enumerable.Repeat(-1, ids.Length).ToArray();
+        int masked = 0;
+        for (int i = 0; i < ids.Length; i++)
+        {
+            int id = enc.Ids[i];
+            if (enc.Mask[i] == 0 || id == tok.ClsId || id == tok.SepId || rng.NextDouble() >= _o.MlmProbability) continue;
+            targets[i] = id;
+            masked++;
+            double r = rng.NextDouble();
+            ids[i] = r < 0.8 ? tok.MaskId : r < 0.9 ? VocabBuilder.Special.Length + rng.Next(vocab - VocabBuilder.Special.Length) : id;
+        }
+        if (masked == 0)
+        {
+            int i = 1;   // always at least one target: the first word of the first caption
+            targets[i] = enc.Ids[i];
+            ids[i] = tok.MaskId;
+            masked = 1;
+        }
+        for (int s = 0; s < n; s += mb)
+        {
+            int m = Math.Min(mb, n - s);
+            var tg = targets[(s * len)..((s + m) * len)];
+            int count = tg.Count(x => x >= 0);
+            if (count == 0) continue;
+            using var scope = new TensorScope();
+            var x = new VlBatch(m, ids[(s * len)..((s + m) * len)], enc.Mask[(s * len)..((s + m) * len)], len, PatchBatch.From(Chunk(batch.Images, s, m), model.Config.PatchSize));
+            var logits = Ops.Reshape(model.MlmLogits(model.Encode(x, training: true, DropoutSeed(step, s, 3))), m * len, vocab);
+            var l = Ops.Scale(Ops.CrossEntropy(logits, UploadInts(tg, m * len)), count / (float)masked);
+            total += l.Item();
+            Tape.Backward(l);
+        }
+        return total;
+    }
+
+    /// <summary>Recall on the held-out images: decomposed (stage 2) or the cross-encoder over every pair (stage 1).</summary>
+    private EvalRecord Evaluate(VlModel model, ImageCache cache, IReadOnlyList<DatasetImage> held, int step, int epoch)
+    {
+        var sw = Stopwatch.StartNew();
+        var imgs = cache.GetMany(Enumerable.Range(0, held.Count).ToList(), _o.Workers);
+        var keep = Enumerable.Range(0, held.Count).Where(i => imgs[i] is not null).ToList();
+        if (keep.Count < 2) throw new BadInputException($"{_o.Data}: fewer than 2 readable held-out images to evaluate on");
+        var images = keep.Select(i => imgs[i]!).ToList();
+        var captions = new List<string>();
+        var owner = new List<int>();
+        for (int k = 0; k < keep.Count; k++)
+            foreach (var c in held[keep[k]].Captions) { captions.Add(c); owner.Add(k); }
+        RecallResult r;
+        string mode;
+        if (_o.Stage == TrainStage.Decompose)
+        {
+            var enc = new DecomposedEncoder(model, Math.Max(8, _o.MicroBatch));
+            r = Recall.FromEmbeddings(enc.EncodeImages(images), enc.EncodeTexts(captions), model.Config.HiddenSize, owner);
+            mode = "decomposed";
+        }
+        else
+        {
+            var scores = CrossScores(model, images, captions, Math.Max(8, _o.MicroBatch));
+            r = Recall.Evaluate(scores, images.Count, owner);
+            mode = "cross";
+        }
+        return new EvalRecord(step, epoch, r, sw.Elapsed.TotalSeconds, mode);
+    }
+
+    /// <summary>The cross-encoder's score of every (image, caption) pair -> [images, captions].</summary>
+    public static float[] CrossScores(VlModel model, IReadOnlyList<PreparedImage> images, IReadOnlyList<string> captions, int batch, Action<long>? progress = null)
+    {
+        var scores = new float[(long)images.Count * captions.Count];
+        var pairImages = new List<PreparedImage>(batch);
+        var pairCaptions = new List<string>(batch);
+        long at = 0, done = 0;
+        for (int i = 0; i < images.Count; i++)
+            for (int c = 0; c < captions.Count; c++)
+            {
+                pairImages.Add(images[i]);
+                pairCaptions.Add(captions[c]);
+                if (pairImages.Count == batch || (i == images.Count - 1 && c == captions.Count - 1))
+                {
+                    var s = model.ScorePairs(pairImages, pairCaptions, batch);
+                    s.CopyTo(scores, at);
+                    at += s.Length;
+                    done += s.Length;
+                    progress?.Invoke(done);
+                    pairImages.Clear();
+                    pairCaptions.Clear();
+                }
+            }
+        return scores;
+    }
+
+    private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1)
+    {
+        // Written beside, then swapped in: a kill at any moment leaves either the previous or the new checkpoint whole.
+        string tmp = last + ".tmp", old = last + ".old";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        model.Save(tmp);
+        opt.Save(Path.Combine(tmp, OptimizerFile));
+        var st = new JsonObject
+        {
+            ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _o.Fingerprint(),
+            ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
+        };
+        AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), st.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+        if (Directory.Exists(last)) Directory.Move(last, old);
+        Directory.Move(tmp, last);
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+    }
+
+    private string MetricsPath => Path.Combine(_o.Out, MetricsFile);
+
+    private void AppendMetrics(JsonObject row)
+    {
+        using var f = new FileStream(MetricsPath, FileMode.Append, FileAccess.Write, FileShare.Read);
+        using var w = new StreamWriter(f);
+        w.WriteLine(row.ToJsonString());
+    }
+
+    /// <summary>On a fresh start the log starts empty; on resume the rows after the checkpoint's step (from the killed run) are dropped.</summary>
+    private void TruncateMetrics(int step)
+    {
+        if (!File.Exists(MetricsPath)) return;
+        var keep = File.ReadAllLines(MetricsPath).Where(l =>
+        {
+            try { return step > 0 && JsonNode.Parse(l) is JsonObject o && (int?)o["step"] <= step; }
+            catch (JsonException) { return false; }
+        }).ToList();
+        AtomicFile.WriteAllText(MetricsPath, keep.Count == 0 ? "" : string.Join('\n', keep) + "\n");
+    }
+}
