@@ -9,6 +9,9 @@ var verbose = new Option<bool>("--verbose") { Description = "Print stack traces 
 var root = new RootCommand("kernelvl: fast cross-modal (image <-> text) retrieval with decomposed vision-language transformers");
 root.Options.Add(verbose);
 root.Subcommands.Add(InfoCommand.Create());
+root.Subcommands.Add(ShapesCommand.Create());
+root.Subcommands.Add(TrainCommands.Pretrain());
+root.Subcommands.Add(TrainCommands.Decompose());
 var parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {

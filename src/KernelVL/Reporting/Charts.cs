@@ -83,7 +83,7 @@ public static class Charts
         return t.ToArray();
     }
 
-    private static string Label(double v) => Math.Abs(v) >= 1000 || v == Math.Round(v) ? v.ToString("0", System.Globalization.CultureInfo.InvariantCulture)
+    private static string Label(double v) => Math.Abs(v) < 1e-9 ? "0" : Math.Abs(v) >= 1000 || v == Math.Round(v) ? v.ToString("0", System.Globalization.CultureInfo.InvariantCulture)
         : Math.Abs(v) >= 1 ? v.ToString("0.#", System.Globalization.CultureInfo.InvariantCulture) : v.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture);
 
     public static void Line(string path, string title, string xLabel, string yLabel, IReadOnlyList<Series> series, int width = 800, int height = 480, bool logY = false)

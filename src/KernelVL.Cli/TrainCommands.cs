@@ -1,0 +1,120 @@
+using System.CommandLine;
+using KernelVL.Backends;
+using KernelVL.Training;
+
+namespace KernelVL.Cli;
+
+/// <summary>`kernelvl pretrain` (stage 1) and `kernelvl decompose` (stage 2, VLDeformer).</summary>
+internal static class TrainCommands
+{
+    /// <summary>--device: auto = the cuda backend where a GPU is present, else cpu.</summary>
+    public static Option<string> DeviceOption() => new("--device") { Description = "Backend: auto (cuda where a GPU is present, else cpu), cpu, cuda, ilgpu, ilgpu-cpu, reference", DefaultValueFactory = _ => "auto" };
+
+    public static string ResolveDevice(string device)
+    {
+        if (device == "auto") return BackendFactory.Names.Contains("cuda") && BackendFactory.Unavailable("cuda") is null ? "cuda" : "cpu";
+        if (BackendFactory.Unavailable(device) is { } why) throw new BadInputException($"--device {device}: {why}");
+        return device;
+    }
+
+    public static Command Pretrain() => Create(TrainStage.Pretrain);
+    public static Command Decompose() => Create(TrainStage.Decompose);
+
+    private static Command Create(TrainStage stage)
+    {
+        bool pre = stage == TrainStage.Pretrain;
+        var d = TrainOptions.For(stage, "", "", "");
+        var data = new Option<string>("--data") { Description = "Karpathy split JSON (train, val/test splits)", Required = true };
+        var images = new Option<string>("--images") { Description = "Folder the dataset's image paths are relative to (default: the JSON's folder)" };
+        var outDir = new Option<string>("--out") { Description = "Output folder: the best checkpoint, metrics.jsonl, loss.png, recall.png, train/last for --resume", Required = true };
+        var model = new Option<string>(pre ? "--init" : "--model") { Description = pre ? "Continue from this checkpoint (default: train from scratch)" : "The stage-1 checkpoint to decompose", Required = !pre };
+        var config = new Option<string>("--config") { Description = "Model size when training from scratch: tiny, small, base", DefaultValueFactory = _ => d.Config };
+        var vocab = new Option<string>("--vocab") { Description = "vocab.txt when training from scratch (default: built from the training captions)" };
+        var epochs = new Option<int>("--epochs") { Description = "Passes over the training images", DefaultValueFactory = _ => d.Epochs };
+        var batch = new Option<int>("--batch") { Description = "Pairs per optimiser step (the effective batch)", DefaultValueFactory = _ => d.BatchSize };
+        var micro = new Option<int>("--micro-batch") { Description = "Pairs per forward pass (accumulated up to --batch)", DefaultValueFactory = _ => d.MicroBatch };
+        var lr = new Option<float>("--lr") { Description = "Peak learning rate (AdamW)", DefaultValueFactory = _ => d.LearningRate };
+        var wd = new Option<float>("--weight-decay") { Description = "AdamW weight decay (matrices only)", DefaultValueFactory = _ => d.WeightDecay };
+        var eps = new Option<float>("--eps") { Description = "AdamW epsilon", DefaultValueFactory = _ => d.Eps };
+        var clip = new Option<float>("--clip") { Description = "Gradient norm clip (0: none)", DefaultValueFactory = _ => d.Clip };
+        var warmup = new Option<int>("--warmup") { Description = "Linear warm-up steps before the cosine decay", DefaultValueFactory = _ => d.Warmup };
+        var temp = new Option<float>("--temperature") { Description = "InfoNCE temperature tau", DefaultValueFactory = _ => d.Temperature };
+        var mlm = new Option<float>("--mlm-probability") { Description = "Share of caption tokens masked for MLM", DefaultValueFactory = _ => d.MlmProbability };
+        var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every N steps (0: at the end of each epoch)", DefaultValueFactory = _ => d.EvalEvery };
+        var evalImages = new Option<int>("--eval-images") { Description = "Held-out images evaluated, with all their captions", DefaultValueFactory = _ => d.EvalImages };
+        var evalSplit = new Option<string>("--eval-split") { Description = "Held-out split", DefaultValueFactory = _ => d.EvalSplit };
+        var ckptEvery = new Option<int>("--checkpoint-every") { Description = "Write the resumable checkpoint every N steps (0: at each evaluation)", DefaultValueFactory = _ => d.CheckpointEvery };
+        var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint" };
+        var strict = new Option<bool>("--strict") { Description = "Stop at the first unreadable image or empty caption instead of skipping it" };
+        var seed = new Option<int>("--seed") { Description = "Seed of every random choice (the cpu backend is deterministic under it)", DefaultValueFactory = _ => d.Seed };
+        var workers = new Option<int>("--workers") { Description = "Image decoding threads", DefaultValueFactory = _ => d.Workers };
+        var device = DeviceOption();
+        var cmd = new Command(pre ? "pretrain" : "decompose", pre
+            ? "Stage 1: train the single-stream VL transformer (image-text matching with hard negatives + masked language modelling)"
+            : "Stage 2 (VLDeformer): decompose a VL transformer into image and text encoders by contrastive fine-tuning");
+        foreach (var o in new Option[] { data, images, outDir, model, epochs, batch, micro, lr, wd, eps, clip, warmup, evalEvery, evalImages, evalSplit, ckptEvery, resume, strict, seed, workers, device })
+            cmd.Options.Add(o);
+        if (pre) { cmd.Options.Add(config); cmd.Options.Add(vocab); cmd.Options.Add(mlm); }
+        else cmd.Options.Add(temp);
+        cmd.SetAction(ErrorReporting.Guard(r =>
+        {
+            string dataPath = r.GetValue(data)!;
+            var o = d with
+            {
+                Data = dataPath,
+                Images = r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataPath))!,
+                Out = r.GetValue(outDir)!,
+                Init = r.GetValue(model),
+                Config = r.GetValue(config) ?? d.Config,
+                Vocab = r.GetValue(vocab),
+                Epochs = r.GetValue(epochs), BatchSize = r.GetValue(batch), MicroBatch = r.GetValue(micro),
+                LearningRate = r.GetValue(lr), WeightDecay = r.GetValue(wd), Eps = r.GetValue(eps), Clip = r.GetValue(clip), Warmup = r.GetValue(warmup),
+                Temperature = pre ? d.Temperature : r.GetValue(temp), MlmProbability = pre ? r.GetValue(mlm) : d.MlmProbability,
+                EvalEvery = r.GetValue(evalEvery), EvalImages = r.GetValue(evalImages), EvalSplit = r.GetValue(evalSplit)!, CheckpointEvery = r.GetValue(ckptEvery),
+                Resume = r.GetValue(resume), Strict = r.GetValue(strict), Seed = r.GetValue(seed), Workers = r.GetValue(workers),
+            };
+            string dev = ResolveDevice(r.GetValue(device)!);
+            return Run(o with { Backend = dev });
+        }));
+        return cmd;
+    }
+
+    public static int Run(TrainOptions o, string label = "")
+    {
+        using var backend = BackendFactory.Create(o.Backend);
+        ProgressBar? bar = null;
+        var trainer = new Trainer(o, backend);
+        var warnings = 0;
+        trainer.Info = s => { if (bar is null) Console.Error.WriteLine($"kernelvl: {s}"); else bar.Line($"kernelvl: {s}"); };
+        trainer.Warn = s => { warnings++; if (warnings <= 20) { if (bar is null) Console.Error.WriteLine($"kernelvl: warning: {s}"); else bar.Line($"kernelvl: warning: {s}"); } };
+        trainer.Progress = p =>
+        {
+            bar ??= new ProgressBar($"{label}{(o.Stage == TrainStage.Pretrain ? "pretrain" : "decompose")} step", p.TotalSteps);
+            bar.Report(p.Step, $"epoch {p.Epoch} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.ExamplesPerSecond:F1} pairs/s");
+        };
+        trainer.Evaluated = e =>
+        {
+            string line = $"eval @ step {e.Step} ({e.Mode}, {e.Seconds:F1}s): i2t R@1/5/10 {e.Recall.I2T.R1:F1}/{e.Recall.I2T.R5:F1}/{e.Recall.I2T.R10:F1}  t2i {e.Recall.T2I.R1:F1}/{e.Recall.T2I.R5:F1}/{e.Recall.T2I.R10:F1}  rsum {e.Recall.Rsum:F1}";
+            if (bar is null) Console.Error.WriteLine(line); else bar.Line(line);
+        };
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+        Console.CancelKeyPress += onCancel;
+        TrainSummary s;
+        try
+        {
+            s = trainer.Run(cts.Token);
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+            bar?.Dispose();
+        }
+        if (warnings > 20) Console.Error.WriteLine($"kernelvl: warning: {warnings} warnings in all ({warnings - 20} not shown)");
+        if (s.SkippedImages > 0) Console.Error.WriteLine($"kernelvl: warning: {s.SkippedImages} unreadable images skipped ({s.SkippedPairs} training pairs)");
+        Console.WriteLine($"{(s.Stopped ? "stopped (resume with --resume)" : "done")}: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}, final loss {s.FinalLoss:F4}");
+        if (s.Best is { } b)
+            Console.WriteLine($"best: step {b.Step}, i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
+        return s.Stopped ? ErrorReporting.Failure : ErrorReporting.Ok;
+    }
+}
