@@ -23,6 +23,8 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<nint, int, int, int> _cuFuncSetAttribute;
     private readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
     private readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
+    private readonly delegate* unmanaged<int*, int> _cuCtxGetDevice;
+    private readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
 
     private CudaDriver(nint lib)
     {
@@ -36,6 +38,8 @@ public sealed unsafe class CudaDriver
         _cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Export(lib, "cuFuncSetAttribute");
         _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Export(lib, "cuLaunchKernel");
         _cuStreamSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuStreamSynchronize");
+        _cuCtxGetDevice = (delegate* unmanaged<int*, int>)Export(lib, "cuCtxGetDevice");
+        _cuDeviceGetAttribute = (delegate* unmanaged<int*, int, int, int>)Export(lib, "cuDeviceGetAttribute");
         Check("cuInit", _cuInit(0));
     }
 
@@ -72,6 +76,30 @@ public sealed unsafe class CudaDriver
     }
 
     public void SetCurrentContext(nint context) => Check("cuCtxSetCurrent", _cuCtxSetCurrent(context));
+
+    /// <summary>The device of the calling thread's current context.</summary>
+    public int CurrentDevice
+    {
+        get
+        {
+            int d;
+            Check("cuCtxGetDevice", _cuCtxGetDevice(&d));
+            return d;
+        }
+    }
+
+    /// <summary>CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76.</summary>
+    public (int Major, int Minor) ComputeCapability(int device) => (Attribute(device, 75), Attribute(device, 76));
+
+    /// <summary>CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16.</summary>
+    public int MultiprocessorCount(int device) => Attribute(device, 16);
+
+    private int Attribute(int device, int attribute)
+    {
+        int v;
+        Check($"cuDeviceGetAttribute({attribute})", _cuDeviceGetAttribute(&v, attribute, device));
+        return v;
+    }
 
     /// <summary>Loads PTX (JIT-compiled by the driver) or a CUBIN; a failure carries the JIT's error log.</summary>
     public nint LoadModule(ReadOnlySpan<byte> image)
@@ -166,6 +194,8 @@ public static class EmbeddedKernels
 
     public static string Ptx(string name) => Read($"kernels/{name}.ptx");
     public static string Source(string name) => Read($"kernels/{name}.cu");
+    /// <summary>A header of kernels/ by file name (e.g. kernelvl_cuda.h).</summary>
+    public static string Header(string fileName) => Read($"kernels/{fileName}");
 
     private static string Read(string resource)
     {
