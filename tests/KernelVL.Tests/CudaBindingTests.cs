@@ -32,6 +32,20 @@ public unsafe class CudaBindingTests
     }
 
     [Fact]
+    public void AViewsDeviceAddressIsItsBufferPlusTheOffset()
+    {
+        // The cuda backend hands kernels view.LoadEffectiveAddressAsPtr() of ILGPU views: on the host it must be the
+        // buffer's native pointer plus the view's offset (checked on ILGPU's CPU accelerator, whose pointers are host memory).
+        using var context = ILGPU.Context.Create(b => ILGPU.Runtime.CPU.CPUContextExtensions.CPU(b));
+        using var acc = context.GetPreferredDevice(preferCPU: true).CreateAccelerator(context);
+        using var buffer = acc.Allocate1D<float>(64);
+        ILGPU.ArrayView<float> all = buffer.View;
+        var view = all.SubView(5, 20);
+        Assert.Equal(buffer.NativePtr + 5 * sizeof(float), ILGPU.Runtime.ArrayViewExtensions.LoadEffectiveAddressAsPtr(view));
+        Assert.Equal(buffer.NativePtr + 9 * sizeof(float), ILGPU.Runtime.ArrayViewExtensions.LoadEffectiveAddressAsPtr(view.SubView(4)));
+    }
+
+    [Fact]
     public void AMissingNvrtcIsAClearBackendError()
     {
         var e = Assert.Throws<BackendException>(() => Nvrtc.Load(["libnvrtc-does-not-exist.so.99", "/nonexistent/lib64/libnvrtc.so"]));
