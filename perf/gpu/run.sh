@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh).
 # Unpacks the .NET runtime, checks that libcuda, libnvrtc and ILGPU's CUDA accelerator load and run a
-# kernel, runs the parity registry there, and times the PyTorch baselines the CUDA kernels will be
-# measured against. Everything lands in $OUT (or a temporary folder).
+# kernel, runs the parity registry on the cuda backend (the hand kernels of kernels/*.cu) and on ilgpu-cuda,
+# times the hot ops on both, and times the baselines on the same card in the same run: cuBLAS sgemm
+# (through ILGPU.Algorithms) and PyTorch. Everything lands in $OUT (or a temporary folder).
+# Budget: ~8 minutes on an H100. Each step has its own time limit, so one hung kernel cannot eat the run.
+# Knobs: SKIP_CPU_CHECK=0 runs the cpu registry too; CUDA_OPS_FILTER, ILGPU_OPS_FILTER pick the ops timed;
+# SKIP_ILGPU_OPS=1, SKIP_TORCH=1, SKIP_GPU_SHAPES=1 skip those steps.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 bundle=perf/gpu/bundle
@@ -36,20 +40,46 @@ print("cuda driver:", d["cuda_driver"], "| nvrtc:", d["nvrtc"])
 for p in d["ilgpu_probe"]: print(f'  {p["type"]:8} {"ok" if p["ok"] else "FAILED"}  {p["device"]}: {p["detail"]}')
 PY
 
-echo "== parity registry on the cpu backend ($(nproc) cores)"
-dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cpu 2>&1 | tail -n 5 | tee "$OUT/check-cpu.txt"
+perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@"; }
+# NVRTC's CUBINs are cached here: the first process compiles them, the later ones read the cache (both paths run),
+# and they come back with the results.
+export XDG_CACHE_HOME="$OUT/cache"
+
+echo "== parity registry on the cuda backend (hand kernels; the kernel lines say NVRTC cubin or embedded PTX)"
+perf 150 check --backend cuda > "$OUT/check-cuda.txt" 2>&1; echo "exit $?"
+grep '^kernel ' "$OUT/check-cuda.txt"; grep -v '^kernel ' "$OUT/check-cuda.txt" | tail -n 25
+
+echo "== ops --backend cuda: hot ops at the model's shapes (checked against the f64 reference, then timed with CUDA events)"
+perf 120 ops --backend cuda --min-time 0.1 --json "$OUT/cuda-ops.json" --filter "${CUDA_OPS_FILTER:-^(matmul|attention |layernorm |infonce|topk)}" \
+  > "$OUT/cuda-ops.md" 2> "$OUT/cuda-ops.log"
+echo "exit $?"; grep -E '^\| (matmul|attention|layernorm|infonce|topk)' "$OUT/cuda-ops.md" | cut -c1-150
+
+if [ "${SKIP_GPU_SHAPES:-0}" != 1 ]; then
+  echo "== ops --backend cuda --gpu-shapes: the issue's targets (checked against the cpu backend)"
+  perf 150 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$OUT/cuda-gpu-shapes.json" \
+    --filter '4096x4096x4096|Tq512|Tq1024|N4096 D768|Q1024 N65536' > "$OUT/cuda-gpu-shapes.md" 2> "$OUT/cuda-gpu-shapes.log"
+  echo "exit $?"; grep -E '^\| ' "$OUT/cuda-gpu-shapes.md" | cut -c1-150
+fi
+
+echo "== cuBLAS baselines (ILGPU.Algorithms CuBlas, same card)"
+perf 60 baselines --json "$OUT/cublas-baselines.json" 2>&1 | tee "$OUT/cublas-baselines.md" | tail -n 10
+
+if [ "${SKIP_CPU_CHECK:-1}" != 1 ]; then
+  echo "== parity registry on the cpu backend ($(nproc) cores)"
+  perf 120 check --backend cpu 2>&1 | tail -n 5 | tee "$OUT/check-cpu.txt"
+fi
 
 echo "== parity registry on the ilgpu backend (ILGPU's CUDA accelerator)"
-dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend ilgpu-cuda 2>&1 | tail -n 20 | tee "$OUT/check-ilgpu.txt"
+perf 90 check --backend ilgpu-cuda 2>&1 | tail -n 10 | tee "$OUT/check-ilgpu.txt"
 
 if [ "${SKIP_ILGPU_OPS:-0}" != 1 ]; then
   echo "== ops --backend ilgpu (checked against the reference, then timed)"
-  dotnet "$bundle/perf/KernelVL.Perf.dll" ops --backend ilgpu-cuda --json "$OUT/ilgpu-ops.json" ${ILGPU_OPS_FILTER:+--filter "$ILGPU_OPS_FILTER"} \
+  perf 90 ops --backend ilgpu-cuda --min-time 0.1 --json "$OUT/ilgpu-ops.json" --filter "${ILGPU_OPS_FILTER:-^(matmul|attention |layernorm |infonce|topk)}" \
     > "$OUT/ilgpu-ops.md" 2> "$OUT/ilgpu-ops.log"
   echo "exit $?"; tail -n 6 "$OUT/ilgpu-ops.md"
 fi
 
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
   echo "== PyTorch baselines"
-  python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
+  timeout 120 python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
 fi

@@ -24,6 +24,10 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
     private readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
     private readonly delegate* unmanaged<int*, int> _cuCtxGetDevice;
+    private readonly delegate* unmanaged<nint*, uint, int> _cuEventCreate;
+    private readonly delegate* unmanaged<nint, nint, int> _cuEventRecord;
+    private readonly delegate* unmanaged<nint, int> _cuEventSynchronize, _cuEventDestroy;
+    private readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
     private readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
 
     private CudaDriver(nint lib)
@@ -40,6 +44,13 @@ public sealed unsafe class CudaDriver
         _cuStreamSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuStreamSynchronize");
         _cuCtxGetDevice = (delegate* unmanaged<int*, int>)Export(lib, "cuCtxGetDevice");
         _cuDeviceGetAttribute = (delegate* unmanaged<int*, int, int, int>)Export(lib, "cuDeviceGetAttribute");
+        _cuEventCreate = (delegate* unmanaged<nint*, uint, int>)Export(lib, "cuEventCreate");
+        _cuEventRecord = (delegate* unmanaged<nint, nint, int>)Export(lib, "cuEventRecord");
+        _cuEventSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuEventSynchronize");
+        _cuEventDestroy = (delegate* unmanaged<nint, int>)Export(lib, "cuEventDestroy_v2");
+        // CUDA 12.8 added the _v2 entry (the plain one is deprecated in CUDA 13); the same signature either way.
+        _cuEventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)(NativeLibrary.TryGetExport(lib, "cuEventElapsedTime_v2", out var et)
+            ? (void*)et : Export(lib, "cuEventElapsedTime"));
         Check("cuInit", _cuInit(0));
     }
 
@@ -139,6 +150,25 @@ public sealed unsafe class CudaDriver
         => Check("cuLaunchKernel", _cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, sharedBytes, stream, args.Pointers, null));
 
     public void Synchronize(nint stream) => Check("cuStreamSynchronize", _cuStreamSynchronize(stream));
+
+    public nint CreateEvent()
+    {
+        nint e;
+        Check("cuEventCreate", _cuEventCreate(&e, 0));
+        return e;
+    }
+
+    public void RecordEvent(nint e, nint stream) => Check("cuEventRecord", _cuEventRecord(e, stream));
+    public void DestroyEvent(nint e) => Check("cuEventDestroy", _cuEventDestroy(e));
+
+    /// <summary>Milliseconds between two recorded events, once the second has completed (waits for it).</summary>
+    public float ElapsedMs(nint start, nint end)
+    {
+        Check("cuEventSynchronize", _cuEventSynchronize(end));
+        float ms;
+        Check("cuEventElapsedTime", _cuEventElapsedTime(&ms, start, end));
+        return ms;
+    }
 }
 
 /// <summary>

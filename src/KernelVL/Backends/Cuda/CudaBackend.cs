@@ -107,6 +107,38 @@ public sealed class CudaBackend : IlgpuBackend
         _driver.Launch(function, grid, (threads, 1, 1), sharedBytes, _stream, _args);
     }
 
+    /// <summary>
+    /// Times <paramref name="op"/> with CUDA events on this backend's stream (device time, not host time around a
+    /// synchronisation): warm-up calls first, then one event pair per call; returns the median in milliseconds.
+    /// </summary>
+    public double MedianMs(Action op, int warmup, int reps)
+    {
+        _driver.SetCurrentContext(_context);
+        nint start = _driver.CreateEvent(), end = _driver.CreateEvent();
+        try
+        {
+            for (int i = 0; i < warmup; i++) op();
+            Synchronize();
+            var times = new double[reps];
+            for (int i = 0; i < reps; i++)
+            {
+                _driver.RecordEvent(start, _stream);
+                op();
+                _driver.RecordEvent(end, _stream);
+                times[i] = _driver.ElapsedMs(start, end);
+                Synchronize();   // the stream is idle now: recycles the call's temporaries instead of allocating new ones
+            }
+            Array.Sort(times);
+            return reps == 0 ? double.NaN : times[reps / 2];
+        }
+        finally
+        {
+            _driver.DestroyEvent(start);
+            _driver.DestroyEvent(end);
+            Synchronize();
+        }
+    }
+
     // ---------------------------------------------------------------- matmul (MatMul and MatMulBackward of the base class route here)
     protected override void LaunchGemm(int m, int n, int k, V a, int lda, bool transA, long strideA, V b, int ldb, bool transB, long strideB,
         V c, int ldc, long strideC, int batch, V bias, bool accumulate)
