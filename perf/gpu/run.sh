@@ -38,6 +38,7 @@ d = json.load(open(sys.argv[1]))
 print("runtime:", d["runtime"]); print("cpu:", d["cpu"], d["cores"], "cores")
 print("cuda driver:", d["cuda_driver"], "| nvrtc:", d["nvrtc"])
 for p in d["ilgpu_probe"]: print(f'  {p["type"]:8} {"ok" if p["ok"] else "FAILED"}  {p["device"]}: {p["detail"]}')
+for k in d.get("cuda_kernel_sources") or []: print("  kernel", k)
 PY
 
 perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@"; }

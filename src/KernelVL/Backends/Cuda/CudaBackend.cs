@@ -270,6 +270,7 @@ public sealed class CudaBackend : IlgpuBackend
     public override void Dispose()
     {
         Synchronize();
+        _driver.SetCurrentContext(_context);
         _modules.Dispose();
         _args.Dispose();
         base.Dispose();
