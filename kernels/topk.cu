@@ -7,7 +7,7 @@
 //   1  chunks of 1024 corpus rows per (query, chunk) block: a warp per row scores it against the query held in shared
 //      memory, a bitonic sort of the chunk in shared memory, the best K2 (k rounded up to a power of two) written out;
 //      then one block per query merges the chunk lists (bitonic merge of the running best with each chunk's list)
-//      (this file)   not yet run on a GPU. Reads the corpus once per query (L2 absorbs part of it): fine for the
+//      (this file)   not yet run on a GPU. Streams each corpus chunk to every query from L2: fine for the
 //      registry's sizes, far from the 1M x 768 target, which needs query tiles on the tensor cores (version 2).
 #include "kernelvl_cuda.h"
 
@@ -38,15 +38,16 @@ static __device__ void topk_bitonic_merge(float* s, int* id, int n)
 }
 
 // queries [Q, d], corpus [n, d] -> partS, partI [Q, chunks, k2]: each chunk's best k2, best first (padded with -inf and
-// index 0x7fffffff). Grid (chunks, Q), 256 threads, dynamic shared memory d floats (the query).
+// index 0x7fffffff). Grid (Q, chunks), 256 threads, dynamic shared memory d floats (the query). The query index varies
+// fastest, so the blocks running at once share a few corpus chunks, which L2 then serves to all queries.
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_chunks(const float* __restrict__ queries, const float* __restrict__ corpus,
                                                                        int n, int d, int k2, float* __restrict__ partS, int* __restrict__ partI)
 {
     extern __shared__ float qs[];
     __shared__ float cs[TOPK_CHUNK];
     __shared__ int ci[TOPK_CHUNK];
-    const long long q = blockIdx.y;
-    const int c0 = blockIdx.x * TOPK_CHUNK, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long q = blockIdx.x;
+    const int c0 = blockIdx.y * TOPK_CHUNK, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = queries[q * d + i];
     __syncthreads();
     for (int r = warp; r < TOPK_CHUNK; r += TOPK_THREADS / 32)
@@ -76,7 +77,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_chunks(const flo
             }
             __syncthreads();
         }
-    long long o = (q * gridDim.x + blockIdx.x) * k2;
+    long long o = (q * gridDim.y + blockIdx.y) * k2;
     for (int j = threadIdx.x; j < k2; j += blockDim.x)
     {
         partS[o + j] = cs[j];

@@ -251,18 +251,18 @@ public sealed class CudaBackend : IlgpuBackend
     {
         var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
         if (q == 0) return;
-        if (d > TopKMaxDim || q > MaxGridYZ || d == 0)
+        int chunks = (n + TopKChunk - 1) / TopKChunk;
+        if (d > TopKMaxDim || chunks > MaxGridYZ || d == 0)
         {
             base.TopK(queries, corpus, k, scores, indices);
             return;
         }
         int k2 = 1;
         while (k2 < k) k2 *= 2;
-        int chunks = (n + TopKChunk - 1) / TopKChunk;
         using var partS = Empty(new Shape(q, chunks, k2));                  // [Q, chunks, K2] each chunk's best, best first
         using var partI = Empty(new Shape(q, chunks, k2), DType.I32);
         Args().Add(P(queries)).Add(P(corpus)).Add(n).Add(d).Add(k2).Add(P(partS)).Add(P(partI));
-        Go(_topkChunks, ((uint)chunks, (uint)q, 1), 256, (uint)(d * sizeof(float)));
+        Go(_topkChunks, ((uint)q, (uint)chunks, 1), 256, (uint)(d * sizeof(float)));
         Args().Add(P(partS)).Add(P(partI)).Add(chunks).Add(k2).Add(k).Add(P(scores)).Add(P(indices));
         Go(_topkMerge, ((uint)q, 1, 1), 256);
     }
