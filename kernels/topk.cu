@@ -37,11 +37,22 @@ static __device__ void topk_bitonic_merge(float* s, int* id, int n)
     }
 }
 
-// queries [Q, d], corpus [n, d] -> partS, partI [Q, chunks, k2]: each chunk's best k2, best first (padded with -inf and
-// index 0x7fffffff). Grid (Q, chunks), 256 threads, dynamic shared memory d floats (the query). The query index varies
-// fastest, so the blocks running at once share a few corpus chunks, which L2 then serves to all queries.
-extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_chunks(const float* __restrict__ queries, const float* __restrict__ corpus,
-                                                                       int n, int d, int k2, float* __restrict__ partS, int* __restrict__ partI)
+static __device__ __forceinline__ float topk_load(const float* p) { return *p; }
+// An f16 corpus element (raw bits) widened to f32 exactly.
+static __device__ __forceinline__ float topk_load(const unsigned short* p)
+{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(*p));
+    return f;
+}
+
+// queries [Q, d] f32, corpus [n, d] (f32 or f16) -> partS, partI [Q, chunks, k2]: each chunk's best k2, best first
+// (padded with -inf and index 0x7fffffff). Grid (Q, chunks), 256 threads, dynamic shared memory d floats (the query).
+// The query index varies fastest, so the blocks running at once share a few corpus chunks, which L2 then serves to
+// all queries. Scores accumulate in f32 (an f16 element times an f32 query is exact in f32 before the add).
+template <typename T>
+static __device__ void topk_chunks_impl(const float* __restrict__ queries, const T* __restrict__ corpus,
+                                        int n, int d, int k2, float* __restrict__ partS, int* __restrict__ partI)
 {
     extern __shared__ float qs[];
     __shared__ float cs[TOPK_CHUNK];
@@ -57,9 +68,9 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_chunks(const flo
         int idx = TOPK_NO_INDEX;
         if (row < n)
         {
-            const float* x = corpus + (long long)row * d;
+            const T* x = corpus + (long long)row * d;
             float acc = 0.f;
-            for (int c = lane; c < d; c += 32) acc += qs[c] * x[c];
+            for (int c = lane; c < d; c += 32) acc += qs[c] * topk_load(x + c);
             s = kv_warp_sum(acc);
             idx = row;
         }
@@ -83,6 +94,19 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_chunks(const flo
         partS[o + j] = cs[j];
         partI[o + j] = ci[j];
     }
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_chunks(const float* __restrict__ queries, const float* __restrict__ corpus,
+                                                                       int n, int d, int k2, float* __restrict__ partS, int* __restrict__ partI)
+{
+    topk_chunks_impl(queries, corpus, n, d, k2, partS, partI);
+}
+
+// The same over an f16 corpus (raw IEEE half bits): the issue's 1M x 768 f16 search.
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_chunks_f16(const float* __restrict__ queries, const unsigned short* __restrict__ corpus,
+                                                                           int n, int d, int k2, float* __restrict__ partS, int* __restrict__ partI)
+{
+    topk_chunks_impl(queries, corpus, n, d, k2, partS, partI);
 }
 
 // Merges the chunk lists of each query: the best k2 of (best, chunk) is the best-first merge of the bitonic sequence

@@ -12,8 +12,10 @@ const string usage = """
     usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS] [--gpu-shapes] [--reference NAME]
            KernelVL.Perf check [--backend cpu] [--filter REGEX]
            KernelVL.Perf baselines [--json FILE]
+           KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10]
       ops          check, then time, every op of the parity registry at the perf shapes
       baselines    time cuBLAS sgemm (f32 and tensor-op math) on the CUDA card at the GEMM targets' shapes
+      topk-f16     the cuda backend's top-k over an f16 corpus (default 1M x 768, 1024 queries, k 10): checked, then timed
       check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
                    for machines that have the .NET runtime but no SDK)
       --backend    backend to time (default: cpu; known: reference, cpu, ilgpu-cpu, ilgpu-cuda; ilgpu = the best ILGPU
@@ -27,7 +29,8 @@ const string usage = """
     """;
 
 if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }
-if (args[0] is not ("ops" or "check" or "baselines")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
+if (args[0] is not ("ops" or "check" or "baselines" or "topk-f16")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
+int f16N = 1_000_000, f16Q = 1024, f16D = 768, f16K = 10;
 string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
 for (int i = 1; i < args.Length; i++)
 {
@@ -39,6 +42,10 @@ for (int i = 1; i < args.Length; i++)
             case "--backend": backendName = Next(); break;
             case "--json": jsonPath = Next(); break;
             case "--gpu-shapes": gpuShapes = true; break;
+            case "--n": f16N = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            case "--q": f16Q = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            case "--d": f16D = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            case "--k": f16K = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             case "--reference": referenceName = Next(); break;
             case "--filter": filter = new Regex(Next(), RegexOptions.IgnoreCase); break;
             case "--min-time": minTime = double.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
@@ -59,6 +66,11 @@ if (args[0] == "baselines")
 {
     if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: baselines need the cuda backend: {whyNot}"); return 2; }
     return CublasBaselines.Run(jsonPath);
+}
+if (args[0] == "topk-f16")
+{
+    if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: topk-f16 needs the cuda backend: {whyNot}"); return 2; }
+    return TopKF16Bench.Run(f16N, f16Q, f16D, f16K, checkQueries: 4, jsonPath);
 }
 
 if (BackendFactory.Resolve(backendName) != backendName) Console.Error.WriteLine($"backend {backendName} is {BackendFactory.Resolve(backendName)} here");

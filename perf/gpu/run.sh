@@ -70,6 +70,10 @@ if [ "${SKIP_GPU_SHAPES:-0}" != 1 ]; then
   echo "exit $?"; grep -E '^\| ' "$OUT/cuda-gpu-shapes.md" | cut -c1-150
 fi
 
+echo "== top-k over a 1M x 768 f16 corpus, 1024 queries, k 10 (cuda backend; 4 queries checked against an f64 scan)"
+perf 120 topk-f16 --json "$OUT/topk-f16.json" > "$OUT/topk-f16.md" 2> "$OUT/topk-f16.log"; echo "exit $?"
+tail -n 2 "$OUT/topk-f16.log"; tail -n 1 "$OUT/topk-f16.md"
+
 echo "== cuBLAS baselines (ILGPU.Algorithms CuBlas, same card)"
 perf 60 baselines --json "$OUT/cublas-baselines.json" 2>&1 | tee "$OUT/cublas-baselines.md" | tail -n 10
 

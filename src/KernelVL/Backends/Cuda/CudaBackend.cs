@@ -29,7 +29,7 @@ public sealed class CudaBackend : IlgpuBackend
     private readonly CudaModules _modules;
     private readonly nint _context, _stream;
     private readonly KernelArgs _args = new();
-    private readonly nint _gemm, _attn64, _layerNorm, _nceDiag, _nceTiles, _nceCombine, _sum, _nceBackTiles, _nceBackDiag, _topkChunks, _topkMerge;
+    private readonly nint _gemm, _attn64, _layerNorm, _nceDiag, _nceTiles, _nceCombine, _sum, _nceBackTiles, _nceBackDiag, _topkChunks, _topkChunksF16, _topkMerge;
 
     /// <summary>How each kernel file was loaded (NVRTC CUBIN for the device, from the cache or fresh, or the embedded PTX).</summary>
     public IReadOnlyList<KernelSource> KernelSources => _modules.Sources;
@@ -74,6 +74,7 @@ public sealed class CudaBackend : IlgpuBackend
             _nceBackTiles = _modules.Function("infonce", "infonce_backward_tiles");
             _nceBackDiag = _modules.Function("infonce", "infonce_backward_diag");
             _topkChunks = _modules.Function("topk", "topk_chunks");
+            _topkChunksF16 = _modules.Function("topk", "topk_chunks_f16");
             _topkMerge = _modules.Function("topk", "topk_merge");
         }
         catch
@@ -251,18 +252,47 @@ public sealed class CudaBackend : IlgpuBackend
     {
         var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
         if (q == 0) return;
-        int chunks = (n + TopKChunk - 1) / TopKChunk;
-        if (d > TopKMaxDim || chunks > MaxGridYZ || d == 0)
+        if (!TopKFits(n, d))
         {
             base.TopK(queries, corpus, k, scores, indices);
             return;
         }
+        TopKLaunch(_topkChunks, P(queries), q, d, P(corpus), n, k, scores, indices);
+    }
+
+    /// <summary>
+    /// Top-k over an f16 corpus (the index's storage type; the engine's tensors hold 4-byte elements, so the corpus is a
+    /// raw ILGPU view of IEEE halves on this backend's accelerator). queries [Q, D] f32, corpus [N * D] f16 row-major,
+    /// scores [Q, k] and indices i32 [Q, k]: the contract of <see cref="IBackend.TopK"/>, scores in f32.
+    /// </summary>
+    public void TopKF16(Tensor queries, ArrayView<System.Half> corpus, int k, Tensor scores, Tensor indices)
+    {
+        const string op = "topk f16";
+        if (queries.Rank != 2) Contract.Fail(op, $"queries must be [Q, D], got {queries.Shape}");
+        int q = queries.Shape[0], d = queries.Shape[1];
+        if (d == 0 || corpus.Length % d != 0) Contract.Fail(op, $"corpus of {corpus.Length} halves is not [N, {d}]");
+        long n = corpus.Length / d;
+        if (n > int.MaxValue) Contract.Fail(op, $"corpus of {n} rows: at most {int.MaxValue}");
+        if (k < 1 || k > Math.Min(n, Contract.MaxTopK)) Contract.Fail(op, $"k must be in [1, min(N = {n}, {Contract.MaxTopK})], got {k}");
+        Contract.Dims(op, "scores", scores, q, k);
+        Contract.DTypeIs(op, "indices", indices, DType.I32);
+        Contract.Dims(op, "indices", indices, q, k);
+        if (!TopKFits((int)n, d)) throw new BackendException($"{op}: D = {d} > {TopKMaxDim} or N = {n} too large for topk.cu");
+        if (q == 0) return;
+        TopKLaunch(_topkChunksF16, P(queries), q, d, corpus.LoadEffectiveAddressAsPtr(), (int)n, k, scores, indices);
+    }
+
+    private static bool TopKFits(int n, int d) => d > 0 && d <= TopKMaxDim && (n + TopKChunk - 1) / TopKChunk <= MaxGridYZ;
+
+    private void TopKLaunch(nint chunkKernel, nint queries, int q, int d, nint corpus, int n, int k, Tensor scores, Tensor indices)
+    {
         int k2 = 1;
         while (k2 < k) k2 *= 2;
+        int chunks = (n + TopKChunk - 1) / TopKChunk;
         using var partS = Empty(new Shape(q, chunks, k2));                  // [Q, chunks, K2] each chunk's best, best first
         using var partI = Empty(new Shape(q, chunks, k2), DType.I32);
-        Args().Add(P(queries)).Add(P(corpus)).Add(n).Add(d).Add(k2).Add(P(partS)).Add(P(partI));
-        Go(_topkChunks, ((uint)q, (uint)chunks, 1), 256, (uint)(d * sizeof(float)));
+        Args().Add(queries).Add(corpus).Add(n).Add(d).Add(k2).Add(P(partS)).Add(P(partI));
+        Go(chunkKernel, ((uint)q, (uint)chunks, 1), 256, (uint)(d * sizeof(float)));
         Args().Add(P(partS)).Add(P(partI)).Add(chunks).Add(k2).Add(k).Add(P(scores)).Add(P(indices));
         Go(_topkMerge, ((uint)q, 1, 1), 256);
     }
