@@ -1,4 +1,5 @@
-// GEMM on the tensor cores for the Cuda backend: C[z] = alpha op(A[z]) op(B[z]) (+ bias) (+ C[z] when accumulate).
+// GEMM on the tensor cores for the Cuda backend: C[z] = act(alpha op(A[z]) op(B[z]) (+ bias)) (+ C[z] when accumulate),
+// act = identity or the exact-erf GELU (the fused epilogue of a transformer's first FFN layer).
 // Operands are the engine's f32 tensors, rounded to bf16 (nearest even) as tiles are staged into shared memory;
 // products accumulate in f32 (mma.sync m16n8k16 bf16). The reference is ReferenceBackend.MatMul (f64); the parity
 // registry checks every transpose combination, batches, bias and accumulate on a GPU with a bf16 error budget.
@@ -6,7 +7,7 @@
 // versions
 //   1  128x128x32 block tile, 8 warps of 64x32, register-staged double buffer (global loads of tile k+1 in flight
 //      while tile k is multiplied), padded shared rows (conflict-free fragment reads), edge guards on M, N, K  (this file)
-//      not yet run on a GPU
+//      not yet run on a GPU; the GELU epilogue is checked by the registry's matmul_gelu cases
 #include "kernelvl_cuda.h"
 
 #define GEMM_BM 128
@@ -22,6 +23,17 @@ static __device__ __forceinline__ float gemm_at(const float* __restrict__ x, int
 {
     if (r >= rows || c >= cols) return 0.f;
     return trans ? x[(long long)c * ld + r] : x[(long long)r * ld + c];
+}
+
+// x/2 (1 + erf(x / sqrt 2)). erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), far below the bf16
+// rounding of the product it is applied to.
+static __device__ __forceinline__ float gemm_gelu(float x)
+{
+    float z = x * 0.70710678118654752f, az = z < 0.f ? -z : z;
+    float t = kv_rcp(1.f + 0.3275911f * az);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float erf_abs = 1.f - poly * kv_exp(-az * az);
+    return 0.5f * x * (1.f + (z < 0.f ? -erf_abs : erf_abs));
 }
 
 // Stages one operand's tile (128 rows of op(X) starting at r0, 32 columns of K from k0) as bf16 pairs into registers.
@@ -53,11 +65,12 @@ static __device__ __forceinline__ void gemm_store(const unsigned* regs, int tran
 }
 
 // A [M, K] (transA: [K, M]), B [K, N] (transB: [N, K]), bias [N] or null, C [M, N] with leading dims lda, ldb, ldc;
-// batch z = blockIdx.z at element offsets z * stride (stride 0: shared). Grid (ceil(N/128), ceil(M/128), batch), 256 threads.
+// batch z = blockIdx.z at element offsets z * stride (stride 0: shared); gelu != 0 applies GELU before the accumulate.
+// Grid (ceil(N/128), ceil(M/128), batch), 256 threads.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_bf16(
     const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
     int M, int N, int K, int lda, int ldb, int ldc, int transA, int transB,
-    long long strideA, long long strideB, long long strideC, float alpha, int accumulate)
+    long long strideA, long long strideB, long long strideC, float alpha, int accumulate, int gelu)
 {
     // [buffer][row of the tile: m for A, n for B][bf16 pair along K]: B is kept as its transpose (n-major), which is the
     // "col" operand layout of mma.sync, so both fragments are read the same way.
@@ -148,6 +161,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_bf16(
                     int c = n0 + wn * 32 + ni * 8 + 2 * t + e;
                     if (r >= M || c >= N) continue;
                     float v = alpha * acc[mi][ni][2 * h + e] + (bias ? bias[c] : 0.f);
+                    if (gelu) v = gemm_gelu(v);
                     long long idx = (long long)r * ldc + c;
                     C[idx] = accumulate ? C[idx] + v : v;
                 }

@@ -32,6 +32,7 @@ public static class BackendBudgets
     {
         [("cuda", "matmul")] = Bf16,
         [("cuda", "matmul_backward")] = Bf16,
+        [("cuda", "matmul_gelu")] = Bf16,
         [("cuda", "attention")] = Bf16,
     };
 

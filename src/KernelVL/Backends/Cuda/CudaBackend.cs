@@ -152,8 +152,25 @@ public sealed class CudaBackend : IlgpuBackend
             return;
         }
         Args().Add(P(a)).Add(P(b)).Add(P(bias)).Add(P(c)).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc)
-            .Add(transA ? 1 : 0).Add(transB ? 1 : 0).Add(strideA).Add(strideB).Add(strideC).Add(1f).Add(accumulate ? 1 : 0);
+            .Add(transA ? 1 : 0).Add(transB ? 1 : 0).Add(strideA).Add(strideB).Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(0);
         Go(_gemm, (Blocks(n, 128), gy, (uint)batch), 256);
+    }
+
+    /// <summary>
+    /// y = gelu(a @ op(b) + bias) in one launch (the GEMM's fused epilogue): a [..., M, K], b [K, N] ([N, K] when transB,
+    /// a weight shared by the batch), bias [N] or null, y [..., M, N]. Not part of the backend contract: the model's
+    /// FFN can call it where the backend is this one.
+    /// </summary>
+    public void MatMulGelu(Tensor a, Tensor b, Tensor? bias, Tensor y, bool transB)
+    {
+        var d = Contract.MatMul(a, b, bias, y, false, transB);
+        if (!d.SharedB) Contract.Fail("matmul gelu", $"b must be a rank-2 weight, got {b.Shape}");
+        long m = (long)d.Batch * d.M;
+        if (m == 0 || d.N == 0) return;
+        if (Blocks(m, 128) > MaxGridYZ) throw new BackendException($"matmul gelu: {m} rows are more than one launch takes");
+        Args().Add(P(a)).Add(P(b)).Add(P(bias, true)).Add(P(y)).Add((int)m).Add(d.N).Add(d.K).Add(d.K).Add(b.Shape[-1]).Add(d.N)
+            .Add(0).Add(transB ? 1 : 0).Add(0L).Add(0L).Add(0L).Add(1f).Add(0).Add(1);
+        Go(_gemm, (Blocks(d.N, 128), Blocks(m, 128), 1), 256);
     }
 
     // ---------------------------------------------------------------- attention
