@@ -1,5 +1,7 @@
 // Project header for the CUDA kernels: under clang without the CUDA toolkit (the build's PTX step) it supplies
 // what nvcc/NVRTC would: the builtin variables, the qualifiers, and the few intrinsics the kernels use.
+// Below that block, helpers written as inline PTX, so that clang and NVRTC compile exactly the same instructions
+// (no libdevice, no CUDA math headers on either path).
 #pragma once
 #if defined(__clang__) && !defined(__CUDACC_RTC__) && !defined(__NVCC__)
 #include <__clang_cuda_builtin_vars.h>
@@ -7,7 +9,54 @@
 #define __device__ __attribute__((device))
 #define __shared__ __attribute__((shared))
 #define __forceinline__ __attribute__((always_inline))
+#define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
 static __device__ __forceinline__ float __shfl_xor_sync(unsigned mask, float v, int lane) { return __nvvm_shfl_sync_bfly_f32(mask, v, lane, 0x1f); }
+static __device__ __forceinline__ int __shfl_xor_sync(unsigned mask, int v, int lane) { return __nvvm_shfl_sync_bfly_i32(mask, v, lane, 0x1f); }
 static __device__ __forceinline__ float fmaxf(float a, float b) { return __builtin_fmaxf(a, b); }
 extern "C" __device__ void __syncthreads() __asm__("llvm.nvvm.barrier0");
 #endif
+
+static __device__ __forceinline__ float kv_int_as_float(int i) { float f; asm("mov.b32 %0, %1;" : "=f"(f) : "r"(i)); return f; }
+#define KV_INF kv_int_as_float(0x7f800000)
+static __device__ __forceinline__ int kv_imin(int a, int b) { return a < b ? a : b; }
+static __device__ __forceinline__ float kv_max(float a, float b) { float r; asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+static __device__ __forceinline__ float kv_sqrt(float x) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+static __device__ __forceinline__ float kv_rcp(float x) { float r; asm("rcp.rn.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+// 2^x and log2(x): the hardware's approximations (max relative error ~2^-22); ex2(-inf) = 0, lg2(0) = -inf.
+static __device__ __forceinline__ float kv_exp2(float x) { float r; asm("ex2.approx.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+static __device__ __forceinline__ float kv_log2(float x) { float r; asm("lg2.approx.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+#define KV_LOG2E 1.4426950408889634f
+#define KV_LN2 0.6931471805599453f
+static __device__ __forceinline__ float kv_exp(float x) { return kv_exp2(x * KV_LOG2E); }
+static __device__ __forceinline__ float kv_log(float x) { return kv_log2(x) * KV_LN2; }
+
+// Two f32 -> one register of two bf16 (round to nearest even): lo in bits 0..15, hi in 16..31 (the mma operand order:
+// the lower-indexed element in the lower half). cvt.rn.bf16x2.f32 d, a, b puts a in the upper half.
+static __device__ __forceinline__ unsigned kv_pack_bf16(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// D = A B + D on the tensor cores: A 16x16 bf16 (row), B 16x8 bf16 (col), D 16x8 f32. Fragment layout (g = lane / 4,
+// t = lane % 4): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); b0 (k 2t..2t+1, n g),
+// b1 (k 2t+8.., n g); d0, d1 (g, 2t..2t+1), d2, d3 (g+8, 2t..2t+1).
+static __device__ __forceinline__ void kv_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ float kv_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float kv_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = kv_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}

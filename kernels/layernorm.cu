@@ -5,16 +5,10 @@
 //   1  one block per row, two-pass mean/variance from registers-free strided loops (this file)   not yet timed
 #include "kernelvl_cuda.h"
 
-static __device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
 static __device__ __forceinline__ float block_sum(float v, float* red)
 {
-    v = warp_sum(v);
+    v = kv_warp_sum(v);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
     float s = 0.f;
@@ -46,7 +40,7 @@ extern "C" __global__ void layernorm_forward(const float* __restrict__ x, const 
         float d = x[o + j] + (residual ? residual[o + j] : 0.f) - m;
         v += d * d;
     }
-    float r = 1.f / __builtin_sqrtf(block_sum(v, red) / c + eps);
+    float r = 1.f / kv_sqrt(block_sum(v, red) / c + eps);
     for (int j = threadIdx.x; j < c; j += blockDim.x)
     {
         float h = x[o + j] + (residual ? residual[o + j] : 0.f);

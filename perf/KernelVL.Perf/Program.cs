@@ -9,12 +9,16 @@ using KernelVL.Testing;
 // The kernel perf harness: checks every registry op against the scalar reference before timing it
 // (llm.c style), times it, and relates the result to the machine's measured peaks.
 const string usage = """
-    usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS]
+    usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS] [--gpu-shapes] [--reference NAME]
            KernelVL.Perf check [--backend cpu] [--filter REGEX]
+           KernelVL.Perf baselines [--json FILE]
+           KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10]
            KernelVL.Perf e2e [--backend NAME]... [--config base|small|tiny] [--json FILE] [--min-time SECONDS]
       e2e          model throughput with random weights: decomposed images/s and texts/s, cross-encoder pairs/s
                    (base = ViLT-B/32 size; every fast backend present unless --backend is given)
       ops          check, then time, every op of the parity registry at the perf shapes
+      baselines    time cuBLAS sgemm (f32 and tensor-op math) on the CUDA card at the GEMM targets' shapes
+      topk-f16     the cuda backend's top-k over an f16 corpus (default 1M x 768, 1024 queries, k 10): checked, then timed
       check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
                    for machines that have the .NET runtime but no SDK)
       --backend    backend to time (default: cpu; known: reference, cpu, ilgpu-cpu, ilgpu-cuda; ilgpu = the best ILGPU
@@ -22,6 +26,9 @@ const string usage = """
       --json FILE  also write the results as JSON (written to FILE.tmp, then renamed)
       --filter RE  only ops whose "op shape" matches the regular expression
       --min-time   seconds of timed calls per op (default 0.3); the median call is reported
+      --gpu-shapes also the issue's GPU targets (GEMM 4096^3, attention T 512/1024, InfoNCE 4096, top-k 65536 x 768)
+      --reference  backend the results are checked against (default: reference, the f64 scalar one; cpu for the
+                   GPU shapes, which the scalar reference takes minutes over)
     """;
 
 if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }
@@ -30,8 +37,9 @@ if (args[0] == "e2e")
     try { return E2e.Run(args); }
     catch (Exception e) when (e is ArgumentException or FormatException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
 }
-if (args[0] is not ("ops" or "check")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
-string backendName = "cpu"; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
+if (args[0] is not ("ops" or "check" or "baselines" or "topk-f16")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
+int f16N = 1_000_000, f16Q = 1024, f16D = 768, f16K = 10;
+string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
 for (int i = 1; i < args.Length; i++)
 {
     string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -41,6 +49,12 @@ for (int i = 1; i < args.Length; i++)
         {
             case "--backend": backendName = Next(); break;
             case "--json": jsonPath = Next(); break;
+            case "--gpu-shapes": gpuShapes = true; break;
+            case "--n": f16N = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            case "--q": f16Q = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            case "--d": f16D = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            case "--k": f16K = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
+            case "--reference": referenceName = Next(); break;
             case "--filter": filter = new Regex(Next(), RegexOptions.IgnoreCase); break;
             case "--min-time": minTime = double.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             default: throw new ArgumentException($"unknown option '{args[i]}'");
@@ -53,8 +67,19 @@ for (int i = 1; i < args.Length; i++)
     }
 }
 if (BackendFactory.Unavailable(backendName) is { } why) { Console.Error.WriteLine($"perf: bad input: {why}"); return 2; }
+if (BackendFactory.Unavailable(referenceName) is { } whyRef) { Console.Error.WriteLine($"perf: bad input: reference: {whyRef}"); return 2; }
 
 if (args[0] == "check") return CheckAll(backendName, filter);
+if (args[0] == "baselines")
+{
+    if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: baselines need the cuda backend: {whyNot}"); return 2; }
+    return CublasBaselines.Run(jsonPath);
+}
+if (args[0] == "topk-f16")
+{
+    if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: topk-f16 needs the cuda backend: {whyNot}"); return 2; }
+    return TopKF16Bench.Run(f16N, f16Q, f16D, f16K, checkQueries: 4, jsonPath);
+}
 
 if (BackendFactory.Resolve(backendName) != backendName) Console.Error.WriteLine($"backend {backendName} is {BackendFactory.Resolve(backendName)} here");
 Console.Error.WriteLine("measuring peaks (FMA loop on all cores, 256 MiB copy) ...");
@@ -66,12 +91,14 @@ double copy = Peaks.Median(copySamples);
 Console.Error.WriteLine($"peaks: fma {fma:F0} GFLOP/s, copy {copy:F1} GB/s");
 
 using var backend = BackendFactory.Create(backendName);
-using var reference = new ReferenceBackend();
+using var reference = BackendFactory.Create(referenceName);
+if (backend is KernelVL.Backends.Cuda.CudaBackend cb)
+    foreach (var s in cb.KernelSources) Console.Error.WriteLine($"kernel {s}");
 
 // Numbers in output and files never depend on the user's locale (decimal commas would break tables and JSON readers).
 System.Globalization.CultureInfo.DefaultThreadCurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
 System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
-var cases = OpRegistry.PerfCases().Where(c => filter is null || filter.IsMatch(c.ToString())).ToArray();
+var cases = OpRegistry.PerfCases().Concat(gpuShapes ? OpRegistry.GpuPerfCases() : []).Where(c => filter is null || filter.IsMatch(c.ToString())).ToArray();
 var results = new List<Dictionary<string, object?>>();
 int failures = 0;
 foreach (var c in cases)
@@ -81,6 +108,12 @@ foreach (var c in cases)
     {
         if (!r.Ok || ctx.Timed is null) return;
         var op = ctx.Timed;
+        if (backend is KernelVL.Backends.Cuda.CudaBackend cuda)
+        {
+            // Device time from CUDA events (the host-side clock around a synchronisation adds its latency to short kernels).
+            medianMs = cuda.MedianMs(op, warmup: 5, reps: 50);
+            return;
+        }
         // Warm-up until the JIT's tiering has promoted the hot methods (30 calls + a delay): 0.5 s and 3 calls, or 60 calls.
         var warm = Stopwatch.StartNew();
         for (int n = 0; (warm.Elapsed.TotalSeconds < 0.5 || n < 3) && n < 60; n++) { op(); backend.Synchronize(); }
@@ -106,7 +139,7 @@ foreach (var c in cases)
         ["op"] = c.Op, ["backend"] = backend.Name, ["shape"] = c.Shape,
         ["median_ms"] = R(medianMs), ["gflops"] = R(gflops), ["gbps"] = R(gbps),
         ["bound"] = computeBound ? "compute" : "memory", ["fraction_of_peak"] = R(fraction),
-        ["max_rel_error"] = double.IsFinite(check.MaxRelError) ? check.MaxRelError : null, ["ok"] = check.Ok, ["problem"] = check.Problem,
+        ["reference"] = reference.Name, ["max_rel_error"] = double.IsFinite(check.MaxRelError) ? check.MaxRelError : null, ["ok"] = check.Ok, ["problem"] = check.Problem,
     });
     Console.Error.WriteLine($"  {c,-48} {medianMs,9:F3} ms  {(check.Ok ? "ok" : "FAIL: " + check.Problem)}");
 }
@@ -154,6 +187,7 @@ if (jsonPath is not null)
             ["fma_gflops"] = R(fma), ["copy_gbps"] = R(copy),
             ["copy_gbps_samples"] = copySamples.Select(v => Math.Round(v, 1)).ToArray(),
         },
+        ["kernel_sources"] = backend is KernelVL.Backends.Cuda.CudaBackend kc ? kc.KernelSources.Select(k => k.ToString()).ToArray() : null,
         ["results"] = results,
         ["targets"] = targets,
     };
@@ -169,6 +203,8 @@ static int CheckAll(string backendName, Regex? filter)
 {
     using var backend = BackendFactory.Create(backendName);
     using var reference = new ReferenceBackend();
+    if (backend is KernelVL.Backends.Cuda.CudaBackend cb)
+        foreach (var k in cb.KernelSources) Console.WriteLine($"kernel {k}");
     int passed = 0, failed = 0;
     foreach (var c in OpRegistry.TestCases().Where(c => filter is null || filter.IsMatch(c.ToString())))
     {

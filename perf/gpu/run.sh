@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh).
 # Unpacks the .NET runtime, checks that libcuda, libnvrtc and ILGPU's CUDA accelerator load and run a
-# kernel, runs the parity registry there, and times the PyTorch baselines the CUDA kernels will be
-# measured against. Everything lands in $OUT (or a temporary folder).
+# kernel, runs the parity registry on the cuda backend (the hand kernels of kernels/*.cu) and on ilgpu-cuda,
+# times the hot ops on both, and times the baselines on the same card in the same run: cuBLAS sgemm
+# (through ILGPU.Algorithms) and PyTorch. Everything lands in $OUT (or a temporary folder).
+# Budget: ~8 minutes on an H100. Each step has its own time limit, so one hung kernel cannot eat the run; the
+# limits add up to under 10 minutes (the device tool's cap per command).
+# Knobs: SKIP_CPU_CHECK=0 runs the cpu registry too; CUDA_OPS_FILTER, ILGPU_OPS_FILTER pick the ops timed;
+# SKIP_ILGPU_OPS=1, SKIP_TORCH=1, SKIP_GPU_SHAPES=1 skip those steps; SKIP_ILGPU_CHECK=0 reruns the ilgpu-cuda
+# registry (it passed on the first run; the cuda check's last family covers the same ILGPU kernels).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 bundle=perf/gpu/bundle
@@ -27,29 +33,70 @@ first=$(echo "$nvrtc_dirs" | grep -m1 cuda || echo "$nvrtc_dirs" | head -n 1)
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
 echo "== kernelvl info --probe"
-dotnet "$bundle/cli/kernelvl.dll" info --probe --json > "$OUT/info.json"; echo "exit $?"
+timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe --json > "$OUT/info.json"; echo "exit $?"
 python3 - "$OUT/info.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 print("runtime:", d["runtime"]); print("cpu:", d["cpu"], d["cores"], "cores")
 print("cuda driver:", d["cuda_driver"], "| nvrtc:", d["nvrtc"])
 for p in d["ilgpu_probe"]: print(f'  {p["type"]:8} {"ok" if p["ok"] else "FAILED"}  {p["device"]}: {p["detail"]}')
+for k in d.get("cuda_kernel_sources") or []: print("  kernel", k)
 PY
 
-echo "== parity registry on the cpu backend ($(nproc) cores)"
-dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cpu 2>&1 | tail -n 5 | tee "$OUT/check-cpu.txt"
+perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@"; }
+# NVRTC's CUBINs are cached here: the first process compiles them, the later ones read the cache (both paths run),
+# and they come back with the results.
+export XDG_CACHE_HOME="$OUT/cache"
 
-echo "== parity registry on the ilgpu backend (ILGPU's CUDA accelerator)"
-dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend ilgpu-cuda 2>&1 | tail -n 20 | tee "$OUT/check-ilgpu.txt"
+echo "== parity registry on the cuda backend (hand kernels; the kernel lines say NVRTC cubin or embedded PTX)"
+# One process per kernel family: a kernel that faults leaves its CUDA context unusable, and must not hide how the
+# other kernels fare. The last family is every op the hand kernels do not take (the ILGPU kernels under the cuda backend).
+i=0
+for family in '^matmul' '^attention ' '^layernorm ' '^infonce' '^topk' '^(?!matmul|attention |layernorm |infonce|topk)'; do
+  i=$((i + 1))
+  perf 35 check --backend cuda --filter "$family" > "$OUT/check-cuda-$i.txt" 2>&1
+  echo "-- $family: exit $?"
+  [ $i = 1 ] && grep '^kernel ' "$OUT/check-cuda-$i.txt"
+  grep -v '^kernel ' "$OUT/check-cuda-$i.txt" | tail -n 8
+done
+
+echo "== ops --backend cuda: hot ops at the model's shapes (checked against the f64 reference, then timed with CUDA events)"
+perf 60 ops --backend cuda --min-time 0.1 --json "$OUT/cuda-ops.json" --filter "${CUDA_OPS_FILTER:-^(matmul|attention |layernorm |infonce|topk)}" \
+  > "$OUT/cuda-ops.md" 2> "$OUT/cuda-ops.log"
+echo "exit $?"; grep -E '^\| (matmul|attention|layernorm|infonce|topk)' "$OUT/cuda-ops.md" | cut -c1-150
+
+if [ "${SKIP_GPU_SHAPES:-0}" != 1 ]; then
+  echo "== ops --backend cuda --gpu-shapes: the issue's targets (checked against the cpu backend)"
+  perf 80 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$OUT/cuda-gpu-shapes.json" \
+    --filter '4096x4096x4096|Tq512|Tq1024|N4096 D768|Q1024 N65536' > "$OUT/cuda-gpu-shapes.md" 2> "$OUT/cuda-gpu-shapes.log"
+  echo "exit $?"; grep -E '^\| ' "$OUT/cuda-gpu-shapes.md" | cut -c1-150
+fi
+
+echo "== top-k over a 1M x 768 f16 corpus, 1024 queries, k 10 (cuda backend; 4 queries checked against an f64 scan)"
+perf 60 topk-f16 --json "$OUT/topk-f16.json" > "$OUT/topk-f16.md" 2> "$OUT/topk-f16.log"; echo "exit $?"
+tail -n 2 "$OUT/topk-f16.log"; tail -n 1 "$OUT/topk-f16.md"
+
+echo "== cuBLAS baselines (ILGPU.Algorithms CuBlas, same card)"
+perf 40 baselines --json "$OUT/cublas-baselines.json" 2>&1 | tee "$OUT/cublas-baselines.md" | tail -n 10
+
+if [ "${SKIP_CPU_CHECK:-1}" != 1 ]; then
+  echo "== parity registry on the cpu backend ($(nproc) cores)"
+  perf 120 check --backend cpu 2>&1 | tail -n 5 | tee "$OUT/check-cpu.txt"
+fi
+
+if [ "${SKIP_ILGPU_CHECK:-1}" != 1 ]; then
+  echo "== parity registry on the ilgpu backend (ILGPU's CUDA accelerator)"
+  perf 90 check --backend ilgpu-cuda 2>&1 | tail -n 10 | tee "$OUT/check-ilgpu.txt"
+fi
 
 if [ "${SKIP_ILGPU_OPS:-0}" != 1 ]; then
   echo "== ops --backend ilgpu (checked against the reference, then timed)"
-  dotnet "$bundle/perf/KernelVL.Perf.dll" ops --backend ilgpu-cuda --json "$OUT/ilgpu-ops.json" ${ILGPU_OPS_FILTER:+--filter "$ILGPU_OPS_FILTER"} \
+  perf 45 ops --backend ilgpu-cuda --min-time 0.1 --json "$OUT/ilgpu-ops.json" --filter "${ILGPU_OPS_FILTER:-^(matmul|attention |layernorm |infonce|topk)}" \
     > "$OUT/ilgpu-ops.md" 2> "$OUT/ilgpu-ops.log"
   echo "exit $?"; tail -n 6 "$OUT/ilgpu-ops.md"
 fi
 
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
   echo "== PyTorch baselines"
-  python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
+  timeout 45 python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
 fi

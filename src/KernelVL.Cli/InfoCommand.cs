@@ -19,11 +19,27 @@ internal static class InfoCommand
         return cmd;
     }
 
+    /// <summary>With --probe on a CUDA machine: how the cuda backend loaded each kernel file (NVRTC CUBIN, cached or fresh, or the embedded PTX).</summary>
+    private static string[] CudaKernelSources()
+    {
+        if (BackendFactory.Unavailable("cuda") is { } why) return [$"cuda backend unavailable: {why}"];
+        try
+        {
+            using var backend = KernelVL.Backends.Cuda.CudaBackend.Create();
+            return backend.KernelSources.Select(k => k.ToString()).ToArray();
+        }
+        catch (KernelVLException e)
+        {
+            return [$"cuda backend failed to start: {e.Message}"];
+        }
+    }
+
     private static int Run(bool json, bool probe)
     {
         var devices = SystemInfo.IlgpuDevices();
         var probes = probe ? SystemInfo.ProbeIlgpu() : [];
         string? cuda = SystemInfo.CudaDriver, nvrtc = SystemInfo.Nvrtc;
+        var kernelSources = probe ? CudaKernelSources() : [];
         string backend = BackendFactory.DefaultName;
         var ops = SystemInfo.OpImplementations(SystemInfo.BackendType(backend));
         if (json)
@@ -39,6 +55,7 @@ internal static class InfoCommand
                 cuda_driver = cuda,
                 nvrtc,
                 cuda_kernels_embedded = KernelVL.Cuda.EmbeddedKernels.Names,
+                cuda_kernel_sources = kernelSources,
                 backends = BackendFactory.Names.Select(n => new { name = n, available = BackendFactory.Unavailable(n) is null, reason = BackendFactory.Unavailable(n) }),
                 default_backend = backend,
                 ops = ops.Select(o => new { op = o.Op, implemented_by = o.ImplementedBy }),
@@ -55,6 +72,7 @@ internal static class InfoCommand
         Console.WriteLine($"cuda driver    {cuda ?? "not found (no NVIDIA driver: GPU backends unavailable)"}");
         Console.WriteLine($"nvrtc          {nvrtc ?? "not found (CUDA kernels would use the embedded PTX)"}");
         Console.WriteLine($"cuda kernels   {string.Join(", ", KernelVL.Cuda.EmbeddedKernels.Names)} (embedded PTX for sm_80, compiled at build time)");
+        foreach (var k in kernelSources) Console.WriteLine($"  loaded       {k}");
         Console.WriteLine("backends");
         foreach (var n in BackendFactory.Names)
             Console.WriteLine($"  {n,-10} {BackendFactory.Unavailable(n) ?? "available"}{(n == backend ? " (default)" : "")}");

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using KernelVL.Cuda;
+using KernelVL.Testing;
 
 namespace KernelVL.Tests;
 
@@ -9,20 +10,142 @@ public unsafe class CudaBindingTests
     [Fact]
     public void EveryKernelSourceIsCompiledToPtxAndEmbedded()
     {
-        Assert.Contains("layernorm", EmbeddedKernels.Names);
+        foreach (var k in new[] { "layernorm", "gemm", "attention", "infonce", "topk" }) Assert.Contains(k, EmbeddedKernels.Names);
+        Assert.Contains("#pragma once", EmbeddedKernels.Header(CudaModules.HeaderName));
         foreach (var name in EmbeddedKernels.Names)
         {
             string ptx = EmbeddedKernels.Ptx(name);
             Assert.Contains(".target sm_80", ptx);
             Assert.Contains(".visible .entry", ptx);
             // every extern "C" __global__ of the source is an entry of the PTX
-            foreach (var line in EmbeddedKernels.Source(name).Split('\n').Where(l => l.Contains("__global__ void")))
-            {
-                string kernel = line[(line.IndexOf("void ", StringComparison.Ordinal) + 5)..].Split('(')[0].Trim();
-                Assert.Contains($".entry {kernel}(", ptx);
-            }
+            var kernels = System.Text.RegularExpressions.Regex.Matches(EmbeddedKernels.Source(name), @"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(");
+            Assert.NotEmpty(kernels);
+            foreach (System.Text.RegularExpressions.Match m in kernels) Assert.Contains($".entry {m.Groups[1].Value}(", ptx);
         }
         Assert.Contains(".entry layernorm_forward(", EmbeddedKernels.Ptx("layernorm"));
+        // The tensor-core kernels really use the tensor cores, and no register array spilled to local memory.
+        foreach (var k in new[] { "gemm", "attention" })
+        {
+            Assert.Contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", EmbeddedKernels.Ptx(k));
+            Assert.DoesNotContain("__local_depot", EmbeddedKernels.Ptx(k));
+        }
+    }
+
+    [Fact]
+    public void AViewsDeviceAddressIsItsBufferPlusTheOffset()
+    {
+        // The cuda backend hands kernels view.LoadEffectiveAddressAsPtr() of ILGPU views: on the host it must be the
+        // buffer's native pointer plus the view's offset (checked on ILGPU's CPU accelerator, whose pointers are host memory).
+        using var context = ILGPU.Context.Create(b => ILGPU.Runtime.CPU.CPUContextExtensions.CPU(b));
+        using var acc = context.GetPreferredDevice(preferCPU: true).CreateAccelerator(context);
+        using var buffer = acc.Allocate1D<float>(64);
+        ILGPU.ArrayView<float> all = buffer.View;
+        var view = all.SubView(5, 20);
+        Assert.Equal(buffer.NativePtr + 5 * sizeof(float), ILGPU.Runtime.ArrayViewExtensions.LoadEffectiveAddressAsPtr(view));
+        Assert.Equal(buffer.NativePtr + 9 * sizeof(float), ILGPU.Runtime.ArrayViewExtensions.LoadEffectiveAddressAsPtr(view.SubView(4)));
+    }
+
+    [Fact]
+    public void AMissingNvrtcIsAClearBackendError()
+    {
+        var e = Assert.Throws<BackendException>(() => Nvrtc.Load(["libnvrtc-does-not-exist.so.99", "/nonexistent/lib64/libnvrtc.so"]));
+        Assert.Contains("NVRTC", e.Message);
+        Assert.Contains("libnvrtc-does-not-exist.so.99", e.Message);
+        Assert.Contains("embedded PTX", e.Message);
+    }
+
+    [Fact]
+    public void NvrtcCandidatesPreferVersionedNamesAndIncludeCudaHome()
+    {
+        var names = Nvrtc.Candidates("/opt/cuda");
+        Assert.Equal("libnvrtc.so.14", names[0]);
+        Assert.True(names.ToList().IndexOf("libnvrtc.so.13") < names.ToList().IndexOf("libnvrtc.so.12"));
+        Assert.Contains("libnvrtc.so", names);
+        Assert.Contains(Path.Combine("/opt/cuda", "lib64", "libnvrtc.so.13"), names);
+        Assert.DoesNotContain(Nvrtc.Candidates(null), n => n.Contains('/'));
+    }
+
+    [Fact]
+    public void NvrtcOptionsTargetTheExactArchitecture()
+    {
+        Assert.Equal("--gpu-architecture=sm_90a", CudaModules.Options((9, 0))[0]);
+        Assert.Equal("--gpu-architecture=sm_80", CudaModules.Options((8, 0))[0]);
+        Assert.Equal("--gpu-architecture=sm_89", CudaModules.Options((8, 9))[0]);
+    }
+
+    [Fact]
+    public void KernelCacheKeysCoverEveryInput()
+    {
+        string[] o = ["--gpu-architecture=sm_90a"];
+        string k = KernelCache.Key("src", "hdr", o, "nvrtc 13.0");
+        Assert.Equal(64, k.Length);
+        Assert.Equal(k, KernelCache.Key("src", "hdr", o, "nvrtc 13.0"));
+        Assert.NotEqual(k, KernelCache.Key("src2", "hdr", o, "nvrtc 13.0"));
+        Assert.NotEqual(k, KernelCache.Key("src", "hdr2", o, "nvrtc 13.0"));
+        Assert.NotEqual(k, KernelCache.Key("src", "hdr", ["--gpu-architecture=sm_80"], "nvrtc 13.0"));
+        Assert.NotEqual(k, KernelCache.Key("src", "hdr", o, "nvrtc 12.8"));
+        // Length-prefixed: moving text from one input to the next changes the key.
+        Assert.NotEqual(KernelCache.Key("ab", "c", o, "v"), KernelCache.Key("a", "bc", o, "v"));
+    }
+
+    [Fact]
+    public void KernelCacheWritesAtomicallyAndReadsBack()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "kernelvl-cache-test-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            Assert.Null(KernelCache.TryRead(dir, "abc", "cubin"));
+            Assert.True(KernelCache.TryWrite(dir, "abc", "cubin", new byte[] { 1, 2, 3 }));
+            Assert.Equal(new byte[] { 1, 2, 3 }, KernelCache.TryRead(dir, "abc", "cubin"));
+            Assert.True(KernelCache.TryWrite(dir, "abc", "cubin", new byte[] { 4, 5 }));   // replaces
+            Assert.Equal(new byte[] { 4, 5 }, KernelCache.TryRead(dir, "abc", "cubin"));
+            Assert.Empty(Directory.GetFiles(dir, "*.tmp"));   // no temporary left behind
+            // A folder that cannot be created: false, nothing thrown (a cache never fails a run).
+            string file = Path.Combine(dir, "a-file");
+            File.WriteAllText(file, "");
+            Assert.False(KernelCache.TryWrite(Path.Combine(file, "sub"), "abc", "cubin", new byte[] { 1 }));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void KernelCacheFollowsXdgCacheHome()
+    {
+        string? old = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        try
+        {
+            Environment.SetEnvironmentVariable("XDG_CACHE_HOME", "/some/cache");
+            Assert.Equal(Path.Combine("/some/cache", "kernelvl"), KernelCache.DefaultDirectory());
+            Environment.SetEnvironmentVariable("XDG_CACHE_HOME", null);
+            Assert.EndsWith(Path.Combine(".cache", "kernelvl"), KernelCache.DefaultDirectory());
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("XDG_CACHE_HOME", old);
+        }
+    }
+
+    [Fact]
+    public void TheCudaBackendIsListedAndSaysWhyItIsUnavailable()
+    {
+        Assert.Contains("cuda", KernelVL.Backends.BackendFactory.Names);
+        bool driver = NativeLibrary.TryLoad(CudaDriver.LibraryName, out var h);
+        if (driver) NativeLibrary.Free(h);
+        if (!driver) Assert.Contains("libcuda.so.1", KernelVL.Backends.BackendFactory.Unavailable("cuda"));
+    }
+
+    [Fact]
+    public void Bf16BudgetsApplyToTheCudaBackendOnly()
+    {
+        var mm = OpRegistry.MatMul(1, 64, 48, 65, false, false, bias: false, sharedB: false);
+        Assert.Equal(BackendBudgets.Bf16, BackendBudgets.For(mm, "cuda"));
+        Assert.Equal(mm.Budget, BackendBudgets.For(mm, "ilgpu-cuda"));
+        Assert.Equal(mm.Budget, BackendBudgets.For(mm, "cpu"));
+        var ln = OpRegistry.LayerNorm(3, 17);
+        Assert.Equal(ln.Budget, BackendBudgets.For(ln, "cuda"));
     }
 
     [Fact]

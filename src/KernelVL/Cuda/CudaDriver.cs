@@ -23,6 +23,12 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<nint, int, int, int> _cuFuncSetAttribute;
     private readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
     private readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
+    private readonly delegate* unmanaged<int*, int> _cuCtxGetDevice;
+    private readonly delegate* unmanaged<nint*, uint, int> _cuEventCreate;
+    private readonly delegate* unmanaged<nint, nint, int> _cuEventRecord;
+    private readonly delegate* unmanaged<nint, int> _cuEventSynchronize, _cuEventDestroy;
+    private readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
+    private readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
 
     private CudaDriver(nint lib)
     {
@@ -36,6 +42,15 @@ public sealed unsafe class CudaDriver
         _cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Export(lib, "cuFuncSetAttribute");
         _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Export(lib, "cuLaunchKernel");
         _cuStreamSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuStreamSynchronize");
+        _cuCtxGetDevice = (delegate* unmanaged<int*, int>)Export(lib, "cuCtxGetDevice");
+        _cuDeviceGetAttribute = (delegate* unmanaged<int*, int, int, int>)Export(lib, "cuDeviceGetAttribute");
+        _cuEventCreate = (delegate* unmanaged<nint*, uint, int>)Export(lib, "cuEventCreate");
+        _cuEventRecord = (delegate* unmanaged<nint, nint, int>)Export(lib, "cuEventRecord");
+        _cuEventSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuEventSynchronize");
+        _cuEventDestroy = (delegate* unmanaged<nint, int>)Export(lib, "cuEventDestroy_v2");
+        // CUDA 12.8 added the _v2 entry (the plain one is deprecated in CUDA 13); the same signature either way.
+        _cuEventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)(NativeLibrary.TryGetExport(lib, "cuEventElapsedTime_v2", out var et)
+            ? (void*)et : Export(lib, "cuEventElapsedTime"));
         Check("cuInit", _cuInit(0));
     }
 
@@ -72,6 +87,30 @@ public sealed unsafe class CudaDriver
     }
 
     public void SetCurrentContext(nint context) => Check("cuCtxSetCurrent", _cuCtxSetCurrent(context));
+
+    /// <summary>The device of the calling thread's current context.</summary>
+    public int CurrentDevice
+    {
+        get
+        {
+            int d;
+            Check("cuCtxGetDevice", _cuCtxGetDevice(&d));
+            return d;
+        }
+    }
+
+    /// <summary>CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76.</summary>
+    public (int Major, int Minor) ComputeCapability(int device) => (Attribute(device, 75), Attribute(device, 76));
+
+    /// <summary>CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16.</summary>
+    public int MultiprocessorCount(int device) => Attribute(device, 16);
+
+    private int Attribute(int device, int attribute)
+    {
+        int v;
+        Check($"cuDeviceGetAttribute({attribute})", _cuDeviceGetAttribute(&v, attribute, device));
+        return v;
+    }
 
     /// <summary>Loads PTX (JIT-compiled by the driver) or a CUBIN; a failure carries the JIT's error log.</summary>
     public nint LoadModule(ReadOnlySpan<byte> image)
@@ -111,6 +150,25 @@ public sealed unsafe class CudaDriver
         => Check("cuLaunchKernel", _cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, sharedBytes, stream, args.Pointers, null));
 
     public void Synchronize(nint stream) => Check("cuStreamSynchronize", _cuStreamSynchronize(stream));
+
+    public nint CreateEvent()
+    {
+        nint e;
+        Check("cuEventCreate", _cuEventCreate(&e, 0));
+        return e;
+    }
+
+    public void RecordEvent(nint e, nint stream) => Check("cuEventRecord", _cuEventRecord(e, stream));
+    public void DestroyEvent(nint e) => Check("cuEventDestroy", _cuEventDestroy(e));
+
+    /// <summary>Milliseconds between two recorded events, once the second has completed (waits for it).</summary>
+    public float ElapsedMs(nint start, nint end)
+    {
+        Check("cuEventSynchronize", _cuEventSynchronize(end));
+        float ms;
+        Check("cuEventElapsedTime", _cuEventElapsedTime(&ms, start, end));
+        return ms;
+    }
 }
 
 /// <summary>
@@ -166,6 +224,8 @@ public static class EmbeddedKernels
 
     public static string Ptx(string name) => Read($"kernels/{name}.ptx");
     public static string Source(string name) => Read($"kernels/{name}.cu");
+    /// <summary>A header of kernels/ by file name (e.g. kernelvl_cuda.h).</summary>
+    public static string Header(string fileName) => Read($"kernels/{fileName}");
 
     private static string Read(string resource)
     {

@@ -198,6 +198,7 @@ public static class SystemInfo
         "cpu" => typeof(CpuBackend),
         "reference" => typeof(ReferenceBackend),
         "ilgpu" or "ilgpu-cpu" or "ilgpu-cuda" => typeof(KernelVL.Backends.Ilgpu.IlgpuBackend),
+        "cuda" => typeof(KernelVL.Backends.Cuda.CudaBackend),
         _ => throw new BackendException($"unknown backend '{name}'"),
     };
 }

@@ -13,11 +13,39 @@ public sealed record OpCase(string Op, string Shape, double Budget, double Flops
     public override string ToString() => $"{Op} {Shape}";
 }
 
+/// <summary>
+/// Error budgets that depend on the backend's arithmetic, not on the op: a backend whose kernels round operands to bf16
+/// (the tensor cores) gets a looser budget for those ops only, and the f32 backends keep the registry's own.
+/// </summary>
+public static class BackendBudgets
+{
+    /// <summary>
+    /// bf16 keeps 8 significant bits: unit roundoff u = 2^-8 (~3.9e-3) per rounded operand, so each product a_k b_k carries a
+    /// relative error up to 2u. Over K random-signed terms the errors add like a random walk, ~sqrt(K) * 0.8 u * rms(a b),
+    /// while max |ref| over an output is a few sqrt(K) * rms(a b): the max error over max |ref| is expected near u, not
+    /// yet measured on a GPU. 2e-2 (~5u) leaves room for the tails of large outputs; attention
+    /// rounds q, k (scores) and p, v (output) the same way.
+    /// </summary>
+    public const double Bf16 = 2e-2;
+
+    private static readonly Dictionary<(string Backend, string Op), double> Budgets = new()
+    {
+        [("cuda", "matmul")] = Bf16,
+        [("cuda", "matmul_backward")] = Bf16,
+        [("cuda", "matmul_gelu")] = Bf16,
+        [("cuda", "attention")] = Bf16,
+    };
+
+    /// <summary>The budget of a case on a backend: the case's own, or the backend's for that op when that is looser.</summary>
+    public static double For(OpCase c, string backend) =>
+        Budgets.TryGetValue((backend, c.Op), out var b) ? Math.Max(b, c.Budget) : c.Budget;
+}
+
 /// <summary>The outcome of checking one case on one backend against the reference.</summary>
 public sealed record OpCheckResult(OpCase Case, string Backend, double MaxRelError, bool Ok, string? Problem)
 {
     public override string ToString() => Ok
-        ? $"{Case} on {Backend}: ok (max rel error {MaxRelError:E2} <= {Case.Budget:E1})"
+        ? $"{Case} on {Backend}: ok (max rel error {MaxRelError:E2} <= {BackendBudgets.For(Case, Backend):E1})"
         : $"{Case} on {Backend}: FAIL {Problem}";
 }
 
@@ -47,7 +75,7 @@ public static class OpCheck
 
     public static OpCheckResult Compare(OpCase c, string backend, IReadOnlyList<OpContext.Result> expected, IReadOnlyList<OpContext.Result> actual, int seed)
     {
-        double worst = 0;
+        double worst = 0, budget = BackendBudgets.For(c, backend);
         string where = $" (seed {seed})";
         if (expected.Count != actual.Count) return new(c, backend, double.NaN, false, "different slots" + where);
         for (int s = 0; s < expected.Count; s++)
@@ -83,8 +111,8 @@ public static class OpCheck
             }
             double rel = maxRef > 0 ? err / maxRef : err;
             worst = Math.Max(worst, rel);
-            if (rel > c.Budget)
-                return new(c, backend, rel, false, $"{a.Name}: max rel error {rel:E2} > budget {c.Budget:E1}" + where);
+            if (rel > budget)
+                return new(c, backend, rel, false, $"{a.Name}: max rel error {rel:E2} > budget {budget:E1}" + where);
         }
         return new(c, backend, worst, true, null);
     }

@@ -31,6 +31,30 @@ public static class OpRegistry
                 c.Acc("da", transA ? A(k, m) : A(m, k)), c.Acc("db", transB ? Bd(n, k) : Bd(k, n)), c.Acc("dbias", n), transA, transB)));
     }
 
+    /// <summary>
+    /// y = gelu(a @ op(b) + bias) [m, n]: the cuda backend's fused GEMM epilogue (<see cref="Backends.Cuda.CudaBackend.MatMulGelu"/>);
+    /// every other backend composes its MatMul and Gelu, so the fused kernel is compared with the reference's two ops.
+    /// </summary>
+    public static OpCase MatMulGelu(int m, int n, int k, bool transB, double budget = 1e-5)
+        => new("matmul_gelu", $"{m}x{n}x{k}{(transB ? " tB" : "")} bias", budget, 2.0 * m * n * k + 20.0 * m * n, F * ((double)m * k + k * n + m * n),
+            c =>
+            {
+                var a = c.In("a", m, k);                                  // [m, k]
+                var b = transB ? c.In("b", n, k) : c.In("b", k, n);      // [n, k] or [k, n]
+                var bias = c.In("bias", n);                               // [n]
+                var y = c.Out("y", m, n);                                 // [m, n]
+                if (c.B is Backends.Cuda.CudaBackend cuda) c.Op(() => cuda.MatMulGelu(a, b, bias, y, transB));
+                else
+                {
+                    var h = c.Temp(m, n);                                 // [m, n] a @ op(b) + bias
+                    c.Op(() =>
+                    {
+                        c.B.MatMul(a, b, bias, h, false, transB);
+                        c.B.Gelu(h, y);
+                    });
+                }
+            });
+
     public static OpCase Add(int outer, int inner) => new("add", $"{outer}x{inner}", 1e-7, (double)outer * inner, F * (2.0 * outer * inner + inner),
         c => c.Op(() => c.B.Add(c.In("a", outer, inner), c.In("b", inner), c.Out("y", outer, inner))));
 
@@ -262,6 +286,8 @@ public static class OpRegistry
         yield return MatMul(3, 5, 7, 9, false, true, bias: true, sharedB: true);
         yield return MatMul(4, 17, 9, 13, true, false, bias: false, sharedB: false);
         yield return MatMul(5, 33, 31, 20, false, false, bias: false, sharedB: false);
+        foreach (var (m, n, k) in new[] { (1, 1, 1), (17, 33, 19), (130, 97, 200) })
+            foreach (bool tb in new[] { false, true }) yield return MatMulGelu(m, n, k, tb);
         yield return MatMulBackward(3, 5, 7, 9, false, true, sharedB: true);
         yield return MatMulBackward(3, 6, 7, 9, true, false, sharedB: true);
         yield return MatMulBackward(4, 17, 9, 13, true, true, sharedB: false);
@@ -357,6 +383,7 @@ public static class OpRegistry
         yield return MatMul(1, 1024, 3072, 768, false, true, bias: true, sharedB: false, budget: 1e-5);
         yield return MatMul(1, 1024, 768, 3072, false, true, bias: true, sharedB: false, budget: 1e-5);
         yield return MatMulBackward(1, 1024, 768, 768, false, true, sharedB: false, budget: 1e-5);
+        yield return MatMulGelu(1024, 3072, 768, transB: true);
         yield return Attention(8, 12, 256, 256, 64, mask: false);
         yield return Attention(8, 12, 256, 256, 64, mask: true);
         yield return AttentionBackward(8, 12, 256, 256, 64, mask: true);
@@ -385,6 +412,25 @@ public static class OpRegistry
         yield return TopK(256, 16384, 256, 10);
         yield return AdamW(1 << 22);
         yield return ClipGradNorm(16, 1 << 18, 1f);
+    }
+
+    /// <summary>
+    /// The issue's GPU targets, for GPU backends only (too large for the f64 reference in a GPU run's time: check them
+    /// against the cpu backend, <c>ops --reference cpu</c>): GEMM 4096^3 and the model's shapes, attention at T 256..1024,
+    /// InfoNCE over 4096 x 4096, and top-k over a 65536 x 768 f32 corpus (the 1M x 768 f16 corpus of the issue needs an f16
+    /// corpus kernel, not written yet).
+    /// </summary>
+    public static IEnumerable<OpCase> GpuPerfCases()
+    {
+        yield return MatMul(1, 4096, 4096, 4096, false, false, bias: false, sharedB: false, budget: 1e-5);
+        yield return MatMul(1, 4096, 4096, 4096, false, true, bias: false, sharedB: false, budget: 1e-5);
+        foreach (int t in new[] { 512, 1024 })
+        {
+            yield return Attention(8, 12, t, t, 64, mask: false);
+            yield return Attention(8, 12, t, t, 64, mask: true);
+        }
+        yield return InfoNce(4096, 768, 0.05f); yield return InfoNceBackward(4096, 768, 0.05f);
+        yield return TopK(1024, 65536, 768, 10);
     }
 
     /// <summary>Every op name of the backend contract (forward and backward).</summary>

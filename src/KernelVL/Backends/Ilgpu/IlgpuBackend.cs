@@ -15,9 +15,10 @@ namespace KernelVL.Backends.Ilgpu;
 /// ILGPU's CPU accelerator, which runs the same kernels (slowly: ~400x the Cpu backend) so the tests check them
 /// on machines without a GPU. Kernels are compiled and loaded once, in the constructor, into typed launchers;
 /// arguments are checked on the host (the shared <see cref="Contract"/>) before every launch; all launches go to
-/// the accelerator's default stream, in order. f32 and i32 only.
+/// the accelerator's default stream, in order. f32 and i32 only. The Cuda backend derives from it and replaces the hot
+/// ops (the virtual members) with hand-written kernels on the same context, stream and buffers.
 /// </summary>
-public sealed unsafe class IlgpuBackend : IBackend
+public unsafe class IlgpuBackend : IBackend
 {
     private readonly Context _context;
     private readonly Accelerator _acc;
@@ -50,6 +51,13 @@ public sealed unsafe class IlgpuBackend : IBackend
 
     private static IlgpuBackend Create(string name, Func<Device, bool> pick)
     {
+        var (context, acc) = CreateDevice(name, pick);
+        return new IlgpuBackend(name, context, acc);
+    }
+
+    /// <summary>An ILGPU context (algorithms enabled) and an accelerator on the first device that <paramref name="pick"/> accepts.</summary>
+    protected static (Context Context, Accelerator Accelerator) CreateDevice(string name, Func<Device, bool> pick)
+    {
         var context = Context.Create(b => b.Default().EnableAlgorithms().Math(MathMode.Default));
         var device = context.Devices.FirstOrDefault(pick);
         if (device is null)
@@ -57,10 +65,18 @@ public sealed unsafe class IlgpuBackend : IBackend
             context.Dispose();
             throw new BackendException($"backend '{name}': ILGPU finds no such device (devices: {string.Join(", ", context.Devices.Select(d => d.AcceleratorType))})");
         }
-        return new IlgpuBackend(name, context, device.CreateAccelerator(context));
+        try
+        {
+            return (context, device.CreateAccelerator(context));
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
     }
 
-    private IlgpuBackend(string name, Context context, Accelerator acc)
+    protected IlgpuBackend(string name, Context context, Accelerator acc)
     {
         Name = name;
         _context = context;
@@ -164,21 +180,21 @@ public sealed unsafe class IlgpuBackend : IBackend
     private IlgpuStorage Own(Tensor t) => t.Storage as IlgpuStorage is { } s && ReferenceEquals(s.Backend, this)
         ? s : throw new BackendException($"{t} does not live on this {Name} backend");
 
-    private V F(Tensor t)
+    protected V F(Tensor t)
     {
         if (t.DType != DType.F32) throw new ShapeException($"{Name}: expected an f32 tensor, got {t.DType.Name()} {t.Shape}");
         return Own(t).Ints.Cast<float>().SubView(t.Offset, t.Numel);
     }
 
-    private V F(Tensor? t, bool _) => t is null ? V.Empty : F(t);
+    protected V F(Tensor? t, bool _) => t is null ? V.Empty : F(t);
 
-    private VI I(Tensor t)
+    protected VI I(Tensor t)
     {
         if (t.DType != DType.I32) throw new ShapeException($"{Name}: expected an i32 tensor, got {t.DType.Name()} {t.Shape}");
         return Own(t).Ints.SubView(t.Offset, t.Numel);
     }
 
-    private VI I(Tensor? t, bool _) => t is null ? VI.Empty : I(t);
+    protected VI I(Tensor? t, bool _) => t is null ? VI.Empty : I(t);
 
     private KernelConfig Rows(long rows) => new(new Index1D(checked((int)rows)), new Index1D(_rowGroup));
 
@@ -255,7 +271,17 @@ public sealed unsafe class IlgpuBackend : IBackend
     }
 
     // ---------------------------------------------------------------- matmul
-    private void LaunchGemm(int m, int n, int k, V a, int lda, bool transA, long strideA, V b, int ldb, bool transB, long strideB,
+    /// <summary>The GEMM behind MatMul and MatMulBackward (the Cuda backend's tensor-core kernel replaces it there).</summary>
+    protected virtual void LaunchGemm(int m, int n, int k, V a, int lda, bool transA, long strideA, V b, int ldb, bool transB, long strideB,
+        V c, int ldc, long strideC, int batch, V bias, bool accumulate)
+        => LaunchGemmF32(m, n, k, a, lda, transA, strideA, b, ldb, transB, strideB, c, ldc, strideC, batch, bias, accumulate);
+
+    /// <summary>
+    /// The f32 ILGPU GEMM: C = op(A) op(B) (+ bias) (+ C). A [batch][m, k] (transA: [k, m]) with leading dim lda, B [batch][k, n]
+    /// (transB: [n, k]), C [batch][m, n] with leading dim ldc; batch offsets are the strides (0 = shared). Ops whose accuracy
+    /// needs f32 products (top-k scores, InfoNCE's gradient) call this one directly.
+    /// </summary>
+    protected void LaunchGemmF32(int m, int n, int k, V a, int lda, bool transA, long strideA, V b, int ldb, bool transB, long strideB,
         V c, int ldc, long strideC, int batch, V bias, bool accumulate)
     {
         if (m == 0 || n == 0 || batch == 0) return;
@@ -414,7 +440,7 @@ public sealed unsafe class IlgpuBackend : IBackend
     }
 
     // ---------------------------------------------------------------- rows
-    public void LayerNorm(Tensor x, Tensor gamma, Tensor beta, float eps, Tensor y, Tensor mean, Tensor rstd)
+    public virtual void LayerNorm(Tensor x, Tensor gamma, Tensor beta, float eps, Tensor y, Tensor mean, Tensor rstd)
     {
         const string op = "layernorm";
         var (r, c) = Contract.Rows(op, "x", x);
@@ -483,7 +509,7 @@ public sealed unsafe class IlgpuBackend : IBackend
     private KernelConfig AttnGrid(Contract.AttentionDims d) =>
         new(new Index2D((d.Tq + _attnGroup - 1) / _attnGroup, d.B * d.H), new Index2D(_attnGroup, 1));
 
-    public void Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse)
+    public virtual void Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse)
     {
         var d = Contract.Attention(q, k, v, keyMask, o, lse);
         if (d.B * d.H * d.Tq == 0) return;
@@ -671,7 +697,7 @@ public sealed unsafe class IlgpuBackend : IBackend
         return s;
     }
 
-    public void InfoNce(Tensor t, Tensor v, float invTemperature, Tensor loss, Tensor lseRow, Tensor lseCol)
+    public virtual void InfoNce(Tensor t, Tensor v, float invTemperature, Tensor loss, Tensor lseRow, Tensor lseCol)
     {
         const string op = "infonce";
         var (n, dim) = Contract.Rows(op, "t", t);
@@ -684,7 +710,7 @@ public sealed unsafe class IlgpuBackend : IBackend
         _nceLse(_s, Rows(n), F(s), n, 1, F(lseCol), F(loss));
     }
 
-    public void InfoNceBackward(Tensor t, Tensor v, float invTemperature, Tensor lseRow, Tensor lseCol, Tensor dloss, Tensor? dt, Tensor? dv)
+    public virtual void InfoNceBackward(Tensor t, Tensor v, float invTemperature, Tensor lseRow, Tensor lseCol, Tensor dloss, Tensor? dt, Tensor? dv)
     {
         const string op = "infonce backward";
         var (n, dim) = Contract.Rows(op, "t", t);
@@ -695,12 +721,12 @@ public sealed unsafe class IlgpuBackend : IBackend
         using var colOff = Empty(new Shape(n));
         _nceColOff(_s, Rows(n), F(s), F(lseCol), n, F(colOff));
         _nceGrad(_s, Rows(n), F(s), F(lseRow), F(lseCol), F(colOff), F(dloss), n, invTemperature / n);
-        if (dt is not null) LaunchGemm(n, dim, n, F(s), n, false, 0, F(v), dim, false, 0, F(dt), dim, 0, 1, V.Empty, true);
-        if (dv is not null) LaunchGemm(n, dim, n, F(s), n, true, 0, F(t), dim, false, 0, F(dv), dim, 0, 1, V.Empty, true);
+        if (dt is not null) LaunchGemmF32(n, dim, n, F(s), n, false, 0, F(v), dim, false, 0, F(dt), dim, 0, 1, V.Empty, true);
+        if (dv is not null) LaunchGemmF32(n, dim, n, F(s), n, true, 0, F(t), dim, false, 0, F(dv), dim, 0, 1, V.Empty, true);
     }
 
     // ---------------------------------------------------------------- retrieval
-    public void TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices)
+    public virtual void TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices)
     {
         var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
         if (q == 0) return;
@@ -714,7 +740,7 @@ public sealed unsafe class IlgpuBackend : IBackend
         for (int t0 = 0; t0 < n; t0 += w)
         {
             int cols = Math.Min(w, n - t0);
-            LaunchGemm(q, cols, d, F(queries), d, false, 0, C.SubView((long)t0 * d), d, true, 0, F(tile), w, 0, 1, V.Empty, false);
+            LaunchGemmF32(q, cols, d, F(queries), d, false, 0, C.SubView((long)t0 * d), d, true, 0, F(tile), w, 0, 1, V.Empty, false);
             _topkSelect(_s, new KernelConfig(q, _topkGroup), F(tile), t0, cols, k2, t0 == 0 ? 1 : 0, F(bestS), I(bestI));
         }
         _topkWrite(_s, new Index2D(q, k), F(bestS), I(bestI), k2, k, F(scores), I(indices));
@@ -742,7 +768,7 @@ public sealed unsafe class IlgpuBackend : IBackend
         _sqrt(_s, 1, F(norm));
     }
 
-    public void Dispose()
+    public virtual void Dispose()
     {
         _s.Synchronize();
         _alloc.Dispose();

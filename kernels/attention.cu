@@ -1,0 +1,178 @@
+// Fused attention forward (flash style) for the Cuda backend, head dim 64: o = softmax(scale q k^T + mask) v and the
+// row log-sum-exp, without a [Tq, Tk] matrix. QK^T and PV run on the tensor cores (bf16 operands rounded from the f32
+// tensors, f32 accumulation); the online softmax is f32 in log2 units. Key-padding mask i32 [B, Tk], nonzero = keep;
+// a row whose keys are all masked gets o = 0 and lse = -inf (the contract). The reference is
+// ReferenceBackend.Attention; the parity registry checks it on a GPU (odd Tq/Tk, masks, fully masked rows).
+//
+// versions
+//   1  4 warps x 16 query rows per block, key tiles of 64 staged as bf16 (K row-major, V transposed), S fragments
+//      re-used as the A operand of PV (FlashAttention-2's register trick), any Tq/Tk with edge guards  (this file)
+//      not yet run on a GPU
+#include "kernelvl_cuda.h"
+
+#define ATT_D 64
+#define ATT_WARPS 4
+#define ATT_Q (ATT_WARPS * 16)   // query rows per block
+#define ATT_K 64                 // keys per tile
+#define ATT_DWP (ATT_D / 2 + 4)  // words per K row (bf16 pairs along d), padded: row stride 36 words = 4 banks apart
+#define ATT_KWP (ATT_K / 2 + 4)  // words per Vt row (bf16 pairs along keys), padded the same way
+
+// q [B, H, Tq, 64], k and v [B, H, Tk, 64], mask i32 [B, Tk] or null -> o [B, H, Tq, 64], lse [B, H, Tq].
+// Grid (ceil(Tq / 64), B * H), 128 threads.
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_forward_d64(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const int* __restrict__ mask,
+    int H, int Tq, int Tk, float scale, float* __restrict__ o, float* __restrict__ lse)
+{
+    __shared__ unsigned Ks[ATT_K][ATT_DWP];   // [key][d pair]: the "col" B operand of S = Q K^T (n = key, k = d)
+    __shared__ unsigned Vt[ATT_D][ATT_KWP];   // [d][key pair]: the "col" B operand of O = P V (n = d, k = key)
+    __shared__ float kbias[ATT_K];            // 0 for a key that counts, -inf for a masked or missing one
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / H);
+    const float* qb = q + bh * Tq * ATT_D;
+    const float* kb = k + bh * Tk * ATT_D;
+    const float* vb = v + bh * Tk * ATT_D;
+    const int r0 = blockIdx.x * ATT_Q + warp * 16 + g, r1 = r0 + 8;   // this thread's two query rows
+    const float NEG_INF = -KV_INF;
+
+    // Q fragments (A operand, 16 rows x 64 d = 4 k-steps), kept in registers for the whole key loop.
+    unsigned qa[4][4];
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+    {
+        int d = s * 16 + 2 * t;
+        float x00 = r0 < Tq ? qb[(long long)r0 * ATT_D + d] : 0.f, x01 = r0 < Tq ? qb[(long long)r0 * ATT_D + d + 1] : 0.f;
+        float x10 = r1 < Tq ? qb[(long long)r1 * ATT_D + d] : 0.f, x11 = r1 < Tq ? qb[(long long)r1 * ATT_D + d + 1] : 0.f;
+        float x02 = r0 < Tq ? qb[(long long)r0 * ATT_D + d + 8] : 0.f, x03 = r0 < Tq ? qb[(long long)r0 * ATT_D + d + 9] : 0.f;
+        float x12 = r1 < Tq ? qb[(long long)r1 * ATT_D + d + 8] : 0.f, x13 = r1 < Tq ? qb[(long long)r1 * ATT_D + d + 9] : 0.f;
+        qa[s][0] = kv_pack_bf16(x00, x01);
+        qa[s][1] = kv_pack_bf16(x10, x11);
+        qa[s][2] = kv_pack_bf16(x02, x03);
+        qa[s][3] = kv_pack_bf16(x12, x13);
+    }
+
+    float oacc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) oacc[i][e] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF;   // running row max (log2 units)
+    float l0 = 0.f, l1 = 0.f;           // this thread's part of the running row sum
+    const float sl2 = scale * KV_LOG2E;
+
+    for (int j0 = 0; j0 < Tk; j0 += ATT_K)
+    {
+        __syncthreads();   // every warp is done with the previous tile
+        for (int e = tid; e < ATT_K * (ATT_D / 2); e += ATT_WARPS * 32)
+        {
+            int kk = e / (ATT_D / 2), w = e % (ATT_D / 2), key = j0 + kk;
+            float x0 = key < Tk ? kb[(long long)key * ATT_D + 2 * w] : 0.f;
+            float x1 = key < Tk ? kb[(long long)key * ATT_D + 2 * w + 1] : 0.f;
+            Ks[kk][w] = kv_pack_bf16(x0, x1);
+        }
+        for (int e = tid; e < ATT_D * (ATT_K / 2); e += ATT_WARPS * 32)
+        {
+            int d = e % ATT_D, kp = e / ATT_D, key = j0 + 2 * kp;
+            float x0 = key < Tk ? vb[(long long)key * ATT_D + d] : 0.f;
+            float x1 = key + 1 < Tk ? vb[(long long)(key + 1) * ATT_D + d] : 0.f;
+            Vt[d][kp] = kv_pack_bf16(x0, x1);
+        }
+        for (int e = tid; e < ATT_K; e += ATT_WARPS * 32)
+        {
+            int key = j0 + e;
+            kbias[e] = key < Tk && (mask == 0 || mask[(long long)b * Tk + key] != 0) ? 0.f : NEG_INF;
+        }
+        __syncthreads();
+
+        // S = Q K^T for this warp's 16 rows x 64 keys: 8 tiles of 8 keys.
+        float s[8][4];
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+        {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[ni][e] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++)
+            {
+                int c = ni * 8 + g, w = ks * 8 + t;
+                kv_mma_bf16(s[ni], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], Ks[c][w], Ks[c][w + 4]);
+            }
+        }
+        // Scaled into log2 units, masked, and the tile's row max over the quad that shares the rows.
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                float kbv = kbias[ni * 8 + 2 * t + e];
+                s[ni][e] = s[ni][e] * sl2 + kbv;
+                s[ni][2 + e] = s[ni][2 + e] * sl2 + kbv;
+                mx0 = kv_max(mx0, s[ni][e]);
+                mx1 = kv_max(mx1, s[ni][2 + e]);
+            }
+        mx0 = kv_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = kv_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = kv_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = kv_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        float n0 = kv_max(m0, mx0), n1 = kv_max(m1, mx1);
+        // While a row has seen only masked keys its max is -inf: exponents are taken against 0 then, so that
+        // exp2(-inf - 0) = 0 rather than exp2(-inf + inf) = NaN.
+        float base0 = n0 == NEG_INF ? 0.f : n0, base1 = n1 == NEG_INF ? 0.f : n1;
+        float alpha0 = kv_exp2(m0 - base0), alpha1 = kv_exp2(m1 - base1);
+        m0 = n0;
+        m1 = n1;
+        l0 *= alpha0;
+        l1 *= alpha1;
+#pragma unroll
+        for (int nd = 0; nd < 8; nd++)
+        {
+            oacc[nd][0] *= alpha0; oacc[nd][1] *= alpha0;
+            oacc[nd][2] *= alpha1; oacc[nd][3] *= alpha1;
+        }
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+        {
+            s[ni][0] = kv_exp2(s[ni][0] - base0); s[ni][1] = kv_exp2(s[ni][1] - base0);
+            s[ni][2] = kv_exp2(s[ni][2] - base1); s[ni][3] = kv_exp2(s[ni][3] - base1);
+            l0 += s[ni][0] + s[ni][1];
+            l1 += s[ni][2] + s[ni][3];
+        }
+        // O += P V: the accumulator layout of S tiles 2kk and 2kk+1 is the A-operand layout of keys kk*16 .. kk*16+15.
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            unsigned a0 = kv_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            unsigned a1 = kv_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            unsigned a2 = kv_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            unsigned a3 = kv_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int nd = 0; nd < 8; nd++)
+            {
+                int c = nd * 8 + g, w = kk * 8 + t;
+                kv_mma_bf16(oacc[nd], a0, a1, a2, a3, Vt[c][w], Vt[c][w + 4]);
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    float inv0 = l0 > 0.f ? kv_rcp(l0) : 0.f, inv1 = l1 > 0.f ? kv_rcp(l1) : 0.f;
+    float* ob = o + bh * Tq * ATT_D;
+#pragma unroll
+    for (int nd = 0; nd < 8; nd++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            int d = nd * 8 + 2 * t + e;
+            if (r0 < Tq) ob[(long long)r0 * ATT_D + d] = oacc[nd][e] * inv0;
+            if (r1 < Tq) ob[(long long)r1 * ATT_D + d] = oacc[nd][2 + e] * inv1;
+        }
+    if (t == 0)
+    {
+        if (r0 < Tq) lse[bh * Tq + r0] = l0 > 0.f ? (m0 + kv_log2(l0)) * KV_LN2 : NEG_INF;
+        if (r1 < Tq) lse[bh * Tq + r1] = l1 > 0.f ? (m1 + kv_log2(l1)) * KV_LN2 : NEG_INF;
+    }
+}

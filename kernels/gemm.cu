@@ -1,0 +1,168 @@
+// GEMM on the tensor cores for the Cuda backend: C[z] = act(alpha op(A[z]) op(B[z]) (+ bias)) (+ C[z] when accumulate),
+// act = identity or the exact-erf GELU (the fused epilogue of a transformer's first FFN layer).
+// Operands are the engine's f32 tensors, rounded to bf16 (nearest even) as tiles are staged into shared memory;
+// products accumulate in f32 (mma.sync m16n8k16 bf16). The reference is ReferenceBackend.MatMul (f64); the parity
+// registry checks every transpose combination, batches, bias and accumulate on a GPU with a bf16 error budget.
+//
+// versions
+//   1  128x128x32 block tile, 8 warps of 64x32, register-staged double buffer (global loads of tile k+1 in flight
+//      while tile k is multiplied), padded shared rows (conflict-free fragment reads), edge guards on M, N, K  (this file)
+//      not yet run on a GPU; the GELU epilogue is checked by the registry's matmul_gelu cases
+#include "kernelvl_cuda.h"
+
+#define GEMM_BM 128
+#define GEMM_BN 128
+#define GEMM_BK 32
+#define GEMM_KW (GEMM_BK / 2)        // 32-bit words (bf16 pairs along K) per tile row
+#define GEMM_KWP (GEMM_KW + 4)       // padded: row stride 20 words, so the 8 groups x 4 lanes of a fragment read hit 32 banks
+#define GEMM_THREADS 256
+#define GEMM_PAIRS (GEMM_BM * GEMM_KW / GEMM_THREADS)   // bf16 pairs each thread stages per operand per tile (8)
+
+// op(X)(r, c) for X [R, C] row-major with leading dim ld, or its transpose (X stored [C, R]); 0 outside rows x cols.
+static __device__ __forceinline__ float gemm_at(const float* __restrict__ x, int trans, int ld, int r, int c, int rows, int cols)
+{
+    if (r >= rows || c >= cols) return 0.f;
+    return trans ? x[(long long)c * ld + r] : x[(long long)r * ld + c];
+}
+
+// x/2 (1 + erf(x / sqrt 2)). erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), far below the bf16
+// rounding of the product it is applied to.
+static __device__ __forceinline__ float gemm_gelu(float x)
+{
+    float z = x * 0.70710678118654752f, az = z < 0.f ? -z : z;
+    float t = kv_rcp(1.f + 0.3275911f * az);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float erf_abs = 1.f - poly * kv_exp(-az * az);
+    return 0.5f * x * (1.f + (z < 0.f ? -erf_abs : erf_abs));
+}
+
+// Stages one operand's tile (128 rows of op(X) starting at r0, 32 columns of K from k0) as bf16 pairs into registers.
+// Consecutive threads walk K for a row-major operand and the rows for a transposed one: both read consecutive addresses.
+static __device__ __forceinline__ void gemm_load(const float* __restrict__ x, int trans, int ld, int r0, int k0, int rows, int k,
+                                                 unsigned* regs)
+{
+    #pragma unroll
+    for (int i = 0; i < GEMM_PAIRS; i++)
+    {
+        int e = threadIdx.x + i * GEMM_THREADS;
+        int rr = trans ? (e & (GEMM_BM - 1)) : (e / GEMM_KW);
+        int kp = trans ? (e / GEMM_BM) : (e & (GEMM_KW - 1));
+        int r = r0 + rr, kk = k0 + 2 * kp;
+        regs[i] = kv_pack_bf16(gemm_at(x, trans, ld, r, kk, rows, k), gemm_at(x, trans, ld, r, kk + 1, rows, k));
+    }
+}
+
+static __device__ __forceinline__ void gemm_store(const unsigned* regs, int trans, unsigned (*tile)[GEMM_KWP])
+{
+    #pragma unroll
+    for (int i = 0; i < GEMM_PAIRS; i++)
+    {
+        int e = threadIdx.x + i * GEMM_THREADS;
+        int rr = trans ? (e & (GEMM_BM - 1)) : (e / GEMM_KW);
+        int kp = trans ? (e / GEMM_BM) : (e & (GEMM_KW - 1));
+        tile[rr][kp] = regs[i];
+    }
+}
+
+// A [M, K] (transA: [K, M]), B [K, N] (transB: [N, K]), bias [N] or null, C [M, N] with leading dims lda, ldb, ldc;
+// batch z = blockIdx.z at element offsets z * stride (stride 0: shared); gelu != 0 applies GELU before the accumulate.
+// Grid (ceil(N/128), ceil(M/128), batch), 256 threads.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_bf16(
+    const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
+    int M, int N, int K, int lda, int ldb, int ldc, int transA, int transB,
+    long long strideA, long long strideB, long long strideC, float alpha, int accumulate, int gelu)
+{
+    // [buffer][row of the tile: m for A, n for B][bf16 pair along K]: B is kept as its transpose (n-major), which is the
+    // "col" operand layout of mma.sync, so both fragments are read the same way.
+    __shared__ unsigned As[2][GEMM_BM][GEMM_KWP];
+    __shared__ unsigned Bs[2][GEMM_BN][GEMM_KWP];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;   // the warp's 64x32 piece: rows wm*64.., columns wn*32..
+    const int m0 = blockIdx.y * GEMM_BM, n0 = blockIdx.x * GEMM_BN;
+    A += blockIdx.z * strideA;
+    B += blockIdx.z * strideB;
+    C += blockIdx.z * strideC;
+    // op(B)(k, n) is Bt(n, k) with Bt = B^T: Bt is row-major [N, K] exactly when transB.
+    const int transBt = !transB;
+
+    float acc[4][4][4];
+    #pragma unroll
+    for (int i = 0; i < 4; i++)
+        #pragma unroll
+        for (int j = 0; j < 4; j++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    unsigned ra[GEMM_PAIRS], rb[GEMM_PAIRS];
+    const int tiles = (K + GEMM_BK - 1) / GEMM_BK;
+    if (tiles > 0)
+    {
+        gemm_load(A, transA, lda, m0, 0, M, K, ra);
+        gemm_load(B, transBt, ldb, n0, 0, N, K, rb);
+        gemm_store(ra, transA, As[0]);
+        gemm_store(rb, transBt, Bs[0]);
+    }
+    __syncthreads();
+    for (int kt = 0; kt < tiles; kt++)
+    {
+        const int cur = kt & 1;
+        const bool more = kt + 1 < tiles;
+        if (more)
+        {
+            gemm_load(A, transA, lda, m0, (kt + 1) * GEMM_BK, M, K, ra);
+            gemm_load(B, transBt, ldb, n0, (kt + 1) * GEMM_BK, N, K, rb);
+        }
+        #pragma unroll
+        for (int ks = 0; ks < GEMM_BK / 16; ks++)
+        {
+            const int w = ks * 8 + t;
+            unsigned a[4][4], b[4][2];
+            #pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+            {
+                int r = wm * 64 + mi * 16 + g;
+                a[mi][0] = As[cur][r][w];
+                a[mi][1] = As[cur][r + 8][w];
+                a[mi][2] = As[cur][r][w + 4];
+                a[mi][3] = As[cur][r + 8][w + 4];
+            }
+            #pragma unroll
+            for (int ni = 0; ni < 4; ni++)
+            {
+                int c = wn * 32 + ni * 8 + g;
+                b[ni][0] = Bs[cur][c][w];
+                b[ni][1] = Bs[cur][c][w + 4];
+            }
+            #pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+                #pragma unroll
+                for (int ni = 0; ni < 4; ni++)
+                    kv_mma_bf16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+        }
+        if (more)
+        {
+            // The other buffer was last read in iteration kt - 1, before the barrier that ended it.
+            gemm_store(ra, transA, As[cur ^ 1]);
+            gemm_store(rb, transBt, Bs[cur ^ 1]);
+        }
+        __syncthreads();
+    }
+
+    #pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+        #pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+            #pragma unroll
+            for (int h = 0; h < 2; h++)
+                #pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    int r = m0 + wm * 64 + mi * 16 + g + 8 * h;
+                    int c = n0 + wn * 32 + ni * 8 + 2 * t + e;
+                    if (r >= M || c >= N) continue;
+                    float v = alpha * acc[mi][ni][2 * h + e] + (bias ? bias[c] : 0.f);
+                    if (gelu) v = gemm_gelu(v);
+                    long long idx = (long long)r * ldc + c;
+                    C[idx] = accumulate ? C[idx] + v : v;
+                }
+}

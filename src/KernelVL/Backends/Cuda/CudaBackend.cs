@@ -1,0 +1,325 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using KernelVL.Backends.Ilgpu;
+using KernelVL.Cuda;
+using KernelVL.Tensors;
+using V = ILGPU.ArrayView<float>;
+
+namespace KernelVL.Backends.Cuda;
+
+/// <summary>
+/// The ILGPU backend on ILGPU's CUDA accelerator, with the hand-written kernels of kernels/*.cu taking over the hot ops:
+/// the GEMM behind MatMul and MatMulBackward (tensor cores, bf16 operands, f32 accumulation), attention forward at head
+/// dim 64, layer norm forward, the fused InfoNCE loss and its gradient, and top-k search. Everything else, and the shapes
+/// those kernels do not take (other head dims, huge grids), runs the ILGPU kernels. Both share ILGPU's context, default
+/// stream and pooled buffers, so the ops stay ordered and no memory is copied between them. Modules are loaded once, in
+/// the constructor (NVRTC CUBIN for the device where it can, else the embedded PTX: <see cref="KernelSources"/>).
+/// </summary>
+public sealed class CudaBackend : IlgpuBackend
+{
+    public const string BackendName = "cuda";
+    private const int MaxGridYZ = 65535;
+    private const int TopKChunk = 1024, TopKMaxDim = 9216;   // topk.cu: rows per chunk; the query lives in dynamic shared memory
+    private const int NceTile = 64;
+
+    private static readonly string[] Kernels = ["gemm", "attention", "layernorm", "infonce", "topk"];
+
+    private readonly CudaDriver _driver;
+    private readonly CudaModules _modules;
+    private readonly nint _context, _stream;
+    private readonly KernelArgs _args = new();
+    private readonly nint _gemm, _attn64, _layerNorm, _nceDiag, _nceTiles, _nceCombine, _sum, _nceBackTiles, _nceBackDiag, _topkChunks, _topkChunksF16, _topkMerge;
+
+    /// <summary>How each kernel file was loaded (NVRTC CUBIN for the device, from the cache or fresh, or the embedded PTX).</summary>
+    public IReadOnlyList<KernelSource> KernelSources => _modules.Sources;
+
+    /// <summary>Null when this machine can run the backend, else why not.</summary>
+    public static string? Unavailable()
+    {
+        try
+        {
+            CudaDriver.Load();
+        }
+        catch (BackendException e)
+        {
+            return e.Message;
+        }
+        return CudaUnavailable();
+    }
+
+    public static CudaBackend Create()
+    {
+        var (context, acc) = CreateDevice(BackendName, d => d.AcceleratorType == AcceleratorType.Cuda);
+        return new CudaBackend(context, acc);
+    }
+
+    private CudaBackend(Context context, Accelerator acc) : base(BackendName, context, acc)
+    {
+        try
+        {
+            _driver = CudaDriver.Load();
+            _context = acc.NativePtr;
+            _driver.SetCurrentContext(_context);
+            _stream = acc.DefaultStream is CudaStream cs ? cs.StreamPtr
+                : throw new BackendException($"the {BackendName} backend needs ILGPU's CUDA accelerator, got {acc.AcceleratorType}");
+            _modules = new CudaModules(_driver, Kernels);
+            _gemm = _modules.Function("gemm", "gemm_bf16");
+            _attn64 = _modules.Function("attention", "attention_forward_d64");
+            _layerNorm = _modules.Function("layernorm", "layernorm_forward");
+            _nceDiag = _modules.Function("infonce", "infonce_diag");
+            _nceTiles = _modules.Function("infonce", "infonce_forward_tiles");
+            _nceCombine = _modules.Function("infonce", "infonce_combine");
+            _sum = _modules.Function("infonce", "sum_scaled_f64");
+            _nceBackTiles = _modules.Function("infonce", "infonce_backward_tiles");
+            _nceBackDiag = _modules.Function("infonce", "infonce_backward_diag");
+            _topkChunks = _modules.Function("topk", "topk_chunks");
+            _topkChunksF16 = _modules.Function("topk", "topk_chunks_f16");
+            _topkMerge = _modules.Function("topk", "topk_merge");
+        }
+        catch
+        {
+            _args.Dispose();
+            base.Dispose();
+            throw;
+        }
+    }
+
+    // ---------------------------------------------------------------- launching
+    /// <summary>The device address of a view's first element (ILGPU's buffer pointer + the view's offset).</summary>
+    private static nint P(V view) => view.Length == 0 ? 0 : view.LoadEffectiveAddressAsPtr();
+    private static nint P(ArrayView<int> view) => view.Length == 0 ? 0 : view.LoadEffectiveAddressAsPtr();
+    private nint P(Tensor t) => t.DType == DType.I32 ? P(I(t)) : P(F(t));
+    private nint P(Tensor? t, bool _) => t is null ? 0 : P(t);
+
+    private static uint Blocks(long items, int perBlock) => checked((uint)((items + perBlock - 1) / perBlock));
+
+    /// <summary>Starts the launch: the argument list is cleared; add the arguments in the kernel's order, then <see cref="Go"/>.</summary>
+    private KernelArgs Args()
+    {
+        _args.Clear();
+        return _args;
+    }
+
+    private void Go(nint function, (uint X, uint Y, uint Z) grid, uint threads, uint sharedBytes = 0)
+    {
+        // ILGPU binds its context to the threads it runs on; a launch from another thread must bind it first.
+        _driver.SetCurrentContext(_context);
+        _driver.Launch(function, grid, (threads, 1, 1), sharedBytes, _stream, _args);
+    }
+
+    /// <summary>
+    /// Times <paramref name="op"/> with CUDA events on this backend's stream (device time, not host time around a
+    /// synchronisation): warm-up calls first, then one event pair per call; returns the median in milliseconds.
+    /// </summary>
+    public double MedianMs(Action op, int warmup, int reps)
+    {
+        _driver.SetCurrentContext(_context);
+        nint start = _driver.CreateEvent(), end = _driver.CreateEvent();
+        try
+        {
+            for (int i = 0; i < warmup; i++) op();
+            Synchronize();
+            var times = new double[reps];
+            for (int i = 0; i < reps; i++)
+            {
+                _driver.RecordEvent(start, _stream);
+                op();
+                _driver.RecordEvent(end, _stream);
+                times[i] = _driver.ElapsedMs(start, end);
+                Synchronize();   // the stream is idle now: recycles the call's temporaries instead of allocating new ones
+            }
+            Array.Sort(times);
+            return reps == 0 ? double.NaN : times[reps / 2];
+        }
+        finally
+        {
+            _driver.DestroyEvent(start);
+            _driver.DestroyEvent(end);
+            Synchronize();
+        }
+    }
+
+    // ---------------------------------------------------------------- matmul (MatMul and MatMulBackward of the base class route here)
+    protected override void LaunchGemm(int m, int n, int k, V a, int lda, bool transA, long strideA, V b, int ldb, bool transB, long strideB,
+        V c, int ldc, long strideC, int batch, V bias, bool accumulate)
+    {
+        if (m == 0 || n == 0 || batch == 0) return;
+        uint gy = Blocks(m, 128);
+        if (gy > MaxGridYZ || batch > MaxGridYZ)
+        {
+            base.LaunchGemm(m, n, k, a, lda, transA, strideA, b, ldb, transB, strideB, c, ldc, strideC, batch, bias, accumulate);
+            return;
+        }
+        Args().Add(P(a)).Add(P(b)).Add(P(bias)).Add(P(c)).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc)
+            .Add(transA ? 1 : 0).Add(transB ? 1 : 0).Add(strideA).Add(strideB).Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(0);
+        Go(_gemm, (Blocks(n, 128), gy, (uint)batch), 256);
+    }
+
+    /// <summary>
+    /// y = gelu(a @ op(b) + bias) in one launch (the GEMM's fused epilogue): a [..., M, K], b [K, N] ([N, K] when transB,
+    /// a weight shared by the batch), bias [N] or null, y [..., M, N]. Not part of the backend contract: the model's
+    /// FFN can call it where the backend is this one.
+    /// </summary>
+    public void MatMulGelu(Tensor a, Tensor b, Tensor? bias, Tensor y, bool transB)
+    {
+        var d = Contract.MatMul(a, b, bias, y, false, transB);
+        if (!d.SharedB) Contract.Fail("matmul gelu", $"b must be a rank-2 weight, got {b.Shape}");
+        long m = (long)d.Batch * d.M;
+        if (m == 0 || d.N == 0) return;
+        if (Blocks(m, 128) > MaxGridYZ) throw new BackendException($"matmul gelu: {m} rows are more than one launch takes");
+        Args().Add(P(a)).Add(P(b)).Add(P(bias, true)).Add(P(y)).Add((int)m).Add(d.N).Add(d.K).Add(d.K).Add(b.Shape[-1]).Add(d.N)
+            .Add(0).Add(transB ? 1 : 0).Add(0L).Add(0L).Add(0L).Add(1f).Add(0).Add(1);
+        Go(_gemm, (Blocks(d.N, 128), Blocks(m, 128), 1), 256);
+    }
+
+    // ---------------------------------------------------------------- attention
+    public override void Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse)
+    {
+        var d = Contract.Attention(q, k, v, keyMask, o, lse);
+        if (d.D != 64 || (long)d.B * d.H > MaxGridYZ)
+        {
+            base.Attention(q, k, v, keyMask, scale, o, lse);
+            return;
+        }
+        if (d.B * d.H * d.Tq == 0) return;
+        Args().Add(P(q)).Add(P(k)).Add(P(v)).Add(P(keyMask, true)).Add(d.H).Add(d.Tq).Add(d.Tk).Add(scale).Add(P(o)).Add(P(lse));
+        Go(_attn64, (Blocks(d.Tq, 64), (uint)(d.B * d.H), 1), 128);
+    }
+
+    // ---------------------------------------------------------------- layer norm
+    public override void LayerNorm(Tensor x, Tensor gamma, Tensor beta, float eps, Tensor y, Tensor mean, Tensor rstd)
+    {
+        const string op = "layernorm";
+        var (r, c) = Contract.Rows(op, "x", x);
+        Contract.Dims(op, "gamma", gamma, c); Contract.Dims(op, "beta", beta, c);
+        Contract.SameShape(op, "x", x, "y", y); Contract.Dims(op, "mean", mean, r); Contract.Dims(op, "rstd", rstd, r);
+        if (r == 0) return;
+        // x, gamma, beta -> y, mean, rstd; no residual and no h output (the kernel's fused residual is not part of the contract).
+        Args().Add(P(x)).Add((nint)0).Add(P(gamma)).Add(P(beta)).Add((nint)0).Add(P(y)).Add(P(mean)).Add(P(rstd)).Add(c).Add(eps);
+        Go(_layerNorm, ((uint)r, 1, 1), 256);
+    }
+
+    // ---------------------------------------------------------------- InfoNCE
+    public override void InfoNce(Tensor t, Tensor v, float invTemperature, Tensor loss, Tensor lseRow, Tensor lseCol)
+    {
+        const string op = "infonce";
+        var (n, dim) = Contract.Rows(op, "t", t);
+        Contract.SameShape(op, "t", t, "v", v); Contract.Scalar(op, "loss", loss);
+        Contract.Dims(op, "lseRow", lseRow, n); Contract.Dims(op, "lseCol", lseCol, n);
+        if (n == 0)
+        {
+            Fill(loss, 0f);
+            return;
+        }
+        int nb = (n + NceTile - 1) / NceTile;
+        if (nb > MaxGridYZ)
+        {
+            base.InfoNce(t, v, invTemperature, loss, lseRow, lseCol);
+            return;
+        }
+        using var diag = Empty(new Shape(n));                   // [n] S_ii
+        using var part = Empty(new Shape(6, nb, n));            // row max, sum, off; column max, sum, off: each [nb, n]
+        using var terms = Empty(new Shape(2 * n));              // [2n] per-row then per-column loss terms
+        V pv = F(part);
+        long slab = (long)nb * n;
+        Args().Add(P(t)).Add(P(v)).Add(n).Add(dim).Add(invTemperature).Add(P(diag));
+        Go(_nceDiag, (Blocks(n, 8), 1, 1), 256);
+        Args().Add(P(t)).Add(P(v)).Add(P(diag)).Add(n).Add(dim).Add(invTemperature);
+        for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
+        Go(_nceTiles, ((uint)nb, (uint)nb, 1), 256);
+        Args().Add(P(diag));
+        for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
+        _args.Add(n).Add(nb).Add(P(lseRow)).Add(P(lseCol)).Add(P(terms));
+        Go(_nceCombine, (Blocks(2L * n, 256), 1, 1), 256);
+        Args().Add(P(terms)).Add(2 * n).Add(1f / n).Add(P(loss));
+        Go(_sum, (1, 1, 1), 1024);
+    }
+
+    public override void InfoNceBackward(Tensor t, Tensor v, float invTemperature, Tensor lseRow, Tensor lseCol, Tensor dloss, Tensor? dt, Tensor? dv)
+    {
+        const string op = "infonce backward";
+        var (n, dim) = Contract.Rows(op, "t", t);
+        Contract.SameShape(op, "t", t, "v", v);
+        Contract.SameShapeOrNull(op, "t", t, "dt", dt); Contract.SameShapeOrNull(op, "v", v, "dv", dv);
+        Contract.Dims(op, "lseRow", lseRow, n); Contract.Dims(op, "lseCol", lseCol, n); Contract.Scalar(op, "dloss", dloss);
+        if (n == 0 || (dt is null && dv is null)) return;
+        int nb = (n + NceTile - 1) / NceTile;
+        if (nb > MaxGridYZ)
+        {
+            base.InfoNceBackward(t, v, invTemperature, lseRow, lseCol, dloss, dt, dv);
+            return;
+        }
+        using var g = Empty(new Shape(n, n));                   // [n, n] dloss/dS * invT
+        using var off = Empty(new Shape(2, nb, n));             // row and column off-diagonal masses, each [nb, n]
+        V ov = F(off);
+        long slab = (long)nb * n;
+        Args().Add(P(t)).Add(P(v)).Add(P(lseRow)).Add(P(lseCol)).Add(P(dloss)).Add(n).Add(dim).Add(invTemperature).Add(P(g))
+            .Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab)));
+        Go(_nceBackTiles, ((uint)nb, (uint)nb, 1), 256);
+        Args().Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab))).Add(P(dloss)).Add(n).Add(nb).Add(invTemperature).Add(P(g));
+        Go(_nceBackDiag, (Blocks(n, 256), 1, 1), 256);
+        // dt += G v, dv += G^T t in f32: bf16 operands would cost ~3e-3 of the gradient.
+        if (dt is not null) LaunchGemmF32(n, dim, n, F(g), n, false, 0, F(v), dim, false, 0, F(dt), dim, 0, 1, V.Empty, true);
+        if (dv is not null) LaunchGemmF32(n, dim, n, F(g), n, true, 0, F(t), dim, false, 0, F(dv), dim, 0, 1, V.Empty, true);
+    }
+
+    // ---------------------------------------------------------------- retrieval
+    public override void TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices)
+    {
+        var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
+        if (q == 0) return;
+        if (!TopKFits(n, d))
+        {
+            base.TopK(queries, corpus, k, scores, indices);
+            return;
+        }
+        TopKLaunch(_topkChunks, P(queries), q, d, P(corpus), n, k, scores, indices);
+    }
+
+    /// <summary>
+    /// Top-k over an f16 corpus (the index's storage type; the engine's tensors hold 4-byte elements, so the corpus is a
+    /// raw ILGPU view of IEEE halves on this backend's accelerator). queries [Q, D] f32, corpus [N * D] f16 row-major,
+    /// scores [Q, k] and indices i32 [Q, k]: the contract of <see cref="IBackend.TopK"/>, scores in f32.
+    /// </summary>
+    public void TopKF16(Tensor queries, ArrayView<System.Half> corpus, int k, Tensor scores, Tensor indices)
+    {
+        const string op = "topk f16";
+        if (queries.Rank != 2) Contract.Fail(op, $"queries must be [Q, D], got {queries.Shape}");
+        int q = queries.Shape[0], d = queries.Shape[1];
+        if (d == 0 || corpus.Length % d != 0) Contract.Fail(op, $"corpus of {corpus.Length} halves is not [N, {d}]");
+        long n = corpus.Length / d;
+        if (n > int.MaxValue) Contract.Fail(op, $"corpus of {n} rows: at most {int.MaxValue}");
+        if (k < 1 || k > Math.Min(n, Contract.MaxTopK)) Contract.Fail(op, $"k must be in [1, min(N = {n}, {Contract.MaxTopK})], got {k}");
+        Contract.Dims(op, "scores", scores, q, k);
+        Contract.DTypeIs(op, "indices", indices, DType.I32);
+        Contract.Dims(op, "indices", indices, q, k);
+        if (!TopKFits((int)n, d)) throw new BackendException($"{op}: D = {d} > {TopKMaxDim} or N = {n} too large for topk.cu");
+        if (q == 0) return;
+        TopKLaunch(_topkChunksF16, P(queries), q, d, corpus.LoadEffectiveAddressAsPtr(), (int)n, k, scores, indices);
+    }
+
+    private static bool TopKFits(int n, int d) => d > 0 && d <= TopKMaxDim && (n + TopKChunk - 1) / TopKChunk <= MaxGridYZ;
+
+    private void TopKLaunch(nint chunkKernel, nint queries, int q, int d, nint corpus, int n, int k, Tensor scores, Tensor indices)
+    {
+        int k2 = 1;
+        while (k2 < k) k2 *= 2;
+        int chunks = (n + TopKChunk - 1) / TopKChunk;
+        using var partS = Empty(new Shape(q, chunks, k2));                  // [Q, chunks, K2] each chunk's best, best first
+        using var partI = Empty(new Shape(q, chunks, k2), DType.I32);
+        Args().Add(queries).Add(corpus).Add(n).Add(d).Add(k2).Add(P(partS)).Add(P(partI));
+        Go(chunkKernel, ((uint)q, (uint)chunks, 1), 256, (uint)(d * sizeof(float)));
+        Args().Add(P(partS)).Add(P(partI)).Add(chunks).Add(k2).Add(k).Add(P(scores)).Add(P(indices));
+        Go(_topkMerge, ((uint)q, 1, 1), 256);
+    }
+
+    public override void Dispose()
+    {
+        Synchronize();
+        _driver.SetCurrentContext(_context);
+        _modules.Dispose();
+        _args.Dispose();
+        base.Dispose();
+    }
+}
