@@ -7,7 +7,7 @@
 # Budget: ~8 minutes on an H100. Each step has its own time limit, so one hung kernel cannot eat the run; the
 # limits add up to under 10 minutes (the device tool's cap per command).
 # Knobs: SKIP_CPU_CHECK=0 runs the cpu registry too; CUDA_OPS_FILTER, ILGPU_OPS_FILTER pick the ops timed;
-# SKIP_ILGPU_OPS=1, SKIP_TORCH=1, SKIP_GPU_SHAPES=1 skip those steps; SKIP_ILGPU_CHECK=0 reruns the ilgpu-cuda
+# SKIP_ILGPU_OPS=1, SKIP_TORCH=1, SKIP_GPU_SHAPES=1 skip those steps; RUN_E2E=1 adds the model throughput (perf e2e); SKIP_ILGPU_CHECK=0 reruns the ilgpu-cuda
 # registry (it passed on the first run; the cuda check's last family covers the same ILGPU kernels).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -99,4 +99,9 @@ fi
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
   echo "== PyTorch baselines"
   timeout 45 python3 perf/gpu/torch_baselines.py --out "$OUT/torch-baselines.json"
+fi
+
+if [ "${RUN_E2E:-0}" = 1 ]; then
+  echo "== e2e: the ViLT-B/32-sized model's throughput (decomposed images/s, texts/s; cross-encoder pairs/s), random weights"
+  perf "${E2E_LIMIT:-60}" e2e --backend cuda --backend ilgpu-cuda --min-time 2 --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.md" | tail -n 8
 fi
