@@ -11,26 +11,7 @@
 # registry (it passed on the first run; the cuda check's last family covers the same ILGPU kernels).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-bundle=perf/gpu/bundle
-OUT=${OUT:-$(mktemp -d)}
-[ -f "$bundle/dotnet-runtime.tar.xz" ] || { echo "error: $bundle is missing: run perf/gpu/prepare.sh first and carry it" >&2; exit 2; }
-
-export DOTNET_ROOT=$(mktemp -d)
-tar -C "$DOTNET_ROOT" -xJf "$bundle/dotnet-runtime.tar.xz"
-export PATH="$DOTNET_ROOT:$PATH" DOTNET_CLI_TELEMETRY_OPTOUT=1
-# Without libicu .NET only starts in invariant mode (then the tokenizer cannot strip accents: Unicode normalisation needs ICU).
-ldconfig -p 2>/dev/null | grep -q libicuuc || export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1
-
-echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
-echo "== CUDA libraries"
-ls -l /usr/lib/x86_64-linux-gnu/libcuda.so* /usr/local/nvidia/lib64/libcuda.so* 2>/dev/null | head -n 4
-# libnvrtc: the toolkit's, else PyTorch's wheel. Never a 'stubs' folder: it holds a stub libcuda.so that
-# shadows the real driver for anything that asks for "libcuda.so" (ILGPU does) and makes cuInit fail.
-nvrtc_dirs=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libnvrtc.so*' -print 2>/dev/null | grep -v /stubs/ | xargs -r -n1 dirname | sort -u)
-echo "libnvrtc found in: ${nvrtc_dirs:-nowhere}"
-first=$(echo "$nvrtc_dirs" | grep -m1 cuda || echo "$nvrtc_dirs" | head -n 1)
-[ -n "$first" ] && export LD_LIBRARY_PATH="$first${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+source perf/gpu/env.sh
 
 echo "== kernelvl info --probe"
 timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe --json > "$OUT/info.json"; echo "exit $?"
@@ -43,7 +24,6 @@ for p in d["ilgpu_probe"]: print(f'  {p["type"]:8} {"ok" if p["ok"] else "FAILED
 for k in d.get("cuda_kernel_sources") or []: print("  kernel", k)
 PY
 
-perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@"; }
 # NVRTC's CUBINs are cached here: the first process compiles them, the later ones read the cache (both paths run),
 # and they come back with the results.
 export XDG_CACHE_HOME="$OUT/cache"

@@ -13,7 +13,7 @@ namespace KernelVL.Tests;
 /// written by tests/golden/make_vilt_golden.py into Fixtures/vilt-tiny-golden. The checkpoint is loaded as a user's
 /// converted checkpoint would be, and every output must match within 1e-4 relative (max |x - ref| over max |ref|).
 /// </summary>
-public class GoldenViltTests
+public class GoldenViltTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private static readonly string Dir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "vilt-tiny-golden");
     private const string Missing = "the golden fixture Fixtures/vilt-tiny-golden is not there: run tests/golden/make_vilt_golden.py where PyTorch and transformers are installed";
@@ -77,6 +77,7 @@ public class GoldenViltTests
         Compare("pooler_output", pooled);
         Compare("rank_score", Ops.Reshape(model.RankScore(pooled), b, 1));
         Compare("mlm_logits", model.MlmLogits(e));
+        output.WriteLine($"{backendName}: {string.Join(", ", report)}");
         // The API's own path (tokenizer aside) gives the same score.
         Assert.Equal(g.ReadF32("rank_score")[1], model.Score(batch).ToArray()[1], 1e-4f * Math.Max(1f, Math.Abs(g.ReadF32("rank_score")[1])));
     }
@@ -98,6 +99,7 @@ public class GoldenViltTests
             max = Math.Max(max, d);
             sum += d;
         }
+        output.WriteLine($"preprocessing: mean |diff| {sum / expected.Length * 255 / 2:F3} grey levels, max {max * 255 / 2:F2}");
         // PIL's and ImageSharp's bicubic filters differ in rounding and edge handling: a few grey levels at most
         // (one level is 2/255 after normalisation), under one level on average.
         Assert.True(sum / expected.Length <= 1.0 * 2 / 255, $"mean |diff| {sum / expected.Length * 255 / 2:F2} levels");

@@ -70,14 +70,18 @@ def main():
     assert all(k.startswith("mlm_score.") for k in missing), missing
     # The decoder is tied to the word embeddings (as the checkpoints are), whatever this transformers version does on its own.
     mlm.mlm_score.decoder.weight = mlm.vilt.embeddings.text_embeddings.word_embeddings.weight
-    with torch.no_grad():
-        mlm.mlm_score.decoder.bias = mlm.mlm_score.bias
+    # The output bias: mlm_score.bias in the checkpoints; some transformers versions keep it only as decoder.bias.
+    head_bias = getattr(mlm.mlm_score, "bias", None)
+    if not isinstance(head_bias, torch.nn.Parameter):
+        head_bias = mlm.mlm_score.decoder.bias
+    print("mlm head parameters:", [n for n, _ in mlm.mlm_score.named_parameters()])
 
     # Parameters only (no position_ids / token_type_ids buffers), the tied decoder left out, every tensor its own copy.
     state = {k: v.detach().clone().contiguous() for k, v in retrieval.state_dict().items() if not k.endswith("_ids")}
     for k, v in mlm.state_dict().items():
-        if k.startswith("mlm_score.") and not k.startswith("mlm_score.decoder."):
+        if k.startswith("mlm_score.") and not k.startswith("mlm_score.decoder.") and k != "mlm_score.bias":
             state[k] = v.detach().clone().contiguous()
+    state["mlm_score.bias"] = head_bias.detach().clone().contiguous()
     save_file(state, os.path.join(args.out, "model.safetensors"), metadata={"format": "pt"})
     conf = cfg.to_dict()
     conf["kernelvl_max_image_side"] = 106
