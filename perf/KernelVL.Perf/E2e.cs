@@ -59,7 +59,9 @@ public static class E2e
             var imgBatch = new VlBatch(imageBatch, Images: PatchBatch.From(images.Take(imageBatch).ToList(), cfg.PatchSize));
             var txtBatch = Text(textBatch);
             var pairs = Text(pairBatch) with { Images = PatchBatch.From(images.Take(pairBatch).ToList(), cfg.PatchSize) };
-            double Flops(int tokens) => 2.0 * tokens * model.ParameterCount + cfg.NumLayers * 4.0 * tokens * tokens * cfg.HiddenSize;
+            // Matrix parameters only (embedding tables are lookups); attention adds QK^T and PV per layer.
+            long matrixParams = model.NamedParameters().Where(p => p.Tensor.Rank >= 2 && !p.Name.Contains("embeddings", StringComparison.Ordinal)).Sum(p => p.Tensor.Numel);
+            double Flops(int tokens) => 2.0 * tokens * matrixParams + cfg.NumLayers * 4.0 * tokens * tokens * cfg.HiddenSize;
             void Time(string mode, int b, int tokens, Action run)
             {
                 run();   // warm-up: kernels, pools, caches
