@@ -12,6 +12,9 @@ root.Subcommands.Add(InfoCommand.Create());
 root.Subcommands.Add(ShapesCommand.Create());
 root.Subcommands.Add(TrainCommands.Pretrain());
 root.Subcommands.Add(TrainCommands.Decompose());
+root.Subcommands.Add(RetrievalCommands.Index());
+root.Subcommands.Add(RetrievalCommands.Search());
+root.Subcommands.Add(RetrievalCommands.Eval());
 var parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {

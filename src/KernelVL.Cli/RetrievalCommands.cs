@@ -1,0 +1,308 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using KernelVL.Backends;
+using KernelVL.Data;
+using KernelVL.Imaging;
+using KernelVL.IO;
+using KernelVL.Model;
+using KernelVL.Retrieval;
+using KernelVL.Training;
+
+namespace KernelVL.Cli;
+
+/// <summary>`kernelvl index`, `search` and `eval`.</summary>
+internal static class RetrievalCommands
+{
+    public static readonly string[] ImageExtensions = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"];
+
+    /// <summary>A test split's readable images, their captions and each caption's image (unreadable images skipped with a warning).</summary>
+    public sealed record EvalSet(List<PreparedImage> Images, List<string> ImagePaths, List<string> Captions, List<int> Owner);
+
+    public static EvalSet LoadSplit(VlModel model, string data, string imagesRoot, string split, int limit, bool strict, string label = "load")
+    {
+        var ds = KarpathyDataset.Load(data, strict);
+        var imgs = ds.Split(split).Take(limit > 0 ? limit : int.MaxValue).ToList();
+        var cache = new ImageCache(imgs, imagesRoot, model.Preprocessor(), strict);
+        int warned = 0;
+        cache.Warn = w => { if (warned++ < 10) Console.Error.WriteLine($"kernelvl: warning: {w}"); };
+        PreparedImage?[] loaded;
+        using (var bar = new ProgressBar($"{label} images", imgs.Count))
+            loaded = cache.GetMany(Enumerable.Range(0, imgs.Count).ToList(), Environment.ProcessorCount, d => bar.Report(d));
+        var set = new EvalSet(new(), new(), new(), new());
+        for (int i = 0; i < imgs.Count; i++)
+        {
+            if (loaded[i] is null) continue;
+            foreach (var c in imgs[i].Captions) { set.Captions.Add(c); set.Owner.Add(set.Images.Count); }
+            set.Images.Add(loaded[i]!);
+            set.ImagePaths.Add(imgs[i].Path);
+        }
+        if (cache.FailedCount > 0) Console.Error.WriteLine($"kernelvl: warning: {cache.FailedCount} unreadable images skipped");
+        if (set.Images.Count < 2) throw new BadInputException($"{data}: fewer than 2 readable images in split '{split}'");
+        return set;
+    }
+
+    private static Option<string> ModelOption() => new("--model") { Description = "Checkpoint folder (config.json, model.safetensors, vocab.txt)", Required = true };
+
+    // ---------------------------------------------------------------- index
+    public static Command Index()
+    {
+        var model = ModelOption();
+        var images = new Option<string>("--images") { Description = "Folder of images (searched recursively: jpg, png, webp, bmp, gif), or the image root of --data", Required = true };
+        var data = new Option<string>("--data") { Description = "Karpathy split JSON: index that split's images and captions instead of a folder" };
+        var split = new Option<string>("--split") { Description = "Split of --data to index", DefaultValueFactory = _ => "test" };
+        var outDir = new Option<string>("--out") { Description = "Index folder (created; an existing one with the same model is resumed)", Required = true };
+        var dtype = new Option<string>("--dtype") { Description = "Vector storage: f16 or f32", DefaultValueFactory = _ => "f16" };
+        var batch = new Option<int>("--batch") { Description = "Items per encoder pass", DefaultValueFactory = _ => 32 };
+        var segment = new Option<int>("--segment-rows") { Description = "Rows per segment file (each completed segment is durable)", DefaultValueFactory = _ => 4096 };
+        var device = TrainCommands.DeviceOption();
+        var cmd = new Command("index", "Encode images (and a dataset's captions) with the decomposed encoders into a persistent, resumable index");
+        foreach (var o in new Option[] { model, images, data, split, outDir, dtype, batch, segment, device }) cmd.Options.Add(o);
+        cmd.SetAction(ErrorReporting.Guard(r =>
+        {
+            var dt = r.GetValue(dtype) switch { "f16" => VectorDType.F16, "f32" => VectorDType.F32, var x => throw new BadInputException($"--dtype must be f16 or f32, got {x}") };
+            int seg = r.GetValue(segment), bs = r.GetValue(batch);
+            if (seg < 1 || bs < 1) throw new BadInputException("--segment-rows and --batch must be positive");
+            string ckpt = r.GetValue(model)!, root = Path.GetFullPath(r.GetValue(images)!);
+            if (!Directory.Exists(root)) throw new BadInputException($"{root}: no such folder");
+            using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
+            using var m = VlModel.Load(ckpt, backend);
+            var idx = EmbeddingIndex.CreateOrResume(r.GetValue(outDir)!, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root);
+            var enc = new DecomposedEncoder(m, bs);
+            var pre = m.Preprocessor();
+            // What to index: (id, relative path) of images, and (id, caption, image id) of captions.
+            List<(string Id, string Path)> imageItems;
+            var captionItems = new List<(string Id, string Caption, string ImageId)>();
+            string? dataPath = r.GetValue(data);
+            if (dataPath is null)
+                imageItems = Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories)
+                    .Where(f => ImageExtensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
+                    .Select(f => Path.GetRelativePath(root, f)).OrderBy(f => f, StringComparer.Ordinal).Select(f => (f, f)).ToList();
+            else
+            {
+                var ds = KarpathyDataset.Load(dataPath).Split(r.GetValue(split)!);
+                imageItems = ds.Select(i => ($"img:{i.Id}", i.Path)).ToList();
+                foreach (var i in ds)
+                    for (int c = 0; c < i.Captions.Count; c++) captionItems.Add(($"cap:{i.Id}:{c}", i.Captions[c], $"img:{i.Id}"));
+            }
+            if (imageItems.Count == 0) throw new BadInputException($"{root}: no images ({string.Join(", ", ImageExtensions)})");
+            var doneImages = idx.IndexedIds("image");
+            var doneCaps = idx.IndexedIds("caption");
+            var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
+            var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
+            if (doneImages.Count + doneCaps.Count > 0) Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
+            int skipped = 0;
+            var sw = Stopwatch.StartNew();
+            using (var bar = new ProgressBar("index images", todoImages.Count))
+            {
+                for (int s = 0; s < todoImages.Count; s += seg)
+                {
+                    var chunk = todoImages.Skip(s).Take(seg).ToList();
+                    var prepared = new PreparedImage?[chunk.Count];
+                    Parallel.For(0, chunk.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, i =>
+                    {
+                        try { prepared[i] = pre.Load(Path.Combine(root, chunk[i].Path)); }
+                        catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
+                    });
+                    var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
+                    var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => bar.Report(s + n));
+                    idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path)).ToList(), vecs);
+                    bar.Report(s + chunk.Count);
+                }
+            }
+            if (todoCaps.Count > 0)
+                using (var bar = new ProgressBar("index captions", todoCaps.Count))
+                    for (int s = 0; s < todoCaps.Count; s += seg)
+                    {
+                        var chunk = todoCaps.Skip(s).Take(seg).ToList();
+                        var vecs = enc.EncodeTexts(chunk.Select(c => c.Caption).ToList(), n => bar.Report(s + n));
+                        idx.Append("caption", chunk.Select(c => new IndexItem("caption", 0, c.Id, Caption: c.Caption, ImageId: c.ImageId)).ToList(), vecs);
+                    }
+            Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
+                $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {r.GetValue(outDir)}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
+            return ErrorReporting.Ok;
+        }));
+        return cmd;
+    }
+
+    // ---------------------------------------------------------------- search
+    public static Command Search()
+    {
+        var model = ModelOption();
+        var index = new Option<string>("--index") { Description = "Index folder built by kernelvl index with this model", Required = true };
+        var text = new Option<string>("--text") { Description = "Text query: find images" };
+        var image = new Option<string>("--image") { Description = "Image query (a file): find captions" };
+        var k = new Option<int>("-k", "--top") { Description = "Results to show", DefaultValueFactory = _ => 10 };
+        var rerank = new Option<int>("--rerank") { Description = "Rescore the top N with the cross-encoder (0: off)", DefaultValueFactory = _ => 0 };
+        var json = new Option<bool>("--json") { Description = "Print the results as JSON" };
+        var device = TrainCommands.DeviceOption();
+        var cmd = new Command("search", "Search an index: text -> images (--text) or image -> captions (--image), optionally reranked by the cross-encoder");
+        foreach (var o in new Option[] { model, index, text, image, k, rerank, json, device }) cmd.Options.Add(o);
+        cmd.SetAction(ErrorReporting.Guard(r =>
+        {
+            string? q = r.GetValue(text), qi = r.GetValue(image);
+            if ((q is null) == (qi is null)) throw new BadInputException("give exactly one of --text and --image");
+            int top = r.GetValue(k), rr = r.GetValue(rerank);
+            if (top < 1 || top > Contract.MaxTopK) throw new BadInputException($"-k must be in 1..{Contract.MaxTopK}, got {top}");
+            if (rr < 0 || rr > Contract.MaxTopK) throw new BadInputException($"--rerank must be in 0..{Contract.MaxTopK}, got {rr}");
+            string ckpt = r.GetValue(model)!;
+            using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
+            using var m = VlModel.Load(ckpt, backend);
+            var idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt));
+            var sw = Stopwatch.StartNew();
+            var enc = new DecomposedEncoder(m, 1);
+            PreparedImage? queryImage = qi is null ? null : m.Preprocessor().Load(qi);
+            float[] qv = q is not null ? enc.EncodeTexts([q]) : enc.EncodeImages([queryImage!]);
+            string kind = q is not null ? "image" : "caption";
+            double encodeMs = sw.Elapsed.TotalMilliseconds;
+            var hits = idx.Search(backend, kind, qv, Math.Max(top, rr))[0];
+            double searchMs = sw.Elapsed.TotalMilliseconds - encodeMs;
+            var cross = new Dictionary<int, float>();
+            if (rr > 0)
+            {
+                var cand = hits.Take(rr).ToList();
+                List<PreparedImage> imgs;
+                List<string> caps;
+                if (q is not null)
+                {
+                    var pre = m.Preprocessor();
+                    string root = idx.ImageRoot ?? throw new BadInputException($"{idx.Folder}: the index has no image root to rerank from");
+                    imgs = cand.Select(h => pre.Load(Path.Combine(root, h.Item.Path!))).ToList();
+                    caps = cand.Select(_ => q).ToList();
+                }
+                else
+                {
+                    imgs = cand.Select(_ => queryImage!).ToList();
+                    caps = cand.Select(h => h.Item.Caption!).ToList();
+                }
+                var s = m.ScorePairs(imgs, caps);
+                for (int i = 0; i < cand.Count; i++) cross[cand[i].Item.Row] = s[i];
+                var reordered = cand.Select((h, i) => (h, s: s[i])).OrderByDescending(x => x.s).ThenBy(x => x.h.Item.Row).Select(x => x.h)
+                    .Concat(hits.Skip(rr)).ToList();
+                hits = reordered.Select((h, i) => h with { Rank = i + 1 }).ToList();
+            }
+            double totalMs = sw.Elapsed.TotalMilliseconds;
+            hits = hits.Take(top).ToList();
+            if (r.GetValue(json))
+            {
+                var o = new JsonObject
+                {
+                    ["query"] = q ?? qi, ["kind"] = kind, ["k"] = top, ["rerank"] = rr,
+                    ["encode_ms"] = Math.Round(encodeMs, 2), ["search_ms"] = Math.Round(searchMs, 2), ["total_ms"] = Math.Round(totalMs, 2),
+                    ["results"] = new JsonArray(hits.Select(h =>
+                    {
+                        var x = new JsonObject { ["rank"] = h.Rank, ["score"] = h.Score, ["id"] = h.Item.Id };
+                        if (cross.TryGetValue(h.Item.Row, out var c)) x["cross_score"] = c;
+                        if (h.Item.Path is not null) x["path"] = h.Item.Path;
+                        if (h.Item.Caption is not null) x["caption"] = h.Item.Caption;
+                        return (JsonNode)x;
+                    }).ToArray()),
+                };
+                Console.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            }
+            else
+            {
+                Console.WriteLine($"{(q is not null ? $"images for \"{q}\"" : $"captions for {qi}")} ({idx.Collections[kind].Rows} in the index; encode {encodeMs:F1} ms, search {searchMs:F1} ms{(rr > 0 ? $", rerank of {rr} {totalMs - encodeMs - searchMs:F0} ms" : "")})");
+                foreach (var h in hits)
+                    Console.WriteLine($"{h.Rank,4}  {h.Score,8:F4}{(cross.TryGetValue(h.Item.Row, out var c) ? $"  cross {c,8:F3}" : "")}  {h.Item.Path ?? h.Item.Caption}");
+            }
+            return ErrorReporting.Ok;
+        }));
+        return cmd;
+    }
+
+    // ---------------------------------------------------------------- eval
+    public static Command Eval()
+    {
+        var model = ModelOption();
+        var data = new Option<string>("--data") { Description = "Karpathy split JSON", Required = true };
+        var images = new Option<string>("--images") { Description = "Image root of --data (default: the JSON's folder)" };
+        var split = new Option<string>("--split") { Description = "Split evaluated", DefaultValueFactory = _ => "test" };
+        var mode = new Option<string>("--mode") { Description = "decomposed, cross, rerank or all", DefaultValueFactory = _ => "decomposed" };
+        var limit = new Option<int>("--limit") { Description = "Only the first N images of the split (and their captions); 0: all", DefaultValueFactory = _ => 0 };
+        var rerankK = new Option<int>("--rerank-k") { Description = "Candidates rescored per query in rerank mode", DefaultValueFactory = _ => 16 };
+        var json = new Option<string>("--json") { Description = "Write the results as JSON to this file" };
+        var batch = new Option<int>("--batch") { Description = "Items or pairs per forward pass", DefaultValueFactory = _ => 32 };
+        var device = TrainCommands.DeviceOption();
+        var cmd = new Command("eval", "Recall@1/5/10 both ways (RSUM, medr; COCO-1K folds when the split has 5000 images) for decomposed, cross-encoder and rerank retrieval, with their wall times");
+        foreach (var o in new Option[] { model, data, images, split, mode, limit, rerankK, json, batch, device }) cmd.Options.Add(o);
+        cmd.SetAction(ErrorReporting.Guard(r =>
+        {
+            string md = r.GetValue(mode)!;
+            if (md is not ("decomposed" or "cross" or "rerank" or "all")) throw new BadInputException($"--mode must be decomposed, cross, rerank or all, got {md}");
+            string dataPath = r.GetValue(data)!;
+            using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
+            using var m = VlModel.Load(r.GetValue(model)!, backend);
+            var set = LoadSplit(m, dataPath, r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataPath))!, r.GetValue(split)!, r.GetValue(limit), strict: false);
+            var doc = Evaluate(m, set, md, r.GetValue(rerankK), r.GetValue(batch), r.GetValue(split)!);
+            if (r.GetValue(json) is { } path) AtomicFile.WriteAllText(path, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            return ErrorReporting.Ok;
+        }));
+        return cmd;
+    }
+
+    /// <summary>Runs the modes on a set, prints the table, returns the JSON document of the eval command.</summary>
+    public static JsonObject Evaluate(VlModel m, EvalSet set, string mode, int rerankK, int batch, string split, TextWriter? table = null)
+    {
+        table ??= Console.Out;
+        var results = new List<ModeResult>();
+        float[]? iv = null, tv = null;
+        double decSeconds = 0;
+        ProgressBar? bar = null;
+        string? barLabel = null;
+        void Progress(string what, long done, long total)
+        {
+            if (barLabel != what) { bar?.Dispose(); bar = new ProgressBar(what, total); barLabel = what; }
+            bar!.Report(done);
+        }
+        void EndBar() { bar?.Dispose(); bar = null; barLabel = null; }
+        if (mode is "decomposed" or "rerank" or "all")
+        {
+            var (res, i, t) = RetrievalEval.Decomposed(m, set.Images, set.Captions, set.Owner, batch, Progress);
+            EndBar();
+            (iv, tv, decSeconds) = (i, t, res.Seconds);
+            if (mode != "rerank") results.Add(res);
+        }
+        if (mode is "cross" or "all")
+        {
+            long pairs = (long)set.Images.Count * set.Captions.Count;
+            double per = RetrievalEval.CrossSecondsPerPair(m, set.Images, set.Captions, batch);
+            Console.Error.WriteLine($"kernelvl: the cross-encoder scores {pairs} pairs: about {ProgressBar.Format(TimeSpan.FromSeconds(per * pairs))} at {1 / per:F0} pairs/s (measured); --limit N evaluates the first N images");
+            results.Add(RetrievalEval.Cross(m, set.Images, set.Captions, set.Owner, batch, Progress));
+            EndBar();
+        }
+        if (mode is "rerank" or "all")
+        {
+            results.Add(RetrievalEval.Rerank(m, set.Images, set.Captions, set.Owner, iv!, tv!, decSeconds, rerankK, batch, Progress));
+            EndBar();
+        }
+        table.WriteLine($"{split}: {set.Images.Count} images, {set.Captions.Count} captions");
+        table.WriteLine("| mode | i2t R@1 | R@5 | R@10 | medr | t2i R@1 | R@5 | R@10 | medr | RSUM | seconds |");
+        table.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (var x in results)
+        {
+            var a = x.Recall;
+            table.WriteLine($"| {x.Mode} | {a.I2T.R1:F1} | {a.I2T.R5:F1} | {a.I2T.R10:F1} | {a.I2T.MedR:F0} | {a.T2I.R1:F1} | {a.T2I.R5:F1} | {a.T2I.R10:F1} | {a.T2I.MedR:F0} | {a.Rsum:F1} | {x.Seconds:F2} |");
+            if (x.Coco1K is { } f) table.WriteLine($"| {x.Mode} (1K folds) | {f.I2T.R1:F1} | {f.I2T.R5:F1} | {f.I2T.R10:F1} | {f.I2T.MedR:F1} | {f.T2I.R1:F1} | {f.T2I.R5:F1} | {f.T2I.R10:F1} | {f.T2I.MedR:F1} | {f.Rsum:F1} | |");
+        }
+        var byMode = results.ToDictionary(x => x.Mode);
+        if (byMode.TryGetValue("cross", out var cr) && byMode.TryGetValue("decomposed", out var de))
+            table.WriteLine($"speed: decomposed is {cr.Seconds / de.Seconds:F0}x faster than the cross-encoder over this set" +
+                (byMode.TryGetValue("rerank", out var re) ? $"; rerank {cr.Seconds / re.Seconds:F0}x" : ""));
+        static JsonObject Dir(RecallAt d) => new() { ["r1"] = Math.Round(d.R1, 3), ["r5"] = Math.Round(d.R5, 3), ["r10"] = Math.Round(d.R10, 3), ["medr"] = d.MedR };
+        var modes = new JsonArray();
+        foreach (var x in results)
+        {
+            var o = new JsonObject { ["mode"] = x.Mode, ["i2t"] = Dir(x.Recall.I2T), ["t2i"] = Dir(x.Recall.T2I), ["rsum"] = Math.Round(x.Recall.Rsum, 3), ["seconds"] = Math.Round(x.Seconds, 4) };
+            if (x.CrossPairs > 0) o["cross_pairs"] = x.CrossPairs;
+            if (x.Coco1K is { } f) o["coco_1k"] = new JsonObject { ["i2t"] = Dir(f.I2T), ["t2i"] = Dir(f.T2I), ["rsum"] = Math.Round(f.Rsum, 3) };
+            if (x.Note is not null) o["note"] = x.Note;
+            modes.Add(o);
+        }
+        var doc = new JsonObject { ["split"] = split, ["images"] = set.Images.Count, ["captions"] = set.Captions.Count, ["modes"] = modes };
+        if (byMode.TryGetValue("cross", out var c2) && byMode.TryGetValue("decomposed", out var d2))
+            doc["speedup_decomposed_vs_cross"] = Math.Round(c2.Seconds / d2.Seconds, 2);
+        return doc;
+    }
+}

@@ -1,0 +1,391 @@
+using System.IO.MemoryMappedFiles;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using KernelVL.Autograd;
+using KernelVL.IO;
+using KernelVL.Tensors;
+
+namespace KernelVL.Retrieval;
+
+/// <summary>How vectors are stored in segments.</summary>
+public enum VectorDType { F16, F32 }
+
+/// <summary>One indexed item: an image (path relative to the manifest's image root) or a caption (its text).</summary>
+public sealed record IndexItem(string Kind, int Row, string Id, string? Path = null, string? Caption = null, string? ImageId = null);
+
+/// <summary>A search hit: the item, its row in its collection and its inner-product score.</summary>
+public sealed record SearchHit(int Rank, float Score, IndexItem Item);
+
+/// <summary>
+/// A persistent embedding index: a folder with manifest.json (format version, model fingerprint, and per kind of item,
+/// "image" and "caption", the vector width, dtype, row count and segment files with their row counts and SHA-256),
+/// row-major little-endian f16 or f32 segment files, and items.jsonl (one line per row: kind, row within the kind, id,
+/// path or caption). The manifest is replaced atomically after each completed segment, so a build killed at any
+/// moment leaves an index that opens and searches (rows past the manifest are ignored, and a resumed build drops them).
+/// Search memory-maps the segments and streams them through the backend's top-k in blocks, so an index larger than RAM
+/// works.
+/// </summary>
+public sealed class EmbeddingIndex
+{
+    public const int FormatVersion = 1;
+    public const string ManifestFile = "manifest.json", ItemsFile = "items.jsonl";
+    public static readonly string[] Kinds = ["image", "caption"];
+
+    public sealed record Segment(string File, int Rows, string Sha256);
+
+    public sealed class Collection
+    {
+        public required string Kind { get; init; }
+        public List<Segment> Segments { get; } = new();
+        public int Rows => Segments.Sum(s => s.Rows);
+    }
+
+    public string Folder { get; }
+    public string ModelFingerprint { get; }
+    public int Dim { get; }
+    public VectorDType DType { get; }
+    public string? ImageRoot { get; private set; }
+    public IReadOnlyDictionary<string, Collection> Collections => _collections;
+    private readonly Dictionary<string, Collection> _collections;
+    private readonly Dictionary<(string, int), IndexItem> _items = new();
+
+    private EmbeddingIndex(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot, Dictionary<string, Collection> collections)
+    {
+        Folder = folder;
+        ModelFingerprint = fingerprint;
+        Dim = dim;
+        DType = dtype;
+        ImageRoot = imageRoot;
+        _collections = collections;
+    }
+
+    public int ElementSize => DType == VectorDType.F16 ? 2 : 4;
+
+    /// <summary>The fingerprint of a checkpoint folder: SHA-256 over its config.json and model.safetensors.</summary>
+    public static string Fingerprint(string checkpoint)
+    {
+        using var sha = SHA256.Create();
+        foreach (var f in new[] { "config.json", "model.safetensors" })
+        {
+            string p = System.IO.Path.Combine(checkpoint, f);
+            if (!File.Exists(p)) throw new BadInputException($"{p}: no such file (a checkpoint folder holds config.json and model.safetensors)");
+            using var s = File.OpenRead(p);
+            var buf = new byte[1 << 20];
+            int n;
+            while ((n = s.Read(buf, 0, buf.Length)) > 0) sha.TransformBlock(buf, 0, n, null, 0);
+        }
+        sha.TransformFinalBlock([], 0, 0);
+        return Convert.ToHexStringLower(sha.Hash!);
+    }
+
+    private static string Short(string fingerprint) => fingerprint.Length > 12 ? fingerprint[..12] + "..." : fingerprint;
+
+    private static string Sha256(string path)
+    {
+        using var s = File.OpenRead(path);
+        return Convert.ToHexStringLower(SHA256.HashData(s));
+    }
+
+    // ---- opening ----
+
+    /// <summary>
+    /// Opens an index. With <paramref name="expectedFingerprint"/>, an index built by another model is refused; with
+    /// <paramref name="verify"/>, every segment's checksum is checked (a mismatch names the segment).
+    /// </summary>
+    public static EmbeddingIndex Open(string folder, string? expectedFingerprint = null, bool verify = true)
+    {
+        string mpath = System.IO.Path.Combine(folder, ManifestFile);
+        if (!File.Exists(mpath)) throw new BadInputException($"{folder}: not an index (no {ManifestFile})");
+        JsonObject m;
+        try
+        {
+            m = JsonNode.Parse(File.ReadAllText(mpath)) as JsonObject ?? throw new BadInputException($"{mpath}: not a JSON object");
+        }
+        catch (JsonException e)
+        {
+            throw new BadInputException($"{mpath}: not valid JSON ({e.Message})");
+        }
+        var idx = FromManifest(folder, mpath, m);
+        if (expectedFingerprint is not null && idx.ModelFingerprint != expectedFingerprint)
+            throw new BadInputException($"{folder}: built with another model (fingerprint {Short(idx.ModelFingerprint)}, this model is {Short(expectedFingerprint)}): rebuild the index with this model");
+        foreach (var c in idx._collections.Values)
+            foreach (var s in c.Segments)
+            {
+                string p = System.IO.Path.Combine(folder, s.File);
+                if (!File.Exists(p)) throw new BadInputException($"{p}: segment listed in the manifest is missing");
+                long expected = (long)s.Rows * idx.Dim * idx.ElementSize;
+                if (new FileInfo(p).Length != expected) throw new BadInputException($"{p}: {new FileInfo(p).Length} bytes, the manifest says {s.Rows} rows x {idx.Dim} x {idx.ElementSize} = {expected}");
+                if (verify && Sha256(p) != s.Sha256) throw new BadInputException($"{p}: checksum mismatch (the segment is corrupt)");
+            }
+        idx.LoadItems();
+        return idx;
+    }
+
+    private static EmbeddingIndex FromManifest(string folder, string mpath, JsonObject m)
+    {
+        T Need<T>(JsonNode? n, string what)
+        {
+            try
+            {
+                if (n is JsonValue v && v.TryGetValue(out T? x) && x is not null) return x;
+            }
+            catch (InvalidOperationException) { }
+            throw new BadInputException($"{mpath}: missing or malformed {what}");
+        }
+        int version = Need<int>(m["format_version"], "format_version");
+        if (version != FormatVersion) throw new BadInputException($"{mpath}: format version {version}, this build reads {FormatVersion}");
+        int dim = Need<int>(m["dim"], "dim");
+        if (dim < 1) throw new BadInputException($"{mpath}: dim must be positive");
+        var dtype = Need<string>(m["dtype"], "dtype") switch
+        {
+            "f16" => VectorDType.F16,
+            "f32" => VectorDType.F32,
+            var d => throw new BadInputException($"{mpath}: dtype {d} (f16 or f32)"),
+        };
+        var cols = new Dictionary<string, Collection>();
+        if (m["collections"] is not JsonObject co) throw new BadInputException($"{mpath}: missing collections");
+        foreach (var kind in Kinds)
+        {
+            var c = new Collection { Kind = kind };
+            if (co[kind] is JsonObject ck)
+            {
+                if (ck["segments"] is not JsonArray segs) throw new BadInputException($"{mpath}: collection {kind} has no segments array");
+                foreach (var s in segs)
+                {
+                    if (s is not JsonObject so) throw new BadInputException($"{mpath}: a segment of {kind} is not an object");
+                    string file = Need<string>(so["file"], "segment file");
+                    if (file.Contains('/') || file.Contains('\\') || file.StartsWith('.')) throw new BadInputException($"{mpath}: segment name {file} must be a plain file name");
+                    c.Segments.Add(new Segment(file, Need<int>(so["rows"], "segment rows"), Need<string>(so["sha256"], "segment sha256")));
+                }
+                if (ck["rows"] is JsonValue rv && rv.TryGetValue(out int rows) && rows != c.Rows)
+                    throw new BadInputException($"{mpath}: collection {kind} says {rows} rows, its segments hold {c.Rows}");
+            }
+            cols[kind] = c;
+        }
+        return new EmbeddingIndex(folder, Need<string>(m["model_fingerprint"], "model_fingerprint"), dim, dtype, (string?)m["image_root"], cols);
+    }
+
+    private void LoadItems()
+    {
+        string path = System.IO.Path.Combine(Folder, ItemsFile);
+        if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
+        int line = 0;
+        foreach (var l in File.ReadLines(path))
+        {
+            line++;
+            if (l.Length == 0) continue;
+            JsonObject? o;
+            try { o = JsonNode.Parse(l) as JsonObject; }
+            catch (JsonException) { o = null; }
+            if (o is null) break;   // a line cut by a kill: the manifest decides what is indexed
+            string? kind = (string?)o["kind"];
+            if (kind is null || !_collections.TryGetValue(kind, out var c) || o["row"] is not JsonValue rv || !rv.TryGetValue(out int row)) continue;
+            if (row >= c.Rows) continue;   // written after the last completed segment
+            _items[(kind, row)] = new IndexItem(kind, row, (string?)o["id"] ?? "", (string?)o["path"], (string?)o["caption"], (string?)o["image_id"]);
+        }
+        foreach (var c in _collections.Values)
+            for (int r = 0; r < c.Rows; r++)
+                if (!_items.ContainsKey((c.Kind, r))) throw new BadInputException($"{path}: no item for {c.Kind} row {r}");
+    }
+
+    public IndexItem Item(string kind, int row) => _items[(kind, row)];
+
+    // ---- building ----
+
+    /// <summary>Creates an index folder, or reopens one to resume (same model, dim and dtype required; rows past the manifest dropped).</summary>
+    public static EmbeddingIndex CreateOrResume(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot)
+    {
+        Directory.CreateDirectory(folder);
+        if (File.Exists(System.IO.Path.Combine(folder, ManifestFile)))
+        {
+            var idx = Open(folder, fingerprint, verify: true);
+            if (idx.Dim != dim || idx.DType != dtype) throw new BadInputException($"{folder}: holds {idx.DType.ToString().ToLowerInvariant()} vectors of {idx.Dim}, the build makes {dtype.ToString().ToLowerInvariant()} of {dim}");
+            idx.ImageRoot ??= imageRoot;
+            idx.RewriteItems();   // drop lines past the manifest
+            foreach (var f in Directory.GetFiles(folder, "seg-*"))
+                if (!idx._collections.Values.Any(c => c.Segments.Any(s => s.File == System.IO.Path.GetFileName(f)))) File.Delete(f);
+            return idx;
+        }
+        var cols = Kinds.ToDictionary(k => k, k => new Collection { Kind = k });
+        var fresh = new EmbeddingIndex(folder, fingerprint, dim, dtype, imageRoot, cols);
+        AtomicFile.WriteAllText(System.IO.Path.Combine(folder, ItemsFile), "");
+        fresh.WriteManifest();
+        return fresh;
+    }
+
+    /// <summary>Ids already indexed (a resumed build skips them).</summary>
+    public HashSet<string> IndexedIds(string kind) => _items.Values.Where(i => i.Kind == kind).Select(i => i.Id).ToHashSet(StringComparer.Ordinal);
+
+    /// <summary>Appends one segment of vectors [items.Count, Dim] (row-major) and its items; durable once it returns.</summary>
+    public void Append(string kind, IReadOnlyList<IndexItem> items, ReadOnlySpan<float> vectors)
+    {
+        if (!_collections.TryGetValue(kind, out var c)) throw new ArgumentException($"unknown kind {kind}");
+        if (vectors.Length != items.Count * Dim) throw new ShapeException($"{vectors.Length} values for {items.Count} vectors of {Dim}");
+        if (items.Count == 0) return;
+        int start = c.Rows;
+        string file = $"seg-{kind}-{c.Segments.Count:D5}.{(DType == VectorDType.F16 ? "f16" : "f32")}";
+        var bytes = new byte[(long)items.Count * Dim * ElementSize];
+        if (DType == VectorDType.F32) System.Runtime.InteropServices.MemoryMarshal.AsBytes(vectors).CopyTo(bytes);
+        else
+            for (int i = 0; i < vectors.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(2 * i), (Half)vectors[i]);
+        string path = System.IO.Path.Combine(Folder, file);
+        AtomicFile.WriteAllBytes(path, bytes);
+        // Items first (lines past the manifest are ignored), then the manifest that makes the segment part of the index.
+        using (var f = new FileStream(System.IO.Path.Combine(Folder, ItemsFile), FileMode.Append, FileAccess.Write))
+        using (var w = new StreamWriter(f))
+        {
+            for (int i = 0; i < items.Count; i++) w.WriteLine(ItemJson(items[i] with { Kind = kind, Row = start + i }));
+            w.Flush();
+            f.Flush(flushToDisk: true);
+        }
+        c.Segments.Add(new Segment(file, items.Count, Convert.ToHexStringLower(SHA256.HashData(bytes))));
+        for (int i = 0; i < items.Count; i++) _items[(kind, start + i)] = items[i] with { Kind = kind, Row = start + i };
+        WriteManifest();
+    }
+
+    private static string ItemJson(IndexItem it)
+    {
+        var o = new JsonObject { ["kind"] = it.Kind, ["row"] = it.Row, ["id"] = it.Id };
+        if (it.Path is not null) o["path"] = it.Path;
+        if (it.Caption is not null) o["caption"] = it.Caption;
+        if (it.ImageId is not null) o["image_id"] = it.ImageId;
+        return o.ToJsonString();
+    }
+
+    private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFile),
+        string.Concat(_items.Values.OrderBy(i => i.Kind, StringComparer.Ordinal).ThenBy(i => i.Row).Select(i => ItemJson(i) + "\n")));
+
+    private void WriteManifest()
+    {
+        var cols = new JsonObject();
+        foreach (var c in _collections.Values)
+            cols[c.Kind] = new JsonObject
+            {
+                ["rows"] = c.Rows,
+                ["segments"] = new JsonArray(c.Segments.Select(s => (JsonNode)new JsonObject { ["file"] = s.File, ["rows"] = s.Rows, ["sha256"] = s.Sha256 }).ToArray()),
+            };
+        var m = new JsonObject
+        {
+            ["format_version"] = FormatVersion,
+            ["format"] = "kernelvl embedding index: per collection, segments of row-major little-endian vectors (dtype, dim below), " +
+                         "L2-normalised, scored by inner product; items.jsonl maps (kind, row) to the item",
+            ["model_fingerprint"] = ModelFingerprint,
+            ["dim"] = Dim,
+            ["dtype"] = DType == VectorDType.F16 ? "f16" : "f32",
+            ["byte_order"] = "little",
+            ["metric"] = "inner_product",
+            ["normalized"] = true,
+            ["image_root"] = ImageRoot,
+            ["items_file"] = ItemsFile,
+            ["collections"] = cols,
+        };
+        AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ManifestFile), m.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    // ---- search ----
+
+    /// <summary>
+    /// Exact top-k by inner product of queries [Q, Dim] against one collection, on a backend: the segments are memory-mapped
+    /// and streamed in blocks of rows (widened to f32) through the backend's top-k, the per-block winners merged (ties to
+    /// the lower row). Returns per query its hits, best first.
+    /// </summary>
+    public List<SearchHit>[] Search(IBackend backend, string kind, float[] queries, int k, int blockRows = 65536)
+    {
+        var c = _collections[kind];
+        int q = queries.Length / Dim;
+        if (q * Dim != queries.Length || q == 0) throw new ShapeException($"{queries.Length} query values for vectors of {Dim}");
+        if (c.Rows == 0) throw new BadInputException($"{Folder}: the index holds no {kind} vectors");
+        k = Math.Min(k, c.Rows);
+        if (k < 1 || k > Contract.MaxTopK) throw new BadInputException($"k must be in 1..{Contract.MaxTopK}, got {k}");
+        var bestS = new float[q][];
+        var bestI = new int[q][];
+        for (int i = 0; i < q; i++) { bestS[i] = []; bestI[i] = []; }
+        var block = new float[(long)Math.Min(blockRows, c.Rows) * Dim];
+        using var _ = Tape.NoGrad();
+        using var scope = new TensorScope();
+        var qt = backend.Empty(new Shape(q, Dim));
+        backend.CopyFromHost(queries, qt);
+        int rowBase = 0;
+        foreach (var seg in c.Segments)
+        {
+            using var map = MemoryMappedFile.CreateFromFile(System.IO.Path.Combine(Folder, seg.File), FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            using var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            for (int s = 0; s < seg.Rows; s += blockRows)
+            {
+                int n = Math.Min(blockRows, seg.Rows - s);
+                ReadRows(view, s, n, block);
+                using var inner = new TensorScope();
+                var corpus = backend.Empty(new Shape(n, Dim));
+                backend.CopyFromHost(block.AsSpan(0, n * Dim), corpus);
+                int kk = Math.Min(k, n);
+                var sc = backend.Empty(new Shape(q, kk));
+                var ix = backend.Empty(new Shape(q, kk), Tensors.DType.I32);
+                backend.TopK(qt, corpus, kk, sc, ix);
+                var hs = new float[q * kk];
+                var hi = new int[q * kk];
+                backend.CopyToHost(sc, hs);
+                backend.CopyToHost(ix, hi);
+                for (int i = 0; i < q; i++) Merge(ref bestS[i], ref bestI[i], hs.AsSpan(i * kk, kk), hi.AsSpan(i * kk, kk), rowBase + s, k);
+            }
+            rowBase += seg.Rows;
+        }
+        var result = new List<SearchHit>[q];
+        for (int i = 0; i < q; i++)
+            result[i] = Enumerable.Range(0, bestS[i].Length).Select(j => new SearchHit(j + 1, bestS[i][j], Item(kind, bestI[i][j]))).ToList();
+        return result;
+    }
+
+    private unsafe void ReadRows(MemoryMappedViewAccessor view, int start, int n, float[] dst)
+    {
+        byte* p = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+        try
+        {
+            p += view.PointerOffset + (long)start * Dim * ElementSize;
+            int count = n * Dim;
+            if (DType == VectorDType.F32) new ReadOnlySpan<float>(p, count).CopyTo(dst);
+            else System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p, count), dst.AsSpan(0, count));
+        }
+        finally
+        {
+            view.SafeMemoryMappedViewHandle.ReleasePointer();
+        }
+    }
+
+    /// <summary>Merges a block's top list (rows offset by <paramref name="offset"/>) into the running best: score descending, ties to the lower row.</summary>
+    private static void Merge(ref float[] s, ref int[] ix, ReadOnlySpan<float> bs, ReadOnlySpan<int> bi, int offset, int k)
+    {
+        int n = Math.Min(k, s.Length + bs.Length);
+        var ns = new float[n];
+        var ni = new int[n];
+        int a = 0, b = 0;
+        for (int o = 0; o < n; o++)
+        {
+            bool takeA = b >= bs.Length || (a < s.Length && (s[a] > bs[b] || (s[a] == bs[b] && ix[a] < bi[b] + offset)));
+            if (takeA) { ns[o] = s[a]; ni[o] = ix[a]; a++; }
+            else { ns[o] = bs[b]; ni[o] = bi[b] + offset; b++; }
+        }
+        s = ns;
+        ix = ni;
+    }
+
+    /// <summary>All vectors of a collection as f32 [Rows, Dim] (evaluation; small collections).</summary>
+    public float[] ReadAll(string kind)
+    {
+        var c = _collections[kind];
+        var r = new float[(long)c.Rows * Dim];
+        int at = 0;
+        foreach (var seg in c.Segments)
+        {
+            using var map = MemoryMappedFile.CreateFromFile(System.IO.Path.Combine(Folder, seg.File), FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            using var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            var tmp = new float[seg.Rows * Dim];
+            ReadRows(view, 0, seg.Rows, tmp);
+            tmp.CopyTo(r, (long)at * Dim);
+            at += seg.Rows;
+        }
+        return r;
+    }
+
+}
