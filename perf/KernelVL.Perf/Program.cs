@@ -13,6 +13,8 @@ const string usage = """
            KernelVL.Perf check [--backend cpu] [--filter REGEX]
            KernelVL.Perf baselines [--json FILE]
            KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10]
+           KernelVL.Perf search [--backend cpu] [--json FILE] [--n 100000]
+      search       index search throughput: top-10 for 1, 32, 1024 queries over a random N x 768 index, f16 and f32
            KernelVL.Perf e2e [--backend NAME]... [--config base|small|tiny] [--json FILE] [--min-time SECONDS]
       e2e          model throughput with random weights: decomposed images/s and texts/s, cross-encoder pairs/s
                    (base = ViLT-B/32 size; every fast backend present unless --backend is given)
@@ -32,6 +34,11 @@ const string usage = """
     """;
 
 if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }
+if (args[0] == "search")
+{
+    try { return SearchBench.Run(args); }
+    catch (Exception e) when (e is ArgumentException or FormatException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
+}
 if (args[0] == "e2e")
 {
     try { return E2e.Run(args); }

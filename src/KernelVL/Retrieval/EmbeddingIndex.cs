@@ -290,7 +290,7 @@ public sealed class EmbeddingIndex
     /// and streamed in blocks of rows (widened to f32) through the backend's top-k, the per-block winners merged (ties to
     /// the lower row). Returns per query its hits, best first.
     /// </summary>
-    public List<SearchHit>[] Search(IBackend backend, string kind, float[] queries, int k, int blockRows = 65536)
+    public List<SearchHit>[] Search(IBackend backend, string kind, float[] queries, int k, int blockRows = 16384)
     {
         var c = _collections[kind];
         int q = queries.Length / Dim;
@@ -301,23 +301,32 @@ public sealed class EmbeddingIndex
         var bestS = new float[q][];
         var bestI = new int[q][];
         for (int i = 0; i < q; i++) { bestS[i] = []; bestI[i] = []; }
-        var block = new float[(long)Math.Min(blockRows, c.Rows) * Dim];
+        int maxBlock = Math.Min(blockRows, c.Segments.Max(x => x.Rows));
         using var _ = Tape.NoGrad();
         using var scope = new TensorScope();
         var qt = backend.Empty(new Shape(q, Dim));
         backend.CopyFromHost(queries, qt);
+        // One block buffer for the whole search: on a host backend the rows are widened straight into it, elsewhere
+        // through a staging array and one upload per block.
+        var block = backend.Empty(new Shape(maxBlock, Dim));
+        bool host = block.Storage is CpuStorage;
+        var staging = host ? null : new float[(long)maxBlock * Dim];
         int rowBase = 0;
         foreach (var seg in c.Segments)
         {
             using var map = MemoryMappedFile.CreateFromFile(System.IO.Path.Combine(Folder, seg.File), FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
             using var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            for (int s = 0; s < seg.Rows; s += blockRows)
+            for (int s = 0; s < seg.Rows; s += maxBlock)
             {
-                int n = Math.Min(blockRows, seg.Rows - s);
-                ReadRows(view, s, n, block);
+                int n = Math.Min(maxBlock, seg.Rows - s);
                 using var inner = new TensorScope();
-                var corpus = backend.Empty(new Shape(n, Dim));
-                backend.CopyFromHost(block.AsSpan(0, n * Dim), corpus);
+                var corpus = n == maxBlock ? block : block.Narrow0(0, n);
+                if (host) ReadRows(view, s, n, corpus.Span);
+                else
+                {
+                    ReadRows(view, s, n, staging);
+                    backend.CopyFromHost(staging.AsSpan(0, n * Dim), corpus);
+                }
                 int kk = Math.Min(k, n);
                 var sc = backend.Empty(new Shape(q, kk));
                 var ix = backend.Empty(new Shape(q, kk), Tensors.DType.I32);
@@ -336,7 +345,7 @@ public sealed class EmbeddingIndex
         return result;
     }
 
-    private unsafe void ReadRows(MemoryMappedViewAccessor view, int start, int n, float[] dst)
+    private unsafe void ReadRows(MemoryMappedViewAccessor view, int start, int n, Span<float> dst)
     {
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
@@ -345,7 +354,7 @@ public sealed class EmbeddingIndex
             p += view.PointerOffset + (long)start * Dim * ElementSize;
             int count = n * Dim;
             if (DType == VectorDType.F32) new ReadOnlySpan<float>(p, count).CopyTo(dst);
-            else System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p, count), dst.AsSpan(0, count));
+            else System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p, count), dst[..count]);
         }
         finally
         {

@@ -14,23 +14,42 @@ public sealed unsafe partial class CpuBackend
         F32("topk", queries, corpus, scores);
         float* Q = queries.F32Ptr, C = corpus.F32Ptr, S = scores.F32Ptr;
         int* I = indices.I32Ptr;
+        // Work items: (block of queries) x (part of the corpus), so a few queries still use every core; each item keeps
+        // its own heaps, merged per query at the end.
         int blocks = (q + TopKQueryBlock - 1) / TopKQueryBlock;
-        CpuParallel.Each(blocks, blk =>
+        int tiles = (n + TopKTile - 1) / TopKTile;
+        int parts = Math.Max(1, Math.Min(tiles, (2 * CpuParallel.Threads + blocks - 1) / blocks));
+        int tilesPerPart = (tiles + parts - 1) / parts;
+        var heapS = new float[blocks * parts][];
+        var heapI = new int[blocks * parts][];
+        var counts = new int[blocks * parts][];
+        CpuParallel.Each(blocks * parts, item =>
         {
+            int blk = item / parts, part = item % parts;
             int q0 = blk * TopKQueryBlock, rows = Math.Min(TopKQueryBlock, q - q0);
-            var heapS = new float[rows * k];
-            var heapI = new int[rows * k];
-            var count = new int[rows];
+            int jStart = part * tilesPerPart * TopKTile, jEnd = Math.Min(n, (part + 1) * tilesPerPart * TopKTile);
+            var hsAll = heapS[item] = new float[rows * k];
+            var hiAll = heapI[item] = new int[rows * k];
+            var count = counts[item] = new int[rows];
             var tile = Scratch(rows * TopKTile);
             fixed (float* t = tile)
-                for (int j0 = 0; j0 < n; j0 += TopKTile)
+                for (int j0 = jStart; j0 < jEnd; j0 += TopKTile)
                 {
-                    int cols = Math.Min(TopKTile, n - j0);
-                    CpuGemm.Gemm(rows, cols, d, Q + (long)q0 * d, d, false, C + (long)j0 * d, d, true, t, cols, 1f, false, null, parallel: false);
+                    int cols = Math.Min(TopKTile, jEnd - j0);
+                    if (rows <= 2)
+                    {
+                        // A query or two: dot products straight from the corpus rows (memory-bound; packing would double the traffic).
+                        for (int r = 0; r < rows; r++)
+                        {
+                            var qr = new ReadOnlySpan<float>(Q + (long)(q0 + r) * d, d);
+                            for (int c = 0; c < cols; c++) t[(long)r * cols + c] = System.Numerics.Tensors.TensorPrimitives.Dot(qr, new ReadOnlySpan<float>(C + (long)(j0 + c) * d, d));
+                        }
+                    }
+                    else CpuGemm.Gemm(rows, cols, d, Q + (long)q0 * d, d, false, C + (long)j0 * d, d, true, t, cols, 1f, false, null, parallel: false);
                     for (int r = 0; r < rows; r++)
                     {
-                        var hs = heapS.AsSpan(r * k, k);
-                        var hi = heapI.AsSpan(r * k, k);
+                        var hs = hsAll.AsSpan(r * k, k);
+                        var hi = hiAll.AsSpan(r * k, k);
                         float* row = t + (long)r * cols;
                         for (int c = 0; c < cols; c++)
                         {
@@ -42,17 +61,21 @@ public sealed unsafe partial class CpuBackend
                         }
                     }
                 }
-            for (int r = 0; r < rows; r++)
+        });
+        CpuParallel.Each(q, qi =>
+        {
+            int blk = qi / TopKQueryBlock, r = qi % TopKQueryBlock;
+            var cs = new List<(float S, int I)>(k * parts);
+            for (int part = 0; part < parts; part++)
             {
-                var hs = heapS.AsSpan(r * k, k).ToArray();
-                var hi = heapI.AsSpan(r * k, k).ToArray();
-                var order = Enumerable.Range(0, k).ToArray();
-                Array.Sort(order, (a, b) => hs[a] != hs[b] ? hs[b].CompareTo(hs[a]) : hi[a].CompareTo(hi[b]));
-                for (int j = 0; j < k; j++)
-                {
-                    S[(long)(q0 + r) * k + j] = hs[order[j]];
-                    I[(long)(q0 + r) * k + j] = hi[order[j]];
-                }
+                int item = blk * parts + part;
+                for (int j = 0; j < counts[item][r]; j++) cs.Add((heapS[item][r * k + j], heapI[item][r * k + j]));
+            }
+            cs.Sort((a, b) => a.S != b.S ? b.S.CompareTo(a.S) : a.I.CompareTo(b.I));
+            for (int j = 0; j < k; j++)
+            {
+                S[(long)qi * k + j] = cs[j].S;
+                I[(long)qi * k + j] = cs[j].I;
             }
         });
     }
