@@ -8,6 +8,7 @@ System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureIn
 var verbose = new Option<bool>("--verbose") { Description = "Print stack traces on errors", Recursive = true };
 var root = new RootCommand("kernelvl: fast cross-modal (image <-> text) retrieval with decomposed vision-language transformers");
 root.Options.Add(verbose);
+root.Subcommands.Add(DemoCommand.Create());
 root.Subcommands.Add(InfoCommand.Create());
 root.Subcommands.Add(ShapesCommand.Create());
 root.Subcommands.Add(TrainCommands.Pretrain());

@@ -224,9 +224,10 @@ internal static class RetrievalCommands
         var rerankK = new Option<int>("--rerank-k") { Description = "Candidates rescored per query in rerank mode", DefaultValueFactory = _ => 16 };
         var json = new Option<string>("--json") { Description = "Write the results as JSON to this file" };
         var batch = new Option<int>("--batch") { Description = "Items or pairs per forward pass", DefaultValueFactory = _ => 32 };
+        var crossModel = new Option<string>("--cross-model") { Description = "Checkpoint scoring pairs in the cross and rerank modes (default: --model), e.g. the stage-1 model a decomposed one came from" };
         var device = TrainCommands.DeviceOption();
         var cmd = new Command("eval", "Recall@1/5/10 both ways (RSUM, medr; COCO-1K folds when the split has 5000 images) for decomposed, cross-encoder and rerank retrieval, with their wall times");
-        foreach (var o in new Option[] { model, data, images, split, mode, limit, rerankK, json, batch, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, data, images, split, mode, limit, rerankK, json, batch, crossModel, device }) cmd.Options.Add(o);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
             string md = r.GetValue(mode)!;
@@ -235,7 +236,8 @@ internal static class RetrievalCommands
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(r.GetValue(model)!, backend);
             var set = LoadSplit(m, dataPath, r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataPath))!, r.GetValue(split)!, r.GetValue(limit), strict: false);
-            var doc = Evaluate(m, set, md, r.GetValue(rerankK), r.GetValue(batch), r.GetValue(split)!);
+            using var cm = r.GetValue(crossModel) is { } cp ? VlModel.Load(cp, backend) : null;
+            var doc = Evaluate(m, set, md, r.GetValue(rerankK), r.GetValue(batch), r.GetValue(split)!, cross: cm);
             if (r.GetValue(json) is { } path) AtomicFile.WriteAllText(path, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return ErrorReporting.Ok;
         }));
@@ -243,8 +245,10 @@ internal static class RetrievalCommands
     }
 
     /// <summary>Runs the modes on a set, prints the table, returns the JSON document of the eval command.</summary>
-    public static JsonObject Evaluate(VlModel m, EvalSet set, string mode, int rerankK, int batch, string split, TextWriter? table = null)
+    /// <param name="cross">The early-interaction model for the cross and rerank modes (default: <paramref name="m"/>; the demo uses the stage-1 model).</param>
+    public static JsonObject Evaluate(VlModel m, EvalSet set, string mode, int rerankK, int batch, string split, TextWriter? table = null, VlModel? cross = null)
     {
+        cross ??= m;
         table ??= Console.Out;
         var results = new List<ModeResult>();
         float[]? iv = null, tv = null;
@@ -267,14 +271,14 @@ internal static class RetrievalCommands
         if (mode is "cross" or "all")
         {
             long pairs = (long)set.Images.Count * set.Captions.Count;
-            double per = RetrievalEval.CrossSecondsPerPair(m, set.Images, set.Captions, batch);
+            double per = RetrievalEval.CrossSecondsPerPair(cross, set.Images, set.Captions, batch);
             Console.Error.WriteLine($"kernelvl: the cross-encoder scores {pairs} pairs: about {ProgressBar.Format(TimeSpan.FromSeconds(per * pairs))} at {1 / per:F0} pairs/s (measured); --limit N evaluates the first N images");
-            results.Add(RetrievalEval.Cross(m, set.Images, set.Captions, set.Owner, batch, Progress));
+            results.Add(RetrievalEval.Cross(cross, set.Images, set.Captions, set.Owner, batch, Progress));
             EndBar();
         }
         if (mode is "rerank" or "all")
         {
-            results.Add(RetrievalEval.Rerank(m, set.Images, set.Captions, set.Owner, iv!, tv!, decSeconds, rerankK, batch, Progress));
+            results.Add(RetrievalEval.Rerank(cross, set.Images, set.Captions, set.Owner, iv!, tv!, decSeconds, rerankK, batch, Progress));
             EndBar();
         }
         table.WriteLine($"{split}: {set.Images.Count} images, {set.Captions.Count} captions");

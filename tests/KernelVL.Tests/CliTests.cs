@@ -127,4 +127,24 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         var ids = Enumerable.Range(0, total).Select(i => done.Item("image", i).Id).ToList();
         Assert.Equal(total, ids.Distinct().Count());
     }
+
+    [Fact]
+    public void TheQuickDemoRunsTheWholePipelineAndWritesItsReport()
+    {
+        string dir = Tmp();
+        var r = Run("demo", "--quick", "--out", dir, "--device", "cpu");
+        Assert.True(r.Code == 0, r.Err);
+        foreach (var f in new[] { "report.md", "results.json", "recall.png", "examples.png", "baseline-loss.png", "data/dataset.json",
+                     "stage1/model.safetensors", "stage1/loss.png", "stage2/model.safetensors", "stage2/recall.png" })
+            Assert.True(File.Exists(Path.Combine(dir, f)), f);
+        var doc = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!;
+        Assert.Equal(["decomposed", "cross", "rerank"], doc["modes"]!.AsArray().Select(m => (string)m!["mode"]!));
+        Assert.Equal("bag_of_words", (string)doc["baseline"]!["mode"]!);
+        Assert.Equal(3, doc["acceptance"]!.AsArray().Count);
+        Assert.True((double)doc["timings"]!["total_seconds"]! > 0);
+        Assert.Contains("## Test retrieval", File.ReadAllText(Path.Combine(dir, "report.md")));
+        // The checkpoints it leaves are usable by the other commands.
+        r = Run("eval", "--model", Path.Combine(dir, "stage2"), "--data", Path.Combine(dir, "data", "dataset.json"), "--device", "cpu");
+        Assert.True(r.Code == 0, r.Err);
+    }
 }

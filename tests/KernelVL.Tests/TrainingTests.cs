@@ -137,11 +137,11 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         t.Progress = p => losses.Add(p.Loss);
         var s = t.Run();
         Assert.True(losses.TakeLast(4).Average() < 0.6 * losses.Take(4).Average(), $"loss {losses.Take(4).Average():F3} -> {losses.TakeLast(4).Average():F3}");
-        // 16 held-out scenes with 5 captions each: chance R@1 is 1/16 = 6.25% both ways (i2t: 5 of 80 captions are right).
-        // Measured: t2i R@1 rises from ~6-12% after the first epoch to ~50% (seed-fixed run).
+        // 16 held-out scenes (8 colour-swapped twin pairs) with 5 captions each: chance R@1 is 1/16 = 6.25% both ways.
+        // Measured (seed-fixed): t2i R@1 26% at the best epoch (before the twins were added: ~50%).
         var best = s.Best!;
-        Assert.True(best.Recall.T2I.R1 >= 30, $"t2i R@1 {best.Recall.T2I.R1:F1}% (chance 6.25%)");
-        Assert.True(best.Recall.I2T.R1 >= 25, $"i2t R@1 {best.Recall.I2T.R1:F1}% (chance 6.25%)");
+        Assert.True(best.Recall.T2I.R1 >= 18, $"t2i R@1 {best.Recall.T2I.R1:F1}% (chance 6.25%)");
+        Assert.True(best.Recall.I2T.R1 >= 18, $"i2t R@1 {best.Recall.I2T.R1:F1}% (chance 6.25%)");
         Assert.True(best.Recall.Rsum > evals[0].Recall.Rsum + 50, $"RSUM {evals[0].Recall.Rsum:F0} -> {best.Recall.Rsum:F0}");
         foreach (var f in new[] { "config.json", "model.safetensors", "vocab.txt", "metrics.jsonl", "loss.png", "recall.png" })
             Assert.True(File.Exists(Path.Combine(o, f)), f);

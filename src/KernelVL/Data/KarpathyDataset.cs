@@ -4,8 +4,12 @@ using KernelVL.IO;
 
 namespace KernelVL.Data;
 
-/// <summary>One image of a Karpathy split: its file (relative to the image root) and its captions (usually five).</summary>
-public sealed record DatasetImage(int Id, string Path, string Split, IReadOnlyList<string> Captions);
+/// <summary>
+/// One image of a Karpathy split: its file (relative to the image root) and its captions (usually five). Group (optional,
+/// this project's "kernelvl_group" field) ties images that are each other's hard negatives (the synthetic set's
+/// attribute-swapped twins); training keeps a group in one batch.
+/// </summary>
+public sealed record DatasetImage(int Id, string Path, string Split, IReadOnlyList<string> Captions, int? Group = null);
 
 /// <summary>
 /// An image-caption dataset in the Karpathy split format (dataset_coco.json / dataset_flickr30k.json):
@@ -76,7 +80,8 @@ public sealed class KarpathyDataset
                 continue;
             }
             int id = im["imgid"] is JsonValue v && v.TryGetValue(out int x) ? x : i;
-            images.Add(new DatasetImage(id, dir is null ? file : System.IO.Path.Combine(dir, file), split, caps));
+            int? group = im["kernelvl_group"] is JsonValue gv && gv.TryGetValue(out int g) ? g : null;
+            images.Add(new DatasetImage(id, dir is null ? file : System.IO.Path.Combine(dir, file), split, caps, group));
         }
         return new KarpathyDataset(path, images, problems);
     }
@@ -115,6 +120,7 @@ public sealed class KarpathyDataset
                 ["sentids"] = ids,
                 ["sentences"] = sents,
             });
+            if (im.Group is int g) ((JsonObject)arr[^1]!)["kernelvl_group"] = g;
         }
         AtomicFile.WriteAllText(path, new JsonObject { ["images"] = arr, ["dataset"] = name }.ToJsonString());
     }

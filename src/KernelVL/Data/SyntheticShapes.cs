@@ -109,21 +109,43 @@ public static class SyntheticShapes
             }
     }
 
+    /// <summary>The scene with the two objects' colours exchanged: the same words in its captions, bound the other way.</summary>
+    public static Scene ColourSwapped(Scene s) => s with { A = s.A with { Color = s.B.Color }, B = s.B with { Color = s.A.Color } };
+
     /// <summary>
     /// Writes <paramref name="train"/> + <paramref name="val"/> + <paramref name="test"/> distinct scenes as PNGs under
-    /// DIR/images and the split as DIR/dataset.json; returns the JSON's path. Deterministic under the seed.
+    /// DIR/images and the split as DIR/dataset.json; returns the JSON's path. Scenes come in twins: a scene and its
+    /// colour-swapped twin, in the same split and group, so every split holds pairs that only attribute binding tells
+    /// apart (a bag of words cannot). Deterministic under the seed.
     /// </summary>
     public static string Generate(string dir, int train, int val, int test, int size, int seed, Action<int, int>? progress = null)
     {
         var rng = new Random(seed);
         var seen = new HashSet<string>();
         var scenes = new List<Scene>();
+        var groups = new List<int>();
         int total = train + val + test, tries = 0;
+        int[] splitEnds = [train, train + val, total];
         while (scenes.Count < total)
         {
             var s = RandomScene(rng);
-            if (seen.Add(s.Key)) scenes.Add(s);
-            else if (++tries > 100 * total) throw new BadInputException($"cannot draw {total} distinct scenes (there are {Shapes.Length * Shapes.Length * Colors.Length * (Colors.Length - 1) * 4 * Relations.Length})");
+            var twin = ColourSwapped(s);
+            int end = splitEnds.First(e => e > scenes.Count);
+            bool pair = end - scenes.Count >= 2;   // an odd split ends with a single scene
+            if (seen.Contains(s.Key) || (pair && seen.Contains(twin.Key)))
+            {
+                if (++tries > 100 * total) throw new BadInputException($"cannot draw {total} distinct scenes");
+                continue;
+            }
+            seen.Add(s.Key);
+            scenes.Add(s);
+            groups.Add(scenes.Count - 1);
+            if (pair)
+            {
+                seen.Add(twin.Key);
+                scenes.Add(twin);
+                groups.Add(scenes.Count - 2);
+            }
         }
         Directory.CreateDirectory(Path.Combine(dir, "images"));
         var images = new List<DatasetImage>(total);
@@ -133,7 +155,7 @@ public static class SyntheticShapes
             string rel = Path.Combine("images", $"{i:D6}.png");
             using (var img = Render(scenes[i], size, new Random(seed * 7919 + i)))
                 IO.AtomicFile.Write(Path.Combine(dir, rel), s => img.SaveAsPng(s));
-            images.Add(new DatasetImage(i, rel, split, scenes[i].Captions()));
+            images.Add(new DatasetImage(i, rel, split, scenes[i].Captions(), groups[i]));
             progress?.Invoke(i + 1, total);
         }
         string json = Path.Combine(dir, "dataset.json");

@@ -271,11 +271,12 @@ public sealed class VlModel : Module
     /// VLDeformer's embedding of one modality: mean over positions (VLDeformer's code counts padding too; here only
     /// kept positions), tanh, L2-normalised -> [B, C]; or the [CLS] position with <see cref="VlPooling.Cls"/>.
     /// </summary>
-    public Tensor Embed(VlBatch x, bool training = false, ulong seed = 0)
+    /// <param name="pooling">Overrides the config's pooling (stage 1's alignment term uses [CLS]).</param>
+    public Tensor Embed(VlBatch x, bool training = false, ulong seed = 0, VlPooling? pooling = null)
     {
         if (x.HasText == x.HasImages) throw new ShapeException("an embedding is of one modality: give text or images");
         var e = Encode(x, training, seed);
-        var pooled = Config.Pooling == VlPooling.Cls
+        var pooled = (pooling ?? Config.Pooling) == VlPooling.Cls
             ? Ops.Reshape(Ops.Slice(e.Hidden, 0, 1), x.Batch, Config.HiddenSize)
             : Ops.Tanh(Ops.MeanPool(e.Hidden, e.Mask));
         return Ops.L2Normalize(pooled);

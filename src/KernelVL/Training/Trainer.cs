@@ -119,7 +119,9 @@ public sealed class Trainer
                 if (window.Count > 20) window.Dequeue();
                 double eps = window.Sum(w => w.Examples) / Math.Max(1e-9, window.Sum(w => w.Seconds));
                 var eta = TimeSpan.FromSeconds(window.Average(w => w.Seconds) * (total - step));
-                AppendMetrics(new JsonObject { ["step"] = step, ["epoch"] = epoch + 1, ["loss"] = loss, ["lr"] = lr, ["examples_per_s"] = Math.Round(eps, 2), ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2) });
+                var row = new JsonObject { ["step"] = step, ["epoch"] = epoch + 1, ["loss"] = loss, ["lr"] = lr, ["examples_per_s"] = Math.Round(eps, 2), ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2) };
+                if (_lastParts is not null) foreach (var (key, value) in _lastParts) row[key] = value?.DeepClone();   // stage 1: the ITM and MLM terms
+                AppendMetrics(row);
                 Progress?.Invoke(new TrainProgress(_o.Stage, step, total, epoch + 1, loss, lr, eps, sw.Elapsed, eta));
                 if (ct.IsCancellationRequested) { stopped = true; break; }
 
@@ -174,8 +176,20 @@ public sealed class Trainer
     /// <summary>Epoch e: the training images in a seeded order, one seeded caption each, cut into batches.</summary>
     private IEnumerable<IReadOnlyList<PairItem>> EpochBatches(IReadOnlyList<DatasetImage> train, int epoch, int perEpoch)
     {
-        var order = Enumerable.Range(0, train.Count).ToArray();
-        new Random(Mix(_o.Seed, epoch, 11)).Shuffle(order);
+        int[] order;
+        var rng = new Random(Mix(_o.Seed, epoch, 11));
+        if (train.Any(i => i.Group is not null))
+        {
+            // Groups (images that are each other's hard negatives) stay together, so they meet in a batch.
+            var groups = Enumerable.Range(0, train.Count).GroupBy(i => train[i].Group ?? -1 - i).Select(g => g.ToArray()).ToArray();
+            rng.Shuffle(groups);
+            order = groups.SelectMany(g => g).ToArray();
+        }
+        else
+        {
+            order = Enumerable.Range(0, train.Count).ToArray();
+            rng.Shuffle(order);
+        }
         for (int k = 0; k < perEpoch; k++)
         {
             int n = Math.Min(_o.BatchSize, train.Count);
@@ -189,6 +203,8 @@ public sealed class Trainer
             yield return items;
         }
     }
+
+    private JsonObject? _lastParts;
 
     private static List<T> Chunk<T>(IReadOnlyList<T> items, int start, int count) => Enumerable.Range(start, count).Select(i => items[i]).ToList();
 
@@ -264,7 +280,7 @@ public sealed class Trainer
 
     /// <summary>
     /// Stage 1: ITM over the positives, one hard negative caption per image and one hard negative image per caption
-    /// (sampled by the model's own single-modality similarity, ALBEF-style, never a pair with the same caption text),
+    /// (sampled by the model's own caption similarity, ALBEF-style, never a pair with the same caption text),
     /// plus MLM on the positives' captions (15% of tokens: 80% [MASK], 10% a random token, 10% kept).
     /// </summary>
     private float PretrainStep(VlModel model, LoadedBatch batch, int step)
@@ -272,9 +288,8 @@ public sealed class Trainer
         int n = batch.Items.Count, d = model.Config.HiddenSize, mb = _o.MicroBatch;
         var captions = batch.Items.Select(i => i.Caption).ToList();
         var rng = new Random(Mix(_o.Seed, step, 19));
-        // Similarity from the current weights, no graph.
+        // Caption similarity from the current weights, no graph.
         var t = new float[n * d];
-        var v = new float[n * d];
         using (Tape.NoGrad())
         {
             for (int s = 0; s < n; s += mb)
@@ -282,11 +297,16 @@ public sealed class Trainer
                 int m = Math.Min(mb, n - s);
                 using var scope = new TensorScope();
                 _backend.CopyToHost(model.Embed(model.TextBatch(Chunk(captions, s, m))), t.AsSpan(s * d, m * d));
-                _backend.CopyToHost(model.Embed(model.ImageBatch(Chunk(batch.Images, s, m))), v.AsSpan(s * d, m * d));
             }
         }
         int Sample(Func<int, double> sim, int self)
         {
+            if (rng.NextDouble() >= _o.HardNegatives)
+            {
+                // An easy negative: any other pair's caption / image (uniform), for the part of the batch that is not hard.
+                var others = Enumerable.Range(0, n).Where(j => j != self && captions[j] != captions[self]).ToList();
+                return others.Count == 0 ? -1 : others[rng.Next(others.Count)];
+            }
             var w = new double[n];
             double max = double.NegativeInfinity;
             for (int j = 0; j < n; j++)
@@ -301,10 +321,13 @@ public sealed class Trainer
         double Dot(float[] a, int i, float[] b, int j) => System.Numerics.Tensors.TensorPrimitives.Dot(a.AsSpan(i * d, d), b.AsSpan(j * d, d));
         var pairs = new List<(int Image, int Caption, int Label)>();
         for (int i = 0; i < n; i++) pairs.Add((i, i, 1));
-        for (int i = 0; i < n; i++) { int j = Sample(j => Dot(v, i, t, j), i); if (j >= 0) pairs.Add((i, j, 0)); }   // image i, a hard caption
-        for (int j = 0; j < n; j++) { int i = Sample(i => Dot(t, j, v, i), j); if (i >= 0) pairs.Add((i, j, 0)); }   // caption j, a hard image
+        // Hardness by the model's caption-caption similarity: it is informative from the first step (captions that share
+        // their words embed alike), where the image-text similarity of a cross-encoder in training is not. It picks, for an
+        // image, a caption like its own but of another image, and for a caption, the image whose caption is most like it.
+        for (int i = 0; i < n; i++) { int j = Sample(j => Dot(t, i, t, j), i); if (j >= 0) pairs.Add((i, j, 0)); }   // image i, a hard caption
+        for (int j = 0; j < n; j++) { int i = Sample(i => Dot(t, j, t, i), j); if (i >= 0) pairs.Add((i, j, 0)); }   // caption j, a hard image
 
-        float total = 0;
+        float total = 0, itm = 0;
         for (int s = 0; s < pairs.Count; s += mb)
         {
             int m = Math.Min(mb, pairs.Count - s);
@@ -313,9 +336,30 @@ public sealed class Trainer
             var x = model.TextBatch(chunk.Select(p => captions[p.Caption]).ToList()) with { Images = PatchBatch.From(chunk.Select(p => batch.Images[p.Image]).ToList(), model.Config.PatchSize) };
             var logits = model.ItmLogits(model.Pooled(model.Encode(x, training: true, DropoutSeed(step, s, 2))));
             var l = Ops.Scale(Ops.CrossEntropy(logits, UploadInts(chunk.Select(p => p.Label).ToArray(), m)), m / (float)pairs.Count);
-            total += l.Item();
+            itm += l.Item();
             Tape.Backward(l);
         }
+        total = itm;
+        _lastParts = new JsonObject { ["itm"] = Math.Round(itm, 5) };
+
+        // Optional alignment term (ALBEF's "align before fuse"): InfoNCE over the single-modality [CLS] embeddings of the
+        // positives, per micro-batch. Image-text matching learned from scratch sits at the base rate for a long time (the
+        // match is an interaction of both inputs); aligned unimodal features give the fusion something to compare.
+        float itc = 0;
+        if (_o.ItcWeight > 0)
+            for (int s = 0; s < n; s += mb)
+            {
+                int m = Math.Min(mb, n - s);
+                if (m < 2) continue;
+                using var scope = new TensorScope();
+                var te = model.Embed(model.TextBatch(Chunk(captions, s, m)), training: true, DropoutSeed(step, s, 4), VlPooling.Cls);
+                var ve = model.Embed(model.ImageBatch(Chunk(batch.Images, s, m)), training: true, DropoutSeed(step, s, 5), VlPooling.Cls);
+                var l = Ops.Scale(Ops.InfoNce(te, ve, 0.07f), _o.ItcWeight * m / (float)n);
+                itc += l.Item();
+                Tape.Backward(l);
+            }
+        _lastParts["itc"] = Math.Round(itc, 5);
+        total += itc;
 
         // MLM on the positives.
         var tok = model.Tokenizer!;
@@ -353,6 +397,7 @@ public sealed class Trainer
             total += l.Item();
             Tape.Backward(l);
         }
+        _lastParts!["mlm"] = Math.Round(total - itm - itc, 5);
         return total;
     }
 
