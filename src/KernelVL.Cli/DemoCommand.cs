@@ -79,7 +79,7 @@ internal static class DemoCommand
         {
             Config = p.Config, Epochs = p.PretrainEpochs, BatchSize = p.Batch, MicroBatch = p.Batch, LearningRate = p.PretrainLr, Warmup = 30,
             EvalEvery = 2 * Math.Max(1, p.Train / p.Batch),   // every second epoch: the cross-encoder's evaluation is quadratic
-            EvalImages = p.EvalImages, Seed = seed, Backend = device, MaxVocab = 1024, ItcWeight = 1f, HardNegatives = 0.5f,
+            EvalImages = p.EvalImages, Seed = seed, Backend = device, MaxVocab = 1024, ItcWeight = 1f, RankWeight = 1f, HardNegatives = 0.5f,
         };
         sw.Restart();
         Say("stage 1: training the single-stream VL transformer (image-text matching + masked language modelling)");

@@ -41,6 +41,7 @@ internal static class TrainCommands
         var temp = new Option<float>("--temperature") { Description = "InfoNCE temperature tau", DefaultValueFactory = _ => d.Temperature };
         var mlm = new Option<float>("--mlm-probability") { Description = "Share of caption tokens masked for MLM", DefaultValueFactory = _ => d.MlmProbability };
         var itc = new Option<float>("--itc-weight") { Description = "Weight of an image-text contrastive term on [CLS] embeddings (ALBEF's align-before-fuse; 0: off)", DefaultValueFactory = _ => d.ItcWeight };
+        var rankW = new Option<float>("--rank-weight") { Description = "Weight of a ranking term: each positive against its hard negatives by softmax over match scores (0: off)", DefaultValueFactory = _ => d.RankWeight };
         var hard = new Option<float>("--hard-negatives") { Description = "Share of ITM negatives drawn by similarity (the rest uniform over the batch)", DefaultValueFactory = _ => d.HardNegatives };
         var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every N steps (0: at the end of each epoch)", DefaultValueFactory = _ => d.EvalEvery };
         var evalImages = new Option<int>("--eval-images") { Description = "Held-out images evaluated, with all their captions", DefaultValueFactory = _ => d.EvalImages };
@@ -56,7 +57,7 @@ internal static class TrainCommands
             : "Stage 2 (VLDeformer): decompose a VL transformer into image and text encoders by contrastive fine-tuning");
         foreach (var o in new Option[] { data, images, outDir, model, epochs, batch, micro, lr, wd, eps, clip, warmup, evalEvery, evalImages, evalSplit, ckptEvery, resume, strict, seed, workers, device })
             cmd.Options.Add(o);
-        if (pre) { cmd.Options.Add(config); cmd.Options.Add(vocab); cmd.Options.Add(mlm); cmd.Options.Add(hard); cmd.Options.Add(itc); }
+        if (pre) { cmd.Options.Add(config); cmd.Options.Add(vocab); cmd.Options.Add(mlm); cmd.Options.Add(hard); cmd.Options.Add(itc); cmd.Options.Add(rankW); }
         else cmd.Options.Add(temp);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
@@ -71,7 +72,7 @@ internal static class TrainCommands
                 Vocab = r.GetValue(vocab),
                 Epochs = r.GetValue(epochs), BatchSize = r.GetValue(batch), MicroBatch = r.GetValue(micro),
                 LearningRate = r.GetValue(lr), WeightDecay = r.GetValue(wd), Eps = r.GetValue(eps), Clip = r.GetValue(clip), Warmup = r.GetValue(warmup),
-                Temperature = pre ? d.Temperature : r.GetValue(temp), MlmProbability = pre ? r.GetValue(mlm) : d.MlmProbability, HardNegatives = pre ? r.GetValue(hard) : d.HardNegatives, ItcWeight = pre ? r.GetValue(itc) : d.ItcWeight,
+                Temperature = pre ? d.Temperature : r.GetValue(temp), MlmProbability = pre ? r.GetValue(mlm) : d.MlmProbability, HardNegatives = pre ? r.GetValue(hard) : d.HardNegatives, ItcWeight = pre ? r.GetValue(itc) : d.ItcWeight, RankWeight = pre ? r.GetValue(rankW) : d.RankWeight,
                 EvalEvery = r.GetValue(evalEvery), EvalImages = r.GetValue(evalImages), EvalSplit = r.GetValue(evalSplit)!, CheckpointEvery = r.GetValue(ckptEvery),
                 Resume = r.GetValue(resume), Strict = r.GetValue(strict), Seed = r.GetValue(seed), Workers = r.GetValue(workers),
             };

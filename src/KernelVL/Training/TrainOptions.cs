@@ -47,6 +47,8 @@ public sealed record TrainOptions
     public float HardNegatives { get; init; } = 0.5f;
     /// <summary>Stage 1: weight of the optional image-text contrastive alignment term on [CLS] embeddings (0: ITM + MLM only, as ViLT).</summary>
     public float ItcWeight { get; init; }
+    /// <summary>Stage 1: weight of the ranking term (each positive against its hard negatives, softmax over match scores, as ViLT's retrieval fine-tuning; 0: off).</summary>
+    public float RankWeight { get; init; }
     /// <summary>Evaluate every this many steps (0: at the end of each epoch).</summary>
     public int EvalEvery { get; init; }
     /// <summary>Held-out images evaluated (with all their captions); the cross-encoder's evaluation is quadratic, so stage 1 uses fewer.</summary>
@@ -81,6 +83,7 @@ public sealed record TrainOptions
         Need(Temperature > 0, $"--temperature must be positive, got {Temperature}");
         Need(MlmProbability > 0 && MlmProbability < 1, $"--mlm-probability must be in (0, 1), got {MlmProbability}");
         Need(ItcWeight >= 0, $"--itc-weight must be >= 0, got {ItcWeight}");
+        Need(RankWeight >= 0, $"--rank-weight must be >= 0, got {RankWeight}");
         Need(HardNegatives >= 0 && HardNegatives <= 1, $"--hard-negatives must be in [0, 1], got {HardNegatives}");
         Need(EvalImages >= 2, $"--eval-images must be at least 2, got {EvalImages}");
         Need(EvalEvery >= 0 && CheckpointEvery >= 0, "--eval-every and --checkpoint-every must be >= 0");
@@ -92,7 +95,8 @@ public sealed record TrainOptions
     public string Fingerprint() => string.Join("|", Stage, Path.GetFullPath(Data), Init is null ? "" : Path.GetFullPath(Init), Config, Seed, Epochs, BatchSize,
         LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), WeightDecay.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
         Warmup, Temperature.ToString("R", System.Globalization.CultureInfo.InvariantCulture), MlmProbability.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
-        HardNegatives.ToString("R", System.Globalization.CultureInfo.InvariantCulture), ItcWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
+        HardNegatives.ToString("R", System.Globalization.CultureInfo.InvariantCulture), ItcWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        RankWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
 }
 
 /// <summary>What the trainer reports after each step.</summary>

@@ -319,28 +319,47 @@ public sealed class Trainer
             return Array.FindLastIndex(w, x => x > 0);
         }
         double Dot(float[] a, int i, float[] b, int j) => System.Numerics.Tensors.TensorPrimitives.Dot(a.AsSpan(i * d, d), b.AsSpan(j * d, d));
+        // Triples per positive i: (image i, caption i), (image i, a hard caption), (a hard image, caption i). Hardness by the
+        // model's caption-caption similarity: it is informative from the first step (captions that share their words embed
+        // alike), where the image-text similarity of a cross-encoder in training is not.
         var pairs = new List<(int Image, int Caption, int Label)>();
-        for (int i = 0; i < n; i++) pairs.Add((i, i, 1));
-        // Hardness by the model's caption-caption similarity: it is informative from the first step (captions that share
-        // their words embed alike), where the image-text similarity of a cross-encoder in training is not. It picks, for an
-        // image, a caption like its own but of another image, and for a caption, the image whose caption is most like it.
-        for (int i = 0; i < n; i++) { int j = Sample(j => Dot(t, i, t, j), i); if (j >= 0) pairs.Add((i, j, 0)); }   // image i, a hard caption
-        for (int j = 0; j < n; j++) { int i = Sample(i => Dot(t, j, t, i), j); if (i >= 0) pairs.Add((i, j, 0)); }   // caption j, a hard image
-
-        float total = 0, itm = 0;
-        for (int s = 0; s < pairs.Count; s += mb)
+        bool triples = true;
+        for (int i = 0; i < n; i++)
         {
-            int m = Math.Min(mb, pairs.Count - s);
+            int jc = Sample(j => Dot(t, i, t, j), i), ji = Sample(j => Dot(t, i, t, j), i);
+            pairs.Add((i, i, 1));
+            if (jc >= 0) pairs.Add((i, jc, 0)); else triples = false;
+            if (ji >= 0) pairs.Add((ji, i, 0)); else triples = false;
+        }
+        // Micro-batches hold whole triples, so the ranking term (below) sees each positive beside its two negatives.
+        int chunkPairs = triples ? Math.Max(3, mb / 3 * 3) : mb;
+        float total = 0, itm = 0, rank = 0;
+        for (int s = 0; s < pairs.Count; s += chunkPairs)
+        {
+            int m = Math.Min(chunkPairs, pairs.Count - s);
             var chunk = pairs.GetRange(s, m);
             using var scope = new TensorScope();
             var x = model.TextBatch(chunk.Select(p => captions[p.Caption]).ToList()) with { Images = PatchBatch.From(chunk.Select(p => batch.Images[p.Image]).ToList(), model.Config.PatchSize) };
-            var logits = model.ItmLogits(model.Pooled(model.Encode(x, training: true, DropoutSeed(step, s, 2))));
+            var logits = model.ItmLogits(model.Pooled(model.Encode(x, training: true, DropoutSeed(step, s, 2))));   // [m, 2]
             var l = Ops.Scale(Ops.CrossEntropy(logits, UploadInts(chunk.Select(p => p.Label).ToArray(), m)), m / (float)pairs.Count);
             itm += l.Item();
+            if (triples && _o.RankWeight > 0)
+            {
+                // ViLT's retrieval objective: each positive ranked against its negatives by a softmax over match scores
+                // (logit(match) - logit(no match)): image i over {caption i, hard caption}, caption i over {image i, hard image}.
+                int g = m / 3;
+                var score = Ops.Reshape(Ops.MatMul(logits, Upload([-1f, 1f], 2, 1)), g, 3, 1);                  // [g, 3, 1]
+                var byImage = Ops.Reshape(Ops.Slice(score, 0, 2), g, 2);                                          // [g, 2]
+                var byCaption = Ops.Reshape(Ops.Concat(Ops.Slice(score, 0, 1), Ops.Slice(score, 2, 1)), g, 2);   // [g, 2]
+                var zeros = UploadInts(new int[g], g);
+                var r = Ops.Scale(Ops.Add(Ops.CrossEntropy(byImage, zeros), Ops.CrossEntropy(byCaption, zeros)), _o.RankWeight * g / (float)n);
+                rank += r.Item();
+                l = Ops.Add(l, r);
+            }
             Tape.Backward(l);
         }
-        total = itm;
-        _lastParts = new JsonObject { ["itm"] = Math.Round(itm, 5) };
+        total = itm + rank;
+        _lastParts = new JsonObject { ["itm"] = Math.Round(itm, 5), ["rank"] = Math.Round(rank, 5) };
 
         // Optional alignment term (ALBEF's "align before fuse"): InfoNCE over the single-modality [CLS] embeddings of the
         // positives, per micro-batch. Image-text matching learned from scratch sits at the base rate for a long time (the
@@ -397,7 +416,7 @@ public sealed class Trainer
             total += l.Item();
             Tape.Backward(l);
         }
-        _lastParts!["mlm"] = Math.Round(total - itm - itc, 5);
+        _lastParts!["mlm"] = Math.Round(total - itm - rank - itc, 5);
         return total;
     }
 
