@@ -226,7 +226,7 @@ internal static class RetrievalCommands
         var batch = new Option<int>("--batch") { Description = "Items or pairs per forward pass", DefaultValueFactory = _ => 32 };
         var crossModel = new Option<string>("--cross-model") { Description = "Checkpoint scoring pairs in the cross and rerank modes (default: --model), e.g. the stage-1 model a decomposed one came from" };
         var device = TrainCommands.DeviceOption();
-        var cmd = new Command("eval", "Recall@1/5/10 both ways (RSUM, medr; COCO-1K folds when the split has 5000 images) for decomposed, cross-encoder and rerank retrieval, with their wall times");
+        var cmd = new Command("eval", "Recall@1/5/10 both ways (RSUM, medr; COCO-1K = the mean of 1000-image folds when the split has 2000+ images) for decomposed, cross-encoder and rerank retrieval, with their wall times");
         foreach (var o in new Option[] { model, data, images, split, mode, limit, rerankK, json, batch, crossModel, device }) cmd.Options.Add(o);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
