@@ -108,7 +108,7 @@ internal static class DemoCommand
         var trainImgs = ds.Split("train");
         var pre = decomposed.Preprocessor();
         var trainPrepared = trainImgs.Select(i => pre.Load(Path.Combine(dataDir, i.Path))).ToList();
-        var bow = new BagOfWordsBaseline(backend, decomposed.Tokenizer!, decomposed.Config.VocabSize, 128, decomposed.Config.PatchSize,
+        using var bow = new BagOfWordsBaseline(backend, decomposed.Tokenizer!, decomposed.Config.VocabSize, 128, decomposed.Config.PatchSize,
             (p.ImageSize / decomposed.Config.PatchSize) * (p.ImageSize / decomposed.Config.PatchSize), seed);
         List<float> bowLosses;
         using (var bar = new ProgressBar("baseline step", p.BowEpochs * Math.Max(1, trainImgs.Count / 64)))
@@ -125,7 +125,6 @@ internal static class DemoCommand
         var bowT = bow.Embed(set.Captions, x => bow.EncodeText(x), 128);
         var bowR = Recall.FromEmbeddings(bowI, bowT, 128, set.Owner);
         double bowSeconds = sw.Elapsed.TotalSeconds;
-        using (bow) { }
 
         var modes = evalDoc["modes"]!.AsArray().ToDictionary(m => (string)m!["mode"]!, m => m!);
         double Mean(JsonNode m) => ((double)m["rsum"]!) / 6;
