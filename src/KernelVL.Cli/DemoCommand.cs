@@ -29,10 +29,12 @@ internal static class DemoCommand
 {
     /// <summary>Everything the demo's size decides.</summary>
     public sealed record Plan(string Name, int Train, int Val, int Test, int ImageSize, string Config, int PretrainEpochs, float PretrainLr, int DecomposeEpochs,
-        float DecomposeLr, float Temperature, int Batch, int EvalImages, int BowEpochs, int RerankK);
+        float DecomposeLr, float Temperature, int Batch, int EvalImages, int BowEpochs, int RerankK, int Negatives = 1);
 
-    public static readonly Plan Default = new("default", Train: 1600, Val: 100, Test: 200, ImageSize: 64, Config: "small", PretrainEpochs: 14, PretrainLr: 1e-3f,
-        DecomposeEpochs: 14, DecomposeLr: 5e-4f, Temperature: 0.05f, Batch: 32, EvalImages: 40, BowEpochs: 20, RerankK: 10);
+    // Stage 1 ranks each positive against 2 captions and 2 images (1 measured: cross-encoder mean recall 43.6; 2, with
+    // 10 epochs instead of 14 in the same time: 70.1).
+    public static readonly Plan Default = new("default", Train: 1600, Val: 100, Test: 200, ImageSize: 64, Config: "small", PretrainEpochs: 10, PretrainLr: 1e-3f,
+        DecomposeEpochs: 14, DecomposeLr: 5e-4f, Temperature: 0.05f, Batch: 32, EvalImages: 40, BowEpochs: 20, RerankK: 10, Negatives: 2);
     public static readonly Plan Quick = new("quick", Train: 64, Val: 8, Test: 16, ImageSize: 32, Config: "tiny", PretrainEpochs: 1, PretrainLr: 1e-3f,
         DecomposeEpochs: 1, DecomposeLr: 1e-3f, Temperature: 0.05f, Batch: 16, EvalImages: 8, BowEpochs: 2, RerankK: 4);
     public static readonly Plan Scale = Default with { Name = "scale", Train = 6000, Val = 200, Test = 500, PretrainEpochs = 20, DecomposeEpochs = 10, EvalImages = 60 };
@@ -79,7 +81,7 @@ internal static class DemoCommand
         {
             Config = p.Config, Epochs = p.PretrainEpochs, BatchSize = p.Batch, MicroBatch = p.Batch, LearningRate = p.PretrainLr, Warmup = 30,
             EvalEvery = 2 * Math.Max(1, p.Train / p.Batch),   // every second epoch: the cross-encoder's evaluation is quadratic
-            EvalImages = p.EvalImages, Seed = seed, Backend = device, MaxVocab = 1024, ItcWeight = 1f, RankWeight = 1f, HardNegatives = 0.5f,
+            EvalImages = p.EvalImages, Seed = seed, Backend = device, MaxVocab = 1024, ItcWeight = 1f, RankWeight = 1f, HardNegatives = 0.5f, NegativesPerSide = p.Negatives,
         };
         sw.Restart();
         Say("stage 1: training the single-stream VL transformer (image-text matching + masked language modelling)");

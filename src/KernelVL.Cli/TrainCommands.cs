@@ -42,6 +42,7 @@ internal static class TrainCommands
         var mlm = new Option<float>("--mlm-probability") { Description = "Share of caption tokens masked for MLM", DefaultValueFactory = _ => d.MlmProbability };
         var itc = new Option<float>("--itc-weight") { Description = "Weight of an image-text contrastive term on [CLS] embeddings (ALBEF's align-before-fuse; 0: off)", DefaultValueFactory = _ => d.ItcWeight };
         var rankW = new Option<float>("--rank-weight") { Description = "Weight of a ranking term: each positive against its hard negatives by softmax over match scores (0: off)", DefaultValueFactory = _ => d.RankWeight };
+        var negs = new Option<int>("--negatives") { Description = "ITM negatives per positive on each side (captions for its image, images for its caption)", DefaultValueFactory = _ => d.NegativesPerSide };
         var hard = new Option<float>("--hard-negatives") { Description = "Share of ITM negatives drawn by similarity (the rest uniform over the batch)", DefaultValueFactory = _ => d.HardNegatives };
         var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every N steps (0: at the end of each epoch)", DefaultValueFactory = _ => d.EvalEvery };
         var evalImages = new Option<int>("--eval-images") { Description = "Held-out images evaluated, with all their captions", DefaultValueFactory = _ => d.EvalImages };
@@ -57,7 +58,7 @@ internal static class TrainCommands
             : "Stage 2 (VLDeformer): decompose a VL transformer into image and text encoders by contrastive fine-tuning");
         foreach (var o in new Option[] { data, images, outDir, model, epochs, batch, micro, lr, wd, eps, clip, warmup, evalEvery, evalImages, evalSplit, ckptEvery, resume, strict, seed, workers, device })
             cmd.Options.Add(o);
-        if (pre) { cmd.Options.Add(config); cmd.Options.Add(vocab); cmd.Options.Add(mlm); cmd.Options.Add(hard); cmd.Options.Add(itc); cmd.Options.Add(rankW); }
+        if (pre) { cmd.Options.Add(config); cmd.Options.Add(vocab); cmd.Options.Add(mlm); cmd.Options.Add(hard); cmd.Options.Add(itc); cmd.Options.Add(rankW); cmd.Options.Add(negs); }
         else cmd.Options.Add(temp);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
@@ -72,7 +73,7 @@ internal static class TrainCommands
                 Vocab = r.GetValue(vocab),
                 Epochs = r.GetValue(epochs), BatchSize = r.GetValue(batch), MicroBatch = r.GetValue(micro),
                 LearningRate = r.GetValue(lr), WeightDecay = r.GetValue(wd), Eps = r.GetValue(eps), Clip = r.GetValue(clip), Warmup = r.GetValue(warmup),
-                Temperature = pre ? d.Temperature : r.GetValue(temp), MlmProbability = pre ? r.GetValue(mlm) : d.MlmProbability, HardNegatives = pre ? r.GetValue(hard) : d.HardNegatives, ItcWeight = pre ? r.GetValue(itc) : d.ItcWeight, RankWeight = pre ? r.GetValue(rankW) : d.RankWeight,
+                Temperature = pre ? d.Temperature : r.GetValue(temp), MlmProbability = pre ? r.GetValue(mlm) : d.MlmProbability, HardNegatives = pre ? r.GetValue(hard) : d.HardNegatives, ItcWeight = pre ? r.GetValue(itc) : d.ItcWeight, RankWeight = pre ? r.GetValue(rankW) : d.RankWeight, NegativesPerSide = pre ? r.GetValue(negs) : d.NegativesPerSide,
                 EvalEvery = r.GetValue(evalEvery), EvalImages = r.GetValue(evalImages), EvalSplit = r.GetValue(evalSplit)!, CheckpointEvery = r.GetValue(ckptEvery),
                 Resume = r.GetValue(resume), Strict = r.GetValue(strict), Seed = r.GetValue(seed), Workers = r.GetValue(workers),
             };

@@ -168,6 +168,26 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void PretrainingRanksEachPositiveAgainstSeveralNegatives()
+    {
+        // Two negatives per side: groups of five pairs per positive, the ranking term over 3-way softmaxes.
+        string o = Out();
+        var opts = TrainOptions.For(TrainStage.Pretrain, fx.Data, Path.GetDirectoryName(fx.Data)!, o) with
+        {
+            Config = "tiny", Epochs = 1, BatchSize = 16, MicroBatch = 16, LearningRate = 2e-3f, Warmup = 2, EvalImages = 4, Workers = 2, MaxVocab = 512,
+            NegativesPerSide = 2, RankWeight = 1f, ItcWeight = 1f,
+        };
+        var (losses, s) = Run(opts);
+        Assert.Equal(12, s.Steps);
+        var rows = File.ReadAllLines(Path.Combine(o, Trainer.MetricsFile)).Select(l => JsonNode.Parse(l)!).Where(n => n["rank"] is not null).ToList();
+        Assert.Equal(12, rows.Count);
+        // At the start each 3-way ranking is near chance: 2 ln 3 per positive (image side + caption side).
+        Assert.InRange((double)rows[0]["rank"]!, 0.5 * 2 * Math.Log(3), 1.5 * 2 * Math.Log(3));
+        Assert.All(rows, r => Assert.True((double)r["itc"]! > 0 && (double)r["mlm"]! > 0));
+        Assert.All(losses, l => Assert.True(float.IsFinite(l)));
+    }
+
+    [Fact]
     public void MissingImagesAreSkippedAndCountedOrAnErrorWhenStrict()
     {
         // A copy of the dataset with one training image deleted.

@@ -49,6 +49,8 @@ public sealed record TrainOptions
     public float ItcWeight { get; init; }
     /// <summary>Stage 1: weight of the ranking term (each positive against its hard negatives, softmax over match scores, as ViLT's retrieval fine-tuning; 0: off).</summary>
     public float RankWeight { get; init; }
+    /// <summary>Stage 1: negatives per positive on each side (captions for its image, images for its caption).</summary>
+    public int NegativesPerSide { get; init; } = 1;
     /// <summary>Evaluate every this many steps (0: at the end of each epoch).</summary>
     public int EvalEvery { get; init; }
     /// <summary>Held-out images evaluated (with all their captions); the cross-encoder's evaluation is quadratic, so stage 1 uses fewer.</summary>
@@ -84,6 +86,7 @@ public sealed record TrainOptions
         Need(MlmProbability > 0 && MlmProbability < 1, $"--mlm-probability must be in (0, 1), got {MlmProbability}");
         Need(ItcWeight >= 0, $"--itc-weight must be >= 0, got {ItcWeight}");
         Need(RankWeight >= 0, $"--rank-weight must be >= 0, got {RankWeight}");
+        Need(NegativesPerSide >= 1 && NegativesPerSide <= 15, $"--negatives must be in 1..15, got {NegativesPerSide}");
         Need(HardNegatives >= 0 && HardNegatives <= 1, $"--hard-negatives must be in [0, 1], got {HardNegatives}");
         Need(EvalImages >= 2, $"--eval-images must be at least 2, got {EvalImages}");
         Need(EvalEvery >= 0 && CheckpointEvery >= 0, "--eval-every and --checkpoint-every must be >= 0");
@@ -96,7 +99,7 @@ public sealed record TrainOptions
         LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), WeightDecay.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
         Warmup, Temperature.ToString("R", System.Globalization.CultureInfo.InvariantCulture), MlmProbability.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
         HardNegatives.ToString("R", System.Globalization.CultureInfo.InvariantCulture), ItcWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
-        RankWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
+        RankWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture), NegativesPerSide);
 }
 
 /// <summary>What the trainer reports after each step.</summary>

@@ -322,17 +322,20 @@ public sealed class Trainer
         // Triples per positive i: (image i, caption i), (image i, a hard caption), (a hard image, caption i). Hardness by the
         // model's caption-caption similarity: it is informative from the first step (captions that share their words embed
         // alike), where the image-text similarity of a cross-encoder in training is not.
+        // Per positive i a group: (image i, caption i), K other captions for image i, K other images for caption i.
+        int K = _o.NegativesPerSide, groupSize = 1 + 2 * K;
         var pairs = new List<(int Image, int Caption, int Label)>();
-        bool triples = true;
+        bool whole = true;
         for (int i = 0; i < n; i++)
         {
-            int jc = Sample(j => Dot(t, i, t, j), i), ji = Sample(j => Dot(t, i, t, j), i);
+            var cs = Enumerable.Range(0, K).Select(_ => Sample(j => Dot(t, i, t, j), i)).ToArray();
+            var ims = Enumerable.Range(0, K).Select(_ => Sample(j => Dot(t, i, t, j), i)).ToArray();
             pairs.Add((i, i, 1));
-            if (jc >= 0) pairs.Add((i, jc, 0)); else triples = false;
-            if (ji >= 0) pairs.Add((ji, i, 0)); else triples = false;
+            foreach (int jc in cs) if (jc >= 0) pairs.Add((i, jc, 0)); else whole = false;
+            foreach (int ji in ims) if (ji >= 0) pairs.Add((ji, i, 0)); else whole = false;
         }
-        // Micro-batches hold whole triples, so the ranking term (below) sees each positive beside its two negatives.
-        int chunkPairs = triples ? Math.Max(3, mb / 3 * 3) : mb;
+        // Micro-batches hold whole groups, so the ranking term (below) sees each positive beside its negatives.
+        int chunkPairs = whole ? Math.Max(groupSize, mb / groupSize * groupSize) : mb;
         float total = 0, itm = 0, rank = 0;
         for (int s = 0; s < pairs.Count; s += chunkPairs)
         {
@@ -343,14 +346,14 @@ public sealed class Trainer
             var logits = model.ItmLogits(model.Pooled(model.Encode(x, training: true, DropoutSeed(step, s, 2))));   // [m, 2]
             var l = Ops.Scale(Ops.CrossEntropy(logits, UploadInts(chunk.Select(p => p.Label).ToArray(), m)), m / (float)pairs.Count);
             itm += l.Item();
-            if (triples && _o.RankWeight > 0)
+            if (whole && _o.RankWeight > 0)
             {
                 // ViLT's retrieval objective: each positive ranked against its negatives by a softmax over match scores
-                // (logit(match) - logit(no match)): image i over {caption i, hard caption}, caption i over {image i, hard image}.
-                int g = m / 3;
-                var score = Ops.Reshape(Ops.MatMul(logits, Upload([-1f, 1f], 2, 1)), g, 3, 1);                  // [g, 3, 1]
-                var byImage = Ops.Reshape(Ops.Slice(score, 0, 2), g, 2);                                          // [g, 2]
-                var byCaption = Ops.Reshape(Ops.Concat(Ops.Slice(score, 0, 1), Ops.Slice(score, 2, 1)), g, 2);   // [g, 2]
+                // (logit(match) - logit(no match)): image i over {caption i, its K negatives}, caption i likewise.
+                int g = m / groupSize;
+                var score = Ops.Reshape(Ops.MatMul(logits, Upload([-1f, 1f], 2, 1)), g, groupSize, 1);                  // [g, 1 + 2K, 1]
+                var byImage = Ops.Reshape(Ops.Slice(score, 0, 1 + K), g, 1 + K);                                          // [g, 1 + K]
+                var byCaption = Ops.Reshape(Ops.Concat(Ops.Slice(score, 0, 1), Ops.Slice(score, 1 + K, K)), g, 1 + K);   // [g, 1 + K]
                 var zeros = UploadInts(new int[g], g);
                 var r = Ops.Scale(Ops.Add(Ops.CrossEntropy(byImage, zeros), Ops.CrossEntropy(byCaption, zeros)), _o.RankWeight * g / (float)n);
                 rank += r.Item();
