@@ -75,6 +75,32 @@ public static class RetrievalEval
         return RecallResult.Mean(per);
     }
 
+    /// <summary>The cross-encoder's score of every (image, caption) pair -> [images, captions].</summary>
+    public static float[] CrossScores(VlModel model, IReadOnlyList<PreparedImage> images, IReadOnlyList<string> captions, int batch, Action<long>? progress = null)
+    {
+        var scores = new float[(long)images.Count * captions.Count];
+        var pairImages = new List<PreparedImage>(batch);
+        var pairCaptions = new List<string>(batch);
+        long at = 0, done = 0;
+        for (int i = 0; i < images.Count; i++)
+            for (int c = 0; c < captions.Count; c++)
+            {
+                pairImages.Add(images[i]);
+                pairCaptions.Add(captions[c]);
+                if (pairImages.Count == batch || (i == images.Count - 1 && c == captions.Count - 1))
+                {
+                    var s = model.ScorePairs(pairImages, pairCaptions, batch);
+                    s.CopyTo(scores, at);
+                    at += s.Length;
+                    done += s.Length;
+                    progress?.Invoke(done);
+                    pairImages.Clear();
+                    pairCaptions.Clear();
+                }
+            }
+        return scores;
+    }
+
     /// <summary>Seconds per cross-encoder pair, measured on a few batches of real pairs from the set (after one warm-up batch).</summary>
     public static double CrossSecondsPerPair(VlModel model, IReadOnlyList<PreparedImage> images, IReadOnlyList<string> captions, int batch = 32)
     {
@@ -94,7 +120,7 @@ public static class RetrievalEval
     {
         var sw = Stopwatch.StartNew();
         long total = (long)images.Count * captions.Count;
-        var scores = Training.Trainer.CrossScores(model, images, captions, batch, n => progress?.Invoke("cross-encoder pairs", n, total));
+        var scores = CrossScores(model, images, captions, batch, n => progress?.Invoke("cross-encoder pairs", n, total));
         var r = Recall.Evaluate(scores, images.Count, owner);
         double seconds = sw.Elapsed.TotalSeconds;
         var folds = Coco1K(images.Count, owner, (start, count, caps) =>

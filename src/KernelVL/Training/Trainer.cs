@@ -445,37 +445,11 @@ public sealed class Trainer
         }
         else
         {
-            var scores = CrossScores(model, images, captions, Math.Max(8, _o.MicroBatch));
+            var scores = RetrievalEval.CrossScores(model, images, captions, Math.Max(8, _o.MicroBatch));
             r = Recall.Evaluate(scores, images.Count, owner);
             mode = "cross";
         }
         return new EvalRecord(step, epoch, r, sw.Elapsed.TotalSeconds, mode);
-    }
-
-    /// <summary>The cross-encoder's score of every (image, caption) pair -> [images, captions].</summary>
-    public static float[] CrossScores(VlModel model, IReadOnlyList<PreparedImage> images, IReadOnlyList<string> captions, int batch, Action<long>? progress = null)
-    {
-        var scores = new float[(long)images.Count * captions.Count];
-        var pairImages = new List<PreparedImage>(batch);
-        var pairCaptions = new List<string>(batch);
-        long at = 0, done = 0;
-        for (int i = 0; i < images.Count; i++)
-            for (int c = 0; c < captions.Count; c++)
-            {
-                pairImages.Add(images[i]);
-                pairCaptions.Add(captions[c]);
-                if (pairImages.Count == batch || (i == images.Count - 1 && c == captions.Count - 1))
-                {
-                    var s = model.ScorePairs(pairImages, pairCaptions, batch);
-                    s.CopyTo(scores, at);
-                    at += s.Length;
-                    done += s.Length;
-                    progress?.Invoke(done);
-                    pairImages.Clear();
-                    pairCaptions.Clear();
-                }
-            }
-        return scores;
     }
 
     private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1)
