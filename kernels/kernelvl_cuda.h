@@ -60,3 +60,75 @@ static __device__ __forceinline__ float kv_warp_max(float v)
     for (int o = 16; o > 0; o >>= 1) v = kv_max(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+
+// ---- pipelined tensor-core helpers (sm_80+ PTX: cp.async, ldmatrix, f16 mma), shared by the version-2 kernels ----
+
+// The shared-space address of a pointer into shared memory (what cp.async, ldmatrix and atom.shared take).
+static __device__ __forceinline__ unsigned kv_smem(const void* p)
+{
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+
+// 16 bytes global -> shared without registers (L2 only, .cg); bytes = 0 writes 16 zero bytes and reads nothing.
+static __device__ __forceinline__ void kv_cp_async16(unsigned dst, const void* src, int bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+static __device__ __forceinline__ void kv_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+static __device__ __forceinline__ void kv_cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// Four 8x8 b16 matrices from shared memory: lane l gives the address of row l % 8 of matrix l / 8; register j of
+// lane l receives row l / 4, columns 2 (l % 4) .. +1 of matrix j (the mma fragment layout).
+static __device__ __forceinline__ void kv_ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+
+// kv_mma_bf16 with f16 operands (same fragment layout): the products of two halves are exact in f32.
+static __device__ __forceinline__ void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// f32 -> f16 bits (round to nearest even) and back (exact).
+static __device__ __forceinline__ unsigned short kv_f16_bits(float x) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x)); return h; }
+static __device__ __forceinline__ float kv_f16_to_f32(unsigned short h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+
+// 16 read-only bytes from global memory (16-byte aligned) as four words.
+static __device__ __forceinline__ void kv_ld_nc_v4(const void* p, unsigned& a, unsigned& b, unsigned& c, unsigned& d)
+{
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
+}
+
+// Sum of squares of the two halves packed in a word (low half first), accumulated into s.
+static __device__ __forceinline__ float kv_h2_sumsq(unsigned w, float s)
+{
+    float lo, hi;
+    asm("{.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;}" : "=f"(lo), "=f"(hi) : "r"(w));
+    return s + lo * lo + hi * hi;
+}
+
+// atomicAdd on a shared-memory int by its shared address; returns the old value.
+static __device__ __forceinline__ int kv_atomic_add_shared(unsigned addr, int v)
+{
+    int old;
+    asm volatile("atom.shared.add.u32 %0, [%1], %2;" : "=r"(old) : "r"(addr), "r"(v) : "memory");
+    return old;
+}
+
+// atomicMax on a global float known to be >= 0 (its bits order as ints).
+static __device__ __forceinline__ void kv_atomic_max_nonneg(float* p, float v)
+{
+    int bits;
+    asm("mov.b32 %0, %1;" : "=r"(bits) : "f"(v));
+    asm volatile("red.global.max.s32 [%0], %1;" :: "l"(p), "r"(bits) : "memory");
+}
+
+static __device__ __forceinline__ void kv_syncwarp() { asm volatile("bar.warp.sync 0xffffffff;" ::: "memory"); }

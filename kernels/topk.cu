@@ -139,3 +139,349 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_merge(const floa
         indices[q * k + j] = bi[j];
     }
 }
+
+// ======================================================================================================================
+// Version 2 (f16 corpus): the scores on the tensor cores, then exact rescoring of a short candidate list per query.
+//   topk_f16_queries    queries f32 -> f16 (round to nearest even), the A operand
+//   topk_f16_max_norm   the largest corpus row norm (for the error bound below); skipped when the caller knows it
+//   topk_tc_f16         approximate scores A = C q16 (mma.sync f16, f32 accumulation) of a 128-query tile against a
+//                       slice of the corpus, 256 rows per tile, cp.async 3-stage pipeline, ldmatrix fragments, XOR-
+//                       swizzled shared rows; in the epilogue every score above its query's running threshold (the
+//                       kp-th best so far) is appended to a per-query buffer; full buffers are merged into the query's
+//                       kp-best list (a warp per query, rank by count). Each slice's list goes to partS/partI, which
+//                       topk_merge (version 1) reduces to the kp best approximate candidates per query.
+//   topk_f16_rescore    the candidates scored exactly as version 1 scores them (f32 query, f32 sums), sorted, the
+//                       first k written, and a certificate: with e the bound on |approx - exact| of any row,
+//                       e = 2 maxnorm (|q - q16| + D 2^-22 |q|) (query rounding, Cauchy-Schwarz; both summations), no
+//                       row outside the candidates can beat the k-th if exact_k > approx_kp + e. A query whose
+//                       certificate fails (near-ties around the k-th, non-finite values) is flagged, and the host
+//                       reruns it with version 1: the result is exact either way.
+// Needs D % 8 == 0 (16-byte rows) and a 16-byte-aligned corpus; kp is 32 or 64 (k <= kp - 16).
+// Not yet run on a GPU: ptxas (sm_90) accepts it (see kernels/README.md); parity is perf topk-f16 --suite.
+// ======================================================================================================================
+#define TC_BM 128          // queries per block
+#define TC_BN 256          // corpus rows per tile
+#define TC_BK 32           // halves of D per pipeline stage (64 bytes a row: four 16-byte chunks)
+#define TC_STAGES 3
+#define TC_THREADS 256
+#define TC_KMAX 64         // longest candidate list
+#define TC_CAP 64          // candidate buffer per query between merges
+#define TC_A_STAGE (TC_BM * TC_BK * 2)    // bytes
+#define TC_B_STAGE (TC_BN * TC_BK * 2)
+#define TC_SMEM_LIST (TC_STAGES * (TC_A_STAGE + TC_B_STAGE))
+#define TC_SMEM_BYTES (TC_SMEM_LIST + TC_BM * (2 * TC_KMAX + 2 * TC_CAP) * 4 + TC_BM * 3 * 4 + 16)
+
+// Byte offset of (row, 16-byte chunk c) in a stage: chunks XOR-swizzled by row / 2, so the 8 rows an ldmatrix
+// reads (or a warp's cp.async writes) fall on distinct 16-byte bank groups.
+static __device__ __forceinline__ unsigned tc_off(int row, int c) { return (unsigned)(row * 64 + ((c ^ ((row >> 1) & 3)) << 4)); }
+
+// queries [count] f32 -> qh [count] f16 bits.
+extern "C" __global__ void __launch_bounds__(256) topk_f16_queries(const float* __restrict__ q, long long count, unsigned short* __restrict__ qh)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) qh[i] = kv_f16_bits(q[i]);
+}
+
+// out[0] = max over rows of the row's L2 norm (out must hold 0 before). corpus [n, d] f16, d % 8 == 0, 16-byte aligned.
+// A warp per row, grid-stride.
+extern "C" __global__ void __launch_bounds__(256) topk_f16_max_norm(const unsigned short* __restrict__ corpus, int n, int d, float* __restrict__ out)
+{
+    const int lane = threadIdx.x & 31;
+    float best = 0.f;
+    for (long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < n; row += ((long long)gridDim.x * blockDim.x) >> 5)
+    {
+        const unsigned short* x = corpus + row * d;
+        float s = 0.f;
+        for (int c = lane * 8; c < d; c += 256)
+        {
+            unsigned w0, w1, w2, w3;
+            kv_ld_nc_v4(x + c, w0, w1, w2, w3);
+            s = kv_h2_sumsq(w0, s); s = kv_h2_sumsq(w1, s); s = kv_h2_sumsq(w2, s); s = kv_h2_sumsq(w3, s);
+        }
+        best = kv_max(best, kv_sqrt(kv_warp_sum(s)));
+    }
+    if (lane == 0) kv_atomic_max_nonneg(out, best);
+}
+
+struct TcShared
+{
+    float* listS; int* listI;   // [TC_BM][TC_KMAX] each query's best so far, best first
+    float* bufS; int* bufI;     // [TC_BM][TC_CAP] appended candidates
+    float* thr;                 // [TC_BM] the kp-th best of the list (-inf while shorter)
+    int* cnt;                   // [TC_BM] appended (may pass TC_CAP: those past it were not stored)
+    int* lcnt;                  // [TC_BM] list length
+    int* ovf;                   // one flag: some buffer overflowed in this pass
+};
+
+// Merges row r's buffer into its list (the calling warp; every lane calls). The union (<= 128 entries) is ranked by
+// count: an entry's rank is the number of entries better than it (scores, then the lower index: a strict order).
+static __device__ void tc_merge_row(const TcShared& sh, int r, int kp, int lane)
+{
+    const int lc = sh.lcnt[r], bc = kv_imin(sh.cnt[r], TC_CAP), u = lc + bc;
+    const float* ls = sh.listS + r * TC_KMAX; const int* li = sh.listI + r * TC_KMAX;
+    const float* bs = sh.bufS + r * TC_CAP; const int* bi = sh.bufI + r * TC_CAP;
+    float s[4]; int id[4], rank[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+    {
+        int e = lane + 32 * j;
+        s[j] = e < lc ? ls[e] : (e < u ? bs[e - lc] : 0.f);
+        id[j] = e < lc ? li[e] : (e < u ? bi[e - lc] : TOPK_NO_INDEX);
+        rank[j] = 0;
+    }
+    for (int w = 0; w < u; w++)
+    {
+        float sw = w < lc ? ls[w] : bs[w - lc];
+        int iw = w < lc ? li[w] : bi[w - lc];
+#pragma unroll
+        for (int j = 0; j < 4; j++) rank[j] += topk_better(sw, iw, s[j], id[j]) ? 1 : 0;
+    }
+    kv_syncwarp();   // every lane has read the old list before any lane writes the new one
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        if (lane + 32 * j < u && rank[j] < kp)
+        {
+            sh.listS[r * TC_KMAX + rank[j]] = s[j];
+            sh.listI[r * TC_KMAX + rank[j]] = id[j];
+        }
+    kv_syncwarp();
+    if (lane == 0)
+    {
+        int nl = kv_imin(u, kp);
+        sh.lcnt[r] = nl;
+        sh.cnt[r] = 0;
+        sh.thr[r] = nl == kp ? sh.listS[r * TC_KMAX + kp - 1] : -KV_INF;
+    }
+    kv_syncwarp();
+}
+
+// qh [Q, d] f16, corpus [n, d] f16 -> partS, partI [Q, slices, kp]: slice s = blockIdx.y covers corpus rows
+// [s tilesPerSlice 256, min(n, (s + 1) tilesPerSlice 256)); its kp best approximate scores per query, best first,
+// padded with (-inf, 0x7fffffff). Grid (ceil(Q / 128), slices), 256 threads, TC_SMEM_BYTES of dynamic shared memory.
+// The query tile varies fastest: the blocks of one slice run together and share its corpus tiles through L2.
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
+    const unsigned short* __restrict__ qh, const unsigned short* __restrict__ corpus, int Q, int n, int d, int tilesPerSlice, int kp,
+    float* __restrict__ partS, int* __restrict__ partI)
+{
+    extern __shared__ __attribute__((aligned(128))) unsigned char smem[];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;   // the warp's 64 x 64 piece: queries wm*64.., corpus rows wn*64..
+    const int q0 = blockIdx.x * TC_BM;
+    const long long sliceStart = (long long)blockIdx.y * tilesPerSlice * TC_BN;
+    const long long sliceEnd = sliceStart + (long long)tilesPerSlice * TC_BN < n ? sliceStart + (long long)tilesPerSlice * TC_BN : n;
+    const int ntiles = (int)((sliceEnd - sliceStart + TC_BN - 1) / TC_BN);
+    const int KT = (d + TC_BK - 1) / TC_BK;
+    const long long total = (long long)ntiles * KT;
+
+    const unsigned sA = kv_smem(smem), sB = sA + TC_STAGES * TC_A_STAGE;
+    TcShared sh;
+    sh.listS = (float*)(smem + TC_SMEM_LIST);
+    sh.listI = (int*)(sh.listS + TC_BM * TC_KMAX);
+    sh.bufS = (float*)(sh.listI + TC_BM * TC_KMAX);
+    sh.bufI = (int*)(sh.bufS + TC_BM * TC_CAP);
+    sh.thr = (float*)(sh.bufI + TC_BM * TC_CAP);
+    sh.cnt = (int*)(sh.thr + TC_BM);
+    sh.lcnt = sh.cnt + TC_BM;
+    sh.ovf = sh.lcnt + TC_BM;
+    const unsigned sCnt = kv_smem(sh.cnt);
+    for (int r = tid; r < TC_BM; r += TC_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
+    if (tid == 0) *sh.ovf = 0;
+
+    // Loads pipeline step `step` (tile step / KT, k-chunk step % KT) into stage buf: A 512 chunks, B 1024 chunks.
+    int ldTile = 0, ldKt = 0, ldBuf = 0;
+    auto load = [&]() {
+        const int col = ldKt * TC_BK;
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+        {
+            int e = tid + i * TC_THREADS, r = e >> 2, c = e & 3, qr = q0 + r, cc = col + c * 8;
+            bool ok = qr < Q && cc < d;
+            kv_cp_async16(sA + ldBuf * TC_A_STAGE + tc_off(r, c), ok ? (const void*)(qh + (long long)qr * d + cc) : (const void*)qh, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+        {
+            int e = tid + i * TC_THREADS, r = e >> 2, c = e & 3, cc = col + c * 8;
+            long long row = sliceStart + (long long)ldTile * TC_BN + r;
+            bool ok = row < sliceEnd && cc < d;
+            kv_cp_async16(sB + ldBuf * TC_B_STAGE + tc_off(r, c), ok ? (const void*)(corpus + row * d + cc) : (const void*)corpus, ok ? 16 : 0);
+        }
+        if (++ldKt == KT) { ldKt = 0; ldTile++; }
+        if (++ldBuf == TC_STAGES) ldBuf = 0;
+    };
+
+#pragma unroll
+    for (int s = 0; s < TC_STAGES - 1; s++)
+    {
+        if (s < total) load();
+        kv_cp_async_commit();
+    }
+
+    float acc[4][8][4];
+    int kt = 0, tile = 0, buf = 0;
+    for (long long step = 0; step < total; step++)
+    {
+        kv_cp_async_wait<TC_STAGES - 2>();
+        __syncthreads();   // stage `buf` has landed for every thread; the stage loaded next was last read at step - 1
+        if (step + TC_STAGES - 1 < total) load();
+        kv_cp_async_commit();
+        if (kt == 0)
+        {
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
+        }
+        const unsigned a0 = sA + buf * TC_A_STAGE, b0 = sB + buf * TC_B_STAGE;
+        const int lr = lane & 7, lj = lane >> 3;
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++)
+        {
+            unsigned a[4][4], b[8][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+                kv_ldmatrix_x4(a0 + tc_off(wm * 64 + mi * 16 + lr + ((lj & 1) << 3), ks * 2 + (lj >> 1)), a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
+#pragma unroll
+            for (int np = 0; np < 4; np++)
+                kv_ldmatrix_x4(b0 + tc_off(wn * 64 + np * 16 + lr + ((lj >> 1) << 3), ks * 2 + (lj & 1)),
+                               b[2 * np][0], b[2 * np][1], b[2 * np + 1][0], b[2 * np + 1][1]);
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 8; ni++) kv_mma_f16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+        }
+        if (++buf == TC_STAGES) buf = 0;
+        if (++kt < KT) continue;
+        kt = 0;
+
+        // Epilogue of a finished tile: append the scores that beat their query's threshold. A pass that overflows a
+        // buffer merges the full buffers and runs again over the scores not yet stored (the done bits).
+        const long long col0 = sliceStart + (long long)tile * TC_BN;
+        unsigned done[4] = {0u, 0u, 0u, 0u};
+        for (;;)
+        {
+            float th[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) th[mi][h] = sh.thr[wm * 64 + mi * 16 + g + 8 * h];
+            bool overflow = false;
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                    {
+                        const int r = wm * 64 + mi * 16 + g + 8 * (e >> 1), bit = ni * 4 + e;
+                        const long long row = col0 + wn * 64 + ni * 8 + 2 * t + (e & 1);
+                        const float v = acc[mi][ni][e];
+                        if (((done[mi] >> bit) & 1u) == 0u && row < sliceEnd && q0 + r < Q && v > th[mi][e >> 1])
+                        {
+                            int pos = kv_atomic_add_shared(sCnt + 4 * r, 1);
+                            if (pos < TC_CAP)
+                            {
+                                sh.bufS[r * TC_CAP + pos] = v;
+                                sh.bufI[r * TC_CAP + pos] = (int)row;
+                                done[mi] |= 1u << bit;
+                            }
+                            else overflow = true;
+                        }
+                    }
+            if (overflow) *sh.ovf = 1;
+            __syncthreads();
+            const int again = *sh.ovf;
+            if (!again) break;
+            for (int r = warp; r < TC_BM; r += TC_THREADS / 32)
+                if (sh.cnt[r] >= TC_CAP) tc_merge_row(sh, r, kp, lane);
+            __syncthreads();
+            if (tid == 0) *sh.ovf = 0;
+            __syncthreads();
+        }
+        tile++;
+    }
+    kv_cp_async_wait<0>();
+
+    // The slice is done: merge what the buffers hold, write each query's list.
+    __syncthreads();
+    for (int r = warp; r < TC_BM; r += TC_THREADS / 32)
+        if (sh.cnt[r] > 0) tc_merge_row(sh, r, kp, lane);
+    __syncthreads();
+    for (int e = tid; e < TC_BM * kp; e += TC_THREADS)
+    {
+        int r = e / kp, j = e % kp;
+        if (q0 + r >= Q) continue;
+        long long o = ((long long)(q0 + r) * gridDim.y + blockIdx.y) * kp + j;
+        bool has = j < sh.lcnt[r];
+        partS[o] = has ? sh.listS[r * TC_KMAX + j] : -KV_INF;
+        partI[o] = has ? sh.listI[r * TC_KMAX + j] : TOPK_NO_INDEX;
+    }
+}
+
+// queries [Q, d] f32, corpus [n, d] f16, candS/candI [Q, kp] (the kp best approximate scores, best first, from
+// topk_merge), maxNorm [1] -> scores [Q, k], indices [Q, k] and fail [Q] (1: the certificate failed, rerun with
+// version 1). Grid Q, 256 threads, dynamic shared memory d floats.
+extern "C" __global__ void __launch_bounds__(256) topk_f16_rescore(
+    const float* __restrict__ queries, const unsigned short* __restrict__ corpus, int n, int d, int kp,
+    const float* __restrict__ candS, const int* __restrict__ candI, const float* __restrict__ maxNorm, int k,
+    float* __restrict__ scores, int* __restrict__ indices, int* __restrict__ fail)
+{
+    extern __shared__ float qs[];
+    __shared__ float es[TC_KMAX], os[TC_KMAX], red[2][8];
+    __shared__ int ei[TC_KMAX], oi[TC_KMAX];
+    const long long q = blockIdx.x;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    float qq = 0.f, dq = 0.f;
+    for (int i = tid; i < d; i += blockDim.x)
+    {
+        float x = queries[q * d + i], r = x - kv_f16_to_f32(kv_f16_bits(x));
+        qs[i] = x;
+        qq += x * x;
+        dq += r * r;
+    }
+    qq = kv_warp_sum(qq);
+    dq = kv_warp_sum(dq);
+    if (lane == 0) { red[0][warp] = qq; red[1][warp] = dq; }
+    __syncthreads();
+    // Version 1's scoring, row for row: the same f32 numbers.
+    for (int c = warp; c < kp; c += 8)
+    {
+        int row = candI[q * kp + c];
+        float s = -KV_INF;
+        if (row != TOPK_NO_INDEX)
+        {
+            const unsigned short* x = corpus + (long long)row * d;
+            float a = 0.f;
+            for (int i = lane; i < d; i += 32) a += qs[i] * topk_load(x + i);
+            s = kv_warp_sum(a);
+        }
+        if (lane == 0) { es[c] = s; ei[c] = row; }
+    }
+    __syncthreads();
+    if (tid < kp)
+    {
+        int rank = 0;
+        for (int w = 0; w < kp; w++) rank += topk_better(es[w], ei[w], es[tid], ei[tid]) ? 1 : 0;
+        os[rank] = es[tid];
+        oi[rank] = ei[tid];
+    }
+    __syncthreads();
+    if (tid == 0)
+    {
+        float sq = 0.f, sd = 0.f;
+        for (int w = 0; w < 8; w++) { sq += red[0][w]; sd += red[1][w]; }
+        int valid = 0;
+        for (int w = 0; w < kp; w++) valid += candI[q * kp + w] != TOPK_NO_INDEX ? 1 : 0;
+        float eps = 2.f * maxNorm[0] * (kv_sqrt(sd) + (float)d * 2.384185791e-7f * kv_sqrt(sq));   // 2^-22
+        bool ok;
+        if (n <= kp) ok = valid == n;
+        else ok = valid == kp && os[k - 1] > candS[q * kp + kp - 1] + eps;   // false for NaN / inf
+        fail[q] = ok ? 0 : 1;
+    }
+    for (int j = tid; j < k; j += blockDim.x)
+    {
+        scores[q * k + j] = os[j];
+        indices[q * k + j] = oi[j];
+    }
+}

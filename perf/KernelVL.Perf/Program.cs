@@ -12,7 +12,7 @@ const string usage = """
     usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS] [--gpu-shapes] [--reference NAME]
            KernelVL.Perf check [--backend cpu] [--filter REGEX]
            KernelVL.Perf baselines [--json FILE]
-           KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10]
+           KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10] [--suite]
            KernelVL.Perf search [--backend cpu] [--json FILE] [--n 100000]
       search       index search throughput: top-10 for 1, 32, 1024 queries over a random N x 768 index, f16 and f32
            KernelVL.Perf e2e [--backend NAME]... [--config base|small|tiny] [--json FILE] [--min-time SECONDS]
@@ -20,7 +20,8 @@ const string usage = """
                    (base = ViLT-B/32 size; every fast backend present unless --backend is given)
       ops          check, then time, every op of the parity registry at the perf shapes
       baselines    time cuBLAS sgemm (f32 and tensor-op math) on the CUDA card at the GEMM targets' shapes
-      topk-f16     the cuda backend's top-k over an f16 corpus (default 1M x 768, 1024 queries, k 10): checked, then timed
+      topk-f16     the cuda backend's top-k over an f16 corpus (default 1M x 768, 1024 queries, k 10), kernel versions 1
+                   and 2: checked, then timed; --suite: version 2 on the cases that stress it, every query checked
       check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
                    for machines that have the .NET runtime but no SDK)
       --backend    backend to time (default: cpu; known: reference, cpu, ilgpu-cpu, ilgpu-cuda; ilgpu = the best ILGPU
@@ -46,7 +47,7 @@ if (args[0] == "e2e")
 }
 if (args[0] is not ("ops" or "check" or "baselines" or "topk-f16")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
 int f16N = 1_000_000, f16Q = 1024, f16D = 768, f16K = 10;
-string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
+string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false, topkSuite = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
 for (int i = 1; i < args.Length; i++)
 {
     string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -57,6 +58,7 @@ for (int i = 1; i < args.Length; i++)
             case "--backend": backendName = Next(); break;
             case "--json": jsonPath = Next(); break;
             case "--gpu-shapes": gpuShapes = true; break;
+            case "--suite": topkSuite = true; break;
             case "--n": f16N = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             case "--q": f16Q = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             case "--d": f16D = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
@@ -85,7 +87,7 @@ if (args[0] == "baselines")
 if (args[0] == "topk-f16")
 {
     if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: topk-f16 needs the cuda backend: {whyNot}"); return 2; }
-    return TopKF16Bench.Run(f16N, f16Q, f16D, f16K, checkQueries: 4, jsonPath);
+    return topkSuite ? TopKF16Bench.Suite() : TopKF16Bench.Run(f16N, f16Q, f16D, f16K, checkQueries: 4, jsonPath);
 }
 
 if (BackendFactory.Resolve(backendName) != backendName) Console.Error.WriteLine($"backend {backendName} is {BackendFactory.Resolve(backendName)} here");

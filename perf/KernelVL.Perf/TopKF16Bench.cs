@@ -1,4 +1,6 @@
 using System.Text.Json;
+using ILGPU;
+using Half = System.Half;
 using ILGPU.Runtime;
 using KernelVL.Backends.Cuda;
 using KernelVL.Tensors;
@@ -7,10 +9,14 @@ namespace KernelVL.Perf;
 
 /// <summary>
 /// The issue's retrieval target on the cuda backend: exact top-k over an f16 corpus (default 1M x 768, 1.5 GB, the
-/// size of a real index) for a batch of f32 queries. The registry cannot hold f16 tensors, so this is its own case:
-/// random data (never zeros), the first few queries checked against an f64 scan of the whole corpus (tie-aware: every
-/// reported score recomputed, no duplicates, descending, and no row better than the k-th reported one left out),
-/// then timed with CUDA events.
+/// size of a real index) for a batch of f32 queries, with both kernel versions of topk.cu (1: f32 scoring on the CUDA
+/// cores; 2: tensor-core scoring, exact rescoring, certificate, version 1 for the queries it fails). The registry cannot
+/// hold f16 tensors, so this is its own case: random data (never zeros), queries checked against an f64 scan of the
+/// whole corpus (tie-aware: every reported score recomputed, no duplicates, descending, and no row better than the
+/// k-th reported one left out), version 2 compared with version 1 entry for entry, then each timed with CUDA events.
+/// The suite (--suite) runs version 2 on the shapes and data that stress it: partial tiles, D not a multiple of 32,
+/// N below the candidate count, k = 48, exact duplicates (ties at the k-th: the certificate must fail and fall back),
+/// clustered unit vectors (near-ties).
 /// </summary>
 internal static class TopKF16Bench
 {
@@ -19,11 +25,7 @@ internal static class TopKF16Bench
         using var backend = CudaBackend.Create();
         var acc = backend.Accelerator;
         Console.Error.WriteLine($"topk f16: generating a {n} x {d} f16 corpus ({(double)n * d * 2 / 1e9:F2} GB) and {q} queries ...");
-        var corpus = new Half[(long)n * d];                                          // [N, D] f16, values in [-1, 1)
-        Parallel.For(0, n, row =>
-        {
-            for (int c = 0; c < d; c++) corpus[(long)row * d + c] = (Half)(2f * CounterRng.Uniform(11, (long)row * d + c) - 1f);
-        });
+        var corpus = Uniform(n, d, 11);                                              // [N, D] f16, values in [-1, 1)
         var queries = new float[(long)q * d];                                        // [Q, D]
         for (long i = 0; i < queries.Length; i++) queries[i] = 2f * CounterRng.Uniform(12, i) - 1f;
         using var corpusDev = acc.Allocate1D(corpus);
@@ -31,30 +33,145 @@ internal static class TopKF16Bench
         using var scores = backend.Empty(new Shape(q, k));                           // [Q, k]
         using var indices = backend.Empty(new Shape(q, k), DType.I32);               // [Q, k]
         backend.CopyFromHost(queries, qt);
-        backend.TopKF16(qt, corpusDev.View, k, scores, indices);
+
+        var rows = new List<object>();
+        Console.WriteLine("| op | shape | version | median ms | GB/s (corpus once) | TFLOP/s | fallbacks | check |");
+        Console.WriteLine("|---|---|---|---:|---:|---:|---:|---|");
+        float[]? s1 = null; int[]? i1 = null;
+        int failures = 0;
+        foreach (int version in new[] { 1, 2 })
+        {
+            backend.TopKVersion = version;
+            var (s, idx) = Search(backend, qt, corpusDev.View, k, scores, indices);
+            int fallbacks = backend.LastTopKFallbacks;
+            string? problem = null;
+            for (int i = 0; i < Math.Min(checkQueries, q) && problem is null; i++) problem = Check(corpus, queries, n, d, k, i, s, idx);
+            if (problem is null && s1 is not null) problem = SameAs(s1, i1!, s, idx, k, "version 1");
+            if (version == 1) { s1 = s; i1 = idx; }
+            Console.Error.WriteLine(problem is null ? $"topk f16 v{version}: the first {Math.Min(checkQueries, q)} queries match an f64 scan{(version == 2 ? ", and every query version 1" : "")}"
+                                                    : $"topk f16 v{version}: FAIL {problem}");
+            if (problem is not null) failures++;
+            double ms = backend.MedianMs(() => backend.TopKF16(qt, corpusDev.View, k, scores, indices), warmup: 2, reps: 10);
+            double bytes = (double)n * d * 2 + (double)q * d * 4, flops = 2.0 * q * n * d;
+            Console.WriteLine($"| topk_f16 | Q{q} N{n} D{d} k{k} | {version} | {ms:F3} | {bytes / (ms / 1e3) / 1e9:F1} | {flops / (ms / 1e3) / 1e12:F2} | {fallbacks} | {problem ?? "ok"} |");
+            rows.Add(new { version, median_ms = ms, bytes, flops, fallbacks, ok = problem is null, problem });
+        }
+        if (jsonPath is not null)
+        {
+            string tmp = jsonPath + ".tmp";
+            File.WriteAllText(tmp, JsonSerializer.Serialize(new { gpu = acc.Name, op = "topk_f16", shape = $"Q{q} N{n} D{d} k{k}", versions = rows },
+                new JsonSerializerOptions { WriteIndented = true }));
+            File.Move(tmp, jsonPath, overwrite: true);
+        }
+        return failures == 0 ? 0 : 1;
+    }
+
+    /// <summary>Version 2 on the cases that stress it, every query checked against an f64 scan and against version 1.</summary>
+    public static int Suite()
+    {
+        using var backend = CudaBackend.Create();
+        var cases = new (string Name, int N, int Q, int D, int K, Func<int, int, Half[]> Corpus)[]
+        {
+            ("partial tiles", 70_001, 300, 768, 10, (n, d) => Uniform(n, d, 21)),
+            ("D 72, k 48 (kp 64)", 5_000, 130, 72, 48, (n, d) => Uniform(n, d, 22)),
+            ("N below kp", 20, 5, 64, 7, (n, d) => Uniform(n, d, 23)),
+            ("k 1", 33_333, 129, 256, 1, (n, d) => Uniform(n, d, 24)),
+            ("exact duplicates (ties at the k-th)", 40_000, 64, 128, 10, (n, d) => Duplicated(n, d, 4, 25)),
+            ("clustered unit vectors", 200_000, 256, 256, 16, (n, d) => Clustered(n, d, 26)),
+        };
+        int failures = 0;
+        Console.WriteLine("| case | shape | fallbacks | check |");
+        Console.WriteLine("|---|---|---:|---|");
+        foreach (var c in cases)
+        {
+            var corpus = c.Corpus(c.N, c.D);
+            var queries = new float[(long)c.Q * c.D];
+            for (long i = 0; i < queries.Length; i++) queries[i] = 2f * CounterRng.Uniform(31, i) - 1f;
+            using var corpusDev = backend.Accelerator.Allocate1D(corpus);
+            using var qt = backend.Empty(new Shape(c.Q, c.D));
+            using var scores = backend.Empty(new Shape(c.Q, c.K));
+            using var indices = backend.Empty(new Shape(c.Q, c.K), DType.I32);
+            backend.CopyFromHost(queries, qt);
+            backend.TopKVersion = 1;
+            var (s1, i1) = Search(backend, qt, corpusDev.View, c.K, scores, indices);
+            backend.TopKVersion = 2;
+            string? problem = null;
+            int fallbacks = 0;
+            try
+            {
+                var (s2, i2) = Search(backend, qt, corpusDev.View, c.K, scores, indices);
+                fallbacks = backend.LastTopKFallbacks;
+                for (int i = 0; i < Math.Min(c.Q, 64) && problem is null; i++) problem = Check(corpus, queries, c.N, c.D, c.K, i, s2, i2);
+                problem ??= SameAs(s1, i1, s2, i2, c.K, "version 1");
+            }
+            catch (Exception e) when (e is KernelVLException)
+            {
+                problem = e.Message;
+            }
+            if (problem is not null) failures++;
+            Console.WriteLine($"| {c.Name} | Q{c.Q} N{c.N} D{c.D} k{c.K} | {fallbacks} | {problem ?? "ok"} |");
+        }
+        Console.WriteLine($"{cases.Length - failures} passed, {failures} failed");
+        return failures == 0 ? 0 : 1;
+    }
+
+    private static (float[] Scores, int[] Indices) Search(CudaBackend backend, Tensor qt, ArrayView<Half> corpus, int k, Tensor scores, Tensor indices)
+    {
+        backend.TopKF16(qt, corpus, k, scores, indices);
+        int q = qt.Shape[0];
         var s = new float[q * k];
         var idx = new int[q * k];
         backend.CopyToHost(scores, s);
         backend.CopyToHost(indices, idx);
-        string? problem = null;
-        for (int i = 0; i < Math.Min(checkQueries, q) && problem is null; i++) problem = Check(corpus, queries, n, d, k, i, s, idx);
-        Console.Error.WriteLine(problem is null ? $"topk f16: the first {Math.Min(checkQueries, q)} queries match an f64 scan" : $"topk f16: FAIL {problem}");
+        return (s, idx);
+    }
 
-        double ms = backend.MedianMs(() => backend.TopKF16(qt, corpusDev.View, k, scores, indices), warmup: 2, reps: 10);
-        double bytes = (double)n * d * 2 + (double)q * d * 4, flops = 2.0 * q * n * d;
-        Console.WriteLine("| op | shape | median ms | GB/s (corpus once) | TFLOP/s | check |");
-        Console.WriteLine("|---|---|---:|---:|---:|---|");
-        Console.WriteLine($"| topk_f16 | Q{q} N{n} D{d} k{k} | {ms:F3} | {bytes / (ms / 1e3) / 1e9:F1} | {flops / (ms / 1e3) / 1e12:F2} | {problem ?? "ok"} |");
-        if (jsonPath is not null)
+    private static Half[] Uniform(int n, int d, ulong stream)
+    {
+        var x = new Half[(long)n * d];
+        Parallel.For(0, n, row =>
         {
-            string tmp = jsonPath + ".tmp";
-            File.WriteAllText(tmp, JsonSerializer.Serialize(new
+            for (int c = 0; c < d; c++) x[(long)row * d + c] = (Half)(2f * CounterRng.Uniform(stream, (long)row * d + c) - 1f);
+        });
+        return x;
+    }
+
+    /// <summary>Each distinct row repeated `copies` times in a row: exact ties everywhere.</summary>
+    private static Half[] Duplicated(int n, int d, int copies, ulong stream)
+    {
+        var x = new Half[(long)n * d];
+        for (int row = 0; row < n; row++)
+            for (int c = 0; c < d; c++) x[(long)row * d + c] = (Half)(2f * CounterRng.Uniform(stream, (long)(row / copies) * d + c) - 1f);
+        return x;
+    }
+
+    /// <summary>Unit vectors in 64 tight clusters (centre + 2% noise, normalised): many near-ties among the best.</summary>
+    private static Half[] Clustered(int n, int d, ulong stream)
+    {
+        var x = new Half[(long)n * d];
+        Parallel.For(0, n, row =>
+        {
+            var v = new float[d];
+            long centre = row % 64;
+            double norm = 0;
+            for (int c = 0; c < d; c++)
             {
-                gpu = acc.Name, op = "topk_f16", shape = $"Q{q} N{n} D{d} k{k}", median_ms = ms, bytes, flops, ok = problem is null, problem,
-            }, new JsonSerializerOptions { WriteIndented = true }));
-            File.Move(tmp, jsonPath, overwrite: true);
-        }
-        return problem is null ? 0 : 1;
+                v[c] = 2f * CounterRng.Uniform(stream, centre * d + c) - 1f + 0.02f * (2f * CounterRng.Uniform(stream + 1UL, (long)row * d + c) - 1f);
+                norm += (double)v[c] * v[c];
+            }
+            float inv = (float)(1 / Math.Sqrt(norm));
+            for (int c = 0; c < d; c++) x[(long)row * d + c] = (Half)(v[c] * inv);
+        });
+        return x;
+    }
+
+    /// <summary>Version 2 must give version 1's lists entry for entry (its rescoring is version 1's arithmetic).</summary>
+    private static string? SameAs(float[] s1, int[] i1, float[] s2, int[] i2, int k, string what)
+    {
+        for (int j = 0; j < s1.Length; j++)
+            if (i1[j] != i2[j] || BitConverter.SingleToInt32Bits(s1[j]) != BitConverter.SingleToInt32Bits(s2[j]))
+                return $"query {j / k}, rank {j % k}: row {i2[j]} score {s2[j]}, {what} row {i1[j]} score {s1[j]}";
+        return null;
     }
 
     /// <summary>Query i's reported list against exact f64 scores of every corpus row; null when right.</summary>

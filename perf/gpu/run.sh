@@ -52,9 +52,13 @@ if [ "${SKIP_GPU_SHAPES:-0}" != 1 ]; then
   echo "exit $?"; grep -E '^\| ' "$OUT/cuda-gpu-shapes.md" | cut -c1-150
 fi
 
-echo "== top-k over a 1M x 768 f16 corpus, 1024 queries, k 10 (cuda backend; 4 queries checked against an f64 scan)"
-perf 60 topk-f16 --json "$OUT/topk-f16.json" > "$OUT/topk-f16.md" 2> "$OUT/topk-f16.log"; echo "exit $?"
-tail -n 2 "$OUT/topk-f16.log"; tail -n 1 "$OUT/topk-f16.md"
+echo "== top-k version 2 (tensor cores + exact rescoring) on the cases that stress it, every query against f64 and version 1"
+perf 60 topk-f16 --suite > "$OUT/topk-f16-suite.md" 2>&1; echo "exit $?"
+tail -n 9 "$OUT/topk-f16-suite.md"
+
+echo "== top-k over a 1M x 768 f16 corpus, 1024 queries, k 10, versions 1 and 2 (4 queries against an f64 scan, v2 against v1)"
+perf 90 topk-f16 --json "$OUT/topk-f16.json" > "$OUT/topk-f16.md" 2> "$OUT/topk-f16.log"; echo "exit $?"
+tail -n 3 "$OUT/topk-f16.log"; tail -n 2 "$OUT/topk-f16.md"
 
 echo "== cuBLAS baselines (ILGPU.Algorithms CuBlas, same card)"
 perf 40 baselines --json "$OUT/cublas-baselines.json" 2>&1 | tee "$OUT/cublas-baselines.md" | tail -n 10

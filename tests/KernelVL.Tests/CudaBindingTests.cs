@@ -29,6 +29,32 @@ public unsafe class CudaBindingTests
             Assert.Contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", EmbeddedKernels.Ptx(k));
             Assert.DoesNotContain("__local_depot", EmbeddedKernels.Ptx(k));
         }
+        // topk version 2: f16 tensor cores fed by cp.async and ldmatrix, its 128-float accumulator kept in registers.
+        string topk = EmbeddedKernels.Ptx("topk");
+        foreach (var insn in new[] { "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", "cp.async.cg.shared.global", "ldmatrix.sync.aligned.m8n8.x4.shared.b16" })
+            Assert.Contains(insn, topk);
+        Assert.DoesNotContain("__local_depot", topk);
+    }
+
+    [SkippableFact]
+    public void EveryKernelCompilesThroughNvrtcToCubinWhereLibnvrtcExists()
+    {
+        // The run-time path (NVRTC, then CUBIN for the device) checked on a machine without a GPU where a libnvrtc is
+        // installed: the sources must compile under NVRTC's own headers too, not just clang's, and assemble for Hopper.
+        Nvrtc nvrtc;
+        try { nvrtc = Nvrtc.Load(); }
+        catch (BackendException e) { Skip.If(true, e.Message); return; }
+        Skip.IfNot(nvrtc.CanEmitCubin, $"{nvrtc.Library} cannot emit CUBIN");
+        // sm_90a where NVRTC knows it (12.0+); CUDA 11.8 knows sm_90.
+        var options = nvrtc.Version.Major >= 12 ? CudaModules.Options((9, 0)).ToList() : ["--gpu-architecture=sm_90", "--std=c++17", "-DKERNELVL_NVRTC=1"];
+        var headers = new Dictionary<string, string> { [CudaModules.HeaderName] = EmbeddedKernels.Header(CudaModules.HeaderName) };
+        foreach (var k in new[] { "layernorm", "gemm", "attention", "infonce", "topk" })
+        {
+            var (image, _) = nvrtc.Compile(EmbeddedKernels.Source(k), $"{k}.cu", headers, options, cubin: true);
+            Assert.True(image.Length > 1000, $"{k}: CUBIN of {image.Length} bytes");
+            Assert.Equal(0x7f, image[0]);   // an ELF image
+            Assert.Equal((byte)'E', image[1]);
+        }
     }
 
     [Fact]
@@ -43,6 +69,30 @@ public unsafe class CudaBindingTests
         var view = all.SubView(5, 20);
         Assert.Equal(buffer.NativePtr + 5 * sizeof(float), ILGPU.Runtime.ArrayViewExtensions.LoadEffectiveAddressAsPtr(view));
         Assert.Equal(buffer.NativePtr + 9 * sizeof(float), ILGPU.Runtime.ArrayViewExtensions.LoadEffectiveAddressAsPtr(view.SubView(4)));
+    }
+
+    [Fact]
+    public void TopKVersion2PlanCoversTheCorpusWithoutEmptySlices()
+    {
+        // The search on an H100 (132 multiprocessors): 8 query tiles x 33 slices, two blocks per multiprocessor.
+        var plan = KernelVL.Backends.Cuda.CudaBackend.TopKV2Plan(1024, 1 << 20, 768, 10, 0x10000, 132, true)!;
+        Assert.Equal((32, 8, 33), (plan.Kp, plan.QueryTiles, plan.Slices));
+        var rng = new Random(7);
+        for (int trial = 0; trial < 300; trial++)
+        {
+            int q = rng.Next(1, 5000), n = rng.Next(1, 3_000_000), k = rng.Next(1, 49), sms = rng.Next(1, 200);
+            var p = KernelVL.Backends.Cuda.CudaBackend.TopKV2Plan(q, n, 8 * rng.Next(1, 200), k, 4096, sms, true)!;
+            int tiles = (n + 255) / 256;
+            Assert.True(p.Kp >= k + 16, $"kp {p.Kp} for k {k}");
+            Assert.Equal((q + 127) / 128, p.QueryTiles);
+            Assert.True((long)p.Slices * p.TilesPerSlice >= tiles, "slices cover the corpus");
+            Assert.True((long)(p.Slices - 1) * p.TilesPerSlice < tiles, "the last slice is not empty");
+        }
+        // Where version 2 does not apply: k above 48, D not a multiple of 8, an unaligned corpus, a device short of shared memory.
+        Assert.Null(KernelVL.Backends.Cuda.CudaBackend.TopKV2Plan(10, 1000, 768, 49, 4096, 132, true));
+        Assert.Null(KernelVL.Backends.Cuda.CudaBackend.TopKV2Plan(10, 1000, 100, 10, 4096, 132, true));
+        Assert.Null(KernelVL.Backends.Cuda.CudaBackend.TopKV2Plan(10, 1000, 768, 10, 4098, 132, true));
+        Assert.Null(KernelVL.Backends.Cuda.CudaBackend.TopKV2Plan(10, 1000, 768, 10, 4096, 132, false));
     }
 
     [Fact]

@@ -22,6 +22,9 @@ public sealed class CudaBackend : IlgpuBackend
     private const int MaxGridYZ = 65535;
     private const int TopKChunk = 1024, TopKMaxDim = 9216;   // topk.cu: rows per chunk; the query lives in dynamic shared memory
     private const int NceTile = 64;
+    // topk.cu version 2 (topk_tc_f16): tile sizes and dynamic shared memory, as the kernel defines them.
+    private const int TcQueries = 128, TcRows = 256, TcMaxList = 64, TcMaxK = 48;
+    private const int TcSharedBytes = 3 * (TcQueries * 32 * 2 + TcRows * 32 * 2) + TcQueries * (2 * TcMaxList + 2 * 64) * 4 + TcQueries * 3 * 4 + 16;
 
     private static readonly string[] Kernels = ["gemm", "attention", "layernorm", "infonce", "topk"];
 
@@ -30,6 +33,21 @@ public sealed class CudaBackend : IlgpuBackend
     private readonly nint _context, _stream;
     private readonly KernelArgs _args = new();
     private readonly nint _gemm, _attn64, _layerNorm, _nceDiag, _nceTiles, _nceCombine, _sum, _nceBackTiles, _nceBackDiag, _topkChunks, _topkChunksF16, _topkMerge;
+    private readonly nint _tcQueries, _tcMaxNorm, _tcScore, _tcRescore;
+    private readonly int _multiprocessors;
+
+    /// <summary>Why topk.cu version 2 cannot run on this device (too little shared memory), or null.</summary>
+    public string? TopKV2Unavailable { get; }
+
+    /// <summary>
+    /// Which top-k kernels <see cref="TopKF16"/> runs: 1 (exact f32 scoring on the CUDA cores, chunk sorts) or 2 (tensor-core
+    /// scoring, exact rescoring of candidates, version 1 for any query whose certificate fails). Defaults to the
+    /// KERNELVL_CUDA_TOPK environment variable, else 1: version 2 becomes the default once it has passed on a GPU.
+    /// </summary>
+    public int TopKVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_TOPK") == "2" ? 2 : 1;
+
+    /// <summary>Queries of the last version-2 <see cref="TopKF16"/> call that failed the certificate and ran version 1.</summary>
+    public int LastTopKFallbacks { get; private set; }
 
     /// <summary>How each kernel file was loaded (NVRTC CUBIN for the device, from the cache or fresh, or the embedded PTX).</summary>
     public IReadOnlyList<KernelSource> KernelSources => _modules.Sources;
@@ -76,6 +94,19 @@ public sealed class CudaBackend : IlgpuBackend
             _topkChunks = _modules.Function("topk", "topk_chunks");
             _topkChunksF16 = _modules.Function("topk", "topk_chunks_f16");
             _topkMerge = _modules.Function("topk", "topk_merge");
+            _tcQueries = _modules.Function("topk", "topk_f16_queries");
+            _tcMaxNorm = _modules.Function("topk", "topk_f16_max_norm");
+            _tcScore = _modules.Function("topk", "topk_tc_f16");
+            _tcRescore = _modules.Function("topk", "topk_f16_rescore");
+            _multiprocessors = _driver.MultiprocessorCount(_driver.CurrentDevice);
+            try
+            {
+                _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
+            }
+            catch (BackendException e)
+            {
+                TopKV2Unavailable = $"topk_tc_f16 needs {TcSharedBytes} bytes of shared memory per block: {e.Message}";
+            }
         }
         catch
         {
@@ -274,15 +305,17 @@ public sealed class CudaBackend : IlgpuBackend
             base.TopK(queries, corpus, k, scores, indices);
             return;
         }
-        TopKLaunch(_topkChunks, P(queries), q, d, P(corpus), n, k, scores, indices);
+        TopKLaunch(_topkChunks, P(queries), q, d, P(corpus), n, k, P(scores), P(indices));
     }
 
     /// <summary>
     /// Top-k over an f16 corpus (the index's storage type; the engine's tensors hold 4-byte elements, so the corpus is a
     /// raw ILGPU view of IEEE halves on this backend's accelerator). queries [Q, D] f32, corpus [N * D] f16 row-major,
     /// scores [Q, k] and indices i32 [Q, k]: the contract of <see cref="IBackend.TopK"/>, scores in f32.
+    /// <paramref name="maxRowNorm"/>: an upper bound on the corpus rows' L2 norms where the caller knows one (version 2
+    /// otherwise measures it, one extra pass over the corpus); a wrong bound can make version 2's result inexact.
     /// </summary>
-    public void TopKF16(Tensor queries, ArrayView<System.Half> corpus, int k, Tensor scores, Tensor indices)
+    public void TopKF16(Tensor queries, ArrayView<System.Half> corpus, int k, Tensor scores, Tensor indices, float? maxRowNorm = null)
     {
         const string op = "topk f16";
         if (queries.Rank != 2) Contract.Fail(op, $"queries must be [Q, D], got {queries.Shape}");
@@ -291,17 +324,82 @@ public sealed class CudaBackend : IlgpuBackend
         long n = corpus.Length / d;
         if (n > int.MaxValue) Contract.Fail(op, $"corpus of {n} rows: at most {int.MaxValue}");
         if (k < 1 || k > Math.Min(n, Contract.MaxTopK)) Contract.Fail(op, $"k must be in [1, min(N = {n}, {Contract.MaxTopK})], got {k}");
+        if (maxRowNorm is { } mr && !(mr >= 0 && float.IsFinite(mr))) Contract.Fail(op, $"maxRowNorm must be finite and >= 0, got {mr}");
         Contract.Dims(op, "scores", scores, q, k);
         Contract.DTypeIs(op, "indices", indices, DType.I32);
         Contract.Dims(op, "indices", indices, q, k);
         if (!TopKFits((int)n, d)) throw new BackendException($"{op}: D = {d} > {TopKMaxDim} or N = {n} too large for topk.cu");
+        LastTopKFallbacks = 0;
         if (q == 0) return;
-        TopKLaunch(_topkChunksF16, P(queries), q, d, corpus.LoadEffectiveAddressAsPtr(), (int)n, k, scores, indices);
+        nint corpusPtr = corpus.LoadEffectiveAddressAsPtr();
+        if (TopKVersion == 2 && TopKV2Plan(q, (int)n, d, k, corpusPtr, _multiprocessors, TopKV2Unavailable is null) is { } plan)
+        {
+            TopKF16V2(plan, P(queries), q, d, corpusPtr, (int)n, k, scores, indices, maxRowNorm);
+            return;
+        }
+        TopKLaunch(_topkChunksF16, P(queries), q, d, corpusPtr, (int)n, k, P(scores), P(indices));
+    }
+
+    /// <summary>How version 2 splits a search: kp candidates per query, query tiles x corpus slices of tilesPerSlice 256-row tiles.</summary>
+    public sealed record TopKV2Layout(int Kp, int QueryTiles, int Slices, int TilesPerSlice);
+
+    /// <summary>
+    /// Version 2's layout for Q queries over N x D, or null where it does not apply (k above 48, D not a multiple of 8,
+    /// a corpus not 16-byte aligned, or the device short of shared memory). About two blocks per multiprocessor in all,
+    /// the query tile varying fastest so that the blocks of one corpus slice run together.
+    /// </summary>
+    public static TopKV2Layout? TopKV2Plan(int q, int n, int d, int k, nint corpusAddress, int multiprocessors, bool deviceFits)
+    {
+        if (!deviceFits || k > TcMaxK || d % 8 != 0 || corpusAddress % 16 != 0 || q <= 0 || n <= 0) return null;
+        int kp = k <= 16 ? 32 : TcMaxList;
+        int qTiles = (q + TcQueries - 1) / TcQueries;
+        int tiles = (n + TcRows - 1) / TcRows;
+        int slices = Math.Clamp((2 * Math.Max(1, multiprocessors) + qTiles - 1) / qTiles, 1, Math.Min(tiles, MaxGridYZ));
+        int perSlice = (tiles + slices - 1) / slices;
+        slices = (tiles + perSlice - 1) / perSlice;   // no empty slice
+        return new TopKV2Layout(kp, qTiles, slices, perSlice);
+    }
+
+    private void TopKF16V2(TopKV2Layout plan, nint queries, int q, int d, nint corpus, int n, int k, Tensor scores, Tensor indices, float? maxRowNorm)
+    {
+        int kp = plan.Kp;
+        using var qh = Empty(new Shape(q, d / 2));                              // [Q, D] f16 bits, two to an element
+        using var maxNorm = Empty(new Shape(1));
+        using var partS = Empty(new Shape(q, plan.Slices, kp));                 // [Q, slices, kp] each slice's best, best first
+        using var partI = Empty(new Shape(q, plan.Slices, kp), DType.I32);
+        using var candS = Empty(new Shape(q, kp));                              // [Q, kp] the best approximate candidates
+        using var candI = Empty(new Shape(q, kp), DType.I32);
+        using var fail = Empty(new Shape(q), DType.I32);                        // [Q] 1: the certificate failed
+        long elems = (long)q * d;
+        Args().Add(queries).Add(elems).Add(P(qh));
+        Go(_tcQueries, ((uint)Math.Min(Blocks(elems, 256), 65535u), 1, 1), 256);
+        Fill(maxNorm, maxRowNorm ?? 0f);
+        if (maxRowNorm is null)
+        {
+            Args().Add(corpus).Add(n).Add(d).Add(P(maxNorm));
+            Go(_tcMaxNorm, ((uint)Math.Min(Blocks(n, 8), 8L * _multiprocessors), 1, 1), 256);
+        }
+        Args().Add(P(qh)).Add(corpus).Add(q).Add(n).Add(d).Add(plan.TilesPerSlice).Add(kp).Add(P(partS)).Add(P(partI));
+        Go(_tcScore, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), 256, TcSharedBytes);
+        Args().Add(P(partS)).Add(P(partI)).Add(plan.Slices).Add(kp).Add(kp).Add(P(candS)).Add(P(candI));
+        Go(_topkMerge, ((uint)q, 1, 1), 256);
+        Args().Add(queries).Add(corpus).Add(n).Add(d).Add(kp).Add(P(candS)).Add(P(candI)).Add(P(maxNorm)).Add(k)
+            .Add(P(scores)).Add(P(indices)).Add(P(fail));
+        Go(_tcRescore, ((uint)q, 1, 1), 256, (uint)(d * sizeof(float)));
+        var failed = new int[q];
+        CopyToHost(fail, failed);
+        nint sp = P(scores), ip = P(indices);
+        for (int i = 0; i < q; i++)
+        {
+            if (failed[i] == 0) continue;
+            LastTopKFallbacks++;
+            TopKLaunch(_topkChunksF16, queries + (nint)i * d * sizeof(float), 1, d, corpus, n, k, sp + (nint)i * k * sizeof(float), ip + (nint)i * k * sizeof(int));
+        }
     }
 
     private static bool TopKFits(int n, int d) => d > 0 && d <= TopKMaxDim && (n + TopKChunk - 1) / TopKChunk <= MaxGridYZ;
 
-    private void TopKLaunch(nint chunkKernel, nint queries, int q, int d, nint corpus, int n, int k, Tensor scores, Tensor indices)
+    private void TopKLaunch(nint chunkKernel, nint queries, int q, int d, nint corpus, int n, int k, nint scores, nint indices)
     {
         int k2 = 1;
         while (k2 < k) k2 *= 2;
@@ -310,7 +408,7 @@ public sealed class CudaBackend : IlgpuBackend
         using var partI = Empty(new Shape(q, chunks, k2), DType.I32);
         Args().Add(queries).Add(corpus).Add(n).Add(d).Add(k2).Add(P(partS)).Add(P(partI));
         Go(chunkKernel, ((uint)q, (uint)chunks, 1), 256, (uint)(d * sizeof(float)));
-        Args().Add(P(partS)).Add(P(partI)).Add(chunks).Add(k2).Add(k).Add(P(scores)).Add(P(indices));
+        Args().Add(P(partS)).Add(P(partI)).Add(chunks).Add(k2).Add(k).Add(scores).Add(indices);
         Go(_topkMerge, ((uint)q, 1, 1), 256);
     }
 
