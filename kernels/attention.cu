@@ -176,3 +176,248 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_forward_d
         if (r1 < Tq) lse[bh * Tq + r1] = l1 > 0.f ? (m1 + kv_log2(l1)) * KV_LN2 : NEG_INF;
     }
 }
+
+// ======================================================================================================================
+// Version 2 (D = 64, for long sequences): 8 warps x 16 query rows = 128 rows a block (half the K/V staging per query
+// of version 1); the next key tile's f32 K, V and mask are loaded into registers (16-byte loads) while the current
+// tile is multiplied, then rounded and stored into the other of two shared buffers; K and V both kept row-major as
+// bf16 in 128-byte XOR-swizzled rows, read with ldmatrix (V with .trans: no transposing stores). Softmax as version 1.
+// Needs 16-byte-aligned k and v. The cuda backend runs it with AttentionVersion 2 (KERNELVL_CUDA_ATTENTION=2).
+// Not yet run on a GPU: ptxas (sm_90) accepts it; parity is the registry's attention cases with KERNELVL_CUDA_ATTENTION=2.
+// ======================================================================================================================
+// Shared by version 2. Version 1 above keeps its own inline copy of the same code: it is the version that has run on
+// a GPU, and its register allocation (128 registers, 4 blocks per multiprocessor) changes when it calls these; it moves
+// onto them when version 2 has been measured and one of the two is retired.
+// Q fragments (A operand, 16 rows x 64 d = 4 k-steps) of rows r0 and r1 = r0 + 8, rounded to bf16; rows >= Tq are zeros.
+static __device__ __forceinline__ void att_load_q(const float* __restrict__ qb, int r0, int r1, int Tq, int t, unsigned (*qa)[4])
+{
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+    {
+        int d = s * 16 + 2 * t;
+        float x00 = r0 < Tq ? qb[(long long)r0 * ATT_D + d] : 0.f, x01 = r0 < Tq ? qb[(long long)r0 * ATT_D + d + 1] : 0.f;
+        float x10 = r1 < Tq ? qb[(long long)r1 * ATT_D + d] : 0.f, x11 = r1 < Tq ? qb[(long long)r1 * ATT_D + d + 1] : 0.f;
+        float x02 = r0 < Tq ? qb[(long long)r0 * ATT_D + d + 8] : 0.f, x03 = r0 < Tq ? qb[(long long)r0 * ATT_D + d + 9] : 0.f;
+        float x12 = r1 < Tq ? qb[(long long)r1 * ATT_D + d + 8] : 0.f, x13 = r1 < Tq ? qb[(long long)r1 * ATT_D + d + 9] : 0.f;
+        qa[s][0] = kv_pack_bf16(x00, x01);
+        qa[s][1] = kv_pack_bf16(x10, x11);
+        qa[s][2] = kv_pack_bf16(x02, x03);
+        qa[s][3] = kv_pack_bf16(x12, x13);
+    }
+}
+
+// One key tile of the online softmax: s (this thread's S fragments of rows r0, r1 over 64 keys) is scaled into log2
+// units, masked with kbias, and replaced by exp2(s - running max); the running max m, this thread's part of the row
+// sum l and the output accumulator are rescaled to the new max.
+static __device__ __forceinline__ void att_softmax_tile(float (*s)[4], const float* kbias, float sl2, int t,
+                                                        float& m0, float& m1, float& l0, float& l1, float (*oacc)[4])
+{
+    const float NEG_INF = -KV_INF;
+    float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+    for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            float kbv = kbias[ni * 8 + 2 * t + e];
+            s[ni][e] = s[ni][e] * sl2 + kbv;
+            s[ni][2 + e] = s[ni][2 + e] * sl2 + kbv;
+            mx0 = kv_max(mx0, s[ni][e]);
+            mx1 = kv_max(mx1, s[ni][2 + e]);
+        }
+    // the row max over the quad of lanes that shares the rows
+    mx0 = kv_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = kv_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = kv_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = kv_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    float n0 = kv_max(m0, mx0), n1 = kv_max(m1, mx1);
+    // While a row has seen only masked keys its max is -inf: exponents are taken against 0 then, so that
+    // exp2(-inf - 0) = 0 rather than exp2(-inf + inf) = NaN.
+    float base0 = n0 == NEG_INF ? 0.f : n0, base1 = n1 == NEG_INF ? 0.f : n1;
+    float alpha0 = kv_exp2(m0 - base0), alpha1 = kv_exp2(m1 - base1);
+    m0 = n0;
+    m1 = n1;
+    l0 *= alpha0;
+    l1 *= alpha1;
+#pragma unroll
+    for (int nd = 0; nd < 8; nd++)
+    {
+        oacc[nd][0] *= alpha0; oacc[nd][1] *= alpha0;
+        oacc[nd][2] *= alpha1; oacc[nd][3] *= alpha1;
+    }
+#pragma unroll
+    for (int ni = 0; ni < 8; ni++)
+    {
+        s[ni][0] = kv_exp2(s[ni][0] - base0); s[ni][1] = kv_exp2(s[ni][1] - base0);
+        s[ni][2] = kv_exp2(s[ni][2] - base1); s[ni][3] = kv_exp2(s[ni][3] - base1);
+        l0 += s[ni][0] + s[ni][1];
+        l1 += s[ni][2] + s[ni][3];
+    }
+}
+
+// o = oacc / l and lse = (m + log2 l) ln 2 for rows r0, r1 (< Tq); a row with l = 0 (every key masked) gets o = 0, lse = -inf.
+static __device__ __forceinline__ void att_store(float* __restrict__ ob, float* __restrict__ lseb, int r0, int r1, int Tq, int t,
+                                                 float m0, float m1, float l0, float l1, float (*oacc)[4])
+{
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    float inv0 = l0 > 0.f ? kv_rcp(l0) : 0.f, inv1 = l1 > 0.f ? kv_rcp(l1) : 0.f;
+#pragma unroll
+    for (int nd = 0; nd < 8; nd++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            int d = nd * 8 + 2 * t + e;
+            if (r0 < Tq) ob[(long long)r0 * ATT_D + d] = oacc[nd][e] * inv0;
+            if (r1 < Tq) ob[(long long)r1 * ATT_D + d] = oacc[nd][2 + e] * inv1;
+        }
+    if (t == 0)
+    {
+        if (r0 < Tq) lseb[r0] = l0 > 0.f ? (m0 + kv_log2(l0)) * KV_LN2 : -KV_INF;
+        if (r1 < Tq) lseb[r1] = l1 > 0.f ? (m1 + kv_log2(l1)) * KV_LN2 : -KV_INF;
+    }
+}
+
+#define ATT2_WARPS 8
+#define ATT2_Q (ATT2_WARPS * 16)
+#define ATT2_K 64
+
+// Byte offset of (row, 16-byte chunk c) in a 128-byte-row tile, chunks XOR-swizzled by row % 8.
+static __device__ __forceinline__ unsigned att2_off(int row, int c) { return (unsigned)(row * 128 + ((c ^ (row & 7)) << 4)); }
+
+static __device__ __forceinline__ void att2_ldmatrix_x4_trans(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+
+static __device__ __forceinline__ void att2_ld4(const float* p, float* v)
+{
+    asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "l"(p));
+}
+
+static __device__ __forceinline__ void att2_st16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d)
+{
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" :: "r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+
+// q [B, H, Tq, 64], k and v [B, H, Tk, 64], mask i32 [B, Tk] or null -> o [B, H, Tq, 64], lse [B, H, Tq].
+// Grid (ceil(Tq / 128), B * H), 256 threads.
+extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_d64_v2(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const int* __restrict__ mask,
+    int H, int Tq, int Tk, float scale, float* __restrict__ o, float* __restrict__ lse)
+{
+    __shared__ __attribute__((aligned(128))) unsigned char Ks[2][ATT2_K * 128];   // [key][d], bf16, swizzled
+    __shared__ __attribute__((aligned(128))) unsigned char Vs[2][ATT2_K * 128];   // [key][d], bf16, swizzled
+    __shared__ float kbias[2][ATT2_K];                                            // 0 for a key that counts, -inf else
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, lr = lane & 7, lj = lane >> 3;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / H);
+    const float* qb = q + bh * Tq * ATT_D;
+    const float* kb = k + bh * Tk * ATT_D;
+    const float* vb = v + bh * Tk * ATT_D;
+    const int r0 = blockIdx.x * ATT2_Q + warp * 16 + g, r1 = r0 + 8;
+    const float NEG_INF = -KV_INF;
+
+    unsigned qa[4][4];   // Q fragments, kept in registers for the whole key loop
+    att_load_q(qb, r0, r1, Tq, t, qa);
+
+    // This thread's share of a tile: chunks tid and tid + 256 of 512 (key = chunk / 8, d = 8 (chunk % 8) .. +7) of K
+    // and of V, and the mask of key tid (tid < 64).
+    float pk[2][8], pv[2][8];
+    float pbias = 0.f;
+    auto fetch = [&](int j0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+        {
+            int e = tid + i * 256, key = j0 + (e >> 3), d = (e & 7) * 8;
+            if (key < Tk)
+            {
+                att2_ld4(kb + (long long)key * ATT_D + d, pk[i]); att2_ld4(kb + (long long)key * ATT_D + d + 4, pk[i] + 4);
+                att2_ld4(vb + (long long)key * ATT_D + d, pv[i]); att2_ld4(vb + (long long)key * ATT_D + d + 4, pv[i] + 4);
+            }
+            else
+            {
+#pragma unroll
+                for (int x = 0; x < 8; x++) { pk[i][x] = 0.f; pv[i][x] = 0.f; }
+            }
+        }
+        if (tid < ATT2_K)
+        {
+            int key = j0 + tid;
+            pbias = key < Tk && (mask == 0 || mask[(long long)b * Tk + key] != 0) ? 0.f : NEG_INF;
+        }
+    };
+    auto stash = [&](int buf) {
+        const unsigned ks = kv_smem(Ks[buf]), vs = kv_smem(Vs[buf]);
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+        {
+            int e = tid + i * 256, key = e >> 3, c = e & 7;
+            att2_st16(ks + att2_off(key, c), kv_pack_bf16(pk[i][0], pk[i][1]), kv_pack_bf16(pk[i][2], pk[i][3]),
+                      kv_pack_bf16(pk[i][4], pk[i][5]), kv_pack_bf16(pk[i][6], pk[i][7]));
+            att2_st16(vs + att2_off(key, c), kv_pack_bf16(pv[i][0], pv[i][1]), kv_pack_bf16(pv[i][2], pv[i][3]),
+                      kv_pack_bf16(pv[i][4], pv[i][5]), kv_pack_bf16(pv[i][6], pv[i][7]));
+        }
+        if (tid < ATT2_K) kbias[buf][tid] = pbias;
+    };
+
+    float oacc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) oacc[i][e] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
+    const float sl2 = scale * KV_LOG2E;
+
+    fetch(0);
+    stash(0);
+    __syncthreads();
+    int cur = 0;
+    for (int j0 = 0; j0 < Tk; j0 += ATT2_K)
+    {
+        const bool more = j0 + ATT2_K < Tk;
+        if (more) fetch(j0 + ATT2_K);   // in flight while this tile is multiplied
+        const unsigned ks = kv_smem(Ks[cur]), vs = kv_smem(Vs[cur]);
+
+        float s[8][4];
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[ni][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)   // d 16 kk .. 16 kk + 15
+#pragma unroll
+            for (int np = 0; np < 4; np++)   // keys 16 np .. 16 np + 15
+            {
+                unsigned b0, b1, b2, b3;
+                kv_ldmatrix_x4(ks + att2_off(np * 16 + lr + ((lj >> 1) << 3), 2 * kk + (lj & 1)), b0, b1, b2, b3);
+                kv_mma_bf16(s[2 * np], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
+                kv_mma_bf16(s[2 * np + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b2, b3);
+            }
+        att_softmax_tile(s, kbias[cur], sl2, t, m0, m1, l0, l1, oacc);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)   // keys 16 kk .. 16 kk + 15
+        {
+            unsigned a0 = kv_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            unsigned a1 = kv_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            unsigned a2 = kv_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            unsigned a3 = kv_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int np = 0; np < 4; np++)   // d 16 np .. 16 np + 15
+            {
+                unsigned b0, b1, b2, b3;
+                att2_ldmatrix_x4_trans(vs + att2_off(kk * 16 + lr + ((lj & 1) << 3), 2 * np + (lj >> 1)), b0, b1, b2, b3);
+                kv_mma_bf16(oacc[2 * np], a0, a1, a2, a3, b0, b1);
+                kv_mma_bf16(oacc[2 * np + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+        if (more) stash(cur ^ 1);   // the other buffer was last read before the barrier that ended the previous tile
+        __syncthreads();
+        cur ^= 1;
+    }
+
+    att_store(o + bh * Tq * ATT_D, lse + bh * Tq, r0, r1, Tq, t, m0, m1, l0, l1, oacc);
+}

@@ -166,3 +166,123 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_bf16(
                     C[idx] = accumulate ? C[idx] + v : v;
                 }
 }
+
+// ======================================================================================================================
+// Version 2: bf16 operands kept in memory, both K-major: C[z] = act(alpha A[z] B[z]^T (+ bias)) (+ C[z]) with A [M, K]
+// and B [N, K] row-major. 128 x 256 block tile, 8 warps of 64 x 64 (kv_warp_tile_64x64: ldmatrix from XOR-swizzled
+// rows, mma.sync m16n8k16 bf16, f32 accumulation), cp.async 4-stage pipeline (96 KB of dynamic shared memory).
+// Needs K, lda, ldb multiples of 8 and 16-byte-aligned A, B: convert_bf16_kmajor writes operands that way (rounding
+// the engine's f32 tensors, transposing the ones that are not K-major, zero-padding K). The f32 MatMul of the cuda
+// backend takes this path with GemmVersion 2 (KERNELVL_CUDA_GEMM=2).
+// Not yet run on a GPU: ptxas (sm_90) accepts it; parity is the registry's matmul cases with KERNELVL_CUDA_GEMM=2.
+// ======================================================================================================================
+#define G2_BM 128
+#define G2_BN 256
+#define G2_STAGES 4
+#define G2_THREADS 256
+#define G2_A_STAGE (G2_BM * 64)
+#define G2_B_STAGE (G2_BN * 64)
+
+// Grid (ceil(M / 128), ceil(N / 256), batch), 256 threads, G2_STAGES * (G2_A_STAGE + G2_B_STAGE) bytes of dynamic
+// shared memory. Strides in elements (0: the batch shares the operand).
+extern "C" __global__ void __launch_bounds__(G2_THREADS, 1) gemm_bf16_tn(
+    const unsigned short* __restrict__ A, const unsigned short* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
+    int M, int N, int K, int lda, int ldb, int ldc, long long strideA, long long strideB, long long strideC,
+    float alpha, int accumulate, int gelu)
+{
+    extern __shared__ __attribute__((aligned(128))) unsigned char smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;   // the warp's 64 x 64 piece of the 128 x 256 tile
+    const int m0 = blockIdx.x * G2_BM, n0 = blockIdx.y * G2_BN;
+    A += blockIdx.z * strideA;
+    B += blockIdx.z * strideB;
+    C += blockIdx.z * strideC;
+    const unsigned sA = kv_smem(smem), sB = sA + G2_STAGES * G2_A_STAGE;
+    const int KT = (K + 31) / 32;
+
+    float acc[4][8][4];
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < G2_STAGES - 1; s++)
+    {
+        if (s < KT)
+        {
+            kv_stage_rows<G2_BM, G2_THREADS>(sA + s * G2_A_STAGE, A, m0, M, lda, s * 32, K);
+            kv_stage_rows<G2_BN, G2_THREADS>(sB + s * G2_B_STAGE, B, n0, N, ldb, s * 32, K);
+        }
+        kv_cp_async_commit();
+    }
+    int buf = 0, ldBuf = G2_STAGES - 1;
+    for (int kt = 0; kt < KT; kt++)
+    {
+        kv_cp_async_wait<G2_STAGES - 2>();
+        __syncthreads();   // stage `buf` has landed for every thread; stage ldBuf was last read at kt - 1
+        const int next = kt + G2_STAGES - 1;
+        if (next < KT)
+        {
+            kv_stage_rows<G2_BM, G2_THREADS>(sA + ldBuf * G2_A_STAGE, A, m0, M, lda, next * 32, K);
+            kv_stage_rows<G2_BN, G2_THREADS>(sB + ldBuf * G2_B_STAGE, B, n0, N, ldb, next * 32, K);
+        }
+        kv_cp_async_commit();
+        kv_warp_tile_64x64<true>(sA + buf * G2_A_STAGE, sB + buf * G2_B_STAGE, wm * 64, wn * 64, acc);
+        if (++buf == G2_STAGES) buf = 0;
+        if (++ldBuf == G2_STAGES) ldBuf = 0;
+    }
+    kv_cp_async_wait<0>();
+
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+            {
+                const int r = m0 + wm * 64 + mi * 16 + g + 8 * h;
+                const int c = n0 + wn * 64 + ni * 8 + 2 * t;
+                if (r >= M) continue;
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    if (c + e >= N) continue;
+                    float v = alpha * acc[mi][ni][2 * h + e] + (bias ? bias[c + e] : 0.f);
+                    if (gelu) v = gemm_gelu(v);
+                    long long idx = (long long)r * ldc + c + e;
+                    C[idx] = accumulate ? C[idx] + v : v;
+                }
+            }
+}
+
+// The engine's f32 operand -> the K-major bf16 operand of gemm_bf16_tn: y[z][r][c] = bf16(op(x[z])(r, c)) for
+// r < R, c < Kc, zeros for Kc <= c < ldy (ldy = Kc rounded up to 8). op(x)(r, c) = x[r * ld + c], or x[c * ld + r]
+// when trans (x stored [Kc, R]). 32 x 32 tiles through shared memory so both sides are read and written along rows.
+// Grid (ceil(ldy / 32), ceil(R / 32), batch), 256 threads (32 x 8); strideX in elements, y batches ldy * R apart.
+extern "C" __global__ void __launch_bounds__(256) convert_bf16_kmajor(
+    const float* __restrict__ x, int R, int Kc, int ld, int trans, long long strideX, unsigned short* __restrict__ y, int ldy)
+{
+    __shared__ float tile[32][33];
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    const int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+    x += blockIdx.z * strideX;
+    y += (long long)blockIdx.z * ldy * R;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        int a = ty + 8 * i;   // trans: tile row = c (x's row), tile column = r; else tile row = r, column = c
+        int r = trans ? r0 + tx : r0 + a, c = trans ? c0 + a : c0 + tx;
+        float v = r < R && c < Kc ? (trans ? x[(long long)c * ld + r] : x[(long long)r * ld + c]) : 0.f;
+        if (trans) tile[tx][a] = v; else tile[a][tx] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        int rr = ty + 8 * i, r = r0 + rr, c = c0 + tx;
+        if (r < R && c < ldy) y[(long long)r * ldy + c] = (unsigned short)(kv_pack_bf16(tile[rr][tx], 0.f) & 0xffffu);
+    }
+}

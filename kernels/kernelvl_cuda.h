@@ -132,3 +132,52 @@ static __device__ __forceinline__ void kv_atomic_max_nonneg(float* p, float v)
 }
 
 static __device__ __forceinline__ void kv_syncwarp() { asm volatile("bar.warp.sync 0xffffffff;" ::: "memory"); }
+
+// ---- the version-2 tensor-core tile: stages of 32 K-elements (16-bit) per row, 64 bytes = four 16-byte chunks ----
+// Byte offset of (row, chunk c) in a stage: chunks XOR-swizzled by row / 2, so the 8 rows an ldmatrix reads (or a
+// warp's cp.async writes) fall on 8 distinct 16-byte bank groups.
+static __device__ __forceinline__ unsigned kv_swz64(int row, int c) { return (unsigned)(row * 64 + ((c ^ ((row >> 1) & 3)) << 4)); }
+
+// Stages ROWS rows x 32 elements of a K-major 16-bit matrix x (row r at x + r * ld) from element column col:
+// rows >= rowEnd and columns >= colEnd are written as zeros (colEnd % 8 == 0). ROWS * 4 / THREADS chunks a thread.
+template <int ROWS, int THREADS>
+static __device__ __forceinline__ void kv_stage_rows(unsigned stage, const unsigned short* __restrict__ x, long long row0, long long rowEnd,
+                                                     long long ld, int col, int colEnd)
+{
+#pragma unroll
+    for (int i = 0; i < ROWS * 4 / THREADS; i++)
+    {
+        int e = threadIdx.x + i * THREADS, r = e >> 2, c = e & 3, cc = col + c * 8;
+        long long row = row0 + r;
+        bool ok = row < rowEnd && cc < colEnd;
+        kv_cp_async16(stage + kv_swz64(r, c), ok ? (const void*)(x + row * ld + cc) : (const void*)x, ok ? 16 : 0);
+    }
+}
+
+// acc += A B^T over one stage (32 of K) for a warp's 64 x 64 piece: A rows am.. am+63 of the A stage, B rows
+// bn.. bn+63 of the B stage (both K-major, swizzled). acc[mi][ni] is the m16n8 tile (am + 16 mi, bn + 8 ni).
+template <bool BF16>
+static __device__ __forceinline__ void kv_warp_tile_64x64(unsigned aStage, unsigned bStage, int am, int bn, float (*acc)[8][4])
+{
+    const int lane = threadIdx.x & 31, lr = lane & 7, lj = lane >> 3;
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++)
+    {
+        unsigned a[4][4], b[8][2];
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+            kv_ldmatrix_x4(aStage + kv_swz64(am + mi * 16 + lr + ((lj & 1) << 3), ks * 2 + (lj >> 1)), a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
+#pragma unroll
+        for (int np = 0; np < 4; np++)
+            kv_ldmatrix_x4(bStage + kv_swz64(bn + np * 16 + lr + ((lj >> 1) << 3), ks * 2 + (lj & 1)),
+                           b[2 * np][0], b[2 * np][1], b[2 * np + 1][0], b[2 * np + 1][1]);
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 8; ni++)
+            {
+                if (BF16) kv_mma_bf16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+                else kv_mma_f16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+            }
+    }
+}

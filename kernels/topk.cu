@@ -171,10 +171,6 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_merge(const floa
 #define TC_SMEM_LIST (TC_STAGES * (TC_A_STAGE + TC_B_STAGE))
 #define TC_SMEM_BYTES (TC_SMEM_LIST + TC_BM * (2 * TC_KMAX + 2 * TC_CAP) * 4 + TC_BM * 3 * 4 + 16)
 
-// Byte offset of (row, 16-byte chunk c) in a stage: chunks XOR-swizzled by row / 2, so the 8 rows an ldmatrix
-// reads (or a warp's cp.async writes) fall on distinct 16-byte bank groups.
-static __device__ __forceinline__ unsigned tc_off(int row, int c) { return (unsigned)(row * 64 + ((c ^ ((row >> 1) & 3)) << 4)); }
-
 // queries [count] f32 -> qh [count] f16 bits.
 extern "C" __global__ void __launch_bounds__(256) topk_f16_queries(const float* __restrict__ q, long long count, unsigned short* __restrict__ qh)
 {
@@ -286,25 +282,11 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
     for (int r = tid; r < TC_BM; r += TC_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
     if (tid == 0) *sh.ovf = 0;
 
-    // Loads pipeline step `step` (tile step / KT, k-chunk step % KT) into stage buf: A 512 chunks, B 1024 chunks.
+    // Loads the next pipeline step (tile ldTile, K chunk ldKt) into stage ldBuf: A 128 query rows, B 256 corpus rows.
     int ldTile = 0, ldKt = 0, ldBuf = 0;
     auto load = [&]() {
-        const int col = ldKt * TC_BK;
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-        {
-            int e = tid + i * TC_THREADS, r = e >> 2, c = e & 3, qr = q0 + r, cc = col + c * 8;
-            bool ok = qr < Q && cc < d;
-            kv_cp_async16(sA + ldBuf * TC_A_STAGE + tc_off(r, c), ok ? (const void*)(qh + (long long)qr * d + cc) : (const void*)qh, ok ? 16 : 0);
-        }
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-        {
-            int e = tid + i * TC_THREADS, r = e >> 2, c = e & 3, cc = col + c * 8;
-            long long row = sliceStart + (long long)ldTile * TC_BN + r;
-            bool ok = row < sliceEnd && cc < d;
-            kv_cp_async16(sB + ldBuf * TC_B_STAGE + tc_off(r, c), ok ? (const void*)(corpus + row * d + cc) : (const void*)corpus, ok ? 16 : 0);
-        }
+        kv_stage_rows<TC_BM, TC_THREADS>(sA + ldBuf * TC_A_STAGE, qh, q0, Q, d, ldKt * TC_BK, d);
+        kv_stage_rows<TC_BN, TC_THREADS>(sB + ldBuf * TC_B_STAGE, corpus, sliceStart + (long long)ldTile * TC_BN, sliceEnd, d, ldKt * TC_BK, d);
         if (++ldKt == KT) { ldKt = 0; ldTile++; }
         if (++ldBuf == TC_STAGES) ldBuf = 0;
     };
@@ -333,24 +315,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
 #pragma unroll
                     for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
         }
-        const unsigned a0 = sA + buf * TC_A_STAGE, b0 = sB + buf * TC_B_STAGE;
-        const int lr = lane & 7, lj = lane >> 3;
-#pragma unroll
-        for (int ks = 0; ks < 2; ks++)
-        {
-            unsigned a[4][4], b[8][2];
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++)
-                kv_ldmatrix_x4(a0 + tc_off(wm * 64 + mi * 16 + lr + ((lj & 1) << 3), ks * 2 + (lj >> 1)), a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
-#pragma unroll
-            for (int np = 0; np < 4; np++)
-                kv_ldmatrix_x4(b0 + tc_off(wn * 64 + np * 16 + lr + ((lj >> 1) << 3), ks * 2 + (lj & 1)),
-                               b[2 * np][0], b[2 * np][1], b[2 * np + 1][0], b[2 * np + 1][1]);
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 8; ni++) kv_mma_f16(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
-        }
+        kv_warp_tile_64x64<false>(sA + buf * TC_A_STAGE, sB + buf * TC_B_STAGE, wm * 64, wn * 64, acc);
         if (++buf == TC_STAGES) buf = 0;
         if (++kt < KT) continue;
         kt = 0;

@@ -12,6 +12,7 @@ const string usage = """
     usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS] [--gpu-shapes] [--reference NAME]
            KernelVL.Perf check [--backend cpu] [--filter REGEX]
            KernelVL.Perf baselines [--json FILE]
+           KernelVL.Perf gemm-bf16 [--json FILE]
            KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10] [--suite]
            KernelVL.Perf search [--backend cpu] [--json FILE] [--n 100000]
       search       index search throughput: top-10 for 1, 32, 1024 queries over a random N x 768 index, f16 and f32
@@ -19,6 +20,8 @@ const string usage = """
       e2e          model throughput with random weights: decomposed images/s and texts/s, cross-encoder pairs/s
                    (base = ViLT-B/32 size; every fast backend present unless --backend is given)
       ops          check, then time, every op of the parity registry at the perf shapes
+      gemm-bf16    gemm.cu version 2 (bf16 operands in memory; and behind the f32 MatMul) and version 1 at the GEMM
+                   targets' shapes, checked first
       baselines    time cuBLAS sgemm (f32 and tensor-op math) on the CUDA card at the GEMM targets' shapes
       topk-f16     the cuda backend's top-k over an f16 corpus (default 1M x 768, 1024 queries, k 10), kernel versions 1
                    and 2: checked, then timed; --suite: version 2 on the cases that stress it, every query checked
@@ -45,7 +48,7 @@ if (args[0] == "e2e")
     try { return E2e.Run(args); }
     catch (Exception e) when (e is ArgumentException or FormatException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
 }
-if (args[0] is not ("ops" or "check" or "baselines" or "topk-f16")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
+if (args[0] is not ("ops" or "check" or "baselines" or "topk-f16" or "gemm-bf16")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
 int f16N = 1_000_000, f16Q = 1024, f16D = 768, f16K = 10;
 string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false, topkSuite = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
 for (int i = 1; i < args.Length; i++)
@@ -83,6 +86,11 @@ if (args[0] == "baselines")
 {
     if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: baselines need the cuda backend: {whyNot}"); return 2; }
     return CublasBaselines.Run(jsonPath);
+}
+if (args[0] == "gemm-bf16")
+{
+    if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: gemm-bf16 needs the cuda backend: {whyNot}"); return 2; }
+    return GemmBf16Bench.Run(jsonPath);
 }
 if (args[0] == "topk-f16")
 {

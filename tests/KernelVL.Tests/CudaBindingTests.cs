@@ -237,4 +237,24 @@ public unsafe class CudaBindingTests
         Assert.Contains("libcuda.so.1", e.Message);
         Assert.Contains("no NVIDIA driver", e.Message);
     }
+
+    [SkippableFact]
+    public void ADriverLibraryWithoutAGpuIsAClearBackendError()
+    {
+        // The NVIDIA libraries installed on a machine with no GPU (containers, CI runners, a toolkit from the
+        // distribution): cuInit fails with CUDA_ERROR_NO_DEVICE, and every caller must see "unavailable", not a crash.
+        bool present = NativeLibrary.TryLoad(CudaDriver.LibraryName, out var h);
+        if (present) NativeLibrary.Free(h);
+        Skip.IfNot(present, "this machine has no NVIDIA driver library");
+        CudaDriver? driver = null;
+        try { driver = CudaDriver.Load(); }
+        catch (BackendException e)
+        {
+            Assert.Contains("cuInit failed", e.Message);
+            Assert.Contains("unavailable", e.Message);
+            Assert.NotNull(KernelVL.Backends.BackendFactory.Unavailable("cuda"));
+            return;
+        }
+        Skip.If(driver is not null, "this machine has a usable GPU");
+    }
 }

@@ -51,7 +51,16 @@ public sealed unsafe class CudaDriver
         // CUDA 12.8 added the _v2 entry (the plain one is deprecated in CUDA 13); the same signature either way.
         _cuEventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)(NativeLibrary.TryGetExport(lib, "cuEventElapsedTime_v2", out var et)
             ? (void*)et : Export(lib, "cuEventElapsedTime"));
-        Check("cuInit", _cuInit(0));
+        // A driver library without a usable GPU (a container or machine with the NVIDIA libraries installed, no device
+        // or no access to it) fails here: that makes the backend unavailable, it is not an error of a CUDA call.
+        try
+        {
+            Check("cuInit", _cuInit(0));
+        }
+        catch (CudaException e)
+        {
+            throw new BackendException($"{LibraryName} loaded but {e.Message}: no usable GPU, so the cuda backend is unavailable");
+        }
     }
 
     private static void* Export(nint lib, string name) =>

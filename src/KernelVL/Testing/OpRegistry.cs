@@ -417,8 +417,8 @@ public static class OpRegistry
     /// <summary>
     /// The issue's GPU targets, for GPU backends only (too large for the f64 reference in a GPU run's time: check them
     /// against the cpu backend, <c>ops --reference cpu</c>): GEMM 4096^3 and the model's shapes, attention at T 256..1024,
-    /// InfoNCE over 4096 x 4096, and top-k over a 65536 x 768 f32 corpus (the 1M x 768 f16 corpus of the issue needs an f16
-    /// corpus kernel, not written yet).
+    /// InfoNCE over 4096 x 4096, and top-k over a 65536 x 768 f32 corpus (the issue's 1M x 768 f16 corpus is not a
+    /// registry tensor: <c>perf topk-f16</c> runs it).
     /// </summary>
     public static IEnumerable<OpCase> GpuPerfCases()
     {

@@ -33,7 +33,26 @@ public sealed class CudaBackend : IlgpuBackend
     private readonly nint _context, _stream;
     private readonly KernelArgs _args = new();
     private readonly nint _gemm, _attn64, _layerNorm, _nceDiag, _nceTiles, _nceCombine, _sum, _nceBackTiles, _nceBackDiag, _topkChunks, _topkChunksF16, _topkMerge;
-    private readonly nint _tcQueries, _tcMaxNorm, _tcScore, _tcRescore;
+    private readonly nint _tcQueries, _tcMaxNorm, _tcScore, _tcRescore, _gemm2, _toBf16, _attn64v2;
+
+    /// <summary>
+    /// Which attention forward runs at head dim 64: 1 (64 query rows a block, synchronous K/V staging) or 2 (128 rows,
+    /// the next K/V tile loaded while the current one is multiplied, ldmatrix). Defaults to the KERNELVL_CUDA_ATTENTION
+    /// environment variable, else 1: version 2 becomes the default once it has passed on a GPU.
+    /// </summary>
+    public int AttentionVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_ATTENTION") == "2" ? 2 : 1;
+    private const int Gemm2Rows = 128, Gemm2Cols = 256, Gemm2SharedBytes = 4 * (128 + 256) * 64;   // gemm.cu version 2
+
+    /// <summary>Why gemm.cu version 2 cannot run on this device (too little shared memory), or null.</summary>
+    public string? GemmV2Unavailable { get; }
+
+    /// <summary>
+    /// Which GEMM MatMul, MatMulBackward and MatMulGelu run: 1 (f32 operands rounded to bf16 while staging, register
+    /// double buffer) or 2 (operands first converted to K-major bf16 in memory, then the cp.async/ldmatrix kernel).
+    /// Defaults to the KERNELVL_CUDA_GEMM environment variable, else 1: version 2 becomes the default once it has
+    /// passed on a GPU.
+    /// </summary>
+    public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") == "2" ? 2 : 1;
     private readonly int _multiprocessors;
 
     /// <summary>Why topk.cu version 2 cannot run on this device (too little shared memory), or null.</summary>
@@ -98,7 +117,18 @@ public sealed class CudaBackend : IlgpuBackend
             _tcMaxNorm = _modules.Function("topk", "topk_f16_max_norm");
             _tcScore = _modules.Function("topk", "topk_tc_f16");
             _tcRescore = _modules.Function("topk", "topk_f16_rescore");
+            _gemm2 = _modules.Function("gemm", "gemm_bf16_tn");
+            _attn64v2 = _modules.Function("attention", "attention_forward_d64_v2");
+            _toBf16 = _modules.Function("gemm", "convert_bf16_kmajor");
             _multiprocessors = _driver.MultiprocessorCount(_driver.CurrentDevice);
+            try
+            {
+                _driver.SetMaxDynamicSharedMemory(_gemm2, Gemm2SharedBytes);
+            }
+            catch (BackendException e)
+            {
+                GemmV2Unavailable = $"gemm_bf16_tn needs {Gemm2SharedBytes} bytes of shared memory per block: {e.Message}";
+            }
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -176,6 +206,11 @@ public sealed class CudaBackend : IlgpuBackend
         V c, int ldc, long strideC, int batch, V bias, bool accumulate)
     {
         if (m == 0 || n == 0 || batch == 0) return;
+        if (GemmVersion == 2 && GemmV2Unavailable is null && Blocks(n, Gemm2Cols) <= MaxGridYZ && batch <= MaxGridYZ)
+        {
+            LaunchGemmV2(m, n, k, a, lda, transA, strideA, b, ldb, transB, strideB, c, ldc, strideC, batch, bias, accumulate, gelu: false);
+            return;
+        }
         uint gy = Blocks(m, 128);
         if (gy > MaxGridYZ || batch > MaxGridYZ)
         {
@@ -198,10 +233,81 @@ public sealed class CudaBackend : IlgpuBackend
         if (!d.SharedB) Contract.Fail("matmul gelu", $"b must be a rank-2 weight, got {b.Shape}");
         long m = (long)d.Batch * d.M;
         if (m == 0 || d.N == 0) return;
+        if (GemmVersion == 2 && GemmV2Unavailable is null && Blocks(d.N, Gemm2Cols) <= MaxGridYZ)
+        {
+            LaunchGemmV2((int)m, d.N, d.K, F(a), d.K, false, 0, F(b), b.Shape[-1], transB, 0, F(y), d.N, 0, 1, bias is null ? V.Empty : F(bias), false, gelu: true);
+            return;
+        }
         if (Blocks(m, 128) > MaxGridYZ) throw new BackendException($"matmul gelu: {m} rows are more than one launch takes");
         Args().Add(P(a)).Add(P(b)).Add(P(bias, true)).Add(P(y)).Add((int)m).Add(d.N).Add(d.K).Add(d.K).Add(b.Shape[-1]).Add(d.N)
             .Add(0).Add(transB ? 1 : 0).Add(0L).Add(0L).Add(0L).Add(1f).Add(0).Add(1);
         Go(_gemm, (Blocks(d.N, 128), Blocks(m, 128), 1), 256);
+    }
+
+    /// <summary>
+    /// Version 2 of the GEMM for the engine's f32 operands: each is rounded to bf16 into a K-major temporary (A as
+    /// [M, Kp], op(B) as its transpose [N, Kp], Kp = K rounded up to 8, zero-padded), then gemm_bf16_tn.
+    /// </summary>
+    private void LaunchGemmV2(int m, int n, int k, V a, int lda, bool transA, long strideA, V b, int ldb, bool transB, long strideB,
+        V c, int ldc, long strideC, int batch, V bias, bool accumulate, bool gelu)
+    {
+        int kp = (k + 7) / 8 * 8;
+        int batchA = strideA == 0 ? 1 : batch, batchB = strideB == 0 ? 1 : batch;
+        using var a16 = Empty(new Shape(batchA, m, Math.Max(1, kp / 2)));    // [batch, M, Kp] bf16, two to an element
+        using var b16 = Empty(new Shape(batchB, n, Math.Max(1, kp / 2)));    // [batch, N, Kp] bf16
+        ConvertBf16KMajor(P(a), m, k, lda, transA, strideA, batchA, P(a16), kp);
+        // op(B)(k, n) is Bt(n, k): Bt = B itself when transB (B stored [N, K]), else B's transpose.
+        ConvertBf16KMajor(P(b), n, k, ldb, !transB, strideB, batchB, P(b16), kp);
+        GemmBf16TnLaunch(P(a16), P(b16), bias.Length == 0 ? 0 : P(bias), P(c), m, n, kp, kp, kp, ldc,
+            strideA == 0 ? 0 : (long)m * kp, strideB == 0 ? 0 : (long)n * kp, strideC, batch, accumulate, gelu);
+    }
+
+    /// <summary>op(x) [R, Kc] f32 (x [R, Kc] with leading dim ld, or x [Kc, R] when trans), batches strideX apart -> y [batch, R, ldy] bf16.</summary>
+    private void ConvertBf16KMajor(nint x, int r, int kc, int ld, bool trans, long strideX, int batch, nint y, int ldy)
+    {
+        if (r == 0 || ldy == 0) return;
+        Args().Add(x).Add(r).Add(kc).Add(ld).Add(trans ? 1 : 0).Add(strideX).Add(y).Add(ldy);
+        Go(_toBf16, (Blocks(ldy, 32), Blocks(r, 32), (uint)batch), 256);
+    }
+
+    private void GemmBf16TnLaunch(nint a, nint b, nint bias, nint c, int m, int n, int k, int lda, int ldb, int ldc,
+        long strideA, long strideB, long strideC, int batch, bool accumulate, bool gelu)
+    {
+        Args().Add(a).Add(b).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc).Add(strideA).Add(strideB).Add(strideC)
+            .Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
+        Go(_gemm2, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm2SharedBytes);
+    }
+
+    /// <summary>
+    /// x [R, K] f32 (or x [K, R] when <paramref name="trans"/>) -> [R, Kp] bf16 in a tensor of R * Kp / 2 raw elements
+    /// (Kp = K rounded up to 8, zero-padded): the operand layout of <see cref="MatMulBf16"/>.
+    /// </summary>
+    public Tensor ToBf16KMajor(Tensor x, bool trans)
+    {
+        if (x.Rank != 2 || x.DType != DType.F32) Contract.Fail("to bf16", $"x must be a rank-2 f32 tensor, got {x.Shape} {x.DType}");
+        int r = trans ? x.Shape[1] : x.Shape[0], k = trans ? x.Shape[0] : x.Shape[1], kp = (k + 7) / 8 * 8;
+        var y = Empty(new Shape(r, Math.Max(1, kp / 2)));
+        ConvertBf16KMajor(P(x), r, k, x.Shape[1], trans, 0, 1, P(y), kp);
+        return y;
+    }
+
+    /// <summary>
+    /// c [M, N] f32 = a b^T (+ bias) on version 2's kernel, a [M, Kp] and b [N, Kp] bf16 as <see cref="ToBf16KMajor"/>
+    /// writes them (Kp = K rounded up to 8): the GEMM alone, operands already in memory as bf16 (what cuBLAS and
+    /// torch bf16 are timed with).
+    /// </summary>
+    public void MatMulBf16(Tensor a, Tensor b, int k, Tensor? bias, Tensor c)
+    {
+        const string op = "matmul bf16";
+        if (c.Rank != 2) Contract.Fail(op, $"c must be [M, N], got {c.Shape}");
+        int m = c.Shape[0], n = c.Shape[1], kp = (k + 7) / 8 * 8;
+        if (k < 1) Contract.Fail(op, $"k must be positive, got {k}");
+        Contract.Dims(op, "a", a, m, kp / 2);
+        Contract.Dims(op, "b", b, n, kp / 2);
+        if (bias is not null) Contract.Dims(op, "bias", bias, n);
+        if (GemmV2Unavailable is { } why) throw new BackendException(why);
+        if (m == 0 || n == 0) return;
+        GemmBf16TnLaunch(P(a), P(b), P(bias, true), P(c), m, n, kp, kp, kp, n, 0, 0, 0, 1, false, false);
     }
 
     // ---------------------------------------------------------------- attention
@@ -215,7 +321,11 @@ public sealed class CudaBackend : IlgpuBackend
         }
         if (d.B * d.H * d.Tq == 0) return;
         Args().Add(P(q)).Add(P(k)).Add(P(v)).Add(P(keyMask, true)).Add(d.H).Add(d.Tq).Add(d.Tk).Add(scale).Add(P(o)).Add(P(lse));
-        Go(_attn64, (Blocks(d.Tq, 64), (uint)(d.B * d.H), 1), 128);
+        // Version 2 reads K and V with 16-byte loads: it needs them 16-byte aligned (views at offsets of 4 elements).
+        if (AttentionVersion == 2 && P(k) % 16 == 0 && P(v) % 16 == 0)
+            Go(_attn64v2, (Blocks(d.Tq, 128), (uint)(d.B * d.H), 1), 256);
+        else
+            Go(_attn64, (Blocks(d.Tq, 64), (uint)(d.B * d.H), 1), 128);
     }
 
     // ---------------------------------------------------------------- layer norm
