@@ -286,8 +286,23 @@ public sealed unsafe partial class CpuBackend
                     TensorPrimitives.Multiply(row, g, row);
                 }
             });
-            if (dt is not null) CpuGemm.Gemm(n, dim, n, S, n, false, v.F32Ptr, dim, false, dt.F32Ptr, dim, 1f, true, null, parallel: true);
-            if (dv is not null) CpuGemm.Gemm(n, dim, n, S, n, true, t.F32Ptr, dim, false, dv.F32Ptr, dim, 1f, true, null, parallel: true);
+            // dt += G v, dv += G^T t, each product summed whole before the one add: the GEMM adds every K panel to its
+            // output, and with K = n (thousands) that rounds the gradient against the accumulated value again and again
+            // (1.5e-3 of the gradient at N 4096 on values of magnitude 3, against 2.8e-6 when summed first).
+            var prod = GC.AllocateUninitializedArray<float>(n * dim);   // [n, dim]
+            fixed (float* P = prod)
+            {
+                if (dt is not null)
+                {
+                    CpuGemm.Gemm(n, dim, n, S, n, false, v.F32Ptr, dim, false, P, dim, 1f, false, null, parallel: true);
+                    TensorPrimitives.Add(new ReadOnlySpan<float>(dt.F32Ptr, n * dim), prod, new Span<float>(dt.F32Ptr, n * dim));
+                }
+                if (dv is not null)
+                {
+                    CpuGemm.Gemm(n, dim, n, S, n, true, t.F32Ptr, dim, false, P, dim, 1f, false, null, parallel: true);
+                    TensorPrimitives.Add(new ReadOnlySpan<float>(dv.F32Ptr, n * dim), prod, new Span<float>(dv.F32Ptr, n * dim));
+                }
+            }
         }
     }
 }
