@@ -183,7 +183,8 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_forward_d
 // tile is multiplied, then rounded and stored into the other of two shared buffers; K and V both kept row-major as
 // bf16 in 128-byte XOR-swizzled rows, read with ldmatrix (V with .trans: no transposing stores). Softmax as version 1.
 // Needs 16-byte-aligned k and v. The cuda backend runs it with AttentionVersion 2 (KERNELVL_CUDA_ATTENTION=2).
-// Not yet run on a GPU: ptxas (sm_90) accepts it; parity is the registry's attention cases with KERNELVL_CUDA_ATTENTION=2.
+// Not yet run on a GPU: ptxas (sm_90) accepts it, the host emulator (kernels/emu) checks it against f64; on a GPU,
+// parity is the registry's attention cases with KERNELVL_CUDA_ATTENTION=2 (perf/gpu/run-v2.sh).
 // ======================================================================================================================
 // Shared by version 2. Version 1 above keeps its own inline copy of the same code: it is the version that has run on
 // a GPU, and its register allocation (128 registers, 4 blocks per multiprocessor) changes when it calls these; it moves
@@ -287,22 +288,6 @@ static __device__ __forceinline__ void att_store(float* __restrict__ ob, float* 
 // Byte offset of (row, 16-byte chunk c) in a 128-byte-row tile, chunks XOR-swizzled by row % 8.
 static __device__ __forceinline__ unsigned att2_off(int row, int c) { return (unsigned)(row * 128 + ((c ^ (row & 7)) << 4)); }
 
-static __device__ __forceinline__ void att2_ldmatrix_x4_trans(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
-}
-
-static __device__ __forceinline__ void att2_ld4(const float* p, float* v)
-{
-    asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "l"(p));
-}
-
-static __device__ __forceinline__ void att2_st16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d)
-{
-    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" :: "r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
-}
-
 // q [B, H, Tq, 64], k and v [B, H, Tk, 64], mask i32 [B, Tk] or null -> o [B, H, Tq, 64], lse [B, H, Tq].
 // Grid (ceil(Tq / 128), B * H), 256 threads.
 extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_d64_v2(
@@ -335,8 +320,8 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
             int e = tid + i * 256, key = j0 + (e >> 3), d = (e & 7) * 8;
             if (key < Tk)
             {
-                att2_ld4(kb + (long long)key * ATT_D + d, pk[i]); att2_ld4(kb + (long long)key * ATT_D + d + 4, pk[i] + 4);
-                att2_ld4(vb + (long long)key * ATT_D + d, pv[i]); att2_ld4(vb + (long long)key * ATT_D + d + 4, pv[i] + 4);
+                kv_ld_nc_f4(kb + (long long)key * ATT_D + d, pk[i]); kv_ld_nc_f4(kb + (long long)key * ATT_D + d + 4, pk[i] + 4);
+                kv_ld_nc_f4(vb + (long long)key * ATT_D + d, pv[i]); kv_ld_nc_f4(vb + (long long)key * ATT_D + d + 4, pv[i] + 4);
             }
             else
             {
@@ -351,14 +336,14 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
         }
     };
     auto stash = [&](int buf) {
-        const unsigned ks = kv_smem(Ks[buf]), vs = kv_smem(Vs[buf]);
+        const kv_saddr ks = kv_smem(Ks[buf]), vs = kv_smem(Vs[buf]);
 #pragma unroll
         for (int i = 0; i < 2; i++)
         {
             int e = tid + i * 256, key = e >> 3, c = e & 7;
-            att2_st16(ks + att2_off(key, c), kv_pack_bf16(pk[i][0], pk[i][1]), kv_pack_bf16(pk[i][2], pk[i][3]),
+            kv_st_shared16(ks + att2_off(key, c), kv_pack_bf16(pk[i][0], pk[i][1]), kv_pack_bf16(pk[i][2], pk[i][3]),
                       kv_pack_bf16(pk[i][4], pk[i][5]), kv_pack_bf16(pk[i][6], pk[i][7]));
-            att2_st16(vs + att2_off(key, c), kv_pack_bf16(pv[i][0], pv[i][1]), kv_pack_bf16(pv[i][2], pv[i][3]),
+            kv_st_shared16(vs + att2_off(key, c), kv_pack_bf16(pv[i][0], pv[i][1]), kv_pack_bf16(pv[i][2], pv[i][3]),
                       kv_pack_bf16(pv[i][4], pv[i][5]), kv_pack_bf16(pv[i][6], pv[i][7]));
         }
         if (tid < ATT2_K) kbias[buf][tid] = pbias;
@@ -380,7 +365,7 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
     {
         const bool more = j0 + ATT2_K < Tk;
         if (more) fetch(j0 + ATT2_K);   // in flight while this tile is multiplied
-        const unsigned ks = kv_smem(Ks[cur]), vs = kv_smem(Vs[cur]);
+        const kv_saddr ks = kv_smem(Ks[cur]), vs = kv_smem(Vs[cur]);
 
         float s[8][4];
 #pragma unroll
@@ -409,7 +394,7 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
             for (int np = 0; np < 4; np++)   // d 16 np .. 16 np + 15
             {
                 unsigned b0, b1, b2, b3;
-                att2_ldmatrix_x4_trans(vs + att2_off(kk * 16 + lr + ((lj & 1) << 3), 2 * np + (lj >> 1)), b0, b1, b2, b3);
+                kv_ldmatrix_x4_trans(vs + att2_off(kk * 16 + lr + ((lj & 1) << 3), 2 * np + (lj >> 1)), b0, b1, b2, b3);
                 kv_mma_bf16(oacc[2 * np], a0, a1, a2, a3, b0, b1);
                 kv_mma_bf16(oacc[2 * np + 1], a0, a1, a2, a3, b2, b3);
             }

@@ -174,7 +174,8 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_bf16(
 // Needs K, lda, ldb multiples of 8 and 16-byte-aligned A, B: convert_bf16_kmajor writes operands that way (rounding
 // the engine's f32 tensors, transposing the ones that are not K-major, zero-padding K). The f32 MatMul of the cuda
 // backend takes this path with GemmVersion 2 (KERNELVL_CUDA_GEMM=2).
-// Not yet run on a GPU: ptxas (sm_90) accepts it; parity is the registry's matmul cases with KERNELVL_CUDA_GEMM=2.
+// Not yet run on a GPU: ptxas (sm_90) accepts it, the host emulator (kernels/emu) checks it against f64; on a GPU,
+// parity is the registry's matmul cases with KERNELVL_CUDA_GEMM=2 (perf/gpu/run-v2.sh).
 // ======================================================================================================================
 #define G2_BM 128
 #define G2_BN 256
@@ -190,14 +191,14 @@ extern "C" __global__ void __launch_bounds__(G2_THREADS, 1) gemm_bf16_tn(
     int M, int N, int K, int lda, int ldb, int ldc, long long strideA, long long strideB, long long strideC,
     float alpha, int accumulate, int gelu)
 {
-    extern __shared__ __attribute__((aligned(128))) unsigned char smem[];
+    KV_DYNAMIC_SHARED(unsigned char, smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wm = warp >> 2, wn = warp & 3;   // the warp's 64 x 64 piece of the 128 x 256 tile
     const int m0 = blockIdx.x * G2_BM, n0 = blockIdx.y * G2_BN;
     A += blockIdx.z * strideA;
     B += blockIdx.z * strideB;
     C += blockIdx.z * strideC;
-    const unsigned sA = kv_smem(smem), sB = sA + G2_STAGES * G2_A_STAGE;
+    const kv_saddr sA = kv_smem(smem), sB = sA + G2_STAGES * G2_A_STAGE;
     const int KT = (K + 31) / 32;
 
     float acc[4][8][4];

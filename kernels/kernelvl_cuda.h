@@ -1,8 +1,14 @@
-// Project header for the CUDA kernels: under clang without the CUDA toolkit (the build's PTX step) it supplies
-// what nvcc/NVRTC would: the builtin variables, the qualifiers, and the few intrinsics the kernels use.
-// Below that block, helpers written as inline PTX, so that clang and NVRTC compile exactly the same instructions
-// (no libdevice, no CUDA math headers on either path).
+// Project header for the CUDA kernels. Three parts:
+//  1. under clang without the CUDA toolkit (the build's PTX step) it supplies what nvcc/NVRTC would: the builtin
+//     variables, the qualifiers, and the few intrinsics the kernels use;
+//  2. the primitives, written as inline PTX so that clang and NVRTC compile exactly the same instructions (no
+//     libdevice, no CUDA math headers on either path); with KV_EMU defined (kernels/emu/, the host emulator that
+//     tests the kernels' index arithmetic on a machine without a GPU) kernels/emu/kv_emu.h supplies them instead;
+//  3. composites built only from the primitives (the same code on the device and in the emulator).
 #pragma once
+#if defined(KV_EMU)
+#include "emu/kv_emu.h"
+#else
 #if defined(__clang__) && !defined(__CUDACC_RTC__) && !defined(__NVCC__)
 #include <__clang_cuda_builtin_vars.h>
 #define __global__ __attribute__((global))
@@ -16,19 +22,20 @@ static __device__ __forceinline__ float fmaxf(float a, float b) { return __built
 extern "C" __device__ void __syncthreads() __asm__("llvm.nvvm.barrier0");
 #endif
 
+// ---- 2. primitives ----
+
+// A shared-memory address as cp.async, ldmatrix, st.shared and atom.shared take it (32 bits on the device).
+typedef unsigned kv_saddr;
+// Dynamic shared memory of a kernel: KV_DYNAMIC_SHARED(float, qs); declares float qs[].
+#define KV_DYNAMIC_SHARED(type, name) extern __shared__ __attribute__((aligned(128))) type name[]
+
 static __device__ __forceinline__ float kv_int_as_float(int i) { float f; asm("mov.b32 %0, %1;" : "=f"(f) : "r"(i)); return f; }
-#define KV_INF kv_int_as_float(0x7f800000)
-static __device__ __forceinline__ int kv_imin(int a, int b) { return a < b ? a : b; }
 static __device__ __forceinline__ float kv_max(float a, float b) { float r; asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
 static __device__ __forceinline__ float kv_sqrt(float x) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 static __device__ __forceinline__ float kv_rcp(float x) { float r; asm("rcp.rn.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 // 2^x and log2(x): the hardware's approximations (max relative error ~2^-22); ex2(-inf) = 0, lg2(0) = -inf.
 static __device__ __forceinline__ float kv_exp2(float x) { float r; asm("ex2.approx.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 static __device__ __forceinline__ float kv_log2(float x) { float r; asm("lg2.approx.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
-#define KV_LOG2E 1.4426950408889634f
-#define KV_LN2 0.6931471805599453f
-static __device__ __forceinline__ float kv_exp(float x) { return kv_exp2(x * KV_LOG2E); }
-static __device__ __forceinline__ float kv_log(float x) { return kv_log2(x) * KV_LN2; }
 
 // Two f32 -> one register of two bf16 (round to nearest even): lo in bits 0..15, hi in 16..31 (the mma operand order:
 // the lower-indexed element in the lower half). cvt.rn.bf16x2.f32 d, a, b puts a in the upper half.
@@ -49,30 +56,24 @@ static __device__ __forceinline__ void kv_mma_bf16(float* d, unsigned a0, unsign
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-static __device__ __forceinline__ float kv_warp_sum(float v)
+// kv_mma_bf16 with f16 operands (same fragment layout): the products of two halves are exact in f32.
+static __device__ __forceinline__ void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
 {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-static __device__ __forceinline__ float kv_warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v = kv_max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// ---- pipelined tensor-core helpers (sm_80+ PTX: cp.async, ldmatrix, f16 mma), shared by the version-2 kernels ----
-
-// The shared-space address of a pointer into shared memory (what cp.async, ldmatrix and atom.shared take).
-static __device__ __forceinline__ unsigned kv_smem(const void* p)
+// The shared-space address of a pointer into shared memory.
+static __device__ __forceinline__ kv_saddr kv_smem(const void* p)
 {
     unsigned long long a;
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (unsigned)a;
+    return (kv_saddr)a;
 }
 
 // 16 bytes global -> shared without registers (L2 only, .cg); bytes = 0 writes 16 zero bytes and reads nothing.
-static __device__ __forceinline__ void kv_cp_async16(unsigned dst, const void* src, int bytes)
+static __device__ __forceinline__ void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
 }
@@ -83,40 +84,40 @@ static __device__ __forceinline__ void kv_cp_async_wait() { asm volatile("cp.asy
 
 // Four 8x8 b16 matrices from shared memory: lane l gives the address of row l % 8 of matrix l / 8; register j of
 // lane l receives row l / 4, columns 2 (l % 4) .. +1 of matrix j (the mma fragment layout).
-static __device__ __forceinline__ void kv_ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+static __device__ __forceinline__ void kv_ldmatrix_x4(kv_saddr addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
 }
-
-// kv_mma_bf16 with f16 operands (same fragment layout): the products of two halves are exact in f32.
-static __device__ __forceinline__ void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+// The same, transposed: register j of lane l receives rows 2 (l % 4) and 2 (l % 4) + 1 of column l / 4 of matrix j.
+static __device__ __forceinline__ void kv_ldmatrix_x4_trans(kv_saddr addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
 {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+
+// 16 bytes into shared memory at a shared address.
+static __device__ __forceinline__ void kv_st_shared16(kv_saddr addr, unsigned a, unsigned b, unsigned c, unsigned d)
+{
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" :: "r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
 }
 
 // f32 -> f16 bits (round to nearest even) and back (exact).
 static __device__ __forceinline__ unsigned short kv_f16_bits(float x) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x)); return h; }
 static __device__ __forceinline__ float kv_f16_to_f32(unsigned short h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
 
-// 16 read-only bytes from global memory (16-byte aligned) as four words.
+// 16 read-only bytes from global memory (16-byte aligned): four words, or four floats.
 static __device__ __forceinline__ void kv_ld_nc_v4(const void* p, unsigned& a, unsigned& b, unsigned& c, unsigned& d)
 {
     asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
 }
-
-// Sum of squares of the two halves packed in a word (low half first), accumulated into s.
-static __device__ __forceinline__ float kv_h2_sumsq(unsigned w, float s)
+static __device__ __forceinline__ void kv_ld_nc_f4(const float* p, float* v)
 {
-    float lo, hi;
-    asm("{.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;}" : "=f"(lo), "=f"(hi) : "r"(w));
-    return s + lo * lo + hi * hi;
+    asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "l"(p));
 }
 
 // atomicAdd on a shared-memory int by its shared address; returns the old value.
-static __device__ __forceinline__ int kv_atomic_add_shared(unsigned addr, int v)
+static __device__ __forceinline__ int kv_atomic_add_shared(kv_saddr addr, int v)
 {
     int old;
     asm volatile("atom.shared.add.u32 %0, [%1], %2;" : "=r"(old) : "r"(addr), "r"(v) : "memory");
@@ -132,6 +133,43 @@ static __device__ __forceinline__ void kv_atomic_max_nonneg(float* p, float v)
 }
 
 static __device__ __forceinline__ void kv_syncwarp() { asm volatile("bar.warp.sync 0xffffffff;" ::: "memory"); }
+#endif   // KV_EMU
+
+// ---- 3. composites ----
+
+#define KV_INF kv_int_as_float(0x7f800000)
+#define KV_LOG2E 1.4426950408889634f
+#define KV_LN2 0.6931471805599453f
+static __device__ __forceinline__ int kv_imin(int a, int b) { return a < b ? a : b; }
+static __device__ __forceinline__ float kv_exp(float x) { return kv_exp2(x * KV_LOG2E); }
+static __device__ __forceinline__ float kv_log(float x) { return kv_log2(x) * KV_LN2; }
+
+static __device__ __forceinline__ float kv_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float kv_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = kv_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The two halves packed in a word (low half first) as f32.
+static __device__ __forceinline__ void kv_h2_to_f32(unsigned w, float& lo, float& hi)
+{
+    lo = kv_f16_to_f32((unsigned short)(w & 0xffffu));
+    hi = kv_f16_to_f32((unsigned short)(w >> 16));
+}
+
+// Sum of squares of the two halves packed in a word, accumulated into s.
+static __device__ __forceinline__ float kv_h2_sumsq(unsigned w, float s)
+{
+    float lo, hi;
+    kv_h2_to_f32(w, lo, hi);
+    return s + lo * lo + hi * hi;
+}
 
 // ---- the version-2 tensor-core tile: stages of 32 K-elements (16-bit) per row, 64 bytes = four 16-byte chunks ----
 // Byte offset of (row, chunk c) in a stage: chunks XOR-swizzled by row / 2, so the 8 rows an ldmatrix reads (or a
@@ -141,7 +179,7 @@ static __device__ __forceinline__ unsigned kv_swz64(int row, int c) { return (un
 // Stages ROWS rows x 32 elements of a K-major 16-bit matrix x (row r at x + r * ld) from element column col:
 // rows >= rowEnd and columns >= colEnd are written as zeros (colEnd % 8 == 0). ROWS * 4 / THREADS chunks a thread.
 template <int ROWS, int THREADS>
-static __device__ __forceinline__ void kv_stage_rows(unsigned stage, const unsigned short* __restrict__ x, long long row0, long long rowEnd,
+static __device__ __forceinline__ void kv_stage_rows(kv_saddr stage, const unsigned short* __restrict__ x, long long row0, long long rowEnd,
                                                      long long ld, int col, int colEnd)
 {
 #pragma unroll
@@ -157,7 +195,7 @@ static __device__ __forceinline__ void kv_stage_rows(unsigned stage, const unsig
 // acc += A B^T over one stage (32 of K) for a warp's 64 x 64 piece: A rows am.. am+63 of the A stage, B rows
 // bn.. bn+63 of the B stage (both K-major, swizzled). acc[mi][ni] is the m16n8 tile (am + 16 mi, bn + 8 ni).
 template <bool BF16>
-static __device__ __forceinline__ void kv_warp_tile_64x64(unsigned aStage, unsigned bStage, int am, int bn, float (*acc)[8][4])
+static __device__ __forceinline__ void kv_warp_tile_64x64(kv_saddr aStage, kv_saddr bStage, int am, int bn, float (*acc)[8][4])
 {
     const int lane = threadIdx.x & 31, lr = lane & 7, lj = lane >> 3;
 #pragma unroll

@@ -39,12 +39,7 @@ static __device__ void topk_bitonic_merge(float* s, int* id, int n)
 
 static __device__ __forceinline__ float topk_load(const float* p) { return *p; }
 // An f16 corpus element (raw bits) widened to f32 exactly.
-static __device__ __forceinline__ float topk_load(const unsigned short* p)
-{
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(*p));
-    return f;
-}
+static __device__ __forceinline__ float topk_load(const unsigned short* p) { return kv_f16_to_f32(*p); }
 
 // queries [Q, d] f32, corpus [n, d] (f32 or f16) -> partS, partI [Q, chunks, k2]: each chunk's best k2, best first
 // (padded with -inf and index 0x7fffffff). Grid (Q, chunks), 256 threads, dynamic shared memory d floats (the query).
@@ -54,7 +49,7 @@ template <typename T>
 static __device__ void topk_chunks_impl(const float* __restrict__ queries, const T* __restrict__ corpus,
                                         int n, int d, int k2, float* __restrict__ partS, int* __restrict__ partI)
 {
-    extern __shared__ float qs[];
+    KV_DYNAMIC_SHARED(float, qs);
     __shared__ float cs[TOPK_CHUNK];
     __shared__ int ci[TOPK_CHUNK];
     const long long q = blockIdx.x;
@@ -157,7 +152,8 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_merge(const floa
 //                       certificate fails (near-ties around the k-th, non-finite values) is flagged, and the host
 //                       reruns it with version 1: the result is exact either way.
 // Needs D % 8 == 0 (16-byte rows) and a 16-byte-aligned corpus; kp is 32 or 64 (k <= kp - 16).
-// Not yet run on a GPU: ptxas (sm_90) accepts it (see kernels/README.md); parity is perf topk-f16 --suite.
+// Not yet run on a GPU: ptxas (sm_90) accepts it, the host emulator (kernels/emu) checks it against f64 and version 1;
+// on a GPU, parity is perf topk-f16 --suite (perf/gpu/run-v2.sh).
 // ======================================================================================================================
 #define TC_BM 128          // queries per block
 #define TC_BN 256          // corpus rows per tile
@@ -258,7 +254,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
     const unsigned short* __restrict__ qh, const unsigned short* __restrict__ corpus, int Q, int n, int d, int tilesPerSlice, int kp,
     float* __restrict__ partS, int* __restrict__ partI)
 {
-    extern __shared__ __attribute__((aligned(128))) unsigned char smem[];
+    KV_DYNAMIC_SHARED(unsigned char, smem);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int wm = warp >> 2, wn = warp & 3;   // the warp's 64 x 64 piece: queries wm*64.., corpus rows wn*64..
     const int q0 = blockIdx.x * TC_BM;
@@ -268,7 +264,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
     const int KT = (d + TC_BK - 1) / TC_BK;
     const long long total = (long long)ntiles * KT;
 
-    const unsigned sA = kv_smem(smem), sB = sA + TC_STAGES * TC_A_STAGE;
+    const kv_saddr sA = kv_smem(smem), sB = sA + TC_STAGES * TC_A_STAGE;
     TcShared sh;
     sh.listS = (float*)(smem + TC_SMEM_LIST);
     sh.listI = (int*)(sh.listS + TC_BM * TC_KMAX);
@@ -278,7 +274,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
     sh.cnt = (int*)(sh.thr + TC_BM);
     sh.lcnt = sh.cnt + TC_BM;
     sh.ovf = sh.lcnt + TC_BM;
-    const unsigned sCnt = kv_smem(sh.cnt);
+    const kv_saddr sCnt = kv_smem(sh.cnt);
     for (int r = tid; r < TC_BM; r += TC_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
     if (tid == 0) *sh.ovf = 0;
 
@@ -392,7 +388,7 @@ extern "C" __global__ void __launch_bounds__(256) topk_f16_rescore(
     const float* __restrict__ candS, const int* __restrict__ candI, const float* __restrict__ maxNorm, int k,
     float* __restrict__ scores, int* __restrict__ indices, int* __restrict__ fail)
 {
-    extern __shared__ float qs[];
+    KV_DYNAMIC_SHARED(float, qs);
     __shared__ float es[TC_KMAX], os[TC_KMAX], red[2][8];
     __shared__ int ei[TC_KMAX], oi[TC_KMAX];
     const long long q = blockIdx.x;

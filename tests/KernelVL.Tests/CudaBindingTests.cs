@@ -257,4 +257,39 @@ public unsafe class CudaBindingTests
         }
         Skip.If(driver is not null, "this machine has a usable GPU");
     }
+
+    [SkippableFact]
+    public void EveryKernelPassesItsReferencesOnTheHostEmulator()
+    {
+        // kernels/emu: the .cu sources compiled for the CPU with their PTX primitives emulated (warp collectives, ldmatrix,
+        // mma fragment layouts, cp.async zero-fill), each kernel against an f64 reference on edge-heavy shapes. The only
+        // check of the version-2 kernels' index arithmetic on a machine without a GPU; version 1 passing validates the
+        // emulator (those kernels passed on an H100).
+        string? root = AppContext.BaseDirectory;
+        while (root is not null && !File.Exists(Path.Combine(root, "kernels", "emu", "run.sh"))) root = Path.GetDirectoryName(root);
+        Skip.If(root is null, "kernels/emu is not above the test binaries (not a source checkout)");
+        bool clang = Environment.GetEnvironmentVariable("PATH")!.Split(':').Any(d => File.Exists(Path.Combine(d, "clang++-14")));
+        Skip.IfNot(clang, "clang++-14 is not installed");
+        Skip.IfNot(RuntimeInformation.ProcessArchitecture == Architecture.X64, "the emulator's fiber switch is x86-64 assembly");
+        string outDir = Directory.CreateTempSubdirectory("kernelvl-emu-").FullName;
+        try
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo("bash", [Path.Combine(root!, "kernels", "emu", "run.sh")])
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            };
+            psi.Environment["EMU_OUT"] = outDir;
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            var stderr = p.StandardError.ReadToEndAsync();
+            string output = p.StandardOutput.ReadToEnd();
+            Assert.True(p.WaitForExit(TimeSpan.FromMinutes(5)), "the emulator ran past 5 minutes");
+            string last = output.TrimEnd().Split('\n').Last();
+            Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {last}\n{output}\n{stderr.Result}");
+            Assert.Matches(@"^\d+ passed, 0 failed$", last);
+        }
+        finally
+        {
+            Directory.Delete(outDir, recursive: true);
+        }
+    }
 }

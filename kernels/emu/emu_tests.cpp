@@ -1,0 +1,287 @@
+// The kernels of kernels/*.cu run on the host emulator (kv_emu.h) against f64 references on small random shapes that
+// hit every edge: partial tiles, K not a multiple of the tile, transposes, batches, masks, fully masked rows, ties.
+// Version 1 kernels passed the parity registry on an H100: their passing here checks the emulator itself; version 2
+// kernels have not yet run on a GPU, and this is what checks their fragment layouts and index arithmetic meanwhile.
+// Prints one line per case and "N passed, N failed"; exits 1 on any failure. Build and run: kernels/emu/run.sh.
+#define KV_EMU 1
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include "../gemm.cu"
+#include "../attention.cu"
+#include "../topk.cu"
+
+static int passed = 0, failed = 0;
+static std::mt19937_64 rng(12345);
+static float uni() { return std::uniform_real_distribution<float>(-1.f, 1.f)(rng); }
+static std::vector<float> rand_vec(size_t n) { std::vector<float> v(n); for (auto& x : v) x = uni(); return v; }
+static float bf16r(float x) { return kv_emu_bf16_to_f32(kv_emu_bf16(x)); }
+
+static void report(const std::string& name, double err, double budget)
+{
+    bool ok = err <= budget;   // false for NaN
+    std::printf("%-72s %s (error %.2e, budget %.1e)\n", name.c_str(), ok ? "ok" : "FAIL", err, budget);
+    (ok ? passed : failed)++;
+}
+static void report_bool(const std::string& name, bool ok, const std::string& why)
+{
+    std::printf("%-72s %s%s\n", name.c_str(), ok ? "ok" : "FAIL ", ok ? "" : why.c_str());
+    (ok ? passed : failed)++;
+}
+
+static double gelu_ref(double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }
+
+// C = act(op(A) op(B) + bias) (+ C0) in f64 from bf16-rounded operands; returns max |C - ref| / max |ref - C0|.
+static double gemm_error(int M, int N, int K, int batch, bool tA, bool tB, bool bias, bool gelu, bool acc,
+                         const std::vector<float>& A, const std::vector<float>& B, const std::vector<float>& bs,
+                         const std::vector<float>& C0, const std::vector<float>& C)
+{
+    double err = 0, mx = 0;
+    for (int z = 0; z < batch; z++)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+            {
+                double s = 0;
+                for (int k = 0; k < K; k++)
+                {
+                    float a = tA ? A[(size_t)z * M * K + (size_t)k * M + i] : A[(size_t)z * M * K + (size_t)i * K + k];
+                    float b = tB ? B[(size_t)z * K * N + (size_t)j * K + k] : B[(size_t)z * K * N + (size_t)k * N + j];
+                    s += (double)bf16r(a) * bf16r(b);
+                }
+                if (bias) s += bs[j];
+                if (gelu) s = gelu_ref(s);
+                size_t o = (size_t)z * M * N + (size_t)i * N + j;
+                double want = (acc ? C0[o] : 0.0) + s, got = C[o];
+                err = std::max(err, std::fabs(got - want));
+                mx = std::max(mx, std::fabs(s));
+            }
+    return err / mx;
+}
+
+static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bias, bool gelu, bool acc)
+{
+    auto A = rand_vec((size_t)batch * M * K), B = rand_vec((size_t)batch * K * N), bs = rand_vec(N), C0 = rand_vec((size_t)batch * M * N);
+    int lda = tA ? M : K, ldb = tB ? K : N;
+    char tag[160];
+    std::snprintf(tag, sizeof tag, "%dx%dx%d b%d%s%s%s%s%s", M, N, K, batch, tA ? " tA" : "", tB ? " tB" : "", bias ? " bias" : "", gelu ? " gelu" : "", acc ? " acc" : "");
+    // version 1: f32 operands
+    {
+        auto C = C0;
+        kv_emu_launch({(unsigned)((N + 127) / 128), (unsigned)((M + 127) / 128), (unsigned)batch}, 256, 0, [&] {
+            gemm_bf16(A.data(), B.data(), bias ? bs.data() : nullptr, C.data(), M, N, K, lda, ldb, N, tA, tB,
+                      (long long)M * K, (long long)K * N, (long long)M * N, 1.f, acc, gelu);
+        });
+        report(std::string("gemm v1 ") + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, B, bs, C0, C), 2e-4);
+    }
+    // version 2: convert_bf16_kmajor (A as [M, Kp], op(B) as [N, Kp]), then gemm_bf16_tn
+    {
+        int kp = (K + 7) / 8 * 8;
+        std::vector<unsigned short> a16((size_t)batch * M * kp, 0x7777), b16((size_t)batch * N * kp, 0x7777);
+        kv_emu_launch({(unsigned)((kp + 31) / 32), (unsigned)((M + 31) / 32), (unsigned)batch}, 256, 0, [&] {
+            convert_bf16_kmajor(A.data(), M, K, lda, tA, (long long)M * K, a16.data(), kp);
+        });
+        kv_emu_launch({(unsigned)((kp + 31) / 32), (unsigned)((N + 31) / 32), (unsigned)batch}, 256, 0, [&] {
+            convert_bf16_kmajor(B.data(), N, K, ldb, !tB, (long long)K * N, b16.data(), kp);
+        });
+        auto C = C0;
+        kv_emu_launch({(unsigned)((M + G2_BM - 1) / G2_BM), (unsigned)((N + G2_BN - 1) / G2_BN), (unsigned)batch}, G2_THREADS,
+                      G2_STAGES * (G2_A_STAGE + G2_B_STAGE), [&] {
+            gemm_bf16_tn(a16.data(), b16.data(), bias ? bs.data() : nullptr, C.data(), M, N, kp, kp, kp, N,
+                         (long long)M * kp, (long long)N * kp, (long long)M * N, 1.f, acc, gelu);
+        });
+        report(std::string("gemm v2 ") + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, B, bs, C0, C), 2e-4);
+    }
+}
+
+// Attention at D 64 against f64 softmax over bf16-rounded q, k, v; P is rounded to bf16 on the tensor cores, hence
+// the bf16 budget (2e-2 of max |o|, as the registry's). Checks o, lse, and the fully masked batch.
+static void test_attention(int B, int H, int Tq, int Tk, bool mask)
+{
+    const int D = 64;
+    auto q = rand_vec((size_t)B * H * Tq * D), k = rand_vec((size_t)B * H * Tk * D), v = rand_vec((size_t)B * H * Tk * D);
+    std::vector<int> m((size_t)B * Tk, 1);
+    if (mask)
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < Tk; j++) m[(size_t)b * Tk + j] = (b == B - 1) ? 0 : (j % 3 != 1);   // the last batch fully masked
+    float scale = 0.125f;
+    for (int ver = 1; ver <= 2; ver++)
+    {
+        std::vector<float> o((size_t)B * H * Tq * D, 7.f), lse((size_t)B * H * Tq, 7.f);
+        if (ver == 1)
+            kv_emu_launch({(unsigned)((Tq + ATT_Q - 1) / ATT_Q), (unsigned)(B * H), 1}, ATT_WARPS * 32, 0, [&] {
+                attention_forward_d64(q.data(), k.data(), v.data(), mask ? m.data() : nullptr, H, Tq, Tk, scale, o.data(), lse.data());
+            });
+        else
+            kv_emu_launch({(unsigned)((Tq + ATT2_Q - 1) / ATT2_Q), (unsigned)(B * H), 1}, ATT2_WARPS * 32, 0, [&] {
+                attention_forward_d64_v2(q.data(), k.data(), v.data(), mask ? m.data() : nullptr, H, Tq, Tk, scale, o.data(), lse.data());
+            });
+        double err = 0, mx = 0, lerr = 0;
+        bool masked_ok = true;
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < Tq; i++)
+                {
+                    size_t bh = (size_t)b * H + h, row = bh * Tq + i;
+                    std::vector<double> s(Tk);
+                    double smax = -INFINITY;
+                    for (int j = 0; j < Tk; j++)
+                    {
+                        if (mask && !m[(size_t)b * Tk + j]) { s[j] = -INFINITY; continue; }
+                        double dot = 0;
+                        for (int d = 0; d < D; d++) dot += (double)bf16r(q[row * D + d]) * bf16r(k[(bh * Tk + j) * D + d]);
+                        s[j] = dot * scale;
+                        smax = std::max(smax, s[j]);
+                    }
+                    if (smax == -INFINITY)
+                    {
+                        for (int d = 0; d < D; d++) masked_ok &= o[row * D + d] == 0.f;
+                        masked_ok &= std::isinf(lse[row]) && lse[row] < 0;
+                        continue;
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < Tk; j++) sum += std::exp(s[j] - smax);
+                    for (int d = 0; d < D; d++)
+                    {
+                        double acc = 0;
+                        for (int j = 0; j < Tk; j++) acc += std::exp(s[j] - smax) / sum * bf16r(v[(bh * Tk + j) * D + d]);
+                        err = std::max(err, std::fabs(o[row * D + d] - acc));
+                        mx = std::max(mx, std::fabs(acc));
+                    }
+                    lerr = std::max(lerr, std::fabs(lse[row] - (smax + std::log(sum))));
+                }
+        char tag[160];
+        std::snprintf(tag, sizeof tag, "attention v%d B%d H%d Tq%d Tk%d%s", ver, B, H, Tq, Tk, mask ? " mask (last batch all masked)" : "");
+        report(std::string(tag) + " o", err / mx, 2e-2);
+        report(std::string(tag) + " lse", lerr, 1e-3);
+        if (mask) report_bool(std::string(tag) + " masked rows: o = 0, lse = -inf", masked_ok, "");
+    }
+}
+
+// Exact top-k (f64 scores), ties to the lower index: the reference for both versions.
+static std::vector<int> topk_ref(const std::vector<float>& qs, const std::vector<unsigned short>& c, int n, int d, int qi, int k, std::vector<double>& ex)
+{
+    ex.assign(n, 0);
+    for (int r = 0; r < n; r++)
+    {
+        double s = 0;
+        for (int j = 0; j < d; j++) s += (double)qs[(size_t)qi * d + j] * kv_f16_to_f32(c[(size_t)r * d + j]);
+        ex[r] = s;
+    }
+    std::vector<int> idx(n);
+    for (int r = 0; r < n; r++) idx[r] = r;
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return ex[a] > ex[b]; });
+    idx.resize(k);
+    return idx;
+}
+
+// A reported list is right when its scores match f64 to 1e-5 d, descend, have no duplicates, and no unreported row
+// beats the k-th (tie-aware: equal rows may stand in for each other).
+static std::string topk_check(const std::vector<float>& qs, const std::vector<unsigned short>& c, int n, int d, int Q, int k,
+                              const std::vector<float>& S, const std::vector<int>& I, const std::vector<int>* fail)
+{
+    for (int qi = 0; qi < Q; qi++)
+    {
+        if (fail && (*fail)[qi]) continue;   // rerun with version 1 on the host side
+        std::vector<double> ex;
+        topk_ref(qs, c, n, d, qi, k, ex);
+        std::vector<char> seen(n, 0);
+        double tol = 1e-5 * d;
+        for (int j = 0; j < k; j++)
+        {
+            int id = I[(size_t)qi * k + j];
+            if (id < 0 || id >= n) return "query " + std::to_string(qi) + ": index out of range";
+            if (seen[id]++) return "query " + std::to_string(qi) + ": duplicate index";
+            if (std::fabs(ex[id] - S[(size_t)qi * k + j]) > tol) return "query " + std::to_string(qi) + ": wrong score at rank " + std::to_string(j);
+            if (j && S[(size_t)qi * k + j] > S[(size_t)qi * k + j - 1]) return "query " + std::to_string(qi) + ": not descending";
+        }
+        double kth = S[(size_t)qi * k + k - 1];
+        for (int r = 0; r < n; r++)
+            if (!seen[r] && ex[r] > kth + tol) return "query " + std::to_string(qi) + ": row " + std::to_string(r) + " missing";
+    }
+    return "";
+}
+
+// topk.cu versions 1 and 2 on an f16 corpus. dupes > 1 repeats each row that many times: with dupes >= kp the tie
+// at the k-th reaches the kp-th candidate, where the certificate must fail and version 2 must flag the query rather
+// than return a list it cannot prove (ties inside the kp candidates are resolved exactly by the rescoring).
+static void test_topk(int Q, int n, int d, int k, int dupes, int sms)
+{
+    std::vector<unsigned short> c((size_t)n * d);
+    std::vector<unsigned short> base((size_t)((n + dupes - 1) / dupes) * d);
+    for (auto& x : base) x = kv_f16_bits(uni());
+    for (int r = 0; r < n; r++) std::memcpy(&c[(size_t)r * d], &base[(size_t)(r / dupes) * d], (size_t)d * 2);
+    auto qs = rand_vec((size_t)Q * d);
+    char tag[160];
+    std::snprintf(tag, sizeof tag, "Q%d N%d D%d k%d%s", Q, n, d, k, dupes > 1 ? " duplicated rows" : "");
+
+    // version 1, on the first Q1 queries (its block per (query, chunk) is the emulator's slowest case)
+    const int Q1 = std::min(Q, 12);
+    int k2 = 1;
+    while (k2 < k) k2 *= 2;
+    int chunks = (n + TOPK_CHUNK - 1) / TOPK_CHUNK;
+    std::vector<float> pS((size_t)Q1 * chunks * k2), S1((size_t)Q1 * k);
+    std::vector<int> pI((size_t)Q1 * chunks * k2), I1((size_t)Q1 * k);
+    kv_emu_launch({(unsigned)Q1, (unsigned)chunks, 1}, TOPK_THREADS, (size_t)d * 4, [&] { topk_chunks_f16(qs.data(), c.data(), n, d, k2, pS.data(), pI.data()); });
+    kv_emu_launch({(unsigned)Q1, 1, 1}, TOPK_THREADS, 0, [&] { topk_merge(pS.data(), pI.data(), chunks, k2, k, S1.data(), I1.data()); });
+    std::string p1 = topk_check(qs, c, n, d, Q1, k, S1, I1, nullptr);
+    report_bool(std::string("topk v1 ") + tag, p1.empty(), p1);
+
+    // version 2, with the host's plan (TopKV2Plan) for `sms` multiprocessors
+    int kp = k <= 16 ? 32 : 64, qTiles = (Q + TC_BM - 1) / TC_BM, tiles = (n + TC_BN - 1) / TC_BN;
+    int slices = std::clamp((2 * sms + qTiles - 1) / qTiles, 1, tiles), per = (tiles + slices - 1) / slices;
+    slices = (tiles + per - 1) / per;
+    std::vector<unsigned short> qh((size_t)Q * d);
+    std::vector<float> maxNorm(1, 0.f), tS((size_t)Q * slices * kp), cS((size_t)Q * kp), S2((size_t)Q * k);
+    std::vector<int> tI((size_t)Q * slices * kp), cI((size_t)Q * kp), I2((size_t)Q * k), fail(Q, 7);
+    kv_emu_launch({2, 1, 1}, 256, 0, [&] { topk_f16_queries(qs.data(), (long long)Q * d, qh.data()); });
+    kv_emu_launch({2, 1, 1}, 256, 0, [&] { topk_f16_max_norm(c.data(), n, d, maxNorm.data()); });
+    kv_emu_launch({(unsigned)qTiles, (unsigned)slices, 1}, TC_THREADS, TC_SMEM_BYTES, [&] {
+        topk_tc_f16(qh.data(), c.data(), Q, n, d, per, kp, tS.data(), tI.data());
+    });
+    kv_emu_launch({(unsigned)Q, 1, 1}, TOPK_THREADS, 0, [&] { topk_merge(tS.data(), tI.data(), slices, kp, kp, cS.data(), cI.data()); });
+    kv_emu_launch({(unsigned)Q, 1, 1}, 256, (size_t)d * 4, [&] {
+        topk_f16_rescore(qs.data(), c.data(), n, d, kp, cS.data(), cI.data(), maxNorm.data(), k, S2.data(), I2.data(), fail.data());
+    });
+    double normRef = 0;
+    for (int r = 0; r < n; r++)
+    {
+        double s = 0;
+        for (int j = 0; j < d; j++) { double x = kv_f16_to_f32(c[(size_t)r * d + j]); s += x * x; }
+        normRef = std::max(normRef, std::sqrt(s));
+    }
+    report(std::string("topk v2 max row norm ") + tag, std::fabs(maxNorm[0] - normRef) / normRef, 1e-6);
+    int fails = 0;
+    for (int x : fail) fails += x != 0;
+    std::string p2 = topk_check(qs, c, n, d, Q, k, S2, I2, &fail);
+    // Where the certificate passed, version 2 returns version 1's list exactly (the same f32 rescoring).
+    for (int qi = 0; qi < Q1 && p2.empty(); qi++)
+        if (!fail[qi])
+            for (int j = 0; j < k; j++)
+                if (I2[(size_t)qi * k + j] != I1[(size_t)qi * k + j] || S2[(size_t)qi * k + j] != S1[(size_t)qi * k + j])
+                    { p2 = "query " + std::to_string(qi) + " differs from version 1"; break; }
+    bool fallbackRight = dupes > 1 ? fails > 0 : fails == 0;   // ties at the k-th must fail the certificate; random data must not
+    if (p2.empty() && !fallbackRight) p2 = std::to_string(fails) + " queries failed the certificate";
+    report_bool(std::string("topk v2 ") + tag + " (" + std::to_string(fails) + " certificate failures)", p2.empty(), p2);
+}
+
+int main()
+{
+    // GEMM: both versions, every transpose, partial tiles, K not a multiple of 32 (nor, for version 1, of 8), batches.
+    test_gemm(150, 300, 72, 1, false, true, true, false, false);
+    test_gemm(70, 90, 40, 2, false, false, false, false, true);
+    test_gemm(33, 260, 19, 1, true, false, true, true, false);
+    test_gemm(130, 20, 50, 2, true, true, false, false, true);
+    // Attention at D 64: partial query and key tiles, one key, masks with a fully masked batch.
+    test_attention(2, 2, 150, 100, true);
+    test_attention(1, 2, 70, 1, false);
+    test_attention(1, 1, 130, 200, false);
+    // Top-k over f16: partial tiles and query tiles, D 72 (not a multiple of 32), kp 32 and 64, N below kp, ties.
+    test_topk(150, 3000, 72, 10, 1, 3);
+    test_topk(130, 1500, 64, 40, 1, 2);
+    test_topk(9, 20, 16, 7, 1, 4);
+    test_topk(40, 2000, 32, 10, 64, 2);
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

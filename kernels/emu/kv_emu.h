@@ -1,0 +1,313 @@
+// Host emulation of the primitives of kernelvl_cuda.h (included from there when KV_EMU is defined): the kernels'
+// own source, compiled as C++ for the CPU, run with one fiber (cooperative, round-robin, on one OS thread) per
+// CUDA thread, one block at a time. Warp collectives (shuffles, ldmatrix, mma) exchange their operands through a
+// per-warp area between two warp barriers, and compute what the PTX ISA specifies for each lane; __syncthreads is a
+// block barrier. cp.async copies at once (so
+// the emulator checks index arithmetic, fragment layouts and edge handling, not the pipeline's timing or races).
+// Used by kernels/emu/emu_tests.cpp (run by kernels/emu/run.sh and the test suite).
+#pragma once
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+// One block runs at a time, so a function-local static is that block's shared memory.
+#define __shared__ static
+
+struct kv_dim3 { unsigned x = 0, y = 0, z = 0; };
+inline kv_dim3 threadIdx, blockIdx, blockDim, gridDim;   // the running fiber's (set at every switch)
+
+// A barrier of fibers: the last of `alive` to arrive releases the others (a new generation); a fiber that has
+// returned from the kernel no longer counts (as an exited thread on the device).
+struct kv_emu_bar
+{
+    int alive = 0, count = 0;
+    unsigned gen = 0;
+};
+struct kv_emu_warp
+{
+    kv_emu_bar bar;
+    uint32_t w[32][6];
+    uint64_t addr[32];
+};
+struct kv_emu_block
+{
+    kv_emu_bar bar;
+    kv_emu_warp* warps;
+    unsigned char* dyn;
+};
+inline kv_emu_block* kv_emu_cur;
+
+// Fibers: x86-64 System V context switch (callee-saved registers on the fiber's own stack; no signal mask, no
+// system call), so that a switch costs nanoseconds: the kernels switch at every warp collective.
+extern "C" void kv_emu_switch(void** saveSp, void* loadSp);
+asm(R"(
+    .text
+    .globl kv_emu_switch
+    .type kv_emu_switch, @function
+kv_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size kv_emu_switch, .-kv_emu_switch
+)");
+inline void* kv_emu_mainSp;
+inline void** kv_emu_selfSp;
+static inline void kv_emu_yield() { kv_emu_switch(kv_emu_selfSp, kv_emu_mainSp); }
+static inline void kv_emu_arrive(kv_emu_bar& b)
+{
+    if (++b.count >= b.alive) { b.count = 0; b.gen++; return; }
+    unsigned g = b.gen;
+    while (b.gen == g) kv_emu_yield();
+}
+static inline void kv_emu_leave(kv_emu_bar& b)
+{
+    b.alive--;
+    if (b.count > 0 && b.count >= b.alive) { b.count = 0; b.gen++; }
+}
+
+typedef unsigned long long kv_saddr;   // the host address itself
+#define KV_DYNAMIC_SHARED(type, name) type* name = (type*)kv_emu_cur->dyn
+
+static inline kv_emu_warp& kv_emu_w() { return kv_emu_cur->warps[threadIdx.x >> 5]; }
+static inline int kv_emu_lane() { return (int)(threadIdx.x & 31); }
+
+static inline void __syncthreads() { kv_emu_arrive(kv_emu_cur->bar); }
+static inline void kv_syncwarp() { kv_emu_arrive(kv_emu_w().bar); }
+
+static inline uint32_t kv_emu_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+static inline float kv_emu_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+
+static inline uint32_t kv_emu_shfl(uint32_t v, int o)
+{
+    auto& w = kv_emu_w();
+    int l = kv_emu_lane();
+    w.w[l][0] = v;
+    kv_emu_arrive(w.bar);
+    uint32_t r = w.w[l ^ o][0];
+    kv_emu_arrive(w.bar);
+    return r;
+}
+static inline float __shfl_xor_sync(unsigned, float v, int o) { return kv_emu_float(kv_emu_shfl(kv_emu_bits(v), o)); }
+static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)kv_emu_shfl((uint32_t)v, o); }
+
+static inline float kv_int_as_float(int i) { return kv_emu_float((uint32_t)i); }
+static inline float kv_max(float a, float b) { return std::fmax(a, b); }
+static inline float kv_sqrt(float x) { return std::sqrt(x); }
+static inline float kv_rcp(float x) { return 1.0f / x; }
+static inline float kv_exp2(float x) { return std::exp2(x); }
+static inline float kv_log2(float x) { return std::log2(x); }
+
+// bf16: the upper half of the f32, rounded to nearest even (finite inputs).
+static inline uint32_t kv_emu_bf16(float x)
+{
+    uint32_t u = kv_emu_bits(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u >> 16;   // inf / nan: truncate
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
+}
+static inline unsigned kv_pack_bf16(float lo, float hi) { return kv_emu_bf16(lo) | (kv_emu_bf16(hi) << 16); }
+static inline float kv_emu_bf16_to_f32(uint32_t h) { return kv_emu_float(h << 16); }
+
+// IEEE half: f32 -> f16 round to nearest even (overflow to inf, subnormals), f16 -> f32 exact.
+static inline unsigned short kv_f16_bits(float x)
+{
+    uint32_t u = kv_emu_bits(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) return (unsigned short)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u));
+    if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);             // >= 65520 rounds to inf
+    if (a < 0x38800000u)                                                        // below 2^-14: subnormal half
+    {
+        float f = kv_emu_float(a) * 16777216.0f;                                // exact: scale by 2^24 (units of 2^-24)
+        float r = std::nearbyint(f);                                            // round half to even (default mode)
+        return (unsigned short)(sign | (uint32_t)r);
+    }
+    uint32_t mant = a & 0x7fffffu, exp = (a >> 23) - 112;                      // rebias 127 -> 15
+    uint32_t h = (exp << 10) | (mant >> 13), rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;                  // may carry into the exponent: right
+    return (unsigned short)(sign | h);
+}
+static inline float kv_f16_to_f32(unsigned short h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) { float f = (float)m * (1.0f / 16777216.0f); return sign ? -f : f; }
+    if (e == 31) return kv_emu_float(sign | 0x7f800000u | (m << 13));
+    return kv_emu_float(sign | ((e + 112) << 23) | (m << 13));
+}
+
+// mma.sync m16n8k16, row.col, f32 accumulate: A, B assembled from all lanes' fragments (layout in kernelvl_cuda.h).
+template <bool BF16>
+static inline void kv_emu_mma(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    auto& w = kv_emu_w();
+    int l = kv_emu_lane();
+    uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
+    std::memcpy(w.w[l], mine, sizeof mine);
+    kv_emu_arrive(w.bar);
+    auto half = [&](int lane, int reg, int hi) {
+        uint32_t v = (w.w[lane][reg] >> (hi ? 16 : 0)) & 0xffffu;
+        return BF16 ? kv_emu_bf16_to_f32(v) : kv_f16_to_f32((unsigned short)v);
+    };
+    auto A = [&](int row, int k) { return half((row & 7) * 4 + ((k & 7) >> 1), (row < 8 ? 0 : 1) + (k < 8 ? 0 : 2), k & 1); };
+    auto B = [&](int k, int col) { return half(col * 4 + ((k & 7) >> 1), k < 8 ? 4 : 5, k & 1); };
+    int g = l >> 2, t = l & 3;
+    float out[4];
+    for (int e = 0; e < 4; e++)
+    {
+        int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+        float s = 0.f;
+        for (int k = 0; k < 16; k++) s += A(row, k) * B(k, col);
+        out[e] = d[e] + s;
+    }
+    kv_emu_arrive(w.bar);
+    for (int e = 0; e < 4; e++) d[e] = out[e];
+}
+static inline void kv_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma<true>(d, a0, a1, a2, a3, b0, b1); }
+static inline void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma<false>(d, a0, a1, a2, a3, b0, b1); }
+
+static inline kv_saddr kv_smem(const void* p) { return (kv_saddr)(uintptr_t)p; }
+static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
+{
+    if (bytes == 16) std::memcpy((void*)(uintptr_t)dst, src, 16);
+    else std::memset((void*)(uintptr_t)dst, 0, 16);
+}
+static inline void kv_cp_async_commit() {}
+template <int N>
+static inline void kv_cp_async_wait() {}
+
+// ldmatrix .x4: lane l gives the address of row l % 8 of matrix l / 8 (rows of 8 b16 = 16 bytes).
+template <bool TRANS>
+static inline void kv_emu_ldmatrix(kv_saddr addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    auto& w = kv_emu_w();
+    int l = kv_emu_lane();
+    w.addr[l] = addr;
+    kv_emu_arrive(w.bar);
+    auto b16 = [&](int matrix, int row, int col) {
+        uint16_t v;
+        std::memcpy(&v, (const void*)(uintptr_t)(w.addr[matrix * 8 + row] + 2 * col), 2);
+        return (uint32_t)v;
+    };
+    unsigned r[4];
+    for (int j = 0; j < 4; j++)
+        r[j] = TRANS ? b16(j, 2 * (l & 3), l >> 2) | (b16(j, 2 * (l & 3) + 1, l >> 2) << 16)
+                     : b16(j, l >> 2, 2 * (l & 3)) | (b16(j, l >> 2, 2 * (l & 3) + 1) << 16);
+    kv_emu_arrive(w.bar);
+    r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
+}
+static inline void kv_ldmatrix_x4(kv_saddr a, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) { kv_emu_ldmatrix<false>(a, r0, r1, r2, r3); }
+static inline void kv_ldmatrix_x4_trans(kv_saddr a, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) { kv_emu_ldmatrix<true>(a, r0, r1, r2, r3); }
+
+static inline void kv_st_shared16(kv_saddr addr, unsigned a, unsigned b, unsigned c, unsigned d)
+{
+    unsigned v[4] = {a, b, c, d};
+    std::memcpy((void*)(uintptr_t)addr, v, 16);
+}
+static inline void kv_ld_nc_v4(const void* p, unsigned& a, unsigned& b, unsigned& c, unsigned& d)
+{
+    unsigned v[4];
+    std::memcpy(v, p, 16);
+    a = v[0]; b = v[1]; c = v[2]; d = v[3];
+}
+static inline void kv_ld_nc_f4(const float* p, float* v) { std::memcpy(v, p, 16); }
+
+static inline int kv_atomic_add_shared(kv_saddr addr, int v) { return std::atomic_ref<int>(*(int*)(uintptr_t)addr).fetch_add(v); }
+static inline void kv_atomic_max_nonneg(float* p, float v)
+{
+    std::atomic_ref<int> a(*(int*)p);
+    int bits = (int)kv_emu_bits(v), old = a.load();
+    while (old < bits && !a.compare_exchange_weak(old, bits)) {}
+}
+
+// Runs body() as every thread of every block of the grid: blocks one after another, each block's threads as fibers
+// switched at every barrier.
+struct kv_emu_fiber
+{
+    void* sp;
+    std::unique_ptr<char[]> stack;
+    bool done;
+};
+inline void (*kv_emu_body)(void*);
+inline void* kv_emu_arg;
+inline kv_emu_fiber* kv_emu_running;
+[[noreturn]] static void kv_emu_entry()
+{
+    kv_emu_body(kv_emu_arg);
+    kv_emu_running->done = true;
+    kv_emu_leave(kv_emu_w().bar);
+    kv_emu_leave(kv_emu_cur->bar);
+    kv_emu_yield();   // never resumed
+    std::abort();
+}
+
+template <class F>
+static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, F body)
+{
+    const size_t stackBytes = 128 * 1024;
+    std::unique_ptr<unsigned char, decltype(&std::free)> dyn((unsigned char*)std::aligned_alloc(128, (dynamicShared + 127) / 128 * 128 + 128), &std::free);
+    std::unique_ptr<kv_emu_fiber[]> fibers(new kv_emu_fiber[threads]);
+    for (unsigned t = 0; t < threads; t++) fibers[t].stack.reset(new char[stackBytes]);
+    kv_emu_body = [](void* p) { (*(F*)p)(); };
+    kv_emu_arg = &body;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++)
+            {
+                std::unique_ptr<kv_emu_warp[]> warps(new kv_emu_warp[threads / 32]);
+                for (unsigned w = 0; w < threads / 32; w++) warps[w].bar.alive = 32;
+                std::memset(dyn.get(), 0xcd, dynamicShared);   // garbage, as on the device
+                kv_emu_block block;
+                block.bar.alive = (int)threads;
+                block.warps = warps.get();
+                block.dyn = dyn.get();
+                kv_emu_cur = &block;
+                blockIdx = {x, y, z};
+                blockDim = {threads, 1, 1};
+                gridDim = grid;
+                for (unsigned t = 0; t < threads; t++)
+                {
+                    // A fresh stack whose first switch "returns" into kv_emu_entry as if called (rsp % 16 == 8 there).
+                    kv_emu_fiber& f = fibers[t];
+                    f.done = false;
+                    auto top = (uintptr_t)(f.stack.get() + stackBytes) & ~(uintptr_t)15;
+                    void** sp = (void**)top;
+                    *--sp = nullptr;                       // the entry's (never used) return address
+                    *--sp = (void*)&kv_emu_entry;          // popped by kv_emu_switch's ret
+                    for (int r = 0; r < 6; r++) *--sp = nullptr;   // rbp rbx r12 r13 r14 r15
+                    f.sp = sp;
+                }
+                for (unsigned left = threads; left > 0;)
+                {
+                    left = 0;
+                    for (unsigned t = 0; t < threads; t++)
+                    {
+                        kv_emu_fiber& f = fibers[t];
+                        if (f.done) continue;
+                        threadIdx = {t, 0, 0};
+                        kv_emu_running = &f;
+                        kv_emu_selfSp = &f.sp;
+                        kv_emu_switch(&kv_emu_mainSp, f.sp);
+                        if (!f.done) left++;
+                    }
+                }
+            }
+}
