@@ -285,8 +285,6 @@ static __device__ __forceinline__ void att_store(float* __restrict__ ob, float* 
 #define ATT2_Q (ATT2_WARPS * 16)
 #define ATT2_K 64
 
-// Byte offset of (row, 16-byte chunk c) in a 128-byte-row tile, chunks XOR-swizzled by row % 8.
-static __device__ __forceinline__ unsigned att2_off(int row, int c) { return (unsigned)(row * 128 + ((c ^ (row & 7)) << 4)); }
 
 // q [B, H, Tq, 64], k and v [B, H, Tk, 64], mask i32 [B, Tk] or null -> o [B, H, Tq, 64], lse [B, H, Tq].
 // Grid (ceil(Tq / 128), B * H), 256 threads.
@@ -341,9 +339,9 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
         for (int i = 0; i < 2; i++)
         {
             int e = tid + i * 256, key = e >> 3, c = e & 7;
-            kv_st_shared16(ks + att2_off(key, c), kv_pack_bf16(pk[i][0], pk[i][1]), kv_pack_bf16(pk[i][2], pk[i][3]),
+            kv_st_shared16(ks + kv_swz128(key, c), kv_pack_bf16(pk[i][0], pk[i][1]), kv_pack_bf16(pk[i][2], pk[i][3]),
                       kv_pack_bf16(pk[i][4], pk[i][5]), kv_pack_bf16(pk[i][6], pk[i][7]));
-            kv_st_shared16(vs + att2_off(key, c), kv_pack_bf16(pv[i][0], pv[i][1]), kv_pack_bf16(pv[i][2], pv[i][3]),
+            kv_st_shared16(vs + kv_swz128(key, c), kv_pack_bf16(pv[i][0], pv[i][1]), kv_pack_bf16(pv[i][2], pv[i][3]),
                       kv_pack_bf16(pv[i][4], pv[i][5]), kv_pack_bf16(pv[i][6], pv[i][7]));
         }
         if (tid < ATT2_K) kbias[buf][tid] = pbias;
@@ -378,7 +376,7 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
             for (int np = 0; np < 4; np++)   // keys 16 np .. 16 np + 15
             {
                 unsigned b0, b1, b2, b3;
-                kv_ldmatrix_x4(ks + att2_off(np * 16 + lr + ((lj >> 1) << 3), 2 * kk + (lj & 1)), b0, b1, b2, b3);
+                kv_ldmatrix_x4(ks + kv_swz128(np * 16 + lr + ((lj >> 1) << 3), 2 * kk + (lj & 1)), b0, b1, b2, b3);
                 kv_mma_bf16(s[2 * np], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
                 kv_mma_bf16(s[2 * np + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b2, b3);
             }
@@ -394,7 +392,7 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
             for (int np = 0; np < 4; np++)   // d 16 np .. 16 np + 15
             {
                 unsigned b0, b1, b2, b3;
-                kv_ldmatrix_x4_trans(vs + att2_off(kk * 16 + lr + ((lj & 1) << 3), 2 * np + (lj >> 1)), b0, b1, b2, b3);
+                kv_ldmatrix_x4_trans(vs + kv_swz128(kk * 16 + lr + ((lj & 1) << 3), 2 * np + (lj >> 1)), b0, b1, b2, b3);
                 kv_mma_bf16(oacc[2 * np], a0, a1, a2, a3, b0, b1);
                 kv_mma_bf16(oacc[2 * np + 1], a0, a1, a2, a3, b2, b3);
             }

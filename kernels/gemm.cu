@@ -25,16 +25,8 @@ static __device__ __forceinline__ float gemm_at(const float* __restrict__ x, int
     return trans ? x[(long long)c * ld + r] : x[(long long)r * ld + c];
 }
 
-// x/2 (1 + erf(x / sqrt 2)). erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), far below the bf16
-// rounding of the product it is applied to.
-static __device__ __forceinline__ float gemm_gelu(float x)
-{
-    float z = x * 0.70710678118654752f, az = z < 0.f ? -z : z;
-    float t = kv_rcp(1.f + 0.3275911f * az);
-    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-    float erf_abs = 1.f - poly * kv_exp(-az * az);
-    return 0.5f * x * (1.f + (z < 0.f ? -erf_abs : erf_abs));
-}
+// x/2 (1 + erf(x / sqrt 2)): kv_gelu_erf (kernelvl_cuda.h).
+static __device__ __forceinline__ float gemm_gelu(float x) { return kv_gelu_erf(x); }
 
 // Stages one operand's tile (128 rows of op(X) starting at r0, 32 columns of K from k0) as bf16 pairs into registers.
 // Consecutive threads walk K for a row-major operand and the rows for a transposed one: both read consecutive addresses.

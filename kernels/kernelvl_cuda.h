@@ -133,6 +133,60 @@ static __device__ __forceinline__ void kv_atomic_max_nonneg(float* p, float v)
 }
 
 static __device__ __forceinline__ void kv_syncwarp() { asm volatile("bar.warp.sync 0xffffffff;" ::: "memory"); }
+
+// ---- sm_90a only (wgmma): used by kernels/gemm_sm90.cu inside #if KERNELVL_SM90A ----
+
+// Orders this thread's earlier shared-memory writes (cp.async included) before later reads by the async proxy (wgmma).
+static __device__ __forceinline__ void kv_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+static __device__ __forceinline__ void kv_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+static __device__ __forceinline__ void kv_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+static __device__ __forceinline__ void kv_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+
+// Shared-memory matrix descriptor of a K-major bf16 tile with 128-byte rows in the 128B swizzle (16-byte chunk c of
+// row r stored at chunk c ^ (r % 8), tile base 1024-aligned): start address >> 4 (bits 0-13), leading-dimension
+// offset 16 B (unused by swizzled K-major, 1 by convention; bits 16-29), 8-row group stride 1024 B (bits 32-45),
+// swizzle mode 1 = 128B (bits 62-63).
+static __device__ __forceinline__ unsigned long long kv_wgmma_desc(kv_saddr addr)
+{
+    return (unsigned long long)((addr & 0x3ffffu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// d[128] += A (64 x 16, K-major, descriptor a) B^T (B 256 x 16, K-major, descriptor b), the warpgroup's 64 x 256 f32
+// accumulator: warp w of the warpgroup holds rows 16 w .. 16 w + 15; lane (g = lane / 4, t = lane % 4) holds
+// d[4 i + 2 h + e] = (row 16 w + g + 8 h, column 8 i + 2 t + e), i < 32 (the m16n8 layout repeated along N).
+static __device__ __forceinline__ void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b)
+{
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, 1, 1, 1, 0, 0;"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(a), "l"(b)
+        : "memory");
+}
 #endif   // KV_EMU
 
 // ---- 3. composites ----
@@ -156,6 +210,17 @@ static __device__ __forceinline__ float kv_warp_max(float v)
     return v;
 }
 
+// x/2 (1 + erf(x / sqrt 2)), the exact-erf GELU of the fused GEMM epilogues. erf by Abramowitz & Stegun 7.1.26
+// (absolute error <= 1.5e-7), far below the bf16 rounding of the product it is applied to.
+static __device__ __forceinline__ float kv_gelu_erf(float x)
+{
+    float z = x * 0.70710678118654752f, az = z < 0.f ? -z : z;
+    float t = kv_rcp(1.f + 0.3275911f * az);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float erf_abs = 1.f - poly * kv_exp(-az * az);
+    return 0.5f * x * (1.f + (z < 0.f ? -erf_abs : erf_abs));
+}
+
 // The two halves packed in a word (low half first) as f32.
 static __device__ __forceinline__ void kv_h2_to_f32(unsigned w, float& lo, float& hi)
 {
@@ -176,19 +241,25 @@ static __device__ __forceinline__ float kv_h2_sumsq(unsigned w, float s)
 // warp's cp.async writes) fall on 8 distinct 16-byte bank groups.
 static __device__ __forceinline__ unsigned kv_swz64(int row, int c) { return (unsigned)(row * 64 + ((c ^ ((row >> 1) & 3)) << 4)); }
 
-// Stages ROWS rows x 32 elements of a K-major 16-bit matrix x (row r at x + r * ld) from element column col:
-// rows >= rowEnd and columns >= colEnd are written as zeros (colEnd % 8 == 0). ROWS * 4 / THREADS chunks a thread.
-template <int ROWS, int THREADS>
+// The same for 128-byte rows (64 16-bit elements, eight chunks): chunks XOR-swizzled by row % 8, which is also the
+// layout of Hopper's 128B swizzle when the tile starts on a 1024-byte boundary.
+static __device__ __forceinline__ unsigned kv_swz128(int row, int c) { return (unsigned)(row * 128 + ((c ^ (row & 7)) << 4)); }
+
+// Stages ROWS rows x (8 CHUNKS) elements of a K-major 16-bit matrix x (row r at x + r * ld) from element column col,
+// rows of CHUNKS 16-byte chunks (4: kv_swz64, 8: kv_swz128): rows >= rowEnd and columns >= colEnd are written as zeros
+// (colEnd % 8 == 0). ROWS * CHUNKS / THREADS chunks a thread.
+template <int ROWS, int THREADS, int CHUNKS = 4>
 static __device__ __forceinline__ void kv_stage_rows(kv_saddr stage, const unsigned short* __restrict__ x, long long row0, long long rowEnd,
                                                      long long ld, int col, int colEnd)
 {
 #pragma unroll
-    for (int i = 0; i < ROWS * 4 / THREADS; i++)
+    for (int i = 0; i < ROWS * CHUNKS / THREADS; i++)
     {
-        int e = threadIdx.x + i * THREADS, r = e >> 2, c = e & 3, cc = col + c * 8;
+        int e = threadIdx.x + i * THREADS, r = e / CHUNKS, c = e % CHUNKS, cc = col + c * 8;
         long long row = row0 + r;
         bool ok = row < rowEnd && cc < colEnd;
-        kv_cp_async16(stage + kv_swz64(r, c), ok ? (const void*)(x + row * ld + cc) : (const void*)x, ok ? 16 : 0);
+        unsigned off = CHUNKS == 4 ? kv_swz64(r, c) : kv_swz128(r, c);
+        kv_cp_async16(stage + off, ok ? (const void*)(x + row * ld + cc) : (const void*)x, ok ? 16 : 0);
     }
 }
 

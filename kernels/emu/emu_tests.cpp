@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 #include "../gemm.cu"
+#include "../gemm_sm90.cu"
 #include "../attention.cu"
 #include "../topk.cu"
 
@@ -92,6 +93,13 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
                          (long long)M * kp, (long long)N * kp, (long long)M * N, 1.f, acc, gelu);
         });
         report(std::string("gemm v2 ") + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, B, bs, C0, C), 2e-4);
+        // version 3 (wgmma) on the same bf16 operands
+        auto C3 = C0;
+        kv_emu_launch({(unsigned)((M + G3_BM - 1) / G3_BM), (unsigned)((N + G3_BN - 1) / G3_BN), (unsigned)batch}, G3_THREADS, G3_SMEM_BYTES, [&] {
+            gemm_bf16_wgmma(a16.data(), b16.data(), bias ? bs.data() : nullptr, C3.data(), M, N, kp, kp, kp, N,
+                            (long long)M * kp, (long long)N * kp, (long long)M * N, 1.f, acc, gelu);
+        });
+        report(std::string("gemm v3 (wgmma) ") + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, B, bs, C0, C3), 2e-4);
     }
 }
 
@@ -273,6 +281,7 @@ int main()
     test_gemm(70, 90, 40, 2, false, false, false, false, true);
     test_gemm(33, 260, 19, 1, true, false, true, true, false);
     test_gemm(130, 20, 50, 2, true, true, false, false, true);
+    test_gemm(64, 520, 200, 1, false, true, true, false, false);   // K over several 64-wide stages, N over 2 tiles
     // Attention at D 64: partial query and key tiles, one key, masks with a fully masked batch.
     test_attention(2, 2, 150, 100, true);
     test_attention(1, 2, 70, 1, false);

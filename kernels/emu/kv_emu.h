@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <algorithm>
 #include <vector>
 
 #define __global__
@@ -38,10 +39,16 @@ struct kv_emu_warp
     uint32_t w[32][6];
     uint64_t addr[32];
 };
+struct kv_emu_group   // a warpgroup (4 warps): wgmma's operand exchange
+{
+    kv_emu_bar bar;
+    unsigned long long a, b;
+};
 struct kv_emu_block
 {
     kv_emu_bar bar;
     kv_emu_warp* warps;
+    kv_emu_group* groups;
     unsigned char* dyn;
 };
 inline kv_emu_block* kv_emu_cur;
@@ -238,6 +245,53 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
     while (old < bits && !a.compare_exchange_weak(old, bits)) {}
 }
 
+// ---- sm_90a: wgmma on descriptors, emulated as the PTX ISA describes the K-major 128B-swizzled layout ----
+static inline void kv_fence_proxy_async() {}
+static inline void kv_wgmma_fence() {}
+static inline void kv_wgmma_commit() {}
+template <int N>
+static inline void kv_wgmma_wait() {}
+
+// The descriptor's start address is 14 bits of (shared address >> 4): here an offset into the block's dynamic
+// shared memory (1024-aligned, so the swizzle sees the same address bits as on the device).
+static inline unsigned long long kv_wgmma_desc(kv_saddr addr)
+{
+    unsigned long long off = addr - (kv_saddr)(uintptr_t)kv_emu_cur->dyn;
+    return ((off & 0x3ffffu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// Element (row, k) of a K-major bf16 operand: 8-row groups SBO bytes apart, rows 128 bytes apart within a group, k
+// along the row; then the 128B swizzle XORs address bits 4-6 with bits 7-9.
+static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k)
+{
+    if (((desc >> 62) & 3) != 1 || ((desc >> 16) & 0x3fff) != 1) std::abort();   // only what kernels/gemm_sm90.cu uses
+    unsigned long long start = (desc & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
+    unsigned long long off = start + (unsigned long long)(row / 8) * sbo + (unsigned long long)(row % 8) * 128 + 2ull * k;
+    off ^= ((off >> 7) & 7) << 4;
+    uint16_t v;
+    std::memcpy(&v, kv_emu_cur->dyn + off, 2);
+    return kv_emu_bf16_to_f32(v);
+}
+
+static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b)
+{
+    auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
+    int idx = (int)(threadIdx.x & 127), w = idx >> 5, lane = idx & 31, g = lane >> 2, t = lane & 3;
+    if (idx == 0) { G.a = a; G.b = b; }
+    kv_emu_arrive(G.bar);
+    if (G.a != a || G.b != b) std::abort();   // the warpgroup must agree on its operands
+    for (int i = 0; i < 32; i++)
+        for (int h = 0; h < 2; h++)
+            for (int e = 0; e < 2; e++)
+            {
+                int row = 16 * w + g + 8 * h, col = 8 * i + 2 * t + e;
+                float s = 0.f;
+                for (int k = 0; k < 16; k++) s += kv_emu_wgmma_elem(a, row, k) * kv_emu_wgmma_elem(b, col, k);
+                d[4 * i + 2 * h + e] += s;
+            }
+    kv_emu_arrive(G.bar);
+}
+
 // Runs body() as every thread of every block of the grid: blocks one after another, each block's threads as fibers
 // switched at every barrier.
 struct kv_emu_fiber
@@ -254,6 +308,7 @@ inline kv_emu_fiber* kv_emu_running;
     kv_emu_body(kv_emu_arg);
     kv_emu_running->done = true;
     kv_emu_leave(kv_emu_w().bar);
+    kv_emu_leave(kv_emu_cur->groups[threadIdx.x >> 7].bar);
     kv_emu_leave(kv_emu_cur->bar);
     kv_emu_yield();   // never resumed
     std::abort();
@@ -263,7 +318,7 @@ template <class F>
 static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, F body)
 {
     const size_t stackBytes = 128 * 1024;
-    std::unique_ptr<unsigned char, decltype(&std::free)> dyn((unsigned char*)std::aligned_alloc(128, (dynamicShared + 127) / 128 * 128 + 128), &std::free);
+    std::unique_ptr<unsigned char, decltype(&std::free)> dyn((unsigned char*)std::aligned_alloc(1024, (dynamicShared + 1023) / 1024 * 1024 + 1024), &std::free);
     std::unique_ptr<kv_emu_fiber[]> fibers(new kv_emu_fiber[threads]);
     for (unsigned t = 0; t < threads; t++) fibers[t].stack.reset(new char[stackBytes]);
     kv_emu_body = [](void* p) { (*(F*)p)(); };
@@ -274,10 +329,14 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
             {
                 std::unique_ptr<kv_emu_warp[]> warps(new kv_emu_warp[threads / 32]);
                 for (unsigned w = 0; w < threads / 32; w++) warps[w].bar.alive = 32;
+                unsigned ngroups = (threads + 127) / 128;
+                std::unique_ptr<kv_emu_group[]> groups(new kv_emu_group[ngroups]);
+                for (unsigned w = 0; w < ngroups; w++) groups[w].bar.alive = (int)std::min(128u, threads - 128 * w);
                 std::memset(dyn.get(), 0xcd, dynamicShared);   // garbage, as on the device
                 kv_emu_block block;
                 block.bar.alive = (int)threads;
                 block.warps = warps.get();
+                block.groups = groups.get();
                 block.dyn = dyn.get();
                 kv_emu_cur = &block;
                 blockIdx = {x, y, z};

@@ -8,7 +8,8 @@ namespace KernelVL.Perf;
 /// The GEMM target on the cuda backend, at the shapes of <see cref="CublasBaselines"/> (4096^3 and the model's
 /// linear layers, weights [N, K] as the model holds them, with bias): gemm.cu version 2 on bf16 operands already in
 /// memory (what cuBLAS bf16 and torch bf16 are timed with), version 2 behind the f32 MatMul (the bf16 conversions
-/// included), and version 1 (f32 operands rounded while staging). Checked first: 4096 sampled entries of version 2
+/// included), version 3 (wgmma, Hopper, when NVRTC built it) the same two ways, and version 1 (f32 operands rounded
+/// while staging). Checked first: 4096 sampled entries of version 2
 /// against an f64 dot product of the bf16-rounded operands (error budget 1e-4 of sum |a b|: f32 accumulation only),
 /// and the f32 MatMul's result equal to the bf16 kernel's bit for bit (the same rounding, the same kernel).
 /// </summary>
@@ -59,6 +60,19 @@ internal static class GemmBf16Bench
             }
             Row("v2 bf16 operands", backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20));
             Row("v2 MatMul f32 (conversions included)", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20));
+            if (backend.GemmV3Unavailable is null)
+            {
+                // Version 3 (wgmma) on the same operands: checked like version 2, then timed.
+                backend.GemmVersion = 3;
+                backend.MatMulBf16(a16, b16, k, bias, c);
+                var c3 = new float[(long)m * n];
+                backend.CopyToHost(c, c3);
+                string? p3 = Check(ah, bh, biasH, c3, m, n, k, rng);
+                if (p3 is not null) { failures++; problem ??= "v3: " + p3; }
+                Row("v3 wgmma bf16 operands", p3 is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                Row("v3 MatMul f32 (conversions included)", p3 is null ? backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20) : double.NaN);
+            }
+            else if (m == CublasBaselines.Shapes[0].M) Console.Error.WriteLine($"gemm v3: {backend.GemmV3Unavailable}");
             backend.GemmVersion = 1;
             Row("v1 MatMul f32", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20));
         }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh): the first GPU run
-# of the version-2 kernels (topk.cu tensor-core search, gemm.cu bf16 pipeline), which are opt-in until this passes.
+# of the version-2/3 kernels (topk.cu tensor-core search, gemm.cu bf16 pipeline, gemm_sm90.cu wgmma, attention.cu
+# prefetching), which are opt-in until this passes.
 # About 5 minutes on an H100, each step under its own time limit. Results (and the NVRTC CUBINs, for cuobjdump -sass
 # on the build machine) are packed into $OUT/v2-results.tgz: the device tool brings back only a few files.
 set -uo pipefail
@@ -18,6 +19,10 @@ KERNELVL_CUDA_TOPK=2 perf 90 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "e
 echo "== gemm version 2: the parity registry's matmul cases (transposes, batches, bias, accumulate, GELU) on it"
 KERNELVL_CUDA_GEMM=2 perf 60 check --backend cuda --filter '^matmul' > "$R/check-matmul-v2.txt" 2>&1; echo "exit $?"
 grep -v '^kernel ' "$R/check-matmul-v2.txt" | tail -n 6
+
+echo "== gemm version 3 (wgmma, sm_90a): the same matmul cases (its module line says whether NVRTC built it)"
+KERNELVL_CUDA_GEMM=3 perf 60 check --backend cuda --filter '^matmul' > "$R/check-matmul-v3.txt" 2>&1; echo "exit $?"
+grep -v '^kernel ' "$R/check-matmul-v3.txt" | tail -n 6
 
 echo "== attention version 2: the parity registry's attention cases on it"
 KERNELVL_CUDA_ATTENTION=2 perf 60 check --backend cuda --filter '^attention ' > "$R/check-attention-v2.txt" 2>&1; echo "exit $?"

@@ -10,7 +10,7 @@ public unsafe class CudaBindingTests
     [Fact]
     public void EveryKernelSourceIsCompiledToPtxAndEmbedded()
     {
-        foreach (var k in new[] { "layernorm", "gemm", "attention", "infonce", "topk" }) Assert.Contains(k, EmbeddedKernels.Names);
+        foreach (var k in new[] { "layernorm", "gemm", "gemm_sm90", "attention", "infonce", "topk" }) Assert.Contains(k, EmbeddedKernels.Names);
         Assert.Contains("#pragma once", EmbeddedKernels.Header(CudaModules.HeaderName));
         foreach (var name in EmbeddedKernels.Names)
         {
@@ -48,7 +48,7 @@ public unsafe class CudaBindingTests
         // sm_90a where NVRTC knows it (12.0+); CUDA 11.8 knows sm_90.
         var options = nvrtc.Version.Major >= 12 ? CudaModules.Options((9, 0)).ToList() : ["--gpu-architecture=sm_90", "--std=c++17", "-DKERNELVL_NVRTC=1"];
         var headers = new Dictionary<string, string> { [CudaModules.HeaderName] = EmbeddedKernels.Header(CudaModules.HeaderName) };
-        foreach (var k in new[] { "layernorm", "gemm", "attention", "infonce", "topk" })
+        foreach (var k in new[] { "layernorm", "gemm", "gemm_sm90", "attention", "infonce", "topk" })
         {
             var (image, _) = nvrtc.Compile(EmbeddedKernels.Source(k), $"{k}.cu", headers, options, cubin: true);
             Assert.True(image.Length > 1000, $"{k}: CUBIN of {image.Length} bytes");
@@ -119,6 +119,8 @@ public unsafe class CudaBindingTests
     public void NvrtcOptionsTargetTheExactArchitecture()
     {
         Assert.Equal("--gpu-architecture=sm_90a", CudaModules.Options((9, 0))[0]);
+        Assert.Contains("-DKERNELVL_SM90A=1", CudaModules.Options((9, 0)));        // gemm_sm90.cu's wgmma body
+        Assert.DoesNotContain("-DKERNELVL_SM90A=1", CudaModules.Options((8, 0)));
         Assert.Equal("--gpu-architecture=sm_80", CudaModules.Options((8, 0))[0]);
         Assert.Equal("--gpu-architecture=sm_89", CudaModules.Options((8, 9))[0]);
     }

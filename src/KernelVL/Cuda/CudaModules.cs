@@ -24,12 +24,13 @@ public sealed class CudaModules : IDisposable
     public (int Major, int Minor) Capability { get; }
     public string? NvrtcProblem { get; }
 
-    /// <summary>NVRTC options for a compute capability: sm_90a on 9.0 (its arch-specific features), sm_XY otherwise.</summary>
-    public static IReadOnlyList<string> Options((int Major, int Minor) cc) =>
-    [
-        $"--gpu-architecture=sm_{cc.Major}{cc.Minor}{(cc.Major == 9 && cc.Minor == 0 ? "a" : "")}",
-        "--std=c++17", "-DKERNELVL_NVRTC=1",
-    ];
+    /// <summary>
+    /// NVRTC options for a compute capability: sm_90a on 9.0 (its arch-specific features: wgmma), with KERNELVL_SM90A
+    /// defined for the kernels that use them (kernels/gemm_sm90.cu), sm_XY otherwise.
+    /// </summary>
+    public static IReadOnlyList<string> Options((int Major, int Minor) cc) => cc is (9, 0)
+        ? ["--gpu-architecture=sm_90a", "--std=c++17", "-DKERNELVL_NVRTC=1", "-DKERNELVL_SM90A=1"]
+        : [$"--gpu-architecture=sm_{cc.Major}{cc.Minor}", "--std=c++17", "-DKERNELVL_NVRTC=1"];
 
     /// <param name="driver">with the backend's context current</param>
     /// <param name="kernels">file names of kernels/*.cu without the extension</param>

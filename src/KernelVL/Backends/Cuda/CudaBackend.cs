@@ -42,17 +42,23 @@ public sealed class CudaBackend : IlgpuBackend
     /// </summary>
     public int AttentionVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_ATTENTION") == "2" ? 2 : 1;
     private const int Gemm2Rows = 128, Gemm2Cols = 256, Gemm2SharedBytes = 4 * (128 + 256) * 64;   // gemm.cu version 2
+    private const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
+    private readonly CudaModules? _sm90;
+    private readonly nint _gemm3;
+
+    /// <summary>Why gemm_sm90.cu (version 3, wgmma) cannot run here (not Hopper, no NVRTC, a failed compile), or null.</summary>
+    public string? GemmV3Unavailable { get; }
 
     /// <summary>Why gemm.cu version 2 cannot run on this device (too little shared memory), or null.</summary>
     public string? GemmV2Unavailable { get; }
 
     /// <summary>
     /// Which GEMM MatMul, MatMulBackward and MatMulGelu run: 1 (f32 operands rounded to bf16 while staging, register
-    /// double buffer) or 2 (operands first converted to K-major bf16 in memory, then the cp.async/ldmatrix kernel).
-    /// Defaults to the KERNELVL_CUDA_GEMM environment variable, else 1: version 2 becomes the default once it has
-    /// passed on a GPU.
+    /// double buffer), 2 (operands first converted to K-major bf16 in memory, then the cp.async/ldmatrix kernel) or
+    /// 3 (the same operands on Hopper's wgmma, kernels/gemm_sm90.cu; version 2 where it is unavailable). Defaults to the
+    /// KERNELVL_CUDA_GEMM environment variable, else 1: a newer version becomes the default once it has passed on a GPU.
     /// </summary>
-    public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") == "2" ? 2 : 1;
+    public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") switch { "2" => 2, "3" => 3, _ => 1 };
     private readonly int _multiprocessors;
 
     /// <summary>Why topk.cu version 2 cannot run on this device (too little shared memory), or null.</summary>
@@ -129,6 +135,27 @@ public sealed class CudaBackend : IlgpuBackend
             {
                 GemmV2Unavailable = $"gemm_bf16_tn needs {Gemm2SharedBytes} bytes of shared memory per block: {e.Message}";
             }
+            // Version 3 lives in its own module: its body exists only in an NVRTC sm_90a build, and a failure to build or
+            // load it leaves the other kernels alone.
+            if (_modules.Capability is not (9, 0)) GemmV3Unavailable = $"gemm_sm90.cu needs compute capability 9.0 (sm_90a), this device is {_modules.Capability.Major}.{_modules.Capability.Minor}";
+            else
+            {
+                try
+                {
+                    _sm90 = new CudaModules(_driver, ["gemm_sm90"]);
+                    if (!_sm90.Sources[0].Path.StartsWith("nvrtc", StringComparison.Ordinal))
+                        GemmV3Unavailable = $"gemm_sm90.cu was not compiled by NVRTC for sm_90a ({_sm90.Sources[0].Detail}): its embedded PTX is empty";
+                    else
+                    {
+                        _gemm3 = _sm90.Function("gemm_sm90", "gemm_bf16_wgmma");
+                        _driver.SetMaxDynamicSharedMemory(_gemm3, Gemm3SharedBytes);
+                    }
+                }
+                catch (KernelVLException e)
+                {
+                    GemmV3Unavailable = $"gemm_sm90.cu: {e.Message.Split('\n')[0]}";
+                }
+            }
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -140,6 +167,7 @@ public sealed class CudaBackend : IlgpuBackend
         }
         catch
         {
+            _sm90?.Dispose();
             _args.Dispose();
             base.Dispose();
             throw;
@@ -206,7 +234,7 @@ public sealed class CudaBackend : IlgpuBackend
         V c, int ldc, long strideC, int batch, V bias, bool accumulate)
     {
         if (m == 0 || n == 0 || batch == 0) return;
-        if (GemmVersion == 2 && GemmV2Unavailable is null && Blocks(n, Gemm2Cols) <= MaxGridYZ && batch <= MaxGridYZ)
+        if (GemmVersion >= 2 && GemmV2Unavailable is null && Blocks(n, Gemm2Cols) <= MaxGridYZ && batch <= MaxGridYZ)
         {
             LaunchGemmV2(m, n, k, a, lda, transA, strideA, b, ldb, transB, strideB, c, ldc, strideC, batch, bias, accumulate, gelu: false);
             return;
@@ -233,7 +261,7 @@ public sealed class CudaBackend : IlgpuBackend
         if (!d.SharedB) Contract.Fail("matmul gelu", $"b must be a rank-2 weight, got {b.Shape}");
         long m = (long)d.Batch * d.M;
         if (m == 0 || d.N == 0) return;
-        if (GemmVersion == 2 && GemmV2Unavailable is null && Blocks(d.N, Gemm2Cols) <= MaxGridYZ)
+        if (GemmVersion >= 2 && GemmV2Unavailable is null && Blocks(d.N, Gemm2Cols) <= MaxGridYZ)
         {
             LaunchGemmV2((int)m, d.N, d.K, F(a), d.K, false, 0, F(b), b.Shape[-1], transB, 0, F(y), d.N, 0, 1, bias is null ? V.Empty : F(bias), false, gelu: true);
             return;
@@ -275,7 +303,11 @@ public sealed class CudaBackend : IlgpuBackend
     {
         Args().Add(a).Add(b).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc).Add(strideA).Add(strideB).Add(strideC)
             .Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
-        Go(_gemm2, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm2SharedBytes);
+        // Both versions take the same arguments and the same 128 x 256 block tiles.
+        if (GemmVersion == 3 && GemmV3Unavailable is null)
+            Go(_gemm3, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm3SharedBytes);
+        else
+            Go(_gemm2, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm2SharedBytes);
     }
 
     /// <summary>
@@ -292,7 +324,7 @@ public sealed class CudaBackend : IlgpuBackend
     }
 
     /// <summary>
-    /// c [M, N] f32 = a b^T (+ bias) on version 2's kernel, a [M, Kp] and b [N, Kp] bf16 as <see cref="ToBf16KMajor"/>
+    /// c [M, N] f32 = a b^T (+ bias) on version 2's kernel (version 3's with GemmVersion 3), a [M, Kp] and b [N, Kp] bf16 as <see cref="ToBf16KMajor"/>
     /// writes them (Kp = K rounded up to 8): the GEMM alone, operands already in memory as bf16 (what cuBLAS and
     /// torch bf16 are timed with).
     /// </summary>
@@ -526,6 +558,7 @@ public sealed class CudaBackend : IlgpuBackend
     {
         Synchronize();
         _driver.SetCurrentContext(_context);
+        _sm90?.Dispose();
         _modules.Dispose();
         _args.Dispose();
         base.Dispose();
