@@ -279,3 +279,148 @@ extern "C" __global__ void __launch_bounds__(256) convert_bf16_kmajor(
         if (r < R && c < ldy) y[(long long)r * ldy + c] = (unsigned short)(kv_pack_bf16(tile[rr][tx], 0.f) & 0xffffu);
     }
 }
+
+// ======================================================================================================================
+// f32-accurate GEMM on the tensor cores (3xTF32): C[z] = alpha op(A[z]) op(B[z]) (+ bias) (+ C[z]) for the products
+// that a bf16 rounding would spoil (the InfoNCE gradient: dt = G v, dv = G^T t, f32 budget 1e-5). Each f32 operand x
+// is split into hi = tf32(x) and lo = tf32(x - hi) (x - hi - lo ~ 2^-22 |x|), and a b = lo_a hi_b + hi_a lo_b +
+// hi_a hi_b on mma.sync m16n8k8 tf32 (the dropped lo lo term is ~2^-22 of the product): ~f32 accuracy at a third of
+// the tf32 rate, against the f32 CUDA-core ILGPU GEMM it replaces. Tiles as version 1 (128 x 128, 8 warps of 64 x 32,
+// register-staged double buffer, any M/N/K, the four transposes, batch strides), K steps of 16 kept as f32 in shared
+// memory (row stride 20 words: the fragment reads hit 32 banks), split while fragments are read.
+// Not yet run on a GPU: ptxas (sm_90) accepts it, the host emulator (kernels/emu) checks it against f64.
+// ======================================================================================================================
+#define G3X_BK 16
+#define G3X_KP (G3X_BK + 4)
+#define G3X_LOADS (GEMM_BM * G3X_BK / GEMM_THREADS)   // f32 values each thread stages per operand per tile (8)
+
+static __device__ __forceinline__ void g3x_load(const float* __restrict__ x, int trans, int ld, int r0, int k0, int rows, int k, float* regs)
+{
+#pragma unroll
+    for (int i = 0; i < G3X_LOADS; i++)
+    {
+        int e = threadIdx.x + i * GEMM_THREADS;
+        int rr = trans ? (e & (GEMM_BM - 1)) : (e / G3X_BK);
+        int kk = trans ? (e / GEMM_BM) : (e & (G3X_BK - 1));
+        regs[i] = gemm_at(x, trans, ld, r0 + rr, k0 + kk, rows, k);
+    }
+}
+
+static __device__ __forceinline__ void g3x_store(const float* regs, int trans, float (*tile)[G3X_KP])
+{
+#pragma unroll
+    for (int i = 0; i < G3X_LOADS; i++)
+    {
+        int e = threadIdx.x + i * GEMM_THREADS;
+        int rr = trans ? (e & (GEMM_BM - 1)) : (e / G3X_BK);
+        int kk = trans ? (e / GEMM_BM) : (e & (G3X_BK - 1));
+        tile[rr][kk] = regs[i];
+    }
+}
+
+static __device__ __forceinline__ void g3x_split(float x, unsigned& hi, unsigned& lo)
+{
+    hi = kv_tf32(x);
+    lo = kv_tf32(x - kv_int_as_float((int)hi));
+}
+
+// Arguments as gemm_bf16 without GELU. Grid (ceil(N/128), ceil(M/128), batch), 256 threads.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f32x3(
+    const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
+    int M, int N, int K, int lda, int ldb, int ldc, int transA, int transB,
+    long long strideA, long long strideB, long long strideC, float alpha, int accumulate)
+{
+    __shared__ float As[2][GEMM_BM][G3X_KP];   // [buffer][m][k]
+    __shared__ float Bs[2][GEMM_BN][G3X_KP];   // [buffer][n][k]: op(B) transposed, the "col" operand
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int m0 = blockIdx.y * GEMM_BM, n0 = blockIdx.x * GEMM_BN;
+    A += blockIdx.z * strideA;
+    B += blockIdx.z * strideB;
+    C += blockIdx.z * strideC;
+    const int transBt = !transB;
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    float ra[G3X_LOADS], rb[G3X_LOADS];
+    const int tiles = (K + G3X_BK - 1) / G3X_BK;
+    if (tiles > 0)
+    {
+        g3x_load(A, transA, lda, m0, 0, M, K, ra);
+        g3x_load(B, transBt, ldb, n0, 0, N, K, rb);
+        g3x_store(ra, transA, As[0]);
+        g3x_store(rb, transBt, Bs[0]);
+    }
+    __syncthreads();
+    for (int kt = 0; kt < tiles; kt++)
+    {
+        const int cur = kt & 1;
+        const bool more = kt + 1 < tiles;
+        if (more)
+        {
+            g3x_load(A, transA, lda, m0, (kt + 1) * G3X_BK, M, K, ra);
+            g3x_load(B, transBt, ldb, n0, (kt + 1) * G3X_BK, N, K, rb);
+        }
+#pragma unroll
+        for (int ks = 0; ks < G3X_BK / 8; ks++)
+        {
+            const int k = ks * 8 + t;
+            unsigned ah[4][4], al[4][4], bh[4][2], bl[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+            {
+                int r = wm * 64 + mi * 16 + g;
+                g3x_split(As[cur][r][k], ah[mi][0], al[mi][0]);
+                g3x_split(As[cur][r + 8][k], ah[mi][1], al[mi][1]);
+                g3x_split(As[cur][r][k + 4], ah[mi][2], al[mi][2]);
+                g3x_split(As[cur][r + 8][k + 4], ah[mi][3], al[mi][3]);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++)
+            {
+                int c = wn * 32 + ni * 8 + g;
+                g3x_split(Bs[cur][c][k], bh[ni][0], bl[ni][0]);
+                g3x_split(Bs[cur][c][k + 4], bh[ni][1], bl[ni][1]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++)
+                {
+                    // small terms first
+                    kv_mma_tf32(acc[mi][ni], al[mi][0], al[mi][1], al[mi][2], al[mi][3], bh[ni][0], bh[ni][1]);
+                    kv_mma_tf32(acc[mi][ni], ah[mi][0], ah[mi][1], ah[mi][2], ah[mi][3], bl[ni][0], bl[ni][1]);
+                    kv_mma_tf32(acc[mi][ni], ah[mi][0], ah[mi][1], ah[mi][2], ah[mi][3], bh[ni][0], bh[ni][1]);
+                }
+        }
+        if (more)
+        {
+            g3x_store(ra, transA, As[cur ^ 1]);
+            g3x_store(rb, transBt, Bs[cur ^ 1]);
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    int r = m0 + wm * 64 + mi * 16 + g + 8 * h;
+                    int c = n0 + wn * 32 + ni * 8 + 2 * t + e;
+                    if (r >= M || c >= N) continue;
+                    float v = alpha * acc[mi][ni][2 * h + e] + (bias ? bias[c] : 0.f);
+                    long long idx = (long long)r * ldc + c;
+                    C[idx] = accumulate ? C[idx] + v : v;
+                }
+}

@@ -64,6 +64,18 @@ static __device__ __forceinline__ void kv_mma_f16(float* d, unsigned a0, unsigne
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// f32 -> tf32 (round to nearest, ties away: cvt.rna), the 19-bit value in a 32-bit register (low 13 bits zero).
+static __device__ __forceinline__ unsigned kv_tf32(float x) { unsigned r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x)); return r; }
+
+// D = A B + D, m16n8k8 with tf32 operands: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); b0 (k t, n g),
+// b1 (k t+4, n g); D as kv_mma_bf16.
+static __device__ __forceinline__ void kv_mma_tf32(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 // The shared-space address of a pointer into shared memory.
 static __device__ __forceinline__ kv_saddr kv_smem(const void* p)
 {

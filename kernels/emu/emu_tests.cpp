@@ -37,7 +37,7 @@ static double gelu_ref(double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(
 // C = act(op(A) op(B) + bias) (+ C0) in f64 from bf16-rounded operands; returns max |C - ref| / max |ref - C0|.
 static double gemm_error(int M, int N, int K, int batch, bool tA, bool tB, bool bias, bool gelu, bool acc,
                          const std::vector<float>& A, const std::vector<float>& B, const std::vector<float>& bs,
-                         const std::vector<float>& C0, const std::vector<float>& C)
+                         const std::vector<float>& C0, const std::vector<float>& C, bool exact = false)
 {
     double err = 0, mx = 0;
     for (int z = 0; z < batch; z++)
@@ -49,7 +49,7 @@ static double gemm_error(int M, int N, int K, int batch, bool tA, bool tB, bool 
                 {
                     float a = tA ? A[(size_t)z * M * K + (size_t)k * M + i] : A[(size_t)z * M * K + (size_t)i * K + k];
                     float b = tB ? B[(size_t)z * K * N + (size_t)j * K + k] : B[(size_t)z * K * N + (size_t)k * N + j];
-                    s += (double)bf16r(a) * bf16r(b);
+                    s += exact ? (double)a * b : (double)bf16r(a) * bf16r(b);
                 }
                 if (bias) s += bs[j];
                 if (gelu) s = gelu_ref(s);
@@ -75,6 +75,16 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
                       (long long)M * K, (long long)K * N, (long long)M * N, 1.f, acc, gelu);
         });
         report(std::string("gemm v1 ") + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, B, bs, C0, C), 2e-4);
+    }
+    // 3xTF32 (f32-accurate): against the f32 operands themselves; error budget 2e-6 of max |C| (f32 accumulation)
+    if (!gelu)
+    {
+        auto C = C0;
+        kv_emu_launch({(unsigned)((N + 127) / 128), (unsigned)((M + 127) / 128), (unsigned)batch}, 256, 0, [&] {
+            gemm_f32x3(A.data(), B.data(), bias ? bs.data() : nullptr, C.data(), M, N, K, lda, ldb, N, tA, tB,
+                       (long long)M * K, (long long)K * N, (long long)M * N, 1.f, acc);
+        });
+        report(std::string("gemm f32x3 ") + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, B, bs, C0, C, true), 2e-6);
     }
     // version 2: convert_bf16_kmajor (A as [M, Kp], op(B) as [N, Kp]), then gemm_bf16_tn
     {

@@ -161,35 +161,64 @@ static inline float kv_f16_to_f32(unsigned short h)
     return kv_emu_float(sign | ((e + 112) << 23) | (m << 13));
 }
 
-// mma.sync m16n8k16, row.col, f32 accumulate: A, B assembled from all lanes' fragments (layout in kernelvl_cuda.h).
-template <bool BF16>
-static inline void kv_emu_mma(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+// mma.sync m16n8kK, row.col, f32 accumulate: every lane deposits its fragments (a0..a3, b0, b1), then computes its
+// own four outputs from all lanes' fragments: elem(lane, reg, which) reads one operand element; A and B map (row, k)
+// and (k, col) to it by the fragment layouts of kernelvl_cuda.h.
+template <int K, class Elem, class FA, class FB>
+static inline void kv_emu_mma(float* d, const uint32_t (&mine)[6], Elem elem, FA A, FB B)
 {
     auto& w = kv_emu_w();
     int l = kv_emu_lane();
-    uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
     std::memcpy(w.w[l], mine, sizeof mine);
     kv_emu_arrive(w.bar);
-    auto half = [&](int lane, int reg, int hi) {
-        uint32_t v = (w.w[lane][reg] >> (hi ? 16 : 0)) & 0xffffu;
-        return BF16 ? kv_emu_bf16_to_f32(v) : kv_f16_to_f32((unsigned short)v);
-    };
-    auto A = [&](int row, int k) { return half((row & 7) * 4 + ((k & 7) >> 1), (row < 8 ? 0 : 1) + (k < 8 ? 0 : 2), k & 1); };
-    auto B = [&](int k, int col) { return half(col * 4 + ((k & 7) >> 1), k < 8 ? 4 : 5, k & 1); };
     int g = l >> 2, t = l & 3;
     float out[4];
     for (int e = 0; e < 4; e++)
     {
         int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
         float s = 0.f;
-        for (int k = 0; k < 16; k++) s += A(row, k) * B(k, col);
+        for (int k = 0; k < K; k++) s += A(w, row, k, elem) * B(w, k, col, elem);
         out[e] = d[e] + s;
     }
     kv_emu_arrive(w.bar);
     for (int e = 0; e < 4; e++) d[e] = out[e];
 }
-static inline void kv_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma<true>(d, a0, a1, a2, a3, b0, b1); }
-static inline void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma<false>(d, a0, a1, a2, a3, b0, b1); }
+
+// k16 with 16-bit operands: A(row, k) in lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half k % 2;
+// B(k, col) in lane col * 4 + (k % 8) / 2, register 4 + (k >= 8), half k % 2.
+template <bool BF16>
+static inline void kv_emu_mma16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    const uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
+    auto half = [](kv_emu_warp& w, int lane, int reg, int hi) {
+        uint32_t v = (w.w[lane][reg] >> (hi ? 16 : 0)) & 0xffffu;
+        return BF16 ? kv_emu_bf16_to_f32(v) : kv_f16_to_f32((unsigned short)v);
+    };
+    kv_emu_mma<16>(d, mine, half,
+        [](kv_emu_warp& w, int row, int k, auto h) { return h(w, (row & 7) * 4 + ((k & 7) >> 1), (row < 8 ? 0 : 1) + (k < 8 ? 0 : 2), k & 1); },
+        [](kv_emu_warp& w, int k, int col, auto h) { return h(w, col * 4 + ((k & 7) >> 1), k < 8 ? 4 : 5, k & 1); });
+}
+static inline void kv_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma16<true>(d, a0, a1, a2, a3, b0, b1); }
+static inline void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma16<false>(d, a0, a1, a2, a3, b0, b1); }
+
+// tf32: round the f32 to 10 mantissa bits, ties away from zero (finite inputs).
+static inline unsigned kv_tf32(float x)
+{
+    uint32_t u = kv_emu_bits(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u & ~0x1fffu;
+    return (u + 0x1000u) & ~0x1fffu;
+}
+
+// mma.sync m16n8k8 tf32 (the tensor cores read the upper 19 bits of each register): A(row, k) in lane
+// (row % 8) * 4 + k % 4, register (row >= 8) + 2 (k >= 4); B(k, col) in lane col * 4 + k % 4, register 4 + (k >= 4).
+static inline void kv_mma_tf32(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    const uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
+    auto val = [](kv_emu_warp& w, int lane, int reg, int) { return kv_emu_float(w.w[lane][reg] & ~0x1fffu); };
+    kv_emu_mma<8>(d, mine, val,
+        [](kv_emu_warp& w, int row, int k, auto v) { return v(w, (row & 7) * 4 + (k & 3), (row < 8 ? 0 : 1) + (k < 4 ? 0 : 2), 0); },
+        [](kv_emu_warp& w, int k, int col, auto v) { return v(w, col * 4 + (k & 3), k < 4 ? 4 : 5, 0); });
+}
 
 static inline kv_saddr kv_smem(const void* p) { return (kv_saddr)(uintptr_t)p; }
 static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)

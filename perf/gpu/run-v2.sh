@@ -24,6 +24,15 @@ echo "== gemm version 3 (wgmma, sm_90a): the same matmul cases (its module line 
 KERNELVL_CUDA_GEMM=3 perf 60 check --backend cuda --filter '^matmul' > "$R/check-matmul-v3.txt" 2>&1; echo "exit $?"
 grep -v '^kernel ' "$R/check-matmul-v3.txt" | tail -n 6
 
+echo "== InfoNCE backward on the 3xTF32 GEMM: the registry's infonce cases (f32 budget), then N 4096 timed, both versions"
+KERNELVL_CUDA_GEMM_F32=2 perf 60 check --backend cuda --filter '^infonce' > "$R/check-infonce-f32x3.txt" 2>&1; echo "exit $?"
+grep -v '^kernel ' "$R/check-infonce-f32x3.txt" | tail -n 4
+for ver in 1 2; do
+  KERNELVL_CUDA_GEMM_F32=$ver perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/infonce-f32-v$ver.json" \
+    --filter 'infonce.*N4096' > "$R/infonce-f32-v$ver.md" 2> "$R/infonce-f32-v$ver.log"; echo "v$ver exit $?"
+  grep -E '^\| infonce' "$R/infonce-f32-v$ver.md" | cut -c1-140
+done
+
 echo "== attention version 2: the parity registry's attention cases on it"
 KERNELVL_CUDA_ATTENTION=2 perf 60 check --backend cuda --filter '^attention ' > "$R/check-attention-v2.txt" 2>&1; echo "exit $?"
 grep -v '^kernel ' "$R/check-attention-v2.txt" | tail -n 6

@@ -44,7 +44,14 @@ public sealed class CudaBackend : IlgpuBackend
     private const int Gemm2Rows = 128, Gemm2Cols = 256, Gemm2SharedBytes = 4 * (128 + 256) * 64;   // gemm.cu version 2
     private const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
     private readonly CudaModules? _sm90;
-    private readonly nint _gemm3;
+    private readonly nint _gemm3, _gemmF32x3;
+
+    /// <summary>
+    /// The f32-accurate GEMM behind the InfoNCE gradient: 1 (the ILGPU f32 kernel on the CUDA cores) or 2 (gemm.cu's
+    /// gemm_f32x3: three tf32 tensor-core products of split operands). Defaults to KERNELVL_CUDA_GEMM_F32, else 1:
+    /// version 2 becomes the default once it has passed on a GPU.
+    /// </summary>
+    public int PreciseGemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM_F32") == "2" ? 2 : 1;
 
     /// <summary>Why gemm_sm90.cu (version 3, wgmma) cannot run here (not Hopper, no NVRTC, a failed compile), or null.</summary>
     public string? GemmV3Unavailable { get; }
@@ -124,6 +131,7 @@ public sealed class CudaBackend : IlgpuBackend
             _tcScore = _modules.Function("topk", "topk_tc_f16");
             _tcRescore = _modules.Function("topk", "topk_f16_rescore");
             _gemm2 = _modules.Function("gemm", "gemm_bf16_tn");
+            _gemmF32x3 = _modules.Function("gemm", "gemm_f32x3");
             _attn64v2 = _modules.Function("attention", "attention_forward_d64_v2");
             _toBf16 = _modules.Function("gemm", "convert_bf16_kmajor");
             _multiprocessors = _driver.MultiprocessorCount(_driver.CurrentDevice);
@@ -433,8 +441,21 @@ public sealed class CudaBackend : IlgpuBackend
         Args().Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab))).Add(P(dloss)).Add(n).Add(nb).Add(invTemperature).Add(P(g));
         Go(_nceBackDiag, (Blocks(n, 256), 1, 1), 256);
         // dt += G v, dv += G^T t in f32: bf16 operands would cost ~3e-3 of the gradient.
-        if (dt is not null) LaunchGemmF32(n, dim, n, F(g), n, false, 0, F(v), dim, false, 0, F(dt), dim, 0, 1, V.Empty, true);
-        if (dv is not null) LaunchGemmF32(n, dim, n, F(g), n, true, 0, F(t), dim, false, 0, F(dv), dim, 0, 1, V.Empty, true);
+        if (dt is not null) LaunchGemmPrecise(n, dim, n, F(g), n, false, F(v), dim, false, F(dt), dim);
+        if (dv is not null) LaunchGemmPrecise(n, dim, n, F(g), n, true, F(t), dim, false, F(dv), dim);
+    }
+
+    /// <summary>c [M, N] += op(a) op(b) at f32 accuracy (one batch, no bias): gemm_f32x3 with PreciseGemmVersion 2, else the ILGPU f32 GEMM.</summary>
+    private void LaunchGemmPrecise(int m, int n, int k, V a, int lda, bool transA, V b, int ldb, bool transB, V c, int ldc)
+    {
+        if (PreciseGemmVersion != 2 || Blocks(m, 128) > MaxGridYZ)
+        {
+            LaunchGemmF32(m, n, k, a, lda, transA, 0, b, ldb, transB, 0, c, ldc, 0, 1, V.Empty, true);
+            return;
+        }
+        Args().Add(P(a)).Add(P(b)).Add((nint)0).Add(P(c)).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc)
+            .Add(transA ? 1 : 0).Add(transB ? 1 : 0).Add(0L).Add(0L).Add(0L).Add(1f).Add(1);
+        Go(_gemmF32x3, (Blocks(n, 128), Blocks(m, 128), 1), 256);
     }
 
     // ---------------------------------------------------------------- retrieval
