@@ -82,7 +82,9 @@ public sealed class CudaBackend : IlgpuBackend
     public int LastTopKFallbacks { get; private set; }
 
     /// <summary>How each kernel file was loaded (NVRTC CUBIN for the device, from the cache or fresh, or the embedded PTX).</summary>
-    public IReadOnlyList<KernelSource> KernelSources => _modules.Sources;
+    public IReadOnlyList<KernelSource> KernelSources =>
+        _sm90 is not null ? [.. _modules.Sources, .. _sm90.Sources]
+        : GemmV3Unavailable is { } why ? [.. _modules.Sources, new KernelSource("gemm_sm90", "not loaded", why)] : _modules.Sources;
 
     /// <summary>Null when this machine can run the backend, else why not.</summary>
     public static string? Unavailable()
