@@ -1,4 +1,4 @@
-// The kernels of kernels/*.cu run on the host emulator (kv_emu.h) against f64 references on small random shapes that
+// Every kernel of kernels/*.cu runs on the host emulator (kv_emu.h) against f64 references on small random shapes that
 // hit every edge: partial tiles, K not a multiple of the tile, transposes, batches, masks, fully masked rows, ties.
 // Version 1 kernels passed the parity registry on an H100: their passing here checks the emulator itself; version 2
 // kernels have not yet run on a GPU, and this is what checks their fragment layouts and index arithmetic meanwhile.
@@ -13,6 +13,8 @@
 #include "../gemm_sm90.cu"
 #include "../attention.cu"
 #include "../topk.cu"
+#include "../layernorm.cu"
+#include "../infonce.cu"
 
 static int passed = 0, failed = 0;
 static std::mt19937_64 rng(12345);
@@ -284,6 +286,117 @@ static void test_topk(int Q, int n, int d, int k, int dupes, int sms)
     report_bool(std::string("topk v2 ") + tag + " (" + std::to_string(fails) + " certificate failures)", p2.empty(), p2);
 }
 
+// Layer norm (+ residual) against f64: one block per row, rows of odd length.
+static void test_layernorm(int rows, int c, bool residual)
+{
+    auto x = rand_vec((size_t)rows * c), r = rand_vec((size_t)rows * c), gmul = rand_vec(c), badd = rand_vec(c);
+    for (auto& v : x) v = 3.f + 2.f * v;   // a mean far from zero: the two-pass variance must not cancel
+    std::vector<float> h((size_t)rows * c), y((size_t)rows * c), mean(rows), rstd(rows);
+    const float eps = 1e-5f;
+    kv_emu_launch({(unsigned)rows, 1, 1}, 256, 0, [&] {
+        layernorm_forward(x.data(), residual ? r.data() : nullptr, gmul.data(), badd.data(), residual ? h.data() : nullptr, y.data(),
+                          mean.data(), rstd.data(), c, eps);
+    });
+    double err = 0;
+    for (int i = 0; i < rows; i++)
+    {
+        double m = 0, var = 0;
+        for (int j = 0; j < c; j++) m += (double)x[(size_t)i * c + j] + (residual ? r[(size_t)i * c + j] : 0.0);
+        m /= c;
+        for (int j = 0; j < c; j++) { double d = x[(size_t)i * c + j] + (residual ? r[(size_t)i * c + j] : 0.0) - m; var += d * d; }
+        double rs = 1 / std::sqrt(var / c + eps);
+        err = std::max(err, std::fabs(mean[i] - m) / std::fabs(m));
+        err = std::max(err, std::fabs(rstd[i] - rs) / rs);
+        for (int j = 0; j < c; j++)
+        {
+            double hv = x[(size_t)i * c + j] + (residual ? r[(size_t)i * c + j] : 0.0);
+            if (residual) err = std::max(err, std::fabs(h[(size_t)i * c + j] - hv) / 5.0);
+            err = std::max(err, std::fabs(y[(size_t)i * c + j] - ((hv - m) * rs * gmul[j] + badd[j])) / 4.0);
+        }
+    }
+    report("layernorm rows " + std::to_string(rows) + " c " + std::to_string(c) + (residual ? " + residual" : ""), err, 5e-6);
+}
+
+// The InfoNCE loss and gradient as CudaBackend runs them (diag, tiles, combine, f64 sum; backward tiles, diagonal,
+// then dt += G v, dv += G^T t on gemm_f32x3) against f64, unit rows, N not a multiple of the 64-tile.
+static void test_infonce(int n, int dim, float invT)
+{
+    auto unit = [&] {
+        auto x = rand_vec((size_t)n * dim);
+        for (int i = 0; i < n; i++)
+        {
+            double s = 0;
+            for (int j = 0; j < dim; j++) s += (double)x[(size_t)i * dim + j] * x[(size_t)i * dim + j];
+            for (int j = 0; j < dim; j++) x[(size_t)i * dim + j] = (float)(x[(size_t)i * dim + j] / std::sqrt(s));
+        }
+        return x;
+    };
+    auto t = unit(), v = unit();
+    const int nb = (n + NCE_T - 1) / NCE_T;
+    const size_t slab = (size_t)nb * n;
+    std::vector<float> d(n), part(6 * slab), lseR(n), lseC(n), terms(2 * n), loss(1), dl(1, 1.f);
+    kv_emu_launch({(unsigned)((n + 7) / 8), 1, 1}, 256, 0, [&] { infonce_diag(t.data(), v.data(), n, dim, invT, d.data()); });
+    float* P = part.data();
+    kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
+        infonce_forward_tiles(t.data(), v.data(), d.data(), n, dim, invT, P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab);
+    });
+    kv_emu_launch({(unsigned)((2 * n + 255) / 256), 1, 1}, 256, 0, [&] {
+        infonce_combine(d.data(), P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab, n, nb, lseR.data(), lseC.data(), terms.data());
+    });
+    kv_emu_launch({1, 1, 1}, 1024, 0, [&] { sum_scaled_f64(terms.data(), 2 * n, 1.f / n, loss.data()); });
+    std::vector<float> G((size_t)n * n), off(2 * slab), dt((size_t)n * dim, 0.f), dv((size_t)n * dim, 0.f);
+    kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
+        infonce_backward_tiles(t.data(), v.data(), lseR.data(), lseC.data(), dl.data(), n, dim, invT, G.data(), off.data(), off.data() + slab);
+    });
+    kv_emu_launch({(unsigned)((n + 255) / 256), 1, 1}, 256, 0, [&] {
+        infonce_backward_diag(off.data(), off.data() + slab, dl.data(), n, nb, invT, G.data());
+    });
+    kv_emu_launch({(unsigned)((dim + 127) / 128), (unsigned)((n + 127) / 128), 1}, 256, 0, [&] {
+        gemm_f32x3(G.data(), v.data(), nullptr, dt.data(), n, dim, n, n, dim, dim, 0, 0, 0, 0, 0, 1.f, 1);
+    });
+    kv_emu_launch({(unsigned)((dim + 127) / 128), (unsigned)((n + 127) / 128), 1}, 256, 0, [&] {
+        gemm_f32x3(G.data(), t.data(), nullptr, dv.data(), n, dim, n, n, dim, dim, 1, 0, 0, 0, 0, 1.f, 1);
+    });
+    // f64
+    std::vector<double> S((size_t)n * n), lr(n), lc(n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+        {
+            double s = 0;
+            for (int k = 0; k < dim; k++) s += (double)t[(size_t)i * dim + k] * v[(size_t)j * dim + k];
+            S[(size_t)i * n + j] = s * invT;
+        }
+    auto lse = [&](auto at) { double m = -INFINITY; for (int j = 0; j < n; j++) m = std::max(m, at(j)); double s = 0; for (int j = 0; j < n; j++) s += std::exp(at(j) - m); return m + std::log(s); };
+    double L = 0;
+    for (int i = 0; i < n; i++)
+    {
+        lr[i] = lse([&](int j) { return S[(size_t)i * n + j]; });
+        lc[i] = lse([&](int j) { return S[(size_t)j * n + i]; });
+        L += lr[i] + lc[i] - 2 * S[(size_t)i * n + i];
+    }
+    L /= n;
+    double lerr = std::fabs(loss[0] - L) / std::fabs(L), serr = 0;
+    for (int i = 0; i < n; i++) serr = std::max({serr, std::fabs(lseR[i] - lr[i]) / std::max(1.0, std::fabs(lr[i])), std::fabs(lseC[i] - lc[i]) / std::max(1.0, std::fabs(lc[i]))});
+    double gt = 0, gv = 0, mt = 0, mv = 0, g = invT / n;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < dim; k++)
+        {
+            double at = 0, av = 0;
+            for (int j = 0; j < n; j++)
+            {
+                at += g * (std::exp(S[(size_t)i * n + j] - lr[i]) + std::exp(S[(size_t)i * n + j] - lc[j]) - (i == j ? 2 : 0)) * v[(size_t)j * dim + k];
+                av += g * (std::exp(S[(size_t)j * n + i] - lr[j]) + std::exp(S[(size_t)j * n + i] - lc[i]) - (i == j ? 2 : 0)) * t[(size_t)j * dim + k];
+            }
+            gt = std::max(gt, std::fabs(dt[(size_t)i * dim + k] - at)); mt = std::max(mt, std::fabs(at));
+            gv = std::max(gv, std::fabs(dv[(size_t)i * dim + k] - av)); mv = std::max(mv, std::fabs(av));
+        }
+    std::string tag = "infonce N" + std::to_string(n) + " D" + std::to_string(dim) + " invT " + std::to_string((int)invT);
+    report(tag + " loss", lerr, 5e-6);
+    report(tag + " lse (relative)", serr, 2e-6);
+    report(tag + " dt (gemm_f32x3)", gt / mt, 1e-5);
+    report(tag + " dv (gemm_f32x3)", gv / mv, 1e-5);
+}
+
 int main()
 {
     // GEMM: both versions, every transpose, partial tiles, K not a multiple of 32 (nor, for version 1, of 8), batches.
@@ -301,6 +414,11 @@ int main()
     test_topk(130, 1500, 64, 40, 1, 2);
     test_topk(9, 20, 16, 7, 1, 4);
     test_topk(40, 2000, 32, 10, 64, 2);
+    // Layer norm and InfoNCE (version 1, which ran on the H100; the gradient's GEMM is the new gemm_f32x3).
+    test_layernorm(3, 777, true);
+    test_layernorm(2, 64, false);
+    test_infonce(130, 48, 20.f);
+    test_infonce(70, 16, 200.f);
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }
