@@ -55,6 +55,14 @@ public unsafe class CudaBindingTests
             Assert.Equal(0x7f, image[0]);   // an ELF image
             Assert.Equal((byte)'E', image[1]);
         }
+        // gemm_sm90.cu's wgmma body (sm_90a only, which CUDA 11.8 cannot assemble): NVRTC's front end must still take it
+        // (the 130-operand wgmma asm, the descriptor arithmetic) and emit PTX with the instructions.
+        var (ptx, _) = nvrtc.Compile(EmbeddedKernels.Source("gemm_sm90"), "gemm_sm90.cu", headers,
+            ["--gpu-architecture=compute_90", "--std=c++17", "-DKERNELVL_NVRTC=1", "-DKERNELVL_SM90A=1"], cubin: false);
+        string text = System.Text.Encoding.UTF8.GetString(ptx);
+        Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", text);
+        Assert.Contains("fence.proxy.async.shared::cta", text);
+        Assert.DoesNotContain("__local_depot", text);   // the 128-float accumulator stays in registers
     }
 
     [Fact]
