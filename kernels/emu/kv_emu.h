@@ -2,8 +2,9 @@
 // own source, compiled as C++ for the CPU, run with one fiber (cooperative, round-robin, on one OS thread) per
 // CUDA thread, one block at a time. Warp collectives (shuffles, ldmatrix, mma) exchange their operands through a
 // per-warp area between two warp barriers, and compute what the PTX ISA specifies for each lane; __syncthreads is a
-// block barrier. cp.async copies at once (so
-// the emulator checks index arithmetic, fragment layouts and edge handling, not the pipeline's timing or races).
+// block barrier. cp.async copies land only when their thread waits for them (the latest the PTX ISA allows), so the
+// emulator checks index arithmetic, fragment layouts, edge handling and the pipelines' commit/wait accounting; it
+// does not model the other orders the hardware may pick, so a missing barrier can still pass here.
 // Used by kernels/emu/emu_tests.cpp (run by kernels/emu/run.sh and the test suite).
 #pragma once
 #include <atomic>
@@ -221,14 +222,37 @@ static inline void kv_mma_tf32(float* d, unsigned a0, unsigned a1, unsigned a2, 
 }
 
 static inline kv_saddr kv_smem(const void* p) { return (kv_saddr)(uintptr_t)p; }
-static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
+
+// cp.async as the PTX ISA allows it to behave at its slowest: a copy lands only when its thread waits for its group
+// (cp.async.wait_group N applies every committed group but the newest N). A kernel that reads a stage before waiting
+// for it reads what was there before (garbage or an older tile), and the emulator's references catch that.
+struct kv_emu_copy { kv_saddr dst; const void* src; int bytes; };
+struct kv_emu_copies
 {
-    if (bytes == 16) std::memcpy((void*)(uintptr_t)dst, src, 16);
-    else std::memset((void*)(uintptr_t)dst, 0, 16);
+    std::vector<kv_emu_copy> open;                  // issued, not yet committed
+    std::vector<std::vector<kv_emu_copy>> groups;   // committed, oldest first
+};
+inline kv_emu_copies* kv_emu_pending;               // the running fiber's
+static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes) { kv_emu_pending->open.push_back({dst, src, bytes}); }
+static inline void kv_cp_async_commit()
+{
+    kv_emu_pending->groups.push_back(std::move(kv_emu_pending->open));
+    kv_emu_pending->open.clear();
 }
-static inline void kv_cp_async_commit() {}
 template <int N>
-static inline void kv_cp_async_wait() {}
+static inline void kv_cp_async_wait()
+{
+    auto& g = kv_emu_pending->groups;
+    while (g.size() > (size_t)N)
+    {
+        for (auto& c : g.front())
+        {
+            if (c.bytes == 16) std::memcpy((void*)(uintptr_t)c.dst, c.src, 16);
+            else std::memset((void*)(uintptr_t)c.dst, 0, 16);
+        }
+        g.erase(g.begin());
+    }
+}
 
 // ldmatrix .x4: lane l gives the address of row l % 8 of matrix l / 8 (rows of 8 b16 = 16 bytes).
 template <bool TRANS>
@@ -328,6 +352,7 @@ struct kv_emu_fiber
     void* sp;
     std::unique_ptr<char[]> stack;
     bool done;
+    kv_emu_copies copies;
 };
 inline void (*kv_emu_body)(void*);
 inline void* kv_emu_arg;
@@ -376,6 +401,7 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                     // A fresh stack whose first switch "returns" into kv_emu_entry as if called (rsp % 16 == 8 there).
                     kv_emu_fiber& f = fibers[t];
                     f.done = false;
+                    f.copies = {};
                     auto top = (uintptr_t)(f.stack.get() + stackBytes) & ~(uintptr_t)15;
                     void** sp = (void**)top;
                     *--sp = nullptr;                       // the entry's (never used) return address
@@ -392,6 +418,7 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                         if (f.done) continue;
                         threadIdx = {t, 0, 0};
                         kv_emu_running = &f;
+                        kv_emu_pending = &f.copies;
                         kv_emu_selfSp = &f.sp;
                         kv_emu_switch(&kv_emu_mainSp, f.sp);
                         if (!f.done) left++;
