@@ -2,7 +2,7 @@
 // hit every edge: partial tiles, K not a multiple of the tile, transposes, batches, masks, fully masked rows, ties.
 // Version 1 kernels passed the parity registry on an H100: their passing here checks the emulator itself; version 2
 // kernels have not yet run on a GPU, and this is what checks their fragment layouts and index arithmetic meanwhile.
-// Prints one line per case and "N passed, N failed"; exits 1 on any failure. Build and run: kernels/emu/run.sh.
+// Prints one line per case and "N passed, N failed"; exits 1 on any failure. Build and run: kernels/emu/run.sh (both modes).
 #define KV_EMU 1
 #include <algorithm>
 #include <cstdio>
@@ -399,6 +399,8 @@ static void test_infonce(int n, int dim, float invT)
 
 int main()
 {
+    // KV_EMU_MODE=race: eager cp.async and a shuffled, stalling schedule (kv_emu_set_mode); default: copies land at their wait.
+    kv_emu_set_mode(std::getenv("KV_EMU_MODE"));
     // GEMM: both versions, every transpose, partial tiles, K not a multiple of 32 (nor, for version 1, of 8), batches.
     test_gemm(150, 300, 72, 1, false, true, true, false, false);
     test_gemm(70, 90, 40, 2, false, false, false, false, true);

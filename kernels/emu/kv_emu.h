@@ -233,7 +233,27 @@ struct kv_emu_copies
     std::vector<std::vector<kv_emu_copy>> groups;   // committed, oldest first
 };
 inline kv_emu_copies* kv_emu_pending;               // the running fiber's
-static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes) { kv_emu_pending->open.push_back({dst, src, bytes}); }
+// The other mode (kv_emu_set_mode("race")): copies land at once and fibers are resumed in a random order, skipping
+// some passes, so that warps run ahead of each other between barriers: a missing __syncthreads shows as a read of a
+// stage that another warp has already overwritten.
+inline bool kv_emu_eager = false, kv_emu_shuffle = false;
+inline uint64_t kv_emu_rng = 0x9e3779b97f4a7c15ull;
+static inline uint32_t kv_emu_rand()
+{
+    kv_emu_rng ^= kv_emu_rng << 13; kv_emu_rng ^= kv_emu_rng >> 7; kv_emu_rng ^= kv_emu_rng << 17;
+    return (uint32_t)kv_emu_rng;
+}
+static inline void kv_emu_set_mode(const char* mode) { kv_emu_eager = kv_emu_shuffle = mode && std::strcmp(mode, "race") == 0; }
+static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
+{
+    if (kv_emu_eager)
+    {
+        if (bytes == 16) std::memcpy((void*)(uintptr_t)dst, src, 16);
+        else std::memset((void*)(uintptr_t)dst, 0, 16);
+        return;
+    }
+    kv_emu_pending->open.push_back({dst, src, bytes});
+}
 static inline void kv_cp_async_commit()
 {
     kv_emu_pending->groups.push_back(std::move(kv_emu_pending->open));
@@ -409,13 +429,20 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                     for (int r = 0; r < 6; r++) *--sp = nullptr;   // rbp rbx r12 r13 r14 r15
                     f.sp = sp;
                 }
+                std::vector<unsigned> order(threads);
+                for (unsigned t = 0; t < threads; t++) order[t] = t;
                 for (unsigned left = threads; left > 0;)
                 {
                     left = 0;
-                    for (unsigned t = 0; t < threads; t++)
+                    if (kv_emu_shuffle)
+                        for (unsigned i = threads - 1; i > 0; i--) std::swap(order[i], order[kv_emu_rand() % (i + 1)]);
+                    for (unsigned i = 0; i < threads; i++)
                     {
+                        unsigned t = order[i];
                         kv_emu_fiber& f = fibers[t];
                         if (f.done) continue;
+                        // race mode: a fiber sits out a quarter of the passes, holding its warp back while others go on
+                        if (kv_emu_shuffle && kv_emu_rand() % 4 == 0) { left++; continue; }
                         threadIdx = {t, 0, 0};
                         kv_emu_running = &f;
                         kv_emu_pending = &f.copies;
