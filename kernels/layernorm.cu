@@ -48,3 +48,79 @@ extern "C" __global__ void layernorm_forward(const float* __restrict__ x, const 
     }
     if (threadIdx.x == 0) { mean[blockIdx.x] = m; rstd[blockIdx.x] = r; }
 }
+
+// ======================================================================================================================
+// Backward (the contract accumulates: dx += , dgamma += , dbeta +=), with xhat = (x - mean) rstd:
+//   dx = rstd (dy g - mean_j(dy g) - xhat mean_j(dy g xhat))   one block per row, as the forward;
+//   dgamma = sum_rows dy xhat, dbeta = sum_rows dy             32 columns x a chunk of rows per block (8 row lanes),
+//                                                              partial sums per chunk, then summed in chunk order
+//                                                              (deterministic; the ILGPU kernel it replaces runs one
+//                                                              thread per column over every row).
+// Not yet run on a GPU: the host emulator (kernels/emu) checks it against f64; opt-in (KERNELVL_CUDA_LAYERNORM_BACKWARD=2).
+// ======================================================================================================================
+
+// x, dy, dx [rows, c]; g [c]; mean, rstd [rows]. Grid rows, 256 threads.
+extern "C" __global__ void layernorm_backward_dx(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ mean,
+                                                 const float* __restrict__ rstd, const float* __restrict__ dy, int c, float* __restrict__ dx)
+{
+    __shared__ float red[32];
+    const long long o = (long long)blockIdx.x * c;
+    const float m = mean[blockIdx.x], rs = rstd[blockIdx.x];
+    float sg = 0.f, sgx = 0.f;
+    for (int j = threadIdx.x; j < c; j += blockDim.x)
+    {
+        float gj = dy[o + j] * g[j];
+        sg += gj;
+        sgx += gj * (x[o + j] - m) * rs;
+    }
+    sg = block_sum(sg, red) / c;
+    sgx = block_sum(sgx, red) / c;
+    for (int j = threadIdx.x; j < c; j += blockDim.x)
+    {
+        float xh = (x[o + j] - m) * rs;
+        dx[o + j] += rs * (dy[o + j] * g[j] - sg - xh * sgx);
+    }
+}
+
+// Partial column sums over rows [chunk rowsPerChunk, +rowsPerChunk): pg[chunk][j] = sum dy xhat, pb[chunk][j] = sum dy.
+// Grid (ceil(c / 32), chunks), 256 threads = 32 columns x 8 row lanes.
+extern "C" __global__ void layernorm_backward_params_partial(const float* __restrict__ x, const float* __restrict__ mean,
+                                                             const float* __restrict__ rstd, const float* __restrict__ dy,
+                                                             long long rows, int c, int rowsPerChunk,
+                                                             float* __restrict__ pg, float* __restrict__ pb)
+{
+    __shared__ float sg[8][33], sb[8][33];
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, j = blockIdx.x * 32 + tx;
+    const long long r0 = (long long)blockIdx.y * rowsPerChunk;
+    const long long r1 = r0 + rowsPerChunk < rows ? r0 + rowsPerChunk : rows;
+    float ag = 0.f, ab = 0.f;
+    if (j < c)
+        for (long long r = r0 + ty; r < r1; r += 8)
+        {
+            float d = dy[r * c + j];
+            ag += d * (x[r * c + j] - mean[r]) * rstd[r];
+            ab += d;
+        }
+    sg[ty][tx] = ag;
+    sb[ty][tx] = ab;
+    __syncthreads();
+    if (ty == 0 && j < c)
+    {
+        float tg = 0.f, tb = 0.f;
+        for (int k = 0; k < 8; k++) { tg += sg[k][tx]; tb += sb[k][tx]; }
+        pg[(long long)blockIdx.y * c + j] = tg;
+        pb[(long long)blockIdx.y * c + j] = tb;
+    }
+}
+
+// dgamma[j] += sum over chunks of pg[chunk][j], dbeta likewise (either may be null). Grid ceil(c / 256), 256 threads.
+extern "C" __global__ void layernorm_backward_params_combine(const float* __restrict__ pg, const float* __restrict__ pb, int chunks, int c,
+                                                             float* __restrict__ dgamma, float* __restrict__ dbeta)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    float tg = 0.f, tb = 0.f;
+    for (int k = 0; k < chunks; k++) { tg += pg[(long long)k * c + j]; tb += pb[(long long)k * c + j]; }
+    if (dgamma) dgamma[j] += tg;
+    if (dbeta) dbeta[j] += tb;
+}

@@ -397,6 +397,60 @@ static void test_infonce(int n, int dim, float invT)
     report(tag + " dv (gemm_f32x3)", gv / mv, 1e-5);
 }
 
+// Layer norm backward against f64 (accumulating onto random values): dx per row, dgamma / dbeta over row chunks.
+static void test_layernorm_backward(int rows, int c, int chunks)
+{
+    auto x = rand_vec((size_t)rows * c), gmul = rand_vec(c), dy = rand_vec((size_t)rows * c);
+    std::vector<float> mean(rows), rstd(rows);
+    for (int i = 0; i < rows; i++)
+    {
+        double m = 0, v = 0;
+        for (int j = 0; j < c; j++) m += x[(size_t)i * c + j];
+        m /= c;
+        for (int j = 0; j < c; j++) v += (x[(size_t)i * c + j] - m) * (x[(size_t)i * c + j] - m);
+        mean[i] = (float)m;
+        rstd[i] = (float)(1 / std::sqrt(v / c + 1e-5));
+    }
+    auto dx0 = rand_vec((size_t)rows * c), dg0 = rand_vec(c), db0 = rand_vec(c);
+    auto dx = dx0, dg = dg0, db = db0;
+    int per = (rows + chunks - 1) / chunks;
+    chunks = (rows + per - 1) / per;
+    std::vector<float> pg((size_t)chunks * c), pb((size_t)chunks * c);
+    kv_emu_launch({(unsigned)rows, 1, 1}, 256, 0, [&] { layernorm_backward_dx(x.data(), gmul.data(), mean.data(), rstd.data(), dy.data(), c, dx.data()); });
+    kv_emu_launch({(unsigned)((c + 31) / 32), (unsigned)chunks, 1}, 256, 0, [&] {
+        layernorm_backward_params_partial(x.data(), mean.data(), rstd.data(), dy.data(), rows, c, per, pg.data(), pb.data());
+    });
+    kv_emu_launch({(unsigned)((c + 255) / 256), 1, 1}, 256, 0, [&] { layernorm_backward_params_combine(pg.data(), pb.data(), chunks, c, dg.data(), db.data()); });
+    double ex = 0, mx = 0, eg = 0, mg = 0, eb = 0, mb = 0;
+    std::vector<double> rg(c, 0), rb(c, 0);
+    for (int i = 0; i < rows; i++)
+    {
+        double a = 0, b = 0;
+        for (int j = 0; j < c; j++)
+        {
+            double xh = (x[(size_t)i * c + j] - (double)mean[i]) * rstd[i], gd = (double)dy[(size_t)i * c + j] * gmul[j];
+            a += gd; b += gd * xh;
+            rg[j] += dy[(size_t)i * c + j] * xh; rb[j] += dy[(size_t)i * c + j];
+        }
+        a /= c; b /= c;
+        for (int j = 0; j < c; j++)
+        {
+            double xh = (x[(size_t)i * c + j] - (double)mean[i]) * rstd[i];
+            double want = rstd[i] * ((double)dy[(size_t)i * c + j] * gmul[j] - a - xh * b);
+            ex = std::max(ex, std::fabs(dx[(size_t)i * c + j] - dx0[(size_t)i * c + j] - want)); mx = std::max(mx, std::fabs(want));
+        }
+    }
+    for (int j = 0; j < c; j++)
+    {
+        eg = std::max(eg, std::fabs(dg[j] - dg0[j] - rg[j])); mg = std::max(mg, std::fabs(rg[j]));
+        eb = std::max(eb, std::fabs(db[j] - db0[j] - rb[j])); mb = std::max(mb, std::fabs(rb[j]));
+    }
+    std::string tag = "layernorm backward rows " + std::to_string(rows) + " c " + std::to_string(c) + " chunks " + std::to_string(chunks);
+    report(tag + " dx", ex / mx, 2e-6);
+    report(tag + " dgamma", eg / mg, 2e-6);
+    report(tag + " dbeta", eb / mb, 2e-6);
+}
+
 int main()
 {
     // KV_EMU_MODE=race: eager cp.async and a shuffled, stalling schedule (kv_emu_set_mode); default: copies land at their wait.
@@ -419,6 +473,8 @@ int main()
     // Layer norm and InfoNCE (version 1, which ran on the H100; the gradient's GEMM is the new gemm_f32x3).
     test_layernorm(3, 777, true);
     test_layernorm(2, 64, false);
+    test_layernorm_backward(300, 777, 7);
+    test_layernorm_backward(5, 40, 1);
     test_infonce(130, 48, 20.f);
     test_infonce(70, 16, 200.f);
     std::printf("%d passed, %d failed\n", passed, failed);

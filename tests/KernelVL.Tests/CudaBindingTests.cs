@@ -302,4 +302,32 @@ public unsafe class CudaBindingTests
             Directory.Delete(outDir, recursive: true);
         }
     }
+
+    [Fact]
+    public void LaunchArgumentsAreCheckedAgainstEveryKernelsParameters()
+    {
+        // Every entry's parameter sizes as read from its PTX match the C signature in its .cu source (pointers and
+        // long long 8 bytes, int and float 4): the table the cuda backend checks each launch's arguments against.
+        int entries = 0;
+        foreach (var name in EmbeddedKernels.Names)
+        {
+            string src = EmbeddedKernels.Source(name);
+            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(src,
+                         @"extern ""C"" __global__ void (?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(([^)]*)\)"))
+            {
+                var want = m.Groups[2].Value.Split(',').Select(p => p.Trim())
+                    .Select(p => p.Contains('*') || p.StartsWith("long long", StringComparison.Ordinal) ? 8 : 4).ToArray();
+                Assert.Equal(want, EmbeddedKernels.ParamSizes(name, m.Groups[1].Value));
+                entries++;
+            }
+        }
+        int ptxEntries = EmbeddedKernels.Names.Sum(n => System.Text.RegularExpressions.Regex.Matches(EmbeddedKernels.Ptx(n), @"\.entry ").Count);
+        Assert.Equal(ptxEntries, entries);   // every entry of the PTX was compared
+        // A 4-byte int where the kernel takes a long long is named, not launched.
+        using var args = new KernelArgs();
+        args.Add((nint)0).Add(5).Add(7L);
+        Assert.Null(args.Mismatch([8, 4, 8]));
+        Assert.Equal("argument 2 is 8 bytes, the parameter 4", args.Mismatch([8, 4, 4]));
+        Assert.Equal("3 arguments for 2 parameters", args.Mismatch([8, 4]));
+    }
 }

@@ -190,6 +190,7 @@ public sealed unsafe class KernelArgs : IDisposable
     private byte* _values;
     private void** _pointers;
     private int _count;
+    private readonly int[] _sizes = new int[MaxArgs];
 
     public KernelArgs()
     {
@@ -206,8 +207,24 @@ public sealed unsafe class KernelArgs : IDisposable
         if (_count == MaxArgs) throw new ArgumentException($"at most {MaxArgs} kernel arguments");
         byte* slot = _values + _count * 8;
         *(T*)slot = value;
+        _sizes[_count] = sizeof(T);
         _pointers[_count++] = slot;
         return this;
+    }
+
+    /// <summary>The size in bytes of argument i as it was added.</summary>
+    public int SizeOf(int i) => i < _count ? _sizes[i] : throw new ArgumentOutOfRangeException(nameof(i));
+
+    /// <summary>
+    /// Null when the arguments match a kernel's parameter sizes (<see cref="EmbeddedKernels.ParamSizes"/>), else what
+    /// differs: a 4-byte int passed for a 64-bit parameter would otherwise reach the kernel as garbage.
+    /// </summary>
+    public string? Mismatch(IReadOnlyList<int> paramSizes)
+    {
+        if (paramSizes.Count != _count) return $"{_count} arguments for {paramSizes.Count} parameters";
+        for (int i = 0; i < _count; i++)
+            if (paramSizes[i] != _sizes[i]) return $"argument {i} is {_sizes[i]} bytes, the parameter {paramSizes[i]}";
+        return null;
     }
 
     /// <summary>The value of argument i, as the kernel will see it.</summary>
@@ -232,6 +249,22 @@ public static class EmbeddedKernels
         .Select(n => n["kernels/".Length..^".ptx".Length]).OrderBy(n => n, StringComparer.Ordinal).ToArray();
 
     public static string Ptx(string name) => Read($"kernels/{name}.ptx");
+
+    /// <summary>
+    /// The parameter sizes in bytes of entry <paramref name="entry"/> of kernels/<paramref name="name"/>.cu, read from its
+    /// embedded PTX (.param .u64/.b64/.f64/.s64: 8, .u32/.s32/.f32/.b32: 4).
+    /// </summary>
+    public static IReadOnlyList<int> ParamSizes(string name, string entry)
+    {
+        string ptx = Ptx(name);
+        int at = ptx.IndexOf($".entry {entry}(", StringComparison.Ordinal);
+        if (at < 0) throw new BackendException($"kernels/{name}.ptx has no entry {entry}");
+        int end = ptx.IndexOf(')', at);
+        var sizes = new List<int>();
+        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(ptx[at..end], @"\.param\s+\.([a-z])(\d+)\s"))
+            sizes.Add(int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) / 8);
+        return sizes;
+    }
     public static string Source(string name) => Read($"kernels/{name}.cu");
     /// <summary>A header of kernels/ by file name (e.g. kernelvl_cuda.h).</summary>
     public static string Header(string fileName) => Read($"kernels/{fileName}");

@@ -44,7 +44,13 @@ public sealed class CudaBackend : IlgpuBackend
     private const int Gemm2Rows = 128, Gemm2Cols = 256, Gemm2SharedBytes = 4 * (128 + 256) * 64;   // gemm.cu version 2
     private const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
     private readonly CudaModules? _sm90;
-    private readonly nint _gemm3, _gemmF32x3;
+    private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine;
+
+    /// <summary>
+    /// Layer norm backward: 1 (the ILGPU kernels; dgamma/dbeta one thread per column over every row) or 2 (layernorm.cu:
+    /// a block per row for dx, column sums over row chunks). Defaults to KERNELVL_CUDA_LAYERNORM_BACKWARD, else 1.
+    /// </summary>
+    public int LayerNormBackwardVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_LAYERNORM_BACKWARD") == "2" ? 2 : 1;
 
     /// <summary>
     /// The f32-accurate GEMM behind the InfoNCE gradient: 1 (the ILGPU f32 kernel on the CUDA cores) or 2 (gemm.cu's
@@ -116,26 +122,29 @@ public sealed class CudaBackend : IlgpuBackend
             _stream = acc.DefaultStream is CudaStream cs ? cs.StreamPtr
                 : throw new BackendException($"the {BackendName} backend needs ILGPU's CUDA accelerator, got {acc.AcceleratorType}");
             _modules = new CudaModules(_driver, Kernels);
-            _gemm = _modules.Function("gemm", "gemm_bf16");
-            _attn64 = _modules.Function("attention", "attention_forward_d64");
-            _layerNorm = _modules.Function("layernorm", "layernorm_forward");
-            _nceDiag = _modules.Function("infonce", "infonce_diag");
-            _nceTiles = _modules.Function("infonce", "infonce_forward_tiles");
-            _nceCombine = _modules.Function("infonce", "infonce_combine");
-            _sum = _modules.Function("infonce", "sum_scaled_f64");
-            _nceBackTiles = _modules.Function("infonce", "infonce_backward_tiles");
-            _nceBackDiag = _modules.Function("infonce", "infonce_backward_diag");
-            _topkChunks = _modules.Function("topk", "topk_chunks");
-            _topkChunksF16 = _modules.Function("topk", "topk_chunks_f16");
-            _topkMerge = _modules.Function("topk", "topk_merge");
-            _tcQueries = _modules.Function("topk", "topk_f16_queries");
-            _tcMaxNorm = _modules.Function("topk", "topk_f16_max_norm");
-            _tcScore = _modules.Function("topk", "topk_tc_f16");
-            _tcRescore = _modules.Function("topk", "topk_f16_rescore");
-            _gemm2 = _modules.Function("gemm", "gemm_bf16_tn");
-            _gemmF32x3 = _modules.Function("gemm", "gemm_f32x3");
-            _attn64v2 = _modules.Function("attention", "attention_forward_d64_v2");
-            _toBf16 = _modules.Function("gemm", "convert_bf16_kmajor");
+            _gemm = Fn(_modules, "gemm", "gemm_bf16");
+            _attn64 = Fn(_modules, "attention", "attention_forward_d64");
+            _layerNorm = Fn(_modules, "layernorm", "layernorm_forward");
+            _nceDiag = Fn(_modules, "infonce", "infonce_diag");
+            _nceTiles = Fn(_modules, "infonce", "infonce_forward_tiles");
+            _nceCombine = Fn(_modules, "infonce", "infonce_combine");
+            _sum = Fn(_modules, "infonce", "sum_scaled_f64");
+            _nceBackTiles = Fn(_modules, "infonce", "infonce_backward_tiles");
+            _nceBackDiag = Fn(_modules, "infonce", "infonce_backward_diag");
+            _topkChunks = Fn(_modules, "topk", "topk_chunks");
+            _topkChunksF16 = Fn(_modules, "topk", "topk_chunks_f16");
+            _topkMerge = Fn(_modules, "topk", "topk_merge");
+            _tcQueries = Fn(_modules, "topk", "topk_f16_queries");
+            _tcMaxNorm = Fn(_modules, "topk", "topk_f16_max_norm");
+            _tcScore = Fn(_modules, "topk", "topk_tc_f16");
+            _tcRescore = Fn(_modules, "topk", "topk_f16_rescore");
+            _gemm2 = Fn(_modules, "gemm", "gemm_bf16_tn");
+            _gemmF32x3 = Fn(_modules, "gemm", "gemm_f32x3");
+            _lnBackDx = Fn(_modules, "layernorm", "layernorm_backward_dx");
+            _lnBackPartial = Fn(_modules, "layernorm", "layernorm_backward_params_partial");
+            _lnBackCombine = Fn(_modules, "layernorm", "layernorm_backward_params_combine");
+            _attn64v2 = Fn(_modules, "attention", "attention_forward_d64_v2");
+            _toBf16 = Fn(_modules, "gemm", "convert_bf16_kmajor");
             _multiprocessors = _driver.MultiprocessorCount(_driver.CurrentDevice);
             try
             {
@@ -157,7 +166,7 @@ public sealed class CudaBackend : IlgpuBackend
                         GemmV3Unavailable = $"gemm_sm90.cu was not compiled by NVRTC for sm_90a ({_sm90.Sources[0].Detail}): its embedded PTX is empty";
                     else
                     {
-                        _gemm3 = _sm90.Function("gemm_sm90", "gemm_bf16_wgmma");
+                        _gemm3 = Fn(_sm90, "gemm_sm90", "gemm_bf16_wgmma");
                         _driver.SetMaxDynamicSharedMemory(_gemm3, Gemm3SharedBytes);
                     }
                 }
@@ -200,8 +209,20 @@ public sealed class CudaBackend : IlgpuBackend
         return _args;
     }
 
+    // Each function's parameter sizes from its PTX (kernel file, entry), checked against the arguments on every launch.
+    private readonly Dictionary<nint, (string Name, IReadOnlyList<int> Sizes)> _signatures = [];
+
+    private nint Fn(CudaModules modules, string kernel, string entry)
+    {
+        nint f = modules.Function(kernel, entry);
+        _signatures[f] = ($"{kernel}.cu {entry}", EmbeddedKernels.ParamSizes(kernel, entry));
+        return f;
+    }
+
     private void Go(nint function, (uint X, uint Y, uint Z) grid, uint threads, uint sharedBytes = 0)
     {
+        if (_signatures.TryGetValue(function, out var sig) && _args.Mismatch(sig.Sizes) is { } why)
+            throw new BackendException($"launching {sig.Name}: {why}");
         // ILGPU binds its context to the threads it runs on; a launch from another thread must bind it first.
         _driver.SetCurrentContext(_context);
         _driver.Launch(function, grid, (threads, 1, 1), sharedBytes, _stream, _args);
@@ -381,6 +402,37 @@ public sealed class CudaBackend : IlgpuBackend
         // x, gamma, beta -> y, mean, rstd; no residual and no h output (the kernel's fused residual is not part of the contract).
         Args().Add(P(x)).Add((nint)0).Add(P(gamma)).Add(P(beta)).Add((nint)0).Add(P(y)).Add(P(mean)).Add(P(rstd)).Add(c).Add(eps);
         Go(_layerNorm, ((uint)r, 1, 1), 256);
+    }
+
+    public override void LayerNormBackward(Tensor x, Tensor gamma, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dgamma, Tensor? dbeta)
+    {
+        const string op = "layernorm backward";
+        var (r, c) = Contract.Rows(op, "x", x);
+        if (LayerNormBackwardVersion != 2)
+        {
+            base.LayerNormBackward(x, gamma, mean, rstd, dy, dx, dgamma, dbeta);
+            return;
+        }
+        Contract.SameShape(op, "x", x, "dy", dy); Contract.SameShapeOrNull(op, "x", x, "dx", dx);
+        Contract.DimsOrNull(op, "dgamma", dgamma, c); Contract.DimsOrNull(op, "dbeta", dbeta, c);
+        if (r == 0 || c == 0) return;
+        if (dx is not null)
+        {
+            Args().Add(P(x)).Add(P(gamma)).Add(P(mean)).Add(P(rstd)).Add(P(dy)).Add(c).Add(P(dx));
+            Go(_lnBackDx, ((uint)r, 1, 1), 256);
+        }
+        if (dgamma is null && dbeta is null) return;
+        // About 8 blocks per multiprocessor: ceil(c / 32) column groups x row chunks.
+        uint colGroups = Blocks(c, 32);
+        int chunks = (int)Math.Clamp((8L * _multiprocessors + colGroups - 1) / colGroups, 1, Math.Min(MaxGridYZ, (r + 7) / 8));
+        int per = (int)((r + chunks - 1) / chunks);
+        chunks = (int)((r + per - 1) / per);
+        using var pg = Empty(new Shape(chunks, c));   // [chunks, c] partial sums of dy xhat
+        using var pb = Empty(new Shape(chunks, c));   // [chunks, c] partial sums of dy
+        Args().Add(P(x)).Add(P(mean)).Add(P(rstd)).Add(P(dy)).Add((long)r).Add(c).Add(per).Add(P(pg)).Add(P(pb));   // rows: long long
+        Go(_lnBackPartial, (colGroups, (uint)chunks, 1), 256);
+        Args().Add(P(pg)).Add(P(pb)).Add(chunks).Add(c).Add(P(dgamma, true)).Add(P(dbeta, true));
+        Go(_lnBackCombine, (Blocks(c, 256), 1, 1), 256);
     }
 
     // ---------------------------------------------------------------- InfoNCE
