@@ -286,6 +286,45 @@ static __device__ __forceinline__ void att_store(float* __restrict__ ob, float* 
 #define ATT2_K 64
 
 
+// acc[8][4] += A (16 rows x 64, fragments a) B^T with B 64 rows x 64 in a swizzled bf16 stage: acc columns = B's rows.
+static __device__ __forceinline__ void att_mm_rows(const unsigned (*a)[4], kv_saddr bs, float (*acc)[4])
+{
+    const int lane = threadIdx.x & 31, lr = lane & 7, lj = lane >> 3;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++)
+        {
+            unsigned b0, b1, b2, b3;
+            kv_ldmatrix_x4(bs + kv_swz128(np * 16 + lr + ((lj >> 1) << 3), 2 * kk + (lj & 1)), b0, b1, b2, b3);
+            kv_mma_bf16(acc[2 * np], a[kk][0], a[kk][1], a[kk][2], a[kk][3], b0, b1);
+            kv_mma_bf16(acc[2 * np + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], b2, b3);
+        }
+}
+
+// out[8][4] += P (16 rows x 64, the accumulator layout of p, rounded to bf16) B with B 64 rows (the reduction) x 64
+// columns in a swizzled bf16 stage (read transposed).
+static __device__ __forceinline__ void att_mm_acc_trans(float (*p)[4], kv_saddr bs, float (*out)[4])
+{
+    const int lane = threadIdx.x & 31, lr = lane & 7, lj = lane >> 3;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+    {
+        unsigned a0 = kv_pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+        unsigned a1 = kv_pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+        unsigned a2 = kv_pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+        unsigned a3 = kv_pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+        for (int np = 0; np < 4; np++)
+        {
+            unsigned b0, b1, b2, b3;
+            kv_ldmatrix_x4_trans(bs + kv_swz128(kk * 16 + lr + ((lj & 1) << 3), 2 * np + (lj >> 1)), b0, b1, b2, b3);
+            kv_mma_bf16(out[2 * np], a0, a1, a2, a3, b0, b1);
+            kv_mma_bf16(out[2 * np + 1], a0, a1, a2, a3, b2, b3);
+        }
+    }
+}
+
 // q [B, H, Tq, 64], k and v [B, H, Tk, 64], mask i32 [B, Tk] or null -> o [B, H, Tq, 64], lse [B, H, Tq].
 // Grid (ceil(Tq / 128), B * H), 256 threads.
 extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_d64_v2(
@@ -295,7 +334,7 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
     __shared__ __attribute__((aligned(128))) unsigned char Ks[2][ATT2_K * 128];   // [key][d], bf16, swizzled
     __shared__ __attribute__((aligned(128))) unsigned char Vs[2][ATT2_K * 128];   // [key][d], bf16, swizzled
     __shared__ float kbias[2][ATT2_K];                                            // 0 for a key that counts, -inf else
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, lr = lane & 7, lj = lane >> 3;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const long long bh = blockIdx.y;
     const int b = (int)(bh / H);
     const float* qb = q + bh * Tq * ATT_D;
@@ -370,37 +409,196 @@ extern "C" __global__ void __launch_bounds__(ATT2_WARPS * 32) attention_forward_
         for (int ni = 0; ni < 8; ni++)
 #pragma unroll
             for (int e = 0; e < 4; e++) s[ni][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)   // d 16 kk .. 16 kk + 15
-#pragma unroll
-            for (int np = 0; np < 4; np++)   // keys 16 np .. 16 np + 15
-            {
-                unsigned b0, b1, b2, b3;
-                kv_ldmatrix_x4(ks + kv_swz128(np * 16 + lr + ((lj >> 1) << 3), 2 * kk + (lj & 1)), b0, b1, b2, b3);
-                kv_mma_bf16(s[2 * np], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
-                kv_mma_bf16(s[2 * np + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b2, b3);
-            }
+        att_mm_rows(qa, ks, s);   // S = Q K^T for this warp's 16 rows x 64 keys
         att_softmax_tile(s, kbias[cur], sl2, t, m0, m1, l0, l1, oacc);
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)   // keys 16 kk .. 16 kk + 15
-        {
-            unsigned a0 = kv_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-            unsigned a1 = kv_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            unsigned a2 = kv_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            unsigned a3 = kv_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int np = 0; np < 4; np++)   // d 16 np .. 16 np + 15
-            {
-                unsigned b0, b1, b2, b3;
-                kv_ldmatrix_x4_trans(vs + kv_swz128(kk * 16 + lr + ((lj & 1) << 3), 2 * np + (lj >> 1)), b0, b1, b2, b3);
-                kv_mma_bf16(oacc[2 * np], a0, a1, a2, a3, b0, b1);
-                kv_mma_bf16(oacc[2 * np + 1], a0, a1, a2, a3, b2, b3);
-            }
-        }
+        att_mm_acc_trans(s, vs, oacc);   // O += P V
         if (more) stash(cur ^ 1);   // the other buffer was last read before the barrier that ended the previous tile
         __syncthreads();
         cur ^= 1;
     }
 
     att_store(o + bh * Tq * ATT_D, lse + bh * Tq, r0, r1, Tq, t, m0, m1, l0, l1, oacc);
+}
+
+// ======================================================================================================================
+// Backward (D = 64), FlashAttention-2 style without atomics: the contract accumulates dq += , dk += , dv += .
+//   attention_backward_delta     delta_i = sum_d dO_i o_i
+//   attention_backward_dkdv_d64  a block per 64 keys (4 warps x 16), over query tiles of 64: S^T = K Q^T,
+//                                P^T = exp(scale S^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta),
+//                                dK += scale dS^T Q
+//   attention_backward_dq_d64    a block per 64 queries, over key tiles: S = Q K^T, P, dP = dO V^T,
+//                                dS = P (dP - delta), dQ += scale dS K
+// Operands bf16 on mma.sync (f32 accumulation): K/V or Q/dO rows of the warp as A fragments in registers, the other
+// side staged as bf16 128-byte swizzled rows, read with ldmatrix (.trans where the reduction runs along the rows).
+// Masked keys and rows whose keys are all masked (lse = -inf) contribute nothing.
+// Not yet run on a GPU: the host emulator (kernels/emu) checks it against f64; opt-in (KERNELVL_CUDA_ATTENTION_BACKWARD=2).
+// ======================================================================================================================
+
+// Rows row0 .. row0 + 63 of src [T, 64] f32 -> a swizzled bf16 stage (rows >= T zero). 128 threads, 4 chunks each.
+static __device__ __forceinline__ void att_stage64(kv_saddr s, const float* __restrict__ src, int row0, int T)
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        int e = threadIdx.x + i * 128, r = e >> 3, c = e & 7, row = row0 + r;
+        const float* x = src + (long long)row * ATT_D + c * 8;
+        bool ok = row < T;
+        kv_st_shared16(s + kv_swz128(r, c),
+                       kv_pack_bf16(ok ? x[0] : 0.f, ok ? x[1] : 0.f), kv_pack_bf16(ok ? x[2] : 0.f, ok ? x[3] : 0.f),
+                       kv_pack_bf16(ok ? x[4] : 0.f, ok ? x[5] : 0.f), kv_pack_bf16(ok ? x[6] : 0.f, ok ? x[7] : 0.f));
+    }
+}
+
+// out[8][4] (rows r0, r1 of this thread x 64 d) added into dst [T, 64] times s.
+static __device__ __forceinline__ void att_add_rows(float* __restrict__ dst, int r0, int r1, int T, int t, float s, float (*acc)[4])
+{
+#pragma unroll
+    for (int nd = 0; nd < 8; nd++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            int d = nd * 8 + 2 * t + e;
+            if (r0 < T) dst[(long long)r0 * ATT_D + d] += s * acc[nd][e];
+            if (r1 < T) dst[(long long)r1 * ATT_D + d] += s * acc[nd][2 + e];
+        }
+}
+
+// delta [rows] = sum_d dO o over rows of 64. A warp per row; grid ceil(rows / 8), 256 threads.
+extern "C" __global__ void attention_backward_delta(const float* __restrict__ o, const float* __restrict__ dO, long long rows, float* __restrict__ delta)
+{
+    long long row = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float s = o[row * ATT_D + lane] * dO[row * ATT_D + lane] + o[row * ATT_D + lane + 32] * dO[row * ATT_D + lane + 32];
+    s = kv_warp_sum(s);
+    if (lane == 0) delta[row] = s;
+}
+
+// q, o, dO [B, H, Tq, 64]; k, v [B, H, Tk, 64]; mask i32 [B, Tk] or null; lse, delta [B, H, Tq] -> dk, dv += .
+// Grid (ceil(Tk / 64), B * H), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_d64(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const int* __restrict__ mask,
+    const float* __restrict__ lse, const float* __restrict__ delta, const float* __restrict__ dO,
+    int H, int Tq, int Tk, float scale, float* __restrict__ dk, float* __restrict__ dv)
+{
+    __shared__ __attribute__((aligned(128))) unsigned char Qs[64 * 128], Ds[64 * 128];   // Q and dO rows, bf16 swizzled
+    __shared__ float lse_s[64], del_s[64];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / H);
+    const float* qb = q + bh * Tq * ATT_D;
+    const float* kb = k + bh * Tk * ATT_D;
+    const float* vb = v + bh * Tk * ATT_D;
+    const float* db = dO + bh * Tq * ATT_D;
+    const int r0 = blockIdx.x * 64 + warp * 16 + g, r1 = r0 + 8;   // this thread's two keys
+    const bool keep0 = r0 < Tk && (mask == 0 || mask[(long long)b * Tk + r0] != 0);
+    const bool keep1 = r1 < Tk && (mask == 0 || mask[(long long)b * Tk + r1] != 0);
+    const float NEG_INF = -KV_INF, sl2 = scale * KV_LOG2E;
+    unsigned ka[4][4], va[4][4];
+    att_load_q(kb, r0, r1, Tk, t, ka);
+    att_load_q(vb, r0, r1, Tk, t, va);
+    float dka[8][4], dva[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) { dka[i][e] = 0.f; dva[i][e] = 0.f; }
+    const kv_saddr qs = kv_smem(Qs), ds = kv_smem(Ds);
+    for (int q0 = 0; q0 < Tq; q0 += 64)
+    {
+        __syncthreads();   // the previous tile is no longer read
+        att_stage64(qs, qb, q0, Tq);
+        att_stage64(ds, db, q0, Tq);
+        if (tid < 64)
+        {
+            int qi = q0 + tid;
+            lse_s[tid] = qi < Tq ? lse[bh * Tq + qi] : NEG_INF;
+            del_s[tid] = qi < Tq ? delta[bh * Tq + qi] : 0.f;
+        }
+        __syncthreads();
+        float p[8][4], dp[8][4];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) { p[i][e] = 0.f; dp[i][e] = 0.f; }
+        att_mm_rows(ka, qs, p);   // S^T: rows = keys, columns = queries
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                float l = lse_s[ni * 8 + 2 * t + (e & 1)];
+                bool keep = (e >> 1) ? keep1 : keep0;
+                p[ni][e] = keep && l != NEG_INF ? kv_exp2(p[ni][e] * sl2 - l * KV_LOG2E) : 0.f;
+            }
+        att_mm_acc_trans(p, ds, dva);   // dV += P^T dO
+        att_mm_rows(va, ds, dp);        // dP^T = V dO^T
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) p[ni][e] *= dp[ni][e] - del_s[ni * 8 + 2 * t + (e & 1)];   // dS^T
+        att_mm_acc_trans(p, qs, dka);   // dK += dS^T Q (scaled below)
+    }
+    att_add_rows(dk + bh * Tk * ATT_D, r0, r1, Tk, t, scale, dka);
+    att_add_rows(dv + bh * Tk * ATT_D, r0, r1, Tk, t, 1.f, dva);
+}
+
+// The same tensors -> dq += . Grid (ceil(Tq / 64), B * H), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_d64(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const int* __restrict__ mask,
+    const float* __restrict__ lse, const float* __restrict__ delta, const float* __restrict__ dO,
+    int H, int Tq, int Tk, float scale, float* __restrict__ dq)
+{
+    __shared__ __attribute__((aligned(128))) unsigned char Ks[64 * 128], Vs[64 * 128];
+    __shared__ float kbias[64];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / H);
+    const float* qb = q + bh * Tq * ATT_D;
+    const float* kb = k + bh * Tk * ATT_D;
+    const float* vb = v + bh * Tk * ATT_D;
+    const float* db = dO + bh * Tq * ATT_D;
+    const int r0 = blockIdx.x * 64 + warp * 16 + g, r1 = r0 + 8;   // this thread's two queries
+    const float NEG_INF = -KV_INF, sl2 = scale * KV_LOG2E;
+    const float l0 = r0 < Tq ? lse[bh * Tq + r0] : NEG_INF, l1 = r1 < Tq ? lse[bh * Tq + r1] : NEG_INF;
+    const float d0 = r0 < Tq ? delta[bh * Tq + r0] : 0.f, d1 = r1 < Tq ? delta[bh * Tq + r1] : 0.f;
+    unsigned qa[4][4], oa[4][4];
+    att_load_q(qb, r0, r1, Tq, t, qa);
+    att_load_q(db, r0, r1, Tq, t, oa);
+    float dqa[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dqa[i][e] = 0.f;
+    const kv_saddr ks = kv_smem(Ks), vs = kv_smem(Vs);
+    for (int k0 = 0; k0 < Tk; k0 += 64)
+    {
+        __syncthreads();
+        att_stage64(ks, kb, k0, Tk);
+        att_stage64(vs, vb, k0, Tk);
+        if (tid < 64)
+        {
+            int key = k0 + tid;
+            kbias[tid] = key < Tk && (mask == 0 || mask[(long long)b * Tk + key] != 0) ? 0.f : NEG_INF;
+        }
+        __syncthreads();
+        float p[8][4], dp[8][4];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) { p[i][e] = 0.f; dp[i][e] = 0.f; }
+        att_mm_rows(qa, ks, p);   // S: rows = queries, columns = keys
+        att_mm_rows(oa, vs, dp);  // dP = dO V^T
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                float l = (e >> 1) ? l1 : l0, dl = (e >> 1) ? d1 : d0;
+                bool keep = kbias[ni * 8 + 2 * t + (e & 1)] == 0.f && l != NEG_INF;
+                float pe = keep ? kv_exp2(p[ni][e] * sl2 - l * KV_LOG2E) : 0.f;
+                p[ni][e] = pe * (dp[ni][e] - dl);   // dS
+            }
+        att_mm_acc_trans(p, ks, dqa);   // dQ += dS K (scaled below)
+    }
+    att_add_rows(dq + bh * Tq * ATT_D, r0, r1, Tq, t, scale, dqa);
 }

@@ -451,6 +451,97 @@ static void test_layernorm_backward(int rows, int c, int chunks)
     report(tag + " dbeta", eb / mb, 2e-6);
 }
 
+// Attention backward (D 64) against f64: o and lse from an f64 forward, dq/dk/dv accumulated onto random values,
+// bf16 budget (2e-2 of max |gradient|, the registry's for the cuda backend).
+static void test_attention_backward(int B, int H, int Tq, int Tk, bool mask)
+{
+    const int D = 64;
+    auto q = rand_vec((size_t)B * H * Tq * D), k = rand_vec((size_t)B * H * Tk * D), v = rand_vec((size_t)B * H * Tk * D);
+    auto dO = rand_vec((size_t)B * H * Tq * D);
+    std::vector<int> m((size_t)B * Tk, 1);
+    if (mask)
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < Tk; j++) m[(size_t)b * Tk + j] = (b == B - 1) ? 0 : (j % 4 != 2);
+    const float scale = 0.125f;
+    size_t nq = (size_t)B * H * Tq, nk = (size_t)B * H * Tk;
+    std::vector<float> o(nq * D), lse(nq);
+    std::vector<double> P((size_t)B * H * Tq * Tk);
+    for (size_t bh = 0; bh < (size_t)B * H; bh++)
+        for (int i = 0; i < Tq; i++)
+        {
+            int b = (int)(bh / H);
+            std::vector<double> s(Tk);
+            double mx = -INFINITY;
+            for (int j = 0; j < Tk; j++)
+            {
+                if (mask && !m[(size_t)b * Tk + j]) { s[j] = -INFINITY; continue; }
+                double dot = 0;
+                for (int d = 0; d < D; d++) dot += (double)q[(bh * Tq + i) * D + d] * k[(bh * Tk + j) * D + d];
+                s[j] = dot * scale; mx = std::max(mx, s[j]);
+            }
+            double sum = 0;
+            for (int j = 0; j < Tk; j++) sum += mx == -INFINITY ? 0 : std::exp(s[j] - mx);
+            lse[bh * Tq + i] = mx == -INFINITY ? -INFINITY : (float)(mx + std::log(sum));
+            for (int j = 0; j < Tk; j++) P[(bh * Tq + i) * Tk + j] = mx == -INFINITY ? 0 : std::exp(s[j] - mx) / sum;
+            for (int d = 0; d < D; d++)
+            {
+                double acc = 0;
+                for (int j = 0; j < Tk; j++) acc += P[(bh * Tq + i) * Tk + j] * v[(bh * Tk + j) * D + d];
+                o[(bh * Tq + i) * D + d] = (float)acc;
+            }
+        }
+    auto dq0 = rand_vec(nq * D), dk0 = rand_vec(nk * D), dv0 = rand_vec(nk * D);
+    auto dq = dq0, dk = dk0, dv = dv0;
+    std::vector<float> delta(nq);
+    kv_emu_launch({(unsigned)((nq + 7) / 8), 1, 1}, 256, 0, [&] { attention_backward_delta(o.data(), dO.data(), (long long)nq, delta.data()); });
+    kv_emu_launch({(unsigned)((Tk + 63) / 64), (unsigned)(B * H), 1}, 128, 0, [&] {
+        attention_backward_dkdv_d64(q.data(), k.data(), v.data(), mask ? m.data() : nullptr, lse.data(), delta.data(), dO.data(), H, Tq, Tk, scale, dk.data(), dv.data());
+    });
+    kv_emu_launch({(unsigned)((Tq + 63) / 64), (unsigned)(B * H), 1}, 128, 0, [&] {
+        attention_backward_dq_d64(q.data(), k.data(), v.data(), mask ? m.data() : nullptr, lse.data(), delta.data(), dO.data(), H, Tq, Tk, scale, dq.data());
+    });
+    std::vector<double> rq(nq * D, 0), rk(nk * D, 0), rv(nk * D, 0);
+    for (size_t bh = 0; bh < (size_t)B * H; bh++)
+        for (int i = 0; i < Tq; i++)
+        {
+            double di = 0;
+            for (int d = 0; d < D; d++) di += (double)dO[(bh * Tq + i) * D + d] * o[(bh * Tq + i) * D + d];
+            for (int j = 0; j < Tk; j++)
+            {
+                double pij = P[(bh * Tq + i) * Tk + j];
+                if (pij == 0) continue;
+                double dp = 0;
+                for (int d = 0; d < D; d++) dp += (double)dO[(bh * Tq + i) * D + d] * v[(bh * Tk + j) * D + d];
+                double dsij = pij * (dp - di);
+                for (int d = 0; d < D; d++)
+                {
+                    rv[(bh * Tk + j) * D + d] += pij * dO[(bh * Tq + i) * D + d];
+                    rq[(bh * Tq + i) * D + d] += scale * dsij * k[(bh * Tk + j) * D + d];
+                    rk[(bh * Tk + j) * D + d] += scale * dsij * q[(bh * Tq + i) * D + d];
+                }
+            }
+        }
+    auto rel = [](const std::vector<float>& got, const std::vector<float>& init, const std::vector<double>& want) {
+        double e = 0, mx = 0;
+        for (size_t i = 0; i < got.size(); i++) { e = std::max(e, std::fabs(got[i] - init[i] - want[i])); mx = std::max(mx, std::fabs(want[i])); }
+        return e / mx;
+    };
+    char tag[160];
+    std::snprintf(tag, sizeof tag, "attention backward B%d H%d Tq%d Tk%d%s", B, H, Tq, Tk, mask ? " mask (last batch all masked)" : "");
+    report(std::string(tag) + " dq", rel(dq, dq0, rq), 2e-2);
+    report(std::string(tag) + " dk", rel(dk, dk0, rk), 2e-2);
+    report(std::string(tag) + " dv", rel(dv, dv0, rv), 2e-2);
+    // a fully masked batch: its gradients stay exactly the initial values
+    if (mask)
+    {
+        bool same = true;
+        size_t first = (size_t)(B - 1) * H;
+        for (size_t i = first * Tq * D; i < nq * D; i++) same &= dq[i] == dq0[i];
+        for (size_t i = first * Tk * D; i < nk * D; i++) same &= dk[i] == dk0[i] && dv[i] == dv0[i];
+        report_bool(std::string(tag) + " fully masked batch untouched", same, "");
+    }
+}
+
 int main()
 {
     // KV_EMU_MODE=race: eager cp.async and a shuffled, stalling schedule (kv_emu_set_mode); default: copies land at their wait.
@@ -465,6 +556,8 @@ int main()
     test_attention(2, 2, 150, 100, true);
     test_attention(1, 2, 70, 1, false);
     test_attention(1, 1, 130, 200, false);
+    test_attention_backward(2, 2, 100, 150, true);
+    test_attention_backward(1, 1, 70, 3, false);   // (one key: dq = dk = 0 exactly, no relative error to measure)
     // Top-k over f16: partial tiles and query tiles, D 72 (not a multiple of 32), kp 32 and 64, N below kp, ties.
     test_topk(150, 3000, 72, 10, 1, 3);
     test_topk(130, 1500, 64, 40, 1, 2);

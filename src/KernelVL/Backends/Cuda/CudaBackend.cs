@@ -44,7 +44,13 @@ public sealed class CudaBackend : IlgpuBackend
     private const int Gemm2Rows = 128, Gemm2Cols = 256, Gemm2SharedBytes = 4 * (128 + 256) * 64;   // gemm.cu version 2
     private const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
     private readonly CudaModules? _sm90;
-    private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine;
+    private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
+
+    /// <summary>
+    /// Attention backward at head dim 64: 1 (the ILGPU kernel) or 2 (attention.cu: dK/dV over key tiles and dQ over
+    /// query tiles on the tensor cores, no atomics). Defaults to KERNELVL_CUDA_ATTENTION_BACKWARD, else 1.
+    /// </summary>
+    public int AttentionBackwardVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_ATTENTION_BACKWARD") == "2" ? 2 : 1;
 
     /// <summary>
     /// Layer norm backward: 1 (the ILGPU kernels; dgamma/dbeta one thread per column over every row) or 2 (layernorm.cu:
@@ -141,6 +147,9 @@ public sealed class CudaBackend : IlgpuBackend
             _gemm2 = Fn(_modules, "gemm", "gemm_bf16_tn");
             _gemmF32x3 = Fn(_modules, "gemm", "gemm_f32x3");
             _lnBackDx = Fn(_modules, "layernorm", "layernorm_backward_dx");
+            _attnDelta = Fn(_modules, "attention", "attention_backward_delta");
+            _attnDkDv = Fn(_modules, "attention", "attention_backward_dkdv_d64");
+            _attnDq = Fn(_modules, "attention", "attention_backward_dq_d64");
             _lnBackPartial = Fn(_modules, "layernorm", "layernorm_backward_params_partial");
             _lnBackCombine = Fn(_modules, "layernorm", "layernorm_backward_params_combine");
             _attn64v2 = Fn(_modules, "attention", "attention_forward_d64_v2");
@@ -389,6 +398,37 @@ public sealed class CudaBackend : IlgpuBackend
             Go(_attn64v2, (Blocks(d.Tq, 128), (uint)(d.B * d.H), 1), 256);
         else
             Go(_attn64, (Blocks(d.Tq, 64), (uint)(d.B * d.H), 1), 128);
+    }
+
+    public override void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse, Tensor dO,
+        Tensor? dq, Tensor? dk, Tensor? dv)
+    {
+        var d = Contract.AttentionBackward(q, k, v, keyMask, o, lse, dO, dq, dk, dv);
+        if (AttentionBackwardVersion != 2 || d.D != 64 || (long)d.B * d.H > MaxGridYZ)
+        {
+            base.AttentionBackward(q, k, v, keyMask, scale, o, lse, dO, dq, dk, dv);
+            return;
+        }
+        long rows = (long)d.B * d.H * d.Tq;
+        if (rows == 0 || d.Tk == 0 || (dq is null && dk is null && dv is null)) return;
+        uint bh = (uint)(d.B * d.H);
+        using var delta = Empty(new Shape(d.B, d.H, d.Tq));   // [B, H, Tq] sum_d dO o
+        Args().Add(P(o)).Add(P(dO)).Add(rows).Add(P(delta));
+        Go(_attnDelta, (Blocks(rows, 8), 1, 1), 256);
+        if (dk is not null || dv is not null)
+        {
+            // The kernel writes both; a missing one goes to a scratch tensor.
+            using var scratch = dk is null || dv is null ? Empty(k.Shape) : null;
+            Args().Add(P(q)).Add(P(k)).Add(P(v)).Add(P(keyMask, true)).Add(P(lse)).Add(P(delta)).Add(P(dO))
+                .Add(d.H).Add(d.Tq).Add(d.Tk).Add(scale).Add(P(dk ?? scratch!)).Add(P(dv ?? scratch!));
+            Go(_attnDkDv, (Blocks(d.Tk, 64), bh, 1), 128);
+        }
+        if (dq is not null)
+        {
+            Args().Add(P(q)).Add(P(k)).Add(P(v)).Add(P(keyMask, true)).Add(P(lse)).Add(P(delta)).Add(P(dO))
+                .Add(d.H).Add(d.Tq).Add(d.Tk).Add(scale).Add(P(dq));
+            Go(_attnDq, (Blocks(d.Tq, 64), bh, 1), 128);
+        }
     }
 
     // ---------------------------------------------------------------- layer norm

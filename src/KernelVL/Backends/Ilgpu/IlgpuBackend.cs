@@ -516,7 +516,7 @@ public unsafe class IlgpuBackend : IBackend
         _attn(_s, AttnGrid(d), F(q), F(k), F(v), I(keyMask, true), AttnArgsOf(d, keyMask, scale), F(o), F(lse));
     }
 
-    public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse, Tensor dO,
+    public virtual void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor? keyMask, float scale, Tensor o, Tensor lse, Tensor dO,
         Tensor? dq, Tensor? dk, Tensor? dv)
     {
         var d = Contract.AttentionBackward(q, k, v, keyMask, o, lse, dO, dq, dk, dv);
