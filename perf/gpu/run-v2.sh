@@ -41,6 +41,11 @@ elif [ "$group" = timings ]; then
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
   done
+  for ver in 1 2; do
+    echo "== index search (f16 rows handed to the cuda backend as halves: TopKHalfRows), top-k version $ver"
+    KERNELVL_CUDA_TOPK=$ver perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
+    grep -E '^\| cuda' "$R/search-v$ver.md" | cut -c1-120
+  done
   if [ "${SKIP_TORCH:-0}" != 1 ]; then
     echo "== PyTorch baselines (same card, same run)"
     timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14

@@ -49,9 +49,12 @@ public sealed class IndexTests : IDisposable
         for (int i = 0; i < q; i++) for (int j = 0; j < d; j++) queries[i * d + j] = -queries[i * d + j] * 0.5f + corpus[(i * 37 % n) * d + j];   // near some rows
         using var be = new CpuBackend();
         var opened = EmbeddingIndex.Open(idx.Folder, "fp");
-        foreach (int block in new[] { 100, 65536 })
+        // Both block sizes, and for f16 both paths: rows widened by the index, and rows handed over as halves
+        // (IHalfRowsTopK, the cuda backend's path; the host backends implement it by widening each block).
+        foreach (var (block, halfRows) in new[] { (100, false), (65536, false), (100, true), (65536, true) })
         {
-            var hits = opened.Search(be, "image", queries, k, blockRows: block);
+            if (halfRows && dtype != VectorDType.F16) continue;
+            var hits = opened.Search(be, "image", queries, k, blockRows: block, halfRows: halfRows);
             for (int i = 0; i < q; i++)
             {
                 var expect = Brute(stored, queries[(i * d)..((i + 1) * d)], d, k);

@@ -287,10 +287,14 @@ public sealed class EmbeddingIndex
 
     /// <summary>
     /// Exact top-k by inner product of queries [Q, Dim] against one collection, on a backend: the segments are memory-mapped
-    /// and streamed in blocks of rows (widened to f32) through the backend's top-k, the per-block winners merged (ties to
-    /// the lower row). Returns per query its hits, best first.
+    /// and streamed in blocks of rows through the backend's top-k, the per-block winners merged (ties to the lower row).
+    /// f16 segments go to a backend that takes f16 rows as they are (<see cref="Backends.IHalfRowsTopK"/>: the cuda backend uploads
+    /// half the bytes and runs its f16 kernels; host backends widen each block exactly); otherwise rows are widened to f32.
+    /// <paramref name="blockRows"/>: rows per block (default: the backend's preference on the f16 path, else 16384).
+    /// <paramref name="halfRows"/>: true / false forces the f16 path on or off (tests); null lets the backend choose.
+    /// Returns per query its hits, best first.
     /// </summary>
-    public List<SearchHit>[] Search(IBackend backend, string kind, float[] queries, int k, int blockRows = 16384)
+    public List<SearchHit>[] Search(IBackend backend, string kind, float[] queries, int k, int? blockRows = null, bool? halfRows = null)
     {
         var c = _collections[kind];
         int q = queries.Length / Dim;
@@ -298,19 +302,23 @@ public sealed class EmbeddingIndex
         if (c.Rows == 0) throw new BadInputException($"{Folder}: the index holds no {kind} vectors");
         k = Math.Min(k, c.Rows);
         if (k < 1 || k > Contract.MaxTopK) throw new BadInputException($"k must be in 1..{Contract.MaxTopK}, got {k}");
+        if (blockRows is < 1) throw new BadInputException($"blockRows must be positive, got {blockRows}");
         var bestS = new float[q][];
         var bestI = new int[q][];
         for (int i = 0; i < q; i++) { bestS[i] = []; bestI[i] = []; }
-        int maxBlock = Math.Min(blockRows, c.Segments.Max(x => x.Rows));
+        var half = DType == VectorDType.F16 ? backend as Backends.IHalfRowsTopK : null;
+        if (halfRows == false || (halfRows is null && half?.PreferredHalfRows is null or 0)) half = null;
+        int preferred = half?.PreferredHalfRows ?? 0;
+        int maxBlock = Math.Min(blockRows ?? (preferred > 0 ? preferred : 16384), c.Segments.Max(x => x.Rows));
         using var _ = Tape.NoGrad();
         using var scope = new TensorScope();
         var qt = backend.Empty(new Shape(q, Dim));
         backend.CopyFromHost(queries, qt);
-        // One block buffer for the whole search: on a host backend the rows are widened straight into it, elsewhere
-        // through a staging array and one upload per block.
-        var block = backend.Empty(new Shape(maxBlock, Dim));
-        bool host = block.Storage is CpuStorage;
-        var staging = host ? null : new float[(long)maxBlock * Dim];
+        // The f32 path: one block buffer for the whole search; on a host backend the rows are widened straight into it,
+        // elsewhere through a staging array and one upload per block.
+        Tensor? block = half is null ? backend.Empty(new Shape(maxBlock, Dim)) : null;
+        bool host = block?.Storage is CpuStorage;
+        var staging = half is null && !host ? new float[(long)maxBlock * Dim] : null;
         int rowBase = 0;
         foreach (var seg in c.Segments)
         {
@@ -320,17 +328,21 @@ public sealed class EmbeddingIndex
             {
                 int n = Math.Min(maxBlock, seg.Rows - s);
                 using var inner = new TensorScope();
-                var corpus = n == maxBlock ? block : block.Narrow0(0, n);
-                if (host) ReadRows(view, s, n, corpus.Span);
+                int kk = Math.Min(k, n);
+                var sc = backend.Empty(new Shape(q, kk));                         // [Q, kk]
+                var ix = backend.Empty(new Shape(q, kk), Tensors.DType.I32);      // [Q, kk]
+                if (half is not null) HalfRowsTopK(view, s, n, half, qt, kk, sc, ix);
                 else
                 {
-                    ReadRows(view, s, n, staging);
-                    backend.CopyFromHost(staging.AsSpan(0, n * Dim), corpus);
+                    var corpus = n == maxBlock ? block! : block!.Narrow0(0, n);
+                    if (host) ReadRows(view, s, n, corpus.Span);
+                    else
+                    {
+                        ReadRows(view, s, n, staging);
+                        backend.CopyFromHost(staging.AsSpan(0, n * Dim), corpus);
+                    }
+                    backend.TopK(qt, corpus, kk, sc, ix);
                 }
-                int kk = Math.Min(k, n);
-                var sc = backend.Empty(new Shape(q, kk));
-                var ix = backend.Empty(new Shape(q, kk), Tensors.DType.I32);
-                backend.TopK(qt, corpus, kk, sc, ix);
                 var hs = new float[q * kk];
                 var hi = new int[q * kk];
                 backend.CopyToHost(sc, hs);
@@ -343,6 +355,22 @@ public sealed class EmbeddingIndex
         for (int i = 0; i < q; i++)
             result[i] = Enumerable.Range(0, bestS[i].Length).Select(j => new SearchHit(j + 1, bestS[i][j], Item(kind, bestI[i][j]))).ToList();
         return result;
+    }
+
+    /// <summary>Rows [start, start + n) of an f16 segment, straight from the mapping, through the backend's f16 top-k.</summary>
+    private unsafe void HalfRowsTopK(MemoryMappedViewAccessor view, int start, int n, Backends.IHalfRowsTopK half, Tensor qt, int kk, Tensor sc, Tensor ix)
+    {
+        byte* p = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+        try
+        {
+            p += view.PointerOffset + (long)start * Dim * ElementSize;
+            half.TopKHalfRows(qt, new ReadOnlySpan<Half>(p, n * Dim), kk, sc, ix);
+        }
+        finally
+        {
+            view.SafeMemoryMappedViewHandle.ReleasePointer();
+        }
     }
 
     private unsafe void ReadRows(MemoryMappedViewAccessor view, int start, int n, Span<float> dst)

@@ -215,6 +215,19 @@ public unsafe class IlgpuBackend : IBackend
         Own(src).Ints.SubView(src.Offset, src.Numel).CopyTo(_s, Own(dst).Ints.SubView(dst.Offset, dst.Numel));
     }
 
+    /// <summary>Host halves into a device view of at least as many elements (synchronous, like the other copies).</summary>
+    protected void UploadHalves(ReadOnlySpan<System.Half> src, ArrayView<System.Half> dst)
+    {
+        if (src.Length == 0) return;
+        if (dst.Length < src.Length) Contract.Fail("copy", $"{src.Length} halves for a buffer of {dst.Length}");
+        Synchronize();   // queued kernels may still read the old contents
+        fixed (System.Half* p = src)
+        {
+            dst.SubView(0, src.Length).CopyFromCPU(_s, ref *p, src.Length);
+            Synchronize();
+        }
+    }
+
     public void CopyFromHost(ReadOnlySpan<float> src, Tensor dst)
     {
         if (src.Length != dst.Numel) Contract.Fail("copy", $"{src.Length} host values for a tensor of {dst.Shape}");

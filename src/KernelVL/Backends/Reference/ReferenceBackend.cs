@@ -8,7 +8,7 @@ namespace KernelVL.Backends;
 /// finite-difference gradient checks run on (it also accepts f64 tensors). Slow on purpose: clarity first.
 /// Fast backends derive from it and override what they speed up.
 /// </summary>
-public unsafe class ReferenceBackend : IBackend
+public unsafe class ReferenceBackend : IBackend, IHalfRowsTopK
 {
     public virtual string Name => "reference";
 
@@ -803,6 +803,19 @@ public unsafe class ReferenceBackend : IBackend
     }
 
     // ------------------------------------------------------------------ retrieval
+    /// <summary>Host backends: the halves widened into a host tensor (exact), then <see cref="TopK"/>; no preference for it.</summary>
+    public int PreferredHalfRows => 0;
+
+    public void TopKHalfRows(Tensor queries, ReadOnlySpan<Half> rows, int k, Tensor scores, Tensor indices, float? maxRowNorm = null)
+    {
+        if (queries.Rank != 2) Contract.Fail("topk half rows", $"queries must be [Q, D], got {queries.Shape}");
+        int d = queries.Shape[1];
+        if (d == 0 || rows.Length % d != 0) Contract.Fail("topk half rows", $"{rows.Length} halves are not rows of {d}");
+        using var corpus = Empty(new Shape(rows.Length / d, d));   // [N, D] f32
+        System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(rows, corpus.Span);
+        TopK(queries, corpus, k, scores, indices);
+    }
+
     public virtual void TopK(Tensor queries, Tensor corpus, int k, Tensor scores, Tensor indices)
     {
         var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
