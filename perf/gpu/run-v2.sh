@@ -41,9 +41,12 @@ elif [ "$group" = timings ]; then
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
   done
+  echo "== index search as it is today (rows widened on the host, f32 top-k)"
+  perf 60 search --backend cuda --json "$R/search-widened.json" > "$R/search-widened.md" 2>&1; echo "exit $?"
+  grep -E '^\| cuda' "$R/search-widened.md" | cut -c1-120
   for ver in 1 2; do
-    echo "== index search (f16 rows handed to the cuda backend as halves: TopKHalfRows), top-k version $ver"
-    KERNELVL_CUDA_TOPK=$ver perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
+    echo "== index search with f16 rows handed to the cuda backend as halves (KERNELVL_CUDA_HALF_ROWS=1), top-k version $ver"
+    KERNELVL_CUDA_HALF_ROWS=1 KERNELVL_CUDA_TOPK=$ver perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
     grep -E '^\| cuda' "$R/search-v$ver.md" | cut -c1-120
   done
   if [ "${SKIP_TORCH:-0}" != 1 ]; then

@@ -657,8 +657,14 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     // The device copy of the f16 rows of the last TopKHalfRows call, grown as needed, freed with the backend.
     private MemoryBuffer1D<System.Half, Stride1D.Dense>? _halfRows;
 
-    /// <summary>A quarter of a million rows (384 MB at D 768): large enough that the per-call overheads vanish.</summary>
-    public int PreferredHalfRows => 1 << 18;
+    /// <summary>
+    /// Whether the index hands f16 rows to this backend as halves (<see cref="TopKHalfRows"/>), a quarter of a million
+    /// rows a call (384 MB at D 768). Defaults to KERNELVL_CUDA_HALF_ROWS=1, else off (the index widens rows on the host
+    /// and uploads f32, as measured on the H100) until the path has run on a GPU.
+    /// </summary>
+    public bool HalfRowsSearch { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_HALF_ROWS") == "1";
+
+    public int PreferredHalfRows => HalfRowsSearch ? 1 << 18 : 0;
 
     /// <summary>The rows uploaded as they are (f16) into a reused device buffer, then <see cref="TopKF16"/>.</summary>
     public void TopKHalfRows(Tensor queries, ReadOnlySpan<System.Half> rows, int k, Tensor scores, Tensor indices, float? maxRowNorm = null)
