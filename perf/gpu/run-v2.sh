@@ -2,10 +2,11 @@
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh): the first GPU run
 # of the kernels that are opt-in until it passes (topk.cu v2 tensor-core search, gemm.cu v2 bf16 pipeline,
 # gemm_sm90.cu v3 wgmma, gemm.cu f32x3 for the InfoNCE gradient, attention.cu v2 and backward, layernorm.cu backward).
-# Two groups, each well under the device tool's 10 minutes a command; run them as two calls, checks first:
+# Three groups, each well under the device tool's 10 minutes a command; run them as separate calls, checks first:
 #   ONLY=checks bash perf/gpu/run-v2.sh    parity of every new kernel (registry cases with the version switched on,
 #                                          the top-k stress suite), ~3-4 minutes
 #   ONLY=timings bash perf/gpu/run-v2.sh   each new version beside the old one, and PyTorch, ~4-5 minutes
+#   ONLY=search bash perf/gpu/run-v2.sh    index search: today's path, and f16 rows as halves with top-k v1 / v2
 # Each group's results (and the NVRTC CUBINs, for cuobjdump -sass on the build machine) are packed into
 # $OUT/v2-GROUP.tgz: the device tool brings back only a few files.
 set -uo pipefail
@@ -41,6 +42,11 @@ elif [ "$group" = timings ]; then
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
   done
+  if [ "${SKIP_TORCH:-0}" != 1 ]; then
+    echo "== PyTorch baselines (same card, same run)"
+    timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14
+  fi
+elif [ "$group" = search ]; then
   echo "== index search as it is today (rows widened on the host, f32 top-k)"
   perf 60 search --backend cuda --json "$R/search-widened.json" > "$R/search-widened.md" 2>&1; echo "exit $?"
   grep -E '^\| cuda' "$R/search-widened.md" | cut -c1-120
@@ -49,12 +55,8 @@ elif [ "$group" = timings ]; then
     KERNELVL_CUDA_HALF_ROWS=1 KERNELVL_CUDA_TOPK=$ver perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
     grep -E '^\| cuda' "$R/search-v$ver.md" | cut -c1-120
   done
-  if [ "${SKIP_TORCH:-0}" != 1 ]; then
-    echo "== PyTorch baselines (same card, same run)"
-    timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14
-  fi
 else
-  echo "ONLY must be checks or timings, got '$group'" >&2; exit 2
+  echo "ONLY must be checks, timings or search, got '$group'" >&2; exit 2
 fi
 tar -C "$OUT" -czf "$OUT/v2-$group.tgz" "v2-$group" && rm -rf "$R"
 echo "== packed: $OUT/v2-$group.tgz"
