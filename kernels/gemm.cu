@@ -242,11 +242,7 @@ extern "C" __global__ void __launch_bounds__(G2_THREADS, 1) gemm_bf16_tn(
 #pragma unroll
                 for (int e = 0; e < 2; e++)
                 {
-                    if (c + e >= N) continue;
-                    float v = alpha * acc[mi][ni][2 * h + e] + (bias ? bias[c + e] : 0.f);
-                    if (gelu) v = gemm_gelu(v);
-                    long long idx = (long long)r * ldc + c + e;
-                    C[idx] = accumulate ? C[idx] + v : v;
+                    if (c + e < N) kv_gemm_store(C, ldc, r, c + e, acc[mi][ni][2 * h + e], alpha, bias, gelu, accumulate);
                 }
             }
 }
@@ -418,9 +414,6 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f32x3(
                 {
                     int r = m0 + wm * 64 + mi * 16 + g + 8 * h;
                     int c = n0 + wn * 32 + ni * 8 + 2 * t + e;
-                    if (r >= M || c >= N) continue;
-                    float v = alpha * acc[mi][ni][2 * h + e] + (bias ? bias[c] : 0.f);
-                    long long idx = (long long)r * ldc + c;
-                    C[idx] = accumulate ? C[idx] + v : v;
+                    if (r < M && c < N) kv_gemm_store(C, ldc, r, c, acc[mi][ni][2 * h + e], alpha, bias, 0, accumulate);
                 }
 }

@@ -88,11 +88,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
 #pragma unroll
             for (int e = 0; e < 2; e++)
             {
-                if (c + e >= N) continue;
-                float v = alpha * acc[4 * i + 2 * h + e] + (bias ? bias[c + e] : 0.f);
-                if (gelu) v = kv_gelu_erf(v);
-                long long idx = (long long)r * ldc + c + e;
-                C[idx] = accumulate ? C[idx] + v : v;
+                if (c + e < N) kv_gemm_store(C, ldc, r, c + e, acc[4 * i + 2 * h + e], alpha, bias, gelu, accumulate);
             }
         }
 #endif

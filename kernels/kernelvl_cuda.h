@@ -233,6 +233,16 @@ static __device__ __forceinline__ float kv_gelu_erf(float x)
     return 0.5f * x * (1.f + (z < 0.f ? -erf_abs : erf_abs));
 }
 
+// The GEMM epilogue for one element: C[r, c] (=|+=) act(alpha acc + bias[c]), act the exact-erf GELU when gelu.
+static __device__ __forceinline__ void kv_gemm_store(float* __restrict__ C, int ldc, int r, int c, float acc, float alpha,
+                                                     const float* __restrict__ bias, int gelu, int accumulate)
+{
+    float v = alpha * acc + (bias ? bias[c] : 0.f);
+    if (gelu) v = kv_gelu_erf(v);
+    long long idx = (long long)r * ldc + c;
+    C[idx] = accumulate ? C[idx] + v : v;
+}
+
 // The two halves packed in a word (low half first) as f32.
 static __device__ __forceinline__ void kv_h2_to_f32(unsigned w, float& lo, float& hi)
 {
