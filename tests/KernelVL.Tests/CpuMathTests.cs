@@ -4,7 +4,7 @@ using KernelVL.Backends.Cpu;
 namespace KernelVL.Tests;
 
 /// <summary>The Cpu backend's own numerics: its vector exp against Math.Exp (~1 ulp over the range softmax and GELU use), and the InfoNCE gradient of a big batch against f64.</summary>
-public class CpuMathTests
+public class CpuMathTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [Fact]
     public void VectorExpIsWithinTwoUlpAndMapsMaskedScoresToZero()
@@ -92,6 +92,7 @@ public class CpuMathTests
                 double exact = init[i] + want[i];
                 err = Math.Max(err, Math.Abs(got[i] - exact) - Math.Pow(2, -24) * Math.Abs(exact));   // beyond the one rounding
             }
+            output.WriteLine($"{name}: error beyond one rounding {err / maxRef:E2} of max |gradient| {maxRef:E2}");
             Assert.True(err / maxRef < 1e-5, $"{name}: error beyond one rounding {err / maxRef:E2} of max |gradient| {maxRef:E2}");
         }
     }
