@@ -8,7 +8,10 @@
 // versions
 //   1  forward: diag + tiles + combine + one-block f64 sum; backward: the gradient G = dloss invT / N (P_row + P_col
 //      - 2 I) written tile by tile ([N, N] in device memory), its diagonal from the off-diagonal masses, then
-//      dt += G v and dv += G^T t by the backend's f32 GEMM  (this file)    not yet run on a GPU
+//      dt += G v and dv += G^T t by the backend's f32 GEMM  (this file)    ran on the H100 (perf/results/h100-cuda-summary.md)
+//   2  S = invT t v^T once on the tensor cores (gemm_f32x3), then the same tile statistics / gradient read from S
+//      (infonce_stats_tiles, infonce_backward_tiles_of: bandwidth-bound), G in place over S, gradient GEMMs on
+//      gemm_f32x3                                                        not yet run on a GPU
 #include "kernelvl_cuda.h"
 
 #define NCE_T 64        // tile edge
@@ -84,9 +87,24 @@ static __device__ void nce_line_stats(const float* p, int stride, int count, int
     outM[o] = mx; outS[o] = s; outOff[o] = off;
 }
 
-// Per tile (blockIdx.y = row block ib, blockIdx.x = column block jb): for each row i of the tile, over its columns,
-// rowM = max, rowS = sum exp(S - rowM), rowOff = sum over j != i of exp(S_ij - d_i); the same for each column.
-// Partials are [nb, n]: rowX[jb * n + i], colX[ib * n + j]. Grid (nb, nb), 256 threads.
+// The row and column statistics of the tile (i0, j0) held in st, as nce_line_stats: for each row i of the tile, over its
+// columns, rowM = max, rowS = sum exp(S - rowM), rowOff = sum over j != i of exp(S_ij - d_i); the same for each column.
+// Partials are [nb, n]: rowX[jb * n + i], colX[ib * n + j], jb = blockIdx.x, ib = blockIdx.y (the tile grid). 256 threads.
+static __device__ __forceinline__ void nce_tile_stats(float (*st)[NCE_T + 1], const float* __restrict__ d, int n, int i0, int j0,
+                                                      float* __restrict__ rowM, float* __restrict__ rowS, float* __restrict__ rowOff,
+                                                      float* __restrict__ colM, float* __restrict__ colS, float* __restrict__ colOff)
+{
+    const int rows = kv_imin(NCE_T, n - i0), cols = kv_imin(NCE_T, n - j0);
+    const int x = threadIdx.x;
+    if (x < NCE_T && x < rows)   // row i = i0 + x over the tile's columns; the target column is i
+        nce_line_stats(&st[x][0], 1, cols, i0 + x - j0, d[i0 + x], (long long)blockIdx.x * n + i0 + x, rowM, rowS, rowOff);
+    else if (x >= NCE_T && x < NCE_T + cols)   // column j = j0 + c over the tile's rows; the target row is j
+        nce_line_stats(&st[0][x - NCE_T], NCE_T + 1, rows, j0 + x - NCE_T - i0, d[j0 + x - NCE_T], (long long)blockIdx.y * n + j0 + x - NCE_T,
+                       colM, colS, colOff);
+}
+
+// Per tile (blockIdx.y = row block ib, blockIdx.x = column block jb): S computed, then nce_tile_stats.
+// Grid (nb, nb), 256 threads.
 extern "C" __global__ void __launch_bounds__(NCE_THREADS) infonce_forward_tiles(
     const float* __restrict__ t, const float* __restrict__ v, const float* __restrict__ d, int n, int dim, float invT,
     float* __restrict__ rowM, float* __restrict__ rowS, float* __restrict__ rowOff,
@@ -95,13 +113,7 @@ extern "C" __global__ void __launch_bounds__(NCE_THREADS) infonce_forward_tiles(
     __shared__ float ts[NCE_KC][NCE_T + 1], vs[NCE_KC][NCE_T + 1], st[NCE_T][NCE_T + 1];
     const int i0 = blockIdx.y * NCE_T, j0 = blockIdx.x * NCE_T;
     nce_tile(t, v, n, dim, invT, i0, j0, ts, vs, st);
-    const int rows = kv_imin(NCE_T, n - i0), cols = kv_imin(NCE_T, n - j0);
-    const int x = threadIdx.x;
-    if (x < NCE_T && x < rows)   // row i = i0 + x over the tile's columns; the target column is i
-        nce_line_stats(&st[x][0], 1, cols, i0 + x - j0, d[i0 + x], (long long)blockIdx.x * n + i0 + x, rowM, rowS, rowOff);
-    else if (x >= NCE_T && x < NCE_T + cols)   // column j = j0 + c over the tile's rows; the target row is j
-        nce_line_stats(&st[0][x - NCE_T], NCE_T + 1, rows, j0 + x - NCE_T - i0, d[j0 + x - NCE_T], (long long)blockIdx.y * n + j0 + x - NCE_T,
-                       colM, colS, colOff);
+    nce_tile_stats(st, d, n, i0, j0, rowM, rowS, rowOff, colM, colS, colOff);
 }
 
 // log(1 + x) for x >= 0 with small relative error also for tiny x (lg2.approx is only accurate in absolute terms).
@@ -161,17 +173,13 @@ extern "C" __global__ void __launch_bounds__(1024) sum_scaled_f64(const float* _
     if (threadIdx.x == 0) y[0] = (float)(red[0] * scale);
 }
 
-// Backward tile: G_ij = gs (exp(S_ij - lseRow_i) + exp(S_ij - lseCol_j)) off the diagonal, gs = dloss[0] * invT / n; and
-// the tile's off-diagonal masses rowOffP[jb * n + i] = sum_j exp(S_ij - lseRow_i), colOffP[ib * n + j] likewise.
-// G [n, n]. Grid (nb, nb), 256 threads.
-extern "C" __global__ void __launch_bounds__(NCE_THREADS) infonce_backward_tiles(
-    const float* __restrict__ t, const float* __restrict__ v, const float* __restrict__ lseRow, const float* __restrict__ lseCol,
-    const float* __restrict__ dloss, int n, int dim, float invT, float* __restrict__ G,
-    float* __restrict__ rowOffP, float* __restrict__ colOffP)
+// The gradient of the tile (i0, j0) held in st: G_ij = gs (exp(S_ij - lseRow_i) + exp(S_ij - lseCol_j)) off the
+// diagonal, gs = dloss[0] * invT / n, and the tile's off-diagonal masses rowOffP[jb * n + i] = sum_j exp(S_ij - lseRow_i),
+// colOffP[ib * n + j] likewise. G [n, n]; G_ii is left for infonce_backward_diag. 256 threads.
+static __device__ __forceinline__ void nce_tile_grad(float (*st)[NCE_T + 1], const float* __restrict__ lseRow, const float* __restrict__ lseCol,
+                                                     const float* __restrict__ dloss, int n, float invT, int i0, int j0, float* G,
+                                                     float* __restrict__ rowOffP, float* __restrict__ colOffP)
 {
-    __shared__ float ts[NCE_KC][NCE_T + 1], vs[NCE_KC][NCE_T + 1], st[NCE_T][NCE_T + 1];
-    const int i0 = blockIdx.y * NCE_T, j0 = blockIdx.x * NCE_T;
-    nce_tile(t, v, n, dim, invT, i0, j0, ts, vs, st);
     const int rows = kv_imin(NCE_T, n - i0), cols = kv_imin(NCE_T, n - j0);
     const float gs = dloss[0] * invT / n;
     for (int e = threadIdx.x; e < NCE_T * NCE_T; e += NCE_THREADS)
@@ -200,6 +208,18 @@ extern "C" __global__ void __launch_bounds__(NCE_THREADS) infonce_backward_tiles
     }
 }
 
+// Backward tile: S recomputed, then nce_tile_grad. G [n, n]. Grid (nb, nb), 256 threads.
+extern "C" __global__ void __launch_bounds__(NCE_THREADS) infonce_backward_tiles(
+    const float* __restrict__ t, const float* __restrict__ v, const float* __restrict__ lseRow, const float* __restrict__ lseCol,
+    const float* __restrict__ dloss, int n, int dim, float invT, float* __restrict__ G,
+    float* __restrict__ rowOffP, float* __restrict__ colOffP)
+{
+    __shared__ float ts[NCE_KC][NCE_T + 1], vs[NCE_KC][NCE_T + 1], st[NCE_T][NCE_T + 1];
+    const int i0 = blockIdx.y * NCE_T, j0 = blockIdx.x * NCE_T;
+    nce_tile(t, v, n, dim, invT, i0, j0, ts, vs, st);
+    nce_tile_grad(st, lseRow, lseCol, dloss, n, invT, i0, j0, G, rowOffP, colOffP);
+}
+
 // G_ii = -gs (row off-diagonal mass + column off-diagonal mass) = gs (p_ii - 1 + q_ii - 1) without the cancellation.
 // Grid ceil(n / 256), 256 threads.
 extern "C" __global__ void infonce_backward_diag(const float* __restrict__ rowOffP, const float* __restrict__ colOffP,
@@ -210,4 +230,58 @@ extern "C" __global__ void infonce_backward_diag(const float* __restrict__ rowOf
     float off = 0.f;
     for (int b = 0; b < nb; b++) off += rowOffP[(long long)b * n + i] + colOffP[(long long)b * n + i];
     G[(long long)i * n + i] = -(dloss[0] * invT / n) * off;
+}
+
+// ======================================================================================================================
+// Version 2: S on the tensor cores, the loss a bandwidth-bound pass over it. The backend computes S = invT t v^T
+// [n, n] once with gemm.cu's gemm_f32x3 (3xTF32, f32-accurate; 3 x 2 n^2 dim tf32 FLOPs instead of 2 n^2 dim f32 FMA
+// ones); the kernels below read it in the 64x64 tiles of version 1 and run version 1's per-tile statistics and gradient
+// on them (nce_tile_stats, nce_tile_grad): one read of S for the loss; one read and one write for G, in place (each
+// block reads its own tile into shared memory before writing G over it). d = S_ii is read from S itself, so the
+// target-is-max test sees exactly the values the statistics do. The combine, sum and diagonal kernels are version 1's.
+// Not yet run on a GPU: the host emulator (kernels/emu) checks the chain against f64.
+// ======================================================================================================================
+
+// The tile (i0, j0) of S [n, n] into st (cells outside n are not written and not read later). 256 threads; each warp
+// reads 32 consecutive floats of a row.
+static __device__ __forceinline__ void nce_load_tile(const float* S, int n, int i0, int j0, float (*st)[NCE_T + 1])
+{
+    for (int e = threadIdx.x; e < NCE_T * NCE_T; e += NCE_THREADS)
+    {
+        int r = e / NCE_T, c = e % NCE_T;
+        if (i0 + r < n && j0 + c < n) st[r][c] = S[(long long)(i0 + r) * n + j0 + c];
+    }
+    __syncthreads();
+}
+
+// d[i] = S[i, i]. S [n, n], d [n]. Grid ceil(n / 256), 256 threads.
+extern "C" __global__ void infonce_diag_of(const float* __restrict__ S, int n, float* __restrict__ d)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) d[i] = S[(long long)i * n + i];
+}
+
+// Version 2 forward: the per-tile partials of infonce_forward_tiles from S [n, n] (already scaled by invT).
+// Grid (nb, nb), 256 threads.
+extern "C" __global__ void __launch_bounds__(NCE_THREADS) infonce_stats_tiles(
+    const float* __restrict__ S, const float* __restrict__ d, int n,
+    float* __restrict__ rowM, float* __restrict__ rowS, float* __restrict__ rowOff,
+    float* __restrict__ colM, float* __restrict__ colS, float* __restrict__ colOff)
+{
+    __shared__ float st[NCE_T][NCE_T + 1];
+    const int i0 = blockIdx.y * NCE_T, j0 = blockIdx.x * NCE_T;
+    nce_load_tile(S, n, i0, j0, st);
+    nce_tile_stats(st, d, n, i0, j0, rowM, rowS, rowOff, colM, colS, colOff);
+}
+
+// Version 2 backward: SG [n, n] holds S on entry and G off the diagonal on exit (as infonce_backward_tiles writes it;
+// infonce_backward_diag then writes the diagonal). Grid (nb, nb), 256 threads.
+extern "C" __global__ void __launch_bounds__(NCE_THREADS) infonce_backward_tiles_of(
+    float* SG, const float* __restrict__ lseRow, const float* __restrict__ lseCol, const float* __restrict__ dloss, int n, float invT,
+    float* __restrict__ rowOffP, float* __restrict__ colOffP)
+{
+    __shared__ float st[NCE_T][NCE_T + 1];
+    const int i0 = blockIdx.y * NCE_T, j0 = blockIdx.x * NCE_T;
+    nce_load_tile(SG, n, i0, j0, st);
+    nce_tile_grad(st, lseRow, lseCol, dloss, n, invT, i0, j0, SG, rowOffP, colOffP);
 }

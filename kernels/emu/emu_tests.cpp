@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include "../gemm.cu"
@@ -317,9 +318,12 @@ static void test_layernorm(int rows, int c, bool residual)
     report("layernorm rows " + std::to_string(rows) + " c " + std::to_string(c) + (residual ? " + residual" : ""), err, 5e-6);
 }
 
-// The InfoNCE loss and gradient as CudaBackend runs them (diag, tiles, combine, f64 sum; backward tiles, diagonal,
-// then dt += G v, dv += G^T t on gemm_f32x3) against f64, unit rows, N not a multiple of the 64-tile.
-static void test_infonce(int n, int dim, float invT)
+// The InfoNCE loss and gradient as CudaBackend runs them against f64, unit rows, N not a multiple of the 64-tile.
+// Version 1: diag, tiles (S computed in the tile), combine, f64 sum; backward tiles, diagonal, then dt += G v,
+// dv += G^T t on gemm_f32x3. Version 2: S = invT t v^T on gemm_f32x3 into a NaN-filled buffer (a cell read before it is
+// written, or never written, shows), diag_of, stats tiles, combine, sum; backward: S again, G over it in place
+// (backward_tiles_of), diagonal, the same two GEMMs.
+static void test_infonce(int n, int dim, float invT, int version)
 {
     auto unit = [&] {
         auto x = rand_vec((size_t)n * dim);
@@ -335,19 +339,48 @@ static void test_infonce(int n, int dim, float invT)
     const int nb = (n + NCE_T - 1) / NCE_T;
     const size_t slab = (size_t)nb * n;
     std::vector<float> d(n), part(6 * slab), lseR(n), lseC(n), terms(2 * n), loss(1), dl(1, 1.f);
-    kv_emu_launch({(unsigned)((n + 7) / 8), 1, 1}, 256, 0, [&] { infonce_diag(t.data(), v.data(), n, dim, invT, d.data()); });
     float* P = part.data();
-    kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
-        infonce_forward_tiles(t.data(), v.data(), d.data(), n, dim, invT, P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab);
-    });
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> G((size_t)n * n, nan), off(2 * slab), dt((size_t)n * dim, 0.f), dv((size_t)n * dim, 0.f);
+    auto scores = [&] {   // G = S = invT t v^T (version 2)
+        std::fill(G.begin(), G.end(), nan);
+        kv_emu_launch({(unsigned)((n + 127) / 128), (unsigned)((n + 127) / 128), 1}, 256, 0, [&] {
+            gemm_f32x3(t.data(), v.data(), nullptr, G.data(), n, n, dim, dim, dim, n, 0, 1, 0, 0, 0, invT, 0);
+        });
+    };
+    if (version == 1)
+    {
+        kv_emu_launch({(unsigned)((n + 7) / 8), 1, 1}, 256, 0, [&] { infonce_diag(t.data(), v.data(), n, dim, invT, d.data()); });
+        kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
+            infonce_forward_tiles(t.data(), v.data(), d.data(), n, dim, invT, P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab);
+        });
+    }
+    else
+    {
+        scores();
+        kv_emu_launch({(unsigned)((n + 255) / 256), 1, 1}, 256, 0, [&] { infonce_diag_of(G.data(), n, d.data()); });
+        kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
+            infonce_stats_tiles(G.data(), d.data(), n, P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab);
+        });
+    }
     kv_emu_launch({(unsigned)((2 * n + 255) / 256), 1, 1}, 256, 0, [&] {
         infonce_combine(d.data(), P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab, n, nb, lseR.data(), lseC.data(), terms.data());
     });
     kv_emu_launch({1, 1, 1}, 1024, 0, [&] { sum_scaled_f64(terms.data(), 2 * n, 1.f / n, loss.data()); });
-    std::vector<float> G((size_t)n * n), off(2 * slab), dt((size_t)n * dim, 0.f), dv((size_t)n * dim, 0.f);
-    kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
-        infonce_backward_tiles(t.data(), v.data(), lseR.data(), lseC.data(), dl.data(), n, dim, invT, G.data(), off.data(), off.data() + slab);
-    });
+    if (version == 1)
+    {
+        std::fill(G.begin(), G.end(), nan);
+        kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
+            infonce_backward_tiles(t.data(), v.data(), lseR.data(), lseC.data(), dl.data(), n, dim, invT, G.data(), off.data(), off.data() + slab);
+        });
+    }
+    else
+    {
+        scores();
+        kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
+            infonce_backward_tiles_of(G.data(), lseR.data(), lseC.data(), dl.data(), n, invT, off.data(), off.data() + slab);
+        });
+    }
     kv_emu_launch({(unsigned)((n + 255) / 256), 1, 1}, 256, 0, [&] {
         infonce_backward_diag(off.data(), off.data() + slab, dl.data(), n, nb, invT, G.data());
     });
@@ -390,7 +423,7 @@ static void test_infonce(int n, int dim, float invT)
             gt = std::max(gt, std::fabs(dt[(size_t)i * dim + k] - at)); mt = std::max(mt, std::fabs(at));
             gv = std::max(gv, std::fabs(dv[(size_t)i * dim + k] - av)); mv = std::max(mv, std::fabs(av));
         }
-    std::string tag = "infonce N" + std::to_string(n) + " D" + std::to_string(dim) + " invT " + std::to_string((int)invT);
+    std::string tag = "infonce v" + std::to_string(version) + " N" + std::to_string(n) + " D" + std::to_string(dim) + " invT " + std::to_string((int)invT);
     report(tag + " loss", lerr, 5e-6);
     report(tag + " lse (relative)", serr, 2e-6);
     report(tag + " dt (gemm_f32x3)", gt / mt, 1e-5);
@@ -568,8 +601,11 @@ int main()
     test_layernorm(2, 64, false);
     test_layernorm_backward(300, 777, 7);
     test_layernorm_backward(5, 40, 1);
-    test_infonce(130, 48, 20.f);
-    test_infonce(70, 16, 200.f);
+    test_infonce(130, 48, 20.f, 1);
+    test_infonce(70, 16, 200.f, 1);
+    test_infonce(130, 48, 20.f, 2);   // version 2: S on gemm_f32x3, the tile kernels read it
+    test_infonce(70, 16, 200.f, 2);
+    test_infonce(200, 40, 50.f, 2);   // 4 x 4 tiles, the last partial; 2 x 2 GEMM tiles
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

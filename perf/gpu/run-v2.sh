@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh): the first GPU run
 # of the kernels that are opt-in until it passes (topk.cu v2 tensor-core search, gemm.cu v2 bf16 pipeline,
-# gemm_sm90.cu v3 wgmma, gemm.cu f32x3 for the InfoNCE gradient, attention.cu v2 and backward, layernorm.cu backward).
+# gemm_sm90.cu v3 wgmma, gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
+# backward, layernorm.cu backward).
 # Three groups, each well under the device tool's 10 minutes a command; run them as separate calls, checks first:
 #   ONLY=checks bash perf/gpu/run-v2.sh    parity of every new kernel (registry cases with the version switched on,
 #                                          the top-k stress suite), ~3-4 minutes
@@ -22,7 +23,7 @@ timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe > "$R/info.txt" 2>&1; 
 if [ "$group" = checks ]; then
   echo "== topk version 2: the stress suite (every query against f64 and version 1)"
   perf 90 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "exit $?"; tail -n 9 "$R/topk-suite.md"
-  for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM_F32=2 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
+  for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM_F32=2 ^infonce" "INFONCE=2 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
     var=${v%% *}; filter=${v#* }
     echo "== KERNELVL_CUDA_$var: the parity registry's '$filter' cases (the kernel lines say how each module loaded)"
     env "KERNELVL_CUDA_$var" timeout 50 dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cuda --filter "$filter" \
@@ -36,8 +37,8 @@ elif [ "$group" = timings ]; then
   perf 100 topk-f16 --json "$R/topk-f16.json" > "$R/topk-f16.md" 2> "$R/topk-f16.log"; echo "exit $?"
   tail -n 3 "$R/topk-f16.log"; tail -n 2 "$R/topk-f16.md"
   for ver in 1 2; do
-    echo "== attention forward/backward, InfoNCE (its gradient GEMM), layer norm backward: version $ver (checked against the cpu backend, then timed)"
-    KERNELVL_CUDA_ATTENTION=$ver KERNELVL_CUDA_GEMM_F32=$ver KERNELVL_CUDA_ATTENTION_BACKWARD=$ver KERNELVL_CUDA_LAYERNORM_BACKWARD=$ver \
+    echo "== attention forward/backward, InfoNCE (S and its gradient GEMMs), layer norm backward: version $ver (checked against the cpu backend, then timed)"
+    KERNELVL_CUDA_ATTENTION=$ver KERNELVL_CUDA_GEMM_F32=$ver KERNELVL_CUDA_INFONCE=$ver KERNELVL_CUDA_ATTENTION_BACKWARD=$ver KERNELVL_CUDA_LAYERNORM_BACKWARD=$ver \
       perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-v$ver.json" \
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140

@@ -45,6 +45,20 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     private const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf;
+
+    /// <summary>
+    /// The InfoNCE loss and gradient: 1 (infonce.cu version 1: S recomputed in 64x64 f32 FMA tiles by the forward and the
+    /// backward, the gradient GEMMs per <see cref="PreciseGemmVersion"/>) or 2 (S = invT t v^T once per call on
+    /// gemm_f32x3's tensor cores into an [N, N] buffer, the loss and G bandwidth-bound passes over it, G in place, the
+    /// gradient GEMMs on gemm_f32x3). Version 2 needs N^2 floats of device memory and runs for N up to
+    /// <see cref="InfoNceV2MaxN"/> (version 1 above). Defaults to KERNELVL_CUDA_INFONCE, else 1: version 2 becomes the
+    /// default once it has passed on a GPU.
+    /// </summary>
+    public int InfoNceVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_INFONCE") == "2" ? 2 : 1;
+
+    /// <summary>The largest batch InfoNCE version 2 takes: its [N, N] f32 score buffer stays within 1 GiB.</summary>
+    public const int InfoNceV2MaxN = 16384;
 
     /// <summary>
     /// Attention backward at head dim 64: 1 (the ILGPU kernel) or 2 (attention.cu: dK/dV over key tiles and dQ over
@@ -146,6 +160,9 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             _tcRescore = Fn(_modules, "topk", "topk_f16_rescore");
             _gemm2 = Fn(_modules, "gemm", "gemm_bf16_tn");
             _gemmF32x3 = Fn(_modules, "gemm", "gemm_f32x3");
+            _nceDiagOf = Fn(_modules, "infonce", "infonce_diag_of");
+            _nceStats = Fn(_modules, "infonce", "infonce_stats_tiles");
+            _nceBackTilesOf = Fn(_modules, "infonce", "infonce_backward_tiles_of");
             _lnBackDx = Fn(_modules, "layernorm", "layernorm_backward_dx");
             _attnDelta = Fn(_modules, "attention", "attention_backward_delta");
             _attnDkDv = Fn(_modules, "attention", "attention_backward_dkdv_d64");
@@ -498,11 +515,24 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         using var terms = Empty(new Shape(2 * n));              // [2n] per-row then per-column loss terms
         V pv = F(part);
         long slab = (long)nb * n;
-        Args().Add(P(t)).Add(P(v)).Add(n).Add(dim).Add(invTemperature).Add(P(diag));
-        Go(_nceDiag, (Blocks(n, 8), 1, 1), 256);
-        Args().Add(P(t)).Add(P(v)).Add(P(diag)).Add(n).Add(dim).Add(invTemperature);
-        for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
-        Go(_nceTiles, ((uint)nb, (uint)nb, 1), 256);
+        if (InfoNceVersion == 2 && n <= InfoNceV2MaxN)
+        {
+            using var sm = Empty(new Shape(n, n));              // [n, n] S = invT t v^T
+            LaunchGemmF32x3(n, n, dim, F(t), dim, false, F(v), dim, true, F(sm), n, invTemperature, accumulate: false);
+            Args().Add(P(sm)).Add(n).Add(P(diag));
+            Go(_nceDiagOf, (Blocks(n, 256), 1, 1), 256);
+            Args().Add(P(sm)).Add(P(diag)).Add(n);
+            for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
+            Go(_nceStats, ((uint)nb, (uint)nb, 1), 256);
+        }
+        else
+        {
+            Args().Add(P(t)).Add(P(v)).Add(n).Add(dim).Add(invTemperature).Add(P(diag));
+            Go(_nceDiag, (Blocks(n, 8), 1, 1), 256);
+            Args().Add(P(t)).Add(P(v)).Add(P(diag)).Add(n).Add(dim).Add(invTemperature);
+            for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
+            Go(_nceTiles, ((uint)nb, (uint)nb, 1), 256);
+        }
         Args().Add(P(diag));
         for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
         _args.Add(n).Add(nb).Add(P(lseRow)).Add(P(lseCol)).Add(P(terms));
@@ -525,16 +555,33 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             base.InfoNceBackward(t, v, invTemperature, lseRow, lseCol, dloss, dt, dv);
             return;
         }
-        using var g = Empty(new Shape(n, n));                   // [n, n] dloss/dS * invT
+        using var g = Empty(new Shape(n, n));                   // [n, n] dloss/dS * invT (version 2: S first, G over it)
         using var off = Empty(new Shape(2, nb, n));             // row and column off-diagonal masses, each [nb, n]
         V ov = F(off);
         long slab = (long)nb * n;
-        Args().Add(P(t)).Add(P(v)).Add(P(lseRow)).Add(P(lseCol)).Add(P(dloss)).Add(n).Add(dim).Add(invTemperature).Add(P(g))
-            .Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab)));
-        Go(_nceBackTiles, ((uint)nb, (uint)nb, 1), 256);
+        bool v2 = InfoNceVersion == 2 && n <= InfoNceV2MaxN;
+        if (v2)
+        {
+            LaunchGemmF32x3(n, n, dim, F(t), dim, false, F(v), dim, true, F(g), n, invTemperature, accumulate: false);
+            Args().Add(P(g)).Add(P(lseRow)).Add(P(lseCol)).Add(P(dloss)).Add(n).Add(invTemperature)
+                .Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab)));
+            Go(_nceBackTilesOf, ((uint)nb, (uint)nb, 1), 256);
+        }
+        else
+        {
+            Args().Add(P(t)).Add(P(v)).Add(P(lseRow)).Add(P(lseCol)).Add(P(dloss)).Add(n).Add(dim).Add(invTemperature).Add(P(g))
+                .Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab)));
+            Go(_nceBackTiles, ((uint)nb, (uint)nb, 1), 256);
+        }
         Args().Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab))).Add(P(dloss)).Add(n).Add(nb).Add(invTemperature).Add(P(g));
         Go(_nceBackDiag, (Blocks(n, 256), 1, 1), 256);
         // dt += G v, dv += G^T t in f32: bf16 operands would cost ~3e-3 of the gradient.
+        if (v2)
+        {
+            if (dt is not null) LaunchGemmF32x3(n, dim, n, F(g), n, false, F(v), dim, false, F(dt), dim, 1f, accumulate: true);
+            if (dv is not null) LaunchGemmF32x3(n, dim, n, F(g), n, true, F(t), dim, false, F(dv), dim, 1f, accumulate: true);
+            return;
+        }
         if (dt is not null) LaunchGemmPrecise(n, dim, n, F(g), n, false, F(v), dim, false, F(dt), dim);
         if (dv is not null) LaunchGemmPrecise(n, dim, n, F(g), n, true, F(t), dim, false, F(dv), dim);
     }
@@ -547,8 +594,14 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             LaunchGemmF32(m, n, k, a, lda, transA, 0, b, ldb, transB, 0, c, ldc, 0, 1, V.Empty, true);
             return;
         }
+        LaunchGemmF32x3(m, n, k, a, lda, transA, b, ldb, transB, c, ldc, 1f, accumulate: true);
+    }
+
+    /// <summary>c [M, N] = alpha op(a) op(b) (+ c when accumulate) on gemm_f32x3 (one batch, no bias; M within the grid).</summary>
+    private void LaunchGemmF32x3(int m, int n, int k, V a, int lda, bool transA, V b, int ldb, bool transB, V c, int ldc, float alpha, bool accumulate)
+    {
         Args().Add(P(a)).Add(P(b)).Add((nint)0).Add(P(c)).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc)
-            .Add(transA ? 1 : 0).Add(transB ? 1 : 0).Add(0L).Add(0L).Add(0L).Add(1f).Add(1);
+            .Add(transA ? 1 : 0).Add(transB ? 1 : 0).Add(0L).Add(0L).Add(0L).Add(alpha).Add(accumulate ? 1 : 0);
         Go(_gemmF32x3, (Blocks(n, 128), Blocks(m, 128), 1), 256);
     }
 
