@@ -6,6 +6,9 @@
 //     tests the kernels' index arithmetic on a machine without a GPU) kernels/emu/kv_emu.h supplies them instead;
 //  3. composites built only from the primitives (the same code on the device and in the emulator).
 #pragma once
+// cuTensorMapEncodeTiled's output (CUtensorMap: 128 bytes, 64-aligned), opaque to the kernels; the host emulator reads
+// its own encoding from the same bytes (kernels/emu/kv_emu.h: kv_emu_tensor_map).
+struct __attribute__((aligned(64))) kv_tensor_map { unsigned long long opaque[16]; };
 #if defined(KV_EMU)
 #include "emu/kv_emu.h"
 #else
@@ -198,6 +201,47 @@ static __device__ __forceinline__ void kv_wgmma_m64n256k16_bf16(float* d, unsign
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
         : "l"(a), "l"(b)
         : "memory");
+}
+
+// TMA and mbarriers (gemm_sm90.cu version 4). A kv_tensor_map is cuTensorMapEncodeTiled's 128 opaque bytes passed by
+// value; KV_GRID_CONSTANT (__grid_constant__ under NVRTC) keeps it in the parameter space, whose generic address is
+// what cp.async.bulk.tensor reads (a by-value copy in local memory would not do).
+#if defined(__CUDACC_RTC__) || defined(__NVCC__)
+#define KV_GRID_CONSTANT __grid_constant__
+#else
+#define KV_GRID_CONSTANT
+#endif
+static __device__ __forceinline__ void kv_mbar_init(kv_saddr bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
+}
+// Makes the barriers' initialisation visible to the async proxy (TMA's complete_tx); a __syncthreads follows it.
+static __device__ __forceinline__ void kv_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+static __device__ __forceinline__ void kv_mbar_arrive(kv_saddr bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
+}
+// One arrival that also expects `bytes` more of transactions (the TMA copies that complete on this barrier).
+static __device__ __forceinline__ void kv_mbar_arrive_expect_tx(kv_saddr bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+}
+// Waits until the barrier's phase of parity `parity` has completed (returns at once for the phase before the current one).
+static __device__ __forceinline__ void kv_mbar_wait(kv_saddr bar, unsigned parity)
+{
+    unsigned done;
+    do
+    {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+// The box of `map` at coordinates (c0 innermost, c1, c2) into shared memory at dst (1024-aligned for the 128B swizzle);
+// out-of-bounds elements arrive as zeros; the bytes complete on barrier bar.
+static __device__ __forceinline__ void kv_tma_load_3d(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
 #endif   // KV_EMU
 

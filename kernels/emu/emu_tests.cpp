@@ -113,6 +113,30 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
                             (long long)M * kp, (long long)N * kp, (long long)M * N, 1.f, acc, gelu);
         });
         report(std::string("gemm v3 (wgmma) ") + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, B, bs, C0, C3), 2e-4);
+        // version 4 (TMA, warp-specialised) on the same operands through 3-D tensor maps {Kp, rows, batch}
+        auto v4 = [&](bool sharedB, const std::vector<float>& Bref, const char* what) {
+            kv_tensor_map ta, tb;
+            const unsigned long long da[3] = {(unsigned long long)kp, (unsigned long long)M, (unsigned long long)batch};
+            const unsigned long long sa[2] = {2ull * kp, 2ull * M * kp};
+            const unsigned long long db[3] = {(unsigned long long)kp, (unsigned long long)N, sharedB ? 1ull : (unsigned long long)batch};
+            const unsigned long long sb[2] = {2ull * kp, 2ull * N * kp};
+            const unsigned boxA[3] = {64, G3_BM, 1}, boxB[3] = {64, G3_BN, 1};
+            kv_emu_encode_tensor_map(&ta, a16.data(), da, sa, boxA);
+            kv_emu_encode_tensor_map(&tb, b16.data(), db, sb, boxB);
+            auto C4 = C0;
+            kv_emu_launch({(unsigned)((M + G3_BM - 1) / G3_BM), (unsigned)((N + G3_BN - 1) / G3_BN), (unsigned)batch}, G4_THREADS, G4_SMEM_BYTES, [&] {
+                gemm_bf16_wgmma_tma(ta, tb, bias ? bs.data() : nullptr, C4.data(), M, N, kp, N, 1, sharedB ? 0 : 1,
+                                    (long long)M * N, 1.f, acc, gelu);
+            });
+            report(std::string("gemm v4 (TMA + wgmma") + what + ") " + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C4), 2e-4);
+        };
+        v4(false, B, "");
+        if (batch > 1)   // B shared by every batch (batchB 0): the reference repeats B's first batch
+        {
+            std::vector<float> Brep((size_t)batch * K * N);
+            for (int z = 0; z < batch; z++) std::copy(B.begin(), B.begin() + (size_t)K * N, Brep.begin() + (size_t)z * K * N);
+            v4(true, Brep, ", B shared");
+        }
     }
 }
 
@@ -585,6 +609,7 @@ int main()
     test_gemm(33, 260, 19, 1, true, false, true, true, false);
     test_gemm(130, 20, 50, 2, true, true, false, false, true);
     test_gemm(64, 520, 200, 1, false, true, true, false, false);   // K over several 64-wide stages, N over 2 tiles
+    test_gemm(20, 270, 600, 1, false, true, false, true, true);    // 10 K stages: the 4-stage rings wrap twice (v4's barrier phases)
     // Attention at D 64: partial query and key tiles, one key, masks with a fully masked batch.
     test_attention(2, 2, 150, 100, true);
     test_attention(1, 2, 70, 1, false);

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <memory>
 #include <algorithm>
+#include <cstdio>
+#include <unordered_map>
 #include <vector>
 
 #define __global__
@@ -23,6 +25,7 @@
 #define __restrict__ __restrict
 // One block runs at a time, so a function-local static is that block's shared memory.
 #define __shared__ static
+#define KV_GRID_CONSTANT
 
 struct kv_dim3 { unsigned x = 0, y = 0, z = 0; };
 inline kv_dim3 threadIdx, blockIdx, blockDim, gridDim;   // the running fiber's (set at every switch)
@@ -45,9 +48,21 @@ struct kv_emu_group   // a warpgroup (4 warps): wgmma's operand exchange
     kv_emu_bar bar;
     unsigned long long a, b;
 };
+// An mbarrier (PTX ISA: expected arrival count, pending arrivals, transaction count, phase) and the TMA copies that will
+// complete on it. Keyed by its shared-memory address in the block (the 8 bytes on the device hold this state).
+struct kv_emu_tma { unsigned long long dst; const struct kv_tensor_map* map; int c0, c1, c2; };
+struct kv_emu_mbar
+{
+    bool init = false;
+    int count = 0, pending = 0;
+    long long tx = 0;
+    unsigned phase = 0;
+    std::vector<kv_emu_tma> copies;   // issued, not yet landed
+};
 struct kv_emu_block
 {
     kv_emu_bar bar;
+    std::unordered_map<unsigned long long, kv_emu_mbar> mbars;
     kv_emu_warp* warps;
     kv_emu_group* groups;
     unsigned char* dyn;
@@ -319,11 +334,34 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
 }
 
 // ---- sm_90a: wgmma on descriptors, emulated as the PTX ISA describes the K-major 128B-swizzled layout ----
+// wgmma is asynchronous: an operation is recorded when issued (the warpgroup agreeing on its descriptors) and computed,
+// reading shared memory, only when its thread's wgmma.wait_group retires its group (the latest the PTX ISA allows),
+// so a kernel that lets a stage be overwritten while a wgmma in flight still reads it fails here.
+struct kv_emu_wgmma_op { float* d; unsigned long long a, b; };
+struct kv_emu_wgmmas
+{
+    std::vector<kv_emu_wgmma_op> open;
+    std::vector<std::vector<kv_emu_wgmma_op>> groups;
+};
+inline kv_emu_wgmmas* kv_emu_wpending;   // the running fiber's
+static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op);
 static inline void kv_fence_proxy_async() {}
 static inline void kv_wgmma_fence() {}
-static inline void kv_wgmma_commit() {}
+static inline void kv_wgmma_commit()
+{
+    kv_emu_wpending->groups.push_back(std::move(kv_emu_wpending->open));
+    kv_emu_wpending->open.clear();
+}
 template <int N>
-static inline void kv_wgmma_wait() {}
+static inline void kv_wgmma_wait()
+{
+    auto& g = kv_emu_wpending->groups;
+    while (g.size() > (size_t)N)
+    {
+        for (auto& op : g.front()) kv_emu_wgmma_compute(op);
+        g.erase(g.begin());
+    }
+}
 
 // The descriptor's start address is 14 bits of (shared address >> 4): here an offset into the block's dynamic
 // shared memory (1024-aligned, so the swizzle sees the same address bits as on the device).
@@ -349,20 +387,123 @@ static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k)
 static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b)
 {
     auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
-    int idx = (int)(threadIdx.x & 127), w = idx >> 5, lane = idx & 31, g = lane >> 2, t = lane & 3;
+    int idx = (int)(threadIdx.x & 127);
     if (idx == 0) { G.a = a; G.b = b; }
     kv_emu_arrive(G.bar);
     if (G.a != a || G.b != b) std::abort();   // the warpgroup must agree on its operands
+    kv_emu_arrive(G.bar);
+    kv_emu_wpending->open.push_back({d, a, b});
+}
+
+static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
+{
+    int idx = (int)(threadIdx.x & 127), w = idx >> 5, lane = idx & 31, g = lane >> 2, t = lane & 3;
     for (int i = 0; i < 32; i++)
         for (int h = 0; h < 2; h++)
             for (int e = 0; e < 2; e++)
             {
                 int row = 16 * w + g + 8 * h, col = 8 * i + 2 * t + e;
                 float s = 0.f;
-                for (int k = 0; k < 16; k++) s += kv_emu_wgmma_elem(a, row, k) * kv_emu_wgmma_elem(b, col, k);
-                d[4 * i + 2 * h + e] += s;
+                for (int k = 0; k < 16; k++) s += kv_emu_wgmma_elem(op.a, row, k) * kv_emu_wgmma_elem(op.b, col, k);
+                op.d[4 * i + 2 * h + e] += s;
             }
-    kv_emu_arrive(G.bar);
+}
+
+// ---- sm_90a: TMA and mbarriers ----
+// kv_tensor_map's bytes as the emulator encodes them (kv_emu_encode_tensor_map, standing in for cuTensorMapEncodeTiled):
+// a tiled 3-D map of 2-byte elements, the box's inner extent 128 bytes, the 128B swizzle, zero fill out of bounds.
+struct kv_emu_tensor_map
+{
+    const unsigned char* base;
+    unsigned long long dims[3];      // elements, innermost first
+    unsigned long long strides[2];   // bytes between consecutive indices of dims 1 and 2
+    unsigned box[3];
+};
+static_assert(sizeof(kv_emu_tensor_map) <= sizeof(kv_tensor_map), "the emulated map fits in the opaque bytes");
+static inline void kv_emu_encode_tensor_map(kv_tensor_map* map, const void* base, const unsigned long long dims[3],
+                                            const unsigned long long strides[2], const unsigned box[3])
+{
+    // cuTensorMapEncodeTiled's rules that the kernels rely on: 16-byte aligned base and strides, box <= 256 a side.
+    if ((uintptr_t)base % 16 || strides[0] % 16 || strides[1] % 16 || box[0] * 2 != 128 || box[1] > 256 || box[2] > 256)
+    {
+        std::fprintf(stderr, "kv_emu_encode_tensor_map: arguments cuTensorMapEncodeTiled would reject\n");
+        std::abort();
+    }
+    kv_emu_tensor_map m{(const unsigned char*)base, {dims[0], dims[1], dims[2]}, {strides[0], strides[1]}, {box[0], box[1], box[2]}};
+    std::memset(map, 0, sizeof *map);
+    std::memcpy(map, &m, sizeof m);
+}
+static inline kv_emu_mbar& kv_emu_mb(kv_saddr bar)
+{
+    auto& m = kv_emu_cur->mbars[bar];
+    if (bar % 8) { std::fprintf(stderr, "mbarrier at a shared address that is not 8-byte aligned\n"); std::abort(); }
+    return m;
+}
+static inline void kv_emu_mbar_check(kv_emu_mbar& m)
+{
+    if (m.pending == 0 && m.tx == 0) { m.phase++; m.pending = m.count; }
+}
+static inline void kv_mbar_init(kv_saddr bar, unsigned count)
+{
+    auto& m = kv_emu_mb(bar);
+    m = {};
+    m.init = true;
+    m.count = m.pending = (int)count;
+}
+static inline void kv_fence_mbar_init() {}
+static inline void kv_emu_mbar_arrive(kv_saddr bar, long long tx)
+{
+    auto& m = kv_emu_mb(bar);
+    if (!m.init) { std::fprintf(stderr, "arrival on an mbarrier that was not initialised\n"); std::abort(); }
+    m.tx += tx;
+    if (--m.pending < 0) { std::fprintf(stderr, "more arrivals on an mbarrier than its count\n"); std::abort(); }
+    kv_emu_mbar_check(m);
+}
+static inline void kv_mbar_arrive(kv_saddr bar) { kv_emu_mbar_arrive(bar, 0); }
+static inline void kv_mbar_arrive_expect_tx(kv_saddr bar, unsigned bytes) { kv_emu_mbar_arrive(bar, bytes); }
+// One TMA copy lands: the box, the 128B swizzle applied to the destination's address bits (4-6 ^= 7-9), zeros where the
+// coordinates fall outside the tensor; its bytes complete on the barrier.
+static inline void kv_emu_tma_land(kv_emu_mbar& m, const kv_emu_tma& c)
+{
+    kv_emu_tensor_map t;
+    std::memcpy(&t, c.map, sizeof t);
+    for (unsigned z = 0; z < t.box[2]; z++)
+        for (unsigned r = 0; r < t.box[1]; r++)
+            for (unsigned e = 0; e < t.box[0]; e++)
+            {
+                long long x = (long long)c.c0 + e, y = (long long)c.c1 + r, w = (long long)c.c2 + z;
+                uint16_t v = 0;
+                if (x >= 0 && y >= 0 && w >= 0 && (unsigned long long)x < t.dims[0] && (unsigned long long)y < t.dims[1] && (unsigned long long)w < t.dims[2])
+                    std::memcpy(&v, t.base + w * t.strides[1] + y * t.strides[0] + 2 * x, 2);
+                unsigned long long a = c.dst + ((unsigned long long)z * t.box[1] + r) * 128 + 2 * e;
+                a ^= ((a >> 7) & 7) << 4;
+                std::memcpy((void*)(uintptr_t)a, &v, 2);
+            }
+    m.tx -= 2ll * t.box[0] * t.box[1] * t.box[2];
+    kv_emu_mbar_check(m);
+}
+// Ordered mode: a copy lands when some thread first waits on its barrier (as late as it can); race mode: at once.
+static inline void kv_tma_load_3d(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar)
+{
+    if ((dst - (kv_saddr)(uintptr_t)kv_emu_cur->dyn) % 1024) { std::fprintf(stderr, "TMA destination not 1024-aligned (128B swizzle)\n"); std::abort(); }
+    auto& m = kv_emu_mb(bar);
+    kv_emu_tma c{dst, map, c0, c1, c2};
+    if (kv_emu_eager) kv_emu_tma_land(m, c);
+    else m.copies.push_back(c);
+}
+static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
+{
+    for (long long spins = 0;; spins++)
+    {
+        auto& m = kv_emu_mb(bar);
+        if (!m.init) { std::fprintf(stderr, "wait on an mbarrier that was not initialised\n"); std::abort(); }
+        auto copies = std::move(m.copies);
+        m.copies.clear();
+        for (auto& c : copies) kv_emu_tma_land(m, c);
+        if ((m.phase & 1) != parity) return;
+        if (spins > 200000) { std::fprintf(stderr, "mbarrier wait never completes (deadlock)\n"); std::abort(); }
+        kv_emu_yield();
+    }
 }
 
 // Runs body() as every thread of every block of the grid: blocks one after another, each block's threads as fibers
@@ -373,6 +514,7 @@ struct kv_emu_fiber
     std::unique_ptr<char[]> stack;
     bool done;
     kv_emu_copies copies;
+    kv_emu_wgmmas wgmmas;
 };
 inline void (*kv_emu_body)(void*);
 inline void* kv_emu_arg;
@@ -422,6 +564,7 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                     kv_emu_fiber& f = fibers[t];
                     f.done = false;
                     f.copies = {};
+                    f.wgmmas = {};
                     auto top = (uintptr_t)(f.stack.get() + stackBytes) & ~(uintptr_t)15;
                     void** sp = (void**)top;
                     *--sp = nullptr;                       // the entry's (never used) return address
@@ -446,6 +589,7 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                         threadIdx = {t, 0, 0};
                         kv_emu_running = &f;
                         kv_emu_pending = &f.copies;
+                        kv_emu_wpending = &f.wgmmas;
                         kv_emu_selfSp = &f.sp;
                         kv_emu_switch(&kv_emu_mainSp, f.sp);
                         if (!f.done) left++;

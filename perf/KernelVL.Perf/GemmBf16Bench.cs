@@ -8,7 +8,7 @@ namespace KernelVL.Perf;
 /// The GEMM target on the cuda backend, at the shapes of <see cref="CublasBaselines"/> (4096^3 and the model's
 /// linear layers, weights [N, K] as the model holds them, with bias): gemm.cu version 2 on bf16 operands already in
 /// memory (what cuBLAS bf16 and torch bf16 are timed with), version 2 behind the f32 MatMul (the bf16 conversions
-/// included), version 3 (wgmma, Hopper, when NVRTC built it) the same two ways, and version 1 (f32 operands rounded
+/// included), versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma; Hopper, when NVRTC built them) the same two ways, and version 1 (f32 operands rounded
 /// while staging). Checked first: 4096 sampled entries of version 2
 /// against an f64 dot product of the bf16-rounded operands (error budget 1e-4 of sum |a b|: f32 accumulation only),
 /// and the f32 MatMul's result equal to the bf16 kernel's bit for bit (the same rounding, the same kernel).
@@ -60,19 +60,25 @@ internal static class GemmBf16Bench
             }
             Row("v2 bf16 operands", backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20));
             Row("v2 MatMul f32 (conversions included)", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20));
-            if (backend.GemmV3Unavailable is null)
+            foreach (int ver in new[] { 3, 4 })
             {
-                // Version 3 (wgmma) on the same operands: checked like version 2, then timed.
-                backend.GemmVersion = 3;
+                // Versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma) on the same operands: checked like version 2, then timed.
+                string? unavailable = ver == 3 ? backend.GemmV3Unavailable : backend.GemmV4Unavailable;
+                if (unavailable is not null)
+                {
+                    if (m == CublasBaselines.Shapes[0].M) Console.Error.WriteLine($"gemm v{ver}: {unavailable}");
+                    continue;
+                }
+                backend.GemmVersion = ver;
                 backend.MatMulBf16(a16, b16, k, bias, c);
-                var c3 = new float[(long)m * n];
-                backend.CopyToHost(c, c3);
-                string? p3 = Check(ah, bh, biasH, c3, m, n, k, rng);
-                if (p3 is not null) { failures++; problem ??= "v3: " + p3; }
-                Row("v3 wgmma bf16 operands", p3 is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
-                Row("v3 MatMul f32 (conversions included)", p3 is null ? backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20) : double.NaN);
+                var cv = new float[(long)m * n];
+                backend.CopyToHost(c, cv);
+                string? pv = Check(ah, bh, biasH, cv, m, n, k, rng);
+                if (pv is not null) { failures++; problem ??= $"v{ver}: " + pv; }
+                string name = ver == 3 ? "v3 wgmma" : "v4 TMA + wgmma";
+                Row($"{name} bf16 operands", pv is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                Row($"{name} MatMul f32 (conversions included)", pv is null ? backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20) : double.NaN);
             }
-            else if (m == CublasBaselines.Shapes[0].M) Console.Error.WriteLine($"gemm v3: {backend.GemmV3Unavailable}");
             backend.GemmVersion = 1;
             Row("v1 MatMul f32", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20));
         }

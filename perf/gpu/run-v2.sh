@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh): the first GPU run
 # of the kernels that are opt-in until it passes (topk.cu v2 tensor-core search, gemm.cu v2 bf16 pipeline,
-# gemm_sm90.cu v3 wgmma, gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
+# gemm_sm90.cu v3 wgmma and v4 TMA + warp-specialised wgmma, gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
 # backward, layernorm.cu backward).
 # Three groups, each well under the device tool's 10 minutes a command; run them as separate calls, checks first:
 #   ONLY=checks bash perf/gpu/run-v2.sh    parity of every new kernel (registry cases with the version switched on,
@@ -23,15 +23,15 @@ timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe > "$R/info.txt" 2>&1; 
 if [ "$group" = checks ]; then
   echo "== topk version 2: the stress suite (every query against f64 and version 1)"
   perf 90 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "exit $?"; tail -n 9 "$R/topk-suite.md"
-  for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM_F32=2 ^infonce" "INFONCE=2 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
+  for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM_F32=2 ^infonce" "INFONCE=2 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
     var=${v%% *}; filter=${v#* }
     echo "== KERNELVL_CUDA_$var: the parity registry's '$filter' cases (the kernel lines say how each module loaded)"
     env "KERNELVL_CUDA_$var" timeout 50 dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cuda --filter "$filter" \
       > "$R/check-${var/=/-}.txt" 2>&1; echo "exit $?"
-    grep -E "^kernel gemm_sm90|FAIL|passed|failed" "$R/check-${var/=/-}.txt" | tail -n 6
+    grep -E "^kernel gemm_sm90|FAIL|passed|failed|unavailable" "$R/check-${var/=/-}.txt" | tail -n 6
   done
 elif [ "$group" = timings ]; then
-  echo "== gemm versions 1, 2, 3 at the targets' shapes (checked, then timed)"
+  echo "== gemm versions 1, 2, 3, 4 at the targets' shapes (checked, then timed)"
   perf 90 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 25 "$R/gemm-bf16.md"
   echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1 and 2"
   perf 100 topk-f16 --json "$R/topk-f16.json" > "$R/topk-f16.md" 2> "$R/topk-f16.log"; echo "exit $?"

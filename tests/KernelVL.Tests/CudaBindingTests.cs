@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using KernelVL.Backends.Cuda;
 using KernelVL.Cuda;
 using KernelVL.Testing;
 
@@ -62,7 +63,27 @@ public unsafe class CudaBindingTests
         string text = System.Text.Encoding.UTF8.GetString(ptx);
         Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", text);
         Assert.Contains("fence.proxy.async.shared::cta", text);
-        Assert.DoesNotContain("__local_depot", text);   // the 128-float accumulator stays in registers
+        Assert.DoesNotContain("__local_depot", text);   // the 128-float accumulators stay in registers (versions 3 and 4)
+        // Version 4: TMA copies and mbarriers, and the tensor maps read where they are (__grid_constant__: the
+        // parameter's own generic address, cvta.param), not from a local copy that TMA could not use.
+        string v4 = text[text.IndexOf(".entry gemm_bf16_wgmma_tma", StringComparison.Ordinal)..];
+        Assert.Contains("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes", v4);
+        Assert.Contains("mbarrier.try_wait.parity.shared::cta.b64", v4);
+        Assert.Contains("mbarrier.arrive.expect_tx.shared::cta.b64", v4);
+        Assert.Contains("cvta.param.u64", v4);
+        Assert.Contains("wgmma.wait_group.sync.aligned 1;", v4);   // one wgmma group kept in flight
+    }
+
+    [Fact]
+    public void TmaOperandsAreThoseTensorMapsTake()
+    {
+        // gemm_sm90.cu version 4 maps an operand [batch, rows, ld] bf16 only where cuTensorMapEncodeTiled would take it.
+        Assert.True(CudaBackend.TmaOperand(4096, 128, 776, 0));
+        Assert.True(CudaBackend.TmaOperand(4096, 128, 776, 128L * 776));
+        Assert.False(CudaBackend.TmaOperand(4096 + 8, 128, 776, 0));       // address not 16-byte aligned
+        Assert.False(CudaBackend.TmaOperand(4096, 128, 770, 0));           // rows 1540 bytes apart: not a multiple of 16
+        Assert.False(CudaBackend.TmaOperand(4096, 128, 776, 128L * 776 + 4)); // batch stride not a multiple of 16 bytes
+        Assert.False(CudaBackend.TmaOperand(4096, 1 << 20, 1 << 20, 0));  // 2^41 bytes: past TMA's stride range
     }
 
     [Fact]
@@ -307,7 +328,7 @@ public unsafe class CudaBindingTests
     public void LaunchArgumentsAreCheckedAgainstEveryKernelsParameters()
     {
         // Every entry's parameter sizes as read from its PTX match the C signature in its .cu source (pointers and
-        // long long 8 bytes, int and float 4): the table the cuda backend checks each launch's arguments against.
+        // long long 8 bytes, int and float 4, a tensor map 128): the table the cuda backend checks each launch's arguments against.
         int entries = 0;
         foreach (var name in EmbeddedKernels.Names)
         {
@@ -316,7 +337,8 @@ public unsafe class CudaBindingTests
                          @"extern ""C"" __global__ void (?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(([^)]*)\)"))
             {
                 var want = m.Groups[2].Value.Split(',').Select(p => p.Trim())
-                    .Select(p => p.Contains('*') || p.StartsWith("long long", StringComparison.Ordinal) ? 8 : 4).ToArray();
+                    .Select(p => p.Contains("kv_tensor_map", StringComparison.Ordinal) ? 128
+                        : p.Contains('*') || p.StartsWith("long long", StringComparison.Ordinal) ? 8 : 4).ToArray();
                 Assert.Equal(want, EmbeddedKernels.ParamSizes(name, m.Groups[1].Value));
                 entries++;
             }
@@ -328,6 +350,19 @@ public unsafe class CudaBindingTests
         args.Add((nint)0).Add(5).Add(7L);
         Assert.Null(args.Mismatch([8, 4, 8]));
         Assert.Equal("argument 2 is 8 bytes, the parameter 4", args.Mismatch([8, 4, 4]));
+        // A 128-byte struct (a TMA tensor map) travels by value: its bytes as given, its size checked as 128.
+        var map = new TensorMap();
+        var bytes = MemoryMarshal.AsBytes(MemoryMarshal.CreateSpan(ref map, 1));
+        Assert.Equal(128, bytes.Length);
+        new Random(7).NextBytes(bytes);
+        var sent = bytes.ToArray();
+        args.Clear();
+        args.Add(map).Add(3).Add(map);
+        Assert.Null(args.Mismatch([128, 4, 128]));
+        Assert.Equal("argument 0 is 128 bytes, the parameter 8", args.Mismatch([8, 4, 128]));
+        var back = args.Get<TensorMap>(2);
+        Assert.Equal(sent, MemoryMarshal.AsBytes(MemoryMarshal.CreateSpan(ref back, 1)).ToArray());
+        Assert.Equal(3, args.Get<int>(1));
         Assert.Equal("3 arguments for 2 parameters", args.Mismatch([8, 4]));
     }
 }

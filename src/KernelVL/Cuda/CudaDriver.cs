@@ -29,6 +29,7 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<nint, int> _cuEventSynchronize, _cuEventDestroy;
     private readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
     private readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
+    private readonly delegate* unmanaged<TensorMap*, int, uint, nint, ulong*, ulong*, uint*, uint*, int, int, int, int, int> _cuTensorMapEncodeTiled;
 
     private CudaDriver(nint lib)
     {
@@ -51,6 +52,9 @@ public sealed unsafe class CudaDriver
         // CUDA 12.8 added the _v2 entry (the plain one is deprecated in CUDA 13); the same signature either way.
         _cuEventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)(NativeLibrary.TryGetExport(lib, "cuEventElapsedTime_v2", out var et)
             ? (void*)et : Export(lib, "cuEventElapsedTime"));
+        // CUDA 12.0+ (Hopper's TMA); null on older drivers, which makes gemm_sm90.cu version 4 unavailable, nothing else.
+        _cuTensorMapEncodeTiled = NativeLibrary.TryGetExport(lib, "cuTensorMapEncodeTiled", out var tm)
+            ? (delegate* unmanaged<TensorMap*, int, uint, nint, ulong*, ulong*, uint*, uint*, int, int, int, int, int>)tm : null;
         // A driver library without a usable GPU (a container or machine with the NVIDIA libraries installed, no device
         // or no access to it) fails here: that makes the backend unavailable, it is not an error of a CUDA call.
         try
@@ -152,6 +156,29 @@ public sealed unsafe class CudaDriver
         }
     }
 
+    /// <summary>Whether this driver can encode TMA tensor maps (cuTensorMapEncodeTiled, CUDA 12.0 and later).</summary>
+    public bool HasTensorMaps => _cuTensorMapEncodeTiled != null;
+
+    /// <summary>
+    /// A tiled 3-D TMA map of a bf16 tensor {k (innermost), rows, batch} at <paramref name="address"/>: rows
+    /// <paramref name="rowBytes"/> apart, batches <paramref name="batchBytes"/> apart; boxes of boxK x boxRows x 1
+    /// elements land in shared memory in the 128B swizzle (boxK * 2 must be 128), out-of-bounds elements as zeros,
+    /// L2 promotion 256 B. cuTensorMapEncodeTiled's own checks (16-byte aligned address and strides, box <= 256)
+    /// become a <see cref="CudaException"/>.
+    /// </summary>
+    public TensorMap EncodeTensorMapBf16(nint address, ulong k, ulong rows, ulong batch, ulong rowBytes, ulong batchBytes, uint boxK, uint boxRows)
+    {
+        if (_cuTensorMapEncodeTiled == null) throw new BackendException($"{LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later needed)");
+        TensorMap map;
+        ulong* dims = stackalloc ulong[3] { k, rows, batch };
+        ulong* strides = stackalloc ulong[2] { rowBytes, batchBytes };
+        uint* box = stackalloc uint[3] { boxK, boxRows, 1 };
+        uint* elementStrides = stackalloc uint[3] { 1, 1, 1 };
+        // CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 9, rank 3, INTERLEAVE_NONE 0, SWIZZLE_128B 3, L2_PROMOTION_L2_256B 3, FLOAT_OOB_FILL_NONE 0 (zeros)
+        Check("cuTensorMapEncodeTiled", _cuTensorMapEncodeTiled(&map, 9, 3, address, dims, strides, box, elementStrides, 0, 3, 3, 0));
+        return map;
+    }
+
     /// <summary>CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8: lets a kernel use more than 48 KB of shared memory.</summary>
     public void SetMaxDynamicSharedMemory(nint function, int bytes) => Check("cuFuncSetAttribute", _cuFuncSetAttribute(function, 8, bytes));
 
@@ -181,20 +208,32 @@ public sealed unsafe class CudaDriver
 }
 
 /// <summary>
-/// Kernel arguments packed for cuLaunchKernel: each value is copied into one unmanaged block (8-byte slots) and
-/// <see cref="Pointers"/> lists their addresses. No boxing; reusable with <see cref="Clear"/>.
+/// A CUtensorMap: the 128 opaque bytes cuTensorMapEncodeTiled writes, passed to a kernel by value (kernelvl_cuda.h's
+/// kv_tensor_map, a __grid_constant__ parameter).
+/// </summary>
+[StructLayout(LayoutKind.Sequential, Size = 128)]
+public unsafe struct TensorMap
+{
+    public fixed ulong Opaque[16];
+}
+
+/// <summary>
+/// Kernel arguments packed for cuLaunchKernel: each value is copied into one unmanaged block (8-byte slots, and up to
+/// four 128-byte slots for structs such as <see cref="TensorMap"/>) and <see cref="Pointers"/> lists their addresses.
+/// No boxing; reusable with <see cref="Clear"/>.
 /// </summary>
 public sealed unsafe class KernelArgs : IDisposable
 {
-    private const int MaxArgs = 32;
-    private byte* _values;
+    private const int MaxArgs = 32, MaxLarge = 4, LargeBytes = 128;
+    private byte* _values, _large;
     private void** _pointers;
-    private int _count;
+    private int _count, _largeCount;
     private readonly int[] _sizes = new int[MaxArgs];
 
     public KernelArgs()
     {
         _values = (byte*)NativeMemory.AllocZeroed(MaxArgs * 8);
+        _large = (byte*)NativeMemory.AlignedAlloc(MaxLarge * LargeBytes, 64);
         _pointers = (void**)NativeMemory.AllocZeroed(MaxArgs * (nuint)sizeof(void*));
     }
 
@@ -203,9 +242,15 @@ public sealed unsafe class KernelArgs : IDisposable
 
     public KernelArgs Add<T>(T value) where T : unmanaged
     {
-        if (sizeof(T) > 8) throw new ArgumentException($"kernel arguments are at most 8 bytes, {typeof(T).Name} is {sizeof(T)}");
+        if (sizeof(T) > LargeBytes) throw new ArgumentException($"kernel arguments are at most {LargeBytes} bytes, {typeof(T).Name} is {sizeof(T)}");
         if (_count == MaxArgs) throw new ArgumentException($"at most {MaxArgs} kernel arguments");
-        byte* slot = _values + _count * 8;
+        byte* slot;
+        if (sizeof(T) > 8)
+        {
+            if (_largeCount == MaxLarge) throw new ArgumentException($"at most {MaxLarge} kernel arguments over 8 bytes");
+            slot = _large + _largeCount++ * LargeBytes;
+        }
+        else slot = _values + _count * 8;
         *(T*)slot = value;
         _sizes[_count] = sizeof(T);
         _pointers[_count++] = slot;
@@ -230,13 +275,15 @@ public sealed unsafe class KernelArgs : IDisposable
     /// <summary>The value of argument i, as the kernel will see it.</summary>
     public T Get<T>(int i) where T : unmanaged => i < _count ? *(T*)_pointers[i] : throw new ArgumentOutOfRangeException(nameof(i));
 
-    public void Clear() => _count = 0;
+    public void Clear() => _count = _largeCount = 0;
 
     public void Dispose()
     {
         NativeMemory.Free(_values);
+        NativeMemory.AlignedFree(_large);
         NativeMemory.Free(_pointers);
         _values = null;
+        _large = null;
         _pointers = null;
     }
 }
@@ -252,7 +299,8 @@ public static class EmbeddedKernels
 
     /// <summary>
     /// The parameter sizes in bytes of entry <paramref name="entry"/> of kernels/<paramref name="name"/>.cu, read from its
-    /// embedded PTX (.param .u64/.b64/.f64/.s64: 8, .u32/.s32/.f32/.b32: 4).
+    /// embedded PTX (.param .u64/.b64/.f64/.s64: 8, .u32/.s32/.f32/.b32: 4; a struct by value, .param .align A .b8
+    /// name[N]: N, e.g. a 128-byte tensor map).
     /// </summary>
     public static IReadOnlyList<int> ParamSizes(string name, string entry)
     {
@@ -261,8 +309,10 @@ public static class EmbeddedKernels
         if (at < 0) throw new BackendException($"kernels/{name}.ptx has no entry {entry}");
         int end = ptx.IndexOf(')', at);
         var sizes = new List<int>();
-        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(ptx[at..end], @"\.param\s+\.([a-z])(\d+)\s"))
-            sizes.Add(int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) / 8);
+        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(ptx[at..end],
+                     @"\.param\s+(?:\.align\s+\d+\s+)?\.[a-z](\d+)\s+\w+(?:\[(\d+)\])?"))
+            sizes.Add(int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) / 8
+                      * (m.Groups[2].Success ? int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) : 1));
         return sizes;
     }
     public static string Source(string name) => Read($"kernels/{name}.cu");

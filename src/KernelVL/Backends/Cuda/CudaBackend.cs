@@ -43,9 +43,13 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     public int AttentionVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_ATTENTION") == "2" ? 2 : 1;
     private const int Gemm2Rows = 128, Gemm2Cols = 256, Gemm2SharedBytes = 4 * (128 + 256) * 64;   // gemm.cu version 2
     private const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
+    private const int Gemm4SharedBytes = Gemm3SharedBytes + 2 * 4 * 8, Gemm4Threads = 288;           // version 4: + 8 mbarriers
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
-    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4;
+
+    /// <summary>Why gemm_sm90.cu version 4 (TMA + warp-specialised wgmma) cannot run here (version 3's reasons, or a driver without tensor maps), or null.</summary>
+    public string? GemmV4Unavailable { get; }
 
     /// <summary>
     /// The InfoNCE loss and gradient: 1 (infonce.cu version 1: S recomputed in 64x64 f32 FMA tiles by the forward and the
@@ -88,10 +92,12 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// <summary>
     /// Which GEMM MatMul, MatMulBackward and MatMulGelu run: 1 (f32 operands rounded to bf16 while staging, register
     /// double buffer), 2 (operands first converted to K-major bf16 in memory, then the cp.async/ldmatrix kernel) or
-    /// 3 (the same operands on Hopper's wgmma, kernels/gemm_sm90.cu; version 2 where it is unavailable). Defaults to the
-    /// KERNELVL_CUDA_GEMM environment variable, else 1: a newer version becomes the default once it has passed on a GPU.
+    /// 3 (the same operands on Hopper's wgmma, kernels/gemm_sm90.cu; version 2 where it is unavailable) or 4 (version 3's
+    /// tiles fed by TMA with a producer warp and mbarriers; version 3, then 2, where unavailable or where an operand
+    /// does not meet TMA's alignment). Defaults to the KERNELVL_CUDA_GEMM environment variable, else 1: a newer
+    /// version becomes the default once it has passed on a GPU.
     /// </summary>
-    public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") switch { "2" => 2, "3" => 3, _ => 1 };
+    public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") switch { "2" => 2, "3" => 3, "4" => 4, _ => 1 };
     private readonly int _multiprocessors;
 
     /// <summary>Why topk.cu version 2 cannot run on this device (too little shared memory), or null.</summary>
@@ -194,6 +200,19 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                     {
                         _gemm3 = Fn(_sm90, "gemm_sm90", "gemm_bf16_wgmma");
                         _driver.SetMaxDynamicSharedMemory(_gemm3, Gemm3SharedBytes);
+                        if (!_driver.HasTensorMaps) GemmV4Unavailable = $"{CudaDriver.LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later)";
+                        else
+                        {
+                            try
+                            {
+                                _gemm4 = Fn(_sm90, "gemm_sm90", "gemm_bf16_wgmma_tma");
+                                _driver.SetMaxDynamicSharedMemory(_gemm4, Gemm4SharedBytes);
+                            }
+                            catch (KernelVLException e)
+                            {
+                                GemmV4Unavailable = $"gemm_bf16_wgmma_tma: {e.Message.Split('\n')[0]}";
+                            }
+                        }
                     }
                 }
                 catch (KernelVLException e)
@@ -201,6 +220,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                     GemmV3Unavailable = $"gemm_sm90.cu: {e.Message.Split('\n')[0]}";
                 }
             }
+            if (GemmV3Unavailable is not null) GemmV4Unavailable = GemmV3Unavailable;
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -358,14 +378,34 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     private void GemmBf16TnLaunch(nint a, nint b, nint bias, nint c, int m, int n, int k, int lda, int ldb, int ldc,
         long strideA, long strideB, long strideC, int batch, bool accumulate, bool gelu)
     {
+        if (GemmVersion == 4 && GemmV4Unavailable is null && TmaOperand(a, m, lda, strideA) && TmaOperand(b, n, ldb, strideB))
+        {
+            // 3-D maps {K, rows, batch}; an operand shared by every batch is a one-batch map read at batch 0.
+            var ta = _driver.EncodeTensorMapBf16(a, (ulong)k, (ulong)m, strideA == 0 ? 1UL : (ulong)batch, 2UL * (ulong)lda,
+                2UL * (ulong)(strideA == 0 ? (long)m * lda : strideA), 64, Gemm2Rows);
+            var tb = _driver.EncodeTensorMapBf16(b, (ulong)k, (ulong)n, strideB == 0 ? 1UL : (ulong)batch, 2UL * (ulong)ldb,
+                2UL * (ulong)(strideB == 0 ? (long)n * ldb : strideB), 64, Gemm2Cols);
+            Args().Add(ta).Add(tb).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(ldc).Add(strideA == 0 ? 0 : 1).Add(strideB == 0 ? 0 : 1)
+                .Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
+            Go(_gemm4, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), Gemm4Threads, Gemm4SharedBytes);
+            return;
+        }
         Args().Add(a).Add(b).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc).Add(strideA).Add(strideB).Add(strideC)
             .Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
-        // Both versions take the same arguments and the same 128 x 256 block tiles.
-        if (GemmVersion == 3 && GemmV3Unavailable is null)
+        // Versions 2 and 3 take the same arguments and the same 128 x 256 block tiles.
+        if (GemmVersion >= 3 && GemmV3Unavailable is null)
             Go(_gemm3, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm3SharedBytes);
         else
             Go(_gemm2, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm2SharedBytes);
     }
+
+    /// <summary>
+    /// Whether a bf16 operand [batch, rows, ld] at <paramref name="p"/> meets TMA's rules as version 4 maps it: a 16-byte
+    /// aligned address, row and batch strides multiples of 16 bytes (ld and the batch stride multiples of 8 elements)
+    /// below 2^40 bytes. convert_bf16_kmajor's outputs always do; a caller's own bf16 tensors may not.
+    /// </summary>
+    internal static bool TmaOperand(nint p, int rows, int ld, long stride) =>
+        p % 16 == 0 && ld % 8 == 0 && stride % 8 == 0 && 2L * Math.Max((long)rows * ld, stride) < (1L << 40);
 
     /// <summary>
     /// x [R, K] f32 (or x [K, R] when <paramref name="trans"/>) -> [R, Kp] bf16 in a tensor of R * Kp / 2 raw elements
@@ -381,7 +421,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     }
 
     /// <summary>
-    /// c [M, N] f32 = a b^T (+ bias) on version 2's kernel (version 3's with GemmVersion 3), a [M, Kp] and b [N, Kp] bf16 as <see cref="ToBf16KMajor"/>
+    /// c [M, N] f32 = a b^T (+ bias) on version 2's kernel (version 3's or 4's with GemmVersion 3 or 4), a [M, Kp] and b [N, Kp] bf16 as <see cref="ToBf16KMajor"/>
     /// writes them (Kp = K rounded up to 8): the GEMM alone, operands already in memory as bf16 (what cuBLAS and
     /// torch bf16 are timed with).
     /// </summary>
