@@ -14,6 +14,7 @@
 //   4  version 3's tiles fed by TMA (cp.async.bulk.tensor + mbarriers), a producer warp and two consumer warpgroups,
 //      one wgmma group kept in flight (gemm_bf16_wgmma_tma, below)   not yet run on a GPU; host emulator only
 #include "kernelvl_cuda.h"
+#include "topk_common.h"
 
 #define G3_BM 128
 #define G3_BN 256
@@ -23,6 +24,21 @@
 #define G3_A_STAGE (G3_BM * 128)   // bytes: 128 rows of 64 bf16
 #define G3_B_STAGE (G3_BN * 128)
 #define G3_SMEM_BYTES (G3_STAGES * (G3_A_STAGE + G3_B_STAGE) + 1024)   // + alignment of the stages to 1024
+
+// One 64-wide K stage of a warpgroup's 64 x 256 tile as one wgmma group: A rows at a, B rows at b (K-major, 128-byte
+// swizzled rows), four k16 steps 32 bytes apart along the rows; bf16 or f16 operands.
+template <bool F16>
+static __device__ __forceinline__ void g3_stage_mma(float* acc, kv_saddr a, kv_saddr b)
+{
+    kv_wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < G3_BK / 16; ks++)   // 16 of K = 32 bytes further along the (swizzled) rows
+    {
+        if (F16) kv_wgmma_m64n256k16_f16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32));
+        else kv_wgmma_m64n256k16_bf16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32));
+    }
+    kv_wgmma_commit();
+}
 
 // A consumer thread's part of its warpgroup's 64 x 256 accumulator (kv_wgmma_m64n256k16_bf16's layout) into C: rows
 // r0 and r0 + 8, columns c0 + 8 i and c0 + 8 i + 1 (r0 = tile row + 16 w + g, c0 = tile column + 2 t), as kv_gemm_store.
@@ -89,11 +105,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
         }
         kv_cp_async_commit();
         const kv_saddr a = sA + buf * G3_A_STAGE + wg * 64 * 128, b = sB + buf * G3_B_STAGE;
-        kv_wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < G3_BK / 16; ks++)   // 16 of K = 32 bytes further along the (swizzled) rows
-            kv_wgmma_m64n256k16_bf16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32));
-        kv_wgmma_commit();
+        g3_stage_mma<false>(acc, a, b);
         kv_wgmma_wait<0>();       // done reading stage `buf` before the barrier that lets it be overwritten
         if (++buf == G3_STAGES) buf = 0;
         if (++ldBuf == G3_STAGES) ldBuf = 0;
@@ -169,16 +181,161 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
         const int s = kt % G3_STAGES;
         kv_mbar_wait(full + 8 * s, (kt / G3_STAGES) & 1);
         const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-        kv_wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < G3_BK / 16; ks++)
-            kv_wgmma_m64n256k16_bf16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32));
-        kv_wgmma_commit();
+        g3_stage_mma<false>(acc, a, b);
         kv_wgmma_wait<1>();   // stage kt - 1's wgmma retired: its buffer may be refilled
         if (kt > 0) kv_mbar_arrive(empty + 8 * ((kt - 1) % G3_STAGES));
     }
     kv_wgmma_wait<0>();
 
     g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
+#endif
+}
+
+// ======================================================================================================================
+// Top-k version 3 (Hopper, f16 corpus, kp 32): topk.cu version 2's search with version 4's engine. The approximate
+// scores of a 128-query tile against 256-row corpus tiles come from wgmma m64n256k16 f16 (two consumer warpgroups,
+// 64 queries each), both operands loaded by TMA (a producer warp, full/empty mbarriers, 3 stages of 64 of D), one
+// wgmma group in flight within a tile; at the end of a tile the accumulators (wgmma's layout) go through version 2's
+// epilogue: scores above the query's running threshold appended to its buffer, full buffers merged into its 32-entry
+// list (tc_merge_row), synchronised by a named barrier of the 256 consumer threads (the producer runs ahead into the
+// next tile meanwhile). Output, merge and exact rescoring as version 2 (topk_merge, topk_f16_rescore).
+// Needs d % 8 == 0 (16-byte rows for TMA) and a 16-byte aligned corpus; rows beyond n and D beyond d arrive as zeros.
+// Not yet run on a GPU: the host emulator checks it against f64 and version 1.
+// ======================================================================================================================
+#define T3_STAGES 3   // 3 x 48 KB of stages + 66 KB of lists: 212 KB (4 stages would pass the 227 KB a block may have)
+#define T3_KMAX 32
+#define T3_CAP 32
+#define T3_LISTS_BYTES (G3_BM * (2 * T3_KMAX + 2 * T3_CAP) * 4 + G3_BM * 3 * 4 + 16)
+#define T3_SMEM_BYTES (T3_STAGES * G4_STAGE_BYTES + 1024 + T3_LISTS_BYTES + 2 * T3_STAGES * 8)
+
+// qh [Q, d] f16 through tmQ ({d, Q, 1}, box {64, 128, 1}), corpus [n, d] f16 through tmC ({d, n, 1}, box {64, 256, 1})
+// -> partS, partI [Q, slices, 32]: slice s = blockIdx.y covers corpus rows [s tilesPerSlice 256, min(n, ...)), its 32
+// best approximate scores per query, best first, padded with (-inf, TOPK_NO_INDEX). Grid (ceil(Q / 128), slices),
+// 288 threads, T3_SMEM_BYTES of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) topk_tc_f16_wgmma(
+    const KV_GRID_CONSTANT kv_tensor_map tmQ, const KV_GRID_CONSTANT kv_tensor_map tmC, int Q, int n, int d, int tilesPerSlice,
+    float* __restrict__ partS, int* __restrict__ partI)
+{
+#if defined(KERNELVL_SM90A) || defined(KV_EMU)
+    KV_DYNAMIC_SHARED(unsigned char, smem);
+    const kv_saddr sA = (kv_smem(smem) + 1023) & ~(kv_saddr)1023, sB = sA + T3_STAGES * G3_A_STAGE;
+    unsigned char* lists = smem + (sB + T3_STAGES * G3_B_STAGE - kv_smem(smem));
+    const kv_saddr full = kv_smem(lists) + T3_LISTS_BYTES, empty = full + T3_STAGES * 8;
+    const int tid = threadIdx.x;
+    TcShared sh = tc_shared_at<T3_KMAX, T3_CAP>(lists, G3_BM);
+    const kv_saddr sCnt = kv_smem(sh.cnt);
+    const int q0 = blockIdx.x * G3_BM;
+    const long long sliceStart = (long long)blockIdx.y * tilesPerSlice * G3_BN;
+    const long long sliceEnd = sliceStart + (long long)tilesPerSlice * G3_BN < n ? sliceStart + (long long)tilesPerSlice * G3_BN : n;
+    const int ntiles = (int)((sliceEnd - sliceStart + G3_BN - 1) / G3_BN);
+    const int KT = (d + G3_BK - 1) / G3_BK;
+    const long long total = (long long)ntiles * KT;
+    for (int r = tid; r < G3_BM; r += G4_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
+    if (tid == 0)
+    {
+        *sh.ovf = 0;
+        for (int s = 0; s < T3_STAGES; s++)
+        {
+            kv_mbar_init(full + 8 * s, 1);
+            kv_mbar_init(empty + 8 * s, 2 * 128);
+        }
+        kv_fence_mbar_init();
+    }
+    __syncthreads();
+
+    if (tid >= 256)   // the producer warp: lane 0 issues every copy, tile by tile, 64 of D at a time
+    {
+        if (tid == 256)
+            for (long long step = 0; step < total; step++)
+            {
+                const int s = (int)(step % T3_STAGES), kt = (int)(step % KT);
+                const long long round = step / T3_STAGES, tile = step / KT;
+                if (round > 0) kv_mbar_wait(empty + 8 * s, (unsigned)((round - 1) & 1));
+                kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
+                kv_tma_load_3d(sA + s * G3_A_STAGE, &tmQ, kt * G3_BK, q0, 0, full + 8 * s);
+                kv_tma_load_3d(sB + s * G3_B_STAGE, &tmC, kt * G3_BK, (int)(sliceStart + tile * G3_BN), 0, full + 8 * s);
+            }
+        return;
+    }
+
+    const int wg = tid >> 7, warp = tid >> 5, w = warp & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    float acc[128];
+    int prev = -1;   // the stage whose wgmma may still be in flight
+    for (long long step = 0; step < total; step++)
+    {
+        const int s = (int)(step % T3_STAGES), kt = (int)(step % KT);
+        kv_mbar_wait(full + 8 * s, (unsigned)((step / T3_STAGES) & 1));
+        if (kt == 0)
+        {
+#pragma unroll
+            for (int i = 0; i < 128; i++) acc[i] = 0.f;
+        }
+        const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
+        g3_stage_mma<true>(acc, a, b);
+        if (kt + 1 < KT)
+        {
+            kv_wgmma_wait<1>();
+            if (prev >= 0) kv_mbar_arrive(empty + 8 * prev);
+            prev = s;
+            continue;
+        }
+        kv_wgmma_wait<0>();   // the tile's scores are final
+        if (prev >= 0) kv_mbar_arrive(empty + 8 * prev);
+        kv_mbar_arrive(empty + 8 * s);
+        prev = -1;
+
+        // Epilogue of the tile (version 2's, on wgmma's layout: rows wg 64 + 16 w + g + 8 h, columns 8 i + 2 t + e).
+        // The first barrier keeps every consumer out of this tile's appends until all have left the last epilogue:
+        // without it a warpgroup that ran ahead (nothing else holds the two together within a tile) could set the
+        // overflow flag that a slower one is still reading for the last tile. The emulator's race mode does not
+        // produce that schedule (removing the barrier passes it), so this one rests on the argument.
+        kv_named_barrier(1, 256);
+        const long long col0 = sliceStart + (step / KT) * G3_BN;
+        const int r0 = wg * 64 + w * 16 + g;
+        unsigned done[4] = {0u, 0u, 0u, 0u};
+        for (;;)
+        {
+            const float th0 = sh.thr[r0], th1 = sh.thr[r0 + 8];
+            bool overflow = false;
+#pragma unroll
+            for (int i = 0; i < 32; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                    {
+                        const int r = r0 + 8 * h, bit = (i & 7) * 4 + h * 2 + e;
+                        const long long row = col0 + i * 8 + 2 * t + e;
+                        const float v = acc[4 * i + 2 * h + e];
+                        if (((done[i >> 3] >> bit) & 1u) == 0u && row < sliceEnd && q0 + r < Q && v > (h ? th1 : th0))
+                        {
+                            int pos = kv_atomic_add_shared(sCnt + 4 * r, 1);
+                            if (pos < T3_CAP)
+                            {
+                                sh.bufS[r * T3_CAP + pos] = v;
+                                sh.bufI[r * T3_CAP + pos] = (int)row;
+                                done[i >> 3] |= 1u << bit;
+                            }
+                            else overflow = true;
+                        }
+                    }
+            if (overflow) *sh.ovf = 1;
+            kv_named_barrier(1, 256);
+            const int again = *sh.ovf;
+            if (!again) break;
+            for (int r = warp; r < G3_BM; r += 8)
+                if (sh.cnt[r] >= T3_CAP) tc_merge_row<T3_KMAX, T3_CAP>(sh, r, T3_KMAX, lane);
+            kv_named_barrier(1, 256);
+            if (tid == 0) *sh.ovf = 0;
+            kv_named_barrier(1, 256);
+        }
+    }
+
+    // The slice is done: merge what the buffers hold, write each query's list.
+    kv_named_barrier(1, 256);
+    for (int r = warp; r < G3_BM; r += 8)
+        if (sh.cnt[r] > 0) tc_merge_row<T3_KMAX, T3_CAP>(sh, r, T3_KMAX, lane);
+    kv_named_barrier(1, 256);
+    tc_write_lists<T3_KMAX>(sh, G3_BM, q0, Q, T3_KMAX, tid, 256, partS, partI);
 #endif
 }

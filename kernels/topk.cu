@@ -10,12 +10,10 @@
 //      (this file)   not yet run on a GPU. Streams each corpus chunk to every query from L2: fine for the
 //      registry's sizes, far from the 1M x 768 target, which needs query tiles on the tensor cores (version 2).
 #include "kernelvl_cuda.h"
+#include "topk_common.h"
 
 #define TOPK_CHUNK 1024
 #define TOPK_THREADS 256
-#define TOPK_NO_INDEX 0x7fffffff
-
-static __device__ __forceinline__ bool topk_better(float sa, int ia, float sb, int ib) { return sa > sb || (sa == sb && ia < ib); }
 
 static __device__ __forceinline__ void topk_swap(float* s, int* id, int i, int j)
 {
@@ -194,58 +192,6 @@ extern "C" __global__ void __launch_bounds__(256) topk_f16_max_norm(const unsign
     if (lane == 0) kv_atomic_max_nonneg(out, best);
 }
 
-struct TcShared
-{
-    float* listS; int* listI;   // [TC_BM][TC_KMAX] each query's best so far, best first
-    float* bufS; int* bufI;     // [TC_BM][TC_CAP] appended candidates
-    float* thr;                 // [TC_BM] the kp-th best of the list (-inf while shorter)
-    int* cnt;                   // [TC_BM] appended (may pass TC_CAP: those past it were not stored)
-    int* lcnt;                  // [TC_BM] list length
-    int* ovf;                   // one flag: some buffer overflowed in this pass
-};
-
-// Merges row r's buffer into its list (the calling warp; every lane calls). The union (<= 128 entries) is ranked by
-// count: an entry's rank is the number of entries better than it (scores, then the lower index: a strict order).
-static __device__ void tc_merge_row(const TcShared& sh, int r, int kp, int lane)
-{
-    const int lc = sh.lcnt[r], bc = kv_imin(sh.cnt[r], TC_CAP), u = lc + bc;
-    const float* ls = sh.listS + r * TC_KMAX; const int* li = sh.listI + r * TC_KMAX;
-    const float* bs = sh.bufS + r * TC_CAP; const int* bi = sh.bufI + r * TC_CAP;
-    float s[4]; int id[4], rank[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-    {
-        int e = lane + 32 * j;
-        s[j] = e < lc ? ls[e] : (e < u ? bs[e - lc] : 0.f);
-        id[j] = e < lc ? li[e] : (e < u ? bi[e - lc] : TOPK_NO_INDEX);
-        rank[j] = 0;
-    }
-    for (int w = 0; w < u; w++)
-    {
-        float sw = w < lc ? ls[w] : bs[w - lc];
-        int iw = w < lc ? li[w] : bi[w - lc];
-#pragma unroll
-        for (int j = 0; j < 4; j++) rank[j] += topk_better(sw, iw, s[j], id[j]) ? 1 : 0;
-    }
-    kv_syncwarp();   // every lane has read the old list before any lane writes the new one
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-        if (lane + 32 * j < u && rank[j] < kp)
-        {
-            sh.listS[r * TC_KMAX + rank[j]] = s[j];
-            sh.listI[r * TC_KMAX + rank[j]] = id[j];
-        }
-    kv_syncwarp();
-    if (lane == 0)
-    {
-        int nl = kv_imin(u, kp);
-        sh.lcnt[r] = nl;
-        sh.cnt[r] = 0;
-        sh.thr[r] = nl == kp ? sh.listS[r * TC_KMAX + kp - 1] : -KV_INF;
-    }
-    kv_syncwarp();
-}
-
 // qh [Q, d] f16, corpus [n, d] f16 -> partS, partI [Q, slices, kp]: slice s = blockIdx.y covers corpus rows
 // [s tilesPerSlice 256, min(n, (s + 1) tilesPerSlice 256)); its kp best approximate scores per query, best first,
 // padded with (-inf, 0x7fffffff). Grid (ceil(Q / 128), slices), 256 threads, TC_SMEM_BYTES of dynamic shared memory.
@@ -265,15 +211,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
     const long long total = (long long)ntiles * KT;
 
     const kv_saddr sA = kv_smem(smem), sB = sA + TC_STAGES * TC_A_STAGE;
-    TcShared sh;
-    sh.listS = (float*)(smem + TC_SMEM_LIST);
-    sh.listI = (int*)(sh.listS + TC_BM * TC_KMAX);
-    sh.bufS = (float*)(sh.listI + TC_BM * TC_KMAX);
-    sh.bufI = (int*)(sh.bufS + TC_BM * TC_CAP);
-    sh.thr = (float*)(sh.bufI + TC_BM * TC_CAP);
-    sh.cnt = (int*)(sh.thr + TC_BM);
-    sh.lcnt = sh.cnt + TC_BM;
-    sh.ovf = sh.lcnt + TC_BM;
+    TcShared sh = tc_shared_at<TC_KMAX, TC_CAP>(smem + TC_SMEM_LIST, TC_BM);
     const kv_saddr sCnt = kv_smem(sh.cnt);
     for (int r = tid; r < TC_BM; r += TC_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
     if (tid == 0) *sh.ovf = 0;
@@ -355,7 +293,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
             const int again = *sh.ovf;
             if (!again) break;
             for (int r = warp; r < TC_BM; r += TC_THREADS / 32)
-                if (sh.cnt[r] >= TC_CAP) tc_merge_row(sh, r, kp, lane);
+                if (sh.cnt[r] >= TC_CAP) tc_merge_row<TC_KMAX, TC_CAP>(sh, r, kp, lane);
             __syncthreads();
             if (tid == 0) *sh.ovf = 0;
             __syncthreads();
@@ -367,17 +305,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
     // The slice is done: merge what the buffers hold, write each query's list.
     __syncthreads();
     for (int r = warp; r < TC_BM; r += TC_THREADS / 32)
-        if (sh.cnt[r] > 0) tc_merge_row(sh, r, kp, lane);
+        if (sh.cnt[r] > 0) tc_merge_row<TC_KMAX, TC_CAP>(sh, r, kp, lane);
     __syncthreads();
-    for (int e = tid; e < TC_BM * kp; e += TC_THREADS)
-    {
-        int r = e / kp, j = e % kp;
-        if (q0 + r >= Q) continue;
-        long long o = ((long long)(q0 + r) * gridDim.y + blockIdx.y) * kp + j;
-        bool has = j < sh.lcnt[r];
-        partS[o] = has ? sh.listS[r * TC_KMAX + j] : -KV_INF;
-        partI[o] = has ? sh.listI[r * TC_KMAX + j] : TOPK_NO_INDEX;
-    }
+    tc_write_lists<TC_KMAX>(sh, TC_BM, q0, Q, kp, tid, TC_THREADS, partS, partI);
 }
 
 // queries [Q, d] f32, corpus [n, d] f16, candS/candI [Q, kp] (the kp best approximate scores, best first, from

@@ -285,10 +285,6 @@ static void test_topk(int Q, int n, int d, int k, int dupes, int sms)
     kv_emu_launch({(unsigned)qTiles, (unsigned)slices, 1}, TC_THREADS, TC_SMEM_BYTES, [&] {
         topk_tc_f16(qh.data(), c.data(), Q, n, d, per, kp, tS.data(), tI.data());
     });
-    kv_emu_launch({(unsigned)Q, 1, 1}, TOPK_THREADS, 0, [&] { topk_merge(tS.data(), tI.data(), slices, kp, kp, cS.data(), cI.data()); });
-    kv_emu_launch({(unsigned)Q, 1, 1}, 256, (size_t)d * 4, [&] {
-        topk_f16_rescore(qs.data(), c.data(), n, d, kp, cS.data(), cI.data(), maxNorm.data(), k, S2.data(), I2.data(), fail.data());
-    });
     double normRef = 0;
     for (int r = 0; r < n; r++)
     {
@@ -297,18 +293,42 @@ static void test_topk(int Q, int n, int d, int k, int dupes, int sms)
         normRef = std::max(normRef, std::sqrt(s));
     }
     report(std::string("topk v2 max row norm ") + tag, std::fabs(maxNorm[0] - normRef) / normRef, 1e-6);
-    int fails = 0;
-    for (int x : fail) fails += x != 0;
-    std::string p2 = topk_check(qs, c, n, d, Q, k, S2, I2, &fail);
-    // Where the certificate passed, version 2 returns version 1's list exactly (the same f32 rescoring).
-    for (int qi = 0; qi < Q1 && p2.empty(); qi++)
-        if (!fail[qi])
-            for (int j = 0; j < k; j++)
-                if (I2[(size_t)qi * k + j] != I1[(size_t)qi * k + j] || S2[(size_t)qi * k + j] != S1[(size_t)qi * k + j])
-                    { p2 = "query " + std::to_string(qi) + " differs from version 1"; break; }
-    bool fallbackRight = dupes > 1 ? fails > 0 : fails == 0;   // ties at the k-th must fail the certificate; random data must not
-    if (p2.empty() && !fallbackRight) p2 = std::to_string(fails) + " queries failed the certificate";
-    report_bool(std::string("topk v2 ") + tag + " (" + std::to_string(fails) + " certificate failures)", p2.empty(), p2);
+    // The slices' lists -> merge -> exact rescoring with the certificate, then the checks (versions 2 and 3 alike).
+    auto finish = [&](const char* version) {
+        std::fill(fail.begin(), fail.end(), 7);
+        kv_emu_launch({(unsigned)Q, 1, 1}, TOPK_THREADS, 0, [&] { topk_merge(tS.data(), tI.data(), slices, kp, kp, cS.data(), cI.data()); });
+        kv_emu_launch({(unsigned)Q, 1, 1}, 256, (size_t)d * 4, [&] {
+            topk_f16_rescore(qs.data(), c.data(), n, d, kp, cS.data(), cI.data(), maxNorm.data(), k, S2.data(), I2.data(), fail.data());
+        });
+        int fails = 0;
+        for (int x : fail) fails += x != 0;
+        std::string p2 = topk_check(qs, c, n, d, Q, k, S2, I2, &fail);
+        // Where the certificate passed, the result is version 1's list exactly (the same f32 rescoring).
+        for (int qi = 0; qi < Q1 && p2.empty(); qi++)
+            if (!fail[qi])
+                for (int j = 0; j < k; j++)
+                    if (I2[(size_t)qi * k + j] != I1[(size_t)qi * k + j] || S2[(size_t)qi * k + j] != S1[(size_t)qi * k + j])
+                        { p2 = "query " + std::to_string(qi) + " differs from version 1"; break; }
+        bool fallbackRight = dupes > 1 ? fails > 0 : fails == 0;   // ties at the k-th must fail the certificate; random data must not
+        if (p2.empty() && !fallbackRight) p2 = std::to_string(fails) + " queries failed the certificate";
+        report_bool(std::string("topk ") + version + " " + tag + " (" + std::to_string(fails) + " certificate failures)", p2.empty(), p2);
+    };
+    finish("v2");
+    // version 3 (wgmma + TMA, kp 32 only): the same plan, its own scoring kernel
+    if (kp == 32)
+    {
+        kv_tensor_map tq, tc;
+        const unsigned long long dq[3] = {(unsigned long long)d, (unsigned long long)Q, 1}, sq[2] = {2ull * d, 2ull * d * Q};
+        const unsigned long long dc[3] = {(unsigned long long)d, (unsigned long long)n, 1}, sc[2] = {2ull * d, 2ull * d * n};
+        const unsigned boxQ[3] = {64, G3_BM, 1}, boxC[3] = {64, G3_BN, 1};
+        kv_emu_encode_tensor_map(&tq, qh.data(), dq, sq, boxQ);
+        kv_emu_encode_tensor_map(&tc, c.data(), dc, sc, boxC);
+        std::fill(tS.begin(), tS.end(), std::numeric_limits<float>::quiet_NaN());
+        kv_emu_launch({(unsigned)qTiles, (unsigned)slices, 1}, G4_THREADS, T3_SMEM_BYTES, [&] {
+            topk_tc_f16_wgmma(tq, tc, Q, n, d, per, tS.data(), tI.data());
+        });
+        finish("v3 (wgmma + TMA)");
+    }
 }
 
 // Layer norm (+ residual) against f64: one block per row, rows of odd length.
@@ -621,6 +641,7 @@ int main()
     test_topk(130, 1500, 64, 40, 1, 2);
     test_topk(9, 20, 16, 7, 1, 4);
     test_topk(40, 2000, 32, 10, 64, 2);
+    test_topk(130, 2100, 200, 16, 1, 2);   // D 200: 4 stages of 64 through version 3's 3-stage ring, several tiles a slice
     // Layer norm and InfoNCE (version 1, which ran on the H100; the gradient's GEMM is the new gemm_f32x3).
     test_layernorm(3, 777, true);
     test_layernorm(2, 64, false);
@@ -631,6 +652,12 @@ int main()
     test_infonce(130, 48, 20.f, 2);   // version 2: S on gemm_f32x3, the tile kernels read it
     test_infonce(70, 16, 200.f, 2);
     test_infonce(200, 40, 50.f, 2);   // 4 x 4 tiles, the last partial; 2 x 2 GEMM tiles
+    // The dynamic shared memory each kernel is launched with: CudaBackend's constants must equal these (a test compares).
+    std::printf("shared gemm_bf16_tn %d\n", G2_STAGES * (G2_A_STAGE + G2_B_STAGE));
+    std::printf("shared gemm_bf16_wgmma %d\n", G3_SMEM_BYTES);
+    std::printf("shared gemm_bf16_wgmma_tma %d\n", G4_SMEM_BYTES);
+    std::printf("shared topk_tc_f16 %d\n", TC_SMEM_BYTES);
+    std::printf("shared topk_tc_f16_wgmma %d\n", T3_SMEM_BYTES);
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

@@ -63,6 +63,7 @@ struct kv_emu_block
 {
     kv_emu_bar bar;
     std::unordered_map<unsigned long long, kv_emu_mbar> mbars;
+    std::unordered_map<int, kv_emu_bar> named;   // bar.sync id, count (ids 1..15)
     kv_emu_warp* warps;
     kv_emu_group* groups;
     unsigned char* dyn;
@@ -337,7 +338,7 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
 // wgmma is asynchronous: an operation is recorded when issued (the warpgroup agreeing on its descriptors) and computed,
 // reading shared memory, only when its thread's wgmma.wait_group retires its group (the latest the PTX ISA allows),
 // so a kernel that lets a stage be overwritten while a wgmma in flight still reads it fails here.
-struct kv_emu_wgmma_op { float* d; unsigned long long a, b; };
+struct kv_emu_wgmma_op { float* d; unsigned long long a, b; bool f16; };
 struct kv_emu_wgmmas
 {
     std::vector<kv_emu_wgmma_op> open;
@@ -373,7 +374,7 @@ static inline unsigned long long kv_wgmma_desc(kv_saddr addr)
 
 // Element (row, k) of a K-major bf16 operand: 8-row groups SBO bytes apart, rows 128 bytes apart within a group, k
 // along the row; then the 128B swizzle XORs address bits 4-6 with bits 7-9.
-static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k)
+static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k, bool f16 = false)
 {
     if (((desc >> 62) & 3) != 1 || ((desc >> 16) & 0x3fff) != 1) std::abort();   // only what kernels/gemm_sm90.cu uses
     unsigned long long start = (desc & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
@@ -381,10 +382,10 @@ static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k)
     off ^= ((off >> 7) & 7) << 4;
     uint16_t v;
     std::memcpy(&v, kv_emu_cur->dyn + off, 2);
-    return kv_emu_bf16_to_f32(v);
+    return f16 ? kv_f16_to_f32(v) : kv_emu_bf16_to_f32(v);
 }
 
-static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b)
+static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned long long b, bool f16)
 {
     auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
     int idx = (int)(threadIdx.x & 127);
@@ -392,7 +393,17 @@ static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsi
     kv_emu_arrive(G.bar);
     if (G.a != a || G.b != b) std::abort();   // the warpgroup must agree on its operands
     kv_emu_arrive(G.bar);
-    kv_emu_wpending->open.push_back({d, a, b});
+    kv_emu_wpending->open.push_back({d, a, b, f16});
+}
+static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b) { kv_emu_wgmma_issue(d, a, b, false); }
+static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b) { kv_emu_wgmma_issue(d, a, b, true); }
+
+// bar.sync id, count: the first `count` threads to arrive release each other (the named barrier's generation).
+static inline void kv_named_barrier(int id, int count)
+{
+    auto& b = kv_emu_cur->named[id];
+    b.alive = count;
+    kv_emu_arrive(b);
 }
 
 static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
@@ -404,7 +415,7 @@ static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
             {
                 int row = 16 * w + g + 8 * h, col = 8 * i + 2 * t + e;
                 float s = 0.f;
-                for (int k = 0; k < 16; k++) s += kv_emu_wgmma_elem(op.a, row, k) * kv_emu_wgmma_elem(op.b, col, k);
+                for (int k = 0; k < 16; k++) s += kv_emu_wgmma_elem(op.a, row, k, op.f16) * kv_emu_wgmma_elem(op.b, col, k, op.f16);
                 op.d[4 * i + 2 * h + e] += s;
             }
 }

@@ -14,7 +14,7 @@ namespace KernelVL.Perf;
 /// hold f16 tensors, so this is its own case: random data (never zeros), queries checked against an f64 scan of the
 /// whole corpus (tie-aware: every reported score recomputed, no duplicates, descending, and no row better than the
 /// k-th reported one left out), version 2 compared with version 1 entry for entry, then each timed with CUDA events.
-/// The suite (--suite) runs version 2 on the shapes and data that stress it: partial tiles, D not a multiple of 32,
+/// Version 3 (wgmma + TMA scoring, Hopper) runs beside them where available. The suite (--suite) runs versions 2 and 3 on the shapes and data that stress them: partial tiles, D not a multiple of 32,
 /// N below the candidate count, k = 48, exact duplicates (ties at the k-th: the certificate must fail and fall back),
 /// clustered unit vectors (near-ties).
 /// </summary>
@@ -39,22 +39,24 @@ internal static class TopKF16Bench
         Console.WriteLine("|---|---|---|---:|---:|---:|---:|---|");
         float[]? s1 = null; int[]? i1 = null;
         int failures = 0;
-        foreach (int version in new[] { 1, 2 })
+        if (backend.TopKV3Unavailable is { } no3) Console.Error.WriteLine($"topk f16 v3: {no3}");
+        foreach (int version in backend.TopKV3Unavailable is null ? new[] { 1, 2, 3 } : new[] { 1, 2 })
         {
             backend.TopKVersion = version;
             var (s, idx) = Search(backend, qt, corpusDev.View, k, scores, indices);
             int fallbacks = backend.LastTopKFallbacks;
+            string scorer = backend.LastTopKScorer;
             string? problem = null;
             for (int i = 0; i < Math.Min(checkQueries, q) && problem is null; i++) problem = Check(corpus, queries, n, d, k, i, s, idx);
             if (problem is null && s1 is not null) problem = SameAs(s1, i1!, s, idx, k, "version 1");
             if (version == 1) { s1 = s; i1 = idx; }
-            Console.Error.WriteLine(problem is null ? $"topk f16 v{version}: the first {Math.Min(checkQueries, q)} queries match an f64 scan{(version == 2 ? ", and every query version 1" : "")}"
+            Console.Error.WriteLine(problem is null ? $"topk f16 v{version} ({scorer}): the first {Math.Min(checkQueries, q)} queries match an f64 scan{(version >= 2 ? ", and every query version 1" : "")}"
                                                     : $"topk f16 v{version}: FAIL {problem}");
             if (problem is not null) failures++;
             double ms = backend.MedianMs(() => backend.TopKF16(qt, corpusDev.View, k, scores, indices), warmup: 2, reps: 10);
             double bytes = (double)n * d * 2 + (double)q * d * 4, flops = 2.0 * q * n * d;
-            Console.WriteLine($"| topk_f16 | Q{q} N{n} D{d} k{k} | {version} | {ms:F3} | {bytes / (ms / 1e3) / 1e9:F1} | {flops / (ms / 1e3) / 1e12:F2} | {fallbacks} | {problem ?? "ok"} |");
-            rows.Add(new { version, median_ms = ms, bytes, flops, fallbacks, ok = problem is null, problem });
+            Console.WriteLine($"| topk_f16 | Q{q} N{n} D{d} k{k} | {version} ({scorer}) | {ms:F3} | {bytes / (ms / 1e3) / 1e9:F1} | {flops / (ms / 1e3) / 1e12:F2} | {fallbacks} | {problem ?? "ok"} |");
+            rows.Add(new { version, scorer, median_ms = ms, bytes, flops, fallbacks, ok = problem is null, problem });
         }
         if (jsonPath is not null)
         {
@@ -79,9 +81,11 @@ internal static class TopKF16Bench
             ("exact duplicates (ties at the k-th)", 40_000, 64, 128, 10, (n, d) => Duplicated(n, d, 4, 25)),
             ("clustered unit vectors", 200_000, 256, 256, 16, (n, d) => Clustered(n, d, 26)),
         };
-        int failures = 0;
-        Console.WriteLine("| case | shape | fallbacks | check |");
-        Console.WriteLine("|---|---|---:|---|");
+        int failures = 0, runs = 0;
+        var versions = backend.TopKV3Unavailable is null ? new[] { 2, 3 } : new[] { 2 };
+        if (backend.TopKV3Unavailable is { } no3) Console.Error.WriteLine($"topk f16 v3: {no3}");
+        Console.WriteLine("| case | shape | version | fallbacks | check |");
+        Console.WriteLine("|---|---|---|---:|---|");
         foreach (var c in cases)
         {
             var corpus = c.Corpus(c.N, c.D);
@@ -94,24 +98,28 @@ internal static class TopKF16Bench
             backend.CopyFromHost(queries, qt);
             backend.TopKVersion = 1;
             var (s1, i1) = Search(backend, qt, corpusDev.View, c.K, scores, indices);
-            backend.TopKVersion = 2;
-            string? problem = null;
-            int fallbacks = 0;
-            try
+            foreach (int version in versions)
             {
-                var (s2, i2) = Search(backend, qt, corpusDev.View, c.K, scores, indices);
-                fallbacks = backend.LastTopKFallbacks;
-                for (int i = 0; i < Math.Min(c.Q, 64) && problem is null; i++) problem = Check(corpus, queries, c.N, c.D, c.K, i, s2, i2);
-                problem ??= SameAs(s1, i1, s2, i2, c.K, "version 1");
+                backend.TopKVersion = version;
+                string? problem = null;
+                int fallbacks = 0;
+                try
+                {
+                    var (s2, i2) = Search(backend, qt, corpusDev.View, c.K, scores, indices);
+                    fallbacks = backend.LastTopKFallbacks;
+                    for (int i = 0; i < Math.Min(c.Q, 64) && problem is null; i++) problem = Check(corpus, queries, c.N, c.D, c.K, i, s2, i2);
+                    problem ??= SameAs(s1, i1, s2, i2, c.K, "version 1");
+                }
+                catch (Exception e) when (e is KernelVLException)
+                {
+                    problem = e.Message;
+                }
+                runs++;
+                if (problem is not null) failures++;
+                Console.WriteLine($"| {c.Name} | Q{c.Q} N{c.N} D{c.D} k{c.K} | {version} ({backend.LastTopKScorer}) | {fallbacks} | {problem ?? "ok"} |");
             }
-            catch (Exception e) when (e is KernelVLException)
-            {
-                problem = e.Message;
-            }
-            if (problem is not null) failures++;
-            Console.WriteLine($"| {c.Name} | Q{c.Q} N{c.N} D{c.D} k{c.K} | {fallbacks} | {problem ?? "ok"} |");
         }
-        Console.WriteLine($"{cases.Length - failures} passed, {failures} failed");
+        Console.WriteLine($"{runs - failures} passed, {failures} failed");
         return failures == 0 ? 0 : 1;
     }
 

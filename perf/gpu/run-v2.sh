@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh): the first GPU run
-# of the kernels that are opt-in until it passes (topk.cu v2 tensor-core search, gemm.cu v2 bf16 pipeline,
+# of the kernels that are opt-in until it passes (topk.cu v2 tensor-core search, gemm_sm90.cu's top-k v3 on wgmma + TMA, gemm.cu v2 bf16 pipeline,
 # gemm_sm90.cu v3 wgmma and v4 TMA + warp-specialised wgmma, gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
 # backward, layernorm.cu backward).
 # Three groups, each well under the device tool's 10 minutes a command; run them as separate calls, checks first:
@@ -21,7 +21,7 @@ echo "== kernelvl info --probe (libcuda, libnvrtc, ILGPU's CUDA accelerator, how
 timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe > "$R/info.txt" 2>&1; echo "exit $?"; tail -n 14 "$R/info.txt"
 
 if [ "$group" = checks ]; then
-  echo "== topk version 2: the stress suite (every query against f64 and version 1)"
+  echo "== topk versions 2 and 3: the stress suite (every query against f64 and version 1)"
   perf 90 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "exit $?"; tail -n 9 "$R/topk-suite.md"
   for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM_F32=2 ^infonce" "INFONCE=2 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
     var=${v%% *}; filter=${v#* }
@@ -33,7 +33,7 @@ if [ "$group" = checks ]; then
 elif [ "$group" = timings ]; then
   echo "== gemm versions 1, 2, 3, 4 at the targets' shapes (checked, then timed)"
   perf 90 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 25 "$R/gemm-bf16.md"
-  echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1 and 2"
+  echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1, 2 and 3"
   perf 100 topk-f16 --json "$R/topk-f16.json" > "$R/topk-f16.md" 2> "$R/topk-f16.log"; echo "exit $?"
   tail -n 3 "$R/topk-f16.log"; tail -n 2 "$R/topk-f16.md"
   for ver in 1 2; do
@@ -51,7 +51,7 @@ elif [ "$group" = search ]; then
   echo "== index search as it is today (rows widened on the host, f32 top-k)"
   perf 60 search --backend cuda --json "$R/search-widened.json" > "$R/search-widened.md" 2>&1; echo "exit $?"
   grep -E '^\| cuda' "$R/search-widened.md" | cut -c1-120
-  for ver in 1 2; do
+  for ver in 1 2 3; do
     echo "== index search with f16 rows handed to the cuda backend as halves (KERNELVL_CUDA_HALF_ROWS=1), top-k version $ver"
     KERNELVL_CUDA_HALF_ROWS=1 KERNELVL_CUDA_TOPK=$ver perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
     grep -E '^\| cuda' "$R/search-v$ver.md" | cut -c1-120

@@ -48,7 +48,8 @@ public unsafe class CudaBindingTests
         Skip.IfNot(nvrtc.CanEmitCubin, $"{nvrtc.Library} cannot emit CUBIN");
         // sm_90a where NVRTC knows it (12.0+); CUDA 11.8 knows sm_90.
         var options = nvrtc.Version.Major >= 12 ? CudaModules.Options((9, 0)).ToList() : ["--gpu-architecture=sm_90", "--std=c++17", "-DKERNELVL_NVRTC=1"];
-        var headers = new Dictionary<string, string> { [CudaModules.HeaderName] = EmbeddedKernels.Header(CudaModules.HeaderName) };
+        var headers = CudaModules.Headers();
+        Assert.Contains("topk_common.h", headers.Keys);
         foreach (var k in new[] { "layernorm", "gemm", "gemm_sm90", "attention", "infonce", "topk" })
         {
             var (image, _) = nvrtc.Compile(EmbeddedKernels.Source(k), $"{k}.cu", headers, options, cubin: true);
@@ -72,6 +73,10 @@ public unsafe class CudaBindingTests
         Assert.Contains("mbarrier.arrive.expect_tx.shared::cta.b64", v4);
         Assert.Contains("cvta.param.u64", v4);
         Assert.Contains("wgmma.wait_group.sync.aligned 1;", v4);   // one wgmma group kept in flight
+        // Top-k version 3: the f16 wgmma on TMA-loaded stages, the consumers' named barrier.
+        string t3 = text[text.IndexOf(".entry topk_tc_f16_wgmma", StringComparison.Ordinal)..];
+        Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16", t3);
+        Assert.Contains("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes", t3);
     }
 
     [Fact]
@@ -317,6 +322,15 @@ public unsafe class CudaBindingTests
             string last = output.TrimEnd().Split('\n').Last();
             Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {last}\n{output}\n{stderr.Result}");
             Assert.Matches(@"^\d+ passed, 0 failed$", last);
+            // The launches' dynamic shared memory (CudaBackend's constants) is what the kernels' own macros give.
+            var shared = System.Text.RegularExpressions.Regex.Matches(output, @"^shared (\w+) (\d+)$", System.Text.RegularExpressions.RegexOptions.Multiline)
+                .ToDictionary(m => m.Groups[1].Value, m => int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+            Assert.Equal(CudaBackend.Gemm2SharedBytes, shared["gemm_bf16_tn"]);
+            Assert.Equal(CudaBackend.Gemm3SharedBytes, shared["gemm_bf16_wgmma"]);
+            Assert.Equal(CudaBackend.Gemm4SharedBytes, shared["gemm_bf16_wgmma_tma"]);
+            Assert.Equal(CudaBackend.TcSharedBytes, shared["topk_tc_f16"]);
+            Assert.Equal(CudaBackend.Tc3SharedBytes, shared["topk_tc_f16_wgmma"]);
+            Assert.True(CudaBackend.Tc3SharedBytes <= 227 * 1024, "top-k version 3 fits a Hopper block's shared memory");
         }
         finally
         {

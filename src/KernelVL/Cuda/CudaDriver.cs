@@ -159,23 +159,28 @@ public sealed unsafe class CudaDriver
     /// <summary>Whether this driver can encode TMA tensor maps (cuTensorMapEncodeTiled, CUDA 12.0 and later).</summary>
     public bool HasTensorMaps => _cuTensorMapEncodeTiled != null;
 
+    /// <summary>CUtensorMapDataType of the 2-byte element types the kernels load by TMA.</summary>
+    public const int TensorMapF16 = 6, TensorMapBf16 = 9;
+
     /// <summary>
-    /// A tiled 3-D TMA map of a bf16 tensor {k (innermost), rows, batch} at <paramref name="address"/>: rows
+    /// A tiled 3-D TMA map of a 2-byte tensor (<paramref name="dataType"/>: <see cref="TensorMapBf16"/> or
+    /// <see cref="TensorMapF16"/>) {k (innermost), rows, batch} at <paramref name="address"/>: rows
     /// <paramref name="rowBytes"/> apart, batches <paramref name="batchBytes"/> apart; boxes of boxK x boxRows x 1
     /// elements land in shared memory in the 128B swizzle (boxK * 2 must be 128), out-of-bounds elements as zeros,
     /// L2 promotion 256 B. cuTensorMapEncodeTiled's own checks (16-byte aligned address and strides, box <= 256)
     /// become a <see cref="CudaException"/>.
     /// </summary>
-    public TensorMap EncodeTensorMapBf16(nint address, ulong k, ulong rows, ulong batch, ulong rowBytes, ulong batchBytes, uint boxK, uint boxRows)
+    public TensorMap EncodeTensorMap(int dataType, nint address, ulong k, ulong rows, ulong batch, ulong rowBytes, ulong batchBytes, uint boxK, uint boxRows)
     {
+        if (dataType is not (TensorMapF16 or TensorMapBf16)) throw new ArgumentOutOfRangeException(nameof(dataType), dataType, "f16 (6) or bf16 (9)");
         if (_cuTensorMapEncodeTiled == null) throw new BackendException($"{LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later needed)");
         TensorMap map;
         ulong* dims = stackalloc ulong[3] { k, rows, batch };
         ulong* strides = stackalloc ulong[2] { rowBytes, batchBytes };
         uint* box = stackalloc uint[3] { boxK, boxRows, 1 };
         uint* elementStrides = stackalloc uint[3] { 1, 1, 1 };
-        // CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 9, rank 3, INTERLEAVE_NONE 0, SWIZZLE_128B 3, L2_PROMOTION_L2_256B 3, FLOAT_OOB_FILL_NONE 0 (zeros)
-        Check("cuTensorMapEncodeTiled", _cuTensorMapEncodeTiled(&map, 9, 3, address, dims, strides, box, elementStrides, 0, 3, 3, 0));
+        // rank 3, INTERLEAVE_NONE 0, SWIZZLE_128B 3, L2_PROMOTION_L2_256B 3, FLOAT_OOB_FILL_NONE 0 (zeros)
+        Check("cuTensorMapEncodeTiled", _cuTensorMapEncodeTiled(&map, dataType, 3, address, dims, strides, box, elementStrides, 0, 3, 3, 0));
         return map;
     }
 
@@ -296,6 +301,11 @@ public static class EmbeddedKernels
         .Select(n => n["kernels/".Length..^".ptx".Length]).OrderBy(n => n, StringComparer.Ordinal).ToArray();
 
     public static string Ptx(string name) => Read($"kernels/{name}.ptx");
+
+    /// <summary>The headers of kernels/ (kernelvl_cuda.h, topk_common.h, ...) by file name, as the .cu files include them.</summary>
+    public static IReadOnlyList<string> HeaderNames { get; } = typeof(EmbeddedKernels).Assembly.GetManifestResourceNames()
+        .Where(n => n.StartsWith("kernels/", StringComparison.Ordinal) && n.EndsWith(".h", StringComparison.Ordinal))
+        .Select(n => n["kernels/".Length..]).OrderBy(n => n, StringComparer.Ordinal).ToArray();
 
     /// <summary>
     /// The parameter sizes in bytes of entry <paramref name="entry"/> of kernels/<paramref name="name"/>.cu, read from its

@@ -16,6 +16,10 @@ public sealed class CudaModules : IDisposable
 {
     public const string HeaderName = "kernelvl_cuda.h";
 
+    /// <summary>Every embedded header of kernels/ by file name (in name order), as NVRTC is given them: what the .cu files include.</summary>
+    public static IReadOnlyDictionary<string, string> Headers() =>
+        EmbeddedKernels.HeaderNames.ToDictionary(h => h, EmbeddedKernels.Header, StringComparer.Ordinal);
+
     private readonly CudaDriver _driver;
     private readonly Dictionary<string, nint> _modules = new();
     private readonly List<KernelSource> _sources = new();
@@ -82,13 +86,14 @@ public sealed class CudaModules : IDisposable
 
     private (byte[] Image, string Detail) Compile(string kernel, Nvrtc nvrtc)
     {
-        string source = EmbeddedKernels.Source(kernel), header = EmbeddedKernels.Header(HeaderName);
+        string source = EmbeddedKernels.Source(kernel);
+        var headers = Headers();
         var options = Options(Capability);
         var (major, minor) = nvrtc.Version;
-        string key = KernelCache.Key(source, header, options, $"nvrtc {major}.{minor}");
+        string key = KernelCache.Key(source, string.Concat(headers.Select(h => h.Key + "\n" + h.Value)), options, $"nvrtc {major}.{minor}");
         string dir = KernelCache.DefaultDirectory();
         if (KernelCache.TryRead(dir, key, "cubin") is { Length: > 0 } cached) return (cached, $"cached {KernelCache.PathOf(dir, key, "cubin")}");
-        var (image, log) = nvrtc.Compile(source, kernel + ".cu", new Dictionary<string, string> { [HeaderName] = header }, options, cubin: true);
+        var (image, log) = nvrtc.Compile(source, kernel + ".cu", headers, options, cubin: true);
         bool stored = KernelCache.TryWrite(dir, key, "cubin", image);
         return (image, $"compiled by NVRTC {major}.{minor}{(stored ? ", cached" : ", cache not writable")}{(string.IsNullOrWhiteSpace(log) ? "" : "; log: " + log.Trim())}");
     }

@@ -24,7 +24,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     private const int NceTile = 64;
     // topk.cu version 2 (topk_tc_f16): tile sizes and dynamic shared memory, as the kernel defines them.
     private const int TcQueries = 128, TcRows = 256, TcMaxList = 64, TcMaxK = 48;
-    private const int TcSharedBytes = 3 * (TcQueries * 32 * 2 + TcRows * 32 * 2) + TcQueries * (2 * TcMaxList + 2 * 64) * 4 + TcQueries * 3 * 4 + 16;
+    internal const int TcSharedBytes = 3 * (TcQueries * 32 * 2 + TcRows * 32 * 2) + TcQueries * (2 * TcMaxList + 2 * 64) * 4 + TcQueries * 3 * 4 + 16;
 
     private static readonly string[] Kernels = ["gemm", "attention", "layernorm", "infonce", "topk"];
 
@@ -41,12 +41,21 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// environment variable, else 1: version 2 becomes the default once it has passed on a GPU.
     /// </summary>
     public int AttentionVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_ATTENTION") == "2" ? 2 : 1;
-    private const int Gemm2Rows = 128, Gemm2Cols = 256, Gemm2SharedBytes = 4 * (128 + 256) * 64;   // gemm.cu version 2
-    private const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
-    private const int Gemm4SharedBytes = Gemm3SharedBytes + 2 * 4 * 8, Gemm4Threads = 288;           // version 4: + 8 mbarriers
+    private const int Gemm2Rows = 128, Gemm2Cols = 256;
+    internal const int Gemm2SharedBytes = 4 * (128 + 256) * 64;                                       // gemm.cu version 2
+    internal const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
+    internal const int Gemm4SharedBytes = Gemm3SharedBytes + 2 * 4 * 8, Gemm4Threads = 288;          // version 4: + 8 mbarriers
+    internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 128 * (4 * 32) * 4 + 128 * 3 * 4 + 16 + 2 * 3 * 8;   // top-k version 3
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
-    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3;
+
+    /// <summary>Why top-k version 3 (gemm_sm90.cu's topk_tc_f16_wgmma) cannot run here, or null.</summary>
+    public string? TopKV3Unavailable { get; }
+
+    /// <summary>Which scorer the last <see cref="TopKF16"/> call ran: "v1", "v2 mma.sync" or "v3 wgmma + TMA" (a version 3 request
+    /// runs version 2 where version 3 cannot: k over 16, an unavailable device, an operand TMA cannot map).</summary>
+    public string LastTopKScorer { get; private set; } = "";
 
     /// <summary>Why gemm_sm90.cu version 4 (TMA + warp-specialised wgmma) cannot run here (version 3's reasons, or a driver without tensor maps), or null.</summary>
     public string? GemmV4Unavailable { get; }
@@ -104,11 +113,12 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     public string? TopKV2Unavailable { get; }
 
     /// <summary>
-    /// Which top-k kernels <see cref="TopKF16"/> runs: 1 (exact f32 scoring on the CUDA cores, chunk sorts) or 2 (tensor-core
-    /// scoring, exact rescoring of candidates, version 1 for any query whose certificate fails). Defaults to the
-    /// KERNELVL_CUDA_TOPK environment variable, else 1: version 2 becomes the default once it has passed on a GPU.
+    /// Which top-k kernels <see cref="TopKF16"/> runs: 1 (exact f32 scoring on the CUDA cores, chunk sorts), 2 (tensor-core
+    /// scoring, exact rescoring of candidates, version 1 for any query whose certificate fails) or 3 (version 2 with the
+    /// scores from Hopper's wgmma fed by TMA, k up to 16; version 2 elsewhere). Defaults to the KERNELVL_CUDA_TOPK
+    /// environment variable, else 1: a newer version becomes the default once it has passed on a GPU.
     /// </summary>
-    public int TopKVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_TOPK") == "2" ? 2 : 1;
+    public int TopKVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_TOPK") switch { "2" => 2, "3" => 3, _ => 1 };
 
     /// <summary>Queries of the last version-2 <see cref="TopKF16"/> call that failed the certificate and ran version 1.</summary>
     public int LastTopKFallbacks { get; private set; }
@@ -212,6 +222,15 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                             {
                                 GemmV4Unavailable = $"gemm_bf16_wgmma_tma: {e.Message.Split('\n')[0]}";
                             }
+                            try
+                            {
+                                _tc3 = Fn(_sm90, "gemm_sm90", "topk_tc_f16_wgmma");
+                                _driver.SetMaxDynamicSharedMemory(_tc3, Tc3SharedBytes);
+                            }
+                            catch (KernelVLException e)
+                            {
+                                TopKV3Unavailable = $"topk_tc_f16_wgmma: {e.Message.Split('\n')[0]}";
+                            }
                         }
                     }
                 }
@@ -221,6 +240,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                 }
             }
             if (GemmV3Unavailable is not null) GemmV4Unavailable = GemmV3Unavailable;
+            if (GemmV4Unavailable is not null) TopKV3Unavailable ??= GemmV4Unavailable;
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -381,9 +401,9 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         if (GemmVersion == 4 && GemmV4Unavailable is null && TmaOperand(a, m, lda, strideA) && TmaOperand(b, n, ldb, strideB))
         {
             // 3-D maps {K, rows, batch}; an operand shared by every batch is a one-batch map read at batch 0.
-            var ta = _driver.EncodeTensorMapBf16(a, (ulong)k, (ulong)m, strideA == 0 ? 1UL : (ulong)batch, 2UL * (ulong)lda,
+            var ta = _driver.EncodeTensorMap(CudaDriver.TensorMapBf16, a, (ulong)k, (ulong)m, strideA == 0 ? 1UL : (ulong)batch, 2UL * (ulong)lda,
                 2UL * (ulong)(strideA == 0 ? (long)m * lda : strideA), 64, Gemm2Rows);
-            var tb = _driver.EncodeTensorMapBf16(b, (ulong)k, (ulong)n, strideB == 0 ? 1UL : (ulong)batch, 2UL * (ulong)ldb,
+            var tb = _driver.EncodeTensorMap(CudaDriver.TensorMapBf16, b, (ulong)k, (ulong)n, strideB == 0 ? 1UL : (ulong)batch, 2UL * (ulong)ldb,
                 2UL * (ulong)(strideB == 0 ? (long)n * ldb : strideB), 64, Gemm2Cols);
             Args().Add(ta).Add(tb).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(ldc).Add(strideA == 0 ? 0 : 1).Add(strideB == 0 ? 0 : 1)
                 .Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
@@ -682,12 +702,13 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         LastTopKFallbacks = 0;
         if (q == 0) return;
         nint corpusPtr = corpus.LoadEffectiveAddressAsPtr();
-        if (TopKVersion == 2 && TopKV2Plan(q, (int)n, d, k, corpusPtr, _multiprocessors, TopKV2Unavailable is null) is { } plan)
+        if (TopKVersion >= 2 && TopKV2Plan(q, (int)n, d, k, corpusPtr, _multiprocessors, TopKV2Unavailable is null) is { } plan)
         {
             TopKF16V2(plan, P(queries), q, d, corpusPtr, (int)n, k, scores, indices, maxRowNorm);
             return;
         }
         TopKLaunch(_topkChunksF16, P(queries), q, d, corpusPtr, (int)n, k, P(scores), P(indices));
+        LastTopKScorer = "v1";
     }
 
     /// <summary>How version 2 splits a search: kp candidates per query, query tiles x corpus slices of tilesPerSlice 256-row tiles.</summary>
@@ -729,8 +750,21 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             Args().Add(corpus).Add(n).Add(d).Add(P(maxNorm));
             Go(_tcMaxNorm, ((uint)Math.Min(Blocks(n, 8), 8L * _multiprocessors), 1, 1), 256);
         }
-        Args().Add(P(qh)).Add(corpus).Add(q).Add(n).Add(d).Add(plan.TilesPerSlice).Add(kp).Add(P(partS)).Add(P(partI));
-        Go(_tcScore, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), 256, TcSharedBytes);
+        if (TopKVersion == 3 && TopKV3Unavailable is null && kp == 32 && TmaOperand(P(qh), q, d, 0) && TmaOperand(corpus, n, d, 0))
+        {
+            // Version 3: 2-D operands as one-batch TMA maps, boxes of 64 of D x 128 queries and x 256 corpus rows.
+            var tq = _driver.EncodeTensorMap(CudaDriver.TensorMapF16, P(qh), (ulong)d, (ulong)q, 1, 2UL * (ulong)d, 2UL * (ulong)d * (ulong)q, 64, TcQueries);
+            var tc = _driver.EncodeTensorMap(CudaDriver.TensorMapF16, corpus, (ulong)d, (ulong)n, 1, 2UL * (ulong)d, 2UL * (ulong)d * (ulong)n, 64, TcRows);
+            Args().Add(tq).Add(tc).Add(q).Add(n).Add(d).Add(plan.TilesPerSlice).Add(P(partS)).Add(P(partI));
+            Go(_tc3, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), Gemm4Threads, Tc3SharedBytes);
+            LastTopKScorer = "v3 wgmma + TMA";
+        }
+        else
+        {
+            Args().Add(P(qh)).Add(corpus).Add(q).Add(n).Add(d).Add(plan.TilesPerSlice).Add(kp).Add(P(partS)).Add(P(partI));
+            Go(_tcScore, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), 256, TcSharedBytes);
+            LastTopKScorer = "v2 mma.sync";
+        }
         Args().Add(P(partS)).Add(P(partI)).Add(plan.Slices).Add(kp).Add(kp).Add(P(candS)).Add(P(candI));
         Go(_topkMerge, ((uint)q, 1, 1), 256);
         Args().Add(queries).Add(corpus).Add(n).Add(d).Add(kp).Add(P(candS)).Add(P(candI)).Add(P(maxNorm)).Add(k)
