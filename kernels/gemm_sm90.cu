@@ -26,16 +26,18 @@
 #define G3_SMEM_BYTES (G3_STAGES * (G3_A_STAGE + G3_B_STAGE) + 1024)   // + alignment of the stages to 1024
 
 // One 64-wide K stage of a warpgroup's 64 x 256 tile as one wgmma group: A rows at a, B rows at b (K-major, 128-byte
-// swizzled rows), four k16 steps 32 bytes apart along the rows; bf16 or f16 operands.
+// swizzled rows), four k16 steps 32 bytes apart along the rows; bf16 or f16 operands. first != 0: the tile's first
+// stage, whose first step overwrites the accumulators instead of adding to them (no zeroing instructions).
 template <bool F16>
-static __device__ __forceinline__ void g3_stage_mma(float* acc, kv_saddr a, kv_saddr b)
+static __device__ __forceinline__ void g3_stage_mma(float* acc, kv_saddr a, kv_saddr b, int first)
 {
     kv_wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < G3_BK / 16; ks++)   // 16 of K = 32 bytes further along the (swizzled) rows
     {
-        if (F16) kv_wgmma_m64n256k16_f16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32));
-        else kv_wgmma_m64n256k16_bf16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32));
+        const int accumulate = ks > 0 || !first;
+        if (F16) kv_wgmma_m64n256k16_f16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32), accumulate);
+        else kv_wgmma_m64n256k16_bf16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32), accumulate);
     }
     kv_wgmma_commit();
 }
@@ -105,7 +107,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
         }
         kv_cp_async_commit();
         const kv_saddr a = sA + buf * G3_A_STAGE + wg * 64 * 128, b = sB + buf * G3_B_STAGE;
-        g3_stage_mma<false>(acc, a, b);
+        g3_stage_mma<false>(acc, a, b, 0);
         kv_wgmma_wait<0>();       // done reading stage `buf` before the barrier that lets it be overwritten
         if (++buf == G3_STAGES) buf = 0;
         if (++ldBuf == G3_STAGES) ldBuf = 0;
@@ -181,7 +183,7 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
         const int s = kt % G3_STAGES;
         kv_mbar_wait(full + 8 * s, (kt / G3_STAGES) & 1);
         const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-        g3_stage_mma<false>(acc, a, b);
+        g3_stage_mma<false>(acc, a, b, 0);
         kv_wgmma_wait<1>();   // stage kt - 1's wgmma retired: its buffer may be refilled
         if (kt > 0) kv_mbar_arrive(empty + 8 * ((kt - 1) % G3_STAGES));
     }
@@ -203,6 +205,7 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
 // Not yet run on a GPU: the host emulator checks it against f64 and version 1.
 // ======================================================================================================================
 #define T3_STAGES 3   // 3 x 48 KB of stages + 66 KB of lists: 212 KB (4 stages would pass the 227 KB a block may have)
+#define T3_THREADS 384   // two consumer warpgroups + a producer warpgroup (one thread issues), for setmaxnreg
 #define T3_KMAX 32
 #define T3_CAP 32
 #define T3_LISTS_BYTES (G3_BM * (2 * T3_KMAX + 2 * T3_CAP) * 4 + G3_BM * 3 * 4 + 16)
@@ -211,8 +214,8 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
 // qh [Q, d] f16 through tmQ ({d, Q, 1}, box {64, 128, 1}), corpus [n, d] f16 through tmC ({d, n, 1}, box {64, 256, 1})
 // -> partS, partI [Q, slices, 32]: slice s = blockIdx.y covers corpus rows [s tilesPerSlice 256, min(n, ...)), its 32
 // best approximate scores per query, best first, padded with (-inf, TOPK_NO_INDEX). Grid (ceil(Q / 128), slices),
-// 288 threads, T3_SMEM_BYTES of dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) topk_tc_f16_wgmma(
+// 384 threads, T3_SMEM_BYTES of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
     const KV_GRID_CONSTANT kv_tensor_map tmQ, const KV_GRID_CONSTANT kv_tensor_map tmC, int Q, int n, int d, int tilesPerSlice,
     float* __restrict__ partS, int* __restrict__ partI)
 {
@@ -230,7 +233,7 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) topk_tc_f16_wgmma(
     const int ntiles = (int)((sliceEnd - sliceStart + G3_BN - 1) / G3_BN);
     const int KT = (d + G3_BK - 1) / G3_BK;
     const long long total = (long long)ntiles * KT;
-    for (int r = tid; r < G3_BM; r += G4_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
+    for (int r = tid; r < G3_BM; r += T3_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
     if (tid == 0)
     {
         *sh.ovf = 0;
@@ -243,8 +246,9 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) topk_tc_f16_wgmma(
     }
     __syncthreads();
 
-    if (tid >= 256)   // the producer warp: lane 0 issues every copy, tile by tile, 64 of D at a time
+    if (tid >= 256)   // the producer warpgroup: one thread issues every copy, tile by tile, 64 of D at a time
     {
+        kv_setmaxnreg_dec<40>();
         if (tid == 256)
             for (long long step = 0; step < total; step++)
             {
@@ -258,20 +262,20 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) topk_tc_f16_wgmma(
         return;
     }
 
+    kv_setmaxnreg_inc<232>();   // 128 accumulators and the epilogue without spills (168 otherwise: 384 threads)
     const int wg = tid >> 7, warp = tid >> 5, w = warp & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    // Zeroed once, outside the pipeline (each tile then starts with wgmma's scale-d = 0): accumulators left undefined
+    // here make ptxas serialise every wgmma (C7515; the NVRTC test checks for it).
     float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.f;
     int prev = -1;   // the stage whose wgmma may still be in flight
     for (long long step = 0; step < total; step++)
     {
         const int s = (int)(step % T3_STAGES), kt = (int)(step % KT);
         kv_mbar_wait(full + 8 * s, (unsigned)((step / T3_STAGES) & 1));
-        if (kt == 0)
-        {
-#pragma unroll
-            for (int i = 0; i < 128; i++) acc[i] = 0.f;
-        }
         const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-        g3_stage_mma<true>(acc, a, b);
+        g3_stage_mma<true>(acc, a, b, kt == 0);   // a tile's first stage overwrites the last tile's scores
         if (kt + 1 < KT)
         {
             kv_wgmma_wait<1>();

@@ -195,21 +195,32 @@ static __device__ __forceinline__ unsigned long long kv_wgmma_desc(kv_saddr addr
     "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
     "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 
-// d[128] += A (64 x 16, K-major, descriptor a) B^T (B 256 x 16, K-major, descriptor b), the warpgroup's 64 x 256 f32
-// accumulator: warp w of the warpgroup holds rows 16 w .. 16 w + 15; lane (g = lane / 4, t = lane % 4) holds
-// d[4 i + 2 h + e] = (row 16 w + g + 8 h, column 8 i + 2 t + e), i < 32 (the m16n8 layout repeated along N).
-static __device__ __forceinline__ void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b)
+// d[128] = A (64 x 16, K-major, descriptor a) B^T (B 256 x 16, K-major, descriptor b) (+ d when accumulate != 0), the
+// warpgroup's 64 x 256 f32 accumulator: warp w of the warpgroup holds rows 16 w .. 16 w + 15; lane (g = lane / 4,
+// t = lane % 4) holds d[4 i + 2 h + e] = (row 16 w + g + 8 h, column 8 i + 2 t + e), i < 32 (the m16n8 layout
+// repeated along N). accumulate = 0 (wgmma's scale-d predicate) starts a tile without zeroing d: ordinary
+// instructions writing the accumulators inside a pipeline make ptxas serialise the wgmma (its warning C7515).
+static __device__ __forceinline__ void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate)
 {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " KV_WGMMA_D128 ", %128, %129, 1, 1, 1, 0, 0;"
-                 : KV_WGMMA_D128_OUT(d) : "l"(a), "l"(b) : "memory");
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " KV_WGMMA_D128 ", %128, %129, p, 1, 1, 0, 0; }"
+                 : KV_WGMMA_D128_OUT(d) : "l"(a), "l"(b), "r"(accumulate) : "memory");
 }
 
 // kv_wgmma_m64n256k16_bf16 with f16 operands (the same layouts and descriptors).
-static __device__ __forceinline__ void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b)
+static __device__ __forceinline__ void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b, int accumulate)
 {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " KV_WGMMA_D128 ", %128, %129, 1, 1, 1, 0, 0;"
-                 : KV_WGMMA_D128_OUT(d) : "l"(a), "l"(b) : "memory");
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " KV_WGMMA_D128 ", %128, %129, p, 1, 1, 0, 0; }"
+                 : KV_WGMMA_D128_OUT(d) : "l"(a), "l"(b), "r"(accumulate) : "memory");
 }
+
+// Warp-specialised register budgets (every thread of a warpgroup executes it): a producer warpgroup gives registers
+// back, the consumers take them, within the block's 64K.
+template <int N>
+static __device__ __forceinline__ void kv_setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" :: "n"(N)); }
+template <int N>
+static __device__ __forceinline__ void kv_setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" :: "n"(N)); }
 
 // Barrier `id` (1..15; 0 is __syncthreads') among `count` threads (a multiple of 32): the consumer warpgroups of a
 // warp-specialised kernel synchronise without the producer warp.

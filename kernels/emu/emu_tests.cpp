@@ -324,7 +324,7 @@ static void test_topk(int Q, int n, int d, int k, int dupes, int sms)
         kv_emu_encode_tensor_map(&tq, qh.data(), dq, sq, boxQ);
         kv_emu_encode_tensor_map(&tc, c.data(), dc, sc, boxC);
         std::fill(tS.begin(), tS.end(), std::numeric_limits<float>::quiet_NaN());
-        kv_emu_launch({(unsigned)qTiles, (unsigned)slices, 1}, G4_THREADS, T3_SMEM_BYTES, [&] {
+        kv_emu_launch({(unsigned)qTiles, (unsigned)slices, 1}, T3_THREADS, T3_SMEM_BYTES, [&] {
             topk_tc_f16_wgmma(tq, tc, Q, n, d, per, tS.data(), tI.data());
         });
         finish("v3 (wgmma + TMA)");
@@ -658,6 +658,8 @@ int main()
     std::printf("shared gemm_bf16_wgmma_tma %d\n", G4_SMEM_BYTES);
     std::printf("shared topk_tc_f16 %d\n", TC_SMEM_BYTES);
     std::printf("shared topk_tc_f16_wgmma %d\n", T3_SMEM_BYTES);
+    std::printf("threads gemm_bf16_wgmma_tma %d\n", G4_THREADS);
+    std::printf("threads topk_tc_f16_wgmma %d\n", T3_THREADS);
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

@@ -338,7 +338,7 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
 // wgmma is asynchronous: an operation is recorded when issued (the warpgroup agreeing on its descriptors) and computed,
 // reading shared memory, only when its thread's wgmma.wait_group retires its group (the latest the PTX ISA allows),
 // so a kernel that lets a stage be overwritten while a wgmma in flight still reads it fails here.
-struct kv_emu_wgmma_op { float* d; unsigned long long a, b; bool f16; };
+struct kv_emu_wgmma_op { float* d; unsigned long long a, b; bool f16, accumulate; };
 struct kv_emu_wgmmas
 {
     std::vector<kv_emu_wgmma_op> open;
@@ -385,7 +385,7 @@ static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k, b
     return f16 ? kv_f16_to_f32(v) : kv_emu_bf16_to_f32(v);
 }
 
-static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned long long b, bool f16)
+static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned long long b, bool f16, bool accumulate)
 {
     auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
     int idx = (int)(threadIdx.x & 127);
@@ -393,10 +393,15 @@ static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned l
     kv_emu_arrive(G.bar);
     if (G.a != a || G.b != b) std::abort();   // the warpgroup must agree on its operands
     kv_emu_arrive(G.bar);
-    kv_emu_wpending->open.push_back({d, a, b, f16});
+    kv_emu_wpending->open.push_back({d, a, b, f16, accumulate});
 }
-static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b) { kv_emu_wgmma_issue(d, a, b, false); }
-static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b) { kv_emu_wgmma_issue(d, a, b, true); }
+static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, false, accumulate != 0); }
+static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, true, accumulate != 0); }
+
+template <int N>
+static inline void kv_setmaxnreg_dec() {}
+template <int N>
+static inline void kv_setmaxnreg_inc() {}
 
 // bar.sync id, count: the first `count` threads to arrive release each other (the named barrier's generation).
 static inline void kv_named_barrier(int id, int count)
@@ -416,7 +421,7 @@ static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
                 int row = 16 * w + g + 8 * h, col = 8 * i + 2 * t + e;
                 float s = 0.f;
                 for (int k = 0; k < 16; k++) s += kv_emu_wgmma_elem(op.a, row, k, op.f16) * kv_emu_wgmma_elem(op.b, col, k, op.f16);
-                op.d[4 * i + 2 * h + e] += s;
+                op.d[4 * i + 2 * h + e] = op.accumulate ? op.d[4 * i + 2 * h + e] + s : s;
             }
 }
 

@@ -10,7 +10,7 @@ clang++-14 -std=c++20 -O2 -pthread -Wno-unknown-pragmas -Wno-pass-failed -o "$ou
 "$out/emu_tests" > "$out/ordered.txt"; rc1=$?
 KV_EMU_MODE=race "$out/emu_tests" > "$out/race.txt"; rc2=$?
 cat "$out/ordered.txt"
-grep -v ' ok' "$out/race.txt" | grep -v 'passed' | grep -v '^shared ' | sed 's/^/race mode: /'
+grep -v ' ok' "$out/race.txt" | grep -v 'passed' | grep -v '^shared ' | grep -v '^threads ' | sed 's/^/race mode: /'
 count() { tail -n 1 "$1" | awk -v f="$2" '{ print (f == "p") ? $1 : $3 }'; }
 p=$(( $(count "$out/ordered.txt" p) + $(count "$out/race.txt" p) )); f=$(( $(count "$out/ordered.txt" f) + $(count "$out/race.txt" f) ))
 echo "(both modes: ordered $(tail -n 1 "$out/ordered.txt"); race $(tail -n 1 "$out/race.txt"))"

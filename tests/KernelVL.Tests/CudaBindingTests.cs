@@ -57,6 +57,18 @@ public unsafe class CudaBindingTests
             Assert.Equal(0x7f, image[0]);   // an ELF image
             Assert.Equal((byte)'E', image[1]);
         }
+        if (nvrtc.Version.Major >= 12)
+        {
+            // NVRTC 12+ assembles sm_90a here (kernels/fetch-nvrtc12.sh gets one without a GPU): the Hopper kernels with
+            // ptxas -v must not spill, and no wgmma may be serialised (ptxas's C7515: ordinary instructions writing the
+            // accumulators inside a wgmma pipeline, which costs most of the tensor cores' rate).
+            var (_, log) = nvrtc.Compile(EmbeddedKernels.Source("gemm_sm90"), "gemm_sm90.cu", headers, [.. options, "--ptxas-options=-v"], cubin: true);
+            Assert.DoesNotContain("C7515", log);
+            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(log,
+                         @"Compiling entry function '(\w+)'[^\n]*\n(?:[^\n]*\n)*?[^\n]*?(\d+) bytes spill stores"))
+                Assert.True(m.Groups[2].Value == "0", $"{m.Groups[1].Value} spills under NVRTC {nvrtc.Version.Major}.{nvrtc.Version.Minor}:\n{log}");
+            Assert.Contains("topk_tc_f16_wgmma", log);
+        }
         // gemm_sm90.cu's wgmma body (sm_90a only, which CUDA 11.8 cannot assemble): NVRTC's front end must still take it
         // (the 130-operand wgmma asm, the descriptor arithmetic) and emit PTX with the instructions.
         var (ptx, _) = nvrtc.Compile(EmbeddedKernels.Source("gemm_sm90"), "gemm_sm90.cu", headers,
@@ -331,6 +343,8 @@ public unsafe class CudaBindingTests
             Assert.Equal(CudaBackend.TcSharedBytes, shared["topk_tc_f16"]);
             Assert.Equal(CudaBackend.Tc3SharedBytes, shared["topk_tc_f16_wgmma"]);
             Assert.True(CudaBackend.Tc3SharedBytes <= 227 * 1024, "top-k version 3 fits a Hopper block's shared memory");
+            Assert.Matches($"(?m)^threads gemm_bf16_wgmma_tma {CudaBackend.Gemm4Threads}$", output);
+            Assert.Matches($"(?m)^threads topk_tc_f16_wgmma {CudaBackend.Tc3Threads}$", output);
         }
         finally
         {

@@ -44,7 +44,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     private const int Gemm2Rows = 128, Gemm2Cols = 256;
     internal const int Gemm2SharedBytes = 4 * (128 + 256) * 64;                                       // gemm.cu version 2
     internal const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
-    internal const int Gemm4SharedBytes = Gemm3SharedBytes + 2 * 4 * 8, Gemm4Threads = 288;          // version 4: + 8 mbarriers
+    internal const int Gemm4SharedBytes = Gemm3SharedBytes + 2 * 4 * 8, Gemm4Threads = 288;         // version 4: + 8 mbarriers
+    internal const int Tc3Threads = 384;   // top-k version 3: two consumer warpgroups + a producer warpgroup (setmaxnreg)
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 128 * (4 * 32) * 4 + 128 * 3 * 4 + 16 + 2 * 3 * 8;   // top-k version 3
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
@@ -756,7 +757,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             var tq = _driver.EncodeTensorMap(CudaDriver.TensorMapF16, P(qh), (ulong)d, (ulong)q, 1, 2UL * (ulong)d, 2UL * (ulong)d * (ulong)q, 64, TcQueries);
             var tc = _driver.EncodeTensorMap(CudaDriver.TensorMapF16, corpus, (ulong)d, (ulong)n, 1, 2UL * (ulong)d, 2UL * (ulong)d * (ulong)n, 64, TcRows);
             Args().Add(tq).Add(tc).Add(q).Add(n).Add(d).Add(plan.TilesPerSlice).Add(P(partS)).Add(P(partI));
-            Go(_tc3, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), Gemm4Threads, Tc3SharedBytes);
+            Go(_tc3, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), Tc3Threads, Tc3SharedBytes);
             LastTopKScorer = "v3 wgmma + TMA";
         }
         else
