@@ -110,7 +110,10 @@ Console.Error.WriteLine($"peaks: fma {fma:F0} GFLOP/s, copy {copy:F1} GB/s");
 using var backend = BackendFactory.Create(backendName);
 using var reference = BackendFactory.Create(referenceName);
 if (backend is KernelVL.Backends.Cuda.CudaBackend cb)
+{
     foreach (var s in cb.KernelSources) Console.Error.WriteLine($"kernel {s}");
+    foreach (var s in cb.VersionAvailability) Console.Error.WriteLine($"kernel version {s}");
+}
 
 // Numbers in output and files never depend on the user's locale (decimal commas would break tables and JSON readers).
 System.Globalization.CultureInfo.DefaultThreadCurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
@@ -221,7 +224,10 @@ static int CheckAll(string backendName, Regex? filter)
     using var backend = BackendFactory.Create(backendName);
     using var reference = new ReferenceBackend();
     if (backend is KernelVL.Backends.Cuda.CudaBackend cb)
+    {
         foreach (var k in cb.KernelSources) Console.WriteLine($"kernel {k}");
+        foreach (var v in cb.VersionAvailability) Console.WriteLine($"kernel version {v}");
+    }
     int passed = 0, failed = 0;
     foreach (var c in OpRegistry.TestCases().Where(c => filter is null || filter.IsMatch(c.ToString())))
     {

@@ -18,7 +18,7 @@ R="$OUT/v2-$group"; mkdir -p "$R"
 export XDG_CACHE_HOME="$R/cache"
 
 echo "== kernelvl info --probe (libcuda, libnvrtc, ILGPU's CUDA accelerator, how each kernel file loaded)"
-timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe > "$R/info.txt" 2>&1; echo "exit $?"; tail -n 14 "$R/info.txt"
+timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe > "$R/info.txt" 2>&1; echo "exit $?"; tail -n 20 "$R/info.txt"
 
 if [ "$group" = checks ]; then
   echo "== topk versions 2 and 3: the stress suite (every query against f64 and version 1)"
@@ -28,7 +28,7 @@ if [ "$group" = checks ]; then
     echo "== KERNELVL_CUDA_$var: the parity registry's '$filter' cases (the kernel lines say how each module loaded)"
     env "KERNELVL_CUDA_$var" timeout 50 dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cuda --filter "$filter" \
       > "$R/check-${var/=/-}.txt" 2>&1; echo "exit $?"
-    grep -E "^kernel gemm_sm90|FAIL|passed|failed|unavailable" "$R/check-${var/=/-}.txt" | tail -n 6
+    grep -E "^kernel gemm_sm90|^kernel version selected|FAIL|passed|failed|unavailable" "$R/check-${var/=/-}.txt" | tail -n 6
   done
 elif [ "$group" = timings ]; then
   echo "== gemm versions 1, 2, 3, 4 at the targets' shapes (checked, then timed)"

@@ -20,17 +20,17 @@ internal static class InfoCommand
     }
 
     /// <summary>With --probe on a CUDA machine: how the cuda backend loaded each kernel file (NVRTC CUBIN, cached or fresh, or the embedded PTX).</summary>
-    private static string[] CudaKernelSources()
+    private static (string[] Sources, string[] Versions) CudaKernelSources()
     {
-        if (BackendFactory.Unavailable("cuda") is { } why) return [$"cuda backend unavailable: {why}"];
+        if (BackendFactory.Unavailable("cuda") is { } why) return ([$"cuda backend unavailable: {why}"], []);
         try
         {
             using var backend = KernelVL.Backends.Cuda.CudaBackend.Create();
-            return backend.KernelSources.Select(k => k.ToString()).ToArray();
+            return (backend.KernelSources.Select(k => k.ToString()).ToArray(), backend.VersionAvailability.ToArray());
         }
         catch (KernelVLException e)
         {
-            return [$"cuda backend failed to start: {e.Message}"];
+            return ([$"cuda backend failed to start: {e.Message}"], []);
         }
     }
 
@@ -39,7 +39,7 @@ internal static class InfoCommand
         var devices = SystemInfo.IlgpuDevices();
         var probes = probe ? SystemInfo.ProbeIlgpu() : [];
         string? cuda = SystemInfo.CudaDriver, nvrtc = SystemInfo.Nvrtc;
-        var kernelSources = probe ? CudaKernelSources() : [];
+        var (kernelSources, kernelVersions) = probe ? CudaKernelSources() : ([], []);
         string backend = BackendFactory.DefaultName;
         var ops = SystemInfo.OpImplementations(SystemInfo.BackendType(backend));
         if (json)
@@ -56,6 +56,7 @@ internal static class InfoCommand
                 nvrtc,
                 cuda_kernels_embedded = KernelVL.Cuda.EmbeddedKernels.Names,
                 cuda_kernel_sources = kernelSources,
+                cuda_kernel_versions = kernelVersions,
                 backends = BackendFactory.Names.Select(n => new { name = n, available = BackendFactory.Unavailable(n) is null, reason = BackendFactory.Unavailable(n) }),
                 default_backend = backend,
                 ops = ops.Select(o => new { op = o.Op, implemented_by = o.ImplementedBy }),
@@ -73,6 +74,7 @@ internal static class InfoCommand
         Console.WriteLine($"nvrtc          {nvrtc ?? "not found (CUDA kernels would use the embedded PTX)"}");
         Console.WriteLine($"cuda kernels   {string.Join(", ", KernelVL.Cuda.EmbeddedKernels.Names)} (embedded PTX for sm_80, compiled at build time)");
         foreach (var k in kernelSources) Console.WriteLine($"  loaded       {k}");
+        foreach (var v in kernelVersions) Console.WriteLine($"  version      {v}");
         Console.WriteLine("backends");
         foreach (var n in BackendFactory.Names)
             Console.WriteLine($"  {n,-10} {BackendFactory.Unavailable(n) ?? "available"}{(n == backend ? " (default)" : "")}");

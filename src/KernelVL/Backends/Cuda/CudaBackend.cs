@@ -129,6 +129,18 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         _sm90 is not null ? [.. _modules.Sources, .. _sm90.Sources]
         : GemmV3Unavailable is { } why ? [.. _modules.Sources, new KernelSource("gemm_sm90", "not loaded", why)] : _modules.Sources;
 
+    /// <summary>Whether each opt-in kernel version can run on this device, or why not: one line each, for info --probe and the perf logs.</summary>
+    public IReadOnlyList<string> VersionAvailability =>
+    [
+        $"gemm v2 (bf16 cp.async + mma.sync): {GemmV2Unavailable ?? "available"}",
+        $"gemm v3 (wgmma): {GemmV3Unavailable ?? "available"}",
+        $"gemm v4 (TMA + warp-specialised wgmma): {GemmV4Unavailable ?? "available"}",
+        $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
+        $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
+        $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
+            + $"attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}",
+    ];
+
     /// <summary>Null when this machine can run the backend, else why not.</summary>
     public static string? Unavailable()
     {
