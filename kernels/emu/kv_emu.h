@@ -242,12 +242,30 @@ static inline kv_saddr kv_smem(const void* p) { return (kv_saddr)(uintptr_t)p; }
 // cp.async as the PTX ISA allows it to behave at its slowest: a copy lands only when its thread waits for its group
 // (cp.async.wait_group N applies every committed group but the newest N). A kernel that reads a stage before waiting
 // for it reads what was there before (garbage or an older tile), and the emulator's references catch that.
-struct kv_emu_copy { kv_saddr dst; const void* src; int bytes; };
-struct kv_emu_copies
+// A thread's asynchronous operations in commit groups (cp.async's and wgmma's alike): retire(N, apply) applies every
+// committed group but the newest N, oldest first.
+template <class Op>
+struct kv_emu_groups
 {
-    std::vector<kv_emu_copy> open;                  // issued, not yet committed
-    std::vector<std::vector<kv_emu_copy>> groups;   // committed, oldest first
+    std::vector<Op> open;                  // issued, not yet committed
+    std::vector<std::vector<Op>> groups;   // committed, oldest first
+    void commit()
+    {
+        groups.push_back(std::move(open));
+        open.clear();
+    }
+    template <class F>
+    void retire(size_t keep, F apply)
+    {
+        while (groups.size() > keep)
+        {
+            for (auto& op : groups.front()) apply(op);
+            groups.erase(groups.begin());
+        }
+    }
 };
+struct kv_emu_copy { kv_saddr dst; const void* src; int bytes; };
+using kv_emu_copies = kv_emu_groups<kv_emu_copy>;
 inline kv_emu_copies* kv_emu_pending;               // the running fiber's
 // The other mode (kv_emu_set_mode("race")): copies land at once and fibers are resumed in a random order, skipping
 // some passes, so that warps run ahead of each other between barriers: a missing __syncthreads shows as a read of a
@@ -260,34 +278,22 @@ static inline uint32_t kv_emu_rand()
     return (uint32_t)kv_emu_rng;
 }
 static inline void kv_emu_set_mode(const char* mode) { kv_emu_eager = kv_emu_shuffle = mode && std::strcmp(mode, "race") == 0; }
+// A 16-byte cp.async lands: its bytes, or zeros where the source size was 0 (the zero-fill of edge rows).
+static inline void kv_emu_land(const kv_emu_copy& c)
+{
+    if (c.bytes == 16) std::memcpy((void*)(uintptr_t)c.dst, c.src, 16);
+    else std::memset((void*)(uintptr_t)c.dst, 0, 16);
+}
 static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
 {
-    if (kv_emu_eager)
-    {
-        if (bytes == 16) std::memcpy((void*)(uintptr_t)dst, src, 16);
-        else std::memset((void*)(uintptr_t)dst, 0, 16);
-        return;
-    }
-    kv_emu_pending->open.push_back({dst, src, bytes});
+    if (kv_emu_eager) kv_emu_land({dst, src, bytes});
+    else kv_emu_pending->open.push_back({dst, src, bytes});
 }
-static inline void kv_cp_async_commit()
-{
-    kv_emu_pending->groups.push_back(std::move(kv_emu_pending->open));
-    kv_emu_pending->open.clear();
-}
+static inline void kv_cp_async_commit() { kv_emu_pending->commit(); }
 template <int N>
 static inline void kv_cp_async_wait()
 {
-    auto& g = kv_emu_pending->groups;
-    while (g.size() > (size_t)N)
-    {
-        for (auto& c : g.front())
-        {
-            if (c.bytes == 16) std::memcpy((void*)(uintptr_t)c.dst, c.src, 16);
-            else std::memset((void*)(uintptr_t)c.dst, 0, 16);
-        }
-        g.erase(g.begin());
-    }
+    kv_emu_pending->retire(N, kv_emu_land);
 }
 
 // ldmatrix .x4: lane l gives the address of row l % 8 of matrix l / 8 (rows of 8 b16 = 16 bytes).
@@ -339,30 +345,14 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
 // reading shared memory, only when its thread's wgmma.wait_group retires its group (the latest the PTX ISA allows),
 // so a kernel that lets a stage be overwritten while a wgmma in flight still reads it fails here.
 struct kv_emu_wgmma_op { float* d; unsigned long long a, b; bool f16, accumulate; };
-struct kv_emu_wgmmas
-{
-    std::vector<kv_emu_wgmma_op> open;
-    std::vector<std::vector<kv_emu_wgmma_op>> groups;
-};
+using kv_emu_wgmmas = kv_emu_groups<kv_emu_wgmma_op>;
 inline kv_emu_wgmmas* kv_emu_wpending;   // the running fiber's
 static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op);
 static inline void kv_fence_proxy_async() {}
 static inline void kv_wgmma_fence() {}
-static inline void kv_wgmma_commit()
-{
-    kv_emu_wpending->groups.push_back(std::move(kv_emu_wpending->open));
-    kv_emu_wpending->open.clear();
-}
+static inline void kv_wgmma_commit() { kv_emu_wpending->commit(); }
 template <int N>
-static inline void kv_wgmma_wait()
-{
-    auto& g = kv_emu_wpending->groups;
-    while (g.size() > (size_t)N)
-    {
-        for (auto& op : g.front()) kv_emu_wgmma_compute(op);
-        g.erase(g.begin());
-    }
-}
+static inline void kv_wgmma_wait() { kv_emu_wpending->retire(N, kv_emu_wgmma_compute); }
 
 // The descriptor's start address is 14 bits of (shared address >> 4): here an offset into the block's dynamic
 // shared memory (1024-aligned, so the swizzle sees the same address bits as on the device).
