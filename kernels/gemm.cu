@@ -247,18 +247,13 @@ extern "C" __global__ void __launch_bounds__(G2_THREADS, 1) gemm_bf16_tn(
             }
 }
 
-// The engine's f32 operand -> the K-major bf16 operand of gemm_bf16_tn: y[z][r][c] = bf16(op(x[z])(r, c)) for
-// r < R, c < Kc, zeros for Kc <= c < ldy (ldy = Kc rounded up to 8). op(x)(r, c) = x[r * ld + c], or x[c * ld + r]
-// when trans (x stored [Kc, R]). 32 x 32 tiles through shared memory so both sides are read and written along rows.
-// Grid (ceil(ldy / 32), ceil(R / 32), batch), 256 threads (32 x 8); strideX in elements, y batches ldy * R apart.
-extern "C" __global__ void __launch_bounds__(256) convert_bf16_kmajor(
-    const float* __restrict__ x, int R, int Kc, int ld, int trans, long long strideX, unsigned short* __restrict__ y, int ldy)
+// The 32 x 32 tile (r0 = blockIdx.y 32, c0 = blockIdx.x 32) of op(x) into tile[rr][cc] = op(x)(r0 + rr, c0 + cc),
+// zeros outside R x Kc. op(x)(r, c) = x[r * ld + c], or x[c * ld + r] when trans (x stored [Kc, R]). Both sides are
+// read along rows. 256 threads (32 x 8); ends with a __syncthreads.
+static __device__ __forceinline__ void kmajor_tile(const float* __restrict__ x, int R, int Kc, int ld, int trans, float (*tile)[33])
 {
-    __shared__ float tile[32][33];
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
     const int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
-    x += blockIdx.z * strideX;
-    y += (long long)blockIdx.z * ldy * R;
 #pragma unroll
     for (int i = 0; i < 4; i++)
     {
@@ -268,10 +263,23 @@ extern "C" __global__ void __launch_bounds__(256) convert_bf16_kmajor(
         if (trans) tile[tx][a] = v; else tile[a][tx] = v;
     }
     __syncthreads();
+}
+
+// The engine's f32 operand -> the K-major bf16 operand of gemm_bf16_tn: y[z][r][c] = bf16(op(x[z])(r, c)) for
+// r < R, c < Kc, zeros for Kc <= c < ldy (ldy = Kc rounded up to 8), through kmajor_tile.
+// Grid (ceil(ldy / 32), ceil(R / 32), batch), 256 threads (32 x 8); strideX in elements, y batches ldy * R apart.
+extern "C" __global__ void __launch_bounds__(256) convert_bf16_kmajor(
+    const float* __restrict__ x, int R, int Kc, int ld, int trans, long long strideX, unsigned short* __restrict__ y, int ldy)
+{
+    __shared__ float tile[32][33];
+    x += blockIdx.z * strideX;
+    y += (long long)blockIdx.z * ldy * R;
+    kmajor_tile(x, R, Kc, ld, trans, tile);
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, r0 = blockIdx.y * 32, c = blockIdx.x * 32 + tx;
 #pragma unroll
     for (int i = 0; i < 4; i++)
     {
-        int rr = ty + 8 * i, r = r0 + rr, c = c0 + tx;
+        int rr = ty + 8 * i, r = r0 + rr;
         if (r < R && c < ldy) y[(long long)r * ldy + c] = (unsigned short)(kv_pack_bf16(tile[rr][tx], 0.f) & 0xffffu);
     }
 }
@@ -318,6 +326,27 @@ static __device__ __forceinline__ void g3x_split(float x, unsigned& hi, unsigned
 {
     hi = kv_tf32(x);
     lo = kv_tf32(x - kv_int_as_float((int)hi));
+}
+
+// The operands of gemm_sm90.cu's 3xTF32 wgmma GEMM: op(x) [R, Kc] f32 -> hi, lo [R, ldy] K-major, hi = tf32(x),
+// lo = tf32(x - hi) (g3x_split, stored as f32 bit patterns), zeros for Kc <= c < ldy (ldy = Kc rounded up to 4:
+// 16-byte rows for TMA), through kmajor_tile. Grid (ceil(ldy / 32), ceil(R / 32), 1), 256 threads.
+extern "C" __global__ void __launch_bounds__(256) split_tf32_kmajor(
+    const float* __restrict__ x, int R, int Kc, int ld, int trans, float* __restrict__ hi, float* __restrict__ lo, int ldy)
+{
+    __shared__ float tile[32][33];
+    kmajor_tile(x, R, Kc, ld, trans, tile);
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, r0 = blockIdx.y * 32, c = blockIdx.x * 32 + tx;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        int rr = ty + 8 * i, r = r0 + rr;
+        if (r >= R || c >= ldy) continue;
+        unsigned h, l;
+        g3x_split(tile[rr][tx], h, l);
+        hi[(long long)r * ldy + c] = kv_int_as_float((int)h);
+        lo[(long long)r * ldy + c] = kv_int_as_float((int)l);
+    }
 }
 
 // Arguments as gemm_bf16 without GELU. Grid (ceil(N/128), ceil(M/128), batch), 256 threads.

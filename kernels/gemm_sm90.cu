@@ -25,18 +25,20 @@
 #define G3_B_STAGE (G3_BN * 128)
 #define G3_SMEM_BYTES (G3_STAGES * (G3_A_STAGE + G3_B_STAGE) + 1024)   // + alignment of the stages to 1024
 
-// One 64-wide K stage of a warpgroup's 64 x 256 tile as one wgmma group: A rows at a, B rows at b (K-major, 128-byte
-// swizzled rows), four k16 steps 32 bytes apart along the rows; bf16 or f16 operands. first != 0: the tile's first
-// stage, whose first step overwrites the accumulators instead of adding to them (no zeroing instructions).
-template <bool F16>
+// One stage (128-byte K-major rows: 64 of K in bf16 / f16, 32 in tf32) of a warpgroup's 64 x 256 tile as one wgmma
+// group: A rows at a, B rows at b (128B swizzle), four k16 (k8 for tf32) steps 32 bytes apart along the rows.
+// TYPE 0 bf16, 1 f16, 2 tf32. first != 0: the tile's first stage, whose first step overwrites the accumulators
+// instead of adding to them (no zeroing instructions).
+template <int TYPE>
 static __device__ __forceinline__ void g3_stage_mma(float* acc, kv_saddr a, kv_saddr b, int first)
 {
     kv_wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < G3_BK / 16; ks++)   // 16 of K = 32 bytes further along the (swizzled) rows
+    for (int ks = 0; ks < 4; ks++)   // 32 bytes further along the (swizzled) rows each step
     {
         const int accumulate = ks > 0 || !first;
-        if (F16) kv_wgmma_m64n256k16_f16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32), accumulate);
+        if (TYPE == 1) kv_wgmma_m64n256k16_f16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32), accumulate);
+        else if (TYPE == 2) kv_wgmma_m64n256k8_tf32(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32), accumulate);
         else kv_wgmma_m64n256k16_bf16(acc, kv_wgmma_desc(a + ks * 32), kv_wgmma_desc(b + ks * 32), accumulate);
     }
     kv_wgmma_commit();
@@ -107,7 +109,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
         }
         kv_cp_async_commit();
         const kv_saddr a = sA + buf * G3_A_STAGE + wg * 64 * 128, b = sB + buf * G3_B_STAGE;
-        g3_stage_mma<false>(acc, a, b, 0);
+        g3_stage_mma<0>(acc, a, b, 0);
         kv_wgmma_wait<0>();       // done reading stage `buf` before the barrier that lets it be overwritten
         if (++buf == G3_STAGES) buf = 0;
         if (++ldBuf == G3_STAGES) ldBuf = 0;
@@ -136,6 +138,18 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
 #define G4_STAGE_BYTES (G3_A_STAGE + G3_B_STAGE)
 #define G4_SMEM_BYTES (G3_STAGES * G4_STAGE_BYTES + 1024 + 2 * G3_STAGES * 8)   // stages, their 1024 alignment, mbarriers
 
+// The stage ring's mbarriers (thread 0; a __syncthreads follows): full[s] = 1 arrival (the producer's, with the stage's
+// transaction bytes), empty[s] = one arrival from each of the 256 consumer threads. 8 bytes each, stages apart.
+static __device__ __forceinline__ void g4_init_barriers(kv_saddr full, kv_saddr empty, int stages)
+{
+    for (int s = 0; s < stages; s++)
+    {
+        kv_mbar_init(full + 8 * s, 1);
+        kv_mbar_init(empty + 8 * s, 2 * 128);
+    }
+    kv_fence_mbar_init();
+}
+
 // Grid (ceil(M / 128), ceil(N / 256), batch), 288 threads, G4_SMEM_BYTES of dynamic shared memory. C, bias, ldc,
 // strideC, alpha, accumulate, gelu as version 3.
 extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
@@ -148,15 +162,7 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
     const kv_saddr full = sB + G3_STAGES * G3_B_STAGE, empty = full + G3_STAGES * 8;   // mbarriers, 8 bytes each
     const int m0 = blockIdx.x * G3_BM, n0 = blockIdx.y * G3_BN;
     const int KT = (K + G3_BK - 1) / G3_BK;
-    if (threadIdx.x == 0)
-    {
-        for (int s = 0; s < G3_STAGES; s++)
-        {
-            kv_mbar_init(full + 8 * s, 1);
-            kv_mbar_init(empty + 8 * s, 2 * 128);
-        }
-        kv_fence_mbar_init();
-    }
+    if (threadIdx.x == 0) g4_init_barriers(full, empty, G3_STAGES);
     __syncthreads();
 
     if (threadIdx.x >= 256)   // the producer warp: lane 0 issues every copy
@@ -183,13 +189,68 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
         const int s = kt % G3_STAGES;
         kv_mbar_wait(full + 8 * s, (kt / G3_STAGES) & 1);
         const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-        g3_stage_mma<false>(acc, a, b, 0);
+        g3_stage_mma<0>(acc, a, b, 0);
         kv_wgmma_wait<1>();   // stage kt - 1's wgmma retired: its buffer may be refilled
         if (kt > 0) kv_mbar_arrive(empty + 8 * ((kt - 1) % G3_STAGES));
     }
     kv_wgmma_wait<0>();
 
     g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
+#endif
+}
+
+// ======================================================================================================================
+// f32-accurate GEMM on Hopper (the cuda backend's PreciseGemmVersion 3): gemm.cu's 3xTF32 split (x = hi + lo, both
+// tf32; a b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b) on version 4's engine. split_tf32_kmajor (gemm.cu) writes each
+// operand's hi and lo K-major in memory; four TMA maps (A hi / lo, B hi / lo: f32 elements, boxes of 32 x 128 and
+// 32 x 256, 128B swizzle); the producer runs the K loop three times (passes A lo B hi, A hi B lo, A hi B hi, small
+// terms first) into the same accumulators, wgmma m64n256k8 tf32, one group in flight; version 3's epilogue.
+// C [M, N] = alpha A B^T (+ C when accumulate), A [M, K], B [N, K] K-major (one batch). Grid (ceil(M / 128),
+// ceil(N / 256)), 288 threads, G4_SMEM_BYTES of dynamic shared memory.
+// Not yet run on a GPU: the host emulator checks it against f64 (f32 budget).
+// ======================================================================================================================
+extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_tf32x3_wgmma_tma(
+    const KV_GRID_CONSTANT kv_tensor_map tmAhi, const KV_GRID_CONSTANT kv_tensor_map tmAlo,
+    const KV_GRID_CONSTANT kv_tensor_map tmBhi, const KV_GRID_CONSTANT kv_tensor_map tmBlo,
+    float* __restrict__ C, int M, int N, int K, int ldc, float alpha, int accumulate)
+{
+#if defined(KERNELVL_SM90A) || defined(KV_EMU)
+    KV_DYNAMIC_SHARED(unsigned char, smem);
+    const kv_saddr sA = (kv_smem(smem) + 1023) & ~(kv_saddr)1023, sB = sA + G3_STAGES * G3_A_STAGE;
+    const kv_saddr full = sB + G3_STAGES * G3_B_STAGE, empty = full + G3_STAGES * 8;
+    const int m0 = blockIdx.x * G3_BM, n0 = blockIdx.y * G3_BN;
+    const int KT = (K + 31) / 32, total = 3 * KT;   // 32 tf32 of K a stage, three passes
+    if (threadIdx.x == 0) g4_init_barriers(full, empty, G3_STAGES);
+    __syncthreads();
+
+    if (threadIdx.x >= 256)
+    {
+        if (threadIdx.x == 256)
+            for (int step = 0; step < total; step++)
+            {
+                const int s = step % G3_STAGES, round = step / G3_STAGES, pass = step / KT, kt = step % KT;
+                if (round > 0) kv_mbar_wait(empty + 8 * s, (round - 1) & 1);
+                kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
+                kv_tma_load_3d(sA + s * G3_A_STAGE, pass == 0 ? &tmAlo : &tmAhi, kt * 32, m0, 0, full + 8 * s);
+                kv_tma_load_3d(sB + s * G3_B_STAGE, pass == 1 ? &tmBlo : &tmBhi, kt * 32, n0, 0, full + 8 * s);
+            }
+        return;
+    }
+
+    const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.f;
+    for (int step = 0; step < total; step++)
+    {
+        const int s = step % G3_STAGES;
+        kv_mbar_wait(full + 8 * s, (step / G3_STAGES) & 1);
+        g3_stage_mma<2>(acc, sA + s * G3_A_STAGE + wg * 64 * 128, sB + s * G3_B_STAGE, 0);
+        kv_wgmma_wait<1>();
+        if (step > 0) kv_mbar_arrive(empty + 8 * ((step - 1) % G3_STAGES));
+    }
+    kv_wgmma_wait<0>();
+    g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, nullptr, 0, accumulate);
 #endif
 }
 
@@ -237,12 +298,7 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
     if (tid == 0)
     {
         *sh.ovf = 0;
-        for (int s = 0; s < T3_STAGES; s++)
-        {
-            kv_mbar_init(full + 8 * s, 1);
-            kv_mbar_init(empty + 8 * s, 2 * 128);
-        }
-        kv_fence_mbar_init();
+        g4_init_barriers(full, empty, T3_STAGES);
     }
     __syncthreads();
 
@@ -275,7 +331,7 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         const int s = (int)(step % T3_STAGES), kt = (int)(step % KT);
         kv_mbar_wait(full + 8 * s, (unsigned)((step / T3_STAGES) & 1));
         const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-        g3_stage_mma<true>(acc, a, b, kt == 0);   // a tile's first stage overwrites the last tile's scores
+        g3_stage_mma<1>(acc, a, b, kt == 0);   // a tile's first stage overwrites the last tile's scores
         if (kt + 1 < KT)
         {
             kv_wgmma_wait<1>();

@@ -215,6 +215,15 @@ static __device__ __forceinline__ void kv_wgmma_m64n256k16_f16(float* d, unsigne
                  : KV_WGMMA_D128_OUT(d) : "l"(a), "l"(b), "r"(accumulate) : "memory");
 }
 
+// kv_wgmma_m64n256k16_bf16's tile and layouts for tf32 operands (f32 bit patterns of which the tensor cores read the
+// top 19 bits): A 64 x 8, B 256 x 8, K-major rows of 32 tf32 = 128 bytes, 128B swizzle, a k8 step 32 bytes along them.
+static __device__ __forceinline__ void kv_wgmma_m64n256k8_tf32(float* d, unsigned long long a, unsigned long long b, int accumulate)
+{
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
+                 "wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32 " KV_WGMMA_D128 ", %128, %129, p, 1, 1; }"
+                 : KV_WGMMA_D128_OUT(d) : "l"(a), "l"(b), "r"(accumulate) : "memory");
+}
+
 // Warp-specialised register budgets (every thread of a warpgroup executes it): a producer warpgroup gives registers
 // back, the consumers take them, within the block's 64K.
 template <int N>

@@ -140,6 +140,41 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
     }
 }
 
+// The Hopper 3xTF32 GEMM (gemm_tf32x3_wgmma_tma) as the backend runs it: split_tf32_kmajor of op(A) [M, K] and of
+// op(B)^T [N, K] into hi / lo (K rounded up to 4), four f32 TMA maps, then C = alpha A B (+ C): against f64 of the
+// f32 operands themselves, the f32 budget of gemm_f32x3.
+static void test_gemm_tf32x3(int M, int N, int K, bool tA, bool tB, bool acc, float alpha)
+{
+    auto A = rand_vec((size_t)M * K), B = rand_vec((size_t)K * N), C0 = rand_vec((size_t)M * N);
+    const std::vector<float> none;
+    int lda = tA ? M : K, ldb = tB ? K : N, kp = (K + 3) / 4 * 4;
+    std::vector<float> ah((size_t)M * kp, 7.f), al((size_t)M * kp, 7.f), bh((size_t)N * kp, 7.f), bl((size_t)N * kp, 7.f);
+    kv_emu_launch({(unsigned)((kp + 31) / 32), (unsigned)((M + 31) / 32), 1}, 256, 0, [&] {
+        split_tf32_kmajor(A.data(), M, K, lda, tA, ah.data(), al.data(), kp);
+    });
+    kv_emu_launch({(unsigned)((kp + 31) / 32), (unsigned)((N + 31) / 32), 1}, 256, 0, [&] {
+        split_tf32_kmajor(B.data(), N, K, ldb, !tB, bh.data(), bl.data(), kp);
+    });
+    kv_tensor_map tah, tal, tbh, tbl;
+    const unsigned long long da[3] = {(unsigned long long)kp, (unsigned long long)M, 1}, sa[2] = {4ull * kp, 4ull * kp * M};
+    const unsigned long long db[3] = {(unsigned long long)kp, (unsigned long long)N, 1}, sb[2] = {4ull * kp, 4ull * kp * N};
+    const unsigned boxA[3] = {32, G3_BM, 1}, boxB[3] = {32, G3_BN, 1};
+    kv_emu_encode_tensor_map(&tah, ah.data(), da, sa, boxA, 4);
+    kv_emu_encode_tensor_map(&tal, al.data(), da, sa, boxA, 4);
+    kv_emu_encode_tensor_map(&tbh, bh.data(), db, sb, boxB, 4);
+    kv_emu_encode_tensor_map(&tbl, bl.data(), db, sb, boxB, 4);
+    auto C = C0;
+    kv_emu_launch({(unsigned)((M + G3_BM - 1) / G3_BM), (unsigned)((N + G3_BN - 1) / G3_BN), 1}, G4_THREADS, G4_SMEM_BYTES, [&] {
+        gemm_tf32x3_wgmma_tma(tah, tal, tbh, tbl, C.data(), M, N, kp, N, alpha, acc);
+    });
+    // gemm_error's reference is C0 (when acc) + op(A) op(B): fold alpha in by comparing (C - C0) / alpha + C0.
+    auto Cs = C;
+    for (size_t i = 0; i < Cs.size(); i++) Cs[i] = (float)(((double)C[i] - (acc ? C0[i] : 0.0)) / alpha + (acc ? C0[i] : 0.0));
+    char tag[120];
+    std::snprintf(tag, sizeof tag, "gemm tf32x3 (wgmma + TMA) %dx%dx%d%s%s%s alpha %g", M, N, K, tA ? " tA" : "", tB ? " tB" : "", acc ? " acc" : "", alpha);
+    report(tag, gemm_error(M, N, K, 1, tA, tB, false, false, acc, A, B, none, C0, Cs, true), 2e-6);
+}
+
 // Attention at D 64 against f64 softmax over bf16-rounded q, k, v; P is rounded to bf16 on the tensor cores, hence
 // the bf16 budget (2e-2 of max |o|, as the registry's). Checks o, lse, and the fully masked batch.
 static void test_attention(int B, int H, int Tq, int Tk, bool mask)
@@ -630,6 +665,11 @@ int main()
     test_gemm(130, 20, 50, 2, true, true, false, false, true);
     test_gemm(64, 520, 200, 1, false, true, true, false, false);   // K over several 64-wide stages, N over 2 tiles
     test_gemm(20, 270, 600, 1, false, true, false, true, true);    // 10 K stages: the 4-stage rings wrap twice (v4's barrier phases)
+    // The Hopper 3xTF32 GEMM: partial tiles, K not a multiple of 32 (nor of 4), transposes, K over several rings.
+    test_gemm_tf32x3(150, 300, 72, false, true, false, 20.f);
+    test_gemm_tf32x3(130, 270, 45, true, false, true, 1.f);
+    test_gemm_tf32x3(70, 100, 300, false, false, true, 1.f);
+    test_gemm_tf32x3(40, 520, 130, true, true, false, 0.5f);
     // Attention at D 64: partial query and key tiles, one key, masks with a fully masked batch.
     test_attention(2, 2, 150, 100, true);
     test_attention(1, 2, 70, 1, false);

@@ -344,7 +344,7 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
 // wgmma is asynchronous: an operation is recorded when issued (the warpgroup agreeing on its descriptors) and computed,
 // reading shared memory, only when its thread's wgmma.wait_group retires its group (the latest the PTX ISA allows),
 // so a kernel that lets a stage be overwritten while a wgmma in flight still reads it fails here.
-struct kv_emu_wgmma_op { float* d; unsigned long long a, b; bool f16, accumulate; };
+struct kv_emu_wgmma_op { float* d; unsigned long long a, b; int type; bool accumulate; };   // type 0 bf16, 1 f16, 2 tf32
 using kv_emu_wgmmas = kv_emu_groups<kv_emu_wgmma_op>;
 inline kv_emu_wgmmas* kv_emu_wpending;   // the running fiber's
 static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op);
@@ -364,18 +364,24 @@ static inline unsigned long long kv_wgmma_desc(kv_saddr addr)
 
 // Element (row, k) of a K-major bf16 operand: 8-row groups SBO bytes apart, rows 128 bytes apart within a group, k
 // along the row; then the 128B swizzle XORs address bits 4-6 with bits 7-9.
-static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k, bool f16 = false)
+static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k, int type = 0)
 {
     if (((desc >> 62) & 3) != 1 || ((desc >> 16) & 0x3fff) != 1) std::abort();   // only what kernels/gemm_sm90.cu uses
-    unsigned long long start = (desc & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
-    unsigned long long off = start + (unsigned long long)(row / 8) * sbo + (unsigned long long)(row % 8) * 128 + 2ull * k;
+    unsigned long long start = (desc & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4, bytes = type == 2 ? 4 : 2;
+    unsigned long long off = start + (unsigned long long)(row / 8) * sbo + (unsigned long long)(row % 8) * 128 + bytes * k;
     off ^= ((off >> 7) & 7) << 4;
+    if (type == 2)   // tf32: the top 19 bits of the f32 pattern
+    {
+        uint32_t u;
+        std::memcpy(&u, kv_emu_cur->dyn + off, 4);
+        return kv_emu_float(u & 0xffffe000u);
+    }
     uint16_t v;
     std::memcpy(&v, kv_emu_cur->dyn + off, 2);
-    return f16 ? kv_f16_to_f32(v) : kv_emu_bf16_to_f32(v);
+    return type == 1 ? kv_f16_to_f32(v) : kv_emu_bf16_to_f32(v);
 }
 
-static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned long long b, bool f16, bool accumulate)
+static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned long long b, int type, bool accumulate)
 {
     auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
     int idx = (int)(threadIdx.x & 127);
@@ -383,10 +389,11 @@ static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned l
     kv_emu_arrive(G.bar);
     if (G.a != a || G.b != b) std::abort();   // the warpgroup must agree on its operands
     kv_emu_arrive(G.bar);
-    kv_emu_wpending->open.push_back({d, a, b, f16, accumulate});
+    kv_emu_wpending->open.push_back({d, a, b, type, accumulate});
 }
-static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, false, accumulate != 0); }
-static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, true, accumulate != 0); }
+static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 0, accumulate != 0); }
+static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 1, accumulate != 0); }
+static inline void kv_wgmma_m64n256k8_tf32(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 2, accumulate != 0); }
 
 template <int N>
 static inline void kv_setmaxnreg_dec() {}
@@ -410,7 +417,7 @@ static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
             {
                 int row = 16 * w + g + 8 * h, col = 8 * i + 2 * t + e;
                 float s = 0.f;
-                for (int k = 0; k < 16; k++) s += kv_emu_wgmma_elem(op.a, row, k, op.f16) * kv_emu_wgmma_elem(op.b, col, k, op.f16);
+                for (int k = 0; k < (op.type == 2 ? 8 : 16); k++) s += kv_emu_wgmma_elem(op.a, row, k, op.type) * kv_emu_wgmma_elem(op.b, col, k, op.type);
                 op.d[4 * i + 2 * h + e] = op.accumulate ? op.d[4 * i + 2 * h + e] + s : s;
             }
 }
@@ -424,18 +431,19 @@ struct kv_emu_tensor_map
     unsigned long long dims[3];      // elements, innermost first
     unsigned long long strides[2];   // bytes between consecutive indices of dims 1 and 2
     unsigned box[3];
+    unsigned elem;                   // bytes per element (2: bf16 / f16, 4: f32)
 };
 static_assert(sizeof(kv_emu_tensor_map) <= sizeof(kv_tensor_map), "the emulated map fits in the opaque bytes");
 static inline void kv_emu_encode_tensor_map(kv_tensor_map* map, const void* base, const unsigned long long dims[3],
-                                            const unsigned long long strides[2], const unsigned box[3])
+                                            const unsigned long long strides[2], const unsigned box[3], unsigned elem = 2)
 {
     // cuTensorMapEncodeTiled's rules that the kernels rely on: 16-byte aligned base and strides, box <= 256 a side.
-    if ((uintptr_t)base % 16 || strides[0] % 16 || strides[1] % 16 || box[0] * 2 != 128 || box[1] > 256 || box[2] > 256)
+    if ((uintptr_t)base % 16 || strides[0] % 16 || strides[1] % 16 || box[0] * elem != 128 || box[1] > 256 || box[2] > 256)
     {
         std::fprintf(stderr, "kv_emu_encode_tensor_map: arguments cuTensorMapEncodeTiled would reject\n");
         std::abort();
     }
-    kv_emu_tensor_map m{(const unsigned char*)base, {dims[0], dims[1], dims[2]}, {strides[0], strides[1]}, {box[0], box[1], box[2]}};
+    kv_emu_tensor_map m{(const unsigned char*)base, {dims[0], dims[1], dims[2]}, {strides[0], strides[1]}, {box[0], box[1], box[2]}, elem};
     std::memset(map, 0, sizeof *map);
     std::memcpy(map, &m, sizeof m);
 }
@@ -478,14 +486,14 @@ static inline void kv_emu_tma_land(kv_emu_mbar& m, const kv_emu_tma& c)
             for (unsigned e = 0; e < t.box[0]; e++)
             {
                 long long x = (long long)c.c0 + e, y = (long long)c.c1 + r, w = (long long)c.c2 + z;
-                uint16_t v = 0;
+                uint32_t v = 0;
                 if (x >= 0 && y >= 0 && w >= 0 && (unsigned long long)x < t.dims[0] && (unsigned long long)y < t.dims[1] && (unsigned long long)w < t.dims[2])
-                    std::memcpy(&v, t.base + w * t.strides[1] + y * t.strides[0] + 2 * x, 2);
-                unsigned long long a = c.dst + ((unsigned long long)z * t.box[1] + r) * 128 + 2 * e;
+                    std::memcpy(&v, t.base + w * t.strides[1] + y * t.strides[0] + t.elem * x, t.elem);
+                unsigned long long a = c.dst + ((unsigned long long)z * t.box[1] + r) * 128 + t.elem * e;
                 a ^= ((a >> 7) & 7) << 4;
-                std::memcpy((void*)(uintptr_t)a, &v, 2);
+                std::memcpy((void*)(uintptr_t)a, &v, t.elem);
             }
-    m.tx -= 2ll * t.box[0] * t.box[1] * t.box[2];
+    m.tx -= (long long)t.elem * t.box[0] * t.box[1] * t.box[2];
     kv_emu_mbar_check(m);
 }
 // Ordered mode: a copy lands when some thread first waits on its barrier (as late as it can); race mode: at once.

@@ -23,12 +23,15 @@ timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe > "$R/info.txt" 2>&1; 
 if [ "$group" = checks ]; then
   echo "== topk versions 2 and 3: the stress suite (every query against f64 and version 1)"
   perf 90 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "exit $?"; tail -n 9 "$R/topk-suite.md"
-  for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM_F32=2 ^infonce" "INFONCE=2 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
-    var=${v%% *}; filter=${v#* }
-    echo "== KERNELVL_CUDA_$var: the parity registry's '$filter' cases (the kernel lines say how each module loaded)"
-    env "KERNELVL_CUDA_$var" timeout 50 dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cuda --filter "$filter" \
-      > "$R/check-${var/=/-}.txt" 2>&1; echo "exit $?"
-    grep -E "^kernel gemm_sm90|^kernel version selected|FAIL|passed|failed|unavailable" "$R/check-${var/=/-}.txt" | tail -n 6
+  # Each entry: VAR=VALUE[,VAR=VALUE...] (KERNELVL_CUDA_ prefixed) and the registry filter.
+  for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM_F32=2 ^infonce" "GEMM_F32=3 ^infonce" "INFONCE=2 ^infonce" \
+           "INFONCE=2,GEMM_F32=3 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
+    vars=${v%% *}; filter=${v#* }; name=${vars//[=,]/-}
+    envs=(); IFS=, read -ra pairs <<< "$vars"; for p in "${pairs[@]}"; do envs+=("KERNELVL_CUDA_$p"); done
+    echo "== ${envs[*]}: the parity registry's '$filter' cases (the kernel lines say how each module loaded)"
+    env "${envs[@]}" timeout 40 dotnet "$bundle/perf/KernelVL.Perf.dll" check --backend cuda --filter "$filter" \
+      > "$R/check-$name.txt" 2>&1; echo "exit $?"
+    grep -E "^kernel gemm_sm90|^kernel version selected|FAIL|passed|failed|unavailable" "$R/check-$name.txt" | tail -n 6
   done
 elif [ "$group" = timings ]; then
   echo "== gemm versions 1, 2, 3, 4 at the targets' shapes (checked, then timed)"
@@ -43,6 +46,10 @@ elif [ "$group" = timings ]; then
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
   done
+  echo "== InfoNCE version 2 on the Hopper 3xTF32 GEMM (KERNELVL_CUDA_GEMM_F32=3), checked against the cpu backend, then timed"
+  KERNELVL_CUDA_INFONCE=2 KERNELVL_CUDA_GEMM_F32=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 \
+    --json "$R/ops-infonce-f32v3.json" --filter 'infonce.*N4096' > "$R/ops-infonce-f32v3.md" 2> "$R/ops-infonce-f32v3.log"; echo "exit $?"
+  grep -E '^\| infonce' "$R/ops-infonce-f32v3.md" | cut -c1-140
   if [ "${SKIP_TORCH:-0}" != 1 ]; then
     echo "== PyTorch baselines (same card, same run)"
     timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14

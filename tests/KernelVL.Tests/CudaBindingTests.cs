@@ -85,6 +85,9 @@ public unsafe class CudaBindingTests
         Assert.Contains("mbarrier.arrive.expect_tx.shared::cta.b64", v4);
         Assert.Contains("cvta.param.u64", v4);
         Assert.Contains("wgmma.wait_group.sync.aligned 1;", v4);   // one wgmma group kept in flight
+        // The Hopper 3xTF32 GEMM: tf32 wgmma over four TMA maps.
+        string f3 = text[text.IndexOf(".entry gemm_tf32x3_wgmma_tma", StringComparison.Ordinal)..];
+        Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32", f3);
         // Top-k version 3: the f16 wgmma on TMA-loaded stages, the consumers' named barrier.
         string t3 = text[text.IndexOf(".entry topk_tc_f16_wgmma", StringComparison.Ordinal)..];
         Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16", t3);

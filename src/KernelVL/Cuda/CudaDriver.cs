@@ -159,20 +159,20 @@ public sealed unsafe class CudaDriver
     /// <summary>Whether this driver can encode TMA tensor maps (cuTensorMapEncodeTiled, CUDA 12.0 and later).</summary>
     public bool HasTensorMaps => _cuTensorMapEncodeTiled != null;
 
-    /// <summary>CUtensorMapDataType of the 2-byte element types the kernels load by TMA.</summary>
-    public const int TensorMapF16 = 6, TensorMapBf16 = 9;
+    /// <summary>CUtensorMapDataType of the element types the kernels load by TMA (f32 also carries tf32 bit patterns unchanged).</summary>
+    public const int TensorMapF16 = 6, TensorMapF32 = 7, TensorMapBf16 = 9;
 
     /// <summary>
-    /// A tiled 3-D TMA map of a 2-byte tensor (<paramref name="dataType"/>: <see cref="TensorMapBf16"/> or
-    /// <see cref="TensorMapF16"/>) {k (innermost), rows, batch} at <paramref name="address"/>: rows
+    /// A tiled 3-D TMA map of a tensor (<paramref name="dataType"/>: <see cref="TensorMapBf16"/>, <see cref="TensorMapF16"/>
+    /// or <see cref="TensorMapF32"/>) {k (innermost), rows, batch} at <paramref name="address"/>: rows
     /// <paramref name="rowBytes"/> apart, batches <paramref name="batchBytes"/> apart; boxes of boxK x boxRows x 1
-    /// elements land in shared memory in the 128B swizzle (boxK * 2 must be 128), out-of-bounds elements as zeros,
+    /// elements land in shared memory in the 128B swizzle (boxK times the element size must be 128), out-of-bounds elements as zeros,
     /// L2 promotion 256 B. cuTensorMapEncodeTiled's own checks (16-byte aligned address and strides, box <= 256)
     /// become a <see cref="CudaException"/>.
     /// </summary>
     public TensorMap EncodeTensorMap(int dataType, nint address, ulong k, ulong rows, ulong batch, ulong rowBytes, ulong batchBytes, uint boxK, uint boxRows)
     {
-        if (dataType is not (TensorMapF16 or TensorMapBf16)) throw new ArgumentOutOfRangeException(nameof(dataType), dataType, "f16 (6) or bf16 (9)");
+        if (dataType is not (TensorMapF16 or TensorMapF32 or TensorMapBf16)) throw new ArgumentOutOfRangeException(nameof(dataType), dataType, "f16 (6), f32 (7) or bf16 (9)");
         if (_cuTensorMapEncodeTiled == null) throw new BackendException($"{LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later needed)");
         TensorMap map;
         ulong* dims = stackalloc ulong[3] { k, rows, batch };

@@ -49,7 +49,10 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 128 * (4 * 32) * 4 + 128 * 3 * 4 + 16 + 2 * 3 * 8;   // top-k version 3
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
-    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32;
+
+    /// <summary>Why the Hopper 3xTF32 GEMM (PreciseGemmVersion 3, gemm_sm90.cu's gemm_tf32x3_wgmma_tma) cannot run here, or null.</summary>
+    public string? PreciseGemmV3Unavailable { get; }
 
     /// <summary>Why top-k version 3 (gemm_sm90.cu's topk_tc_f16_wgmma) cannot run here, or null.</summary>
     public string? TopKV3Unavailable { get; }
@@ -87,11 +90,13 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     public int LayerNormBackwardVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_LAYERNORM_BACKWARD") == "2" ? 2 : 1;
 
     /// <summary>
-    /// The f32-accurate GEMM behind the InfoNCE gradient: 1 (the ILGPU f32 kernel on the CUDA cores) or 2 (gemm.cu's
-    /// gemm_f32x3: three tf32 tensor-core products of split operands). Defaults to KERNELVL_CUDA_GEMM_F32, else 1:
-    /// version 2 becomes the default once it has passed on a GPU.
+    /// The f32-accurate GEMM behind the InfoNCE gradient (and InfoNCE version 2's scores): 1 (the ILGPU f32 kernel on
+    /// the CUDA cores), 2 (gemm.cu's gemm_f32x3: three tf32 mma.sync products of split operands) or 3 (the same split
+    /// written K-major by split_tf32_kmajor, then gemm_sm90.cu's wgmma + TMA kernel; version 2 where unavailable).
+    /// InfoNCE version 2 takes version 2 when this is 1. Defaults to KERNELVL_CUDA_GEMM_F32, else 1: a newer version
+    /// becomes the default once it has passed on a GPU.
     /// </summary>
-    public int PreciseGemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM_F32") == "2" ? 2 : 1;
+    public int PreciseGemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM_F32") switch { "2" => 2, "3" => 3, _ => 1 };
 
     /// <summary>Why gemm_sm90.cu (version 3, wgmma) cannot run here (not Hopper, no NVRTC, a failed compile), or null.</summary>
     public string? GemmV3Unavailable { get; }
@@ -135,6 +140,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         $"gemm v2 (bf16 cp.async + mma.sync): {GemmV2Unavailable ?? "available"}",
         $"gemm v3 (wgmma): {GemmV3Unavailable ?? "available"}",
         $"gemm v4 (TMA + warp-specialised wgmma): {GemmV4Unavailable ?? "available"}",
+        $"gemm f32 v3 (3xTF32 on wgmma + TMA): {PreciseGemmV3Unavailable ?? "available"}",
         $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
         $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
         $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
@@ -189,6 +195,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             _tcRescore = Fn(_modules, "topk", "topk_f16_rescore");
             _gemm2 = Fn(_modules, "gemm", "gemm_bf16_tn");
             _gemmF32x3 = Fn(_modules, "gemm", "gemm_f32x3");
+            _splitTf32 = Fn(_modules, "gemm", "split_tf32_kmajor");
             _nceDiagOf = Fn(_modules, "infonce", "infonce_diag_of");
             _nceStats = Fn(_modules, "infonce", "infonce_stats_tiles");
             _nceBackTilesOf = Fn(_modules, "infonce", "infonce_backward_tiles_of");
@@ -237,6 +244,15 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                             }
                             try
                             {
+                                _gemmTf32x3 = Fn(_sm90, "gemm_sm90", "gemm_tf32x3_wgmma_tma");
+                                _driver.SetMaxDynamicSharedMemory(_gemmTf32x3, Gemm4SharedBytes);
+                            }
+                            catch (KernelVLException e)
+                            {
+                                PreciseGemmV3Unavailable = $"gemm_tf32x3_wgmma_tma: {e.Message.Split('\n')[0]}";
+                            }
+                            try
+                            {
                                 _tc3 = Fn(_sm90, "gemm_sm90", "topk_tc_f16_wgmma");
                                 _driver.SetMaxDynamicSharedMemory(_tc3, Tc3SharedBytes);
                             }
@@ -254,6 +270,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             }
             if (GemmV3Unavailable is not null) GemmV4Unavailable = GemmV3Unavailable;
             if (GemmV4Unavailable is not null) TopKV3Unavailable ??= GemmV4Unavailable;
+            if (GemmV4Unavailable is not null) PreciseGemmV3Unavailable ??= GemmV4Unavailable;
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -659,10 +676,20 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         if (dv is not null) LaunchGemmPrecise(n, dim, n, F(g), n, true, F(t), dim, false, F(dv), dim);
     }
 
-    /// <summary>c [M, N] += op(a) op(b) at f32 accuracy (one batch, no bias): gemm_f32x3 with PreciseGemmVersion 2, else the ILGPU f32 GEMM.</summary>
+    /// <summary>
+    /// op(x) [R, Kc] f32 (x [R, Kc] with leading dim ld, or x [Kc, R] when trans) -> hi, lo [R, ldy]: the operand layout
+    /// of gemm_tf32x3_wgmma_tma.
+    /// </summary>
+    private void SplitTf32(nint x, int r, int kc, int ld, bool trans, nint hi, nint lo, int ldy)
+    {
+        Args().Add(x).Add(r).Add(kc).Add(ld).Add(trans ? 1 : 0).Add(hi).Add(lo).Add(ldy);
+        Go(_splitTf32, (Blocks(ldy, 32), Blocks(r, 32), 1), 256);
+    }
+
+    /// <summary>c [M, N] += op(a) op(b) at f32 accuracy (one batch, no bias): PreciseGemmVersion 2 or 3 on the tensor cores, else the ILGPU f32 GEMM.</summary>
     private void LaunchGemmPrecise(int m, int n, int k, V a, int lda, bool transA, V b, int ldb, bool transB, V c, int ldc)
     {
-        if (PreciseGemmVersion != 2 || Blocks(m, 128) > MaxGridYZ)
+        if (PreciseGemmVersion < 2 || Blocks(m, 128) > MaxGridYZ)
         {
             LaunchGemmF32(m, n, k, a, lda, transA, 0, b, ldb, transB, 0, c, ldc, 0, 1, V.Empty, true);
             return;
@@ -670,9 +697,32 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         LaunchGemmF32x3(m, n, k, a, lda, transA, b, ldb, transB, c, ldc, 1f, accumulate: true);
     }
 
-    /// <summary>c [M, N] = alpha op(a) op(b) (+ c when accumulate) on gemm_f32x3 (one batch, no bias; M within the grid).</summary>
+    /// <summary>
+    /// c [M, N] = alpha op(a) op(b) (+ c when accumulate) at f32 accuracy on the tensor cores (one batch, no bias; M within
+    /// the grid): the Hopper wgmma + TMA kernel with PreciseGemmVersion 3 where it runs, else gemm_f32x3.
+    /// </summary>
     private void LaunchGemmF32x3(int m, int n, int k, V a, int lda, bool transA, V b, int ldb, bool transB, V c, int ldc, float alpha, bool accumulate)
     {
+        if (PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null && Blocks(n, Gemm2Cols) <= MaxGridYZ)
+        {
+            // op(a) [M, K] and op(b)^T [N, K] split into tf32 hi + lo, K-major, K rounded up to 4 (16-byte rows).
+            int kp = (k + 3) / 4 * 4;
+            using var ahi = Empty(new Shape(m, kp));
+            using var alo = Empty(new Shape(m, kp));
+            using var bhi = Empty(new Shape(n, kp));
+            using var blo = Empty(new Shape(n, kp));
+            if (new[] { P(ahi), P(alo), P(bhi), P(blo) }.All(p => p % 16 == 0))
+            {
+                SplitTf32(P(a), m, k, lda, transA, P(ahi), P(alo), kp);
+                SplitTf32(P(b), n, k, ldb, !transB, P(bhi), P(blo), kp);
+                TensorMap Map(Tensor x, int rows, uint box) =>
+                    _driver.EncodeTensorMap(CudaDriver.TensorMapF32, P(x), (ulong)kp, (ulong)rows, 1, 4UL * (ulong)kp, 4UL * (ulong)kp * (ulong)rows, 32, box);
+                Args().Add(Map(ahi, m, Gemm2Rows)).Add(Map(alo, m, Gemm2Rows)).Add(Map(bhi, n, Gemm2Cols)).Add(Map(blo, n, Gemm2Cols))
+                    .Add(P(c)).Add(m).Add(n).Add(kp).Add(ldc).Add(alpha).Add(accumulate ? 1 : 0);
+                Go(_gemmTf32x3, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), 1), Gemm4Threads, Gemm4SharedBytes);
+                return;
+            }
+        }
         Args().Add(P(a)).Add(P(b)).Add((nint)0).Add(P(c)).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc)
             .Add(transA ? 1 : 0).Add(transB ? 1 : 0).Add(0L).Add(0L).Add(0L).Add(alpha).Add(accumulate ? 1 : 0);
         Go(_gemmF32x3, (Blocks(n, 128), Blocks(m, 128), 1), 256);
