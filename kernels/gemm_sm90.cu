@@ -129,7 +129,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
 // longer read, and every consumer thread arrives on its empty[s] (256 arrivals), which the producer waits on before
 // refilling it. No __syncthreads in the main loop; the copies are issued by one thread instead of all 256, and the
 // tensor cores see the next stage's wgmma queued behind the current one.
-// Operands: tensor maps from cuTensorMapEncodeTiled (CudaDriver.EncodeTensorMapBf16), 3-D {K, rows, batch}, box
+// Operands: tensor maps from cuTensorMapEncodeTiled (CudaDriver.EncodeTensorMap), 3-D {K, rows, batch}, box
 // {64, 128 or 256, 1}, bf16, 128B swizzle; batchA / batchB = 0 where an operand is shared by every batch.
 // Not yet run on a GPU: the host emulator checks it (TMA landing at the first wait on its barrier, or at once in race
 // mode; wgmma computed only when its group is retired).
