@@ -15,6 +15,7 @@
 //      one wgmma group kept in flight (gemm_bf16_wgmma_tma, below)   not yet run on a GPU; host emulator only
 #include "kernelvl_cuda.h"
 #include "topk_common.h"
+#include "attention_common.h"
 
 #define G3_BM 128
 #define G3_BN 256
@@ -251,6 +252,116 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_tf32x3_wgmma_tm
     }
     kv_wgmma_wait<0>();
     g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, nullptr, 0, accumulate);
+#endif
+}
+
+// ======================================================================================================================
+// Attention forward version 3 (Hopper, D = 64): attention.cu's version 2 with both products on wgmma instead of
+// mma.sync. Two warpgroups of 64 query rows (8 warps x 16, version 2's rows); per 64-key tile S = Q K^T is 4 wgmma
+// m64n64k16 with Q from registers (version 2's fragments) and K from shared memory (128-byte swizzled rows, a
+// descriptor), then version 2's online softmax on the accumulators (the same layout), then O += P V as 4 more with P
+// from registers (packed as version 2 packs it) and V staged transposed ([d][key]: K-major for the wgmma). The next
+// tile's f32 K, V and mask are loaded into registers while this one is multiplied (version 2's pipeline); each
+// product group is waited for before its accumulators are touched. q [B, H, Tq, 64], k and v [B, H, Tk, 64] 16-byte
+// aligned, mask i32 [B, Tk] or null -> o [B, H, Tq, 64], lse [B, H, Tq]. Grid (ceil(Tq / 128), B * H), 256 threads,
+// ATT3_SMEM_BYTES of dynamic shared memory.
+// Not yet run on a GPU: the host emulator checks it against f64 (wgmma with register A emulated).
+// ======================================================================================================================
+#define ATT3_TILE_BYTES (ATT_TILE_K * 128)   // 64 rows of 64 bf16
+#define ATT3_SMEM_BYTES (4 * ATT3_TILE_BYTES + 2 * ATT_TILE_K * 4 + 1024)   // K and V^T, double-buffered; mask bias; alignment
+
+extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const int* __restrict__ mask,
+    int H, int Tq, int Tk, float scale, float* __restrict__ o, float* __restrict__ lse)
+{
+#if defined(KERNELVL_SM90A) || defined(KV_EMU)
+    KV_DYNAMIC_SHARED(unsigned char, smem);
+    const kv_saddr base = (kv_smem(smem) + 1023) & ~(kv_saddr)1023;
+    unsigned char* gbase = smem + (base - kv_smem(smem));   // the same bytes through a generic pointer
+    float* kbias = (float*)(gbase + 4 * ATT3_TILE_BYTES);   // [2][64]
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / H);
+    const float* kb = k + bh * Tk * ATT_D;
+    const float* vb = v + bh * Tk * ATT_D;
+    const int r0 = blockIdx.x * 128 + warp * 16 + g, r1 = r0 + 8;
+
+    unsigned qa[4][4];
+    att_load_q(q + bh * Tq * ATT_D, r0, r1, Tq, t, qa);
+    float pk[2][8], pv[2][8], pbias = 0.f;
+    // K rows [key][d] as version 2 stores them; V transposed, [d][key], in the same swizzled 128-byte rows.
+    auto stash = [&](int buf) {
+        const kv_saddr ks = base + buf * ATT3_TILE_BYTES;
+        unsigned char* vt = gbase + (2 + buf) * ATT3_TILE_BYTES;
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+        {
+            int e = tid + i * 256, key = e >> 3, c = e & 7;
+            kv_st_shared16(ks + kv_swz128(key, c), kv_pack_bf16(pk[i][0], pk[i][1]), kv_pack_bf16(pk[i][2], pk[i][3]),
+                           kv_pack_bf16(pk[i][4], pk[i][5]), kv_pack_bf16(pk[i][6], pk[i][7]));
+#pragma unroll
+            for (int x = 0; x < 8; x++)   // V[key][8c + x] -> row 8c + x, column key
+                *(unsigned short*)(vt + kv_swz128(8 * c + x, key >> 3) + 2 * (key & 7)) = (unsigned short)(kv_pack_bf16(pv[i][x], 0.f) & 0xffffu);
+        }
+        if (tid < ATT_TILE_K) kbias[buf * ATT_TILE_K + tid] = pbias;
+    };
+
+    float oacc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) oacc[i][e] = 0.f;
+    float s[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[i][e] = 0.f;
+    float m0 = -KV_INF, m1 = -KV_INF, l0 = 0.f, l1 = 0.f;
+    const float sl2 = scale * KV_LOG2E;
+
+    att_fetch_tile(kb, vb, mask, b, Tk, 0, tid, pk, pv, pbias);
+    stash(0);
+    kv_fence_proxy_async();   // the generic-proxy stores above, before the tensor cores read them
+    __syncthreads();
+    int cur = 0;
+    for (int j0 = 0; j0 < Tk; j0 += ATT_TILE_K)
+    {
+        const bool more = j0 + ATT_TILE_K < Tk;
+        if (more) att_fetch_tile(kb, vb, mask, b, Tk, j0 + ATT_TILE_K, tid, pk, pv, pbias);   // in flight meanwhile
+        const kv_saddr ks = base + cur * ATT3_TILE_BYTES, vts = base + (2 + cur) * ATT3_TILE_BYTES;
+        kv_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)   // S = Q K^T: 16 of d a step, 32 bytes along K's rows
+            kv_wgmma_m64n64k16_bf16_rs(&s[0][0], qa[kk], kv_wgmma_desc(ks + kk * 32), kk > 0);
+        kv_wgmma_commit();
+        kv_wgmma_wait<0>();
+        att_softmax_tile(s, kbias + cur * ATT_TILE_K, sl2, t, m0, m1, l0, l1, oacc);
+        // P as version 2 packs it, all four k16 fragments before the group: registers a wgmma reads must not be written
+        // once the group has started (ptxas would serialise it, C7513).
+        unsigned pa[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            pa[kk][0] = kv_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            pa[kk][1] = kv_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            pa[kk][2] = kv_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[kk][3] = kv_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        }
+        kv_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)   // O += P V: 16 keys a step, V^T's rows 32 bytes on
+            kv_wgmma_m64n64k16_bf16_rs(&oacc[0][0], pa[kk], kv_wgmma_desc(vts + kk * 32), 1);
+        kv_wgmma_commit();
+        kv_wgmma_wait<0>();
+        if (more)
+        {
+            stash(cur ^ 1);   // the other buffers were last read by the wgmma waited for before the last barrier
+            kv_fence_proxy_async();
+        }
+        __syncthreads();
+        cur ^= 1;
+    }
+    att_store(o + bh * Tq * ATT_D, lse + bh * Tq, r0, r1, Tq, t, m0, m1, l0, l1, oacc);
 #endif
 }
 

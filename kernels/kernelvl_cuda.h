@@ -224,6 +224,19 @@ static __device__ __forceinline__ void kv_wgmma_m64n256k8_tf32(float* d, unsigne
                  : KV_WGMMA_D128_OUT(d) : "l"(a), "l"(b), "r"(accumulate) : "memory");
 }
 
+// d[32] = A B^T (+ d when accumulate != 0) for one warpgroup: A 64 x 16 bf16 from registers (each warp its 16 rows,
+// the m16n8k16 A fragment a[0..3] of kv_mma_bf16), B 64 x 16 K-major from shared memory (descriptor b, 128B swizzle),
+// d the m64n64 accumulator (warp w rows 16 w + g + 8 h, columns 8 i + 2 t + e at d[4 i + 2 h + e], i < 8: the layout
+// of kv_mma_bf16's accumulators over 8 column blocks).
+static __device__ __forceinline__ void kv_wgmma_m64n64k16_bf16_rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
+{
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0; }"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate) : "memory");
+}
+
 // Warp-specialised register budgets (every thread of a warpgroup executes it): a producer warpgroup gives registers
 // back, the consumers take them, within the block's 64K.
 template <int N>

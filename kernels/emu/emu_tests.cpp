@@ -186,16 +186,20 @@ static void test_attention(int B, int H, int Tq, int Tk, bool mask)
         for (int b = 0; b < B; b++)
             for (int j = 0; j < Tk; j++) m[(size_t)b * Tk + j] = (b == B - 1) ? 0 : (j % 3 != 1);   // the last batch fully masked
     float scale = 0.125f;
-    for (int ver = 1; ver <= 2; ver++)
+    for (int ver = 1; ver <= 3; ver++)
     {
         std::vector<float> o((size_t)B * H * Tq * D, 7.f), lse((size_t)B * H * Tq, 7.f);
         if (ver == 1)
             kv_emu_launch({(unsigned)((Tq + ATT_Q - 1) / ATT_Q), (unsigned)(B * H), 1}, ATT_WARPS * 32, 0, [&] {
                 attention_forward_d64(q.data(), k.data(), v.data(), mask ? m.data() : nullptr, H, Tq, Tk, scale, o.data(), lse.data());
             });
-        else
+        else if (ver == 2)
             kv_emu_launch({(unsigned)((Tq + ATT2_Q - 1) / ATT2_Q), (unsigned)(B * H), 1}, ATT2_WARPS * 32, 0, [&] {
                 attention_forward_d64_v2(q.data(), k.data(), v.data(), mask ? m.data() : nullptr, H, Tq, Tk, scale, o.data(), lse.data());
+            });
+        else   // version 3: wgmma with register A (gemm_sm90.cu)
+            kv_emu_launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H), 1}, 256, ATT3_SMEM_BYTES, [&] {
+                attention_forward_d64_wgmma(q.data(), k.data(), v.data(), mask ? m.data() : nullptr, H, Tq, Tk, scale, o.data(), lse.data());
             });
         double err = 0, mx = 0, lerr = 0;
         bool masked_ok = true;
@@ -700,6 +704,7 @@ int main()
     std::printf("shared topk_tc_f16_wgmma %d\n", T3_SMEM_BYTES);
     std::printf("threads gemm_bf16_wgmma_tma %d\n", G4_THREADS);
     std::printf("threads topk_tc_f16_wgmma %d\n", T3_THREADS);
+    std::printf("shared attention_forward_d64_wgmma %d\n", ATT3_SMEM_BYTES);
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

@@ -344,7 +344,9 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
 // wgmma is asynchronous: an operation is recorded when issued (the warpgroup agreeing on its descriptors) and computed,
 // reading shared memory, only when its thread's wgmma.wait_group retires its group (the latest the PTX ISA allows),
 // so a kernel that lets a stage be overwritten while a wgmma in flight still reads it fails here.
-struct kv_emu_wgmma_op { float* d; unsigned long long a, b; int type; bool accumulate; };   // type 0 bf16, 1 f16, 2 tf32
+// type 0 bf16, 1 f16, 2 tf32; n 256 (A from shared memory, descriptor a) or 64 (A from registers: this thread's two
+// rows, gathered from its warp at issue, in arow)
+struct kv_emu_wgmma_op { float* d; unsigned long long a, b; int type; bool accumulate; int n; float arow[2][16]; };
 using kv_emu_wgmmas = kv_emu_groups<kv_emu_wgmma_op>;
 inline kv_emu_wgmmas* kv_emu_wpending;   // the running fiber's
 static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op);
@@ -389,7 +391,32 @@ static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned l
     kv_emu_arrive(G.bar);
     if (G.a != a || G.b != b) std::abort();   // the warpgroup must agree on its operands
     kv_emu_arrive(G.bar);
-    kv_emu_wpending->open.push_back({d, a, b, type, accumulate});
+    kv_emu_wgmma_op op{};
+    op.d = d; op.a = a; op.b = b; op.type = type; op.accumulate = accumulate; op.n = 256;
+    kv_emu_wpending->open.push_back(op);
+}
+// Register-A m64n64k16 bf16: the warp's A fragments exchanged (as kv_mma_bf16's are) so that each thread records
+// rows g and g + 8 of its warp's 16 x 16 slice; the warpgroup agrees on b.
+static inline void kv_wgmma_m64n64k16_bf16_rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
+{
+    auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
+    auto& W = kv_emu_w();
+    const int lane = kv_emu_lane(), g = lane >> 2;
+    if ((threadIdx.x & 127) == 0) G.b = b;
+    for (int j = 0; j < 4; j++) W.w[lane][j] = a[j];
+    kv_emu_arrive(G.bar);
+    if (G.b != b) std::abort();   // the warpgroup must agree on its operands
+    kv_emu_wgmma_op op{};
+    op.d = d; op.b = b; op.type = 0; op.accumulate = accumulate != 0; op.n = 64;
+    for (int tt = 0; tt < 4; tt++)   // lane 4 g + tt holds k 2tt, 2tt+1 (a0: row g, a1: row g+8) and 2tt+8, 2tt+9 (a2, a3)
+        for (int h = 0; h < 2; h++)
+        {
+            uint32_t lo = W.w[4 * g + tt][h], hi = W.w[4 * g + tt][2 + h];
+            op.arow[h][2 * tt] = kv_emu_bf16_to_f32(lo & 0xffff); op.arow[h][2 * tt + 1] = kv_emu_bf16_to_f32(lo >> 16);
+            op.arow[h][2 * tt + 8] = kv_emu_bf16_to_f32(hi & 0xffff); op.arow[h][2 * tt + 9] = kv_emu_bf16_to_f32(hi >> 16);
+        }
+    kv_emu_arrive(G.bar);   // every lane has read the exchange before it is written again
+    kv_emu_wpending->open.push_back(op);
 }
 static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 0, accumulate != 0); }
 static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 1, accumulate != 0); }
@@ -411,6 +438,19 @@ static inline void kv_named_barrier(int id, int count)
 static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
 {
     int idx = (int)(threadIdx.x & 127), w = idx >> 5, lane = idx & 31, g = lane >> 2, t = lane & 3;
+    if (op.n == 64)
+    {
+        for (int i = 0; i < 8; i++)
+            for (int h = 0; h < 2; h++)
+                for (int e = 0; e < 2; e++)
+                {
+                    int col = 8 * i + 2 * t + e;
+                    float s = 0.f;
+                    for (int k = 0; k < 16; k++) s += op.arow[h][k] * kv_emu_wgmma_elem(op.b, col, k, 0);
+                    op.d[4 * i + 2 * h + e] = op.accumulate ? op.d[4 * i + 2 * h + e] + s : s;
+                }
+        return;
+    }
     for (int i = 0; i < 32; i++)
         for (int h = 0; h < 2; h++)
             for (int e = 0; e < 2; e++)

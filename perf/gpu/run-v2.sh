@@ -25,7 +25,7 @@ if [ "$group" = checks ]; then
   perf 90 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "exit $?"; tail -n 9 "$R/topk-suite.md"
   # Each entry: VAR=VALUE[,VAR=VALUE...] (KERNELVL_CUDA_ prefixed) and the registry filter.
   for v in "GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM_F32=2 ^infonce" "GEMM_F32=3 ^infonce" "INFONCE=2 ^infonce" \
-           "INFONCE=2,GEMM_F32=3 ^infonce" "ATTENTION=2 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
+           "INFONCE=2,GEMM_F32=3 ^infonce" "ATTENTION=2 ^attention " "ATTENTION=3 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward"; do
     vars=${v%% *}; filter=${v#* }; name=${vars//[=,]/-}
     envs=(); IFS=, read -ra pairs <<< "$vars"; for p in "${pairs[@]}"; do envs+=("KERNELVL_CUDA_$p"); done
     echo "== ${envs[*]}: the parity registry's '$filter' cases (the kernel lines say how each module loaded)"
@@ -46,6 +46,10 @@ elif [ "$group" = timings ]; then
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
   done
+  echo "== attention forward version 3 (wgmma), checked against the cpu backend, then timed"
+  KERNELVL_CUDA_ATTENTION=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-attention-v3.json" \
+    --filter '^attention .*D64' > "$R/ops-attention-v3.md" 2> "$R/ops-attention-v3.log"; echo "exit $?"
+  grep -E '^\| attention' "$R/ops-attention-v3.md" | cut -c1-140
   echo "== InfoNCE version 2 on the Hopper 3xTF32 GEMM (KERNELVL_CUDA_GEMM_F32=3), checked against the cpu backend, then timed"
   KERNELVL_CUDA_INFONCE=2 KERNELVL_CUDA_GEMM_F32=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 \
     --json "$R/ops-infonce-f32v3.json" --filter 'infonce.*N4096' > "$R/ops-infonce-f32v3.md" 2> "$R/ops-infonce-f32v3.log"; echo "exit $?"

@@ -64,6 +64,7 @@ public unsafe class CudaBindingTests
             // accumulators inside a wgmma pipeline, which costs most of the tensor cores' rate).
             var (_, log) = nvrtc.Compile(EmbeddedKernels.Source("gemm_sm90"), "gemm_sm90.cu", headers, [.. options, "--ptxas-options=-v"], cubin: true);
             Assert.DoesNotContain("C7515", log);
+            Assert.DoesNotContain("wgmma.mma_async instructions are serialized", log);   // C7513 and its kin too
             foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(log,
                          @"Compiling entry function '(\w+)'[^\n]*\n(?:[^\n]*\n)*?[^\n]*?(\d+) bytes spill stores"))
                 Assert.True(m.Groups[2].Value == "0", $"{m.Groups[1].Value} spills under NVRTC {nvrtc.Version.Major}.{nvrtc.Version.Minor}:\n{log}");
@@ -88,6 +89,9 @@ public unsafe class CudaBindingTests
         // The Hopper 3xTF32 GEMM: tf32 wgmma over four TMA maps.
         string f3 = text[text.IndexOf(".entry gemm_tf32x3_wgmma_tma", StringComparison.Ordinal)..];
         Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32", f3);
+        // Attention version 3: register-A wgmma m64n64k16 for both products.
+        string a3 = text[text.IndexOf(".entry attention_forward_d64_wgmma", StringComparison.Ordinal)..];
+        Assert.Contains("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", a3);
         // Top-k version 3: the f16 wgmma on TMA-loaded stages, the consumers' named barrier.
         string t3 = text[text.IndexOf(".entry topk_tc_f16_wgmma", StringComparison.Ordinal)..];
         Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16", t3);
@@ -345,6 +349,7 @@ public unsafe class CudaBindingTests
             Assert.Equal(CudaBackend.Gemm4SharedBytes, shared["gemm_bf16_wgmma_tma"]);
             Assert.Equal(CudaBackend.TcSharedBytes, shared["topk_tc_f16"]);
             Assert.Equal(CudaBackend.Tc3SharedBytes, shared["topk_tc_f16_wgmma"]);
+            Assert.Equal(CudaBackend.Attn3SharedBytes, shared["attention_forward_d64_wgmma"]);
             Assert.True(CudaBackend.Tc3SharedBytes <= 227 * 1024, "top-k version 3 fits a Hopper block's shared memory");
             Assert.Matches($"(?m)^threads gemm_bf16_wgmma_tma {CudaBackend.Gemm4Threads}$", output);
             Assert.Matches($"(?m)^threads topk_tc_f16_wgmma {CudaBackend.Tc3Threads}$", output);

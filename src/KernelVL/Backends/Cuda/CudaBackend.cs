@@ -36,11 +36,16 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     private readonly nint _tcQueries, _tcMaxNorm, _tcScore, _tcRescore, _gemm2, _toBf16, _attn64v2;
 
     /// <summary>
-    /// Which attention forward runs at head dim 64: 1 (64 query rows a block, synchronous K/V staging) or 2 (128 rows,
-    /// the next K/V tile loaded while the current one is multiplied, ldmatrix). Defaults to the KERNELVL_CUDA_ATTENTION
-    /// environment variable, else 1: version 2 becomes the default once it has passed on a GPU.
+    /// Which attention forward runs at head dim 64: 1 (64 query rows a block, synchronous K/V staging), 2 (128 rows,
+    /// the next K/V tile loaded while the current one is multiplied, ldmatrix) or 3 (version 2 with both products on
+    /// Hopper's wgmma, Q and P from registers; version 2 where unavailable). Defaults to the KERNELVL_CUDA_ATTENTION
+    /// environment variable, else 1: a newer version becomes the default once it has passed on a GPU.
     /// </summary>
-    public int AttentionVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_ATTENTION") == "2" ? 2 : 1;
+    public int AttentionVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_ATTENTION") switch { "2" => 2, "3" => 3, _ => 1 };
+
+    /// <summary>Why attention version 3 (gemm_sm90.cu's attention_forward_d64_wgmma: version 2 on wgmma) cannot run here, or null.</summary>
+    public string? AttentionV3Unavailable { get; }
+    internal const int Attn3SharedBytes = 4 * 64 * 128 + 2 * 64 * 4 + 1024;   // K and V^T double-buffered, mask bias, alignment
     private const int Gemm2Rows = 128, Gemm2Cols = 256;
     internal const int Gemm2SharedBytes = 4 * (128 + 256) * 64;                                       // gemm.cu version 2
     internal const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
@@ -49,7 +54,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 128 * (4 * 32) * 4 + 128 * 3 * 4 + 16 + 2 * 3 * 8;   // top-k version 3
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
-    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3;
 
     /// <summary>Why the Hopper 3xTF32 GEMM (PreciseGemmVersion 3, gemm_sm90.cu's gemm_tf32x3_wgmma_tma) cannot run here, or null.</summary>
     public string? PreciseGemmV3Unavailable { get; }
@@ -141,6 +146,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         $"gemm v3 (wgmma): {GemmV3Unavailable ?? "available"}",
         $"gemm v4 (TMA + warp-specialised wgmma): {GemmV4Unavailable ?? "available"}",
         $"gemm f32 v3 (3xTF32 on wgmma + TMA): {PreciseGemmV3Unavailable ?? "available"}",
+        $"attention v3 (wgmma): {AttentionV3Unavailable ?? "available"}",
         $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
         $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
         $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
@@ -253,6 +259,15 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                             }
                             try
                             {
+                                _attn3 = Fn(_sm90, "gemm_sm90", "attention_forward_d64_wgmma");
+                                _driver.SetMaxDynamicSharedMemory(_attn3, Attn3SharedBytes);
+                            }
+                            catch (KernelVLException e)
+                            {
+                                AttentionV3Unavailable = $"attention_forward_d64_wgmma: {e.Message.Split('\n')[0]}";
+                            }
+                            try
+                            {
                                 _tc3 = Fn(_sm90, "gemm_sm90", "topk_tc_f16_wgmma");
                                 _driver.SetMaxDynamicSharedMemory(_tc3, Tc3SharedBytes);
                             }
@@ -271,6 +286,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             if (GemmV3Unavailable is not null) GemmV4Unavailable = GemmV3Unavailable;
             if (GemmV4Unavailable is not null) TopKV3Unavailable ??= GemmV4Unavailable;
             if (GemmV4Unavailable is not null) PreciseGemmV3Unavailable ??= GemmV4Unavailable;
+            if (GemmV4Unavailable is not null) AttentionV3Unavailable ??= GemmV4Unavailable;
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -500,8 +516,10 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         }
         if (d.B * d.H * d.Tq == 0) return;
         Args().Add(P(q)).Add(P(k)).Add(P(v)).Add(P(keyMask, true)).Add(d.H).Add(d.Tq).Add(d.Tk).Add(scale).Add(P(o)).Add(P(lse));
-        // Version 2 reads K and V with 16-byte loads: it needs them 16-byte aligned (views at offsets of 4 elements).
-        if (AttentionVersion == 2 && P(k) % 16 == 0 && P(v) % 16 == 0)
+        // Versions 2 and 3 read K and V with 16-byte loads: they need them 16-byte aligned (views at offsets of 4 elements).
+        if (AttentionVersion == 3 && AttentionV3Unavailable is null && P(k) % 16 == 0 && P(v) % 16 == 0)
+            Go(_attn3, (Blocks(d.Tq, 128), (uint)(d.B * d.H), 1), 256, Attn3SharedBytes);
+        else if (AttentionVersion >= 2 && P(k) % 16 == 0 && P(v) % 16 == 0)
             Go(_attn64v2, (Blocks(d.Tq, 128), (uint)(d.B * d.H), 1), 256);
         else
             Go(_attn64, (Blocks(d.Tq, 64), (uint)(d.B * d.H), 1), 128);
