@@ -102,6 +102,10 @@ static __device__ __forceinline__ void att_store(float* __restrict__ ob, float* 
 // This thread's share of the key tile at j0 (256 threads): chunks tid and tid + 256 of 512 (key = chunk / 8, d =
 // 8 (chunk % 8) .. +7) of K and of V as f32 (16-byte loads; zeros past Tk), and the mask bias of key tid (tid < 64):
 // 0 for a key that counts, -inf for a masked or missing one. kb, vb [Tk, 64] 16-byte aligned; mask i32 [B, Tk] or null.
+// VT (for a V staged transposed): V's share is instead column d = tid % 64 of keys 16 (tid / 64) + 8 i .. + 7,
+// pv[i][x] = V[key 16 (tid / 64) + 8 i + x][d] (a warp reads 32 consecutive d of a key: 128-byte loads), so that each
+// thread writes whole 16-byte chunks of V^T's rows.
+template <bool VT = false>
 static __device__ __forceinline__ void att_fetch_tile(const float* __restrict__ kb, const float* __restrict__ vb, const int* __restrict__ mask,
                                                       int b, int Tk, int j0, int tid, float (*pk)[8], float (*pv)[8], float& pbias)
 {
@@ -112,12 +116,18 @@ static __device__ __forceinline__ void att_fetch_tile(const float* __restrict__ 
         if (key < Tk)
         {
             kv_ld_nc_f4(kb + (long long)key * ATT_D + d, pk[i]); kv_ld_nc_f4(kb + (long long)key * ATT_D + d + 4, pk[i] + 4);
-            kv_ld_nc_f4(vb + (long long)key * ATT_D + d, pv[i]); kv_ld_nc_f4(vb + (long long)key * ATT_D + d + 4, pv[i] + 4);
+            if (!VT) { kv_ld_nc_f4(vb + (long long)key * ATT_D + d, pv[i]); kv_ld_nc_f4(vb + (long long)key * ATT_D + d + 4, pv[i] + 4); }
         }
         else
         {
 #pragma unroll
-            for (int x = 0; x < 8; x++) { pk[i][x] = 0.f; pv[i][x] = 0.f; }
+            for (int x = 0; x < 8; x++) { pk[i][x] = 0.f; if (!VT) pv[i][x] = 0.f; }
+        }
+        if (VT)
+        {
+            const int dv = tid & 63, k0 = j0 + 16 * (tid >> 6) + 8 * i;
+#pragma unroll
+            for (int x = 0; x < 8; x++) pv[i][x] = k0 + x < Tk ? vb[(long long)(k0 + x) * ATT_D + dv] : 0.f;
         }
     }
     if (tid < ATT_TILE_K)

@@ -289,19 +289,20 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
     unsigned qa[4][4];
     att_load_q(q + bh * Tq * ATT_D, r0, r1, Tq, t, qa);
     float pk[2][8], pv[2][8], pbias = 0.f;
-    // K rows [key][d] as version 2 stores them; V transposed, [d][key], in the same swizzled 128-byte rows.
+    // K rows [key][d] as version 2 stores them; V transposed, [d][key], in the same swizzled 128-byte rows (whole
+    // 16-byte chunks: a quarter-warp's 8 rows land in 8 different bank groups).
     auto stash = [&](int buf) {
-        const kv_saddr ks = base + buf * ATT3_TILE_BYTES;
-        unsigned char* vt = gbase + (2 + buf) * ATT3_TILE_BYTES;
+        const kv_saddr ks = base + buf * ATT3_TILE_BYTES, vts = base + (2 + buf) * ATT3_TILE_BYTES;
 #pragma unroll
         for (int i = 0; i < 2; i++)
         {
             int e = tid + i * 256, key = e >> 3, c = e & 7;
             kv_st_shared16(ks + kv_swz128(key, c), kv_pack_bf16(pk[i][0], pk[i][1]), kv_pack_bf16(pk[i][2], pk[i][3]),
                            kv_pack_bf16(pk[i][4], pk[i][5]), kv_pack_bf16(pk[i][6], pk[i][7]));
-#pragma unroll
-            for (int x = 0; x < 8; x++)   // V[key][8c + x] -> row 8c + x, column key
-                *(unsigned short*)(vt + kv_swz128(8 * c + x, key >> 3) + 2 * (key & 7)) = (unsigned short)(kv_pack_bf16(pv[i][x], 0.f) & 0xffffu);
+            // V^T row d = tid % 64, keys 16 (tid / 64) + 8 i .. + 7: one 16-byte chunk (att_fetch_tile<true>'s share)
+            const int dv = tid & 63, kc = 2 * (tid >> 6) + i;
+            kv_st_shared16(vts + kv_swz128(dv, kc), kv_pack_bf16(pv[i][0], pv[i][1]), kv_pack_bf16(pv[i][2], pv[i][3]),
+                           kv_pack_bf16(pv[i][4], pv[i][5]), kv_pack_bf16(pv[i][6], pv[i][7]));
         }
         if (tid < ATT_TILE_K) kbias[buf * ATT_TILE_K + tid] = pbias;
     };
@@ -319,7 +320,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
     float m0 = -KV_INF, m1 = -KV_INF, l0 = 0.f, l1 = 0.f;
     const float sl2 = scale * KV_LOG2E;
 
-    att_fetch_tile(kb, vb, mask, b, Tk, 0, tid, pk, pv, pbias);
+    att_fetch_tile<true>(kb, vb, mask, b, Tk, 0, tid, pk, pv, pbias);
     stash(0);
     kv_fence_proxy_async();   // the generic-proxy stores above, before the tensor cores read them
     __syncthreads();
@@ -327,7 +328,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
     for (int j0 = 0; j0 < Tk; j0 += ATT_TILE_K)
     {
         const bool more = j0 + ATT_TILE_K < Tk;
-        if (more) att_fetch_tile(kb, vb, mask, b, Tk, j0 + ATT_TILE_K, tid, pk, pv, pbias);   // in flight meanwhile
+        if (more) att_fetch_tile<true>(kb, vb, mask, b, Tk, j0 + ATT_TILE_K, tid, pk, pv, pbias);   // in flight meanwhile
         const kv_saddr ks = base + cur * ATT3_TILE_BYTES, vts = base + (2 + cur) * ATT3_TILE_BYTES;
         kv_wgmma_fence();
 #pragma unroll
