@@ -139,6 +139,22 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         _sm90 is not null ? [.. _modules.Sources, .. _sm90.Sources]
         : GemmV3Unavailable is { } why ? [.. _modules.Sources, new KernelSource("gemm_sm90", "not loaded", why)] : _modules.Sources;
 
+    /// <summary>An entry of the sm_90a module with its dynamic shared memory allowed: null, or why it cannot run.</summary>
+    private string? Sm90Entry(string entry, int sharedBytes, out nint function)
+    {
+        function = 0;
+        try
+        {
+            function = Fn(_sm90!, "gemm_sm90", entry);
+            _driver.SetMaxDynamicSharedMemory(function, sharedBytes);
+            return null;
+        }
+        catch (KernelVLException e)
+        {
+            return $"{entry}: {e.Message.Split('\n')[0]}";
+        }
+    }
+
     /// <summary>Whether each opt-in kernel version can run on this device, or why not: one line each, for info --probe and the perf logs.</summary>
     public IReadOnlyList<string> VersionAvailability =>
     [
@@ -236,46 +252,12 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                     {
                         _gemm3 = Fn(_sm90, "gemm_sm90", "gemm_bf16_wgmma");
                         _driver.SetMaxDynamicSharedMemory(_gemm3, Gemm3SharedBytes);
-                        if (!_driver.HasTensorMaps) GemmV4Unavailable = $"{CudaDriver.LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later)";
-                        else
-                        {
-                            try
-                            {
-                                _gemm4 = Fn(_sm90, "gemm_sm90", "gemm_bf16_wgmma_tma");
-                                _driver.SetMaxDynamicSharedMemory(_gemm4, Gemm4SharedBytes);
-                            }
-                            catch (KernelVLException e)
-                            {
-                                GemmV4Unavailable = $"gemm_bf16_wgmma_tma: {e.Message.Split('\n')[0]}";
-                            }
-                            try
-                            {
-                                _gemmTf32x3 = Fn(_sm90, "gemm_sm90", "gemm_tf32x3_wgmma_tma");
-                                _driver.SetMaxDynamicSharedMemory(_gemmTf32x3, Gemm4SharedBytes);
-                            }
-                            catch (KernelVLException e)
-                            {
-                                PreciseGemmV3Unavailable = $"gemm_tf32x3_wgmma_tma: {e.Message.Split('\n')[0]}";
-                            }
-                            try
-                            {
-                                _attn3 = Fn(_sm90, "gemm_sm90", "attention_forward_d64_wgmma");
-                                _driver.SetMaxDynamicSharedMemory(_attn3, Attn3SharedBytes);
-                            }
-                            catch (KernelVLException e)
-                            {
-                                AttentionV3Unavailable = $"attention_forward_d64_wgmma: {e.Message.Split('\n')[0]}";
-                            }
-                            try
-                            {
-                                _tc3 = Fn(_sm90, "gemm_sm90", "topk_tc_f16_wgmma");
-                                _driver.SetMaxDynamicSharedMemory(_tc3, Tc3SharedBytes);
-                            }
-                            catch (KernelVLException e)
-                            {
-                                TopKV3Unavailable = $"topk_tc_f16_wgmma: {e.Message.Split('\n')[0]}";
-                            }
-                        }
+                        // Attention v3 needs only the module; the others also TMA's tensor maps.
+                        AttentionV3Unavailable = Sm90Entry("attention_forward_d64_wgmma", Attn3SharedBytes, out _attn3);
+                        string? noMaps = _driver.HasTensorMaps ? null : $"{CudaDriver.LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later)";
+                        GemmV4Unavailable = noMaps ?? Sm90Entry("gemm_bf16_wgmma_tma", Gemm4SharedBytes, out _gemm4);
+                        PreciseGemmV3Unavailable = noMaps ?? Sm90Entry("gemm_tf32x3_wgmma_tma", Gemm4SharedBytes, out _gemmTf32x3);
+                        TopKV3Unavailable = noMaps ?? Sm90Entry("topk_tc_f16_wgmma", Tc3SharedBytes, out _tc3);
                     }
                 }
                 catch (KernelVLException e)
@@ -283,10 +265,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                     GemmV3Unavailable = $"gemm_sm90.cu: {e.Message.Split('\n')[0]}";
                 }
             }
-            if (GemmV3Unavailable is not null) GemmV4Unavailable = GemmV3Unavailable;
-            if (GemmV4Unavailable is not null) TopKV3Unavailable ??= GemmV4Unavailable;
-            if (GemmV4Unavailable is not null) PreciseGemmV3Unavailable ??= GemmV4Unavailable;
-            if (GemmV4Unavailable is not null) AttentionV3Unavailable ??= GemmV4Unavailable;
+            if (GemmV3Unavailable is not null)   // no sm_90a module: none of its kernels
+                GemmV4Unavailable = PreciseGemmV3Unavailable = TopKV3Unavailable = AttentionV3Unavailable = GemmV3Unavailable;
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
