@@ -290,15 +290,18 @@ static std::string topk_check(const std::vector<float>& qs, const std::vector<un
 // topk.cu versions 1 and 2 on an f16 corpus. dupes > 1 repeats each row that many times: with dupes >= kp the tie
 // at the k-th reaches the kp-th candidate, where the certificate must fail and version 2 must flag the query rather
 // than return a list it cannot prove (ties inside the kp candidates are resolved exactly by the rescoring).
-static void test_topk(int Q, int n, int d, int k, int dupes, int sms)
+// rising: positive queries and rows that grow with their index, so that most of every tile beats the lists'
+// thresholds and every tile's epilogue overflows and merges (the path whose barriers the starve mode tests).
+static void test_topk(int Q, int n, int d, int k, int dupes, int sms, bool rising = false)
 {
     std::vector<unsigned short> c((size_t)n * d);
     std::vector<unsigned short> base((size_t)((n + dupes - 1) / dupes) * d);
-    for (auto& x : base) x = kv_f16_bits(uni());
+    for (size_t i = 0; i < base.size(); i++) base[i] = kv_f16_bits(rising ? 0.75f * (float)(i / d) / n + 0.25f * uni() : uni());
     for (int r = 0; r < n; r++) std::memcpy(&c[(size_t)r * d], &base[(size_t)(r / dupes) * d], (size_t)d * 2);
     auto qs = rand_vec((size_t)Q * d);
+    if (rising) for (auto& x : qs) x = std::fabs(x);
     char tag[160];
-    std::snprintf(tag, sizeof tag, "Q%d N%d D%d k%d%s", Q, n, d, k, dupes > 1 ? " duplicated rows" : "");
+    std::snprintf(tag, sizeof tag, "Q%d N%d D%d k%d%s", Q, n, d, k, dupes > 1 ? " duplicated rows" : rising ? " rising rows (every tile overflows)" : "");
 
     // version 1, on the first Q1 queries (its block per (query, chunk) is the emulator's slowest case)
     const int Q1 = std::min(Q, 12);
@@ -660,8 +663,10 @@ static void test_attention_backward(int B, int H, int Tq, int Tk, bool mask)
 
 int main()
 {
-    // KV_EMU_MODE=race: eager cp.async and a shuffled, stalling schedule (kv_emu_set_mode); default: copies land at their wait.
+    // KV_EMU_MODE=race: eager copies and a shuffled, stalling schedule; starve: eager copies, a victim warp (group) held
+    // back while the rest of the block runs ahead (kv_emu_set_mode); default: copies land at their wait.
     kv_emu_set_mode(std::getenv("KV_EMU_MODE"));
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);   // a run stopped by a deadlock still shows the checks before it
     // GEMM: both versions, every transpose, partial tiles, K not a multiple of 32 (nor, for version 1, of 8), batches.
     test_gemm(150, 300, 72, 1, false, true, true, false, false);
     test_gemm(70, 90, 40, 2, false, false, false, false, true);
@@ -686,6 +691,7 @@ int main()
     test_topk(9, 20, 16, 7, 1, 4);
     test_topk(40, 2000, 32, 10, 64, 2);
     test_topk(130, 2100, 200, 16, 1, 2);   // D 200: 4 stages of 64 through version 3's 3-stage ring, several tiles a slice
+    test_topk(130, 3000, 72, 10, 1, 1, true);   // 12 tiles in one slice, each overflowing the candidate lists
     // Layer norm and InfoNCE (version 1, which ran on the H100; the gradient's GEMM is the new gemm_f32x3).
     test_layernorm(3, 777, true);
     test_layernorm(2, 64, false);

@@ -97,12 +97,16 @@ kv_emu_switch:
 )");
 inline void* kv_emu_mainSp;
 inline void** kv_emu_selfSp;
+// Set by a wait that found nothing changed since the fiber's last switch (it yields again without progress): the
+// scheduler's deadlock test (every live fiber idle since the last progress) and the starve mode read it.
+inline bool kv_emu_idle;
 static inline void kv_emu_yield() { kv_emu_switch(kv_emu_selfSp, kv_emu_mainSp); }
 static inline void kv_emu_arrive(kv_emu_bar& b)
 {
     if (++b.count >= b.alive) { b.count = 0; b.gen++; return; }
     unsigned g = b.gen;
-    while (b.gen == g) kv_emu_yield();
+    kv_emu_yield();   // after arriving: progress
+    while (b.gen == g) { kv_emu_idle = true; kv_emu_yield(); }
 }
 static inline void kv_emu_leave(kv_emu_bar& b)
 {
@@ -267,17 +271,25 @@ struct kv_emu_groups
 struct kv_emu_copy { kv_saddr dst; const void* src; int bytes; };
 using kv_emu_copies = kv_emu_groups<kv_emu_copy>;
 inline kv_emu_copies* kv_emu_pending;               // the running fiber's
-// The other mode (kv_emu_set_mode("race")): copies land at once and fibers are resumed in a random order, skipping
-// some passes, so that warps run ahead of each other between barriers: a missing __syncthreads shows as a read of a
-// stage that another warp has already overwritten.
-inline bool kv_emu_eager = false, kv_emu_shuffle = false;
+// The other modes. "race": copies land at once and fibers are resumed in a random order, skipping some passes, so
+// that warps run ahead of each other between barriers: a missing __syncthreads shows as a read of a stage that another
+// warp has already overwritten. "starve": copies land at once, and one victim (a warp, a warpgroup, or every warp but
+// one) is resumed only when every other live fiber is stuck, for a few such turns, then another victim is drawn: the
+// rest of the block runs as far ahead of the victim as the barriers let it, the schedule that exposes a barrier
+// missing between a slow warp's read and a fast warp's next write (which race mode's short stalls rarely produce).
+inline bool kv_emu_eager = false, kv_emu_shuffle = false, kv_emu_starve = false;
 inline uint64_t kv_emu_rng = 0x9e3779b97f4a7c15ull;
 static inline uint32_t kv_emu_rand()
 {
     kv_emu_rng ^= kv_emu_rng << 13; kv_emu_rng ^= kv_emu_rng >> 7; kv_emu_rng ^= kv_emu_rng << 17;
     return (uint32_t)kv_emu_rng;
 }
-static inline void kv_emu_set_mode(const char* mode) { kv_emu_eager = kv_emu_shuffle = mode && std::strcmp(mode, "race") == 0; }
+static inline void kv_emu_set_mode(const char* mode)
+{
+    const bool race = mode && std::strcmp(mode, "race") == 0;
+    kv_emu_starve = mode && std::strcmp(mode, "starve") == 0;
+    kv_emu_eager = kv_emu_shuffle = race || kv_emu_starve;
+}
 // A 16-byte cp.async lands: its bytes, or zeros where the source size was 0 (the zero-fill of edge rows).
 static inline void kv_emu_land(const kv_emu_copy& c)
 {
@@ -352,6 +364,8 @@ inline kv_emu_wgmmas* kv_emu_wpending;   // the running fiber's
 static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op);
 static inline void kv_fence_proxy_async() {}
 static inline void kv_wgmma_fence() {}
+template <int N, class T>
+static inline void kv_wgmma_fence_operand(T*) {}   // a compiler ordering constraint only (source order here)
 static inline void kv_wgmma_commit() { kv_emu_wpending->commit(); }
 template <int N>
 static inline void kv_wgmma_wait() { kv_emu_wpending->retire(N, kv_emu_wgmma_compute); }
@@ -555,7 +569,7 @@ static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
         m.copies.clear();
         for (auto& c : copies) kv_emu_tma_land(m, c);
         if ((m.phase & 1) != parity) return;
-        if (spins > 200000) { std::fprintf(stderr, "mbarrier wait never completes (deadlock)\n"); std::abort(); }
+        if (spins > 0 && copies.empty()) kv_emu_idle = true;   // (a wait that never completes: the scheduler's deadlock test)
         kv_emu_yield();
     }
 }
@@ -628,26 +642,51 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                 }
                 std::vector<unsigned> order(threads);
                 for (unsigned t = 0; t < threads; t++) order[t] = t;
+                // idle[t]: fiber t has been resumed and found nothing to do since the last progress of any fiber.
+                // Every live fiber idle = none can ever go on (their state changes only through each other): deadlock.
+                std::vector<char> idle(threads, 0), victim(threads, 0);
+                unsigned idleCount = 0, victimTurns = 0;
+                auto drawVictim = [&] {
+                    const unsigned warpsN = threads / 32, w = kv_emu_rand() % warpsN, kind = kv_emu_rand() % 3;
+                    for (unsigned t = 0; t < threads; t++)
+                        victim[t] = kind == 0 ? t / 32 == w : kind == 1 ? t / 128 == w / 4 : t / 32 != w;
+                    victimTurns = 1 + kv_emu_rand() % 6;
+                };
+                if (kv_emu_starve) drawVictim();
                 for (unsigned left = threads; left > 0;)
                 {
                     left = 0;
                     if (kv_emu_shuffle)
                         for (unsigned i = threads - 1; i > 0; i--) std::swap(order[i], order[kv_emu_rand() % (i + 1)]);
+                    bool othersStuck = true;   // starve mode: the victim runs only when no other fiber can
+                    if (kv_emu_starve)
+                        for (unsigned t = 0; t < threads; t++) othersStuck &= victim[t] || fibers[t].done || idle[t];
                     for (unsigned i = 0; i < threads; i++)
                     {
                         unsigned t = order[i];
                         kv_emu_fiber& f = fibers[t];
                         if (f.done) continue;
                         // race mode: a fiber sits out a quarter of the passes, holding its warp back while others go on
-                        if (kv_emu_shuffle && kv_emu_rand() % 4 == 0) { left++; continue; }
+                        if (kv_emu_shuffle && !kv_emu_starve && kv_emu_rand() % 4 == 0) { left++; continue; }
+                        if (kv_emu_starve && victim[t] && !othersStuck) { left++; continue; }
                         threadIdx = {t, 0, 0};
                         kv_emu_running = &f;
                         kv_emu_pending = &f.copies;
                         kv_emu_wpending = &f.wgmmas;
                         kv_emu_selfSp = &f.sp;
+                        kv_emu_idle = false;
                         kv_emu_switch(&kv_emu_mainSp, f.sp);
                         if (!f.done) left++;
+                        if (!kv_emu_idle) { std::fill(idle.begin(), idle.end(), 0); idleCount = 0; }
+                        if (kv_emu_idle && !idle[t]) { idle[t] = 1; idleCount++; }
                     }
+                    if (left > 0 && idleCount == left)
+                    {
+                        std::fprintf(stderr, "deadlock: the %u live threads of block (%u, %u, %u) all wait (a barrier, a named barrier or an mbarrier) and none can go on\n",
+                                     left, x, y, z);
+                        std::abort();
+                    }
+                    if (kv_emu_starve && othersStuck && --victimTurns == 0) drawVictim();
                 }
             }
 }
