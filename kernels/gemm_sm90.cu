@@ -33,6 +33,7 @@
 template <int TYPE>
 static __device__ __forceinline__ void g3_stage_mma(float* acc, kv_saddr a, kv_saddr b, int first)
 {
+    kv_wgmma_fence_operand<128>(acc);
     kv_wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ks++)   // 32 bytes further along the (swizzled) rows each step
@@ -112,6 +113,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
         const kv_saddr a = sA + buf * G3_A_STAGE + wg * 64 * 128, b = sB + buf * G3_B_STAGE;
         g3_stage_mma<0>(acc, a, b, 0);
         kv_wgmma_wait<0>();       // done reading stage `buf` before the barrier that lets it be overwritten
+        kv_wgmma_fence_operand<128>(acc);
         if (++buf == G3_STAGES) buf = 0;
         if (++ldBuf == G3_STAGES) ldBuf = 0;
     }
@@ -192,9 +194,11 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
         const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
         g3_stage_mma<0>(acc, a, b, 0);
         kv_wgmma_wait<1>();   // stage kt - 1's wgmma retired: its buffer may be refilled
+        kv_wgmma_fence_operand<128>(acc);
         if (kt > 0) kv_mbar_arrive(empty + 8 * ((kt - 1) % G3_STAGES));
     }
     kv_wgmma_wait<0>();
+    kv_wgmma_fence_operand<128>(acc);
 
     g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
 #endif
@@ -248,9 +252,11 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_tf32x3_wgmma_tm
         kv_mbar_wait(full + 8 * s, (step / G3_STAGES) & 1);
         g3_stage_mma<2>(acc, sA + s * G3_A_STAGE + wg * 64 * 128, sB + s * G3_B_STAGE, 0);
         kv_wgmma_wait<1>();
+        kv_wgmma_fence_operand<128>(acc);
         if (step > 0) kv_mbar_arrive(empty + 8 * ((step - 1) % G3_STAGES));
     }
     kv_wgmma_wait<0>();
+    kv_wgmma_fence_operand<128>(acc);
     g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, nullptr, 0, accumulate);
 #endif
 }
@@ -330,12 +336,14 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
         const bool more = j0 + ATT_TILE_K < Tk;
         if (more) att_fetch_tile<true>(kb, vb, mask, b, Tk, j0 + ATT_TILE_K, tid, pk, pv, pbias);   // in flight meanwhile
         const kv_saddr ks = base + cur * ATT3_TILE_BYTES, vts = base + (2 + cur) * ATT3_TILE_BYTES;
+        kv_wgmma_fence_operand<32>(&s[0][0]);
         kv_wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)   // S = Q K^T: 16 of d a step, 32 bytes along K's rows
             kv_wgmma_m64n64k16_bf16_rs(&s[0][0], qa[kk], kv_wgmma_desc(ks + kk * 32), kk > 0);
         kv_wgmma_commit();
         kv_wgmma_wait<0>();
+        kv_wgmma_fence_operand<32>(&s[0][0]);
         att_softmax_tile(s, kbias + cur * ATT_TILE_K, sl2, t, m0, m1, l0, l1, oacc);
         // P as version 2 packs it, all four k16 fragments before the group: registers a wgmma reads must not be written
         // once the group has started (ptxas would serialise it, C7513).
@@ -348,12 +356,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
             pa[kk][2] = kv_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             pa[kk][3] = kv_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
         }
+        kv_wgmma_fence_operand<32>(&oacc[0][0]);
+        kv_wgmma_fence_operand<16>(&pa[0][0]);
         kv_wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)   // O += P V: 16 keys a step, V^T's rows 32 bytes on
             kv_wgmma_m64n64k16_bf16_rs(&oacc[0][0], pa[kk], kv_wgmma_desc(vts + kk * 32), 1);
         kv_wgmma_commit();
         kv_wgmma_wait<0>();
+        kv_wgmma_fence_operand<32>(&oacc[0][0]);
         if (more)
         {
             stash(cur ^ 1);   // the other buffers were last read by the wgmma waited for before the last barrier
@@ -447,11 +458,13 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         if (kt + 1 < KT)
         {
             kv_wgmma_wait<1>();
+            kv_wgmma_fence_operand<128>(acc);
             if (prev >= 0) kv_mbar_arrive(empty + 8 * prev);
             prev = s;
             continue;
         }
         kv_wgmma_wait<0>();   // the tile's scores are final
+        kv_wgmma_fence_operand<128>(acc);
         if (prev >= 0) kv_mbar_arrive(empty + 8 * prev);
         kv_mbar_arrive(empty + 8 * s);
         prev = -1;

@@ -157,6 +157,23 @@ static __device__ __forceinline__ void kv_wgmma_fence() { asm volatile("wgmma.fe
 static __device__ __forceinline__ void kv_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
 static __device__ __forceinline__ void kv_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+// Pins registers that wgmma reads or writes to this point of the program (an empty asm reading and writing each, as
+// CUTLASS's warpgroup_fence_operand): wgmma.fence and wgmma.wait_group name no registers, so without it the compiler
+// may move ordinary arithmetic on the accumulators above a wait (reading them while the tensor cores still write) or
+// writes of an operand below a fence. Called on the accumulators (and register A operands) before each fence and after
+// each wait.
+template <int N>
+static __device__ __forceinline__ void kv_wgmma_fence_operand(float* r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i]) :: "memory");
+}
+template <int N>
+static __device__ __forceinline__ void kv_wgmma_fence_operand(unsigned* r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i]) :: "memory");
+}
 
 // Shared-memory matrix descriptor of a K-major bf16 tile with 128-byte rows in the 128B swizzle (16-byte chunk c of
 // row r stored at chunk c ^ (r % 8), tile base 1024-aligned): start address >> 4 (bits 0-13), leading-dimension
