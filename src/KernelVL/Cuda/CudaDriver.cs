@@ -174,14 +174,18 @@ public sealed unsafe class CudaDriver
     {
         if (dataType is not (TensorMapF16 or TensorMapF32 or TensorMapBf16)) throw new ArgumentOutOfRangeException(nameof(dataType), dataType, "f16 (6), f32 (7) or bf16 (9)");
         if (_cuTensorMapEncodeTiled == null) throw new BackendException($"{LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later needed)");
-        TensorMap map;
+        // The driver requires the map's own address 64-byte aligned (CUDA 13's header declares CUtensorMap alignas(128));
+        // a C# local is only 8-byte aligned, so the map is encoded into an aligned stack buffer and copied out (only the
+        // encode call needs the alignment: the launch copies the bytes into the kernel's parameter space).
+        byte* raw = stackalloc byte[sizeof(TensorMap) + 127];
+        var map = (TensorMap*)(((nint)raw + 127) & ~(nint)127);
         ulong* dims = stackalloc ulong[3] { k, rows, batch };
         ulong* strides = stackalloc ulong[2] { rowBytes, batchBytes };
         uint* box = stackalloc uint[3] { boxK, boxRows, 1 };
         uint* elementStrides = stackalloc uint[3] { 1, 1, 1 };
         // rank 3, INTERLEAVE_NONE 0, SWIZZLE_128B 3, L2_PROMOTION_L2_256B 3, FLOAT_OOB_FILL_NONE 0 (zeros)
-        Check("cuTensorMapEncodeTiled", _cuTensorMapEncodeTiled(&map, dataType, 3, address, dims, strides, box, elementStrides, 0, 3, 3, 0));
-        return map;
+        Check("cuTensorMapEncodeTiled", _cuTensorMapEncodeTiled(map, dataType, 3, address, dims, strides, box, elementStrides, 0, 3, 3, 0));
+        return *map;
     }
 
     /// <summary>CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8: lets a kernel use more than 48 KB of shared memory.</summary>

@@ -424,7 +424,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     private void GemmBf16TnLaunch(nint a, nint b, nint bias, nint c, int m, int n, int k, int lda, int ldb, int ldc,
         long strideA, long strideB, long strideC, int batch, bool accumulate, bool gelu)
     {
-        if (GemmVersion == 4 && GemmV4Unavailable is null && TmaOperand(a, m, lda, strideA) && TmaOperand(b, n, ldb, strideB))
+        // (K = 0 stays on version 3 / 2, whose epilogue writes the bias or zeros: a tensor map's extents must be non-zero.)
+        if (GemmVersion == 4 && GemmV4Unavailable is null && k > 0 && TmaOperand(a, m, lda, strideA) && TmaOperand(b, n, ldb, strideB))
         {
             // 3-D maps {K, rows, batch}; an operand shared by every batch is a one-batch map read at batch 0.
             var ta = _driver.EncodeTensorMap(CudaDriver.TensorMapBf16, a, (ulong)k, (ulong)m, strideA == 0 ? 1UL : (ulong)batch, 2UL * (ulong)lda,
@@ -451,7 +452,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// below 2^40 bytes. convert_bf16_kmajor's outputs always do; a caller's own bf16 tensors may not.
     /// </summary>
     internal static bool TmaOperand(nint p, int rows, int ld, long stride) =>
-        p % 16 == 0 && ld % 8 == 0 && stride % 8 == 0 && 2L * Math.Max((long)rows * ld, stride) < (1L << 40);
+        rows > 0 && ld > 0 && p % 16 == 0 && ld % 8 == 0 && stride % 8 == 0 && 2L * Math.Max((long)rows * ld, stride) < (1L << 40);
 
     /// <summary>
     /// x [R, K] f32 (or x [K, R] when <paramref name="trans"/>) -> [R, Kp] bf16 in a tensor of R * Kp / 2 raw elements
@@ -701,7 +702,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// </summary>
     private void LaunchGemmF32x3(int m, int n, int k, V a, int lda, bool transA, V b, int ldb, bool transB, V c, int ldc, float alpha, bool accumulate)
     {
-        if (PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null && Blocks(n, Gemm2Cols) <= MaxGridYZ)
+        if (PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null && k > 0 && Blocks(n, Gemm2Cols) <= MaxGridYZ)
         {
             // op(a) [M, K] and op(b)^T [N, K] split into tf32 hi + lo, K-major, K rounded up to 4 (16-byte rows).
             int kp = (k + 3) / 4 * 4;
