@@ -113,8 +113,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// Which GEMM MatMul, MatMulBackward and MatMulGelu run: 1 (f32 operands rounded to bf16 while staging, register
     /// double buffer), 2 (operands first converted to K-major bf16 in memory, then the cp.async/ldmatrix kernel) or
     /// 3 (the same operands on Hopper's wgmma, kernels/gemm_sm90.cu; version 2 where it is unavailable) or 4 (version 3's
-    /// tiles fed by TMA with a producer warp and mbarriers; version 3, then 2, where unavailable or where an operand
-    /// does not meet TMA's alignment). Defaults to the KERNELVL_CUDA_GEMM environment variable, else 1: a newer
+    /// tiles fed by TMA with a producer warp and mbarriers; version 3, then 2, where unavailable or where an operand's
+    /// strides do not meet TMA's rules (every version needs 16-byte aligned rows: MatMulBf16 checks its operands)). Defaults to the KERNELVL_CUDA_GEMM environment variable, else 1: a newer
     /// version becomes the default once it has passed on a GPU.
     /// </summary>
     public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") switch { "2" => 2, "3" => 3, "4" => 4, _ => 1 };
@@ -234,7 +234,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             {
                 _driver.SetMaxDynamicSharedMemory(_gemm2, Gemm2SharedBytes);
             }
-            catch (BackendException e)
+            catch (KernelVLException e)   // the driver's refusal (a CudaException) on cards with less shared memory per block
             {
                 GemmV2Unavailable = $"gemm_bf16_tn needs {Gemm2SharedBytes} bytes of shared memory per block: {e.Message}";
             }
@@ -271,7 +271,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
             }
-            catch (BackendException e)
+            catch (KernelVLException e)   // e.g. sm_86 / sm_89 cards: 99 KB per block
             {
                 TopKV2Unavailable = $"topk_tc_f16 needs {TcSharedBytes} bytes of shared memory per block: {e.Message}";
             }
@@ -357,7 +357,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         V c, int ldc, long strideC, int batch, V bias, bool accumulate)
     {
         if (m == 0 || n == 0 || batch == 0) return;
-        if (GemmVersion >= 2 && GemmV2Unavailable is null && Blocks(n, Gemm2Cols) <= MaxGridYZ && batch <= MaxGridYZ)
+        if (GemmVersion >= 2 && GemmV2Unavailable is null && Blocks(n, Gemm2Cols) <= MaxGridYZ && batch <= MaxGridYZ && KMajorRows(m) && KMajorRows(n))
         {
             LaunchGemmV2(m, n, k, a, lda, transA, strideA, b, ldb, transB, strideB, c, ldc, strideC, batch, bias, accumulate, gelu: false);
             return;
@@ -384,7 +384,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         if (!d.SharedB) Contract.Fail("matmul gelu", $"b must be a rank-2 weight, got {b.Shape}");
         long m = (long)d.Batch * d.M;
         if (m == 0 || d.N == 0) return;
-        if (GemmVersion >= 2 && GemmV2Unavailable is null && Blocks(d.N, Gemm2Cols) <= MaxGridYZ)
+        if (GemmVersion >= 2 && GemmV2Unavailable is null && Blocks(d.N, Gemm2Cols) <= MaxGridYZ && KMajorRows(m) && KMajorRows(d.N))
         {
             LaunchGemmV2((int)m, d.N, d.K, F(a), d.K, false, 0, F(b), b.Shape[-1], transB, 0, F(y), d.N, 0, 1, bias is null ? V.Empty : F(bias), false, gelu: true);
             return;
@@ -451,6 +451,9 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// aligned address, row and batch strides multiples of 16 bytes (ld and the batch stride multiples of 8 elements)
     /// below 2^40 bytes. convert_bf16_kmajor's outputs always do; a caller's own bf16 tensors may not.
     /// </summary>
+    /// <summary>Whether convert_bf16_kmajor / split_tf32_kmajor take this many rows (32 a block on grid y).</summary>
+    private static bool KMajorRows(long rows) => Blocks(rows, 32) <= MaxGridYZ;
+
     internal static bool TmaOperand(nint p, int rows, int ld, long stride) =>
         rows > 0 && ld > 0 && p % 16 == 0 && ld % 8 == 0 && stride % 8 == 0 && 2L * Math.Max((long)rows * ld, stride) < (1L << 40);
 
@@ -482,6 +485,9 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         Contract.Dims(op, "b", b, n, kp / 2);
         if (bias is not null) Contract.Dims(op, "bias", bias, n);
         if (GemmV2Unavailable is { } why) throw new BackendException(why);
+        // Every version stages rows with 16-byte copies (cp.async or TMA): a view at an odd offset would fault the context.
+        if (P(a) % 16 != 0 || P(b) % 16 != 0)
+            Contract.Fail(op, "a and b must start 16-byte aligned (bf16 views at offsets that are multiples of 8 elements)");
         if (m == 0 || n == 0) return;
         GemmBf16TnLaunch(P(a), P(b), P(bias, true), P(c), m, n, kp, kp, kp, n, 0, 0, 0, 1, false, false);
     }
@@ -702,7 +708,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// </summary>
     private void LaunchGemmF32x3(int m, int n, int k, V a, int lda, bool transA, V b, int ldb, bool transB, V c, int ldc, float alpha, bool accumulate)
     {
-        if (PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null && k > 0 && Blocks(n, Gemm2Cols) <= MaxGridYZ)
+        if (PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null && k > 0 && Blocks(n, Gemm2Cols) <= MaxGridYZ && KMajorRows(m) && KMajorRows(n))
         {
             // op(a) [M, K] and op(b)^T [N, K] split into tf32 hi + lo, K-major, K rounded up to 4 (16-byte rows).
             int kp = (k + 3) / 4 * 4;
