@@ -472,8 +472,8 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         // Epilogue of the tile (version 2's, on wgmma's layout: rows wg 64 + 16 w + g + 8 h, columns 8 i + 2 t + e).
         // The first barrier keeps every consumer out of this tile's appends until all have left the last epilogue:
         // without it a warpgroup that ran ahead (nothing else holds the two together within a tile) could set the
-        // overflow flag that a slower one is still reading for the last tile. The emulator's race mode does not
-        // produce that schedule (removing the barrier passes it), so this one rests on the argument.
+        // overflow flag that a slower one is still reading for the last tile. The emulator's starve mode produces that
+        // schedule: without this barrier it deadlocks (race mode's short stalls do not).
         kv_named_barrier(1, 256);
         const long long col0 = sliceStart + (step / KT) * G3_BN;
         const int r0 = wg * 64 + w * 16 + g;
@@ -516,11 +516,14 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         }
     }
 
-    // The slice is done: merge what the buffers hold, write each query's list.
-    kv_named_barrier(1, 256);
+    // The slice is done: merge what the buffers hold, write each query's list. Both barriers are kept though redundant
+    // today (kernels/emu/mutate.sh removes each and nothing fails): the tile loop ends right after a barrier every consumer
+    // passed, and with kp = 32 = warp size each list is written by the warp that merged it; they cost once a block and
+    // keep the merge and the write correct if either changes.
+    kv_named_barrier(1, 256);   // kept though redundant
     for (int r = warp; r < G3_BM; r += 8)
         if (sh.cnt[r] > 0) tc_merge_row<T3_KMAX, T3_CAP>(sh, r, T3_KMAX, lane);
-    kv_named_barrier(1, 256);
+    kv_named_barrier(1, 256);   // kept though redundant
     tc_write_lists<T3_KMAX>(sh, G3_BM, q0, Q, T3_KMAX, tid, 256, partS, partI);
 #endif
 }

@@ -112,7 +112,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_merge(const floa
     const long long q = blockIdx.x;
     const long long base = q * chunks * k2;
     for (int j = threadIdx.x; j < k2; j += blockDim.x) { bs[j] = partS[base + j]; bi[j] = partI[base + j]; }
-    __syncthreads();
+    __syncthreads();   // kept though redundant (the chunk loop's first barrier orders these writes; one chunk: each thread reads its own)
     for (int c = 1; c < chunks; c++)
     {
         long long o = base + (long long)c * k2;
@@ -303,7 +303,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
     kv_cp_async_wait<0>();
 
     // The slice is done: merge what the buffers hold, write each query's list.
-    __syncthreads();
+    __syncthreads();   // kept though redundant (the tile loop ends right after a barrier): once a block
     for (int r = warp; r < TC_BM; r += TC_THREADS / 32)
         if (sh.cnt[r] > 0) tc_merge_row<TC_KMAX, TC_CAP>(sh, r, kp, lane);
     __syncthreads();

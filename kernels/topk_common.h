@@ -75,7 +75,7 @@ static __device__ void tc_merge_row(const TcShared& sh, int r, int kp, int lane)
         sh.cnt[r] = 0;
         sh.thr[r] = nl == kp ? sh.listS[r * KMAX + kp - 1] : -KV_INF;
     }
-    kv_syncwarp();
+    kv_syncwarp();   // kept though redundant (every caller's next barrier orders lane 0's writes before their readers)
 }
 
 // Each query's list [rows][KMAX] -> partS, partI [Q, gridDim.y, kp] at slice blockIdx.y: kp entries, best first, padded

@@ -517,6 +517,19 @@ static void test_infonce(int n, int dim, float invT, int version)
 }
 
 // Layer norm backward against f64 (accumulating onto random values): dx per row, dgamma / dbeta over row chunks.
+// sum_scaled_f64 alone on more terms than its 1024 threads (each sums several, then the tree over all 1024 slots):
+// the InfoNCE tests' 2N <= 400 terms leave the upper half of the tree zero, where a missing barrier cannot show.
+static void test_sum_scaled(int count, float scale)
+{
+    auto x = rand_vec((size_t)count);
+    std::vector<float> y(1, std::numeric_limits<float>::quiet_NaN());
+    kv_emu_launch({1, 1, 1}, 1024, 0, [&] { sum_scaled_f64(x.data(), count, scale, y.data()); });
+    double want = 0, mag = 0;
+    for (float v : x) { want += v; mag += std::fabs(v); }
+    want *= scale;
+    report("infonce sum_scaled_f64 " + std::to_string(count) + " terms", std::fabs(y[0] - want) / (std::fabs(scale) * mag), 1e-7);
+}
+
 static void test_layernorm_backward(int rows, int c, int chunks)
 {
     auto x = rand_vec((size_t)rows * c), gmul = rand_vec(c), dy = rand_vec((size_t)rows * c);
@@ -667,41 +680,50 @@ int main()
     // back while the rest of the block runs ahead (kv_emu_set_mode); default: copies land at their wait.
     kv_emu_set_mode(std::getenv("KV_EMU_MODE"));
     std::setvbuf(stdout, nullptr, _IOLBF, 0);   // a run stopped by a deadlock still shows the checks before it
+    // KV_EMU_ONLY=family[,family...]: only those tests (gemm, tf32x3, attention, attention_backward, topk, layernorm,
+    // layernorm_backward, infonce); kernels/emu/mutate.sh uses it to rerun only the kernels a mutation touches.
+    const char* only = std::getenv("KV_EMU_ONLY");
+    auto want = [&](const char* family) {
+        if (!only || !*only) return true;
+        std::string list = std::string(",") + only + ",";
+        return list.find(std::string(",") + family + ",") != std::string::npos;
+    };
     // GEMM: both versions, every transpose, partial tiles, K not a multiple of 32 (nor, for version 1, of 8), batches.
-    test_gemm(150, 300, 72, 1, false, true, true, false, false);
-    test_gemm(70, 90, 40, 2, false, false, false, false, true);
-    test_gemm(33, 260, 19, 1, true, false, true, true, false);
-    test_gemm(130, 20, 50, 2, true, true, false, false, true);
-    test_gemm(64, 520, 200, 1, false, true, true, false, false);   // K over several 64-wide stages, N over 2 tiles
-    test_gemm(20, 270, 600, 1, false, true, false, true, true);    // 10 K stages: the 4-stage rings wrap twice (v4's barrier phases)
+    if (want("gemm")) test_gemm(150, 300, 72, 1, false, true, true, false, false);
+    if (want("gemm")) test_gemm(70, 90, 40, 2, false, false, false, false, true);
+    if (want("gemm")) test_gemm(33, 260, 19, 1, true, false, true, true, false);
+    if (want("gemm")) test_gemm(130, 20, 50, 2, true, true, false, false, true);
+    if (want("gemm")) test_gemm(64, 520, 200, 1, false, true, true, false, false);   // K over several 64-wide stages, N over 2 tiles
+    if (want("gemm")) test_gemm(20, 270, 600, 1, false, true, false, true, true);    // 10 K stages: the 4-stage rings wrap twice (v4's barrier phases)
     // The Hopper 3xTF32 GEMM: partial tiles, K not a multiple of 32 (nor of 4), transposes, K over several rings.
-    test_gemm_tf32x3(150, 300, 72, false, true, false, 20.f);
-    test_gemm_tf32x3(130, 270, 45, true, false, true, 1.f);
-    test_gemm_tf32x3(70, 100, 300, false, false, true, 1.f);
-    test_gemm_tf32x3(40, 520, 130, true, true, false, 0.5f);
+    if (want("tf32x3")) test_gemm_tf32x3(150, 300, 72, false, true, false, 20.f);
+    if (want("tf32x3")) test_gemm_tf32x3(130, 270, 45, true, false, true, 1.f);
+    if (want("tf32x3")) test_gemm_tf32x3(70, 100, 300, false, false, true, 1.f);
+    if (want("tf32x3")) test_gemm_tf32x3(40, 520, 130, true, true, false, 0.5f);
     // Attention at D 64: partial query and key tiles, one key, masks with a fully masked batch.
-    test_attention(2, 2, 150, 100, true);
-    test_attention(1, 2, 70, 1, false);
-    test_attention(1, 1, 130, 200, false);
-    test_attention_backward(2, 2, 100, 150, true);
-    test_attention_backward(1, 1, 70, 3, false);   // (one key: dq = dk = 0 exactly, no relative error to measure)
+    if (want("attention")) test_attention(2, 2, 150, 100, true);
+    if (want("attention")) test_attention(1, 2, 70, 1, false);
+    if (want("attention")) test_attention(1, 1, 130, 200, false);
+    if (want("attention_backward")) test_attention_backward(2, 2, 100, 150, true);
+    if (want("attention_backward")) test_attention_backward(1, 1, 70, 3, false);   // (one key: dq = dk = 0 exactly, no relative error to measure)
     // Top-k over f16: partial tiles and query tiles, D 72 (not a multiple of 32), kp 32 and 64, N below kp, ties.
-    test_topk(150, 3000, 72, 10, 1, 3);
-    test_topk(130, 1500, 64, 40, 1, 2);
-    test_topk(9, 20, 16, 7, 1, 4);
-    test_topk(40, 2000, 32, 10, 64, 2);
-    test_topk(130, 2100, 200, 16, 1, 2);   // D 200: 4 stages of 64 through version 3's 3-stage ring, several tiles a slice
-    test_topk(130, 3000, 72, 10, 1, 1, true);   // 12 tiles in one slice, each overflowing the candidate lists
+    if (want("topk")) test_topk(150, 3000, 72, 10, 1, 3);
+    if (want("topk")) test_topk(130, 1500, 64, 40, 1, 2);
+    if (want("topk")) test_topk(9, 20, 16, 7, 1, 4);
+    if (want("topk")) test_topk(40, 2000, 32, 10, 64, 2);
+    if (want("topk")) test_topk(130, 2100, 200, 16, 1, 2);   // D 200: 4 stages of 64 through version 3's 3-stage ring, several tiles a slice
+    if (want("topk")) test_topk(130, 3000, 72, 10, 1, 1, true);   // 12 tiles in one slice, each overflowing the candidate lists
     // Layer norm and InfoNCE (version 1, which ran on the H100; the gradient's GEMM is the new gemm_f32x3).
-    test_layernorm(3, 777, true);
-    test_layernorm(2, 64, false);
-    test_layernorm_backward(300, 777, 7);
-    test_layernorm_backward(5, 40, 1);
-    test_infonce(130, 48, 20.f, 1);
-    test_infonce(70, 16, 200.f, 1);
-    test_infonce(130, 48, 20.f, 2);   // version 2: S on gemm_f32x3, the tile kernels read it
-    test_infonce(70, 16, 200.f, 2);
-    test_infonce(200, 40, 50.f, 2);   // 4 x 4 tiles, the last partial; 2 x 2 GEMM tiles
+    if (want("layernorm")) test_layernorm(3, 777, true);
+    if (want("layernorm")) test_layernorm(2, 64, false);
+    if (want("layernorm_backward")) test_layernorm_backward(300, 777, 7);
+    if (want("layernorm_backward")) test_layernorm_backward(5, 40, 1);
+    if (want("infonce")) test_infonce(130, 48, 20.f, 1);
+    if (want("infonce")) test_infonce(70, 16, 200.f, 1);
+    if (want("infonce")) test_infonce(130, 48, 20.f, 2);   // version 2: S on gemm_f32x3, the tile kernels read it
+    if (want("infonce")) test_infonce(70, 16, 200.f, 2);
+    if (want("infonce")) test_infonce(200, 40, 50.f, 2);   // 4 x 4 tiles, the last partial; 2 x 2 GEMM tiles
+    if (want("infonce")) test_sum_scaled(3000, 0.25f);
     // The dynamic shared memory each kernel is launched with: CudaBackend's constants must equal these (a test compares).
     std::printf("shared gemm_bf16_tn %d\n", G2_STAGES * (G2_A_STAGE + G2_B_STAGE));
     std::printf("shared gemm_bf16_wgmma %d\n", G3_SMEM_BYTES);

@@ -23,8 +23,11 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
-// One block runs at a time, so a function-local static is that block's shared memory.
-#define __shared__ static
+// One block runs at a time, so a function-local static is that block's shared memory. They all live in one section,
+// which the launcher fills with garbage before each block (as on the device: nothing carries over between blocks, and
+// a read before the write that a missing barrier should have ordered sees the garbage, not a previous block's value).
+#define __shared__ __attribute__((section("kv_shared"))) static
+extern "C" __attribute__((weak)) unsigned char __start_kv_shared[], __stop_kv_shared[];   // the linker's bounds
 #define KV_GRID_CONSTANT
 
 struct kv_dim3 { unsigned x = 0, y = 0, z = 0; };
@@ -290,11 +293,12 @@ static inline void kv_emu_set_mode(const char* mode)
     kv_emu_starve = mode && std::strcmp(mode, "starve") == 0;
     kv_emu_eager = kv_emu_shuffle = race || kv_emu_starve;
 }
-// A 16-byte cp.async lands: its bytes, or zeros where the source size was 0 (the zero-fill of edge rows).
+// A 16-byte cp.async lands: its first `bytes` (the source size) copied, the rest zeros (the zero-fill of edge rows).
 static inline void kv_emu_land(const kv_emu_copy& c)
 {
-    if (c.bytes == 16) std::memcpy((void*)(uintptr_t)c.dst, c.src, 16);
-    else std::memset((void*)(uintptr_t)c.dst, 0, 16);
+    if (c.bytes < 0 || c.bytes > 16) { std::fprintf(stderr, "cp.async source size %d outside 0..16\n", c.bytes); std::abort(); }
+    if (c.bytes > 0) std::memcpy((void*)(uintptr_t)c.dst, c.src, (size_t)c.bytes);
+    std::memset((void*)(uintptr_t)(c.dst + c.bytes), 0, (size_t)(16 - c.bytes));
 }
 static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
 {
@@ -616,7 +620,11 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                 unsigned ngroups = (threads + 127) / 128;
                 std::unique_ptr<kv_emu_group[]> groups(new kv_emu_group[ngroups]);
                 for (unsigned w = 0; w < ngroups; w++) groups[w].bar.alive = (int)std::min(128u, threads - 128 * w);
-                std::memset(dyn.get(), 0xcd, dynamicShared);   // garbage, as on the device
+                // Garbage, as on the device; a different pattern per mode: 0xcd (floats -4e-8, ints -8e8), 0x7f (floats
+                // 3.4e38: a stale threshold read from it rejects everything), 0xff (NaN, index -1).
+                const int poison = kv_emu_starve ? 0xff : kv_emu_shuffle ? 0x7f : 0xcd;
+                std::memset(dyn.get(), poison, dynamicShared);
+                if (__start_kv_shared) std::memset(__start_kv_shared, poison, (size_t)(__stop_kv_shared - __start_kv_shared));
                 kv_emu_block block;
                 block.bar.alive = (int)threads;
                 block.warps = warps.get();
