@@ -227,7 +227,7 @@ extern "C" __global__ void __launch_bounds__(G2_THREADS, 1) gemm_bf16_tn(
         if (++buf == G2_STAGES) buf = 0;
         if (++ldBuf == G2_STAGES) ldBuf = 0;
     }
-    kv_cp_async_wait<0>();
+    kv_cp_async_wait<0>();   // kept though redundant: the groups still open are empty (no loads past K), drained anyway
 
 #pragma unroll
     for (int mi = 0; mi < 4; mi++)

@@ -117,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
         if (++buf == G3_STAGES) buf = 0;
         if (++ldBuf == G3_STAGES) ldBuf = 0;
     }
-    kv_cp_async_wait<0>();
+    kv_cp_async_wait<0>();   // kept though redundant: the groups still open are empty (no loads past K), drained anyway
 
     g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
 #endif

@@ -300,7 +300,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
         }
         tile++;
     }
-    kv_cp_async_wait<0>();
+    kv_cp_async_wait<0>();   // kept though redundant: the groups still open are empty (no loads past K), drained anyway
 
     // The slice is done: merge what the buffers hold, write each query's list.
     __syncthreads();   // kept though redundant (the tile loop ends right after a barrier): once a block

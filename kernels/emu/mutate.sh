@@ -4,7 +4,9 @@
 # (ordered, race, starve). A removal the emulator does not notice is listed as SURVIVED: either the barrier is not
 # needed (then say so on its line: "kept though redundant", which this script skips) or no schedule or input the
 # emulator produces exposes it (a gap to close in emu_tests.cpp or kv_emu.h).
-# Usage: bash kernels/emu/mutate.sh [file ...]   (default: every kernels/*.cu and kernels/*_common.h)
+# MUTATE=waits instead loosens each asynchronous wait by one group (cp.async.wait_group N -> N + 1, wgmma.wait_group
+# N -> N + 1) and removes each mbarrier wait: every such change must be caught too (or be marked the same way).
+# Usage: [MUTATE=waits] bash kernels/emu/mutate.sh [file ...]   (default: every kernels/*.cu and kernels/*_common.h)
 # Needs clang++-14 and an x86-64 machine; about 30-60 s a barrier on one core. Ends with "N caught, N survived".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +28,18 @@ families() {
   esac
 }
 caught=0; survived=0; marked=0
+pattern="__syncthreads\(\)|kv_named_barrier\(|kv_syncwarp\(\)"
+[ "${MUTATE:-barriers}" = waits ] && pattern="kv_cp_async_wait<|kv_wgmma_wait<|kv_mbar_wait\("
 for f in "${files[@]}"; do
   f=$(basename "$f")
   only=$(families "$f")
   while IFS=: read -r line text; do
     rm -rf "$work/k"; mkdir -p "$work/k"; cp -r ./*.cu ./*.h emu "$work/k/"
-    sed -i "${line}s/__syncthreads()/(void)0/; ${line}s/kv_named_barrier([^)]*)/(void)0/; ${line}s/kv_syncwarp()/(void)0/" "$work/k/$f"
+    if [ "${MUTATE:-barriers}" = waits ]; then
+      sed -i "${line}s/_wait<\([^>]*\)>()/_wait<\1 + 1>()/; ${line}s/kv_mbar_wait([^;]*;/(void)0;/" "$work/k/$f"
+    else
+      sed -i "${line}s/__syncthreads()/(void)0/; ${line}s/kv_named_barrier([^)]*)/(void)0/; ${line}s/kv_syncwarp()/(void)0/" "$work/k/$f"
+    fi
     if cmp -s "$f" "$work/k/$f"; then continue; fi
     what="$f:$line $(echo "$text" | sed 's/^ *//' | cut -c1-70)"
     if [[ $text == *"kept though redundant"* ]]; then marked=$((marked + 1)); echo "marked redundant  $what"; continue; fi
@@ -49,6 +57,6 @@ for f in "${files[@]}"; do
     done
     if [ -n "$verdict" ]; then caught=$((caught + 1)); echo "$verdict  $what"
     else survived=$((survived + 1)); echo "SURVIVED  $what"; fi
-  done < <(grep -n -E "__syncthreads\(\)|kv_named_barrier\(|kv_syncwarp\(\)" "$f" | grep -v -E "^[0-9]+: *//")
+  done < <(grep -n -E "$pattern" "$f" | grep -v -E "^[0-9]+: *//")
 done
 echo "$caught caught, $survived survived, $marked marked redundant (not run)"
