@@ -349,6 +349,22 @@ extern "C" __global__ void __launch_bounds__(256) split_tf32_kmajor(
     }
 }
 
+// Split-K's second half (gemm_sm90.cu's version 4 with ksteps > 0 wrote the slices): C[m, n] (=|+=) act(sum over
+// z < splits of W[z][m, n] (+ bias[n])), W [splits, M, N] dense, the slices added in order (deterministic).
+// Grid-stride over M * N; 256 threads.
+extern "C" __global__ void __launch_bounds__(256) gemm_splitk_reduce(
+    const float* __restrict__ W, int splits, const float* __restrict__ bias, float* __restrict__ C, int M, int N, int ldc,
+    int accumulate, int gelu)
+{
+    const long long total = (long long)M * N;
+    for (long long e = (long long)blockIdx.x * 256 + threadIdx.x; e < total; e += (long long)gridDim.x * 256)
+    {
+        float v = 0.f;
+        for (int z = 0; z < splits; z++) v += W[z * total + e];
+        kv_gemm_store(C, ldc, (int)(e / N), (int)(e % N), v, 1.f, bias, gelu, accumulate);
+    }
+}
+
 // Arguments as gemm_bf16 without GELU. Grid (ceil(N/128), ceil(M/128), batch), 256 threads.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f32x3(
     const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,

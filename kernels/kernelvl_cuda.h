@@ -313,6 +313,7 @@ static __device__ __forceinline__ void kv_tma_load_3d(kv_saddr dst, const kv_ten
 #define KV_LOG2E 1.4426950408889634f
 #define KV_LN2 0.6931471805599453f
 static __device__ __forceinline__ int kv_imin(int a, int b) { return a < b ? a : b; }
+static __device__ __forceinline__ int kv_imax(int a, int b) { return a > b ? a : b; }
 static __device__ __forceinline__ float kv_exp(float x) { return kv_exp2(x * KV_LOG2E); }
 static __device__ __forceinline__ float kv_log(float x) { return kv_log2(x) * KV_LN2; }
 

@@ -126,9 +126,28 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
             auto C4 = C0;
             kv_emu_launch({(unsigned)((M + G3_BM - 1) / G3_BM), (unsigned)((N + G3_BN - 1) / G3_BN), (unsigned)batch}, G4_THREADS, G4_SMEM_BYTES, [&] {
                 gemm_bf16_wgmma_tma(ta, tb, bias ? bs.data() : nullptr, C4.data(), M, N, kp, N, 1, sharedB ? 0 : 1,
-                                    (long long)M * N, 1.f, acc, gelu);
+                                    (long long)M * N, 1.f, acc, gelu, 0);
             });
             report(std::string("gemm v4 (TMA + wgmma") + what + ") " + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C4), 2e-4);
+            // split-K as the backend plans it (one batch): slices of ksteps K steps into a NaN-filled workspace, then
+            // gemm_splitk_reduce with the bias, GELU and accumulate
+            const int KT = (kp + G3_BK - 1) / G3_BK;
+            if (batch == 1 && KT >= 2)
+                for (int ksteps : {1, (KT + 2) / 3})
+                {
+                    if (ksteps == 1 && KT >= 6) continue;   // (one step a split: only on the short K; the other is 3 splits)
+                    const int splits = (KT + ksteps - 1) / ksteps;
+                    std::vector<float> W((size_t)splits * M * N, std::numeric_limits<float>::quiet_NaN());
+                    auto C5 = C0;
+                    kv_emu_launch({(unsigned)((M + G3_BM - 1) / G3_BM), (unsigned)((N + G3_BN - 1) / G3_BN), (unsigned)splits}, G4_THREADS, G4_SMEM_BYTES, [&] {
+                        gemm_bf16_wgmma_tma(ta, tb, nullptr, W.data(), M, N, kp, N, 1, 1, (long long)M * N, 1.f, 0, 0, ksteps);
+                    });
+                    kv_emu_launch({(unsigned)std::min<long long>(((long long)M * N + 255) / 256, 64), 1, 1}, 256, 0, [&] {
+                        gemm_splitk_reduce(W.data(), splits, bias ? bs.data() : nullptr, C5.data(), M, N, N, acc, gelu);
+                    });
+                    report(std::string("gemm v4 split-K ") + std::to_string(splits) + "x" + std::to_string(ksteps) + " " + tag,
+                           gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C5), 2e-4);
+                }
         };
         v4(false, B, "");
         if (batch > 1)   // B shared by every batch (batchB 0): the reference repeats B's first batch

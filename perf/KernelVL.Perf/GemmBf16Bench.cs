@@ -8,7 +8,7 @@ namespace KernelVL.Perf;
 /// The GEMM target on the cuda backend, at the shapes of <see cref="CublasBaselines"/> (4096^3 and the model's
 /// linear layers, weights [N, K] as the model holds them, with bias): gemm.cu version 2 on bf16 operands already in
 /// memory (what cuBLAS bf16 and torch bf16 are timed with), version 2 behind the f32 MatMul (the bf16 conversions
-/// included), versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma; Hopper, when NVRTC built them) the same two ways, and version 1 (f32 operands rounded
+/// included), versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma, split-K where its tiles leave most SMs idle, also timed without; Hopper, when NVRTC built them) the same two ways, and version 1 (f32 operands rounded
 /// while staging). Checked first: 4096 sampled entries of version 2
 /// against an f64 dot product of the bf16-rounded operands (error budget 1e-4 of sum |a b|: f32 accumulation only),
 /// and the f32 MatMul's result equal to the bf16 kernel's bit for bit (the same rounding, the same kernel).
@@ -75,9 +75,20 @@ internal static class GemmBf16Bench
                 backend.CopyToHost(c, cv);
                 string? pv = Check(ah, bh, biasH, cv, m, n, k, rng);
                 if (pv is not null) { failures++; problem ??= $"v{ver}: " + pv; }
-                string name = ver == 3 ? "v3 wgmma" : "v4 TMA + wgmma";
+                string name = ver == 3 ? "v3 wgmma" : backend.LastGemmSplits > 1 ? $"v4 TMA + wgmma, split-K {backend.LastGemmSplits}" : "v4 TMA + wgmma";
                 Row($"{name} bf16 operands", pv is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
                 Row($"{name} MatMul f32 (conversions included)", pv is null ? backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20) : double.NaN);
+                if (ver == 4 && backend.LastGemmSplits > 1)
+                {
+                    // the same shape without the split, checked and timed beside it (KERNELVL_CUDA_GEMM_SPLITK=0 does this everywhere)
+                    backend.GemmSplitK = false;
+                    backend.MatMulBf16(a16, b16, k, bias, c);
+                    backend.CopyToHost(c, cv);
+                    string? pn = Check(ah, bh, biasH, cv, m, n, k, rng);
+                    if (pn is not null) { failures++; problem ??= "v4 without split-K: " + pn; }
+                    Row("v4 TMA + wgmma, no split-K bf16 operands", pn is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                    backend.GemmSplitK = true;
+                }
             }
             backend.GemmVersion = 1;
             Row("v1 MatMul f32", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20));

@@ -114,6 +114,25 @@ public unsafe class CudaBindingTests
         Assert.False(CudaBackend.TmaOperand(4096, 0, 776, 0));            // no rows: a tensor map's extents must be non-zero
     }
 
+    [Theory]
+    [InlineData(1024, 768, 3072, 1, 132, 10)]   // the model's FFN down projection: 24 tiles x 48 steps -> 5 splits of 10
+    [InlineData(1024, 768, 768, 1, 132, 0)]     // 12 steps: too shallow to pay for the slices
+    [InlineData(1024, 3072, 768, 1, 132, 0)]    // 96 tiles: most SMs busy already
+    [InlineData(4096, 4096, 4096, 1, 132, 0)]   // 512 tiles
+    [InlineData(1024, 768, 3072, 2, 132, 0)]    // batched: no split (z is the batch)
+    [InlineData(128, 256, 65536, 1, 132, 128)]  // one tile, 1024 steps: 8 splits (the cap) of 128
+    [InlineData(128, 256, 1024, 1, 132, 8)]     // one tile, 16 steps: 2 splits of 8 (each at least 8 steps)
+    [InlineData(1024, 768, 3072, 1, 40, 0)]     // a small card: 24 tiles already fill more than half of 40 SMs
+    public void GemmV4SplitsKOnlyWhereTilesLeaveMostMultiprocessorsIdle(int m, int n, int k, int batch, int sms, int ksteps)
+    {
+        Assert.Equal(ksteps, CudaBackend.Gemm4KSteps(m, n, k, batch, sms));
+        if (ksteps == 0) return;
+        // every split gets at least 8 of the K steps, none is empty, and the splits fit the idle multiprocessors
+        int steps = (k + 63) / 64, splits = (steps + ksteps - 1) / ksteps;
+        Assert.True(ksteps >= 8 && (splits - 1) * ksteps < steps && splits >= 2 && splits <= 8);
+        Assert.True((long)splits * ((m + 127) / 128) * ((n + 255) / 256) <= sms);
+    }
+
     [Fact]
     public void AViewsDeviceAddressIsItsBufferPlusTheOffset()
     {

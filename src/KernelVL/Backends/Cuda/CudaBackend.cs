@@ -54,7 +54,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 128 * (4 * 32) * 4 + 128 * 3 * 4 + 16 + 2 * 3 * 8;   // top-k version 3
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
-    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce;
 
     /// <summary>Why the Hopper 3xTF32 GEMM (PreciseGemmVersion 3, gemm_sm90.cu's gemm_tf32x3_wgmma_tma) cannot run here, or null.</summary>
     public string? PreciseGemmV3Unavailable { get; }
@@ -118,6 +118,15 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// version becomes the default once it has passed on a GPU.
     /// </summary>
     public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") switch { "2" => 2, "3" => 3, "4" => 4, _ => 1 };
+
+    /// <summary>
+    /// Whether version 4 splits K where its tiles would leave most multiprocessors idle (<see cref="Gemm4KSteps"/>);
+    /// on unless KERNELVL_CUDA_GEMM_SPLITK=0. <see cref="LastGemmSplits"/> says how many splits the last version-4 call used.
+    /// </summary>
+    public bool GemmSplitK { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM_SPLITK") != "0";
+
+    /// <summary>The K splits of the last GEMM version 4 ran (1: none), or 0 before any.</summary>
+    public int LastGemmSplits { get; private set; }
     private readonly int _multiprocessors;
 
     /// <summary>Why topk.cu version 2 cannot run on this device (too little shared memory), or null.</summary>
@@ -229,6 +238,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             _lnBackCombine = Fn(_modules, "layernorm", "layernorm_backward_params_combine");
             _attn64v2 = Fn(_modules, "attention", "attention_forward_d64_v2");
             _toBf16 = Fn(_modules, "gemm", "convert_bf16_kmajor");
+            _splitReduce = Fn(_modules, "gemm", "gemm_splitk_reduce");
             _multiprocessors = _driver.MultiprocessorCount(_driver.CurrentDevice);
             try
             {
@@ -432,9 +442,25 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                 2UL * (ulong)(strideA == 0 ? (long)m * lda : strideA), 64, Gemm2Rows);
             var tb = _driver.EncodeTensorMap(CudaDriver.TensorMapBf16, b, (ulong)k, (ulong)n, strideB == 0 ? 1UL : (ulong)batch, 2UL * (ulong)ldb,
                 2UL * (ulong)(strideB == 0 ? (long)n * ldb : strideB), 64, Gemm2Cols);
+            int ksteps = GemmSplitK ? Gemm4KSteps(m, n, k, batch, _multiprocessors) : 0;
+            if (ksteps > 0)
+            {
+                // Split-K: slice z of w [splits, M, N] = A[:, K steps of split z] B[...]^T, then the slices added in
+                // order with the bias, GELU and accumulate (gemm_splitk_reduce).
+                int splits = ((k + 63) / 64 + ksteps - 1) / ksteps;
+                using var w = Empty(new Shape(splits, m, n));
+                Args().Add(ta).Add(tb).Add((nint)0).Add(P(w)).Add(m).Add(n).Add(k).Add(n).Add(1).Add(1)
+                    .Add((long)m * n).Add(1f).Add(0).Add(0).Add(ksteps);
+                Go(_gemm4, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)splits), Gemm4Threads, Gemm4SharedBytes);
+                Args().Add(P(w)).Add(splits).Add(bias).Add(c).Add(m).Add(n).Add(ldc).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
+                Go(_splitReduce, ((uint)Math.Min(Blocks((long)m * n, 256), 8L * _multiprocessors), 1, 1), 256);
+                LastGemmSplits = splits;
+                return;
+            }
             Args().Add(ta).Add(tb).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(ldc).Add(strideA == 0 ? 0 : 1).Add(strideB == 0 ? 0 : 1)
-                .Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
+                .Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0).Add(0);
             Go(_gemm4, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), Gemm4Threads, Gemm4SharedBytes);
+            LastGemmSplits = 1;
             return;
         }
         Args().Add(a).Add(b).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(lda).Add(ldb).Add(ldc).Add(strideA).Add(strideB).Add(strideC)
@@ -451,6 +477,24 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// aligned address, row and batch strides multiples of 16 bytes (ld and the batch stride multiples of 8 elements)
     /// below 2^40 bytes. convert_bf16_kmajor's outputs always do; a caller's own bf16 tensors may not.
     /// </summary>
+    /// <summary>
+    /// Split-K for GEMM version 4: the K steps (64 wide) each split takes, or 0 for no split. Only where one batch's
+    /// 128 x 256 tiles would leave more than half the multiprocessors idle and K is deep (>= 16 steps): as many splits
+    /// as fill the idle ones, at most 8, each at least 8 steps (the slices' extra traffic, 2 x splits x M x N x 4
+    /// bytes, stays small beside the time saved). The model's 1024 x 768 x 3072 on 132 SMs: 24 tiles x 48 steps -> 5
+    /// splits of 10 (120 blocks); 1024 x 768 x 768 (12 steps), 1024 x 3072 x 768 (96 tiles) and 4096^3: none.
+    /// </summary>
+    internal static int Gemm4KSteps(int m, int n, int k, int batch, int multiprocessors)
+    {
+        long tiles = (long)Blocks(m, Gemm2Rows) * Blocks(n, Gemm2Cols) * batch;
+        int steps = (k + 63) / 64;
+        if (batch != 1 || steps < 16 || tiles * 2 > multiprocessors) return 0;
+        int splits = (int)Math.Min(Math.Min(multiprocessors / tiles, steps / 8), 8);
+        if (splits < 2) return 0;
+        int ksteps = (steps + splits - 1) / splits;
+        return ksteps;
+    }
+
     /// <summary>Whether convert_bf16_kmajor / split_tf32_kmajor take this many rows (32 a block on grid y).</summary>
     private static bool KMajorRows(long rows) => Blocks(rows, 32) <= MaxGridYZ;
 
