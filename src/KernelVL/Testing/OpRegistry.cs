@@ -286,6 +286,8 @@ public static class OpRegistry
         yield return MatMul(3, 5, 7, 9, false, true, bias: true, sharedB: true);
         yield return MatMul(4, 17, 9, 13, true, false, bias: false, sharedB: false);
         yield return MatMul(5, 33, 31, 20, false, false, bias: false, sharedB: false);
+        // Deep K, few output tiles: where the cuda backend's GEMM version 4 splits K (2 splits of 9 steps, Gemm4KSteps).
+        yield return MatMul(1, 130, 97, 1100, false, true, bias: true, sharedB: false);
         foreach (var (m, n, k) in new[] { (1, 1, 1), (17, 33, 19), (130, 97, 200) })
             foreach (bool tb in new[] { false, true }) yield return MatMulGelu(m, n, k, tb);
         yield return MatMulBackward(3, 5, 7, 9, false, true, sharedB: true);
