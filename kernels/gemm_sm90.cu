@@ -153,63 +153,77 @@ static __device__ __forceinline__ void g4_init_barriers(kv_saddr full, kv_saddr 
     kv_fence_mbar_init();
 }
 
-// Grid (ceil(M / 128), ceil(N / 256), batch), 288 threads, G4_SMEM_BYTES of dynamic shared memory. C, bias, ldc,
-// strideC, alpha, accumulate, gelu as version 3.
-// Split-K (ksteps > 0; one batch): grid z is the split, block z multiplies the 64-wide K steps [z ksteps, (z + 1)
-// ksteps) and stores alpha times its partial product into slice z of C (strideC apart; the caller passes no bias, no
-// GELU, no accumulate), then gemm_splitk_reduce (gemm.cu) adds the slices in order. For grids that would leave most
-// SMs idle: the model's 1024 x 768 x 3072 is 24 tiles of 48 steps, split 5 ways 120 blocks of at most 10.
+// Persistent: the work items are the (row tile, column tile, z) of ceil(M / 128) x ceil(N / 256) x zcount, row tiles
+// fastest; block b takes items b, b + gridDim.x, ... (grid (min(items, SMs), 1, 1); grid = items is one item a block).
+// The ring's barrier phases run on across a block's items, so the producer fills the next item's first stages while
+// the consumers are still in the last one's epilogue (the pipeline never drains between tiles). 288 threads,
+// G4_SMEM_BYTES of dynamic shared memory. z is the batch (zcount = batch; batches strideC apart in C), or with
+// ksteps > 0 the K split (one batch): item z multiplies the 64-wide K steps [z ksteps, (z + 1) ksteps) and stores
+// alpha times its partial product into slice z of C (strideC apart; the caller passes no bias, no GELU, no
+// accumulate), then gemm_splitk_reduce (gemm.cu) adds the slices in order. Every item has at least one K step (K > 0,
+// no empty split: the host's plan). C, bias, ldc, alpha, accumulate, gelu as version 3.
 extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
     const KV_GRID_CONSTANT kv_tensor_map tmA, const KV_GRID_CONSTANT kv_tensor_map tmB, const float* __restrict__ bias,
     float* __restrict__ C, int M, int N, int K, int ldc, int batchA, int batchB, long long strideC, float alpha, int accumulate, int gelu,
-    int ksteps)
+    int ksteps, int zcount)
 {
 #if defined(KERNELVL_SM90A) || defined(KV_EMU)
     KV_DYNAMIC_SHARED(unsigned char, smem);
     const kv_saddr sA = (kv_smem(smem) + 1023) & ~(kv_saddr)1023, sB = sA + G3_STAGES * G3_A_STAGE;
     const kv_saddr full = sB + G3_STAGES * G3_B_STAGE, empty = full + G3_STAGES * 8;   // mbarriers, 8 bytes each
-    const int m0 = blockIdx.x * G3_BM, n0 = blockIdx.y * G3_BN;
-    const int KT = (K + G3_BK - 1) / G3_BK;
-    // This block's K steps [kt0, kt0 + steps) and batch (split-K: all of K's steps of split z, batch 0)
-    const int kt0 = ksteps > 0 ? (int)blockIdx.z * ksteps : 0;
-    const int steps = ksteps > 0 ? kv_imax(0, kv_imin(ksteps, KT - kt0)) : KT;
-    const int zb = ksteps > 0 ? 0 : (int)blockIdx.z;
+    const int KT = (K + G3_BK - 1) / G3_BK, mtiles = (M + G3_BM - 1) / G3_BM, ntiles = (N + G3_BN - 1) / G3_BN;
+    const long long items = (long long)mtiles * ntiles * zcount;
     if (threadIdx.x == 0) g4_init_barriers(full, empty, G3_STAGES);
     __syncthreads();
 
     if (threadIdx.x >= 256)   // the producer warp: lane 0 issues every copy
     {
         if (threadIdx.x == 256)
-            for (int i = 0; i < steps; i++)
+        {
+            int i = 0;   // the block's stage counter, across its items
+            for (long long item = blockIdx.x; item < items; item += gridDim.x)
             {
-                const int s = i % G3_STAGES, round = i / G3_STAGES, kt = kt0 + i;
-                if (round > 0) kv_mbar_wait(empty + 8 * s, (round - 1) & 1);   // the consumers are done with its last fill
-                kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
-                kv_tma_load_3d(sA + s * G3_A_STAGE, &tmA, kt * G3_BK, m0, batchA ? zb : 0, full + 8 * s);
-                kv_tma_load_3d(sB + s * G3_B_STAGE, &tmB, kt * G3_BK, n0, batchB ? zb : 0, full + 8 * s);
+                const int m0 = (int)(item % mtiles) * G3_BM, n0 = (int)(item / mtiles % ntiles) * G3_BN, z = (int)(item / ((long long)mtiles * ntiles));
+                const int kt0 = ksteps > 0 ? z * ksteps : 0, steps = ksteps > 0 ? kv_imin(ksteps, KT - kt0) : KT;
+                const int zb = ksteps > 0 ? 0 : z;   // the operands' batch
+                for (int j = 0; j < steps; j++, i++)
+                {
+                    const int s = i % G3_STAGES, round = i / G3_STAGES, kt = kt0 + j;
+                    if (round > 0) kv_mbar_wait(empty + 8 * s, (round - 1) & 1);   // the consumers are done with its last fill
+                    kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
+                    kv_tma_load_3d(sA + s * G3_A_STAGE, &tmA, kt * G3_BK, m0, batchA ? zb : 0, full + 8 * s);
+                    kv_tma_load_3d(sB + s * G3_B_STAGE, &tmB, kt * G3_BK, n0, batchB ? zb : 0, full + 8 * s);
+                }
             }
+        }
         return;
     }
 
     const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    C += blockIdx.z * strideC;   // the batch's C, or split z's slice
+    // Zeroed once, outside the pipeline (each item's first stage then overwrites them: wgmma's scale-d = 0).
     float acc[128];
 #pragma unroll
-    for (int i = 0; i < 128; i++) acc[i] = 0.f;
-    for (int i = 0; i < steps; i++)
+    for (int q = 0; q < 128; q++) acc[q] = 0.f;
+    int i = 0;
+    for (long long item = blockIdx.x; item < items; item += gridDim.x)
     {
-        const int s = i % G3_STAGES;
-        kv_mbar_wait(full + 8 * s, (i / G3_STAGES) & 1);
-        const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-        g3_stage_mma<0>(acc, a, b, 0);
-        kv_wgmma_wait<1>();   // step i - 1's wgmma retired: its buffer may be refilled
+        const int m0 = (int)(item % mtiles) * G3_BM, n0 = (int)(item / mtiles % ntiles) * G3_BN, z = (int)(item / ((long long)mtiles * ntiles));
+        const int kt0 = ksteps > 0 ? z * ksteps : 0, steps = ksteps > 0 ? kv_imin(ksteps, KT - kt0) : KT;
+        for (int j = 0; j < steps; j++, i++)
+        {
+            const int s = i % G3_STAGES;
+            kv_mbar_wait(full + 8 * s, (i / G3_STAGES) & 1);
+            const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
+            g3_stage_mma<0>(acc, a, b, j == 0);   // the item's first stage overwrites the last item's accumulators
+            kv_wgmma_wait<1>();   // the previous stage's wgmma retired: its buffer may be refilled
+            kv_wgmma_fence_operand<128>(acc);
+            if (j > 0) kv_mbar_arrive(empty + 8 * ((i - 1) % G3_STAGES));
+        }
+        kv_wgmma_wait<0>();
         kv_wgmma_fence_operand<128>(acc);
-        if (i > 0) kv_mbar_arrive(empty + 8 * ((i - 1) % G3_STAGES));
+        kv_mbar_arrive(empty + 8 * ((i - 1) % G3_STAGES));   // the item's last stage (the producer may be waiting on it)
+        g3_epilogue(acc, C + z * strideC, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
     }
-    kv_wgmma_wait<0>();
-    kv_wgmma_fence_operand<128>(acc);
-
-    g3_epilogue(acc, C, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
 #endif
 }
 

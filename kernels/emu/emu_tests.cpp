@@ -123,12 +123,20 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
             const unsigned boxA[3] = {64, G3_BM, 1}, boxB[3] = {64, G3_BN, 1};
             kv_emu_encode_tensor_map(&ta, a16.data(), da, sa, boxA);
             kv_emu_encode_tensor_map(&tb, b16.data(), db, sb, boxB);
-            auto C4 = C0;
-            kv_emu_launch({(unsigned)((M + G3_BM - 1) / G3_BM), (unsigned)((N + G3_BN - 1) / G3_BN), (unsigned)batch}, G4_THREADS, G4_SMEM_BYTES, [&] {
-                gemm_bf16_wgmma_tma(ta, tb, bias ? bs.data() : nullptr, C4.data(), M, N, kp, N, 1, sharedB ? 0 : 1,
-                                    (long long)M * N, 1.f, acc, gelu, 0);
-            });
-            report(std::string("gemm v4 (TMA + wgmma") + what + ") " + tag, gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C4), 2e-4);
+            // one item a block (grid = items), and persistent: 2 blocks taking turns over the items (when there are more)
+            const unsigned tiles = (unsigned)(((M + G3_BM - 1) / G3_BM) * ((N + G3_BN - 1) / G3_BN)), items = tiles * (unsigned)batch;
+            for (bool persistent : {false, true})
+            {
+                if (persistent && items <= 2u) continue;
+                const unsigned grid = persistent ? 2u : items;
+                auto C4 = C0;
+                kv_emu_launch({grid, 1, 1}, G4_THREADS, G4_SMEM_BYTES, [&] {
+                    gemm_bf16_wgmma_tma(ta, tb, bias ? bs.data() : nullptr, C4.data(), M, N, kp, N, 1, sharedB ? 0 : 1,
+                                        (long long)M * N, 1.f, acc, gelu, 0, batch);
+                });
+                report(std::string("gemm v4 (TMA + wgmma") + what + (persistent ? ", persistent 2 blocks" : "") + ") " + tag,
+                       gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C4), 2e-4);
+            }
             // split-K as the backend plans it (one batch): slices of ksteps K steps into a NaN-filled workspace, then
             // gemm_splitk_reduce with the bias, GELU and accumulate
             const int KT = (kp + G3_BK - 1) / G3_BK;
@@ -139,8 +147,8 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
                     const int splits = (KT + ksteps - 1) / ksteps;
                     std::vector<float> W((size_t)splits * M * N, std::numeric_limits<float>::quiet_NaN());
                     auto C5 = C0;
-                    kv_emu_launch({(unsigned)((M + G3_BM - 1) / G3_BM), (unsigned)((N + G3_BN - 1) / G3_BN), (unsigned)splits}, G4_THREADS, G4_SMEM_BYTES, [&] {
-                        gemm_bf16_wgmma_tma(ta, tb, nullptr, W.data(), M, N, kp, N, 1, 1, (long long)M * N, 1.f, 0, 0, ksteps);
+                    kv_emu_launch({std::min(3u, tiles * (unsigned)splits), 1, 1}, G4_THREADS, G4_SMEM_BYTES, [&] {   // persistent, 3 blocks
+                        gemm_bf16_wgmma_tma(ta, tb, nullptr, W.data(), M, N, kp, N, 1, 1, (long long)M * N, 1.f, 0, 0, ksteps, splits);
                     });
                     kv_emu_launch({(unsigned)std::min<long long>(((long long)M * N + 255) / 256, 64), 1, 1}, 256, 0, [&] {
                         gemm_splitk_reduce(W.data(), splits, bias ? bs.data() : nullptr, C5.data(), M, N, N, acc, gelu);

@@ -78,6 +78,17 @@ internal static class GemmBf16Bench
                 string name = ver == 3 ? "v3 wgmma" : backend.LastGemmSplits > 1 ? $"v4 TMA + wgmma, split-K {backend.LastGemmSplits}" : "v4 TMA + wgmma";
                 Row($"{name} bf16 operands", pv is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
                 Row($"{name} MatMul f32 (conversions included)", pv is null ? backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20) : double.NaN);
+                if (ver == 4)
+                {
+                    // one block per tile instead of persistent blocks (KERNELVL_CUDA_GEMM_PERSISTENT=0), checked and timed beside it
+                    backend.GemmPersistent = false;
+                    backend.MatMulBf16(a16, b16, k, bias, c);
+                    backend.CopyToHost(c, cv);
+                    string? pp = Check(ah, bh, biasH, cv, m, n, k, rng);
+                    if (pp is not null) { failures++; problem ??= "v4 not persistent: " + pp; }
+                    Row($"{name}, a block per tile bf16 operands", pp is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                    backend.GemmPersistent = true;
+                }
                 if (ver == 4 && backend.LastGemmSplits > 1)
                 {
                     // the same shape without the split, checked and timed beside it (KERNELVL_CUDA_GEMM_SPLITK=0 does this everywhere)

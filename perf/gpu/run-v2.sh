@@ -26,7 +26,7 @@ if [ "$group" = checks ]; then
   echo "== topk versions 2 and 3: the stress suite (every query against f64 and version 1), in the background"
   ( perf 120 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "exit $?" > "$R/topk-suite.exit" ) &
   # Each entry: VAR=VALUE[,VAR=VALUE...] (KERNELVL_CUDA_ prefixed) and the registry filter.
-  checks=("GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM=4,GEMM_SPLITK=0 ^matmul" "GEMM_F32=2 ^infonce" "GEMM_F32=3 ^infonce" "INFONCE=2 ^infonce"
+  checks=("GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM=4,GEMM_SPLITK=0 ^matmul" "GEMM=4,GEMM_PERSISTENT=0 ^matmul" "GEMM_F32=2 ^infonce" "GEMM_F32=3 ^infonce" "INFONCE=2 ^infonce"
           "INFONCE=2,GEMM_F32=3 ^infonce" "ATTENTION=2 ^attention " "ATTENTION=3 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward")
   for v in "${checks[@]}"; do
     vars=${v%% *}; filter=${v#* }; name=${vars//[=,]/-}

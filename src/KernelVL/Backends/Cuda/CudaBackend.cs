@@ -125,6 +125,12 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// </summary>
     public bool GemmSplitK { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM_SPLITK") != "0";
 
+    /// <summary>
+    /// Whether version 4 runs persistent (one block per multiprocessor taking turns over the tiles, the next tile's
+    /// stages loading during the last one's epilogue) or one block per tile; persistent unless KERNELVL_CUDA_GEMM_PERSISTENT=0.
+    /// </summary>
+    public bool GemmPersistent { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM_PERSISTENT") != "0";
+
     /// <summary>The K splits of the last GEMM version 4 ran (1: none), or 0 before any.</summary>
     public int LastGemmSplits { get; private set; }
     private readonly int _multiprocessors;
@@ -450,16 +456,16 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                 int splits = ((k + 63) / 64 + ksteps - 1) / ksteps;
                 using var w = Empty(new Shape(splits, m, n));
                 Args().Add(ta).Add(tb).Add((nint)0).Add(P(w)).Add(m).Add(n).Add(k).Add(n).Add(1).Add(1)
-                    .Add((long)m * n).Add(1f).Add(0).Add(0).Add(ksteps);
-                Go(_gemm4, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)splits), Gemm4Threads, Gemm4SharedBytes);
+                    .Add((long)m * n).Add(1f).Add(0).Add(0).Add(ksteps).Add(splits);
+                Go(_gemm4, (Gemm4Grid(m, n, splits), 1, 1), Gemm4Threads, Gemm4SharedBytes);
                 Args().Add(P(w)).Add(splits).Add(bias).Add(c).Add(m).Add(n).Add(ldc).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
                 Go(_splitReduce, ((uint)Math.Min(Blocks((long)m * n, 256), 8L * _multiprocessors), 1, 1), 256);
                 LastGemmSplits = splits;
                 return;
             }
             Args().Add(ta).Add(tb).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(ldc).Add(strideA == 0 ? 0 : 1).Add(strideB == 0 ? 0 : 1)
-                .Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0).Add(0);
-            Go(_gemm4, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), Gemm4Threads, Gemm4SharedBytes);
+                .Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0).Add(0).Add(batch);
+            Go(_gemm4, (Gemm4Grid(m, n, batch), 1, 1), Gemm4Threads, Gemm4SharedBytes);
             LastGemmSplits = 1;
             return;
         }
@@ -484,6 +490,13 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// bytes, stays small beside the time saved). The model's 1024 x 768 x 3072 on 132 SMs: 24 tiles x 48 steps -> 5
     /// splits of 10 (120 blocks); 1024 x 768 x 768 (12 steps), 1024 x 3072 x 768 (96 tiles) and 4096^3: none.
     /// </summary>
+    // Version 4's grid: its work items (128 x 256 tiles x zcount), at most one block per multiprocessor when persistent.
+    private uint Gemm4Grid(int m, int n, int zcount)
+    {
+        long items = (long)Blocks(m, Gemm2Rows) * Blocks(n, Gemm2Cols) * zcount;
+        return (uint)(GemmPersistent || items > int.MaxValue ? Math.Min(items, _multiprocessors) : items);
+    }
+
     internal static int Gemm4KSteps(int m, int n, int k, int batch, int multiprocessors)
     {
         long tiles = (long)Blocks(m, Gemm2Rows) * Blocks(n, Gemm2Cols) * batch;
