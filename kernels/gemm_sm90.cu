@@ -297,7 +297,7 @@ extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_tf32x3_wgmma_tm
 // Not yet run on a GPU: the host emulator checks it against f64 (wgmma with register A emulated).
 // ======================================================================================================================
 #define ATT3_TILE_BYTES (ATT_TILE_K * 128)   // 64 rows of 64 bf16
-#define ATT3_SMEM_BYTES (4 * ATT3_TILE_BYTES + 2 * ATT_TILE_K * 4 + 1024)   // K and V^T, double-buffered; mask bias; alignment
+#define ATT3_SMEM_BYTES (6 * ATT3_TILE_BYTES + 3 * ATT_TILE_K * 4 + 1024)   // K and V^T, triple-buffered; mask bias; alignment
 
 extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma(
     const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, const int* __restrict__ mask,
@@ -307,7 +307,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
     KV_DYNAMIC_SHARED(unsigned char, smem);
     const kv_saddr base = (kv_smem(smem) + 1023) & ~(kv_saddr)1023;
     unsigned char* gbase = smem + (base - kv_smem(smem));   // the same bytes through a generic pointer
-    float* kbias = (float*)(gbase + 4 * ATT3_TILE_BYTES);   // [2][64]
+    float* kbias = (float*)(gbase + 6 * ATT3_TILE_BYTES);   // [3][64]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const long long bh = blockIdx.y;
     const int b = (int)(bh / H);
@@ -321,7 +321,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
     // K rows [key][d] as version 2 stores them; V transposed, [d][key], in the same swizzled 128-byte rows (whole
     // 16-byte chunks: a quarter-warp's 8 rows land in 8 different bank groups).
     auto stash = [&](int buf) {
-        const kv_saddr ks = base + buf * ATT3_TILE_BYTES, vts = base + (2 + buf) * ATT3_TILE_BYTES;
+        const kv_saddr ks = base + buf * ATT3_TILE_BYTES, vts = base + (3 + buf) * ATT3_TILE_BYTES;
 #pragma unroll
         for (int i = 0; i < 2; i++)
         {
@@ -336,37 +336,58 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
         if (tid < ATT_TILE_K) kbias[buf * ATT_TILE_K + tid] = pbias;
     };
 
-    float oacc[8][4];
+    float oacc[8][4], s[8][4], sn[8][4];   // O; S of the tile in the softmax; S of the next tile (its wgmma in flight)
 #pragma unroll
     for (int i = 0; i < 8; i++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) oacc[i][e] = 0.f;
-    float s[8][4];
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) s[i][e] = 0.f;
+        for (int e = 0; e < 4; e++) oacc[i][e] = s[i][e] = sn[i][e] = 0.f;
     float m0 = -KV_INF, m1 = -KV_INF, l0 = 0.f, l1 = 0.f;
     const float sl2 = scale * KV_LOG2E;
+    // S = Q K^T of the tile in buffer buf into sn: 16 of d a step, 32 bytes along K's rows; committed, not waited for.
+    auto issue_s = [&](int buf) {
+        const kv_saddr ks = base + buf * ATT3_TILE_BYTES;
+        kv_wgmma_fence_operand<32>(&sn[0][0]);
+        kv_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+            kv_wgmma_m64n64k16_bf16_rs(&sn[0][0], qa[kk], kv_wgmma_desc(ks + kk * 32), kk > 0);
+        kv_wgmma_commit();
+    };
 
+    // Tile j lives in buffer j % 3 (K, V^T, mask bias). Per tile: S_j is ready; stash tile j + 1 (fetched into
+    // registers during the last tile) into buffer (j + 1) % 3, whose last readers (tile j - 2's wgmma) every thread
+    // retired before the previous barrier; barrier; issue S_{j+1} and fetch tile j + 2; then the softmax of S_j and
+    // O += P V_j run while S_{j+1} is on the tensor cores; both groups are waited for at the iteration's end.
+    const int ntiles = (Tk + ATT_TILE_K - 1) / ATT_TILE_K;
     att_fetch_tile<true>(kb, vb, mask, b, Tk, 0, tid, pk, pv, pbias);
     stash(0);
     kv_fence_proxy_async();   // the generic-proxy stores above, before the tensor cores read them
     __syncthreads();
-    int cur = 0;
-    for (int j0 = 0; j0 < Tk; j0 += ATT_TILE_K)
+    issue_s(0);
+    if (ntiles > 1) att_fetch_tile<true>(kb, vb, mask, b, Tk, ATT_TILE_K, tid, pk, pv, pbias);   // in flight meanwhile
+    for (int j = 0; j < ntiles; j++)
     {
-        const bool more = j0 + ATT_TILE_K < Tk;
-        if (more) att_fetch_tile<true>(kb, vb, mask, b, Tk, j0 + ATT_TILE_K, tid, pk, pv, pbias);   // in flight meanwhile
-        const kv_saddr ks = base + cur * ATT3_TILE_BYTES, vts = base + (2 + cur) * ATT3_TILE_BYTES;
-        kv_wgmma_fence_operand<32>(&s[0][0]);
-        kv_wgmma_fence();
+        const int cur = j % 3, nxt = (j + 1) % 3;
+        if (j == 0)   // S_0, issued before the loop (later tiles' S were waited for at the end of the last iteration)
+        {
+            kv_wgmma_wait<0>();
+            kv_wgmma_fence_operand<32>(&sn[0][0]);
+        }
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++)   // S = Q K^T: 16 of d a step, 32 bytes along K's rows
-            kv_wgmma_m64n64k16_bf16_rs(&s[0][0], qa[kk], kv_wgmma_desc(ks + kk * 32), kk > 0);
-        kv_wgmma_commit();
-        kv_wgmma_wait<0>();
-        kv_wgmma_fence_operand<32>(&s[0][0]);
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[i][e] = sn[i][e];
+        if (j + 1 < ntiles)
+        {
+            stash(nxt);
+            kv_fence_proxy_async();
+        }
+        __syncthreads();   // tile j + 1 staged by every thread; kbias of tile j visible
+        if (j + 1 < ntiles)
+        {
+            issue_s(nxt);
+            if (j + 2 < ntiles) att_fetch_tile<true>(kb, vb, mask, b, Tk, (j + 2) * ATT_TILE_K, tid, pk, pv, pbias);
+        }
         att_softmax_tile(s, kbias + cur * ATT_TILE_K, sl2, t, m0, m1, l0, l1, oacc);
         // P as version 2 packs it, all four k16 fragments before the group: registers a wgmma reads must not be written
         // once the group has started (ptxas would serialise it, C7513).
@@ -379,6 +400,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
             pa[kk][2] = kv_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             pa[kk][3] = kv_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
         }
+        const kv_saddr vts = base + (3 + cur) * ATT3_TILE_BYTES;
         kv_wgmma_fence_operand<32>(&oacc[0][0]);
         kv_wgmma_fence_operand<16>(&pa[0][0]);
         kv_wgmma_fence();
@@ -386,15 +408,11 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
         for (int kk = 0; kk < 4; kk++)   // O += P V: 16 keys a step, V^T's rows 32 bytes on
             kv_wgmma_m64n64k16_bf16_rs(&oacc[0][0], pa[kk], kv_wgmma_desc(vts + kk * 32), 1);
         kv_wgmma_commit();
+        // S_{j+1} and this product, before the loop's back edge: a group in flight across it makes ptxas serialise
+        // every wgmma (C7515: the loop-carried accumulators' moves count as non-wgmma definitions).
         kv_wgmma_wait<0>();
         kv_wgmma_fence_operand<32>(&oacc[0][0]);
-        if (more)
-        {
-            stash(cur ^ 1);   // the other buffers were last read by the wgmma waited for before the last barrier
-            kv_fence_proxy_async();
-        }
-        __syncthreads();
-        cur ^= 1;
+        kv_wgmma_fence_operand<32>(&sn[0][0]);
     }
     att_store(o + bh * Tq * ATT_D, lse + bh * Tq, r0, r1, Tq, t, m0, m1, l0, l1, oacc);
 #endif

@@ -731,6 +731,7 @@ int main()
     if (want("attention")) test_attention(2, 2, 150, 100, true);
     if (want("attention")) test_attention(1, 2, 70, 1, false);
     if (want("attention")) test_attention(1, 1, 130, 200, false);
+    if (want("attention")) test_attention(2, 1, 70, 450, true);   // 8 key tiles: version 3's three K/V buffers wrap twice
     if (want("attention_backward")) test_attention_backward(2, 2, 100, 150, true);
     if (want("attention_backward")) test_attention_backward(1, 1, 70, 3, false);   // (one key: dq = dk = 0 exactly, no relative error to measure)
     // Top-k over f16: partial tiles and query tiles, D 72 (not a multiple of 32), kp 32 and 64, N below kp, ties.

@@ -45,7 +45,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
 
     /// <summary>Why attention version 3 (gemm_sm90.cu's attention_forward_d64_wgmma: version 2 on wgmma) cannot run here, or null.</summary>
     public string? AttentionV3Unavailable { get; }
-    internal const int Attn3SharedBytes = 4 * 64 * 128 + 2 * 64 * 4 + 1024;   // K and V^T double-buffered, mask bias, alignment
+    internal const int Attn3SharedBytes = 6 * 64 * 128 + 3 * 64 * 4 + 1024;   // K and V^T triple-buffered, mask bias, alignment
     private const int Gemm2Rows = 128, Gemm2Cols = 256;
     internal const int Gemm2SharedBytes = 4 * (128 + 256) * 64;                                       // gemm.cu version 2
     internal const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
