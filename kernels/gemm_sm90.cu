@@ -365,14 +365,13 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
     __syncthreads();
     issue_s(0);
     if (ntiles > 1) att_fetch_tile<true>(kb, vb, mask, b, Tk, ATT_TILE_K, tid, pk, pv, pbias);   // in flight meanwhile
+    // S_0 before the loop (later tiles' S are waited for at the end of the iteration before): waiting inside the loop
+    // on its first pass only leaves ptxas a path on which the copy below reads sn in flight (C7514, serialised wgmma).
+    kv_wgmma_wait<0>();
+    kv_wgmma_fence_operand<32>(&sn[0][0]);
     for (int j = 0; j < ntiles; j++)
     {
         const int cur = j % 3, nxt = (j + 1) % 3;
-        if (j == 0)   // S_0, issued before the loop (later tiles' S were waited for at the end of the last iteration)
-        {
-            kv_wgmma_wait<0>();
-            kv_wgmma_fence_operand<32>(&sn[0][0]);
-        }
 #pragma unroll
         for (int i = 0; i < 8; i++)
 #pragma unroll
@@ -424,8 +423,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
 // 64 queries each), both operands loaded by TMA (a producer warp, full/empty mbarriers, 3 stages of 64 of D), one
 // wgmma group in flight within a tile; at the end of a tile the accumulators (wgmma's layout) go through version 2's
 // epilogue: scores above the query's running threshold appended to its buffer, full buffers merged into its 32-entry
-// list (tc_merge_row), synchronised by a named barrier of the 256 consumer threads (the producer runs ahead into the
-// next tile meanwhile). Output, merge and exact rescoring as version 2 (topk_merge, topk_f16_rescore).
+// list (tc_merge_row). Each warpgroup owns its 64 queries' lists and overflow flag and synchronises its epilogue by its
+// own named barrier (ids 1 and 2, 128 threads), so the two drift apart by up to the ring's depth and one's epilogue
+// runs while the other's wgmma keep the tensor cores busy (the producer runs ahead into the next tile meanwhile).
+// Output, merge and exact rescoring as version 2 (topk_merge, topk_f16_rescore).
 // Needs d % 8 == 0 (16-byte rows for TMA) and a 16-byte aligned corpus; rows beyond n and D beyond d arrive as zeros.
 // Not yet run on a GPU: the host emulator checks it against f64 and version 1.
 // ======================================================================================================================
@@ -433,7 +434,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
 #define T3_THREADS 384   // two consumer warpgroups + a producer warpgroup (one thread issues), for setmaxnreg
 #define T3_KMAX 32
 #define T3_CAP 32
-#define T3_LISTS_BYTES (G3_BM * (2 * T3_KMAX + 2 * T3_CAP) * 4 + G3_BM * 3 * 4 + 16)
+#define T3_WG_LISTS_BYTES (64 * (2 * T3_KMAX + 2 * T3_CAP) * 4 + 64 * 3 * 4 + 16)   // one warpgroup's 64 queries
+#define T3_LISTS_BYTES (2 * T3_WG_LISTS_BYTES)
 #define T3_SMEM_BYTES (T3_STAGES * G4_STAGE_BYTES + 1024 + T3_LISTS_BYTES + 2 * T3_STAGES * 8)
 
 // qh [Q, d] f16 through tmQ ({d, Q, 1}, box {64, 128, 1}), corpus [n, d] f16 through tmC ({d, n, 1}, box {64, 256, 1})
@@ -450,20 +452,19 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
     unsigned char* lists = smem + (sB + T3_STAGES * G3_B_STAGE - kv_smem(smem));
     const kv_saddr full = kv_smem(lists) + T3_LISTS_BYTES, empty = full + T3_STAGES * 8;
     const int tid = threadIdx.x;
-    TcShared sh = tc_shared_at<T3_KMAX, T3_CAP>(lists, G3_BM);
-    const kv_saddr sCnt = kv_smem(sh.cnt);
     const int q0 = blockIdx.x * G3_BM;
     const long long sliceStart = (long long)blockIdx.y * tilesPerSlice * G3_BN;
     const long long sliceEnd = sliceStart + (long long)tilesPerSlice * G3_BN < n ? sliceStart + (long long)tilesPerSlice * G3_BN : n;
     const int ntiles = (int)((sliceEnd - sliceStart + G3_BN - 1) / G3_BN);
     const int KT = (d + G3_BK - 1) / G3_BK;
     const long long total = (long long)ntiles * KT;
-    for (int r = tid; r < G3_BM; r += T3_THREADS) { sh.thr[r] = -KV_INF; sh.cnt[r] = 0; sh.lcnt[r] = 0; }
-    if (tid == 0)
+    for (int v = 0; v < 2; v++)   // both warpgroups' lists, by every thread
     {
-        *sh.ovf = 0;
-        g4_init_barriers(full, empty, T3_STAGES);
+        TcShared sv = tc_shared_at<T3_KMAX, T3_CAP>(lists + v * T3_WG_LISTS_BYTES, 64);
+        for (int r = tid; r < 64; r += T3_THREADS) { sv.thr[r] = -KV_INF; sv.cnt[r] = 0; sv.lcnt[r] = 0; }
+        if (tid == 0) *sv.ovf = 0;
     }
+    if (tid == 0) g4_init_barriers(full, empty, T3_STAGES);
     __syncthreads();
 
     if (tid >= 256)   // the producer warpgroup: one thread issues every copy, tile by tile, 64 of D at a time
@@ -483,7 +484,11 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
     }
 
     kv_setmaxnreg_inc<232>();   // 128 accumulators and the epilogue without spills (168 otherwise: 384 threads)
-    const int wg = tid >> 7, warp = tid >> 5, w = warp & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3, wtid = tid & 127;
+    // This warpgroup's 64 queries: their lists (rows 0..63 of its own TcShared), its named barrier (1 + wg, 128 threads)
+    TcShared sh = tc_shared_at<T3_KMAX, T3_CAP>(lists + wg * T3_WG_LISTS_BYTES, 64);
+    const kv_saddr sCnt = kv_smem(sh.cnt);
+    const int qw0 = q0 + wg * 64, bar = 1 + wg;
     // Zeroed once, outside the pipeline (each tile then starts with wgmma's scale-d = 0): accumulators left undefined
     // here make ptxas serialise every wgmma (C7515; the NVRTC test checks for it).
     float acc[128];
@@ -510,14 +515,16 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         kv_mbar_arrive(empty + 8 * s);
         prev = -1;
 
-        // Epilogue of the tile (version 2's, on wgmma's layout: rows wg 64 + 16 w + g + 8 h, columns 8 i + 2 t + e).
-        // The first barrier keeps every consumer out of this tile's appends until all have left the last epilogue:
-        // without it a warpgroup that ran ahead (nothing else holds the two together within a tile) could set the
-        // overflow flag that a slower one is still reading for the last tile. The emulator's starve mode produces that
-        // schedule: without this barrier it deadlocks (race mode's short stalls do not).
-        kv_named_barrier(1, 256);
+        // Epilogue of the tile (version 2's, on wgmma's layout: this warpgroup's rows 16 w + g + 8 h, columns 8 i + 2 t
+        // + e), among the warpgroup's 128 threads. The first barrier keeps them out of this tile's appends until all
+        // have left the last epilogue (a warp that ran ahead could set the overflow flag that a slower one is still
+        // reading for the last tile). Redundant since each warpgroup has its own flag: a warp cannot finish this
+        // tile's wgmma before every warp of its warpgroup has issued them, which each does only after that read (the
+        // emulator, which makes the warpgroup meet at each wgmma, passes without it under 16 schedules); kept for the
+        // cost of one 128-thread barrier a tile.
+        kv_named_barrier(bar, 128);   // kept though redundant
         const long long col0 = sliceStart + (step / KT) * G3_BN;
-        const int r0 = wg * 64 + w * 16 + g;
+        const int r0 = w * 16 + g;
         unsigned done[4] = {0u, 0u, 0u, 0u};
         for (;;)
         {
@@ -533,7 +540,7 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
                         const int r = r0 + 8 * h, bit = (i & 7) * 4 + h * 2 + e;
                         const long long row = col0 + i * 8 + 2 * t + e;
                         const float v = acc[4 * i + 2 * h + e];
-                        if (((done[i >> 3] >> bit) & 1u) == 0u && row < sliceEnd && q0 + r < Q && v > (h ? th1 : th0))
+                        if (((done[i >> 3] >> bit) & 1u) == 0u && row < sliceEnd && qw0 + r < Q && v > (h ? th1 : th0))
                         {
                             int pos = kv_atomic_add_shared(sCnt + 4 * r, 1);
                             if (pos < T3_CAP)
@@ -546,25 +553,25 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
                         }
                     }
             if (overflow) *sh.ovf = 1;
-            kv_named_barrier(1, 256);
+            kv_named_barrier(bar, 128);
             const int again = *sh.ovf;
             if (!again) break;
-            for (int r = warp; r < G3_BM; r += 8)
+            for (int r = w; r < 64; r += 4)
                 if (sh.cnt[r] >= T3_CAP) tc_merge_row<T3_KMAX, T3_CAP>(sh, r, T3_KMAX, lane);
-            kv_named_barrier(1, 256);
-            if (tid == 0) *sh.ovf = 0;
-            kv_named_barrier(1, 256);
+            kv_named_barrier(bar, 128);
+            if (wtid == 0) *sh.ovf = 0;
+            kv_named_barrier(bar, 128);
         }
     }
 
-    // The slice is done: merge what the buffers hold, write each query's list. Both barriers are kept though redundant
-    // today (kernels/emu/mutate.sh removes each and nothing fails): the tile loop ends right after a barrier every consumer
-    // passed, and with kp = 32 = warp size each list is written by the warp that merged it; they cost once a block and
-    // keep the merge and the write correct if either changes.
-    kv_named_barrier(1, 256);   // kept though redundant
-    for (int r = warp; r < G3_BM; r += 8)
+    // The slice is done: merge what the buffers hold, write each query's list (this warpgroup's 64). Both barriers are
+    // kept though redundant today (kernels/emu/mutate.sh removes each and nothing fails): the tile loop ends right after
+    // a barrier every thread of the warpgroup passed, and with kp = 32 = warp size each list is written by the warp that
+    // merged it; they cost once a block and keep the merge and the write correct if either changes.
+    kv_named_barrier(bar, 128);   // kept though redundant
+    for (int r = w; r < 64; r += 4)
         if (sh.cnt[r] > 0) tc_merge_row<T3_KMAX, T3_CAP>(sh, r, T3_KMAX, lane);
-    kv_named_barrier(1, 256);   // kept though redundant
-    tc_write_lists<T3_KMAX>(sh, G3_BM, q0, Q, T3_KMAX, tid, 256, partS, partI);
+    kv_named_barrier(bar, 128);   // kept though redundant
+    tc_write_lists<T3_KMAX>(sh, 64, qw0, Q, T3_KMAX, wtid, 128, partS, partI);
 #endif
 }
