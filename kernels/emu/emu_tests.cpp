@@ -706,6 +706,7 @@ int main()
     // KV_EMU_MODE=race: eager copies and a shuffled, stalling schedule; starve: eager copies, a victim warp (group) held
     // back while the rest of the block runs ahead (kv_emu_set_mode); default: copies land at their wait.
     kv_emu_set_mode(std::getenv("KV_EMU_MODE"));
+    if (const char* seed = std::getenv("KV_EMU_SEED")) kv_emu_rng ^= std::strtoull(seed, nullptr, 10) * 0x2545f4914f6cdd1dull;   // other schedules
     std::setvbuf(stdout, nullptr, _IOLBF, 0);   // a run stopped by a deadlock still shows the checks before it
     // KV_EMU_ONLY=family[,family...]: only those tests (gemm, tf32x3, attention, attention_backward, topk, layernorm,
     // layernorm_backward, infonce); kernels/emu/mutate.sh uses it to rerun only the kernels a mutation touches.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Barrier mutation sweep: removes each barrier of the kernels (__syncthreads, bar.sync named barriers, __syncwarp) one
 # at a time, rebuilds the host emulator and runs the tests of the kernels that file holds in the three schedules
-# (ordered, race, starve). A removal the emulator does not notice is listed as SURVIVED: either the barrier is not
+# (ordered, race, starve; the shuffled two under 3 seeds, KV_EMU_SEED). A removal the emulator does not notice is listed as SURVIVED: either the barrier is not
 # needed (then say so on its line: "kept though redundant", which this script skips) or no schedule or input the
 # emulator produces exposes it (a gap to close in emu_tests.cpp or kv_emu.h).
 # MUTATE=waits instead loosens each asynchronous wait by one group (cp.async.wait_group N -> N + 1, wgmma.wait_group
@@ -47,12 +47,13 @@ for f in "${files[@]}"; do
       echo "build failed  $what"; head -n 3 "$work/cc.txt"; continue
     fi
     verdict=""
-    for mode in ordered race starve; do
-      ( KV_EMU_MODE=$mode KV_EMU_ONLY=$only exec timeout 300 "$work/emu" > "$work/out.txt" 2> "$work/err.txt" ) 2> /dev/null; rc=$?
+    for run in ordered:0 race:0 starve:0 race:1 starve:1 race:2 starve:2; do   # the shuffled schedules under 3 seeds
+      mode=${run%%:*}; seed=${run#*:}
+      ( KV_EMU_MODE=$mode KV_EMU_SEED=$seed KV_EMU_ONLY=$only exec timeout 300 "$work/emu" > "$work/out.txt" 2> "$work/err.txt" ) 2> /dev/null; rc=$?
       if [ $rc != 0 ]; then
         why=$( (grep -m1 "FAIL" "$work/out.txt"; head -n 1 "$work/err.txt") | head -n 1 | tr -s ' ' | cut -c1-100)
         [ $rc = 124 ] && why="timeout (hang)"
-        verdict="caught ($mode: ${why:-exit $rc})"; break
+        verdict="caught ($mode, seed $seed: ${why:-exit $rc})"; break
       fi
     done
     if [ -n "$verdict" ]; then caught=$((caught + 1)); echo "$verdict  $what"

@@ -51,7 +51,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     internal const int Gemm3SharedBytes = 4 * (128 + 256) * 128 + 1024;                               // gemm_sm90.cu (version 3)
     internal const int Gemm4SharedBytes = Gemm3SharedBytes + 2 * 4 * 8, Gemm4Threads = 288;         // version 4: + 8 mbarriers
     internal const int Tc3Threads = 384;   // top-k version 3: two consumer warpgroups + a producer warpgroup (setmaxnreg)
-    internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 128 * (4 * 32) * 4 + 128 * 3 * 4 + 16 + 2 * 3 * 8;   // top-k version 3
+    internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 2 * (64 * (4 * 32) * 4 + 64 * 3 * 4 + 16) + 2 * 3 * 8;   // top-k version 3: stages, alignment, two warpgroups' lists, mbarriers
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
     private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce;
