@@ -114,8 +114,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     /// double buffer), 2 (operands first converted to K-major bf16 in memory, then the cp.async/ldmatrix kernel) or
     /// 3 (the same operands on Hopper's wgmma, kernels/gemm_sm90.cu; version 2 where it is unavailable) or 4 (version 3's
     /// tiles fed by TMA with a producer warp and mbarriers; version 3, then 2, where unavailable or where an operand's
-    /// strides do not meet TMA's rules (every version needs 16-byte aligned rows: MatMulBf16 checks its operands)). Defaults to the KERNELVL_CUDA_GEMM environment variable, else 1: a newer
-    /// version becomes the default once it has passed on a GPU.
+    /// strides do not meet TMA's rules; every version needs 16-byte aligned rows, which MatMulBf16 checks). Defaults to
+    /// the KERNELVL_CUDA_GEMM environment variable, else 1: a newer version becomes the default once it has passed on a GPU.
     /// </summary>
     public int GemmVersion { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM") switch { "2" => 2, "3" => 3, "4" => 4, _ => 1 };
 
@@ -478,18 +478,6 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             Go(_gemm2, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm2SharedBytes);
     }
 
-    /// <summary>
-    /// Whether a bf16 operand [batch, rows, ld] at <paramref name="p"/> meets TMA's rules as version 4 maps it: a 16-byte
-    /// aligned address, row and batch strides multiples of 16 bytes (ld and the batch stride multiples of 8 elements)
-    /// below 2^40 bytes. convert_bf16_kmajor's outputs always do; a caller's own bf16 tensors may not.
-    /// </summary>
-    /// <summary>
-    /// Split-K for GEMM version 4: the K steps (64 wide) each split takes, or 0 for no split. Only where one batch's
-    /// 128 x 256 tiles would leave more than half the multiprocessors idle and K is deep (>= 16 steps): as many splits
-    /// as fill the idle ones, at most 8, each at least 8 steps (the slices' extra traffic, 2 x splits x M x N x 4
-    /// bytes, stays small beside the time saved). The model's 1024 x 768 x 3072 on 132 SMs: 24 tiles x 48 steps -> 5
-    /// splits of 10 (120 blocks); 1024 x 768 x 768 (12 steps), 1024 x 3072 x 768 (96 tiles) and 4096^3: none.
-    /// </summary>
     // Version 4's grid: its work items (128 x 256 tiles x zcount), at most one block per multiprocessor when persistent.
     private uint Gemm4Grid(int m, int n, int zcount)
     {
@@ -497,6 +485,13 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         return (uint)(GemmPersistent || items > int.MaxValue ? Math.Min(items, _multiprocessors) : items);
     }
 
+    /// <summary>
+    /// Split-K for GEMM version 4: the K steps (64 wide) each split takes, or 0 for no split. Only where one batch's
+    /// 128 x 256 tiles would leave more than half the multiprocessors idle and K is deep (>= 16 steps): as many splits
+    /// as fill the idle ones, at most 8, each at least 8 steps (the slices' extra traffic, 2 x splits x M x N x 4
+    /// bytes, stays small beside the time saved). The model's 1024 x 768 x 3072 on 132 SMs: 24 tiles x 48 steps -> 5
+    /// splits of 10 (120 blocks); 1024 x 768 x 768 (12 steps), 1024 x 3072 x 768 (96 tiles) and 4096^3: none.
+    /// </summary>
     internal static int Gemm4KSteps(int m, int n, int k, int batch, int multiprocessors)
     {
         long tiles = (long)Blocks(m, Gemm2Rows) * Blocks(n, Gemm2Cols) * batch;
@@ -504,13 +499,18 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         if (batch != 1 || steps < 16 || tiles * 2 > multiprocessors) return 0;
         int splits = (int)Math.Min(Math.Min(multiprocessors / tiles, steps / 8), 8);
         if (splits < 2) return 0;
-        int ksteps = (steps + splits - 1) / splits;
-        return ksteps;
+        return (steps + splits - 1) / splits;
     }
 
     /// <summary>Whether convert_bf16_kmajor / split_tf32_kmajor take this many rows (32 a block on grid y).</summary>
     private static bool KMajorRows(long rows) => Blocks(rows, 32) <= MaxGridYZ;
 
+    /// <summary>
+    /// Whether a bf16 operand [batch, rows, ld] at <paramref name="p"/> meets TMA's rules as version 4 maps it: a 16-byte
+    /// aligned address, row and batch strides multiples of 16 bytes (ld and the batch stride multiples of 8 elements)
+    /// below 2^40 bytes, and extents that are not zero. convert_bf16_kmajor's outputs always do; a caller's own bf16
+    /// tensors may not.
+    /// </summary>
     internal static bool TmaOperand(nint p, int rows, int ld, long stride) =>
         rows > 0 && ld > 0 && p % 16 == 0 && ld % 8 == 0 && stride % 8 == 0 && 2L * Math.Max((long)rows * ld, stride) < (1L << 40);
 
