@@ -1,8 +1,10 @@
 using System.Diagnostics;
+using System.Numerics;
 using System.Text.Json.Nodes;
 using KernelVL.Backends;
 using KernelVL.Backends.Cpu;
 using KernelVL.Retrieval;
+using KernelVL.Tensors;
 
 namespace KernelVL.Tests;
 
@@ -133,5 +135,103 @@ public sealed class IndexTests : IDisposable
         Assert.Equal(4, RetrievalEval.RerankedRank(first, cand, cross, 3));   // after the 3 candidates, by first-stage score
         Assert.Equal(5, RetrievalEval.RerankedRank(first, cand, cross, 4));
         Assert.Equal([2, 0, 3], RetrievalEval.TopIndices([0.5f, 0.2f, 0.9f, 0.5f], 3));   // the tie at 0.5: lower index first
+    }
+
+    /// <summary>
+    /// The norm bound against exact arithmetic: every half is m 2^-24 for an integer m, so 2^48 times a row's sum of
+    /// squares is an integer, computed exactly with BigInteger, as is 2^48 bound^2. The bound must be at or above the
+    /// largest row norm and within 2^-22 of it, over fresh random rows at several scales (subnormals to 65504).
+    /// </summary>
+    [Fact]
+    public void RowNormBoundIsAnUpperBoundWithinRounding()
+    {
+        var rng = new Random(Random.Shared.Next());
+        foreach (var (scale, dim) in new[] { (1e-6, 7), (1.0, 768), (300.0, 33), (65504.0, 1024) })
+        {
+            int n = 50;
+            var rows = new Half[n * dim];
+            for (int i = 0; i < rows.Length; i++) rows[i] = (Half)(scale * (2 * rng.NextDouble() - 1));
+            rows[rng.Next(rows.Length)] = (Half)(scale >= 65504 ? 65504.0 : scale);   // an extreme value somewhere
+            BigInteger Scaled(Half h) => new BigInteger(Math.ScaleB((double)h, 24));   // exact: m with h = m 2^-24
+            var exact = BigInteger.Zero;
+            for (int r = 0; r < n; r++)
+            {
+                var sum = BigInteger.Zero;
+                for (int j = 0; j < dim; j++) { var m = Scaled(rows[r * dim + j]); sum += m * m; }
+                if (sum > exact) exact = sum;
+            }
+            float bound = RowNorms.MaxNormUpperBound(rows, dim);
+            // bound = b 2^e exactly (b < 2^24); 2^48 bound^2 = b^2 2^(2e + 48).
+            int e = (int)Math.Floor(Math.Log2(bound)) - 23;
+            var b = new BigInteger(Math.ScaleB(bound, -e));
+            var bound2 = 2 * e + 48 >= 0 ? b * b << (2 * e + 48) : b * b >> -(2 * e + 48);
+            Assert.True(bound2 >= exact, $"scale {scale}: bound {bound} below the largest norm");
+            double norm = Math.Sqrt((double)exact) * Math.ScaleB(1, -24);
+            Assert.True(bound <= norm * (1 + Math.ScaleB(1, -22)), $"scale {scale}: bound {bound} vs norm {norm}");
+        }
+        Assert.Equal(0f, RowNorms.MaxNormUpperBound([], 4));
+        Assert.Equal(float.PositiveInfinity, RowNorms.MaxNormUpperBound([(Half)1, Half.NaN, (Half)0, (Half)2], 2));
+        Assert.Throws<ShapeException>(() => RowNorms.MaxNormUpperBound(new Half[5], 2));
+    }
+
+    /// <summary>A host backend that records the norm bound the index hands to the f16 rows path.</summary>
+    private sealed class RecordingBackend : ReferenceBackend, IHalfRowsTopK
+    {
+        public List<float?> Bounds { get; } = [];
+        public new void TopKHalfRows(Tensor queries, ReadOnlySpan<Half> rows, int k, Tensor scores, Tensor indices, float? maxRowNorm = null)
+        {
+            Bounds.Add(maxRowNorm);
+            base.TopKHalfRows(queries, rows, k, scores, indices, maxRowNorm);
+        }
+    }
+
+    [Fact]
+    public void F16SegmentsKeepANormBoundThatSearchPassesOnAndOpenChecks()
+    {
+        var rng = new Random(Random.Shared.Next());
+        int d = 16;
+        string f = Path.Combine(_dir, "n");
+        var idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F16, null);
+        var v = UnitRows(rng, 40, d);
+        for (int i = 0; i < 20 * d; i++) v[i] *= 3f;   // the first segment's rows of norm 3
+        idx.Append("image", Items(0, 20), v.AsSpan(0, 20 * d));
+        idx.Append("image", Items(20, 20), v.AsSpan(20 * d));
+        var opened = EmbeddingIndex.Open(f, "m");
+        var segs = opened.Collections["image"].Segments;
+        for (int s = 0; s < 2; s++)
+        {
+            var halves = v.AsSpan(s * 20 * d, 20 * d).ToArray().Select(x => (Half)x).ToArray();
+            double largest = Enumerable.Range(0, 20).Max(r => Math.Sqrt(Enumerable.Range(0, d).Sum(j => (double)halves[r * d + j] * (double)halves[r * d + j])));
+            Assert.NotNull(segs[s].MaxNorm);
+            Assert.InRange(segs[s].MaxNorm!.Value, largest, largest * (1 + 1e-6));
+        }
+        using var be = new RecordingBackend();
+        var q = UnitRows(rng, 2, d);
+        opened.Search(be, "image", q, 5, blockRows: 8, halfRows: true);
+        Assert.Equal(6, be.Bounds.Count);   // 3 blocks of each segment, each with its segment's bound
+        Assert.All(be.Bounds.Take(3), b => Assert.Equal(segs[0].MaxNorm, b));
+        Assert.All(be.Bounds.Skip(3), b => Assert.Equal(segs[1].MaxNorm, b));
+
+        string manifest = Path.Combine(f, "manifest.json");
+        string text = File.ReadAllText(manifest);
+        var m = JsonNode.Parse(text)!;
+        // An index written before the bound existed: opens, and search passes no bound.
+        var old = JsonNode.Parse(text)!;
+        foreach (var s in old["collections"]!["image"]!["segments"]!.AsArray()) s!.AsObject().Remove("max_norm");
+        File.WriteAllText(manifest, old.ToJsonString());
+        Assert.All(EmbeddingIndex.Open(f, "m").Collections["image"].Segments, s => Assert.Null(s.MaxNorm));
+        // A bound below the rows' norms (an edited manifest) is refused, naming the segment.
+        m["collections"]!["image"]!["segments"]![0]!["max_norm"] = 2.5f;
+        File.WriteAllText(manifest, m.ToJsonString());
+        var e = Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f, "m"));
+        Assert.Contains("seg-image-00000.f16", e.Message);
+        Assert.Contains("max_norm", e.Message);
+        foreach (var bad in new JsonNode[] { JsonValue.Create(-1f), JsonValue.Create("big") })
+        {
+            m["collections"]!["image"]!["segments"]![1]!["max_norm"] = bad.DeepClone();
+            m["collections"]!["image"]!["segments"]![0]!["max_norm"] = 3.1f;
+            File.WriteAllText(manifest, m.ToJsonString());
+            Assert.Contains("max_norm of segment seg-image-00001.f16", Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f, "m")).Message);
+        }
     }
 }

@@ -32,7 +32,9 @@ public sealed class EmbeddingIndex
     public const string ManifestFile = "manifest.json", ItemsFile = "items.jsonl";
     public static readonly string[] Kinds = ["image", "caption"];
 
-    public sealed record Segment(string File, int Rows, string Sha256);
+    /// <summary>A segment file; f16 segments also carry <paramref name="MaxNorm"/>, an upper bound on their rows' L2 norms
+    /// (<see cref="RowNorms.MaxNormUpperBound"/>; null in indexes written before it, or where a row is not finite).</summary>
+    public sealed record Segment(string File, int Rows, string Sha256, float? MaxNorm = null);
 
     public sealed class Collection
     {
@@ -81,12 +83,6 @@ public sealed class EmbeddingIndex
 
     private static string Short(string fingerprint) => fingerprint.Length > 12 ? fingerprint[..12] + "..." : fingerprint;
 
-    private static string Sha256(string path)
-    {
-        using var s = File.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(s));
-    }
-
     // ---- opening ----
 
     /// <summary>
@@ -116,10 +112,33 @@ public sealed class EmbeddingIndex
                 if (!File.Exists(p)) throw new BadInputException($"{p}: segment listed in the manifest is missing");
                 long expected = (long)s.Rows * idx.Dim * idx.ElementSize;
                 if (new FileInfo(p).Length != expected) throw new BadInputException($"{p}: {new FileInfo(p).Length} bytes, the manifest says {s.Rows} rows x {idx.Dim} x {idx.ElementSize} = {expected}");
-                if (verify && Sha256(p) != s.Sha256) throw new BadInputException($"{p}: checksum mismatch (the segment is corrupt)");
+                if (verify) idx.Verify(p, s);
             }
         idx.LoadItems();
         return idx;
+    }
+
+    /// <summary>One read of a segment: its SHA-256 against the manifest's, and where the manifest gives a max_norm, that
+    /// no row's norm exceeds it (a smaller bound would let the cuda backend's f16 top-k return inexact results).</summary>
+    private void Verify(string path, Segment seg)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        int rowBytes = Dim * ElementSize;
+        var buf = new byte[(long)Math.Max(1, (1 << 20) / rowBytes) * rowBytes];
+        float norm = 0;
+        using (var f = File.OpenRead(path))
+        {
+            int n;
+            while ((n = f.ReadAtLeast(buf, buf.Length, throwOnEndOfStream: false)) > 0)
+            {
+                sha.AppendData(buf, 0, n);
+                if (seg.MaxNorm is not null && n % rowBytes == 0)
+                    norm = Math.Max(norm, RowNorms.MaxNormUpperBound(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(buf.AsSpan(0, n)), Dim));
+            }
+        }
+        if (Convert.ToHexStringLower(sha.GetHashAndReset()) != seg.Sha256) throw new BadInputException($"{path}: checksum mismatch (the segment is corrupt)");
+        if (seg.MaxNorm is { } m && norm > m)
+            throw new BadInputException($"{path}: a row's norm reaches {norm}, above the manifest's max_norm {m} (the manifest was edited; rebuild the index)");
     }
 
     private static EmbeddingIndex FromManifest(string folder, string mpath, JsonObject m)
@@ -156,7 +175,14 @@ public sealed class EmbeddingIndex
                     if (s is not JsonObject so) throw new BadInputException($"{mpath}: a segment of {kind} is not an object");
                     string file = Need<string>(so["file"], "segment file");
                     if (file.Contains('/') || file.Contains('\\') || file.StartsWith('.')) throw new BadInputException($"{mpath}: segment name {file} must be a plain file name");
-                    c.Segments.Add(new Segment(file, Need<int>(so["rows"], "segment rows"), Need<string>(so["sha256"], "segment sha256")));
+                    float? maxNorm = null;
+                    if (so["max_norm"] is { } mn)
+                    {
+                        float x = Need<float>(mn, $"max_norm of segment {file}");
+                        if (!(x >= 0 && float.IsFinite(x))) throw new BadInputException($"{mpath}: max_norm of segment {file} must be finite and >= 0, got {x}");
+                        maxNorm = x;
+                    }
+                    c.Segments.Add(new Segment(file, Need<int>(so["rows"], "segment rows"), Need<string>(so["sha256"], "segment sha256"), maxNorm));
                 }
                 if (ck["rows"] is JsonValue rv && rv.TryGetValue(out int rows) && rows != c.Rows)
                     throw new BadInputException($"{mpath}: collection {kind} says {rows} rows, its segments hold {c.Rows}");
@@ -239,7 +265,10 @@ public sealed class EmbeddingIndex
             w.Flush();
             f.Flush(flushToDisk: true);
         }
-        c.Segments.Add(new Segment(file, items.Count, Convert.ToHexStringLower(SHA256.HashData(bytes))));
+        float? maxNorm = null;
+        if (DType == VectorDType.F16 && RowNorms.MaxNormUpperBound(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(bytes), Dim) is var mn && float.IsFinite(mn))
+            maxNorm = mn;
+        c.Segments.Add(new Segment(file, items.Count, Convert.ToHexStringLower(SHA256.HashData(bytes)), maxNorm));
         for (int i = 0; i < items.Count; i++) _items[(kind, start + i)] = items[i] with { Kind = kind, Row = start + i };
         WriteManifest();
     }
@@ -256,6 +285,13 @@ public sealed class EmbeddingIndex
     private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFile),
         string.Concat(_items.Values.OrderBy(i => i.Kind, StringComparer.Ordinal).ThenBy(i => i.Row).Select(i => ItemJson(i) + "\n")));
 
+    private static JsonNode SegmentJson(Segment s)
+    {
+        var o = new JsonObject { ["file"] = s.File, ["rows"] = s.Rows, ["sha256"] = s.Sha256 };
+        if (s.MaxNorm is { } m) o["max_norm"] = m;
+        return o;
+    }
+
     private void WriteManifest()
     {
         var cols = new JsonObject();
@@ -263,13 +299,14 @@ public sealed class EmbeddingIndex
             cols[c.Kind] = new JsonObject
             {
                 ["rows"] = c.Rows,
-                ["segments"] = new JsonArray(c.Segments.Select(s => (JsonNode)new JsonObject { ["file"] = s.File, ["rows"] = s.Rows, ["sha256"] = s.Sha256 }).ToArray()),
+                ["segments"] = new JsonArray(c.Segments.Select(SegmentJson).ToArray()),
             };
         var m = new JsonObject
         {
             ["format_version"] = FormatVersion,
             ["format"] = "kernelvl embedding index: per collection, segments of row-major little-endian vectors (dtype, dim below), " +
-                         "L2-normalised, scored by inner product; items.jsonl maps (kind, row) to the item",
+                         "L2-normalised, scored by inner product; an f16 segment's max_norm bounds its rows' L2 norms from above; " +
+                         "items.jsonl maps (kind, row) to the item",
             ["model_fingerprint"] = ModelFingerprint,
             ["dim"] = Dim,
             ["dtype"] = DType == VectorDType.F16 ? "f16" : "f32",
@@ -331,7 +368,7 @@ public sealed class EmbeddingIndex
                 int kk = Math.Min(k, n);
                 var sc = backend.Empty(new Shape(q, kk));                         // [Q, kk]
                 var ix = backend.Empty(new Shape(q, kk), Tensors.DType.I32);      // [Q, kk]
-                if (half is not null) HalfRowsTopK(view, s, n, half, qt, kk, sc, ix);
+                if (half is not null) HalfRowsTopK(view, s, n, half, qt, kk, sc, ix, seg.MaxNorm);
                 else
                 {
                     var corpus = n == maxBlock ? block! : block!.Narrow0(0, n);
@@ -357,15 +394,16 @@ public sealed class EmbeddingIndex
         return result;
     }
 
-    /// <summary>Rows [start, start + n) of an f16 segment, straight from the mapping, through the backend's f16 top-k.</summary>
-    private unsafe void HalfRowsTopK(MemoryMappedViewAccessor view, int start, int n, Backends.IHalfRowsTopK half, Tensor qt, int kk, Tensor sc, Tensor ix)
+    /// <summary>Rows [start, start + n) of an f16 segment, straight from the mapping, through the backend's f16 top-k
+    /// (with the segment's norm bound, which holds for any of its rows).</summary>
+    private unsafe void HalfRowsTopK(MemoryMappedViewAccessor view, int start, int n, Backends.IHalfRowsTopK half, Tensor qt, int kk, Tensor sc, Tensor ix, float? maxNorm)
     {
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
         try
         {
             p += view.PointerOffset + (long)start * Dim * ElementSize;
-            half.TopKHalfRows(qt, new ReadOnlySpan<Half>(p, n * Dim), kk, sc, ix);
+            half.TopKHalfRows(qt, new ReadOnlySpan<Half>(p, n * Dim), kk, sc, ix, maxNorm);
         }
         finally
         {
