@@ -46,7 +46,7 @@ elif [ "$group" = timings ]; then
   perf 90 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 25 "$R/gemm-bf16.md"
   echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1, 2 and 3"
   perf 100 topk-f16 --json "$R/topk-f16.json" > "$R/topk-f16.md" 2> "$R/topk-f16.log"; echo "exit $?"
-  tail -n 3 "$R/topk-f16.log"; tail -n 2 "$R/topk-f16.md"
+  tail -n 3 "$R/topk-f16.log"; tail -n 5 "$R/topk-f16.md"
   for ver in 1 2; do
     echo "== attention forward/backward, InfoNCE (S and its gradient GEMMs), layer norm backward: version $ver (checked against the cpu backend, then timed)"
     KERNELVL_CUDA_ATTENTION=$ver KERNELVL_CUDA_GEMM_F32=$ver KERNELVL_CUDA_INFONCE=$ver KERNELVL_CUDA_ATTENTION_BACKWARD=$ver KERNELVL_CUDA_LAYERNORM_BACKWARD=$ver \
