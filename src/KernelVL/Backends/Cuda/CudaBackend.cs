@@ -829,7 +829,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         nint corpusPtr = corpus.LoadEffectiveAddressAsPtr();
         if (TopKVersion >= 2 && TopKV2Plan(q, (int)n, d, k, corpusPtr, _multiprocessors, TopKV2Unavailable is null) is { } plan)
         {
-            TopKF16V2(plan, P(queries), q, d, corpusPtr, (int)n, k, scores, indices, maxRowNorm);
+            TopKF16V2(plan, queries, corpusPtr, (int)n, k, scores, indices, maxRowNorm);
             return;
         }
         TopKLaunch(_topkChunksF16, P(queries), q, d, corpusPtr, (int)n, k, P(scores), P(indices));
@@ -856,9 +856,10 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         return new TopKV2Layout(kp, qTiles, slices, perSlice);
     }
 
-    private void TopKF16V2(TopKV2Layout plan, nint queries, int q, int d, nint corpus, int n, int k, Tensor scores, Tensor indices, float? maxRowNorm)
+    private void TopKF16V2(TopKV2Layout plan, Tensor queryRows, nint corpus, int n, int k, Tensor scores, Tensor indices, float? maxRowNorm)
     {
-        int kp = plan.Kp;
+        int kp = plan.Kp, q = queryRows.Shape[0], d = queryRows.Shape[1];
+        nint queries = P(queryRows);
         using var qh = Empty(new Shape(q, d / 2));                              // [Q, D] f16 bits, two to an element
         using var maxNorm = Empty(new Shape(1));
         using var partS = Empty(new Shape(q, plan.Slices, kp));                 // [Q, slices, kp] each slice's best, best first
@@ -897,13 +898,38 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         Go(_tcRescore, ((uint)q, 1, 1), 256, (uint)(d * sizeof(float)));
         var failed = new int[q];
         CopyToHost(fail, failed);
-        nint sp = P(scores), ip = P(indices);
-        for (int i = 0; i < q; i++)
+        int[] rows = [.. Enumerable.Range(0, q).Where(i => failed[i] != 0)];
+        LastTopKFallbacks = rows.Length;
+        if (rows.Length > 0) TopKF16Fallback(rows, queryRows, corpus, n, k, scores, indices);
+    }
+
+    /// <summary>
+    /// Version 1 for the queries that failed version 2/3's certificate, all in one search (near-ties, e.g. a corpus of
+    /// duplicated rows, can fail many: one launch pair over the gathered queries instead of a pair per query), their
+    /// rows of scores [Q, k] / indices [Q, k] replaced through the host (Q k 8 bytes each way).
+    /// </summary>
+    private void TopKF16Fallback(int[] rows, Tensor queries, nint corpus, int n, int k, Tensor scores, Tensor indices)
+    {
+        int f = rows.Length, q = queries.Shape[0], d = queries.Shape[1];
+        using var ids = Empty(new Shape(f), DType.I32);          // [F] the failed queries
+        using var fq = Empty(new Shape(f, d));                    // [F, D] their rows
+        using var fs = Empty(new Shape(f, k));                    // [F, k]
+        using var fi = Empty(new Shape(f, k), DType.I32);         // [F, k]
+        CopyFromHost(rows, ids);
+        Embedding(ids, queries, fq);
+        TopKLaunch(_topkChunksF16, P(fq), f, d, corpus, n, k, P(fs), P(fi));
+        var (hs, hi, s, ix) = (new float[f * k], new int[f * k], new float[q * k], new int[q * k]);
+        CopyToHost(fs, hs);
+        CopyToHost(fi, hi);
+        CopyToHost(scores, s);
+        CopyToHost(indices, ix);
+        for (int j = 0; j < f; j++)
         {
-            if (failed[i] == 0) continue;
-            LastTopKFallbacks++;
-            TopKLaunch(_topkChunksF16, queries + (nint)i * d * sizeof(float), 1, d, corpus, n, k, sp + (nint)i * k * sizeof(float), ip + (nint)i * k * sizeof(int));
+            Array.Copy(hs, j * k, s, rows[j] * k, k);
+            Array.Copy(hi, j * k, ix, rows[j] * k, k);
         }
+        CopyFromHost(s, scores);
+        CopyFromHost(ix, indices);
     }
 
     // The device copy of the f16 rows of the last TopKHalfRows call, grown as needed, freed with the backend.
