@@ -445,6 +445,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_d64(
     const float* kb = k + bh * Tk * ATT_D;
     const float* vb = v + bh * Tk * ATT_D;
     const float* db = dO + bh * Tq * ATT_D;
+    const int* mb = mask == 0 ? 0 : mask + (long long)b * Tk;   // this batch's key mask
     const int r0 = blockIdx.x * 64 + warp * 16 + g, r1 = r0 + 8;   // this thread's two queries
     const float NEG_INF = -KV_INF, sl2 = scale * KV_LOG2E;
     const float l0 = r0 < Tq ? lse[bh * Tq + r0] : NEG_INF, l1 = r1 < Tq ? lse[bh * Tq + r1] : NEG_INF;
@@ -466,7 +467,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_d64(
         if (tid < 64)
         {
             int key = k0 + tid;
-            kbias[tid] = key < Tk && (mask == 0 || mask[(long long)b * Tk + key] != 0) ? 0.f : NEG_INF;
+            kbias[tid] = key < Tk && (mb == 0 || mb[key] != 0) ? 0.f : NEG_INF;
         }
         __syncthreads();
         float p[8][4], dp[8][4];
