@@ -99,3 +99,38 @@ public class ParityTests(BackendPool pool) : IClassFixture<BackendPool>
         public override void Gelu(Tensors.Tensor x, Tensors.Tensor y) { }
     }
 }
+
+/// <summary>The one-line error map a failed check prints (what a single GPU run has to say about a wrong kernel).</summary>
+public class ErrorMapTests
+{
+    [Fact]
+    public void AFailedCheckNamesTheRowsColumnsAndResiduesThatAreWrong()
+    {
+        var rng = new Random(Random.Shared.Next());
+        int batch = 3, rows = 128, cols = 96;
+        var expected = new float[batch * rows * cols];
+        for (int i = 0; i < expected.Length; i++) expected[i] = (float)(rng.NextDouble() * 2 - 1) + 0.25f * Math.Sign(rng.NextDouble() - 0.5);
+        var actual = (float[])expected.Clone();
+        // A fault like a fragment mapped wrong for the second warpgroup: batch 1, rows 64..127, columns 8..15 of each 16.
+        int wrong = 0;
+        for (int r = 64; r < 128; r++)
+            for (int c = 0; c < cols; c++)
+                if (c % 16 >= 8) { actual[(1 * rows + r) * cols + c] += 0.5f + (float)rng.NextDouble(); wrong++; }
+        actual[(1 * rows + 100) * cols + 41] = 7f;   // the worst one
+        var e = new OpContext.Result("y", OpContext.SlotKind.Output, expected, null, true, true, [batch, rows, cols]);
+        var a = e with { Values = actual };
+        var c0 = new OpCase("matmul", "test", 1e-3, 0, 0, _ => { });
+        var result = OpCheck.Compare(c0, "cpu", [e], [a], 7);
+        Assert.False(result.Ok);
+        string m = result.Problem!;
+        Assert.Contains($"{wrong} of {expected.Length} over the limit", m);
+        Assert.Contains("worst at [1, 100, 41]", m);
+        Assert.Contains("batches 1;", m);
+        Assert.Contains("rows 64..127 (64 of 128);", m);   // every residue of the rows: none printed
+        Assert.Contains("cols 8..15,24..31,40..47,56..63,72..79,88..95 (48 of 96), mod 16 in {8..15}", m);
+        // Rank 1 and a lone element: its index, no row or residue summary.
+        var e1 = new OpContext.Result("loss", OpContext.SlotKind.Output, [1f, 2f, 3f], null, true, true, [3]);
+        var r1 = OpCheck.Compare(c0, "cpu", [e1], [e1 with { Values = [1f, 2.5f, 3f] }], 1);
+        Assert.Contains("1 of 3 over the limit, worst at [1] (got 2.5, expected 2); elements 1 (1 of 3)", r1.Problem);
+    }
+}

@@ -115,8 +115,91 @@ public static class OpCheck
             double rel = maxRef > 0 ? err / maxRef : err;
             worst = Math.Max(worst, rel);
             if (rel > budget)
-                return new(c, backend, rel, false, $"{a.Name}: max rel error {rel:E2} > budget {budget:E1}" + where);
+                return new(c, backend, rel, false, $"{a.Name}: max rel error {rel:E2} > budget {budget:E1}" + where +
+                    "; " + ErrorMap.Describe(e.Values, delta ? e.Initial : null, a.Values, delta ? a.Initial : null, a.Dims ?? [a.Values.Length], budget * (maxRef > 0 ? maxRef : 1)));
         }
         return new(c, backend, worst, true, null);
     }
 }
+
+/// <summary>
+/// Where a failed output is wrong, in one line, so that a single run on a GPU says which part of a kernel to look at
+/// (a fragment layout wrong for some lanes shows as columns or rows of a fixed residue; a warpgroup or a tile edge as a
+/// range of rows): how many elements exceed the limit, the worst with its index, and for outputs of rank >= 2 the
+/// rows and columns (last two dimensions) holding them, as ranges and, where not all, as residues mod 16.
+/// </summary>
+public static class ErrorMap
+{
+    /// <param name="limit">the absolute error allowed (beyond 2 ulp of the reference value)</param>
+    public static string Describe(float[] expected, float[]? expectedInitial, float[] actual, float[]? actualInitial, int[] dims, double limit)
+    {
+        int rank = dims.Length;
+        int cols = rank >= 1 ? Math.Max(1, dims[^1]) : 1, rows = rank >= 2 ? Math.Max(1, dims[^2]) : 1;
+        var badRows = new bool[rows];
+        var badCols = new bool[cols];
+        var badBatches = new SortedSet<long>();
+        long count = 0, worstAt = -1;
+        double worst = -1;
+        for (long i = 0; i < expected.Length; i++)
+        {
+            double r = expected[i] - (expectedInitial?[i] ?? 0), x = actual[i] - (actualInitial?[i] ?? 0);
+            if (!double.IsFinite(r)) continue;
+            double err = double.IsFinite(x) ? Math.Abs(x - r) - OpCheck.StorageUlps * Math.Abs(expected[i]) : double.PositiveInfinity;
+            if (!(err > limit)) continue;
+            count++;
+            if (err > worst) { worst = err; worstAt = i; }
+            badCols[i % cols] = true;
+            badRows[i / cols % rows] = true;
+            if (rank >= 3 && badBatches.Count <= 64) badBatches.Add(i / ((long)cols * rows));
+        }
+        if (count == 0) return "no single element over the limit";
+        var sb = new System.Text.StringBuilder();
+        double wr = expected[worstAt] - (expectedInitial?[worstAt] ?? 0), wx = actual[worstAt] - (actualInitial?[worstAt] ?? 0);
+        sb.Append($"{count} of {expected.Length} over the limit, worst at {Index(worstAt, dims)} (got {wx:G6}, expected {wr:G6})");
+        if (rank >= 3) sb.Append($"; batches {Ranges(badBatches.Select(b => (int)b).ToList(), badBatches.Count > 64)}");
+        if (rank >= 2) sb.Append($"; rows {Flags(badRows)}");
+        if (rank >= 1 && cols > 1) sb.Append($"; {(rank >= 2 ? "cols" : "elements")} {Flags(badCols)}");
+        return sb.ToString();
+    }
+
+    private static string Index(long flat, int[] dims)
+    {
+        var ix = new long[dims.Length];
+        for (int d = dims.Length - 1; d >= 0; d--)
+        {
+            long n = Math.Max(1, dims[d]);
+            ix[d] = flat % n;
+            flat /= n;
+        }
+        return "[" + string.Join(", ", ix) + "]";
+    }
+
+    /// <summary>"all 64", or ranges of the set indices, and their residues mod 16 where those are not all present.</summary>
+    private static string Flags(bool[] f)
+    {
+        var set = Enumerable.Range(0, f.Length).Where(i => f[i]).ToList();
+        if (set.Count == f.Length) return $"all {f.Length}";
+        string s = Ranges(set, false) + $" ({set.Count} of {f.Length})";
+        if (f.Length >= 32)
+        {
+            var mod = set.Select(i => i % 16).Distinct().Order().ToList();
+            if (mod.Count < 16) s += $", mod 16 in {{{Ranges(mod, false)}}}";
+        }
+        return s;
+    }
+
+    private static string Ranges(IReadOnlyList<int> sorted, bool more)
+    {
+        var parts = new List<string>();
+        int i = 0;
+        while (i < sorted.Count && parts.Count < 8)
+        {
+            int j = i;
+            while (j + 1 < sorted.Count && sorted[j + 1] == sorted[j] + 1) j++;
+            parts.Add(i == j ? $"{sorted[i]}" : $"{sorted[i]}..{sorted[j]}");
+            i = j + 1;
+        }
+        return string.Join(",", parts) + (more || i < sorted.Count ? ",..." : "");
+    }
+}
+

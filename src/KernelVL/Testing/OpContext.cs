@@ -50,7 +50,8 @@ public sealed class OpContext : IDisposable
 
     private sealed record Slot(string Name, SlotKind Kind, Tensor Buffer, Tensor View, float[]? Initial);
 
-    public sealed record Result(string Name, SlotKind Kind, float[] Values, float[]? Initial, bool GuardIntact, bool InputIntact);
+    /// <summary>A slot read back: <paramref name="Dims"/> its shape (for locating errors), Values row-major.</summary>
+    public sealed record Result(string Name, SlotKind Kind, float[] Values, float[]? Initial, bool GuardIntact, bool InputIntact, int[]? Dims = null);
 
     // ---------------------------------------------------------------- inputs
     private float[] HostF(string name, long n, Func<Random, float> gen)
@@ -220,7 +221,7 @@ public sealed class OpContext : IDisposable
             for (long i = n; i < all.Length; i++) if (all[i] != Sentinel && !(float.IsNaN(all[i]) && float.IsNaN(Sentinel))) guard = false;
             var values = all.AsSpan(0, (int)n).ToArray();
             bool intact = s.Kind != SlotKind.Input || values.AsSpan().SequenceEqual(s.Initial);
-            results.Add(new Result(s.Name, s.Kind, values, s.Initial, guard, intact));
+            results.Add(new Result(s.Name, s.Kind, values, s.Initial, guard, intact, [.. s.View.Shape.Dims]));
         }
         return results;
     }
