@@ -352,12 +352,15 @@ static __device__ __forceinline__ void att_add_rows(float* __restrict__ dst, int
 }
 
 // delta [rows] = sum_d dO o over rows of 64. A warp per row; grid ceil(rows / 8), 256 threads.
+// dO rounded to bf16 as the dP products see it: dS = P (dP - delta) cancels to nothing where P is concentrated on one
+// key (dP = dO v, o = v), and only does so when both sides use the same dO (an f32 dO here left an error of ~2^-9 |dO||v|
+// per query in such a key's dK, over the bf16 budget against the tensor's other gradients).
 extern "C" __global__ void attention_backward_delta(const float* __restrict__ o, const float* __restrict__ dO, long long rows, float* __restrict__ delta)
 {
     long long row = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
-    float s = o[row * ATT_D + lane] * dO[row * ATT_D + lane] + o[row * ATT_D + lane + 32] * dO[row * ATT_D + lane + 32];
+    float s = o[row * ATT_D + lane] * kv_round_bf16(dO[row * ATT_D + lane]) + o[row * ATT_D + lane + 32] * kv_round_bf16(dO[row * ATT_D + lane + 32]);
     s = kv_warp_sum(s);
     if (lane == 0) delta[row] = s;
 }

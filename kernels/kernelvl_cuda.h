@@ -314,6 +314,8 @@ static __device__ __forceinline__ void kv_tma_load_3d(kv_saddr dst, const kv_ten
 #define KV_LN2 0.6931471805599453f
 static __device__ __forceinline__ int kv_imin(int a, int b) { return a < b ? a : b; }
 static __device__ __forceinline__ int kv_imax(int a, int b) { return a > b ? a : b; }
+// x rounded to bf16 (nearest even) and back: the value a bf16 tensor-core operand holds.
+static __device__ __forceinline__ float kv_round_bf16(float x) { return kv_int_as_float((int)(kv_pack_bf16(x, 0.f) << 16)); }
 static __device__ __forceinline__ float kv_exp(float x) { return kv_exp2(x * KV_LOG2E); }
 static __device__ __forceinline__ float kv_log(float x) { return kv_log2(x) * KV_LN2; }
 
