@@ -31,8 +31,15 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
     private readonly delegate* unmanaged<TensorMap*, int, uint, nint, ulong*, ulong*, uint*, uint*, int, int, int, int, int> _cuTensorMapEncodeTiled;
 
+    /// <summary>
+    /// True for the host emulator's driver (kernels/emu/fake_driver.cpp, loaded by <see cref="Load"/> from a path given to
+    /// <c>CudaBackend.CreateEmulated</c>): the same calls, every kernel run by the emulator on host memory.
+    /// </summary>
+    public bool IsEmulator { get; }
+
     private CudaDriver(nint lib)
     {
+        IsEmulator = NativeLibrary.TryGetExport(lib, "kv_emu_driver", out _);
         _cuInit = (delegate* unmanaged<uint, int>)Export(lib, "cuInit");
         _cuDriverGetVersion = (delegate* unmanaged<int*, int>)Export(lib, "cuDriverGetVersion");
         _cuGetErrorString = (delegate* unmanaged<int, byte**, int>)Export(lib, "cuGetErrorString");
@@ -71,9 +78,15 @@ public sealed unsafe class CudaDriver
         NativeLibrary.TryGetExport(lib, name, out var p) ? (void*)p
         : throw new BackendException($"{LibraryName} has no {name}: the NVIDIA driver is too old for this project");
 
-    /// <summary>Loads the driver; throws <see cref="BackendException"/> with the reason when this machine has none.</summary>
-    public static CudaDriver Load()
+    /// <summary>
+    /// Loads the driver (or, with <paramref name="library"/>, that file instead: the emulator's driver in tests); throws
+    /// <see cref="BackendException"/> with the reason when it cannot be loaded.
+    /// </summary>
+    public static CudaDriver Load(string? library = null)
     {
+        if (library is not null)
+            return NativeLibrary.TryLoad(library, out var given) ? new CudaDriver(given)
+                : throw new BackendException($"{library}: could not be loaded as a CUDA driver library");
         if (!NativeLibrary.TryLoad(LibraryName, out var lib))
             throw new BackendException($"{LibraryName} could not be loaded: this machine has no NVIDIA driver, so the cuda backend is unavailable");
         return new CudaDriver(lib);

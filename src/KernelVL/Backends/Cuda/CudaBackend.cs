@@ -201,19 +201,38 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     public static CudaBackend Create()
     {
         var (context, acc) = CreateDevice(BackendName, d => d.AcceleratorType == AcceleratorType.Cuda);
-        return new CudaBackend(context, acc);
+        return new CudaBackend(context, acc, null);
     }
 
-    private CudaBackend(Context context, Accelerator acc) : base(BackendName, context, acc)
+    /// <summary>
+    /// This backend without a GPU, for tests: the driver is the host emulator's (<paramref name="driverLibrary"/>, built
+    /// by kernels/emu/build-driver.sh), which runs every kernel of kernels/*.cu on the emulator, and the ILGPU side runs
+    /// on ILGPU's CPU accelerator, whose buffers are host memory. It describes an H100 (sm_90, 132 multiprocessors), so
+    /// every version's host code runs as it would there, Hopper kernels included (no NVRTC: the emulator has the
+    /// sources compiled in). Slow (one fiber per CUDA thread): small shapes only.
+    /// </summary>
+    public static CudaBackend CreateEmulated(string driverLibrary)
+    {
+        var (context, acc) = CreateDevice(BackendName, d => d.AcceleratorType == AcceleratorType.CPU);
+        return new CudaBackend(context, acc, driverLibrary);
+    }
+
+    /// <summary>Whether the kernels run on the host emulator (<see cref="CreateEmulated"/>).</summary>
+    public bool Emulated { get; }
+
+    private CudaBackend(Context context, Accelerator acc, string? driverLibrary) : base(BackendName, context, acc)
     {
         try
         {
-            _driver = CudaDriver.Load();
+            _driver = CudaDriver.Load(driverLibrary);
+            Emulated = _driver.IsEmulator;
             _context = acc.NativePtr;
             _driver.SetCurrentContext(_context);
             _stream = acc.DefaultStream is CudaStream cs ? cs.StreamPtr
-                : throw new BackendException($"the {BackendName} backend needs ILGPU's CUDA accelerator, got {acc.AcceleratorType}");
-            _modules = new CudaModules(_driver, Kernels);
+                : Emulated ? 0 : throw new BackendException($"the {BackendName} backend needs ILGPU's CUDA accelerator, got {acc.AcceleratorType}");
+            if (Emulated && acc.AcceleratorType != AcceleratorType.CPU)
+                throw new BackendException($"the emulated driver runs kernels on host memory: it needs ILGPU's CPU accelerator, got {acc.AcceleratorType}");
+            _modules = new CudaModules(_driver, Kernels, useNvrtc: !Emulated);
             _gemm = Fn(_modules, "gemm", "gemm_bf16");
             _attn64 = Fn(_modules, "attention", "attention_forward_d64");
             _layerNorm = Fn(_modules, "layernorm", "layernorm_forward");
@@ -261,8 +280,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             {
                 try
                 {
-                    _sm90 = new CudaModules(_driver, ["gemm_sm90"]);
-                    if (!_sm90.Sources[0].Path.StartsWith("nvrtc", StringComparison.Ordinal))
+                    _sm90 = new CudaModules(_driver, ["gemm_sm90"], useNvrtc: !Emulated);
+                    if (!Emulated && !_sm90.Sources[0].Path.StartsWith("nvrtc", StringComparison.Ordinal))
                         GemmV3Unavailable = $"gemm_sm90.cu was not compiled by NVRTC for sm_90a ({_sm90.Sources[0].Detail}): its embedded PTX is empty";
                     else
                     {

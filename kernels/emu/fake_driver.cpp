@@ -1,0 +1,201 @@
+// The CUDA driver API calls that src/KernelVL/Cuda/CudaDriver.cs binds, implemented on the host emulator (kv_emu.h):
+// built as a shared library (kernels/emu/build-driver.sh) and loaded by CudaBackend.CreateEmulated in place of
+// libcuda.so.1, so that the cuda backend's own C# (argument lists, grids, shared-memory sizes, tensor maps, split-K
+// plans, fallbacks, the order of launches and temporaries) runs end to end without a GPU, every kernel of kernels/*.cu
+// executed by the emulator on host memory (the backend then sits on ILGPU's CPU accelerator, whose buffers are host
+// memory). The device it describes is an H100 (compute capability 9.0, 132 multiprocessors, 227 KB of shared memory
+// per block), so the backend takes the Hopper paths and plans as it would there.
+// What it checks beyond the emulator's own checks: the driver's launch limits (block <= 1024 threads, 1-D blocks as
+// the kernels assume, grid y/z <= 65535, dynamic shared memory above 48 KB only after cuFuncSetAttribute allowed it,
+// <= 227 KB), cuTensorMapEncodeTiled's argument rules for the maps the emulator implements, and unknown kernel names.
+// A kernel that the emulator finds at fault (a misaligned TMA, a deadlock) aborts the process with its message.
+// Launches are serialised (the emulator's state is global); the mode is KV_EMU_MODE (ordered by default).
+#define KV_EMU 1
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include "../gemm.cu"
+#include "../gemm_sm90.cu"
+#include "../attention.cu"
+#include "../topk.cu"
+#include "../layernorm.cu"
+#include "../infonce.cu"
+
+namespace
+{
+constexpr int kOk = 0, kInvalidValue = 1, kNotFound = 500, kInvalidHandle = 400, kLaunchOutOfResources = 701;
+constexpr int kSharedOptIn = 232448;   // 227 KB: sm_90's largest dynamic shared memory per block
+constexpr int kSharedDefault = 49152;  // 48 KB: without cuFuncSetAttribute
+
+// Calls kernel k with its arguments read from cuLaunchKernel's params: params[i] points at argument i's bytes, of the
+// type the kernel declares (top-level const dropped: a tensor map passed by value reads as kv_tensor_map).
+template <class... A, std::size_t... I>
+void call(void (*k)(A...), void** params, std::index_sequence<I...>)
+{
+    k(*static_cast<std::remove_cv_t<A>*>(params[I])...);
+}
+
+struct Entry
+{
+    const char* name;
+    void (*launch)(kv_dim3 grid, unsigned threads, size_t shared, void** params);
+    int maxShared;
+    long long launches;
+};
+
+template <class... A>
+void call_all(void (*k)(A...), void** params)
+{
+    call(k, params, std::index_sequence_for<A...>{});
+}
+
+template <auto K>
+void launch(kv_dim3 grid, unsigned threads, size_t shared, void** params)
+{
+    kv_emu_launch(grid, threads, shared, [params] { call_all(K, params); });
+}
+
+#define KV_ENTRY(name) Entry{#name, &launch<&name>, kSharedDefault, 0}
+Entry entries[] = {
+    KV_ENTRY(attention_forward_d64), KV_ENTRY(attention_forward_d64_v2), KV_ENTRY(attention_backward_delta),
+    KV_ENTRY(attention_backward_dkdv_d64), KV_ENTRY(attention_backward_dq_d64), KV_ENTRY(attention_forward_d64_wgmma),
+    KV_ENTRY(gemm_bf16), KV_ENTRY(gemm_bf16_tn), KV_ENTRY(convert_bf16_kmajor), KV_ENTRY(split_tf32_kmajor),
+    KV_ENTRY(gemm_splitk_reduce), KV_ENTRY(gemm_f32x3), KV_ENTRY(gemm_bf16_wgmma), KV_ENTRY(gemm_bf16_wgmma_tma),
+    KV_ENTRY(gemm_tf32x3_wgmma_tma), KV_ENTRY(topk_tc_f16_wgmma),
+    KV_ENTRY(infonce_diag), KV_ENTRY(infonce_forward_tiles), KV_ENTRY(infonce_combine), KV_ENTRY(sum_scaled_f64),
+    KV_ENTRY(infonce_backward_tiles), KV_ENTRY(infonce_backward_diag), KV_ENTRY(infonce_diag_of),
+    KV_ENTRY(infonce_stats_tiles), KV_ENTRY(infonce_backward_tiles_of),
+    KV_ENTRY(layernorm_forward), KV_ENTRY(layernorm_backward_dx), KV_ENTRY(layernorm_backward_params_partial),
+    KV_ENTRY(layernorm_backward_params_combine),
+    KV_ENTRY(topk_chunks), KV_ENTRY(topk_chunks_f16), KV_ENTRY(topk_merge), KV_ENTRY(topk_f16_queries),
+    KV_ENTRY(topk_f16_max_norm), KV_ENTRY(topk_tc_f16), KV_ENTRY(topk_f16_rescore),
+};
+
+std::mutex launches;
+const char* lastError = "";
+int fail(int code, const char* what)
+{
+    lastError = what;
+    std::fprintf(stderr, "kv_emu driver: %s\n", what);
+    return code;
+}
+
+// The schedule as in emu_tests: KV_EMU_MODE (ordered, race, starve) and KV_EMU_SEED, read when the library loads.
+const bool modeSet = [] {
+    kv_emu_set_mode(std::getenv("KV_EMU_MODE"));
+    if (const char* seed = std::getenv("KV_EMU_SEED")) kv_emu_rng ^= std::strtoull(seed, nullptr, 10) * 0x2545f4914f6cdd1dull;
+    return true;
+}();
+
+struct Event { double ms; };
+double nowMs()
+{
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+extern "C"
+{
+// Present only in this library: CudaDriver.IsEmulator.
+int kv_emu_driver() { return 1; }
+// How many times kernel `name` ran since the library loaded (-1: no such kernel): tests check that a path ran.
+long long kv_emu_launch_count(const char* name)
+{
+    std::lock_guard<std::mutex> lock(launches);
+    for (auto& e : entries)
+        if (std::strcmp(e.name, name) == 0) return e.launches;
+    return -1;
+}
+
+int cuInit(unsigned) { return kOk; }
+int cuDriverGetVersion(int* v) { *v = 12080; return kOk; }
+int cuGetErrorString(int code, const char** s)
+{
+    *s = code == kOk ? "no error" : lastError;
+    return kOk;
+}
+int cuCtxSetCurrent(void*) { return kOk; }
+int cuCtxGetDevice(int* d) { *d = 0; return kOk; }
+int cuDeviceGetAttribute(int* v, int attribute, int)
+{
+    switch (attribute)
+    {
+    case 75: *v = 9; return kOk;     // compute capability major
+    case 76: *v = 0; return kOk;     // minor
+    case 16: *v = 132; return kOk;   // multiprocessors
+    default: return fail(kInvalidValue, "cuDeviceGetAttribute: an attribute the emulated driver does not describe");
+    }
+}
+// Modules: every kernel is compiled in, so a module is only a handle; the image (PTX or CUBIN) is not read.
+int cuModuleLoadDataEx(void** module, const void* image, unsigned, int*, void**)
+{
+    if (!image) return fail(kInvalidValue, "cuModuleLoadDataEx: no image");
+    *module = new int(0);
+    return kOk;
+}
+int cuModuleUnload(void* module)
+{
+    delete static_cast<int*>(module);
+    return kOk;
+}
+int cuModuleGetFunction(void** f, void* module, const char* name)
+{
+    if (!module) return fail(kInvalidHandle, "cuModuleGetFunction: no module");
+    for (auto& e : entries)
+        if (std::strcmp(e.name, name) == 0) { *f = &e; return kOk; }
+    return fail(kNotFound, "cuModuleGetFunction: no such kernel in kernels/*.cu");
+}
+int cuFuncSetAttribute(void* f, int attribute, int value)
+{
+    if (attribute != 8) return fail(kInvalidValue, "cuFuncSetAttribute: only MAX_DYNAMIC_SHARED_SIZE_BYTES is emulated");
+    if (value < 0 || value > kSharedOptIn) return fail(kInvalidValue, "cuFuncSetAttribute: more dynamic shared memory than a block may have");
+    static_cast<Entry*>(f)->maxShared = value < kSharedDefault ? kSharedDefault : value;
+    return kOk;
+}
+int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared,
+                   void*, void** params, void** extra)
+{
+    auto* e = static_cast<Entry*>(f);
+    if (!e) return fail(kInvalidHandle, "cuLaunchKernel: no function");
+    if (extra) return fail(kInvalidValue, "cuLaunchKernel: extra is not emulated");
+    if (gx == 0 || gy == 0 || gz == 0 || gx > 0x7fffffffu || gy > 65535 || gz > 65535) return fail(kInvalidValue, "cuLaunchKernel: grid outside the limits");
+    if (by != 1 || bz != 1) return fail(kInvalidValue, "cuLaunchKernel: the kernels take 1-D blocks");
+    if (bx == 0 || bx > 1024 || bx % 32) return fail(kInvalidValue, "cuLaunchKernel: block of 1..1024 threads, whole warps");
+    if ((int)shared > e->maxShared) return fail(kInvalidValue, "cuLaunchKernel: more dynamic shared memory than cuFuncSetAttribute allowed");
+    std::lock_guard<std::mutex> lock(launches);
+    e->launch({gx, gy, gz}, bx, shared, params);
+    e->launches++;
+    return kOk;
+}
+int cuStreamSynchronize(void*) { return kOk; }   // launches run to completion before they return
+int cuEventCreate(void** e, unsigned) { *e = new Event{0}; return kOk; }
+int cuEventRecord(void* e, void*) { static_cast<Event*>(e)->ms = nowMs(); return kOk; }
+int cuEventSynchronize(void*) { return kOk; }
+int cuEventDestroy_v2(void* e) { delete static_cast<Event*>(e); return kOk; }
+int cuEventElapsedTime(float* ms, void* a, void* b)
+{
+    *ms = (float)(static_cast<Event*>(b)->ms - static_cast<Event*>(a)->ms);
+    return kOk;
+}
+// The maps the emulator implements: rank 3, no interleave, the 128B swizzle, zero fill; f16 / bf16 / f32 elements.
+int cuTensorMapEncodeTiled(kv_tensor_map* map, int dataType, unsigned rank, void* address, const unsigned long long* dims,
+                           const unsigned long long* strides, const unsigned* box, const unsigned* elementStrides,
+                           int interleave, int swizzle, int, int oobFill)
+{
+    if ((uintptr_t)map % 64) return fail(kInvalidValue, "cuTensorMapEncodeTiled: the map is not 64-byte aligned");
+    unsigned elem = dataType == 6 || dataType == 9 ? 2 : dataType == 7 ? 4 : 0;
+    if (!elem || rank != 3 || interleave != 0 || swizzle != 3 || oobFill != 0)
+        return fail(kInvalidValue, "cuTensorMapEncodeTiled: not a map the emulator implements (rank 3, 128B swizzle, zero fill)");
+    for (int i = 0; i < 3; i++)
+        if (dims[i] == 0 || dims[i] > (1ull << 32) || box[i] == 0 || box[i] > 256 || elementStrides[i] != 1)
+            return fail(kInvalidValue, "cuTensorMapEncodeTiled: a dimension, box or element stride outside the limits");
+    if ((uintptr_t)address % 16 || strides[0] % 16 || strides[1] % 16 || box[0] * elem != 128)
+        return fail(kInvalidValue, "cuTensorMapEncodeTiled: address or strides not 16-byte aligned, or a box row not 128 bytes");
+    kv_emu_encode_tensor_map(map, address, dims, strides, box, elem);
+    return kOk;
+}
+}
