@@ -1,6 +1,11 @@
 using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Runtime;
+using Half = System.Half;
 using KernelVL.Backends;
 using KernelVL.Backends.Cuda;
+using KernelVL.Retrieval;
+using KernelVL.Tensors;
 using KernelVL.Testing;
 
 namespace KernelVL.Tests;
@@ -141,5 +146,177 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver) : IClassFixture<Emu
         // Version 4 splits K where the registry's deep case leaves most of the 132 multiprocessors idle, unless turned off.
         if (config.StartsWith("GEMM=4", StringComparison.Ordinal)) Assert.Equal(config.Contains("SPLITK=0") ? 1 : 2, splits);
         foreach (var (kernel, n) in before) Assert.True(Launches(kernel) > n, $"{config}: {kernel} never ran");
+    }
+
+    /// <summary>
+    /// The f16 top-k (not in the registry: its corpus is halves) through every version's host path: version 2's plan,
+    /// merge, rescoring and certificate, version 3's tensor maps, and the one search that serves the queries failing the
+    /// certificate (rows repeated 64 times make every query fail it). Each result against an f64 scan (tie-aware) and
+    /// version 2/3 against version 1 bit for bit, with and without the norm bound the index passes.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(3000, 130, 72, 10, 1)]    // partial tiles, D not a multiple of 64, kp 32 (version 3 eligible)
+    [InlineData(1500, 40, 64, 40, 1)]     // k 40: kp 64, version 2 only (version 3 serves kp 32)
+    [InlineData(2048, 70, 64, 10, 64)]    // 64 copies of each row (kp 32 candidates all copies): every certificate fails, one fallback serves them all
+    public void HalfCorpusTopKMatchesAnF64ScanInEveryVersion(int n, int q, int d, int k, int copies)
+    {
+        using var be = Backend();
+        var rng = new Random(Random.Shared.Next());
+        var corpus = new Half[n * d];                                         // [N, D]
+        for (int r = 0; r < n; r++)
+        {
+            var src = new Random(r / copies * 7919 + rng.Next(1));
+            for (int c = 0; c < d; c++) corpus[r * d + c] = (Half)(2 * src.NextDouble() - 1);
+        }
+        var queries = new float[q * d];                                       // [Q, D]
+        for (int i = 0; i < queries.Length; i++) queries[i] = (float)(2 * rng.NextDouble() - 1);
+        using var dev = be.Accelerator.Allocate1D(corpus);
+        using var qt = be.Empty(new Shape(q, d));
+        using var scores = be.Empty(new Shape(q, k));
+        using var indices = be.Empty(new Shape(q, k), DType.I32);
+        be.CopyFromHost(queries, qt);
+        float bound = RowNorms.MaxNormUpperBound(corpus, d);
+        float[]? s1 = null;
+        int[]? i1 = null;
+        foreach (int version in new[] { 1, 2, 3 })
+            foreach (float? maxNorm in new float?[] { null, bound })
+            {
+                be.TopKVersion = version;
+                long fallbacksBefore = Launches("topk_chunks_f16"), v2 = Launches("topk_tc_f16"), v3 = Launches("topk_tc_f16_wgmma");
+                be.TopKF16(qt, dev.View, k, scores, indices, maxNorm);
+                var (s, ix) = (new float[q * k], new int[q * k]);
+                be.CopyToHost(scores, s);
+                be.CopyToHost(indices, ix);
+                string what = $"version {version} ({be.LastTopKScorer}), bound {maxNorm?.ToString() ?? "measured"}";
+                for (int i = 0; i < q; i++) AssertTopK(corpus, queries, n, d, k, i, s, ix, what);
+                if (version == 1) { s1 = s; i1 = ix; }
+                else
+                {
+                    Assert.Equal(i1, ix);
+                    Assert.Equal(s1, s);
+                    bool v3Eligible = k <= 16;
+                    Assert.True(version == 3 && v3Eligible ? Launches("topk_tc_f16_wgmma") > v3 : Launches("topk_tc_f16") > v2, $"{what}: its scoring kernel did not run");
+                    // Every query fails the certificate where its candidates are copies of a few rows; one search serves them all.
+                    if (copies > 1)
+                    {
+                        Assert.Equal(q, be.LastTopKFallbacks);
+                        Assert.Equal(fallbacksBefore + 1, Launches("topk_chunks_f16"));
+                    }
+                }
+            }
+    }
+
+    private static void AssertTopK(Half[] corpus, float[] queries, int n, int d, int k, int i, float[] s, int[] idx, string what)
+    {
+        var exact = new double[n];
+        for (int r = 0; r < n; r++)
+        {
+            double dot = 0;
+            for (int c = 0; c < d; c++) dot += (double)queries[i * d + c] * (double)corpus[r * d + c];
+            exact[r] = dot;
+        }
+        double tol = 1e-5 * d;   // f32 accumulation of D terms of magnitude <= 1
+        var seen = new HashSet<int>();
+        for (int j = 0; j < k; j++)
+        {
+            int id = idx[i * k + j];
+            Assert.True(id >= 0 && id < n && seen.Add(id), $"{what}: query {i} rank {j}: index {id} out of range or repeated");
+            Assert.True(Math.Abs(exact[id] - s[i * k + j]) <= tol, $"{what}: query {i} rank {j}: row {id} scores {exact[id]}, reported {s[i * k + j]}");
+            Assert.True(j == 0 || s[i * k + j] <= s[i * k + j - 1], $"{what}: query {i}: not descending at rank {j}");
+        }
+        double kth = s[i * k + k - 1];
+        for (int r = 0; r < n; r++)
+            Assert.False(!seen.Contains(r) && exact[r] > kth + tol, $"{what}: query {i}: row {r} scores {exact[r]} > the k-th {kth} but is missing");
+    }
+
+    /// <summary>The index's search with f16 rows handed over as halves (the path KERNELVL_CUDA_HALF_ROWS=1 turns on), segments' norm bounds included.</summary>
+    [SkippableFact]
+    public void IndexSearchOnHalfRowsMatchesTheCpuBackend()
+    {
+        using var be = Backend();
+        be.HalfRowsSearch = true;
+        be.TopKVersion = 3;
+        var rng = new Random(Random.Shared.Next());
+        int d = 64, n = 1200, q = 20, k = 10;
+        var v = new float[n * d];
+        for (int i = 0; i < v.Length; i++) v[i] = (float)(rng.NextDouble() - 0.5);
+        string dir = Directory.CreateTempSubdirectory("kernelvl-emu-index-").FullName;
+        try
+        {
+            var idx = EmbeddingIndex.CreateOrResume(dir, "fp", d, VectorDType.F16, null);
+            for (int s = 0; s < n; s += 500)
+                idx.Append("image", Enumerable.Range(s, Math.Min(500, n - s)).Select(i => new IndexItem("image", 0, $"id{i}")).ToList(), v.AsSpan(s * d, Math.Min(500, n - s) * d));
+            var queries = new float[q * d];
+            for (int i = 0; i < queries.Length; i++) queries[i] = (float)(rng.NextDouble() - 0.5);
+            var opened = EmbeddingIndex.Open(dir, "fp");
+            long tc3 = Launches("topk_tc_f16_wgmma");
+            var hits = opened.Search(be, "image", queries, k);
+            Assert.True(Launches("topk_tc_f16_wgmma") > tc3, "the index did not reach top-k version 3");
+            using var cpu = new KernelVL.Backends.Cpu.CpuBackend();
+            var want = opened.Search(cpu, "image", queries, k);
+            // Both exact up to f32 summation order (the cpu backend's SIMD sums, the cuda kernels' warp sums): rows must
+            // agree wherever their scores are apart by more than that.
+            for (int i = 0; i < q; i++)
+                for (int j = 0; j < k; j++)
+                {
+                    Assert.True(Math.Abs(want[i][j].Score - hits[i][j].Score) <= 1e-5f * Math.Max(1f, Math.Abs(want[i][j].Score)), $"query {i} rank {j}");
+                    bool apart = (j == 0 || want[i][j - 1].Score - want[i][j].Score > 1e-5f) && (j == k - 1 || want[i][j].Score - want[i][j + 1].Score > 1e-5f);
+                    if (apart) Assert.Equal(want[i][j].Item.Row, hits[i][j].Item.Row);
+                }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>The bf16-operand GEMM entry (perf gemm-bf16's path): ToBf16KMajor, then MatMulBf16 on versions 2-4, against f64 of the rounded operands.</summary>
+    [SkippableFact]
+    public void Bf16OperandGemmMatchesF64InEveryVersion()
+    {
+        using var be = Backend();
+        var rng = new Random(Random.Shared.Next());
+        int m = 130, n = 200, k = 1100;   // version 4 splits K here (few tiles, deep K)
+        var a = new float[m * k];
+        var b = new float[n * k];
+        var bias = new float[n];
+        for (int i = 0; i < a.Length; i++) a[i] = (float)(2 * rng.NextDouble() - 1);
+        for (int i = 0; i < b.Length; i++) b[i] = (float)(2 * rng.NextDouble() - 1);
+        for (int i = 0; i < n; i++) bias[i] = (float)(2 * rng.NextDouble() - 1);
+        using var at = be.Empty(new Shape(m, k));
+        using var bt = be.Empty(new Shape(n, k));
+        using var biasT = be.Empty(new Shape(n));
+        using var c = be.Empty(new Shape(m, n));
+        be.CopyFromHost(a, at);
+        be.CopyFromHost(b, bt);
+        be.CopyFromHost(bias, biasT);
+        static float R(float x) => (float)(BFloat16Round(x));
+        foreach (int version in new[] { 2, 3, 4 })
+        {
+            be.GemmVersion = version;
+            using var a16 = be.ToBf16KMajor(at, trans: false);
+            using var b16 = be.ToBf16KMajor(bt, trans: false);
+            be.MatMulBf16(a16, b16, k, biasT, c);
+            var got = new float[m * n];
+            be.CopyToHost(c, got);
+            double err = 0, max = 0;
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++)
+                {
+                    double want = bias[j];
+                    for (int t = 0; t < k; t++) want += (double)R(a[i * k + t]) * R(b[j * k + t]);
+                    err = Math.Max(err, Math.Abs(got[i * n + j] - want));
+                    max = Math.Max(max, Math.Abs(want));
+                }
+            Assert.True(err / max < 1e-5, $"version {version}: {err / max:E2} of max |C| (f32 accumulation of exact bf16 products)");
+            if (version == 4) Assert.True(be.LastGemmSplits > 1, "version 4 did not split K");
+        }
+    }
+
+    private static double BFloat16Round(float x)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(x);
+        bits += 0x7fff + ((bits >> 16) & 1);   // round to nearest even (finite inputs)
+        return BitConverter.UInt32BitsToSingle(bits & 0xffff0000u);
     }
 }

@@ -96,6 +96,9 @@ public static class OpCheck
                 double r = e.Values[i] - (delta ? e.Initial![i] : 0);
                 if (double.IsFinite(r)) maxRef = Math.Max(maxRef, Math.Abs(r));
             }
+            if (e.ScaleWith is { } other)
+                foreach (var x in expected.First(o => o.Name == other).Values)
+                    if (double.IsFinite(x)) maxRef = Math.Max(maxRef, Math.Abs((double)x));
             // Error beyond the unavoidable rounding of the stored f32 value (2 ulp of |ref|): an accumulated
             // gradient on top of a large initial value cannot be more exact than that value's ulp.
             double err = 0;
