@@ -4,6 +4,8 @@ using ILGPU.Runtime;
 using Half = System.Half;
 using KernelVL.Backends;
 using KernelVL.Backends.Cuda;
+using KernelVL.Autograd;
+using KernelVL.Model;
 using KernelVL.Retrieval;
 using KernelVL.Tensors;
 using KernelVL.Testing;
@@ -318,5 +320,53 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver) : IClassFixture<Emu
         uint bits = BitConverter.SingleToUInt32Bits(x);
         bits += 0x7fff + ((bits >> 16) & 1);   // round to nearest even (finite inputs)
         return BitConverter.UInt32BitsToSingle(bits & 0xffff0000u);
+    }
+
+    /// <summary>
+    /// The model as training runs it (the decomposed encoders' InfoNCE loss and every parameter's gradient) on the
+    /// emulated cuda backend with every new kernel version selected, against the cpu backend: heads of 64 so that the
+    /// hand attention kernels (forward v3, backward v2) serve the encoder, the GEMMs on version 4 (bias and GELU
+    /// epilogues), layer norm backward v2, InfoNCE v2 on the Hopper 3xTF32 GEMM. Budget: the registry's bf16 budget (2e-2 of each gradient's max; measured under 1e-2).
+    /// </summary>
+    [SkippableFact]
+    public void ModelLossAndGradientsMatchTheCpuBackendWithEveryNewVersion()
+    {
+        using var be = Backend();
+        be.GemmVersion = 4;
+        be.AttentionVersion = 3;
+        be.AttentionBackwardVersion = 2;
+        be.LayerNormBackwardVersion = 2;
+        be.InfoNceVersion = 2;
+        be.PreciseGemmVersion = 3;
+        using var cpu = new KernelVL.Backends.Cpu.CpuBackend();
+        var cfg = VlModelTests.Micro with { HiddenSize = 128, NumHeads = 2, IntermediateSize = 256 };
+        int seed = Random.Shared.Next();
+        var text = VlModelTests.Batch(new Random(seed), 4, text: true, image: false);
+        var images = VlModelTests.Batch(new Random(seed + 1), 4, text: false, image: true);
+        var counts = new[] { "gemm_bf16_wgmma_tma", "attention_forward_d64_wgmma", "attention_backward_dq_d64", "layernorm_backward_dx", "infonce_stats_tiles" }
+            .ToDictionary(k => k, Launches);
+        (float Loss, Dictionary<string, float[]> Grads) Step(IBackend backend)
+        {
+            using var m = new VlModel(backend, cfg, seed, heads: VlHeads.None);
+            using var scope = new TensorScope();
+            var loss = Ops.InfoNce(m.Embed(text), m.Embed(images), 0.1f);
+            Tape.Backward(loss);
+            var grads = m.NamedParameters().Where(p => p.Tensor.Grad is not null).ToDictionary(p => p.Name, p => p.Tensor.Grad!.ToArray());
+            return (loss.ToArray()[0], grads);
+        }
+        var (lc, gc) = Step(be);
+        var (lr, gr) = Step(cpu);
+        Assert.True(Math.Abs(lc - lr) <= BackendBudgets.Bf16 * Math.Abs(lr), $"loss {lc} on the emulated cuda backend, {lr} on cpu");
+        Assert.Equal(gr.Keys.Order(), gc.Keys.Order());
+        Assert.True(gr.Count > 10);
+        foreach (var (name, want) in gr)
+        {
+            // The key bias adds q . b to all of a query's scores alike: softmax ignores it, its gradient is rounding only.
+            if (name.EndsWith("attention.key.bias", StringComparison.Ordinal)) continue;
+            var got = gc[name];
+            double max = want.Max(x => Math.Abs((double)x)), err = want.Zip(got, (a, b) => Math.Abs((double)a - b)).Max();
+            Assert.True(err <= BackendBudgets.Bf16 * max, $"{name}: max error {err:E2} against max |grad| {max:E2}");
+        }
+        foreach (var (kernel, n) in counts) Assert.True(Launches(kernel) > n, $"{kernel} never ran in the model");
     }
 }
