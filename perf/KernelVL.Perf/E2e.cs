@@ -83,6 +83,7 @@ public static class E2e
             }
             Console.Error.WriteLine($"e2e: {name}, {config} ({model.ParameterCount / 1e6:F1}M parameters), images {h}x{w} = {patches} patches, captions of {textTokens} tokens");
             using (Tape.NoGrad())
+            using (model.InferenceWeights())   // as the encoders run: the cuda backend keeps bf16 copies of the weights
             {
                 Time("decomposed_images", imageBatch, patches + 1, () => { using var s = new TensorScope(); model.Embed(imgBatch); backend.Synchronize(); });
                 Time("decomposed_texts", textBatch, textTokens, () => { using var s = new TensorScope(); model.Embed(txtBatch); backend.Synchronize(); });

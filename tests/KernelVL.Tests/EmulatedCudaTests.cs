@@ -369,4 +369,85 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver) : IClassFixture<Emu
         }
         foreach (var (kernel, n) in counts) Assert.True(Launches(kernel) > n, $"{kernel} never ran in the model");
     }
+
+    /// <summary>
+    /// Inference's bf16 weight copies (CacheBf16Weights / VlModel.InferenceWeights): each weight converted once in a scope,
+    /// results bit for bit those of converting it every call, AdamW on a held weight refused, the copies freed on dispose.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void InferenceKeepsOneBf16CopyOfEachWeight(int version)
+    {
+        using var be = Backend();
+        be.GemmVersion = version;
+        var rng = new Random(Random.Shared.Next());
+        int m = 70, n = 96, k = 200;
+        float[] Draw(int count) => Enumerable.Range(0, count).Select(_ => (float)(2 * rng.NextDouble() - 1)).ToArray();
+        using var x = be.Empty(new Shape(m, k));      // [M, K]
+        using var w = be.Empty(new Shape(n, k));      // [N, K] a Linear layer's weight
+        using var bias = be.Empty(new Shape(n));
+        using var y = be.Empty(new Shape(m, n));
+        be.CopyFromHost(Draw(m * k), x);
+        be.CopyFromHost(Draw(n * k), w);
+        be.CopyFromHost(Draw(n), bias);
+        be.MatMul(x, w, bias, y, transA: false, transB: true);
+        var plain = y.ToArray();
+        long converts = Launches("convert_bf16_kmajor");
+        using (be.CacheBf16Weights([w]))
+        {
+            be.MatMul(x, w, bias, y, transA: false, transB: true);
+            Assert.Equal(converts + 2, Launches("convert_bf16_kmajor"));   // x, and w once
+            Assert.Equal(plain, y.ToArray());
+            be.MatMulGelu(x, w, bias, y, transB: true);                     // the same copy serves the fused GELU GEMM
+            be.MatMul(x, w, bias, y, transA: false, transB: true);
+            Assert.Equal(converts + 4, Launches("convert_bf16_kmajor"));   // x twice more, w not again
+            Assert.Equal(plain, y.ToArray());
+            Assert.Equal(1, be.CachedWeightCopies);
+            using (be.CacheBf16Weights([x])) Assert.Equal(1, be.CachedWeightCopies);   // nested: the outer scope's copies only
+            using var g = be.Empty(new Shape(n, k));
+            using var m1 = be.Empty(new Shape(n, k));
+            using var v1 = be.Empty(new Shape(n, k));
+            var e = Assert.Throws<BackendException>(() => be.AdamW(w, g, m1, v1, new AdamWParams(1e-3f, 0.9f, 0.999f, 1e-8f, 0f), 1));
+            Assert.Contains("CacheBf16Weights", e.Message);
+        }
+        Assert.Equal(0, be.CachedWeightCopies);
+        be.MatMul(x, w, bias, y, transA: false, transB: true);
+        Assert.Equal(converts + 6, Launches("convert_bf16_kmajor"));   // converted per call again
+        be.CacheWeights = false;
+        using (be.CacheBf16Weights([w])) be.MatMul(x, w, bias, y, transA: false, transB: true);
+        Assert.Equal(converts + 8, Launches("convert_bf16_kmajor"));
+    }
+
+    /// <summary>The model's embeddings under InferenceWeights equal those without, bit for bit, with fewer conversions.</summary>
+    [SkippableFact]
+    public void ModelEmbeddingsAreTheSameWithTheWeightCopies()
+    {
+        using var be = Backend();
+        be.GemmVersion = 4;
+        var cfg = VlModelTests.Micro with { HiddenSize = 128, NumHeads = 2, IntermediateSize = 256 };
+        int seed = Random.Shared.Next();
+        using var model = new VlModel(be, cfg, seed, heads: VlHeads.None);
+        var images = VlModelTests.Batch(new Random(seed), 3, text: false, image: true);
+        using var _ = Tape.NoGrad();
+        float[] Embed()
+        {
+            using var scope = new TensorScope();
+            return model.Embed(images).ToArray();
+        }
+        long c0 = Launches("convert_bf16_kmajor");
+        var plain = Embed();
+        long perPass = Launches("convert_bf16_kmajor") - c0;
+        using (model.InferenceWeights())
+        {
+            Assert.Equal(plain, Embed());
+            long c1 = Launches("convert_bf16_kmajor");
+            Assert.Equal(plain, Embed());
+            long second = Launches("convert_bf16_kmajor") - c1;
+            // Each weight matrix used once a pass (the layer's six Linear weights and the patch projection) is no longer
+            // converted; the activations, and the position embeddings' resampling matrix (not a parameter), still are.
+            Assert.True(be.CachedWeightCopies >= 7, $"{be.CachedWeightCopies} weight copies");
+            Assert.Equal(perPass - be.CachedWeightCopies, second);
+        }
+    }
 }

@@ -52,6 +52,7 @@ public sealed class DecomposedEncoder
     {
         var result = new float[(long)count * Dim];
         using var _ = Tape.NoGrad();
+        using var weights = Model.InferenceWeights();   // the cuda backend's bf16 weight copies, made once for all batches
         for (int s = 0; s < count; s += BatchSize)
         {
             int n = Math.Min(BatchSize, count - s);

@@ -353,6 +353,13 @@ public sealed class VlModel : Module
     /// <summary>The image preprocessing this model's config asks for.</summary>
     public ImagePreprocessor Preprocessor() => ImagePreprocessor.For(Config);
 
+    /// <summary>
+    /// For inference over many batches with these weights fixed: on the cuda backend its GEMMs keep a bf16 copy of each
+    /// weight matrix until the returned scope is disposed (<see cref="Backends.Cuda.CudaBackend.CacheBf16Weights"/>),
+    /// instead of converting every weight in every call; on other backends nothing (null).
+    /// </summary>
+    public IDisposable? InferenceWeights() => Backend is Backends.Cuda.CudaBackend cuda ? cuda.CacheBf16Weights(Parameters()) : null;
+
     /// <summary>The cross-encoder score of one (image, caption) pair.</summary>
     public float MatchScore(PreparedImage image, string caption) => ScorePairs([image], [caption])[0];
 
@@ -362,6 +369,7 @@ public sealed class VlModel : Module
         if (images.Count != captions.Count) throw new ShapeException($"{images.Count} images for {captions.Count} captions");
         var scores = new float[images.Count];
         using var _ = Tape.NoGrad();
+        using var weights = InferenceWeights();
         for (int s = 0; s < images.Count; s += batchSize)
         {
             int n = Math.Min(batchSize, images.Count - s);

@@ -760,7 +760,7 @@ public unsafe class IlgpuBackend : IBackend
     }
 
     // ---------------------------------------------------------------- optimiser
-    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWParams p, int step)
+    public virtual void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWParams p, int step)
     {
         Contract.SameShape("adamw", "param", param, "grad", grad);
         Contract.SameShape("adamw", "param", param, "m", m);
