@@ -53,6 +53,7 @@ internal static class InfoCommand
                 ilgpu_devices = devices.Select(d => new { name = d.Name, type = d.Type, memory_bytes = d.MemoryBytes }),
                 ilgpu_probe = probes.Select(p => new { device = p.Device, type = p.Type, ok = p.Ok, detail = p.Detail }),
                 cuda_driver = cuda,
+                cuda_driver_override = Environment.GetEnvironmentVariable(KernelVL.Backends.Cuda.CudaBackend.DriverVariable),
                 nvrtc,
                 cuda_kernels_embedded = KernelVL.Cuda.EmbeddedKernels.Names,
                 cuda_kernel_sources = kernelSources,
@@ -71,6 +72,8 @@ internal static class InfoCommand
         foreach (var d in devices) Console.WriteLine($"  {d.Type,-8} {d.Name}{(d.MemoryBytes > 0 && d.Type != "CPU" ? $" ({d.MemoryBytes / (1 << 20)} MiB)" : "")}");
         foreach (var p in probes) Console.WriteLine($"  probe {p.Type,-8} {(p.Ok ? "ok" : "FAILED")}: {p.Detail}");
         Console.WriteLine($"cuda driver    {cuda ?? "not found (no NVIDIA driver: GPU backends unavailable)"}");
+        if (Environment.GetEnvironmentVariable(KernelVL.Backends.Cuda.CudaBackend.DriverVariable) is { Length: > 0 } over)
+            Console.WriteLine($"               the cuda backend loads {over} instead ({KernelVL.Backends.Cuda.CudaBackend.DriverVariable}; the host emulator's runs every kernel on the CPU)");
         Console.WriteLine($"nvrtc          {nvrtc ?? "not found (CUDA kernels would use the embedded PTX)"}");
         Console.WriteLine($"cuda kernels   {string.Join(", ", KernelVL.Cuda.EmbeddedKernels.Names)} (embedded PTX for sm_80, compiled at build time)");
         foreach (var k in kernelSources) Console.WriteLine($"  loaded       {k}");

@@ -12,7 +12,9 @@ internal static class TrainCommands
 
     public static string ResolveDevice(string device)
     {
-        if (device == "auto") return BackendFactory.Names.Contains("cuda") && BackendFactory.Unavailable("cuda") is null ? "cuda" : "cpu";
+        // auto takes a real GPU only: with KERNELVL_CUDA_DRIVER naming the host emulator's driver, cuda must be asked for.
+        if (device == "auto")
+            return BackendFactory.Unavailable("cuda") is null && string.IsNullOrEmpty(Environment.GetEnvironmentVariable(KernelVL.Backends.Cuda.CudaBackend.DriverVariable)) ? "cuda" : "cpu";
         if (BackendFactory.Unavailable(device) is { } why) throw new BadInputException($"--device {device}: {why}");
         return device;
     }

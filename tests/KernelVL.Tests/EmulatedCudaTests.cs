@@ -59,7 +59,7 @@ public sealed class EmulatedDriver : IDisposable
 /// run would find in the host code, found here; what it leaves to the GPU: real timing, the hardware's memory model and
 /// schedules beyond the emulator's three, and NVRTC 13's compilation.
 /// </summary>
-public sealed class EmulatedCudaTests(EmulatedDriver driver) : IClassFixture<EmulatedDriver>
+public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture fx) : IClassFixture<EmulatedDriver>, IClassFixture<TinyShapesFixture>
 {
     private CudaBackend Backend()
     {
@@ -449,5 +449,82 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver) : IClassFixture<Emu
             Assert.True(be.CachedWeightCopies >= 7, $"{be.CachedWeightCopies} weight copies");
             Assert.Equal(perPass - be.CachedWeightCopies, second);
         }
+    }
+
+    /// <summary>
+    /// The kernelvl executable on the cuda backend through KERNELVL_CUDA_DRIVER (the emulated driver): an index built
+    /// with --device cuda (GEMM version 4, the encoders' bf16 weight copies) holds the vectors the cpu backend makes,
+    /// within bf16 rounding, and a search on it with --device cuda (f16 rows handed over as halves, top-k version 3)
+    /// returns what the cpu backend's search of the same index returns.
+    /// </summary>
+    [SkippableFact]
+    public void TheCliIndexesAndSearchesOnTheCudaBackend()
+    {
+        Skip.If(driver.Library is null, driver.WhyNot);
+        string dir = Directory.CreateTempSubdirectory("kernelvl-emu-cli-").FullName;
+        try
+        {
+            (int Code, string Out, string Err) Cli(bool cuda, params string[] args)
+            {
+                var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+                psi.ArgumentList.Add(CliExe);
+                foreach (var a in args) psi.ArgumentList.Add(a);
+                psi.ArgumentList.Add("--device");
+                psi.ArgumentList.Add(cuda ? "cuda" : "cpu");
+                psi.Environment[CudaBackend.DriverVariable] = driver.Library;
+                psi.Environment["KERNELVL_CUDA_GEMM"] = "4";
+                psi.Environment["KERNELVL_CUDA_HALF_ROWS"] = "1";
+                psi.Environment["KERNELVL_CUDA_TOPK"] = "3";
+                using var p = System.Diagnostics.Process.Start(psi)!;
+                var o = p.StandardOutput.ReadToEndAsync();
+                var e = p.StandardError.ReadToEndAsync();
+                if (!p.WaitForExit(300_000)) { p.Kill(true); throw new TimeoutException($"kernelvl {string.Join(' ', args)} did not finish"); }
+                return (p.ExitCode, o.Result, e.Result);
+            }
+            string images = Path.GetDirectoryName(fx.Data)!;
+            string onCuda = Path.Combine(dir, "cuda"), onCpu = Path.Combine(dir, "cpu");
+            foreach (var (cuda, idx) in new[] { (true, onCuda), (false, onCpu) })
+            {
+                var r = Cli(cuda, "index", "--model", fx.Init, "--data", fx.Data, "--images", images, "--split", "test", "--out", idx);
+                Assert.True(r.Code == 0, r.Err);
+                Assert.Contains("indexed 16 images and 80 captions", r.Out);
+            }
+            var a = EmbeddingIndex.Open(onCuda);
+            var b = EmbeddingIndex.Open(onCpu);
+            foreach (var kind in EmbeddingIndex.Kinds)
+            {
+                var va = a.ReadAll(kind);
+                var vb = b.ReadAll(kind);
+                Assert.Equal(vb.Length, va.Length);
+                double err = va.Zip(vb, (x, y) => Math.Abs((double)x - y)).Max();
+                Assert.True(err <= BackendBudgets.Bf16, $"{kind} vectors: max difference {err:E2} between the cuda and cpu builds (unit vectors)");
+            }
+            string query = "a small red circle left of a large blue square";
+            var rc = Cli(true, "search", "--model", fx.Init, "--index", onCpu, "--text", query, "-k", "5", "--json");
+            Assert.True(rc.Code == 0, rc.Err);
+            var rp = Cli(false, "search", "--model", fx.Init, "--index", onCpu, "--text", query, "-k", "5", "--json");
+            Assert.True(rp.Code == 0, rp.Err);
+            var hc = System.Text.Json.Nodes.JsonNode.Parse(rc.Out)!["results"]!.AsArray();
+            var hp = System.Text.Json.Nodes.JsonNode.Parse(rp.Out)!["results"]!.AsArray();
+            Assert.Equal(5, hc.Count);
+            // The query vector differs by bf16 rounding: the scores agree to that, and the first hit where it stands clear.
+            for (int i = 0; i < 5; i++) Assert.True(Math.Abs((float)hc[i]!["score"]! - (float)hp[i]!["score"]!) <= BackendBudgets.Bf16, $"rank {i}");
+            if ((float)hp[0]!["score"]! - (float)hp[1]!["score"]! > 2 * BackendBudgets.Bf16) Assert.Equal((string?)hp[0]!["path"], (string?)hc[0]!["path"]);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static readonly string CliExe = FindCli();
+
+    private static string FindCli()
+    {
+        string config = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Debug{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Debug" : "Release";
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "KernelVL.sln")))
+                return Path.Combine(d.FullName, "src", "KernelVL.Cli", "bin", config, "net10.0", "kernelvl.dll");
+        throw new FileNotFoundException("KernelVL.sln not found above the test assembly");
     }
 }

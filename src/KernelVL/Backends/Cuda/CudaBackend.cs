@@ -190,7 +190,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     {
         try
         {
-            CudaDriver.Load();
+            if (CudaDriver.Load(DriverOverride).IsEmulator) return null;
         }
         catch (BackendException e)
         {
@@ -199,10 +199,21 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         return CudaUnavailable();
     }
 
+    /// <summary>
+    /// KERNELVL_CUDA_DRIVER: a driver library to load in place of libcuda.so.1. Meant for the host emulator's
+    /// (kernels/emu/build-driver.sh): with it, this backend, the parity registry (perf check --backend cuda) and
+    /// perf/gpu/run-v2.sh's checks run on a machine without a GPU, slowly (small shapes only).
+    /// </summary>
+    public const string DriverVariable = "KERNELVL_CUDA_DRIVER";
+
+    private static string? DriverOverride => Environment.GetEnvironmentVariable(DriverVariable) is { Length: > 0 } p ? p : null;
+
     public static CudaBackend Create()
     {
+        string? driver = DriverOverride;
+        if (driver is not null && CudaDriver.Load(driver).IsEmulator) return CreateEmulated(driver);
         var (context, acc) = CreateDevice(BackendName, d => d.AcceleratorType == AcceleratorType.Cuda);
-        return new CudaBackend(context, acc, null);
+        return new CudaBackend(context, acc, driver);
     }
 
     /// <summary>
