@@ -14,6 +14,9 @@ const string usage = """
            KernelVL.Perf baselines [--json FILE]
            KernelVL.Perf gemm-bf16 [--json FILE]
            KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10] [--suite]
+           KernelVL.Perf infonce-phases [--json FILE] [--n 4096] [--d 768] [--tau 0.05]
+      infonce-phases  the cuda backend's InfoNCE version 2 step by step (S GEMM, statistics pass, combine, G pass,
+                   gradient GEMMs), each timed alone: GB/s for the passes over [n, n], TFLOP/s for the GEMMs
            KernelVL.Perf search [--backend cpu] [--json FILE] [--n 100000]
       search       index search throughput: top-10 for 1, 32, 1024 queries over a random N x 768 index, f16 and f32
            KernelVL.Perf e2e [--backend NAME]... [--config base|small|tiny] [--json FILE] [--min-time SECONDS]
@@ -41,6 +44,12 @@ if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage);
 if (args[0] == "search")
 {
     try { return SearchBench.Run(args); }
+    catch (Exception e) when (e is ArgumentException or FormatException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
+}
+if (args[0] == "infonce-phases")
+{
+    if (BackendFactory.Unavailable("cuda") is { } whyNotCuda) { Console.Error.WriteLine($"perf: bad input: infonce-phases needs the cuda backend: {whyNotCuda}"); return 2; }
+    try { return InfoNcePhasesBench.Run(args); }
     catch (Exception e) when (e is ArgumentException or FormatException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
 }
 if (args[0] == "e2e")

@@ -71,6 +71,8 @@ elif [ "$group" = timings ]; then
   KERNELVL_CUDA_INFONCE=2 KERNELVL_CUDA_GEMM_F32=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 \
     --json "$R/ops-infonce-f32v3.json" --filter 'infonce.*N4096' > "$R/ops-infonce-f32v3.md" 2> "$R/ops-infonce-f32v3.log"; echo "exit $?"
   grep -E '^\| infonce' "$R/ops-infonce-f32v3.md" | cut -c1-140
+  echo "== InfoNCE version 2 step by step at N 4096, D 768 (GB/s of the passes over S, TFLOP/s of the GEMMs)"
+  perf 60 infonce-phases --json "$R/infonce-phases.json" > "$R/infonce-phases.md" 2>&1; echo "exit $?"; cat "$R/infonce-phases.md"
   if [ "${SKIP_TORCH:-0}" != 1 ]; then
     echo "== PyTorch baselines (same card, same run)"
     timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14

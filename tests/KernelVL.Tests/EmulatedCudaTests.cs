@@ -527,4 +527,29 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
                 return Path.Combine(d.FullName, "src", "KernelVL.Cli", "bin", config, "net10.0", "kernelvl.dll");
         throw new FileNotFoundException("KernelVL.sln not found above the test assembly");
     }
+
+    /// <summary>perf infonce-phases' steps: the same kernels as the op (its loss bit for bit), every step timed.</summary>
+    [SkippableFact]
+    public void InfoNcePhasesRunTheOpsSteps()
+    {
+        using var be = Backend();
+        be.InfoNceVersion = 2;
+        be.PreciseGemmVersion = 3;
+        var rng = new Random(Random.Shared.Next());
+        int n = 150, d = 40;
+        float[] Rows() => Enumerable.Range(0, n * d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        using var t = be.Empty(new Shape(n, d));
+        using var v = be.Empty(new Shape(n, d));
+        using var loss = be.Empty(new Shape(1));
+        using var lr = be.Empty(new Shape(n));
+        using var lc = be.Empty(new Shape(n));
+        be.CopyFromHost(Rows(), t);
+        be.CopyFromHost(Rows(), v);
+        be.InfoNce(t, v, 20f, loss, lr, lc);
+        var (steps, phaseLoss) = be.InfoNcePhases(t, v, 20f, warmup: 0, reps: 1);
+        Assert.Equal(loss.ToArray()[0], phaseLoss);
+        Assert.Equal(6, steps.Count);
+        Assert.All(steps, s => Assert.True(s.Ms > 0 && s.Bytes > 0 && s.Flops > 0, s.Step));
+        Assert.Throws<ShapeException>(() => be.InfoNcePhases(be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), 1f, 0, 1));
+    }
 }

@@ -769,12 +769,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         if (InfoNceVersion == 2 && n <= InfoNceV2MaxN)
         {
             using var sm = Empty(new Shape(n, n));              // [n, n] S = invT t v^T
-            LaunchGemmF32x3(n, n, dim, F(t), dim, false, F(v), dim, true, F(sm), n, invTemperature, accumulate: false);
-            Args().Add(P(sm)).Add(n).Add(P(diag));
-            Go(_nceDiagOf, (Blocks(n, 256), 1, 1), 256);
-            Args().Add(P(sm)).Add(P(diag)).Add(n);
-            for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
-            Go(_nceStats, ((uint)nb, (uint)nb, 1), 256);
+            NceScores(t, v, invTemperature, sm);
+            NceStats(sm, diag, part);
         }
         else
         {
@@ -784,12 +780,115 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
             Go(_nceTiles, ((uint)nb, (uint)nb, 1), 256);
         }
+        NceCombine(diag, part, lseRow, lseCol, terms, loss);
+    }
+
+    // InfoNCE's steps (version 2 where the name says so), shared by the ops and InfoNcePhases. n = t's rows, nb its tiles.
+    private static int NceTiles(int n) => (n + NceTile - 1) / NceTile;
+
+    /// <summary>Version 2: sm [n, n] = invT t v^T on the f32-accurate GEMM (t, v [n, dim]).</summary>
+    private void NceScores(Tensor t, Tensor v, float invTemperature, Tensor sm)
+    {
+        int n = t.Shape[0], dim = t.Shape[1];
+        LaunchGemmF32x3(n, n, dim, F(t), dim, false, F(v), dim, true, F(sm), n, invTemperature, accumulate: false);
+    }
+
+    /// <summary>Version 2: diag [n] = S_ii, part [6, nb, n] = each tile's row and column max, sum and off-diagonal mass, one read of sm.</summary>
+    private void NceStats(Tensor sm, Tensor diag, Tensor part)
+    {
+        int n = sm.Shape[0], nb = NceTiles(n);
+        long slab = (long)nb * n;
+        V pv = F(part);
+        Args().Add(P(sm)).Add(n).Add(P(diag));
+        Go(_nceDiagOf, (Blocks(n, 256), 1, 1), 256);
+        Args().Add(P(sm)).Add(P(diag)).Add(n);
+        for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
+        Go(_nceStats, ((uint)nb, (uint)nb, 1), 256);
+    }
+
+    /// <summary>The tiles' statistics -> lseRow, lseCol [n] and loss = the mean of the 2n terms [2n].</summary>
+    private void NceCombine(Tensor diag, Tensor part, Tensor lseRow, Tensor lseCol, Tensor terms, Tensor loss)
+    {
+        int n = diag.Shape[0], nb = NceTiles(n);
+        long slab = (long)nb * n;
+        V pv = F(part);
         Args().Add(P(diag));
         for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
         _args.Add(n).Add(nb).Add(P(lseRow)).Add(P(lseCol)).Add(P(terms));
         Go(_nceCombine, (Blocks(2L * n, 256), 1, 1), 256);
         Args().Add(P(terms)).Add(2 * n).Add(1f / n).Add(P(loss));
         Go(_sum, (1, 1, 1), 1024);
+    }
+
+    /// <summary>Version 2: g [n, n] holding S becomes G = dloss/dS invT in place (one read and one write); off [2, nb, n] the off-diagonal masses.</summary>
+    private void NceGradTiles(Tensor g, Tensor lseRow, Tensor lseCol, Tensor dloss, float invTemperature, Tensor off)
+    {
+        int n = g.Shape[0], nb = NceTiles(n);
+        long slab = (long)nb * n;
+        V ov = F(off);
+        Args().Add(P(g)).Add(P(lseRow)).Add(P(lseCol)).Add(P(dloss)).Add(n).Add(invTemperature)
+            .Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab)));
+        Go(_nceBackTilesOf, ((uint)nb, (uint)nb, 1), 256);
+    }
+
+    /// <summary>G's diagonal from the off-diagonal masses (both versions).</summary>
+    private void NceGradDiagonal(Tensor off, Tensor dloss, float invTemperature, Tensor g)
+    {
+        int n = g.Shape[0], nb = NceTiles(n);
+        long slab = (long)nb * n;
+        V ov = F(off);
+        Args().Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab))).Add(P(dloss)).Add(n).Add(nb).Add(invTemperature).Add(P(g));
+        Go(_nceBackDiag, (Blocks(n, 256), 1, 1), 256);
+    }
+
+    /// <summary>Version 2: dt += G v, dv += G^T t on the f32-accurate GEMM.</summary>
+    private void NceGradGemms(Tensor g, Tensor t, Tensor v, Tensor? dt, Tensor? dv)
+    {
+        int n = t.Shape[0], dim = t.Shape[1];
+        if (dt is not null) LaunchGemmF32x3(n, dim, n, F(g), n, false, F(v), dim, false, F(dt), dim, 1f, accumulate: true);
+        if (dv is not null) LaunchGemmF32x3(n, dim, n, F(g), n, true, F(t), dim, false, F(dv), dim, 1f, accumulate: true);
+    }
+
+    /// <summary>
+    /// InfoNCE version 2's forward and backward over t, v [n, dim] (n <= InfoNceV2MaxN), each step timed alone (CUDA
+    /// events, the median of <paramref name="reps"/>): what the "bandwidth-bound" asks about is visible per step,
+    /// the passes over the [n, n] matrix against their bytes, the GEMMs against their FLOPs. Each step runs on the
+    /// buffers the previous ones filled (the in-place G pass again over G when repeated: the same work). Returns
+    /// (step, median ms, bytes it must move, FLOPs), and the loss of the first forward (to check the data were real).
+    /// </summary>
+    public (IReadOnlyList<(string Step, double Ms, double Bytes, double Flops)> Steps, float Loss) InfoNcePhases(Tensor t, Tensor v, float invTemperature, int warmup, int reps)
+    {
+        var (n, dim) = Contract.Rows("infonce phases", "t", t);
+        Contract.SameShape("infonce phases", "t", t, "v", v);
+        if (n < 1 || n > InfoNceV2MaxN) Contract.Fail("infonce phases", $"n must be in 1..{InfoNceV2MaxN} (version 2), got {n}");
+        int nb = NceTiles(n);
+        using var sm = Empty(new Shape(n, n));            // [n, n] S, then G
+        using var diag = Empty(new Shape(n));
+        using var part = Empty(new Shape(6, nb, n));
+        using var terms = Empty(new Shape(2 * n));
+        using var loss = Empty(new Shape(1));
+        using var lseRow = Empty(new Shape(n));
+        using var lseCol = Empty(new Shape(n));
+        using var dloss = Empty(new Shape(1));
+        using var off = Empty(new Shape(2, nb, n));
+        using var dt = Empty(new Shape(n, dim));
+        using var dv = Empty(new Shape(n, dim));
+        Fill(dloss, 1f);
+        Fill(dt, 0f);
+        Fill(dv, 0f);
+        double nn = (double)n * n, nd = (double)n * dim, parts = 4.0 * nb * n;
+        var steps = new List<(string, double, double, double)>();
+        void Step(string name, Action a, double bytes, double flops) => steps.Add((name, MedianMs(a, warmup, reps), bytes, flops));
+        string gemm = PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null ? "3xTF32 wgmma" : "3xTF32 mma.sync";
+        Step($"S = invT t v^T ({gemm})", () => NceScores(t, v, invTemperature, sm), 4 * (2 * nd + nn), 2 * nn * dim);
+        Step("diagonal + row/column statistics (one read of S)", () => NceStats(sm, diag, part), 4 * (nn + 2 * n) + 6 * parts, 6 * nn);
+        Step("combine: lse, loss", () => NceCombine(diag, part, lseRow, lseCol, terms, loss), 6 * parts + 4.0 * 5 * n, 10.0 * n * nb);
+        var first = new float[1];
+        CopyToHost(loss, first);
+        Step("G = dloss/dS over S in place (one read, one write)", () => NceGradTiles(sm, lseRow, lseCol, dloss, invTemperature, off), 8 * nn + 2 * parts, 8 * nn);
+        Step("G diagonal", () => NceGradDiagonal(off, dloss, invTemperature, sm), 2 * parts + 8.0 * n, 2.0 * n * nb);
+        Step($"dt += G v, dv += G^T t ({gemm})", () => NceGradGemms(sm, t, v, dt, dv), 4 * (nn + 4 * nd), 4 * nn * dim);
+        return (steps, first[0]);
     }
 
     public override void InfoNceBackward(Tensor t, Tensor v, float invTemperature, Tensor lseRow, Tensor lseCol, Tensor dloss, Tensor? dt, Tensor? dv)
@@ -813,10 +912,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         bool v2 = InfoNceVersion == 2 && n <= InfoNceV2MaxN;
         if (v2)
         {
-            LaunchGemmF32x3(n, n, dim, F(t), dim, false, F(v), dim, true, F(g), n, invTemperature, accumulate: false);
-            Args().Add(P(g)).Add(P(lseRow)).Add(P(lseCol)).Add(P(dloss)).Add(n).Add(invTemperature)
-                .Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab)));
-            Go(_nceBackTilesOf, ((uint)nb, (uint)nb, 1), 256);
+            NceScores(t, v, invTemperature, g);
+            NceGradTiles(g, lseRow, lseCol, dloss, invTemperature, off);
         }
         else
         {
@@ -824,13 +921,11 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
                 .Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab)));
             Go(_nceBackTiles, ((uint)nb, (uint)nb, 1), 256);
         }
-        Args().Add(P(ov.SubView(0, slab))).Add(P(ov.SubView(slab, slab))).Add(P(dloss)).Add(n).Add(nb).Add(invTemperature).Add(P(g));
-        Go(_nceBackDiag, (Blocks(n, 256), 1, 1), 256);
+        NceGradDiagonal(off, dloss, invTemperature, g);
         // dt += G v, dv += G^T t in f32: bf16 operands would cost ~3e-3 of the gradient.
         if (v2)
         {
-            if (dt is not null) LaunchGemmF32x3(n, dim, n, F(g), n, false, F(v), dim, false, F(dt), dim, 1f, accumulate: true);
-            if (dv is not null) LaunchGemmF32x3(n, dim, n, F(g), n, true, F(t), dim, false, F(dv), dim, 1f, accumulate: true);
+            NceGradGemms(g, t, v, dt, dv);
             return;
         }
         if (dt is not null) LaunchGemmPrecise(n, dim, n, F(g), n, false, F(v), dim, false, F(dt), dim);
