@@ -7,7 +7,8 @@
 #   ONLY=checks bash perf/gpu/run-v2.sh    parity of every new kernel (registry cases with the version switched on,
 #                                          the top-k stress suite), all at once: ~1.5-2 minutes
 #   ONLY=timings bash perf/gpu/run-v2.sh   each new version beside the old one, and PyTorch, ~4-5 minutes
-#   ONLY=search bash perf/gpu/run-v2.sh    index search: today's path, and f16 rows as halves with top-k v1 / v2
+#   ONLY=search bash perf/gpu/run-v2.sh    index search: today's path, and f16 rows as halves with top-k v1 / v2 / v3;
+#                                          model throughput (perf e2e) with version 1 and with every new version
 # Rehearsal without a GPU (here): bash kernels/emu/build-driver.sh DIR, then KERNELVL_CUDA_DRIVER=DIR/libkv_emu_cuda.so
 # ONLY=checks bash perf/gpu/run-v2.sh runs the checks group on the host emulator's driver (~2 min on 2 cores).
 # Each group's results (and the NVRTC CUBINs, for cuobjdump -sass on the build machine) are packed into
@@ -85,6 +86,14 @@ elif [ "$group" = search ]; then
     echo "== index search with f16 rows handed to the cuda backend as halves (KERNELVL_CUDA_HALF_ROWS=1), top-k version $ver"
     KERNELVL_CUDA_HALF_ROWS=1 KERNELVL_CUDA_TOPK=$ver perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
     grep -E '^\| cuda' "$R/search-v$ver.md" | cut -c1-120
+  done
+  # Model throughput (random base weights): version 1 as measured before, then every new version at once, the
+  # inference GEMMs on their bf16 weight copies (VlModel.InferenceWeights).
+  for set in v1 new; do
+    echo "== model throughput, perf e2e base on cuda: $set kernels"
+    if [ $set = new ]; then envs=(KERNELVL_CUDA_GEMM=4 KERNELVL_CUDA_ATTENTION=3 KERNELVL_CUDA_LAYERNORM_BACKWARD=2 KERNELVL_CUDA_ATTENTION_BACKWARD=2); else envs=(KERNELVL_CUDA_GEMM=1); fi
+    env "${envs[@]}" timeout 120 dotnet "$bundle/perf/KernelVL.Perf.dll" e2e --backend cuda --min-time 0.2 --json "$R/e2e-$set.json" > "$R/e2e-$set.md" 2>&1; echo "exit $?"
+    grep -E '^cuda' "$R/e2e-$set.md"
   done
 else
   echo "ONLY must be checks, timings or search, got '$group'" >&2; exit 2
