@@ -5,5 +5,9 @@ set -euo pipefail
 out=${1:?usage: build-driver.sh OUTDIR}
 mkdir -p "$out"
 cd "$(dirname "$0")"
-clang++-14 -std=c++20 -O2 -shared -fPIC -pthread -Wno-unknown-pragmas -Wno-pass-failed -o "$out/libkv_emu_cuda.so.tmp" fake_driver.cpp
+# Each kernel's __launch_bounds__(threads[, blocks]) as KV_BOUND(name, threads[, blocks]) lines, compiled into the
+# driver's table (the macros they use come from the kernel sources it includes).
+grep -h -o 'extern "C" __global__ void __launch_bounds__(.*) [a-z0-9_]*(' ../*.cu \
+  | sed -E 's/.*__launch_bounds__\((.*)\) ([a-z0-9_]+)\($/KV_BOUND(\2, \1)/' > "$out/launch_bounds.inc"
+clang++-14 -I "$out" -std=c++20 -O2 -shared -fPIC -pthread -Wno-unknown-pragmas -Wno-pass-failed -o "$out/libkv_emu_cuda.so.tmp" fake_driver.cpp
 mv "$out/libkv_emu_cuda.so.tmp" "$out/libkv_emu_cuda.so"

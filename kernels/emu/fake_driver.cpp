@@ -5,9 +5,13 @@
 // executed by the emulator on host memory (the backend then sits on ILGPU's CPU accelerator, whose buffers are host
 // memory). The device it describes is an H100 (compute capability 9.0, 132 multiprocessors, 227 KB of shared memory
 // per block), so the backend takes the Hopper paths and plans as it would there.
-// What it checks beyond the emulator's own checks: the driver's launch limits (block <= 1024 threads, 1-D blocks as
-// the kernels assume, grid y/z <= 65535, dynamic shared memory above 48 KB only after cuFuncSetAttribute allowed it,
-// <= 227 KB), cuTensorMapEncodeTiled's argument rules for the maps the emulator implements, and unknown kernel names.
+// What it checks beyond the emulator's own checks: the driver's launch limits (block <= 1024 threads and <= the
+// kernel's __launch_bounds__, 1-D blocks as the kernels assume, grid y/z <= 65535, dynamic shared memory above 48 KB
+// only after cuFuncSetAttribute allowed it for that function, <= 227 KB), cuTensorMapEncodeTiled's argument rules for
+// the maps the emulator implements, and functions looked up in a module whose PTX does not declare them.
+// What it cannot check: static shared memory (the real limit is static + dynamic), registers, stream order (launches
+// run to completion before they return), device versus host pointers (both are host memory here), and the PTX itself
+// (never compiled: the kernels run from their C++ sources).
 // A kernel that the emulator finds at fault (a misaligned TMA, a deadlock) aborts the process with its message.
 // Launches are serialised (the emulator's state is global); the mode is KV_EMU_MODE (ordered by default).
 #define KV_EMU 1
@@ -43,7 +47,6 @@ struct Entry
 {
     const char* name;
     void (*launch)(kv_dim3 grid, unsigned threads, size_t shared, void** params);
-    int maxShared;
     long long launches;
 };
 
@@ -59,7 +62,7 @@ void launch(kv_dim3 grid, unsigned threads, size_t shared, void** params)
     kv_emu_launch(grid, threads, shared, [params] { call_all(K, params); });
 }
 
-#define KV_ENTRY(name) Entry{#name, &launch<&name>, kSharedDefault, 0}
+#define KV_ENTRY(name) Entry{#name, &launch<&name>, 0}
 Entry entries[] = {
     KV_ENTRY(attention_forward_d64), KV_ENTRY(attention_forward_d64_v2), KV_ENTRY(attention_backward_delta),
     KV_ENTRY(attention_backward_dkdv_d64), KV_ENTRY(attention_backward_dq_d64), KV_ENTRY(attention_forward_d64_wgmma),
@@ -75,8 +78,36 @@ Entry entries[] = {
     KV_ENTRY(topk_f16_max_norm), KV_ENTRY(topk_tc_f16), KV_ENTRY(topk_f16_rescore),
 };
 
+// Each kernel's __launch_bounds__ (the block size it was compiled for: a larger launch fails on the device), from
+// kernels/*.cu by build-driver.sh (launch_bounds.inc); kernels without one take up to 1024 threads.
+struct Bound { const char* name; unsigned threads; };
+#define KV_BOUND(name, threads, ...) Bound{#name, (unsigned)(threads)},
+const Bound bounds[] = {
+#include "launch_bounds.inc"
+};
+unsigned maxThreads(const char* name)
+{
+    for (auto& b : bounds)
+        if (std::strcmp(b.name, name) == 0) return b.threads;
+    return 1024;
+}
+
+// A module: the entries its image declares (".entry NAME(" in the PTX the backend loads), and a function handle per
+// entry looked up, carrying that function's own dynamic shared memory limit (as cuFuncSetAttribute sets it).
+struct Function
+{
+    Entry* entry;
+    int maxShared;
+    unsigned maxThreads;
+};
+struct Module
+{
+    std::vector<std::string> names;
+    std::vector<std::unique_ptr<Function>> functions;
+};
+
 std::mutex launches;
-const char* lastError = "";
+thread_local const char* lastError = "";
 int fail(int code, const char* what)
 {
     lastError = what;
@@ -130,42 +161,61 @@ int cuDeviceGetAttribute(int* v, int attribute, int)
     default: return fail(kInvalidValue, "cuDeviceGetAttribute: an attribute the emulated driver does not describe");
     }
 }
-// Modules: every kernel is compiled in, so a module is only a handle; the image (PTX or CUBIN) is not read.
+// Modules: every kernel is compiled in; the image (the backend's PTX) is read only for the entries it declares, so that
+// a function looked up in the wrong module is not found, as on the device. (A CUBIN image would declare none.)
 int cuModuleLoadDataEx(void** module, const void* image, unsigned, int*, void**)
 {
     if (!image) return fail(kInvalidValue, "cuModuleLoadDataEx: no image");
-    *module = new int(0);
+    auto* m = new Module();
+    const std::string text(static_cast<const char*>(image));
+    for (size_t at = text.find(".entry "); at != std::string::npos; at = text.find(".entry ", at + 1))
+    {
+        size_t start = at + 7, end = text.find('(', start);
+        if (end != std::string::npos) m->names.push_back(text.substr(start, end - start));
+    }
+    *module = m;
     return kOk;
 }
 int cuModuleUnload(void* module)
 {
-    delete static_cast<int*>(module);
+    delete static_cast<Module*>(module);
     return kOk;
 }
 int cuModuleGetFunction(void** f, void* module, const char* name)
 {
-    if (!module) return fail(kInvalidHandle, "cuModuleGetFunction: no module");
+    auto* m = static_cast<Module*>(module);
+    if (!m) return fail(kInvalidHandle, "cuModuleGetFunction: no module");
+    if (std::find(m->names.begin(), m->names.end(), name) == m->names.end()) return fail(kNotFound, "cuModuleGetFunction: no such entry in this module");
+    for (auto& fn : m->functions)
+        if (std::strcmp(fn->entry->name, name) == 0) { *f = fn.get(); return kOk; }
     for (auto& e : entries)
-        if (std::strcmp(e.name, name) == 0) { *f = &e; return kOk; }
-    return fail(kNotFound, "cuModuleGetFunction: no such kernel in kernels/*.cu");
+        if (std::strcmp(e.name, name) == 0)
+        {
+            m->functions.push_back(std::make_unique<Function>(Function{&e, kSharedDefault, maxThreads(name)}));
+            *f = m->functions.back().get();
+            return kOk;
+        }
+    return fail(kNotFound, "cuModuleGetFunction: the module declares it, but kernels/*.cu has no such kernel (fake_driver.cpp's table)");
 }
 int cuFuncSetAttribute(void* f, int attribute, int value)
 {
     if (attribute != 8) return fail(kInvalidValue, "cuFuncSetAttribute: only MAX_DYNAMIC_SHARED_SIZE_BYTES is emulated");
     if (value < 0 || value > kSharedOptIn) return fail(kInvalidValue, "cuFuncSetAttribute: more dynamic shared memory than a block may have");
-    static_cast<Entry*>(f)->maxShared = value < kSharedDefault ? kSharedDefault : value;
+    static_cast<Function*>(f)->maxShared = value < kSharedDefault ? kSharedDefault : value;
     return kOk;
 }
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared,
                    void*, void** params, void** extra)
 {
-    auto* e = static_cast<Entry*>(f);
-    if (!e) return fail(kInvalidHandle, "cuLaunchKernel: no function");
+    auto* fn = static_cast<Function*>(f);
+    if (!fn) return fail(kInvalidHandle, "cuLaunchKernel: no function");
+    Entry* e = fn->entry;
     if (extra) return fail(kInvalidValue, "cuLaunchKernel: extra is not emulated");
     if (gx == 0 || gy == 0 || gz == 0 || gx > 0x7fffffffu || gy > 65535 || gz > 65535) return fail(kInvalidValue, "cuLaunchKernel: grid outside the limits");
     if (by != 1 || bz != 1) return fail(kInvalidValue, "cuLaunchKernel: the kernels take 1-D blocks");
     if (bx == 0 || bx > 1024 || bx % 32) return fail(kInvalidValue, "cuLaunchKernel: block of 1..1024 threads, whole warps");
-    if ((int)shared > e->maxShared) return fail(kInvalidValue, "cuLaunchKernel: more dynamic shared memory than cuFuncSetAttribute allowed");
+    if (bx > fn->maxThreads) return fail(kLaunchOutOfResources, "cuLaunchKernel: more threads than the kernel's __launch_bounds__");
+    if ((int)shared > fn->maxShared) return fail(kInvalidValue, "cuLaunchKernel: more dynamic shared memory than cuFuncSetAttribute allowed");
     std::lock_guard<std::mutex> lock(launches);
     e->launch({gx, gy, gz}, bx, shared, params);
     e->launches++;

@@ -410,6 +410,11 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
             using var v1 = be.Empty(new Shape(n, k));
             var e = Assert.Throws<BackendException>(() => be.AdamW(w, g, m1, v1, new AdamWParams(1e-3f, 0.9f, 0.999f, 1e-8f, 0f), 1));
             Assert.Contains("CacheBf16Weights", e.Message);
+            // Every other way to change a held weight is refused too (its bf16 copy would go stale).
+            Assert.Throws<BackendException>(() => be.Fill(w, 1f));
+            Assert.Throws<BackendException>(() => be.Copy(g, w));
+            Assert.Throws<BackendException>(() => be.CopyFromHost(new float[n * k], w));
+            be.Fill(g, 1f);   // other tensors are not affected
         }
         Assert.Equal(0, be.CachedWeightCopies);
         be.MatMul(x, w, bias, y, transA: false, transB: true);
@@ -551,5 +556,29 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         Assert.Equal(6, steps.Count);
         Assert.All(steps, s => Assert.True(s.Ms > 0 && s.Bytes > 0 && s.Flops > 0, s.Step));
         Assert.Throws<ShapeException>(() => be.InfoNcePhases(be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), 1f, 0, 1));
+    }
+
+    /// <summary>The emulated driver refuses what the device would: a function its module's PTX does not declare, a block above the kernel's __launch_bounds__.</summary>
+    [SkippableFact]
+    public void TheEmulatedDriverRefusesWhatTheDeviceWould()
+    {
+        Skip.If(driver.Library is null, driver.WhyNot);
+        var cu = KernelVL.Cuda.CudaDriver.Load(driver.Library);
+        Assert.True(cu.IsEmulator);
+        nint module = cu.LoadModule(System.Text.Encoding.UTF8.GetBytes(".visible .entry topk_merge(\n.param .u64 a\n)\n{ ret; }\n"));
+        try
+        {
+            Assert.Contains("cuModuleGetFunction(gemm_bf16)", Assert.Throws<KernelVL.Cuda.CudaException>(() => cu.GetFunction(module, "gemm_bf16")).Message);
+            nint merge = cu.GetFunction(module, "topk_merge");
+            using var args = new KernelVL.Cuda.KernelArgs();
+            var e = Assert.Throws<KernelVL.Cuda.CudaException>(() => cu.Launch(merge, (1, 1, 1), (1024, 1, 1), 0, 0, args));   // topk_merge: __launch_bounds__(256)
+            Assert.Contains("cuLaunchKernel", e.Message);
+            Assert.Throws<KernelVL.Cuda.CudaException>(() => cu.Launch(merge, (1, 1, 1), (256, 1, 1), 64 * 1024, 0, args));   // above 48 KB without the attribute
+            Assert.Throws<KernelVL.Cuda.CudaException>(() => cu.SetMaxDynamicSharedMemory(merge, 228 * 1024));             // above 227 KB
+        }
+        finally
+        {
+            cu.UnloadModule(module);
+        }
     }
 }

@@ -233,5 +233,13 @@ public sealed class IndexTests : IDisposable
             File.WriteAllText(manifest, m.ToJsonString());
             Assert.Contains("max_norm of segment seg-image-00001.f16", Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f, "m")).Message);
         }
+        // f32 segments carry none (their search needs no bound): a manifest giving one is refused.
+        string f32 = Path.Combine(_dir, "n32");
+        EmbeddingIndex.CreateOrResume(f32, "m", d, VectorDType.F32, null).Append("image", Items(0, 4), UnitRows(rng, 4, d));
+        var m32 = JsonNode.Parse(File.ReadAllText(Path.Combine(f32, "manifest.json")))!;
+        Assert.Null(m32["collections"]!["image"]!["segments"]![0]!["max_norm"]);
+        m32["collections"]!["image"]!["segments"]![0]!["max_norm"] = 1f;
+        File.WriteAllText(Path.Combine(f32, "manifest.json"), m32.ToJsonString());
+        Assert.Contains("only f16 segments", Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f32, "m")).Message);
     }
 }

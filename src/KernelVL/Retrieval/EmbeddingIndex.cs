@@ -137,7 +137,8 @@ public sealed class EmbeddingIndex
             }
         }
         if (Convert.ToHexStringLower(sha.GetHashAndReset()) != seg.Sha256) throw new BadInputException($"{path}: checksum mismatch (the segment is corrupt)");
-        if (seg.MaxNorm is { } m && norm > m)
+        // One f32 step of slack: the summation order (the machine's vector width) may move the rounded-up bound by one.
+        if (seg.MaxNorm is { } m && norm > MathF.BitIncrement(m))
             throw new BadInputException($"{path}: a row's norm reaches {norm}, above the manifest's max_norm {m} (the manifest was edited; rebuild the index)");
     }
 
@@ -178,6 +179,7 @@ public sealed class EmbeddingIndex
                     float? maxNorm = null;
                     if (so["max_norm"] is { } mn)
                     {
+                        if (dtype != VectorDType.F16) throw new BadInputException($"{mpath}: segment {file} has a max_norm, which only f16 segments carry");
                         float x = Need<float>(mn, $"max_norm of segment {file}");
                         if (!(x >= 0 && float.IsFinite(x))) throw new BadInputException($"{mpath}: max_norm of segment {file} must be finite and >= 0, got {x}");
                         maxNorm = x;

@@ -13,8 +13,8 @@ public static class RowNorms
 {
     /// <summary>
     /// An upper bound on max over rows of ||row||_2 for rows [N, dim] of halves (N = rows.Length / dim): each half
-    /// widened exactly, squares summed in f64 (exact products; the sum's relative error is below N_dim 2^-53 and is
-    /// covered by a 2^-40 margin), the square root rounded up to the next f32. 0 for no rows; +infinity where a row
+    /// widened exactly, squares summed in f64 (exact products of non-negative terms: the sum's relative error is below
+    /// dim 2^-53, covered by a margin of dim 2^-52), the square root rounded up to the next f32. 0 for no rows; +infinity where a row
     /// holds a NaN or an infinity (no finite bound exists).
     /// </summary>
     public static float MaxNormUpperBound(ReadOnlySpan<Half> rows, int dim)
@@ -30,7 +30,7 @@ public static class RowNorms
             if (!double.IsFinite(s)) return float.PositiveInfinity;
             if (s > max) max = s;
         }
-        return RoundUp(Math.Sqrt(max * (1 + Math.ScaleB(1, -40))));
+        return RoundUp(Math.Sqrt(max * (1 + dim * Math.ScaleB(1, -52))));
     }
 
     /// <summary>Sum of x_i^2 in f64 (each f32 square exact in f64).</summary>

@@ -97,7 +97,7 @@ public static class OpCheck
                 if (double.IsFinite(r)) maxRef = Math.Max(maxRef, Math.Abs(r));
             }
             if (e.ScaleWith is { } other)
-                foreach (var x in expected.First(o => o.Name == other).Values)
+                foreach (var x in (expected.FirstOrDefault(o => o.Name == other) ?? throw new InvalidOperationException($"{e.Name} is scaled with {other}, which is not an output of {c}")).Values)
                     if (double.IsFinite(x)) maxRef = Math.Max(maxRef, Math.Abs((double)x));
             // Error beyond the unavoidable rounding of the stored f32 value (2 ulp of |ref|): an accumulated
             // gradient on top of a large initial value cannot be more exact than that value's ulp.

@@ -496,10 +496,10 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     public IDisposable CacheBf16Weights(IEnumerable<Tensor> weights)
     {
         if (_weights is not null || !CacheWeights) return new WeightCopies(null);
-        _weights = new WeightCopies(this);
+        var scope = new WeightCopies(this);
         foreach (var t in weights)
-            if (t.DType == DType.F32 && t.Numel > 0) _weights.Frozen[P(t)] = t;
-        return _weights;
+            if (t.DType == DType.F32 && t.Numel > 0) scope.Frozen[P(t)] = t;
+        return _weights = scope;
     }
 
     /// <summary>The number of bf16 weight copies the open <see cref="CacheBf16Weights"/> scope holds (0 without one).</summary>
@@ -509,23 +509,54 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     {
         public readonly Dictionary<nint, Tensor> Frozen = [];
         public readonly Dictionary<(nint, int, int, int, bool), Tensor> Copies = [];
-        public bool Holds(nint address) => Frozen.ContainsKey(address);
+        // A held weight disposed inside the scope no longer counts: its address may come back for another tensor.
+        public bool Holds(nint address) => Frozen.TryGetValue(address, out var t) && !t.IsDisposed;
 
         public void Dispose()
         {
             if (owner is null || owner._weights != this) return;
-            owner.Synchronize();   // the copies may still be read by queued GEMMs
-            foreach (var c in Copies.Values) c.Dispose();
-            Copies.Clear();
-            owner._weights = null;
+            try
+            {
+                owner.Synchronize();   // the copies may still be read by queued GEMMs
+            }
+            finally
+            {
+                foreach (var c in Copies.Values) c.Dispose();
+                Copies.Clear();
+                owner._weights = null;
+            }
         }
+    }
+
+    // Writes to a weight held by an open CacheBf16Weights scope would leave its bf16 copy stale: refused.
+    private void RefuseHeld(string op, Tensor t)
+    {
+        if (_weights is { } w && t.Numel > 0 && t.DType == DType.F32 && w.Holds(P(t)))
+            throw new BackendException($"{op}: {t.Name ?? t.Shape.ToString()} is held fixed by an open CacheBf16Weights scope (inference): close it before changing the weights");
     }
 
     public override void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWParams p, int step)
     {
-        if (_weights is { } w && param.Numel > 0 && w.Holds(P(param)))
-            throw new BackendException($"adamw: {param.Name ?? param.Shape.ToString()} is held fixed by an open CacheBf16Weights scope (inference): close it before training");
+        RefuseHeld("adamw", param);
         base.AdamW(param, grad, m, v, p, step);
+    }
+
+    public override void Fill(Tensor x, float value)
+    {
+        RefuseHeld("fill", x);
+        base.Fill(x, value);
+    }
+
+    public override void Copy(Tensor src, Tensor dst)
+    {
+        RefuseHeld("copy", dst);
+        base.Copy(src, dst);
+    }
+
+    public override void CopyFromHost(ReadOnlySpan<float> src, Tensor dst)
+    {
+        RefuseHeld("copy", dst);
+        base.CopyFromHost(src, dst);
     }
 
     /// <summary>op(x) [R, Kc] f32 (x [R, Kc] with leading dim ld, or x [Kc, R] when trans), batches strideX apart -> y [batch, R, ldy] bf16.</summary>
@@ -1112,7 +1143,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         CopyFromHost(rows, ids);
         Embedding(ids, queries, fq);
         TopKLaunch(_topkChunksF16, P(fq), f, d, corpus, n, k, P(fs), P(fi));
-        var (hs, hi, s, ix) = (new float[f * k], new int[f * k], new float[q * k], new int[q * k]);
+        var (hs, hi, s, ix) = (new float[checked(f * k)], new int[checked(f * k)], new float[checked(q * k)], new int[checked(q * k)]);
         CopyToHost(fs, hs);
         CopyToHost(fi, hi);
         CopyToHost(scores, s);

@@ -201,14 +201,14 @@ public unsafe class IlgpuBackend : IBackend
     // ---------------------------------------------------------------- memory
     public Tensor Empty(Shape shape, DType dtype = DType.F32) => new(new IlgpuStorage(this, _alloc, shape.Numel, dtype), 0, shape, addRef: false);
 
-    public void Fill(Tensor x, float value)
+    public virtual void Fill(Tensor x, float value)
     {
         if (x.Numel == 0) return;
         if (x.DType == DType.I32) { CopyFromHost(Enumerable.Repeat((int)value, (int)x.Numel).ToArray(), x); return; }
         _fill(_s, (int)x.Numel, F(x), value);
     }
 
-    public void Copy(Tensor src, Tensor dst)
+    public virtual void Copy(Tensor src, Tensor dst)
     {
         Contract.SameShape("copy", "src", src, "dst", dst);
         if (src.DType != dst.DType) Contract.Fail("copy", $"dtypes differ: {src.DType.Name()} -> {dst.DType.Name()}");
@@ -228,7 +228,7 @@ public unsafe class IlgpuBackend : IBackend
         }
     }
 
-    public void CopyFromHost(ReadOnlySpan<float> src, Tensor dst)
+    public virtual void CopyFromHost(ReadOnlySpan<float> src, Tensor dst)
     {
         if (src.Length != dst.Numel) Contract.Fail("copy", $"{src.Length} host values for a tensor of {dst.Shape}");
         if (src.Length == 0) return;
