@@ -19,17 +19,23 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         throw new FileNotFoundException("KernelVL.sln not found above the test assembly");
     }
 
-    public static Process Start(params string[] args)
+    public static Process Start(params string[] args) => Start(null, args);
+
+    /// <param name="env">extra environment variables for the child process</param>
+    public static Process Start(IReadOnlyDictionary<string, string>? env, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Exe);
         foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         return Process.Start(psi)!;
     }
 
-    public static (int Code, string Out, string Err) Run(params string[] args)
+    public static (int Code, string Out, string Err) Run(params string[] args) => Run(null, args);
+
+    public static (int Code, string Out, string Err) Run(IReadOnlyDictionary<string, string>? env, params string[] args)
     {
-        using var p = Start(args);
+        using var p = Start(env, args);
         var o = p.StandardOutput.ReadToEndAsync();
         var e = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(180_000)) { p.Kill(true); throw new TimeoutException($"kernelvl {string.Join(' ', args)} did not finish"); }

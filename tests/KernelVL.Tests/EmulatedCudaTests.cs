@@ -469,23 +469,11 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         string dir = Directory.CreateTempSubdirectory("kernelvl-emu-cli-").FullName;
         try
         {
-            (int Code, string Out, string Err) Cli(bool cuda, params string[] args)
+            var env = new Dictionary<string, string>
             {
-                var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-                psi.ArgumentList.Add(CliExe);
-                foreach (var a in args) psi.ArgumentList.Add(a);
-                psi.ArgumentList.Add("--device");
-                psi.ArgumentList.Add(cuda ? "cuda" : "cpu");
-                psi.Environment[CudaBackend.DriverVariable] = driver.Library;
-                psi.Environment["KERNELVL_CUDA_GEMM"] = "4";
-                psi.Environment["KERNELVL_CUDA_HALF_ROWS"] = "1";
-                psi.Environment["KERNELVL_CUDA_TOPK"] = "3";
-                using var p = System.Diagnostics.Process.Start(psi)!;
-                var o = p.StandardOutput.ReadToEndAsync();
-                var e = p.StandardError.ReadToEndAsync();
-                if (!p.WaitForExit(300_000)) { p.Kill(true); throw new TimeoutException($"kernelvl {string.Join(' ', args)} did not finish"); }
-                return (p.ExitCode, o.Result, e.Result);
-            }
+                [CudaBackend.DriverVariable] = driver.Library!, ["KERNELVL_CUDA_GEMM"] = "4", ["KERNELVL_CUDA_HALF_ROWS"] = "1", ["KERNELVL_CUDA_TOPK"] = "3",
+            };
+            (int Code, string Out, string Err) Cli(bool cuda, params string[] args) => CliTests.Run(env, [.. args, "--device", cuda ? "cuda" : "cpu"]);
             string images = Path.GetDirectoryName(fx.Data)!;
             string onCuda = Path.Combine(dir, "cuda"), onCpu = Path.Combine(dir, "cpu");
             foreach (var (cuda, idx) in new[] { (true, onCuda), (false, onCpu) })
@@ -520,17 +508,6 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         {
             Directory.Delete(dir, recursive: true);
         }
-    }
-
-    private static readonly string CliExe = FindCli();
-
-    private static string FindCli()
-    {
-        string config = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Debug{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Debug" : "Release";
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "KernelVL.sln")))
-                return Path.Combine(d.FullName, "src", "KernelVL.Cli", "bin", config, "net10.0", "kernelvl.dll");
-        throw new FileNotFoundException("KernelVL.sln not found above the test assembly");
     }
 
     /// <summary>perf infonce-phases' steps: the same kernels as the op (its loss bit for bit), every step timed.</summary>
