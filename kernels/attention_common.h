@@ -25,11 +25,12 @@ static __device__ __forceinline__ void att_load_q(const float* __restrict__ qb, 
     }
 }
 
-// One key tile of the online softmax: s (this thread's S fragments of rows r0, r1 over 64 keys) is scaled into log2
-// units, masked with kbias, and replaced by exp2(s - running max); the running max m, this thread's part of the row
-// sum l and the output accumulator are rescaled to the new max.
-static __device__ __forceinline__ void att_softmax_tile(float (*s)[4], const float* kbias, float sl2, int t,
-                                                        float& m0, float& m1, float& l0, float& l1, float (*oacc)[4])
+// One key tile of the online softmax, without the output: s (this thread's S fragments of rows r0, r1 over 64 keys)
+// is scaled into log2 units, masked with kbias, and replaced by exp2(s - running max); the running max m and this
+// thread's part of the row sum l are rescaled to the new max, and alpha0 / alpha1 = the factors the output
+// accumulator's rows r0 / r1 must be rescaled by (att_rescale_o).
+static __device__ __forceinline__ void att_softmax_p(float (*s)[4], const float* kbias, float sl2, int t,
+                                                     float& m0, float& m1, float& l0, float& l1, float& alpha0, float& alpha1)
 {
     const float NEG_INF = -KV_INF;
     float mx0 = NEG_INF, mx1 = NEG_INF;
@@ -53,17 +54,12 @@ static __device__ __forceinline__ void att_softmax_tile(float (*s)[4], const flo
     // While a row has seen only masked keys its max is -inf: exponents are taken against 0 then, so that
     // exp2(-inf - 0) = 0 rather than exp2(-inf + inf) = NaN.
     float base0 = n0 == NEG_INF ? 0.f : n0, base1 = n1 == NEG_INF ? 0.f : n1;
-    float alpha0 = kv_exp2(m0 - base0), alpha1 = kv_exp2(m1 - base1);
+    alpha0 = kv_exp2(m0 - base0);
+    alpha1 = kv_exp2(m1 - base1);
     m0 = n0;
     m1 = n1;
     l0 *= alpha0;
     l1 *= alpha1;
-#pragma unroll
-    for (int nd = 0; nd < 8; nd++)
-    {
-        oacc[nd][0] *= alpha0; oacc[nd][1] *= alpha0;
-        oacc[nd][2] *= alpha1; oacc[nd][3] *= alpha1;
-    }
 #pragma unroll
     for (int ni = 0; ni < 8; ni++)
     {
@@ -72,6 +68,26 @@ static __device__ __forceinline__ void att_softmax_tile(float (*s)[4], const flo
         l0 += s[ni][0] + s[ni][1];
         l1 += s[ni][2] + s[ni][3];
     }
+}
+
+// The output accumulator (rows r0: oacc[.][0..1], r1: oacc[.][2..3]) rescaled to a tile's new running max.
+static __device__ __forceinline__ void att_rescale_o(float (*oacc)[4], float alpha0, float alpha1)
+{
+#pragma unroll
+    for (int nd = 0; nd < 8; nd++)
+    {
+        oacc[nd][0] *= alpha0; oacc[nd][1] *= alpha0;
+        oacc[nd][2] *= alpha1; oacc[nd][3] *= alpha1;
+    }
+}
+
+// att_softmax_p, then the output accumulator rescaled (version 2, where no product is in flight meanwhile).
+static __device__ __forceinline__ void att_softmax_tile(float (*s)[4], const float* kbias, float sl2, int t,
+                                                        float& m0, float& m1, float& l0, float& l1, float (*oacc)[4])
+{
+    float alpha0, alpha1;
+    att_softmax_p(s, kbias, sl2, t, m0, m1, l0, l1, alpha0, alpha1);
+    att_rescale_o(oacc, alpha0, alpha1);
 }
 
 // o = oacc / l and lse = (m + log2 l) ln 2 for rows r0, r1 (< Tq); a row with l = 0 (every key masked) gets o = 0, lse = -inf.

@@ -356,8 +356,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
 
     // Tile j lives in buffer j % 3 (K, V^T, mask bias). Per tile: S_j is ready; stash tile j + 1 (fetched into
     // registers during the last tile) into buffer (j + 1) % 3, whose last readers (tile j - 2's wgmma) every thread
-    // retired before the previous barrier; barrier; issue S_{j+1} and fetch tile j + 2; then the softmax of S_j and
-    // O += P V_j run while S_{j+1} is on the tensor cores; both groups are waited for at the iteration's end.
+    // retired before the previous barrier; barrier; issue S_{j+1} and fetch tile j + 2; then the softmax of S_j runs
+    // while S_{j+1} is on the tensor cores; S_{j+1} is waited for before O is rescaled and O += P V_j issued (ptxas
+    // 12.5 injects a wait of its own before any ordinary write to O while a group is in flight, C7517, whatever group
+    // that is: in the middle of the softmax); O += P V_j is waited for at the iteration's end.
     const int ntiles = (Tk + ATT_TILE_K - 1) / ATT_TILE_K;
     att_fetch_tile<true>(kb, vb, mask, b, Tk, 0, tid, pk, pv, pbias);
     stash(0);
@@ -387,7 +389,11 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
             issue_s(nxt);
             if (j + 2 < ntiles) att_fetch_tile<true>(kb, vb, mask, b, Tk, (j + 2) * ATT_TILE_K, tid, pk, pv, pbias);
         }
-        att_softmax_tile(s, kbias + cur * ATT_TILE_K, sl2, t, m0, m1, l0, l1, oacc);
+        float alpha0, alpha1;
+        att_softmax_p(s, kbias + cur * ATT_TILE_K, sl2, t, m0, m1, l0, l1, alpha0, alpha1);
+        kv_wgmma_wait<0>();   // S_{j+1}, so that no group is in flight while O is written below: kept though redundant (for ptxas, C7517)
+        kv_wgmma_fence_operand<32>(&sn[0][0]);
+        att_rescale_o(oacc, alpha0, alpha1);
         // P as version 2 packs it, all four k16 fragments before the group: registers a wgmma reads must not be written
         // once the group has started (ptxas would serialise it, C7513).
         unsigned pa[4][4];
@@ -407,11 +413,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
         for (int kk = 0; kk < 4; kk++)   // O += P V: 16 keys a step, V^T's rows 32 bytes on
             kv_wgmma_m64n64k16_bf16_rs(&oacc[0][0], pa[kk], kv_wgmma_desc(vts + kk * 32), 1);
         kv_wgmma_commit();
-        // S_{j+1} and this product, before the loop's back edge: a group in flight across it makes ptxas serialise
-        // every wgmma (C7515: the loop-carried accumulators' moves count as non-wgmma definitions).
+        // This product, before the loop's back edge: a group in flight across it makes ptxas serialise every wgmma
+        // (C7515: the loop-carried accumulators' moves count as non-wgmma definitions).
         kv_wgmma_wait<0>();
         kv_wgmma_fence_operand<32>(&oacc[0][0]);
-        kv_wgmma_fence_operand<32>(&sn[0][0]);
     }
     att_store(o + bh * Tq * ATT_D, lse + bh * Tq, r0, r1, Tq, t, m0, m1, l0, l1, oacc);
 #endif
@@ -494,26 +499,25 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
     float acc[128];
 #pragma unroll
     for (int i = 0; i < 128; i++) acc[i] = 0.f;
-    int prev = -1;   // the stage whose wgmma may still be in flight
-    for (long long step = 0; step < total; step++)
+    // Tile by tile, KT stages each, as version 4's item loop: a flat loop over the stages with the epilogue behind a
+    // branch left a wgmma group in flight on one path into the loop head, and ptxas 12.5 then serialised every wgmma
+    // (C7518, a warpgroup wait it inserts in the divergent path).
+    long long step = 0;   // the block's stage counter
+    for (int tile = 0; tile < ntiles; tile++)
     {
-        const int s = (int)(step % T3_STAGES), kt = (int)(step % KT);
-        kv_mbar_wait(full + 8 * s, (unsigned)((step / T3_STAGES) & 1));
-        const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-        g3_stage_mma<1>(acc, a, b, kt == 0);   // a tile's first stage overwrites the last tile's scores
-        if (kt + 1 < KT)
+        for (int kt = 0; kt < KT; kt++, step++)
         {
-            kv_wgmma_wait<1>();
+            const int s = (int)(step % T3_STAGES);
+            kv_mbar_wait(full + 8 * s, (unsigned)((step / T3_STAGES) & 1));
+            const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
+            g3_stage_mma<1>(acc, a, b, kt == 0);   // a tile's first stage overwrites the last tile's scores
+            kv_wgmma_wait<1>();   // the previous stage's wgmma retired: its buffer may be refilled
             kv_wgmma_fence_operand<128>(acc);
-            if (prev >= 0) kv_mbar_arrive(empty + 8 * prev);
-            prev = s;
-            continue;
+            if (kt > 0) kv_mbar_arrive(empty + 8 * (int)((step - 1) % T3_STAGES));
         }
         kv_wgmma_wait<0>();   // the tile's scores are final
         kv_wgmma_fence_operand<128>(acc);
-        if (prev >= 0) kv_mbar_arrive(empty + 8 * prev);
-        kv_mbar_arrive(empty + 8 * s);
-        prev = -1;
+        kv_mbar_arrive(empty + 8 * (int)((step - 1) % T3_STAGES));   // its last stage
 
         // Epilogue of the tile (version 2's, on wgmma's layout: this warpgroup's rows 16 w + g + 8 h, columns 8 i + 2 t
         // + e), among the warpgroup's 128 threads. The first barrier keeps them out of this tile's appends until all
@@ -523,7 +527,7 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         // emulator, which makes the warpgroup meet at each wgmma, passes without it under 16 schedules); kept for the
         // cost of one 128-thread barrier a tile.
         kv_named_barrier(bar, 128);   // kept though redundant
-        const long long col0 = sliceStart + (step / KT) * G3_BN;
+        const long long col0 = sliceStart + (long long)tile * G3_BN;
         const int r0 = w * 16 + g;
         unsigned done[4] = {0u, 0u, 0u, 0u};
         for (;;)
