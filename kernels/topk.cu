@@ -318,7 +318,7 @@ extern "C" __global__ void __launch_bounds__(256) topk_f16_rescore(
     const float* __restrict__ candS, const int* __restrict__ candI, const float* __restrict__ maxNorm, int k,
     float* __restrict__ scores, int* __restrict__ indices, int* __restrict__ fail)
 {
-    KV_DYNAMIC_SHARED(float, qs);
+    KV_DYNAMIC_SHARED(float, qrow);
     __shared__ float es[TC_KMAX], os[TC_KMAX], red[2][8];
     __shared__ int ei[TC_KMAX], oi[TC_KMAX];
     const long long q = blockIdx.x;
@@ -327,7 +327,7 @@ extern "C" __global__ void __launch_bounds__(256) topk_f16_rescore(
     for (int i = tid; i < d; i += blockDim.x)
     {
         float x = queries[q * d + i], r = x - kv_f16_to_f32(kv_f16_bits(x));
-        qs[i] = x;
+        qrow[i] = x;
         qq += x * x;
         dq += r * r;
     }
@@ -344,7 +344,7 @@ extern "C" __global__ void __launch_bounds__(256) topk_f16_rescore(
         {
             const unsigned short* x = corpus + (long long)row * d;
             float a = 0.f;
-            for (int i = lane; i < d; i += 32) a += qs[i] * topk_load(x + i);
+            for (int i = lane; i < d; i += 32) a += qrow[i] * topk_load(x + i);
             s = kv_warp_sum(a);
         }
         if (lane == 0) { es[c] = s; ei[c] = row; }
