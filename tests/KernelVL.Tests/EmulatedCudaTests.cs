@@ -368,6 +368,8 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
             Assert.True(err <= BackendBudgets.Bf16 * max, $"{name}: max error {err:E2} against max |grad| {max:E2}");
         }
         foreach (var (kernel, n) in counts) Assert.True(Launches(kernel) > n, $"{kernel} never ran in the model");
+        Assert.Equal(1, be.InfoNceScoresReused);   // the autograd backward took its forward's S
+        Assert.False(be.InfoNceScoresKept);
     }
 
     /// <summary>
@@ -510,29 +512,108 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         }
     }
 
+    /// <summary>The emulated backend with InfoNCE version 2 on the Hopper 3xTF32 GEMM.</summary>
+    private CudaBackend InfoNceV2Backend()
+    {
+        var be = Backend();
+        be.InfoNceVersion = 2;
+        be.PreciseGemmVersion = 3;
+        return be;
+    }
+
+    /// <summary>[n, d] of uniform values in [-0.5, 0.5) on the backend.</summary>
+    private static Tensor RandomRows(CudaBackend be, Random rng, int n, int d)
+    {
+        var x = be.Empty(new Shape(n, d));
+        be.CopyFromHost(Enumerable.Range(0, n * d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray(), x);
+        return x;
+    }
+
     /// <summary>perf infonce-phases' steps: the same kernels as the op (its loss bit for bit), every step timed.</summary>
     [SkippableFact]
     public void InfoNcePhasesRunTheOpsSteps()
     {
-        using var be = Backend();
-        be.InfoNceVersion = 2;
-        be.PreciseGemmVersion = 3;
+        using var be = InfoNceV2Backend();
         var rng = new Random(Random.Shared.Next());
         int n = 150, d = 40;
-        float[] Rows() => Enumerable.Range(0, n * d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
-        using var t = be.Empty(new Shape(n, d));
-        using var v = be.Empty(new Shape(n, d));
+        using var t = RandomRows(be, rng, n, d);
+        using var v = RandomRows(be, rng, n, d);
         using var loss = be.Empty(new Shape(1));
         using var lr = be.Empty(new Shape(n));
         using var lc = be.Empty(new Shape(n));
-        be.CopyFromHost(Rows(), t);
-        be.CopyFromHost(Rows(), v);
         be.InfoNce(t, v, 20f, loss, lr, lc);
         var (steps, phaseLoss) = be.InfoNcePhases(t, v, 20f, warmup: 0, reps: 1);
         Assert.Equal(loss.ToArray()[0], phaseLoss);
         Assert.Equal(6, steps.Count);
         Assert.All(steps, s => Assert.True(s.Ms > 0 && s.Bytes > 0 && s.Flops > 0, s.Step));
         Assert.Throws<ShapeException>(() => be.InfoNcePhases(be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), 1f, 0, 1));
+    }
+
+    /// <summary>
+    /// InfoNCE version 2's backward takes its forward's S (KeepInfoNceScores): one f32-accurate GEMM fewer (launch
+    /// counts), gradients bit for bit those of computing S again; S is not taken by a backward whose forward was not
+    /// the last one, nor for another 1/tau, and a kept S is released by the next forward.
+    /// </summary>
+    [SkippableFact]
+    public void InfoNceBackwardTakesItsForwardsScores()
+    {
+        using var be = InfoNceV2Backend();
+        var rng = new Random(Random.Shared.Next());
+        int n = 150, d = 40;
+        using var t = RandomRows(be, rng, n, d);
+        using var v = RandomRows(be, rng, n, d);
+        using var t2 = RandomRows(be, rng, n, d);
+        using var v2 = RandomRows(be, rng, n, d);
+        Tensor Zeros()
+        {
+            var x = be.Empty(new Shape(n, d));
+            be.Fill(x, 0f);
+            return x;
+        }
+        using var dloss = be.Empty(new Shape(1));
+        be.Fill(dloss, 0.75f);
+        const string gemm = "gemm_tf32x3_wgmma_tma";
+        // One forward + backward: (dt, dv, GEMM launches of the backward, whether it took the kept S).
+        (float[] Dt, float[] Dv, long Gemms, bool Took) Run(bool keep, float invT = 20f, bool otherForwardBetween = false, float backwardInvT = 20f)
+        {
+            be.KeepInfoNceScores = keep;
+            using var loss = be.Empty(new Shape(1));
+            using var lr = be.Empty(new Shape(n));
+            using var lc = be.Empty(new Shape(n));
+            be.InfoNce(t, v, invT, loss, lr, lc);
+            Assert.Equal(keep, be.InfoNceScoresKept);
+            if (otherForwardBetween)
+            {
+                using var l2 = be.Empty(new Shape(1));
+                using var r2 = be.Empty(new Shape(n));
+                using var c2 = be.Empty(new Shape(n));
+                be.InfoNce(t2, v2, invT, l2, r2, c2);
+            }
+            using var dt = Zeros();
+            using var dv = Zeros();
+            long before = Launches(gemm);
+            int reused = be.InfoNceScoresReused;
+            be.InfoNceBackward(t, v, backwardInvT, lr, lc, dloss, dt, dv);
+            return (dt.ToArray(), dv.ToArray(), Launches(gemm) - before, be.InfoNceScoresReused > reused);
+        }
+        var kept = Run(keep: true);
+        Assert.True(kept.Took);
+        Assert.Equal(2, kept.Gemms);   // dt and dv only
+        Assert.False(be.InfoNceScoresKept);
+        var again = Run(keep: false);
+        Assert.False(again.Took);
+        Assert.Equal(3, again.Gemms);  // S again, then dt and dv
+        Assert.Equal(again.Dt, kept.Dt);
+        Assert.Equal(again.Dv, kept.Dv);
+        var replaced = Run(keep: true, otherForwardBetween: true);
+        Assert.False(replaced.Took);
+        Assert.Equal(again.Dt, replaced.Dt);
+        Assert.True(be.InfoNceScoresKept);   // the other forward's S, until the next forward or ReleaseInfoNceScores
+        be.ReleaseInfoNceScores();
+        Assert.False(be.InfoNceScoresKept);
+        var otherTau = Run(keep: true, backwardInvT: 10f);
+        Assert.False(otherTau.Took);
+        be.ReleaseInfoNceScores();
     }
 
     /// <summary>The emulated driver refuses what the device would: a function its module's PTX does not declare, a block above the kernel's __launch_bounds__.</summary>

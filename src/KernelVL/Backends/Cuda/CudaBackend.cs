@@ -84,6 +84,36 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     public const int InfoNceV2MaxN = 16384;
 
     /// <summary>
+    /// InfoNCE version 2 keeps the forward's S [N, N] for the backward that follows it (the autograd node's), which then
+    /// turns it into G in place instead of computing S again (one of its three f32-accurate GEMMs). One S is kept: that
+    /// of the last forward, while N^2 floats are at most <see cref="InfoNceKeepMaxBytes"/>; the backward takes it only
+    /// when its lseRow tensor is that forward's and t, v (device addresses) and 1/tau are the same, and releases it
+    /// (it holds G afterwards); any other backward computes S as before. What the backward already requires makes
+    /// this exact: t and v unchanged since the forward that wrote lseRow. Defaults to on; KERNELVL_CUDA_INFONCE_KEEP=0
+    /// turns it off. <see cref="InfoNceScoresKept"/> says whether one is held.
+    /// </summary>
+    public bool KeepInfoNceScores { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_INFONCE_KEEP") != "0";
+
+    /// <summary>The most device memory a kept InfoNCE score matrix may hold (N 8192).</summary>
+    public const long InfoNceKeepMaxBytes = 256L << 20;
+
+    /// <summary>Whether an InfoNCE forward's S is held for its backward (<see cref="KeepInfoNceScores"/>).</summary>
+    public bool InfoNceScoresKept => _nceKept is not null;
+
+    /// <summary>How many InfoNCE backward calls took the forward's S (diagnostics and tests).</summary>
+    public int InfoNceScoresReused { get; private set; }
+
+    private sealed record NceKept(Tensor S, Tensor LseRow, nint T, nint V, float InvTemperature);
+    private NceKept? _nceKept;
+
+    /// <summary>Frees a kept InfoNCE score matrix (also done by the next forward, the backward that takes it, and Dispose).</summary>
+    public void ReleaseInfoNceScores()
+    {
+        _nceKept?.S.Dispose();
+        _nceKept = null;
+    }
+
+    /// <summary>
     /// Attention backward at head dim 64: 1 (the ILGPU kernel) or 2 (attention.cu: dK/dV over key tiles and dQ over
     /// query tiles on the tensor cores, no atomics). Defaults to KERNELVL_CUDA_ATTENTION_BACKWARD, else 1.
     /// </summary>
@@ -182,7 +212,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
         $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
         $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
-            + $"attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}",
+            + $"attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(KeepInfoNceScores ? " (S kept for the backward)" : "")}",
     ];
 
     /// <summary>Null when this machine can run the backend, else why not.</summary>
@@ -797,11 +827,21 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
         using var terms = Empty(new Shape(2 * n));              // [2n] per-row then per-column loss terms
         V pv = F(part);
         long slab = (long)nb * n;
+        ReleaseInfoNceScores();   // only the last forward's S is kept
         if (InfoNceVersion == 2 && n <= InfoNceV2MaxN)
         {
-            using var sm = Empty(new Shape(n, n));              // [n, n] S = invT t v^T
-            NceScores(t, v, invTemperature, sm);
-            NceStats(sm, diag, part);
+            var sm = Empty(new Shape(n, n));                    // [n, n] S = invT t v^T
+            try
+            {
+                NceScores(t, v, invTemperature, sm);
+                NceStats(sm, diag, part);
+                if (KeepInfoNceScores && 4L * n * n <= InfoNceKeepMaxBytes)
+                {
+                    _nceKept = new NceKept(sm, lseRow, P(t), P(v), invTemperature);
+                    sm = null;
+                }
+            }
+            finally { sm?.Dispose(); }
         }
         else
         {
@@ -936,14 +976,23 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
             base.InfoNceBackward(t, v, invTemperature, lseRow, lseCol, dloss, dt, dv);
             return;
         }
-        using var g = Empty(new Shape(n, n));                   // [n, n] dloss/dS * invT (version 2: S first, G over it)
+        bool v2 = InfoNceVersion == 2 && n <= InfoNceV2MaxN;
+        // Version 2: the forward's S when this is its backward (KeepInfoNceScores), taken over (G is written over it).
+        Tensor? kept = null;
+        if (v2 && _nceKept is { } k && ReferenceEquals(k.LseRow, lseRow) && k.T == P(t) && k.V == P(v)
+            && k.InvTemperature == invTemperature && k.S.Shape[0] == n)
+        {
+            kept = k.S;
+            _nceKept = null;
+            InfoNceScoresReused++;
+        }
+        using var g = kept ?? Empty(new Shape(n, n));           // [n, n] dloss/dS * invT (version 2: S first, G over it)
         using var off = Empty(new Shape(2, nb, n));             // row and column off-diagonal masses, each [nb, n]
         V ov = F(off);
         long slab = (long)nb * n;
-        bool v2 = InfoNceVersion == 2 && n <= InfoNceV2MaxN;
         if (v2)
         {
-            NceScores(t, v, invTemperature, g);
+            if (kept is null) NceScores(t, v, invTemperature, g);
             NceGradTiles(g, lseRow, lseCol, dloss, invTemperature, off);
         }
         else
@@ -1201,6 +1250,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK
     {
         Synchronize();
         _driver.SetCurrentContext(_context);
+        ReleaseInfoNceScores();
         _halfRows?.Dispose();
         _sm90?.Dispose();
         _modules.Dispose();
