@@ -18,16 +18,20 @@
 #define NCE_KC 32       // K chunk staged in shared memory
 #define NCE_THREADS 256
 
-// d[i] = invT t_i . v_i: one warp per row. t, v [n, dim] -> d [n]. Grid ceil(n / 8), 256 threads.
+// d[i] = invT t_i . v_i, bit for bit the S_ii of nce_tile (the same fma chain over k in order, then the same scaling),
+// so that the combine's "is the target its line's max" test and the off-target masses see one value of S_ii: with a
+// differently summed d, a target that is the max could test below it by an ulp and take lse - d, whose cancellation
+// cost 2e-4 of small losses (N 2, loss 0.011). One thread per row. t, v [n, dim] -> d [n]. Grid ceil(n / 256), 256 threads.
 extern "C" __global__ void infonce_diag(const float* __restrict__ t, const float* __restrict__ v, int n, int dim, float invT,
                                         float* __restrict__ d)
 {
-    int i = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    const float* ti = t + (long long)i * dim;
+    const float* vi = v + (long long)i * dim;
     float s = 0.f;
-    for (int c = lane; c < dim; c += 32) s += t[(long long)i * dim + c] * v[(long long)i * dim + c];
-    s = kv_warp_sum(s);
-    if (lane == 0) d[i] = s * invT;
+    for (int c = 0; c < dim; c++) s = kv_fma(ti[c], vi[c], s);
+    d[i] = s * invT;
 }
 
 // The 64x64 tile (i0, j0) of S = invT t v^T into st (rows outside n hold garbage and must not be read). 256 threads,
@@ -60,7 +64,7 @@ static __device__ void nce_tile(const float* __restrict__ t, const float* __rest
 #pragma unroll
             for (int x = 0; x < 4; x++)
 #pragma unroll
-                for (int y = 0; y < 4; y++) acc[x][y] += a[x] * b[y];
+                for (int y = 0; y < 4; y++) acc[x][y] = kv_fma(a[x], b[y], acc[x][y]);   // infonce_diag repeats this chain
         }
     }
 #pragma unroll
@@ -151,10 +155,11 @@ extern "C" __global__ void infonce_combine(const float* __restrict__ d, const fl
         s += ps[o] * kv_exp(pm[o] - mx);
         off += po[o];
     }
-    float l = mx + kv_log(s);
+    float ls = kv_log(s), l = mx + ls;
     (dir ? lseCol : lseRow)[i] = l;
     float di = d[i];
-    terms[e] = di < mx ? l - di : nce_log1p(off);
+    // lse - d as (max - d) + log(sum): without rounding lse (~|S|) first, whose ulp is large against a small term.
+    terms[e] = di < mx ? (mx - di) + ls : nce_log1p(off);
 }
 
 // y[0] = scale * sum of x[0..count): one block of 1024 threads, f64 partial sums (deterministic, no atomics).

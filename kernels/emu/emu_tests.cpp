@@ -436,10 +436,15 @@ static void test_layernorm(int rows, int c, bool residual)
 // dv += G^T t on gemm_f32x3. Version 2: S = invT t v^T on gemm_f32x3 into a NaN-filled buffer (a cell read before it is
 // written, or never written, shows), diag_of, stats tiles, combine, sum; backward: S again, G over it in place
 // (backward_tiles_of), diagonal, the same two GEMMs.
-static void test_infonce(int n, int dim, float invT, int version)
+// near > 0: v_i = t_i + near * noise (unit again), so that each row's target dominates and the loss is small (every
+// term on the log1p path, where a d that differs from the tiles' S_ii by an ulp would show).
+static void test_infonce(int n, int dim, float invT, int version, float near = 0.f)
 {
+    std::vector<float> base;
     auto unit = [&] {
         auto x = rand_vec((size_t)n * dim);
+        if (near > 0.f && !base.empty())
+            for (size_t e = 0; e < x.size(); e++) x[e] = base[e] + near * x[e];
         for (int i = 0; i < n; i++)
         {
             double s = 0;
@@ -448,7 +453,9 @@ static void test_infonce(int n, int dim, float invT, int version)
         }
         return x;
     };
-    auto t = unit(), v = unit();
+    auto t = unit();
+    base = t;
+    auto v = unit();
     const int nb = (n + NCE_T - 1) / NCE_T;
     const size_t slab = (size_t)nb * n;
     std::vector<float> d(n), part(6 * slab), lseR(n), lseC(n), terms(2 * n), loss(1), dl(1, 1.f);
@@ -463,7 +470,7 @@ static void test_infonce(int n, int dim, float invT, int version)
     };
     if (version == 1)
     {
-        kv_emu_launch({(unsigned)((n + 7) / 8), 1, 1}, 256, 0, [&] { infonce_diag(t.data(), v.data(), n, dim, invT, d.data()); });
+        kv_emu_launch({(unsigned)((n + 255) / 256), 1, 1}, 256, 0, [&] { infonce_diag(t.data(), v.data(), n, dim, invT, d.data()); });
         kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
             infonce_forward_tiles(t.data(), v.data(), d.data(), n, dim, invT, P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab);
         });
@@ -518,7 +525,11 @@ static void test_infonce(int n, int dim, float invT, int version)
     {
         lr[i] = lse([&](int j) { return S[(size_t)i * n + j]; });
         lc[i] = lse([&](int j) { return S[(size_t)j * n + i]; });
-        L += lr[i] + lc[i] - 2 * S[(size_t)i * n + i];
+        // lse - S_ii = log1p(sum over j != i of exp(S_ij - S_ii)): no cancellation however small the term
+        double offR = 0, offC = 0, sii = S[(size_t)i * n + i];
+        for (int j = 0; j < n; j++)
+            if (j != i) { offR += std::exp(S[(size_t)i * n + j] - sii); offC += std::exp(S[(size_t)j * n + i] - sii); }
+        L += std::log1p(offR) + std::log1p(offC);
     }
     L /= n;
     double lerr = std::fabs(loss[0] - L) / std::fabs(L), serr = 0;
@@ -536,7 +547,8 @@ static void test_infonce(int n, int dim, float invT, int version)
             gt = std::max(gt, std::fabs(dt[(size_t)i * dim + k] - at)); mt = std::max(mt, std::fabs(at));
             gv = std::max(gv, std::fabs(dv[(size_t)i * dim + k] - av)); mv = std::max(mv, std::fabs(av));
         }
-    std::string tag = "infonce v" + std::to_string(version) + " N" + std::to_string(n) + " D" + std::to_string(dim) + " invT " + std::to_string((int)invT);
+    std::string tag = "infonce v" + std::to_string(version) + " N" + std::to_string(n) + " D" + std::to_string(dim) + " invT " + std::to_string((int)invT)
+        + (near > 0.f ? " near (loss " + std::to_string(L) + ")" : "");
     report(tag + " loss", lerr, 5e-6);
     report(tag + " lse (relative)", serr, 2e-6);
     report(tag + " dt (gemm_f32x3)", gt / mt, 1e-5);
@@ -752,6 +764,11 @@ int main()
     if (want("infonce")) test_infonce(130, 48, 20.f, 2);   // version 2: S on gemm_f32x3, the tile kernels read it
     if (want("infonce")) test_infonce(70, 16, 200.f, 2);
     if (want("infonce")) test_infonce(200, 40, 50.f, 2);   // 4 x 4 tiles, the last partial; 2 x 2 GEMM tiles
+    for (int version = 1; version <= 2; version++)   // small losses: every target its line's max, the log1p terms
+    {
+        if (want("infonce")) test_infonce(3, 5, 20.f, version, 0.3f);
+        if (want("infonce")) test_infonce(70, 24, 20.f, version, 0.1f);
+    }
     if (want("infonce")) test_sum_scaled(3000, 0.25f);
     // The dynamic shared memory each kernel is launched with: CudaBackend's constants must equal these (a test compares).
     std::printf("shared gemm_bf16_tn %d\n", G2_STAGES * (G2_A_STAGE + G2_B_STAGE));

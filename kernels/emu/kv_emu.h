@@ -146,6 +146,7 @@ static inline float kv_int_as_float(int i) { return kv_emu_float((uint32_t)i); }
 static inline float kv_max(float a, float b) { return std::fmax(a, b); }
 static inline float kv_sqrt(float x) { return std::sqrt(x); }
 static inline float kv_rcp(float x) { return 1.0f / x; }
+static inline float kv_fma(float a, float b, float c) { return std::fma(a, b, c); }
 static inline float kv_exp2(float x) { return std::exp2(x); }
 static inline float kv_log2(float x) { return std::log2(x); }
 

@@ -512,6 +512,25 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         }
     }
 
+    /// <summary>
+    /// The registry's budgets follow the backend's configuration: InfoNCE version 2 (S on 3xTF32) gets its loss budget,
+    /// version 1 keeps the registry's f32 one; the backward and other ops are unchanged.
+    /// </summary>
+    [SkippableFact]
+    public void InfoNceVersion2TakesTheTf32x3LossBudget()
+    {
+        using var be = Backend();
+        var loss = OpRegistry.InfoNce(2, 3);
+        var backward = OpRegistry.InfoNceBackward(2, 3);
+        be.InfoNceVersion = 1;
+        Assert.Equal(loss.Budget, BackendBudgets.For(loss, be));
+        be.InfoNceVersion = 2;
+        Assert.Equal(CudaBackend.InfoNceTf32x3Budget, BackendBudgets.For(loss, be));
+        Assert.True(CudaBackend.InfoNceTf32x3Budget > loss.Budget);
+        Assert.Equal(backward.Budget, BackendBudgets.For(backward, be));
+        Assert.Equal(BackendBudgets.Bf16, BackendBudgets.For(OpRegistry.MatMul(1, 8, 8, 8, false, false, bias: false, sharedB: false), be));
+    }
+
     /// <summary>The emulated backend with InfoNCE version 2 on the Hopper 3xTF32 GEMM.</summary>
     private CudaBackend InfoNceV2Backend()
     {

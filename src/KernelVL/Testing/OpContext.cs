@@ -48,11 +48,10 @@ public sealed class OpContext : IDisposable
 
     public enum SlotKind { Input, Output, Accumulate, InOut }
 
-    private sealed record Slot(string Name, SlotKind Kind, Tensor Buffer, Tensor View, float[]? Initial, string? ScaleWith = null);
+    private sealed record Slot(string Name, SlotKind Kind, Tensor Buffer, Tensor View, float[]? Initial);
 
-    /// <summary>A slot read back: <paramref name="Dims"/> its shape (for locating errors), Values row-major;
-    /// <paramref name="ScaleWith"/>: another output whose magnitude also sets this one's error scale (<see cref="OutScaledWith"/>).</summary>
-    public sealed record Result(string Name, SlotKind Kind, float[] Values, float[]? Initial, bool GuardIntact, bool InputIntact, int[]? Dims = null, string? ScaleWith = null);
+    /// <summary>A slot read back: <paramref name="Dims"/> its shape (for locating errors), Values row-major.</summary>
+    public sealed record Result(string Name, SlotKind Kind, float[] Values, float[]? Initial, bool GuardIntact, bool InputIntact, int[]? Dims = null);
 
     // ---------------------------------------------------------------- inputs
     private float[] HostF(string name, long n, Func<Random, float> gen)
@@ -126,13 +125,6 @@ public sealed class OpContext : IDisposable
     /// <summary>An output the op must overwrite entirely (starts as NaN).</summary>
     public Tensor Out(string name, params int[] dims) => Add(name, SlotKind.Output, new Shape(dims), null);
 
-    /// <summary>
-    /// An output that is a small difference of larger computed terms (a loss = lse - the positive's score, summed):
-    /// its error is judged against the largest of its own values and of output <paramref name="scaleWith"/>'s, since
-    /// any f32 arithmetic leaves an error of a few ulp of those terms in it, however small the difference is.
-    /// </summary>
-    public Tensor OutScaledWith(string name, string scaleWith, params int[] dims) => Add(name, SlotKind.Output, new Shape(dims), null, scaleWith);
-
     /// <summary>A gradient the op accumulates into (starts from shared random values).</summary>
     public Tensor Acc(string name, params int[] dims)
     {
@@ -194,7 +186,7 @@ public sealed class OpContext : IDisposable
         return t;
     }
 
-    private Tensor Add(string name, SlotKind kind, Shape shape, float[]? initial, string? scaleWith = null)
+    private Tensor Add(string name, SlotKind kind, Shape shape, float[]? initial)
     {
         if (_byName.TryGetValue(name, out var known))
         {
@@ -212,7 +204,7 @@ public sealed class OpContext : IDisposable
         var view = body.Reshape(shape.ToArray());
         _owned.Add(buffer);
         _owned.Add(view);
-        _slots.Add(new Slot(name, kind, buffer, view, initial is null ? null : (float[])initial.Clone(), scaleWith));
+        _slots.Add(new Slot(name, kind, buffer, view, initial is null ? null : (float[])initial.Clone()));
         _byName[name] = view;
         return view;
     }
@@ -229,7 +221,7 @@ public sealed class OpContext : IDisposable
             for (long i = n; i < all.Length; i++) if (all[i] != Sentinel && !(float.IsNaN(all[i]) && float.IsNaN(Sentinel))) guard = false;
             var values = all.AsSpan(0, (int)n).ToArray();
             bool intact = s.Kind != SlotKind.Input || values.AsSpan().SequenceEqual(s.Initial);
-            results.Add(new Result(s.Name, s.Kind, values, s.Initial, guard, intact, [.. s.View.Shape.Dims], s.ScaleWith));
+            results.Add(new Result(s.Name, s.Kind, values, s.Initial, guard, intact, [.. s.View.Shape.Dims]));
         }
         return results;
     }

@@ -210,7 +210,7 @@ public static class OpRegistry
     public static OpCase InfoNce(int n, int dim, float temperature = 0.05f)
         => new("infonce", $"N{n} D{dim} tau{temperature}", 5e-6, 2.0 * n * n * dim + 8.0 * n * n, F * 2.0 * n * dim,
             c => c.Op(() => c.B.InfoNce(c.InWith("t", UnitRowsGen(dim), n, dim), c.InWith("v", UnitRowsGen(dim), n, dim), 1f / temperature,
-                c.OutScaledWith("loss", "lseRow", 1), c.Out("lseRow", n), c.Out("lseCol", n))));
+                c.Out("loss", 1), c.Out("lseRow", n), c.Out("lseCol", n))));
 
     public static OpCase InfoNceBackward(int n, int dim, float temperature = 0.05f)
         => new("infonce_backward", $"N{n} D{dim} tau{temperature}", 1e-5, 6.0 * n * n * dim + 10.0 * n * n, F * 4.0 * n * dim,

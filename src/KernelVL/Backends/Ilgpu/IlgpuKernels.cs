@@ -461,10 +461,11 @@ internal static class IlgpuKernels
         off = GroupSum(off, shared);
         if (Group.IdxX == 0)
         {
-            float l = mx + MathF.Log(sum);
-            lse[i] = l;
+            float ls = MathF.Log(sum);
+            lse[i] = mx + ls;
             float u = 1f + off;
-            float term = d < mx ? l - d : (u == 1f ? off : MathF.Log(u) * off / (u - 1f));
+            // lse - d as (max - d) + log(sum), not rounding lse (~|S|) first
+            float term = d < mx ? (mx - d) + ls : (u == 1f ? off : MathF.Log(u) * off / (u - 1f));
             Atomic.Add(ref loss[0], term / n);
         }
     }
