@@ -503,7 +503,7 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
     // branch left a wgmma group in flight on one path into the loop head, and ptxas 12.5 then serialised every wgmma
     // (C7518, a warpgroup wait it inserts in the divergent path).
     long long step = 0;   // the block's stage counter
-    for (int tile = 0; tile < ntiles; tile++)
+    for (int tile = 0; tile < ntiles && KT > 0; tile++)   // (d = 0, which the host refuses: no stage, no scores)
     {
         for (int kt = 0; kt < KT; kt++, step++)
         {

@@ -21,7 +21,9 @@
 // d[i] = invT t_i . v_i, bit for bit the S_ii of nce_tile (the same fma chain over k in order, then the same scaling),
 // so that the combine's "is the target its line's max" test and the off-target masses see one value of S_ii: with a
 // differently summed d, a target that is the max could test below it by an ulp and take lse - d, whose cancellation
-// cost 2e-4 of small losses (N 2, loss 0.011). One thread per row. t, v [n, dim] -> d [n]. Grid ceil(n / 256), 256 threads.
+// cost 2e-4 of small losses (N 2, loss 0.011). One thread per row (a serial chain of dim fma, its loads independent
+// of it and unrolled ahead; each row's lines stay in L1 between the warp's steps). t, v [n, dim] -> d [n]. Grid
+// ceil(n / 32) blocks of 32 threads, so that rows spread over the SMs (any block size works).
 extern "C" __global__ void infonce_diag(const float* __restrict__ t, const float* __restrict__ v, int n, int dim, float invT,
                                         float* __restrict__ d)
 {
@@ -30,6 +32,7 @@ extern "C" __global__ void infonce_diag(const float* __restrict__ t, const float
     const float* ti = t + (long long)i * dim;
     const float* vi = v + (long long)i * dim;
     float s = 0.f;
+#pragma unroll 8
     for (int c = 0; c < dim; c++) s = kv_fma(ti[c], vi[c], s);
     d[i] = s * invT;
 }

@@ -470,7 +470,7 @@ static void test_infonce(int n, int dim, float invT, int version, float near = 0
     };
     if (version == 1)
     {
-        kv_emu_launch({(unsigned)((n + 255) / 256), 1, 1}, 256, 0, [&] { infonce_diag(t.data(), v.data(), n, dim, invT, d.data()); });
+        kv_emu_launch({(unsigned)((n + 31) / 32), 1, 1}, 32, 0, [&] { infonce_diag(t.data(), v.data(), n, dim, invT, d.data()); });
         kv_emu_launch({(unsigned)nb, (unsigned)nb, 1}, NCE_THREADS, 0, [&] {
             infonce_forward_tiles(t.data(), v.data(), d.data(), n, dim, invT, P, P + slab, P + 2 * slab, P + 3 * slab, P + 4 * slab, P + 5 * slab);
         });

@@ -99,11 +99,13 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
 
     /// <summary>
     /// InfoNCE version 2 keeps the forward's S [N, N] for the backward that follows it (the autograd node's), which then
-    /// turns it into G in place instead of computing S again (one of its three f32-accurate GEMMs). One S is kept: that
+    /// turns it into G in place instead of computing S again (the backward's three f32-accurate GEMMs become two). One S is kept: that
     /// of the last forward, while N^2 floats are at most <see cref="InfoNceKeepMaxBytes"/>; the backward takes it only
     /// when its lseRow tensor is that forward's and t, v (device addresses) and 1/tau are the same, and releases it
     /// (it holds G afterwards); any other backward computes S as before. What the backward already requires makes
-    /// this exact: t and v unchanged since the forward that wrote lseRow. Defaults to on; KERNELVL_CUDA_INFONCE_KEEP=0
+    /// this exact: t and v unchanged since the forward that wrote lseRow. A forward whose backward never comes (an
+    /// evaluation without a tape) leaves its S held until the next InfoNCE forward, ReleaseInfoNceScores or Dispose:
+    /// one S at most. Defaults to on; KERNELVL_CUDA_INFONCE_KEEP=0
     /// turns it off. <see cref="InfoNceScoresKept"/> says whether one is held.
     /// </summary>
     public bool KeepInfoNceScores { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_INFONCE_KEEP") != "0";
@@ -860,7 +862,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         else
         {
             Args().Add(P(t)).Add(P(v)).Add(n).Add(dim).Add(invTemperature).Add(P(diag));
-            Go(_nceDiag, (Blocks(n, 256), 1, 1), 256);
+            Go(_nceDiag, (Blocks(n, 32), 1, 1), 32);   // one warp a block: the serial rows spread over the SMs
             Args().Add(P(t)).Add(P(v)).Add(P(diag)).Add(n).Add(dim).Add(invTemperature);
             for (int s = 0; s < 6; s++) _args.Add(P(pv.SubView(s * slab, slab)));
             Go(_nceTiles, ((uint)nb, (uint)nb, 1), 256);
