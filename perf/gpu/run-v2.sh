@@ -51,6 +51,10 @@ if [ "$group" = checks ]; then
     grep -E "^kernel gemm_sm90|^kernel version selected|FAIL|passed|failed|unavailable" "$R/check-$name.txt" | tail -n 6
   done
   echo "== topk versions 2 and 3: the stress suite ($(cat "$R/topk-suite.exit"))"; tail -n 9 "$R/topk-suite.md"
+  # ptxas's performance notes from the card's NVRTC (a serialised wgmma, an injected wait: C75xx), which the build
+  # machine's NVRTC 12.4/12.5 did not give; each names its function.
+  echo "== ptxas performance notes in the kernel lines (none is the goal)"
+  grep -h -o "(C75[0-9][0-9])[^|]*" "$R"/check-*.txt "$R/info.txt" 2>/dev/null | sort -u | head -n 12
 elif [ "$group" = timings ]; then
   echo "== gemm versions 1, 2, 3, 4 at the targets' shapes (checked, then timed)"
   perf 90 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 25 "$R/gemm-bf16.md"

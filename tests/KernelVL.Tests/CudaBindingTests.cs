@@ -270,6 +270,21 @@ public unsafe class CudaBindingTests
     }
 
     [Fact]
+    public void CompilerLogsKeepEveryLineOnTheKernelLine()
+    {
+        // NVRTC 12.5's log for the version of gemm_sm90.cu before 2026-11-28: the notes that matter come after others.
+        string log = "gemm_sm90.cu(50): warning #1556-D: name linkage conflicts\n\nptxas info    : (C7518) Potential Performance Loss: "
+                     + "wgmma.mma_async instructions are serialized due to program dependence on compiler-inserted WG.DP in divergent path in the function 'topk_tc_f16_wgmma'\r\n"
+                     + "ptxas info    : (C7517) warpgroup.wait is injected in around line 36920\n";
+        string one = CudaModules.OneLine(log);
+        Assert.DoesNotContain('\n', one);
+        Assert.DoesNotContain('\r', one);
+        Assert.Contains("(C7518) Potential Performance Loss", one);
+        Assert.EndsWith("(C7517) warpgroup.wait is injected in around line 36920", one);
+        Assert.Equal(2, one.Split(" | ").Length - 1);
+    }
+
+    [Fact]
     public void Bf16BudgetsApplyToTheCudaBackendOnly()
     {
         var mm = OpRegistry.MatMul(1, 64, 48, 65, false, false, bias: false, sharedB: false);

@@ -95,8 +95,15 @@ public sealed class CudaModules : IDisposable
         if (KernelCache.TryRead(dir, key, "cubin") is { Length: > 0 } cached) return (cached, $"cached {KernelCache.PathOf(dir, key, "cubin")}");
         var (image, log) = nvrtc.Compile(source, kernel + ".cu", headers, options, cubin: true);
         bool stored = KernelCache.TryWrite(dir, key, "cubin", image);
-        return (image, $"compiled by NVRTC {major}.{minor}{(stored ? ", cached" : ", cache not writable")}{(string.IsNullOrWhiteSpace(log) ? "" : "; log: " + log.Trim())}");
+        return (image, $"compiled by NVRTC {major}.{minor}{(stored ? ", cached" : ", cache not writable")}{(string.IsNullOrWhiteSpace(log) ? "" : "; log: " + OneLine(log))}");
     }
+
+    /// <summary>
+    /// A compiler log on one line (its lines joined by " | "), so that a `kernel ...` line carries all of it: ptxas's
+    /// performance notes (C75xx: a serialised wgmma, an injected wait) come after other lines and name the function.
+    /// </summary>
+    public static string OneLine(string log) =>
+        string.Join(" | ", log.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
     public nint Function(string kernel, string entry) =>
         _modules.TryGetValue(kernel, out var m) ? _driver.GetFunction(m, entry) : throw new BackendException($"kernel file {kernel}.cu was not loaded");

@@ -228,7 +228,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
         $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
         $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
-            + $"attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(KeepInfoNceScores ? " (S kept for the backward)" : "")}",
+            + $"attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(InfoNceVersion == 2 && KeepInfoNceScores ? " (S kept for the backward)" : "")}",
     ];
 
     /// <summary>Null when this machine can run the backend, else why not.</summary>
