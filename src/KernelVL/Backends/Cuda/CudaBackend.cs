@@ -99,14 +99,14 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
 
     /// <summary>
     /// InfoNCE version 2 keeps the forward's S [N, N] for the backward that follows it (the autograd node's), which then
-    /// turns it into G in place instead of computing S again (the backward's three f32-accurate GEMMs become two). One S is kept: that
-    /// of the last forward, while N^2 floats are at most <see cref="InfoNceKeepMaxBytes"/>; the backward takes it only
-    /// when its lseRow tensor is that forward's and t, v (device addresses) and 1/tau are the same, and releases it
-    /// (it holds G afterwards); any other backward computes S as before. What the backward already requires makes
-    /// this exact: t and v unchanged since the forward that wrote lseRow. A forward whose backward never comes (an
-    /// evaluation without a tape) leaves its S held until the next InfoNCE forward, ReleaseInfoNceScores or Dispose:
-    /// one S at most. Defaults to on; KERNELVL_CUDA_INFONCE_KEEP=0
-    /// turns it off. <see cref="InfoNceScoresKept"/> says whether one is held.
+    /// turns it into G in place instead of computing S again (the backward's three f32-accurate GEMMs become two). One
+    /// S is kept: that of the last forward, while N^2 floats are at most <see cref="InfoNceKeepMaxBytes"/>; the
+    /// backward takes it only when its lseRow tensor is that forward's and t, v (device addresses) and 1/tau are the
+    /// same, and releases it (it holds G afterwards); any other backward computes S as before. What the backward
+    /// already requires makes this exact: t and v unchanged since the forward that wrote lseRow. A forward whose
+    /// backward never comes (an evaluation without a tape) leaves its S held until the next InfoNCE forward,
+    /// ReleaseInfoNceScores or Dispose: one S at most. Defaults to on; KERNELVL_CUDA_INFONCE_KEEP=0 turns it off.
+    /// <see cref="InfoNceScoresKept"/> says whether one is held.
     /// </summary>
     public bool KeepInfoNceScores { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_INFONCE_KEEP") != "0";
 
