@@ -12,13 +12,23 @@
 # Rehearsal without a GPU (here): bash kernels/emu/build-driver.sh DIR, then KERNELVL_CUDA_DRIVER=DIR/libkv_emu_cuda.so
 # ONLY=checks bash perf/gpu/run-v2.sh runs the checks group on the host emulator's driver (~2 min on 2 cores).
 # Each group's results (and the NVRTC CUBINs, for cuobjdump -sass on the build machine) are packed into
-# $OUT/v2-GROUP.tgz: the device tool brings back only a few files.
+# $OUT/v2-GROUP.tgz: the device tool brings back only a few files. Also when stopped (TERM, the device tool's time
+# limit): what ran is packed. The timings group runs the PyTorch baselines and the targets' kernels first.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source perf/gpu/env.sh
 group=${ONLY:-checks}
 R="$OUT/v2-$group"; mkdir -p "$R"
 export XDG_CACHE_HOME="$R/cache"
+# Packed however the script ends, also when the device tool's time limit stops it (TERM): what ran comes back.
+pack() { trap - EXIT TERM INT; [ -d "$R" ] || return 0; tar -C "$OUT" -czf "$OUT/v2-$group.tgz" "v2-$group" && rm -rf "$R" && echo "== packed: $OUT/v2-$group.tgz"; }
+trap pack EXIT
+# env.sh's perf() in the background and waited for: bash runs a trap only between commands, and a foreground step
+# would first run to its own limit (timeout leads its own process group, so the stop does not reach it).
+perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@" & wait $!; }
+# The runs under `timeout` are stopped by name (this machine runs only them).
+stop_runs() { pkill -TERM -f "$bundle/perf/KernelVL.Perf.dll"; pkill -TERM -f "$bundle/cli/kernelvl.dll"; wait; }
+trap 'echo "== stopped (time limit?): packing what ran"; stop_runs; pack; exit 124' TERM INT
 
 echo "== kernelvl info --probe (libcuda, libnvrtc, ILGPU's CUDA accelerator, how each kernel file loaded)"
 timeout 45 dotnet "$bundle/cli/kernelvl.dll" info --probe > "$R/info.txt" 2>&1; echo "exit $?"; tail -n 20 "$R/info.txt"
@@ -54,20 +64,19 @@ if [ "$group" = checks ]; then
   # ptxas's performance notes from the card's NVRTC (a serialised wgmma, an injected wait: C75xx), which the build
   # machine's NVRTC 12.4/12.5 did not give; each names its function.
   echo "== ptxas performance notes in the kernel lines (none is the goal)"
-  grep -h -o "(C75[0-9][0-9])[^|]*" "$R"/check-*.txt "$R/info.txt" 2>/dev/null | sort -u | head -n 12
+  grep -h -o "(C75[0-9][0-9])[^|]*" "$R"/check-*.txt "$R/info.txt" 2>/dev/null | sort -u | head -n 12 || true
 elif [ "$group" = timings ]; then
+  # Ordered by what issue 4's ratios need, so that a run cut short still has them: the PyTorch baselines (every
+  # ratio's denominator), the four targets' kernels, then the version 1 / 2 comparison of the ops for the flips.
+  if [ "${SKIP_TORCH:-0}" != 1 ]; then
+    echo "== PyTorch baselines (same card, same run)"
+    timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14
+  fi
   echo "== gemm versions 1, 2, 3, 4 at the targets' shapes (checked, then timed)"
   perf 90 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 25 "$R/gemm-bf16.md"
   echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1, 2 and 3"
   perf 100 topk-f16 --json "$R/topk-f16.json" > "$R/topk-f16.md" 2> "$R/topk-f16.log"; echo "exit $?"
   tail -n 3 "$R/topk-f16.log"; tail -n 5 "$R/topk-f16.md"
-  for ver in 1 2; do
-    echo "== attention forward/backward, InfoNCE (S and its gradient GEMMs), layer norm backward: version $ver (checked against the cpu backend, then timed)"
-    KERNELVL_CUDA_ATTENTION=$ver KERNELVL_CUDA_GEMM_F32=$ver KERNELVL_CUDA_INFONCE=$ver KERNELVL_CUDA_ATTENTION_BACKWARD=$ver KERNELVL_CUDA_LAYERNORM_BACKWARD=$ver \
-      perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-v$ver.json" \
-      --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
-    grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
-  done
   echo "== attention forward version 3 (wgmma), checked against the cpu backend, then timed"
   KERNELVL_CUDA_ATTENTION=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-attention-v3.json" \
     --filter '^attention .*D64' > "$R/ops-attention-v3.md" 2> "$R/ops-attention-v3.log"; echo "exit $?"
@@ -78,10 +87,13 @@ elif [ "$group" = timings ]; then
   grep -E '^\| infonce' "$R/ops-infonce-f32v3.md" | cut -c1-140
   echo "== InfoNCE version 2 step by step at N 4096, D 768 (GB/s of the passes over S, TFLOP/s of the GEMMs)"
   perf 60 infonce-phases --json "$R/infonce-phases.json" > "$R/infonce-phases.md" 2>&1; echo "exit $?"; cat "$R/infonce-phases.md"
-  if [ "${SKIP_TORCH:-0}" != 1 ]; then
-    echo "== PyTorch baselines (same card, same run)"
-    timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14
-  fi
+  for ver in 1 2; do
+    echo "== attention forward/backward, InfoNCE (S and its gradient GEMMs), layer norm backward: version $ver (checked against the cpu backend, then timed)"
+    KERNELVL_CUDA_ATTENTION=$ver KERNELVL_CUDA_GEMM_F32=$ver KERNELVL_CUDA_INFONCE=$ver KERNELVL_CUDA_ATTENTION_BACKWARD=$ver KERNELVL_CUDA_LAYERNORM_BACKWARD=$ver \
+      perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-v$ver.json" \
+      --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
+    grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
+  done
 elif [ "$group" = search ]; then
   echo "== index search as it is today (rows widened on the host, f32 top-k)"
   perf 60 search --backend cuda --json "$R/search-widened.json" > "$R/search-widened.md" 2>&1; echo "exit $?"
@@ -102,5 +114,3 @@ elif [ "$group" = search ]; then
 else
   echo "ONLY must be checks, timings or search, got '$group'" >&2; exit 2
 fi
-tar -C "$OUT" -czf "$OUT/v2-$group.tgz" "v2-$group" && rm -rf "$R"
-echo "== packed: $OUT/v2-$group.tgz"
