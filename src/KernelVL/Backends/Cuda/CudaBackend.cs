@@ -85,14 +85,15 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     /// The parity registry's budget for ops this configuration computes less exactly than f32 (<see cref="IOpBudgets"/>):
     /// InfoNCE version 2's S on 3xTF32 (hi + lo tf32 split, lo x lo dropped) keeps ~21 bits of each product where f32
     /// FMA keeps 24, so S carries up to ~8x f32's relative error, and at small N the loss is that error itself (each
-    /// term a difference of scores). Measured on the emulated driver (2026-11-28, 1000 seeds each): worst 4.9e-6 of the
-    /// loss at N 2 against 2.6e-6 for version 1's f32 tiles, beside the registry's f32 budget of 5e-6; 2e-5 is 4x it.
-    /// The backward's budget (1e-5) holds for both versions (worst 7.2e-6, the same as the cpu backend's 6.9e-6).
+    /// term a difference of scores). Measured on the emulated driver (2026-11-28): the registry's N 2 case over 5000
+    /// seeds, max 5.7e-6, 4 seeds above the f32 budget of 5e-6 (p99.9 4.6e-6), against 2.6e-6 worst of 1000 for
+    /// version 1's f32 tiles; 1e-5, the backward's own budget, which the backward meets in both versions (worst 7.2e-6,
+    /// the cpu backend's 6.9e-6). Version 1 and every other backend keep 5e-6.
     /// </summary>
     public double? BudgetFor(string op) => op == "infonce" && InfoNceVersion == 2 ? InfoNceTf32x3Budget : null;
 
     /// <summary>InfoNCE version 2's loss budget in the parity registry (<see cref="BudgetFor"/>).</summary>
-    public const double InfoNceTf32x3Budget = 2e-5;
+    public const double InfoNceTf32x3Budget = 1e-5;
 
     /// <summary>The largest batch InfoNCE version 2 takes: its [N, N] f32 score buffer stays within 1 GiB.</summary>
     public const int InfoNceV2MaxN = 16384;
