@@ -31,4 +31,6 @@ if [ -n "$cublas" ]; then
   export LD_LIBRARY_PATH="$links:$(dirname "$cublas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "cuBLAS: $cublas"
 fi
-perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@"; }
+# Run in the background and waited for: bash runs a trap (run-v2.sh packs its results on TERM) only between commands,
+# and a foreground step would first run to its own limit (timeout leads its own process group: a stop misses it).
+perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@" & wait $!; }

@@ -23,9 +23,6 @@ export XDG_CACHE_HOME="$R/cache"
 # Packed however the script ends, also when the device tool's time limit stops it (TERM): what ran comes back.
 pack() { trap - EXIT TERM INT; [ -d "$R" ] || return 0; tar -C "$OUT" -czf "$OUT/v2-$group.tgz" "v2-$group" && rm -rf "$R" && echo "== packed: $OUT/v2-$group.tgz"; }
 trap pack EXIT
-# env.sh's perf() in the background and waited for: bash runs a trap only between commands, and a foreground step
-# would first run to its own limit (timeout leads its own process group, so the stop does not reach it).
-perf() { local limit=$1; shift; timeout "$limit" dotnet "$bundle/perf/KernelVL.Perf.dll" "$@" & wait $!; }
 # The runs under `timeout` are stopped by name (this machine runs only them).
 stop_runs() { pkill -TERM -f "$bundle/perf/KernelVL.Perf.dll"; pkill -TERM -f "$bundle/cli/kernelvl.dll"; wait; }
 trap 'echo "== stopped (time limit?): packing what ran"; stop_runs; pack; exit 124' TERM INT
