@@ -142,19 +142,43 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 1) gemm_bf16_wgmma(
 #define G4_SMEM_BYTES (G3_STAGES * G4_STAGE_BYTES + 1024 + 2 * G3_STAGES * 8)   // stages, their 1024 alignment, mbarriers
 
 // The stage ring's mbarriers (thread 0; a __syncthreads follows): full[s] = 1 arrival (the producer's, with the stage's
-// transaction bytes), empty[s] = one arrival from each of the 256 consumer threads. 8 bytes each, stages apart.
-static __device__ __forceinline__ void g4_init_barriers(kv_saddr full, kv_saddr empty, int stages)
+// transaction bytes), empty[s] = `emptyCount` arrivals (by default one from each of the 256 consumer threads). 8 bytes
+// each, stages apart.
+static __device__ __forceinline__ void g4_init_barriers(kv_saddr full, kv_saddr empty, int stages, int emptyCount = 2 * 128)
 {
     for (int s = 0; s < stages; s++)
     {
         kv_mbar_init(full + 8 * s, 1);
-        kv_mbar_init(empty + 8 * s, 2 * 128);
+        kv_mbar_init(empty + 8 * s, emptyCount);
     }
     kv_fence_mbar_init();
 }
 
-// Persistent: the work items are the (row tile, column tile, z) of ceil(M / 128) x ceil(N / 256) x zcount, row tiles
-// fastest; block b takes items b, b + gridDim.x, ... (grid (min(items, SMs), 1, 1); grid = items is one item a block).
+// A consumer thread is done reading stage barrier `bar`'s buffers (its warpgroup's wgmma on them retired). Alone (CS 1):
+// every thread arrives on its block's empty barrier. In a cluster of CS blocks, each block's producer also writes its
+// share of B into the others' stages, so a stage is free only when every block's consumers are done with it: lane 0 of
+// each consumer warp arrives on that barrier in every block of the cluster (8 x CS arrivals a barrier).
+template <int CS>
+static __device__ __forceinline__ void g4_release(kv_saddr bar)
+{
+    if (CS == 1) kv_mbar_arrive(bar);
+    else
+    {
+        // The emulator computes each thread's share of a wgmma at that thread's own wait, so it needs every lane of the
+        // warp past its wait before lane 0 speaks for the warp; on the device the group's completion covers the whole
+        // warpgroup at any one thread's wait (as CUTLASS's pipelines assume).
+        kv_syncwarp();   // kept though redundant on the device (for the emulator's per-thread wgmma, above)
+        if ((threadIdx.x & 31) == 0)
+            for (unsigned r = 0; r < (unsigned)CS; r++) kv_mbar_arrive_cluster(kv_mapa(bar, r));
+    }
+}
+
+// Version 4's body for clusters of CS blocks (1: none; 2: gemm_bf16_wgmma_tma_x2, below).
+// Persistent: the work items are the (row tile group, column tile, z) of ceil(ceil(M / 128) / CS) x ceil(N / 256) x
+// zcount, row tile groups fastest; cluster c (blocks c CS .. c CS + CS - 1) takes items c, c + gridDim.x / CS, ... and its
+// block of rank r the group's row tile CS g + r (a row tile past M, the odd one of the last group, loads no A and stores
+// nothing, but runs the stages for the others' B). With CS 1 that is block b taking items b, b + gridDim.x, ... (grid
+// (min(items, SMs), 1, 1); grid = items is one item a block).
 // The ring's barrier phases run on across a block's items, so the producer fills the next item's first stages while
 // the consumers are still in the last one's epilogue (the pipeline never drains between tiles). 288 threads,
 // G4_SMEM_BYTES of dynamic shared memory. z is the batch (zcount = batch; batches strideC apart in C), or with
@@ -162,68 +186,114 @@ static __device__ __forceinline__ void g4_init_barriers(kv_saddr full, kv_saddr 
 // alpha times its partial product into slice z of C (strideC apart; the caller passes no bias, no GELU, no
 // accumulate), then gemm_splitk_reduce (gemm.cu) adds the slices in order. Every item has at least one K step (K > 0,
 // no empty split: the host's plan). C, bias, ldc, alpha, accumulate, gelu as version 3.
-extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
-    const KV_GRID_CONSTANT kv_tensor_map tmA, const KV_GRID_CONSTANT kv_tensor_map tmB, const float* __restrict__ bias,
+// Clusters (CS 2): the two blocks share each column tile's B. Each producer loads its own A (128 x 64) and its half of B
+// (128 x 64: tmB's box is 128 rows) multicast into the same stage of both blocks, so B is read from L2 once for two
+// blocks: 32 KB of L2 reads a stage per block instead of 48. A block's full[s] still expects 48 KB (its A, both halves of
+// B); a stage is refilled only when both blocks' consumers released it (g4_release); cluster barriers after the barriers'
+// initialisation (no remote arrival before it) and at the end (no block exits while the other may still arrive on its
+// barriers).
+template <int CS>
+static __device__ __forceinline__ void g4_gemm(const kv_tensor_map* tmA, const kv_tensor_map* tmB, const float* __restrict__ bias,
     float* __restrict__ C, int M, int N, int K, int ldc, int batchA, int batchB, long long strideC, float alpha, int accumulate, int gelu,
     int ksteps, int zcount)
 {
-#if defined(KERNELVL_SM90A) || defined(KV_EMU)
     KV_DYNAMIC_SHARED(unsigned char, smem);
     const kv_saddr sA = (kv_smem(smem) + 1023) & ~(kv_saddr)1023, sB = sA + G3_STAGES * G3_A_STAGE;
     const kv_saddr full = sB + G3_STAGES * G3_B_STAGE, empty = full + G3_STAGES * 8;   // mbarriers, 8 bytes each
     const int KT = (K + G3_BK - 1) / G3_BK, mtiles = (M + G3_BM - 1) / G3_BM, ntiles = (N + G3_BN - 1) / G3_BN;
-    const long long items = (long long)mtiles * ntiles * zcount;
-    if (threadIdx.x == 0) g4_init_barriers(full, empty, G3_STAGES);
-    __syncthreads();
+    const int mgroups = (mtiles + CS - 1) / CS;
+    const int rank = CS > 1 ? (int)kv_cluster_ctarank() : 0;
+    const long long items = (long long)mgroups * ntiles * zcount, first = blockIdx.x / CS, stride = gridDim.x / CS;
+    if (threadIdx.x == 0) g4_init_barriers(full, empty, G3_STAGES, CS == 1 ? 2 * 128 : 8 * CS);
+    if (CS > 1) kv_cluster_sync();   // every block's barriers initialised before any remote arrival or multicast
+    else __syncthreads();
 
     if (threadIdx.x >= 256)   // the producer warp: lane 0 issues every copy
     {
         if (threadIdx.x == 256)
         {
             int i = 0;   // the block's stage counter, across its items
-            for (long long item = blockIdx.x; item < items; item += gridDim.x)
+            for (long long item = first; item < items; item += stride)
             {
-                const int m0 = (int)(item % mtiles) * G3_BM, n0 = (int)(item / mtiles % ntiles) * G3_BN, z = (int)(item / ((long long)mtiles * ntiles));
+                const int m0 = ((int)(item % mgroups) * CS + rank) * G3_BM, n0 = (int)(item / mgroups % ntiles) * G3_BN;
+                const int z = (int)(item / ((long long)mgroups * ntiles));
                 const int kt0 = ksteps > 0 ? z * ksteps : 0, steps = ksteps > 0 ? kv_imin(ksteps, KT - kt0) : KT;
                 const int zb = ksteps > 0 ? 0 : z;   // the operands' batch
                 for (int j = 0; j < steps; j++, i++)
                 {
                     const int s = i % G3_STAGES, round = i / G3_STAGES, kt = kt0 + j;
-                    if (round > 0) kv_mbar_wait(empty + 8 * s, (round - 1) & 1);   // the consumers are done with its last fill
-                    kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
-                    kv_tma_load_3d(sA + s * G3_A_STAGE, &tmA, kt * G3_BK, m0, batchA ? zb : 0, full + 8 * s);
-                    kv_tma_load_3d(sB + s * G3_B_STAGE, &tmB, kt * G3_BK, n0, batchB ? zb : 0, full + 8 * s);
+                    if (CS == 1)
+                    {
+                        if (round > 0) kv_mbar_wait(empty + 8 * s, (round - 1) & 1);   // the consumers are done with its last fill
+                        kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
+                        kv_tma_load_3d(sA + s * G3_A_STAGE, tmA, kt * G3_BK, m0, batchA ? zb : 0, full + 8 * s);
+                        kv_tma_load_3d(sB + s * G3_B_STAGE, tmB, kt * G3_BK, n0, batchB ? zb : 0, full + 8 * s);
+                    }
+                    else
+                    {
+                        if (round > 0) kv_mbar_wait_cluster(empty + 8 * s, (round - 1) & 1);   // every block's consumers are done with it
+                        kv_mbar_arrive_expect_tx(full + 8 * s, (m0 < M ? G3_A_STAGE : 0) + G3_B_STAGE);
+                        if (m0 < M) kv_tma_load_3d(sA + s * G3_A_STAGE, tmA, kt * G3_BK, m0, batchA ? zb : 0, full + 8 * s);
+                        kv_tma_load_3d_multicast(sB + s * G3_B_STAGE + rank * (G3_B_STAGE / CS), tmB, kt * G3_BK, n0 + rank * (G3_BN / CS),
+                                                 batchB ? zb : 0, full + 8 * s, (unsigned short)((1u << CS) - 1));
+                    }
                 }
             }
         }
-        return;
     }
-
-    const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    // Zeroed once, outside the pipeline (each item's first stage then overwrites them: wgmma's scale-d = 0).
-    float acc[128];
-#pragma unroll
-    for (int q = 0; q < 128; q++) acc[q] = 0.f;
-    int i = 0;
-    for (long long item = blockIdx.x; item < items; item += gridDim.x)
+    else
     {
-        const int m0 = (int)(item % mtiles) * G3_BM, n0 = (int)(item / mtiles % ntiles) * G3_BN, z = (int)(item / ((long long)mtiles * ntiles));
-        const int kt0 = ksteps > 0 ? z * ksteps : 0, steps = ksteps > 0 ? kv_imin(ksteps, KT - kt0) : KT;
-        for (int j = 0; j < steps; j++, i++)
+        const int wg = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+        // Zeroed once, outside the pipeline (each item's first stage then overwrites them: wgmma's scale-d = 0).
+        float acc[128];
+#pragma unroll
+        for (int q = 0; q < 128; q++) acc[q] = 0.f;
+        int i = 0;
+        for (long long item = first; item < items; item += stride)
         {
-            const int s = i % G3_STAGES;
-            kv_mbar_wait(full + 8 * s, (i / G3_STAGES) & 1);
-            const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
-            g3_stage_mma<0>(acc, a, b, j == 0);   // the item's first stage overwrites the last item's accumulators
-            kv_wgmma_wait<1>();   // the previous stage's wgmma retired: its buffer may be refilled
+            const int m0 = ((int)(item % mgroups) * CS + rank) * G3_BM, n0 = (int)(item / mgroups % ntiles) * G3_BN;
+            const int z = (int)(item / ((long long)mgroups * ntiles));
+            const int kt0 = ksteps > 0 ? z * ksteps : 0, steps = ksteps > 0 ? kv_imin(ksteps, KT - kt0) : KT;
+            for (int j = 0; j < steps; j++, i++)
+            {
+                const int s = i % G3_STAGES;
+                kv_mbar_wait(full + 8 * s, (i / G3_STAGES) & 1);
+                const kv_saddr a = sA + s * G3_A_STAGE + wg * 64 * 128, b = sB + s * G3_B_STAGE;
+                g3_stage_mma<0>(acc, a, b, j == 0);   // the item's first stage overwrites the last item's accumulators
+                kv_wgmma_wait<1>();   // the previous stage's wgmma retired: its buffer may be refilled
+                kv_wgmma_fence_operand<128>(acc);
+                if (j > 0) g4_release<CS>(empty + 8 * ((i - 1) % G3_STAGES));
+            }
+            kv_wgmma_wait<0>();
             kv_wgmma_fence_operand<128>(acc);
-            if (j > 0) kv_mbar_arrive(empty + 8 * ((i - 1) % G3_STAGES));
+            g4_release<CS>(empty + 8 * ((i - 1) % G3_STAGES));   // the item's last stage (the producer may be waiting on it)
+            g3_epilogue(acc, C + z * strideC, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
         }
-        kv_wgmma_wait<0>();
-        kv_wgmma_fence_operand<128>(acc);
-        kv_mbar_arrive(empty + 8 * ((i - 1) % G3_STAGES));   // the item's last stage (the producer may be waiting on it)
-        g3_epilogue(acc, C + z * strideC, ldc, M, N, m0 + wg * 64 + w * 16 + g, n0 + 2 * t, alpha, bias, gelu, accumulate);
     }
+    if (CS > 1) kv_cluster_sync();   // the other block's consumers may still arrive on this block's empty barriers
+}
+
+extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma(
+    const KV_GRID_CONSTANT kv_tensor_map tmA, const KV_GRID_CONSTANT kv_tensor_map tmB, const float* __restrict__ bias,
+    float* __restrict__ C, int M, int N, int K, int ldc, int batchA, int batchB, long long strideC, float alpha, int accumulate, int gelu,
+    int ksteps, int zcount)
+{
+#if defined(KERNELVL_SM90A) || defined(KV_EMU)
+    g4_gemm<1>(&tmA, &tmB, bias, C, M, N, K, ldc, batchA, batchB, strideC, alpha, accumulate, gelu, ksteps, zcount);
+#endif
+}
+
+// Version 4 in clusters of two blocks sharing B (CudaBackend.GemmCluster 2, KERNELVL_CUDA_GEMM_CLUSTER=2): launched by
+// cuLaunchKernelEx with cluster dimension (2, 1, 1), grid (2 x clusters, 1, 1), tmB's box 64 x 128 (half a tile's
+// rows); the other arguments as gemm_bf16_wgmma_tma. Not yet run on a GPU: the host emulator runs the cluster's blocks
+// together (remote arrivals, multicast copies landing in both blocks, the cluster barrier).
+extern "C" __global__ void __launch_bounds__(G4_THREADS, 1) gemm_bf16_wgmma_tma_x2(
+    const KV_GRID_CONSTANT kv_tensor_map tmA, const KV_GRID_CONSTANT kv_tensor_map tmB, const float* __restrict__ bias,
+    float* __restrict__ C, int M, int N, int K, int ldc, int batchA, int batchB, long long strideC, float alpha, int accumulate, int gelu,
+    int ksteps, int zcount)
+{
+#if defined(KERNELVL_SM90A) || defined(KV_EMU)
+    g4_gemm<2>(&tmA, &tmB, bias, C, M, N, K, ldc, batchA, batchB, strideC, alpha, accumulate, gelu, ksteps, zcount);
 #endif
 }
 

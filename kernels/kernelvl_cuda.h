@@ -307,6 +307,50 @@ static __device__ __forceinline__ void kv_tma_load_3d(kv_saddr dst, const kv_ten
     asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
                  :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
+
+// Thread block clusters (gemm_sm90.cu version 4 with two blocks a cluster, launched by cuLaunchKernelEx with a cluster
+// dimension). This block's rank in its cluster:
+static __device__ __forceinline__ unsigned kv_cluster_ctarank()
+{
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// The address in the cluster's shared window of the variable at `addr` (a shared::cta address) in block `rank`.
+static __device__ __forceinline__ kv_saddr kv_mapa(kv_saddr addr, unsigned rank)
+{
+    kv_saddr r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+    return r;
+}
+// One arrival (release at cluster scope) on an mbarrier of another block of the cluster (its kv_mapa address).
+static __device__ __forceinline__ void kv_mbar_arrive_cluster(kv_saddr remote)
+{
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" :: "r"(remote) : "memory");
+}
+// kv_mbar_wait that acquires at cluster scope: for a barrier that other blocks of the cluster arrive on.
+static __device__ __forceinline__ void kv_mbar_wait_cluster(kv_saddr bar, unsigned parity)
+{
+    unsigned done;
+    do
+    {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+// Every thread of every block of the cluster (not .aligned: a warp's lanes may arrive from different paths).
+static __device__ __forceinline__ void kv_cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+// kv_tma_load_3d into the same shared offset of every block of the cluster whose bit is set in `mask` (this one's
+// included), completing on each one's barrier at bar's offset: one read of L2 for the blocks that share the box.
+static __device__ __forceinline__ void kv_tma_load_3d_multicast(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar,
+                                                                unsigned short mask)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3, %4}], [%5], %6;"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(mask) : "memory");
+}
 #endif   // KV_EMU
 
 // ---- 3. composites ----

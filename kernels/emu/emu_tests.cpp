@@ -137,6 +137,41 @@ static void test_gemm(int M, int N, int K, int batch, bool tA, bool tB, bool bia
                 report(std::string("gemm v4 (TMA + wgmma") + what + (persistent ? ", persistent 2 blocks" : "") + ") " + tag,
                        gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C4), 2e-4);
             }
+            // clusters of two blocks sharing B (gemm_bf16_wgmma_tma_x2, tmB's box half a tile's rows): a cluster an item
+            // (a pair of row tiles), and persistent: 2 clusters taking turns; then split-K in clusters
+            {
+                kv_tensor_map tbh;
+                const unsigned boxBh[3] = {64, G3_BN / 2, 1};
+                kv_emu_encode_tensor_map(&tbh, b16.data(), db, sb, boxBh);
+                const unsigned pairs = (unsigned)(((M + G3_BM - 1) / G3_BM + 1) / 2 * ((N + G3_BN - 1) / G3_BN)), pitems = pairs * (unsigned)batch;
+                for (bool persistent : {false, true})
+                {
+                    if (persistent && pitems <= 2u) continue;
+                    const unsigned clusters = persistent ? 2u : pitems;
+                    auto C4 = C0;
+                    kv_emu_launch({2 * clusters, 1, 1}, G4_THREADS, G4_SMEM_BYTES, [&] {
+                        gemm_bf16_wgmma_tma_x2(ta, tbh, bias ? bs.data() : nullptr, C4.data(), M, N, kp, N, 1, sharedB ? 0 : 1,
+                                               (long long)M * N, 1.f, acc, gelu, 0, batch);
+                    }, 2);
+                    report(std::string("gemm v4 clusters of 2 (") + (persistent ? "persistent 2 clusters" : "a cluster an item") + what + ") " + tag,
+                           gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C4), 2e-4);
+                }
+                const int KT = (kp + G3_BK - 1) / G3_BK;
+                if (batch == 1 && KT >= 2)
+                {
+                    const int ksteps = (KT + 1) / 2, splits = (KT + ksteps - 1) / ksteps;
+                    std::vector<float> W((size_t)splits * M * N, std::numeric_limits<float>::quiet_NaN());
+                    auto C5 = C0;
+                    kv_emu_launch({2 * std::min(2u, pairs * (unsigned)splits), 1, 1}, G4_THREADS, G4_SMEM_BYTES, [&] {
+                        gemm_bf16_wgmma_tma_x2(ta, tbh, nullptr, W.data(), M, N, kp, N, 1, 1, (long long)M * N, 1.f, 0, 0, ksteps, splits);
+                    }, 2);
+                    kv_emu_launch({(unsigned)std::min<long long>(((long long)M * N + 255) / 256, 64), 1, 1}, 256, 0, [&] {
+                        gemm_splitk_reduce(W.data(), splits, bias ? bs.data() : nullptr, C5.data(), M, N, N, acc, gelu);
+                    });
+                    report(std::string("gemm v4 clusters of 2, split-K ") + std::to_string(splits) + "x" + std::to_string(ksteps) + " " + tag,
+                           gemm_error(M, N, K, batch, tA, tB, bias, gelu, acc, A, Bref, bs, C0, C5), 2e-4);
+                }
+            }
             // split-K as the backend plans it (one batch): slices of ksteps K steps into a NaN-filled workspace, then
             // gemm_splitk_reduce with the bias, GELU and accumulate
             const int KT = (kp + G3_BK - 1) / G3_BK;
@@ -735,6 +770,7 @@ int main()
     if (want("gemm")) test_gemm(130, 20, 50, 2, true, true, false, false, true);
     if (want("gemm")) test_gemm(64, 520, 200, 1, false, true, true, false, false);   // K over several 64-wide stages, N over 2 tiles
     if (want("gemm")) test_gemm(20, 270, 600, 1, false, true, false, true, true);    // 10 K stages: the 4-stage rings wrap twice (v4's barrier phases)
+    if (want("gemm")) test_gemm(300, 520, 330, 1, false, true, true, true, true);   // 3 row tiles (clusters of 2: the last pair's second idle), 3 column tiles
     // The Hopper 3xTF32 GEMM: partial tiles, K not a multiple of 32 (nor of 4), transposes, K over several rings.
     if (want("tf32x3")) test_gemm_tf32x3(150, 300, 72, false, true, false, 20.f);
     if (want("tf32x3")) test_gemm_tf32x3(130, 270, 45, true, false, true, 1.f);

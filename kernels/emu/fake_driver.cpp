@@ -46,7 +46,7 @@ void call(void (*k)(A...), void** params, std::index_sequence<I...>)
 struct Entry
 {
     const char* name;
-    void (*launch)(kv_dim3 grid, unsigned threads, size_t shared, void** params);
+    void (*launch)(kv_dim3 grid, unsigned threads, size_t shared, void** params, unsigned cluster);
     long long launches;
 };
 
@@ -57,9 +57,9 @@ void call_all(void (*k)(A...), void** params)
 }
 
 template <auto K>
-void launch(kv_dim3 grid, unsigned threads, size_t shared, void** params)
+void launch(kv_dim3 grid, unsigned threads, size_t shared, void** params, unsigned cluster)
 {
-    kv_emu_launch(grid, threads, shared, [params] { call_all(K, params); });
+    kv_emu_launch(grid, threads, shared, [params] { call_all(K, params); }, cluster);
 }
 
 #define KV_ENTRY(name) Entry{#name, &launch<&name>, 0}
@@ -67,7 +67,7 @@ Entry entries[] = {
     KV_ENTRY(attention_forward_d64), KV_ENTRY(attention_forward_d64_v2), KV_ENTRY(attention_backward_delta),
     KV_ENTRY(attention_backward_dkdv_d64), KV_ENTRY(attention_backward_dq_d64), KV_ENTRY(attention_forward_d64_wgmma),
     KV_ENTRY(gemm_bf16), KV_ENTRY(gemm_bf16_tn), KV_ENTRY(convert_bf16_kmajor), KV_ENTRY(split_tf32_kmajor),
-    KV_ENTRY(gemm_splitk_reduce), KV_ENTRY(gemm_f32x3), KV_ENTRY(gemm_bf16_wgmma), KV_ENTRY(gemm_bf16_wgmma_tma),
+    KV_ENTRY(gemm_splitk_reduce), KV_ENTRY(gemm_f32x3), KV_ENTRY(gemm_bf16_wgmma), KV_ENTRY(gemm_bf16_wgmma_tma), KV_ENTRY(gemm_bf16_wgmma_tma_x2),
     KV_ENTRY(gemm_tf32x3_wgmma_tma), KV_ENTRY(topk_tc_f16_wgmma),
     KV_ENTRY(infonce_diag), KV_ENTRY(infonce_forward_tiles), KV_ENTRY(infonce_combine), KV_ENTRY(sum_scaled_f64),
     KV_ENTRY(infonce_backward_tiles), KV_ENTRY(infonce_backward_diag), KV_ENTRY(infonce_diag_of),
@@ -204,21 +204,74 @@ int cuFuncSetAttribute(void* f, int attribute, int value)
     static_cast<Function*>(f)->maxShared = value < kSharedDefault ? kSharedDefault : value;
     return kOk;
 }
+}  // extern "C"
+
+namespace
+{
+// The launch checks of cuLaunchKernel and cuLaunchKernelEx; then the emulator runs it (clusters of `cluster` blocks along x).
+int launchChecked(const char* call, void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared,
+                  void** params, void** extra, unsigned cluster)
+{
+    static thread_local std::string what;
+    auto failIn = [&](int code, const char* why) { what = std::string(call) + ": " + why; return fail(code, what.c_str()); };
+    auto* fn = static_cast<Function*>(f);
+    if (!fn) return failIn(kInvalidHandle, "no function");
+    Entry* e = fn->entry;
+    if (extra) return failIn(kInvalidValue, "extra is not emulated");
+    if (gx == 0 || gy == 0 || gz == 0 || gx > 0x7fffffffu || gy > 65535 || gz > 65535) return failIn(kInvalidValue, "grid outside the limits");
+    if (by != 1 || bz != 1) return failIn(kInvalidValue, "the kernels take 1-D blocks");
+    if (bx == 0 || bx > 1024 || bx % 32) return failIn(kInvalidValue, "block of 1..1024 threads, whole warps");
+    if (bx > fn->maxThreads) return failIn(kLaunchOutOfResources, "more threads than the kernel's __launch_bounds__");
+    if ((int)shared > fn->maxShared) return failIn(kInvalidValue, "more dynamic shared memory than cuFuncSetAttribute allowed");
+    if (cluster == 0 || cluster > 8 || gx % cluster) return failIn(kInvalidValue, "a cluster of 1..8 blocks along x that divides the grid's x");
+    std::lock_guard<std::mutex> lock(launches);
+    e->launch({gx, gy, gz}, bx, shared, params, cluster);
+    e->launches++;
+    return kOk;
+}
+
+// cuda.h's CUlaunchConfig and CUlaunchAttribute (id 4: CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, value.clusterDim).
+struct LaunchAttribute { int id; char pad[4]; unsigned x, y, z; char rest[52]; };
+struct LaunchConfig { unsigned gx, gy, gz, bx, by, bz, shared; void* stream; LaunchAttribute* attrs; unsigned numAttrs; };
+static_assert(sizeof(LaunchAttribute) == 72 && sizeof(LaunchConfig) == 56, "cuda.h's layouts");
+// The cluster dimension a config asks for (1 without the attribute); 0 where it is not one the emulator runs.
+unsigned clusterOf(const LaunchConfig* c)
+{
+    unsigned x = 1;
+    for (unsigned i = 0; i < c->numAttrs; i++)
+    {
+        const auto& a = c->attrs[i];
+        if (a.id != 4) return 0;
+        if (a.y != 1 || a.z != 1) return 0;
+        x = a.x;
+    }
+    return x;
+}
+}  // namespace
+
+extern "C"
+{
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared,
                    void*, void** params, void** extra)
 {
+    return launchChecked("cuLaunchKernel", f, gx, gy, gz, bx, by, bz, shared, params, extra, 1);
+}
+int cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** extra)
+{
+    if (!c || (c->numAttrs && !c->attrs)) return fail(kInvalidValue, "cuLaunchKernelEx: no config");
+    unsigned cluster = clusterOf(c);
+    if (!cluster) return fail(kInvalidValue, "cuLaunchKernelEx: an attribute other than a cluster dimension (x, 1, 1)");
+    return launchChecked("cuLaunchKernelEx", f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->shared, params, extra, cluster);
+}
+// One block a multiprocessor for the kernels' large shared memory; clusters of 2 in pairs of the 132 (the H100's 66 TPCs).
+int cuOccupancyMaxActiveClusters(int* n, void* f, const LaunchConfig* c)
+{
     auto* fn = static_cast<Function*>(f);
-    if (!fn) return fail(kInvalidHandle, "cuLaunchKernel: no function");
-    Entry* e = fn->entry;
-    if (extra) return fail(kInvalidValue, "cuLaunchKernel: extra is not emulated");
-    if (gx == 0 || gy == 0 || gz == 0 || gx > 0x7fffffffu || gy > 65535 || gz > 65535) return fail(kInvalidValue, "cuLaunchKernel: grid outside the limits");
-    if (by != 1 || bz != 1) return fail(kInvalidValue, "cuLaunchKernel: the kernels take 1-D blocks");
-    if (bx == 0 || bx > 1024 || bx % 32) return fail(kInvalidValue, "cuLaunchKernel: block of 1..1024 threads, whole warps");
-    if (bx > fn->maxThreads) return fail(kLaunchOutOfResources, "cuLaunchKernel: more threads than the kernel's __launch_bounds__");
-    if ((int)shared > fn->maxShared) return fail(kInvalidValue, "cuLaunchKernel: more dynamic shared memory than cuFuncSetAttribute allowed");
-    std::lock_guard<std::mutex> lock(launches);
-    e->launch({gx, gy, gz}, bx, shared, params);
-    e->launches++;
+    if (!fn || !c) return fail(kInvalidValue, "cuOccupancyMaxActiveClusters: no function or config");
+    unsigned cluster = clusterOf(c);
+    if (!cluster || cluster > 8) return fail(kInvalidValue, "cuOccupancyMaxActiveClusters: not a cluster dimension (x <= 8, 1, 1)");
+    if ((int)c->shared > fn->maxShared) return fail(kInvalidValue, "cuOccupancyMaxActiveClusters: more dynamic shared memory than cuFuncSetAttribute allowed");
+    *n = (int)(132 / cluster);
     return kOk;
 }
 int cuStreamSynchronize(void*) { return kOk; }   // launches run to completion before they return

@@ -1,6 +1,6 @@
 // Host emulation of the primitives of kernelvl_cuda.h (included from there when KV_EMU is defined): the kernels'
 // own source, compiled as C++ for the CPU, run with one fiber (cooperative, round-robin, on one OS thread) per
-// CUDA thread, one block at a time. Warp collectives (shuffles, ldmatrix, mma) exchange their operands through a
+// CUDA thread, one block at a time (or the blocks of one thread block cluster together). Warp collectives (shuffles, ldmatrix, mma) exchange their operands through a
 // per-warp area between two warp barriers, and compute what the PTX ISA specifies for each lane; __syncthreads is a
 // block barrier. cp.async copies land only when their thread waits for them (the latest the PTX ISA allows), so the
 // emulator checks index arithmetic, fragment layouts, edge handling and the pipelines' commit/wait accounting; it
@@ -62,6 +62,7 @@ struct kv_emu_mbar
     unsigned phase = 0;
     std::vector<kv_emu_tma> copies;   // issued, not yet landed
 };
+struct kv_emu_cluster;
 struct kv_emu_block
 {
     kv_emu_bar bar;
@@ -70,6 +71,17 @@ struct kv_emu_block
     kv_emu_warp* warps;
     kv_emu_group* groups;
     unsigned char* dyn;
+    size_t dynBytes;
+    int rank = 0, live = 0;   // rank in the cluster; threads that have not returned (0: exited)
+    kv_emu_cluster* cluster;
+};
+// A thread block cluster: its blocks run together (their threads' fibers in one schedule); barrier.cluster is a
+// barrier of all their threads. A kernel launched without clusters runs as clusters of one block.
+struct kv_emu_cluster
+{
+    kv_emu_bar bar;
+    kv_emu_block* blocks;
+    int size;
 };
 inline kv_emu_block* kv_emu_cur;
 
@@ -506,9 +518,21 @@ static inline void kv_emu_encode_tensor_map(kv_tensor_map* map, const void* base
     std::memset(map, 0, sizeof *map);
     std::memcpy(map, &m, sizeof m);
 }
+// The block of the running thread's cluster whose dynamic shared memory holds `addr` (a mapa address of another block),
+// else the running block (static shared memory).
+static inline kv_emu_block& kv_emu_block_of(kv_saddr addr)
+{
+    auto* c = kv_emu_cur->cluster;
+    for (int r = 0; c && r < c->size; r++)
+    {
+        auto& b = c->blocks[r];
+        if (addr >= (kv_saddr)(uintptr_t)b.dyn && addr < (kv_saddr)(uintptr_t)b.dyn + b.dynBytes) return b;
+    }
+    return *kv_emu_cur;
+}
 static inline kv_emu_mbar& kv_emu_mb(kv_saddr bar)
 {
-    auto& m = kv_emu_cur->mbars[bar];
+    auto& m = kv_emu_block_of(bar).mbars[bar];
     if (bar % 8) { std::fprintf(stderr, "mbarrier at a shared address that is not 8-byte aligned\n"); std::abort(); }
     return m;
 }
@@ -566,6 +590,7 @@ static inline void kv_tma_load_3d(kv_saddr dst, const kv_tensor_map* map, int c0
 }
 static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
 {
+    if (&kv_emu_block_of(bar) != kv_emu_cur) { std::fprintf(stderr, "mbarrier wait on another block's barrier\n"); std::abort(); }
     for (long long spins = 0;; spins++)
     {
         auto& m = kv_emu_mb(bar);
@@ -579,8 +604,55 @@ static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
     }
 }
 
-// Runs body() as every thread of every block of the grid: blocks one after another, each block's threads as fibers
-// switched at every barrier.
+// ---- sm_90: thread block clusters ----
+static inline unsigned kv_cluster_ctarank() { return (unsigned)kv_emu_cur->rank; }
+// A block of the cluster that is still running: a remote access to one that has exited (its shared memory may already
+// belong to another block on the device) aborts.
+static inline kv_emu_block& kv_emu_live_block(unsigned rank, const char* what)
+{
+    auto* c = kv_emu_cur->cluster;
+    if (rank >= (unsigned)c->size) { std::fprintf(stderr, "%s: rank %u outside the cluster of %d\n", what, rank, c->size); std::abort(); }
+    auto& b = c->blocks[rank];
+    if (b.live == 0) { std::fprintf(stderr, "%s: block of rank %u of the cluster has exited\n", what, rank); std::abort(); }
+    return b;
+}
+static inline kv_saddr kv_mapa(kv_saddr addr, unsigned rank)
+{
+    unsigned long long off = addr - (kv_saddr)(uintptr_t)kv_emu_cur->dyn;
+    if (off >= kv_emu_cur->dynBytes) { std::fprintf(stderr, "mapa of an address outside this block's dynamic shared memory\n"); std::abort(); }
+    return (kv_saddr)(uintptr_t)kv_emu_live_block(rank, "mapa").dyn + off;
+}
+static inline void kv_mbar_arrive_cluster(kv_saddr remote)
+{
+    auto& b = kv_emu_block_of(remote);
+    if (b.live == 0) { std::fprintf(stderr, "remote mbarrier arrival on a block of the cluster that has exited\n"); std::abort(); }
+    kv_emu_mbar_arrive(remote, 0);
+}
+static inline void kv_mbar_wait_cluster(kv_saddr bar, unsigned parity) { kv_mbar_wait(bar, parity); }
+static inline void kv_cluster_sync() { kv_emu_arrive(kv_emu_cur->cluster->bar); }
+// The copy lands in every block of `mask` at dst's offset and completes on each one's barrier at bar's offset (each
+// such copy as kv_tma_load_3d's: at the first wait on that barrier in ordered mode, at once in race mode).
+static inline void kv_tma_load_3d_multicast(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar, unsigned short mask)
+{
+    if (mask == 0 || mask >> kv_emu_cur->cluster->size) { std::fprintf(stderr, "TMA multicast mask 0x%x outside the cluster\n", mask); std::abort(); }
+    const kv_saddr dst0 = dst - (kv_saddr)(uintptr_t)kv_emu_cur->dyn, bar0 = bar - (kv_saddr)(uintptr_t)kv_emu_cur->dyn;
+    if (dst0 % 1024) { std::fprintf(stderr, "TMA destination not 1024-aligned (128B swizzle)\n"); std::abort(); }
+    if (dst0 >= kv_emu_cur->dynBytes || bar0 >= kv_emu_cur->dynBytes) { std::fprintf(stderr, "TMA multicast outside dynamic shared memory\n"); std::abort(); }
+    for (unsigned r = 0; r < (unsigned)kv_emu_cur->cluster->size; r++)
+        if (mask >> r & 1)
+        {
+            auto& b = kv_emu_live_block(r, "TMA multicast");
+            const kv_saddr d = (kv_saddr)(uintptr_t)b.dyn + dst0, br = (kv_saddr)(uintptr_t)b.dyn + bar0;
+            auto& m = b.mbars[br];
+            if (!m.init) { std::fprintf(stderr, "TMA multicast onto an mbarrier that was not initialised (block %u)\n", r); std::abort(); }
+            kv_emu_tma c{d, map, c0, c1, c2};
+            if (kv_emu_eager) kv_emu_tma_land(m, c);
+            else m.copies.push_back(c);
+        }
+}
+
+// Runs body() as every thread of every block of the grid: clusters of `cluster` blocks along x (1: none) one after
+// another, the threads of a cluster's blocks as fibers switched at every barrier.
 struct kv_emu_fiber
 {
     void* sp;
@@ -599,43 +671,60 @@ inline kv_emu_fiber* kv_emu_running;
     kv_emu_leave(kv_emu_w().bar);
     kv_emu_leave(kv_emu_cur->groups[threadIdx.x >> 7].bar);
     kv_emu_leave(kv_emu_cur->bar);
+    kv_emu_leave(kv_emu_cur->cluster->bar);
+    kv_emu_cur->live--;
     kv_emu_yield();   // never resumed
     std::abort();
 }
 
 template <class F>
-static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, F body)
+static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, F body, unsigned cluster = 1)
 {
-    const size_t stackBytes = 128 * 1024;
-    std::unique_ptr<unsigned char, decltype(&std::free)> dyn((unsigned char*)std::aligned_alloc(1024, (dynamicShared + 1023) / 1024 * 1024 + 1024), &std::free);
-    std::unique_ptr<kv_emu_fiber[]> fibers(new kv_emu_fiber[threads]);
-    for (unsigned t = 0; t < threads; t++) fibers[t].stack.reset(new char[stackBytes]);
+    if (cluster == 0 || grid.x % cluster) { std::fprintf(stderr, "kv_emu_launch: grid x %u is not a multiple of the cluster's %u blocks\n", grid.x, cluster); std::abort(); }
+    const size_t stackBytes = 128 * 1024, dynBytes = (dynamicShared + 1023) / 1024 * 1024 + 1024;
+    const unsigned total = threads * cluster;   // the cluster's threads: fiber f is thread f % threads of block f / threads
+    std::vector<std::unique_ptr<unsigned char, decltype(&std::free)>> dyns;
+    for (unsigned r = 0; r < cluster; r++) dyns.emplace_back((unsigned char*)std::aligned_alloc(1024, dynBytes), &std::free);
+    std::unique_ptr<kv_emu_fiber[]> fibers(new kv_emu_fiber[total]);
+    for (unsigned t = 0; t < total; t++) fibers[t].stack.reset(new char[stackBytes]);
     kv_emu_body = [](void* p) { (*(F*)p)(); };
     kv_emu_arg = &body;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++)
+            for (unsigned x0 = 0; x0 < grid.x; x0 += cluster)
             {
-                std::unique_ptr<kv_emu_warp[]> warps(new kv_emu_warp[threads / 32]);
-                for (unsigned w = 0; w < threads / 32; w++) warps[w].bar.alive = 32;
-                unsigned ngroups = (threads + 127) / 128;
-                std::unique_ptr<kv_emu_group[]> groups(new kv_emu_group[ngroups]);
-                for (unsigned w = 0; w < ngroups; w++) groups[w].bar.alive = (int)std::min(128u, threads - 128 * w);
                 // Garbage, as on the device; a different pattern per mode: 0xcd (floats -4e-8, ints -8e8), 0x7f (floats
                 // 3.4e38: a stale threshold read from it rejects everything), 0xff (NaN, index -1).
                 const int poison = kv_emu_starve ? 0xff : kv_emu_shuffle ? 0x7f : 0xcd;
-                std::memset(dyn.get(), poison, dynamicShared);
                 if (__start_kv_shared) std::memset(__start_kv_shared, poison, (size_t)(__stop_kv_shared - __start_kv_shared));
-                kv_emu_block block;
-                block.bar.alive = (int)threads;
-                block.warps = warps.get();
-                block.groups = groups.get();
-                block.dyn = dyn.get();
-                kv_emu_cur = &block;
-                blockIdx = {x, y, z};
+                std::unique_ptr<kv_emu_block[]> blocks(new kv_emu_block[cluster]);
+                std::vector<std::unique_ptr<kv_emu_warp[]>> warps;
+                std::vector<std::unique_ptr<kv_emu_group[]>> groups;
+                kv_emu_cluster cl;
+                cl.bar.alive = (int)total;
+                cl.blocks = blocks.get();
+                cl.size = (int)cluster;
+                const unsigned ngroups = (threads + 127) / 128;
+                for (unsigned r = 0; r < cluster; r++)
+                {
+                    warps.emplace_back(new kv_emu_warp[threads / 32]);
+                    for (unsigned w = 0; w < threads / 32; w++) warps[r][w].bar.alive = 32;
+                    groups.emplace_back(new kv_emu_group[ngroups]);
+                    for (unsigned w = 0; w < ngroups; w++) groups[r][w].bar.alive = (int)std::min(128u, threads - 128 * w);
+                    std::memset(dyns[r].get(), poison, dynamicShared);
+                    kv_emu_block& block = blocks[r];
+                    block.bar.alive = (int)threads;
+                    block.warps = warps[r].get();
+                    block.groups = groups[r].get();
+                    block.dyn = dyns[r].get();
+                    block.dynBytes = dynamicShared;
+                    block.rank = (int)r;
+                    block.live = (int)threads;
+                    block.cluster = &cl;
+                }
                 blockDim = {threads, 1, 1};
                 gridDim = grid;
-                for (unsigned t = 0; t < threads; t++)
+                for (unsigned t = 0; t < total; t++)
                 {
                     // A fresh stack whose first switch "returns" into kv_emu_entry as if called (rsp % 16 == 8 there).
                     kv_emu_fiber& f = fibers[t];
@@ -649,28 +738,29 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                     for (int r = 0; r < 6; r++) *--sp = nullptr;   // rbp rbx r12 r13 r14 r15
                     f.sp = sp;
                 }
-                std::vector<unsigned> order(threads);
-                for (unsigned t = 0; t < threads; t++) order[t] = t;
+                std::vector<unsigned> order(total);
+                for (unsigned t = 0; t < total; t++) order[t] = t;
                 // idle[t]: fiber t has been resumed and found nothing to do since the last progress of any fiber.
                 // Every live fiber idle = none can ever go on (their state changes only through each other): deadlock.
-                std::vector<char> idle(threads, 0), victim(threads, 0);
+                std::vector<char> idle(total, 0), victim(total, 0);
                 unsigned idleCount = 0, victimTurns = 0;
-                auto drawVictim = [&] {
-                    const unsigned warpsN = threads / 32, w = kv_emu_rand() % warpsN, kind = kv_emu_rand() % 3;
-                    for (unsigned t = 0; t < threads; t++)
-                        victim[t] = kind == 0 ? t / 32 == w : kind == 1 ? t / 128 == w / 4 : t / 32 != w;
+                auto drawVictim = [&] {   // a warp, a warpgroup, or every warp but one, of any block of the cluster
+                    const unsigned warpsN = total / 32, w = kv_emu_rand() % warpsN, kind = kv_emu_rand() % 3;
+                    for (unsigned t = 0; t < total; t++)
+                        victim[t] = kind == 0 ? t / 32 == w : kind == 1 ? (t / threads == w * 32 / threads && t % threads / 128 == w * 32 % threads / 128)
+                                                                        : t / 32 != w;
                     victimTurns = 1 + kv_emu_rand() % 6;
                 };
                 if (kv_emu_starve) drawVictim();
-                for (unsigned left = threads; left > 0;)
+                for (unsigned left = total; left > 0;)
                 {
                     left = 0;
                     if (kv_emu_shuffle)
-                        for (unsigned i = threads - 1; i > 0; i--) std::swap(order[i], order[kv_emu_rand() % (i + 1)]);
+                        for (unsigned i = total - 1; i > 0; i--) std::swap(order[i], order[kv_emu_rand() % (i + 1)]);
                     bool othersStuck = true;   // starve mode: the victim runs only when no other fiber can
                     if (kv_emu_starve)
-                        for (unsigned t = 0; t < threads; t++) othersStuck &= victim[t] || fibers[t].done || idle[t];
-                    for (unsigned i = 0; i < threads; i++)
+                        for (unsigned t = 0; t < total; t++) othersStuck &= victim[t] || fibers[t].done || idle[t];
+                    for (unsigned i = 0; i < total; i++)
                     {
                         unsigned t = order[i];
                         kv_emu_fiber& f = fibers[t];
@@ -678,7 +768,9 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                         // race mode: a fiber sits out a quarter of the passes, holding its warp back while others go on
                         if (kv_emu_shuffle && !kv_emu_starve && kv_emu_rand() % 4 == 0) { left++; continue; }
                         if (kv_emu_starve && victim[t] && !othersStuck) { left++; continue; }
-                        threadIdx = {t, 0, 0};
+                        kv_emu_cur = &blocks[t / threads];
+                        threadIdx = {t % threads, 0, 0};
+                        blockIdx = {x0 + t / threads, y, z};
                         kv_emu_running = &f;
                         kv_emu_pending = &f.copies;
                         kv_emu_wpending = &f.wgmmas;
@@ -691,8 +783,8 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                     }
                     if (left > 0 && idleCount == left)
                     {
-                        std::fprintf(stderr, "deadlock: the %u live threads of block (%u, %u, %u) all wait (a barrier, a named barrier or an mbarrier) and none can go on\n",
-                                     left, x, y, z);
+                        std::fprintf(stderr, "deadlock: the %u live threads of block (%u, %u, %u)%s all wait (a barrier, a named barrier, an mbarrier or the cluster's barrier) and none can go on\n",
+                                     left, x0, y, z, cluster > 1 ? " and the rest of its cluster" : "");
                         std::abort();
                     }
                     if (kv_emu_starve && othersStuck && --victimTurns == 0) drawVictim();

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Barrier mutation sweep: removes each barrier of the kernels (__syncthreads, bar.sync named barriers, __syncwarp) one
+# Barrier mutation sweep: removes each barrier of the kernels (__syncthreads, bar.sync named barriers, __syncwarp, the
+# cluster barrier) one
 # at a time, rebuilds the host emulator and runs the tests of the kernels that file holds in the three schedules
 # (ordered, race, starve; the shuffled two under 3 seeds, KV_EMU_SEED). A removal the emulator does not notice is listed as SURVIVED: either the barrier is not
 # needed (then say so on its line: "kept though redundant", which this script skips) or no schedule or input the
 # emulator produces exposes it (a gap to close in emu_tests.cpp or kv_emu.h).
 # MUTATE=waits instead loosens each asynchronous wait by one group (cp.async.wait_group N -> N + 1, wgmma.wait_group
-# N -> N + 1) and removes each mbarrier wait: every such change must be caught too (or be marked the same way).
+# N -> N + 1) and removes each mbarrier wait (kv_mbar_wait, kv_mbar_wait_cluster): every such change must be caught too
+# (or be marked the same way).
 # Usage: [MUTATE=waits] bash kernels/emu/mutate.sh [file ...]   (default: every kernels/*.cu and kernels/*_common.h)
 # Needs clang++-14 and an x86-64 machine; about 30-60 s a barrier on one core. Ends with "N caught, N survived".
 set -uo pipefail
@@ -28,17 +30,17 @@ families() {
   esac
 }
 caught=0; survived=0; marked=0
-pattern="__syncthreads\(\)|kv_named_barrier\(|kv_syncwarp\(\)"
-[ "${MUTATE:-barriers}" = waits ] && pattern="kv_cp_async_wait<|kv_wgmma_wait<|kv_mbar_wait\("
+pattern="__syncthreads\(\)|kv_named_barrier\(|kv_syncwarp\(\)|kv_cluster_sync\(\)"
+[ "${MUTATE:-barriers}" = waits ] && pattern="kv_cp_async_wait<|kv_wgmma_wait<|kv_mbar_wait\(|kv_mbar_wait_cluster\("
 for f in "${files[@]}"; do
   f=$(basename "$f")
   only=$(families "$f")
   while IFS=: read -r line text; do
     rm -rf "$work/k"; mkdir -p "$work/k"; cp -r ./*.cu ./*.h emu "$work/k/"
     if [ "${MUTATE:-barriers}" = waits ]; then
-      sed -i "${line}s/_wait<\([^>]*\)>()/_wait<\1 + 1>()/; ${line}s/kv_mbar_wait([^;]*;/(void)0;/" "$work/k/$f"
+      sed -i "${line}s/_wait<\([^>]*\)>()/_wait<\1 + 1>()/; ${line}s/kv_mbar_wait([^;]*;/(void)0;/; ${line}s/kv_mbar_wait_cluster([^;]*;/(void)0;/" "$work/k/$f"
     else
-      sed -i "${line}s/__syncthreads()/(void)0/; ${line}s/kv_named_barrier([^)]*)/(void)0/; ${line}s/kv_syncwarp()/(void)0/" "$work/k/$f"
+      sed -i "${line}s/__syncthreads()/(void)0/; ${line}s/kv_named_barrier([^)]*)/(void)0/; ${line}s/kv_syncwarp()/(void)0/; ${line}s/kv_cluster_sync()/(void)0/" "$work/k/$f"
     fi
     if cmp -s "$f" "$work/k/$f"; then continue; fi
     what="$f:$line $(echo "$text" | sed 's/^ *//' | cut -c1-70)"

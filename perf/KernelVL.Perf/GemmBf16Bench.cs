@@ -8,7 +8,8 @@ namespace KernelVL.Perf;
 /// The GEMM target on the cuda backend, at the shapes of <see cref="CublasBaselines"/> (4096^3 and the model's
 /// linear layers, weights [N, K] as the model holds them, with bias): gemm.cu version 2 on bf16 operands already in
 /// memory (what cuBLAS bf16 and torch bf16 are timed with), version 2 behind the f32 MatMul (the bf16 conversions
-/// included), versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma, split-K where its tiles leave most SMs idle, also timed without; Hopper, when NVRTC built them) the same two ways, and version 1 (f32 operands rounded
+/// included), versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma, split-K where its tiles leave most SMs idle, also timed without,
+/// and in clusters of two sharing B; Hopper, when NVRTC built them) the same two ways, and version 1 (f32 operands rounded
 /// while staging). Checked first: 4096 sampled entries of version 2
 /// against an f64 dot product of the bf16-rounded operands (error budget 1e-4 of sum |a b|: f32 accumulation only),
 /// and the f32 MatMul's result equal to the bf16 kernel's bit for bit (the same rounding, the same kernel).
@@ -89,6 +90,21 @@ internal static class GemmBf16Bench
                     Row($"{name}, a block per tile bf16 operands", pp is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
                     backend.GemmPersistent = true;
                 }
+                if (ver == 4 && backend.GemmV4ClusterUnavailable is null && m > 128)
+                {
+                    // clusters of two blocks sharing B by TMA multicast (KERNELVL_CUDA_GEMM_CLUSTER=2), checked and timed beside it
+                    backend.GemmCluster = 2;
+                    backend.MatMulBf16(a16, b16, k, bias, c);
+                    backend.CopyToHost(c, cv);
+                    string? pc = Check(ah, bh, biasH, cv, m, n, k, rng);
+                    if (pc is not null) { failures++; problem ??= "v4 clusters of 2: " + pc; }
+                    string split = backend.LastGemmSplits > 1 ? $", split-K {backend.LastGemmSplits}" : "";
+                    Row($"v4 TMA + wgmma, clusters of 2 (B multicast){split} bf16 operands",
+                        pc is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                    backend.GemmCluster = 1;
+                }
+                else if (ver == 4 && m == CublasBaselines.Shapes[0].M && backend.GemmV4ClusterUnavailable is { } noCluster)
+                    Console.Error.WriteLine($"gemm v4 clusters of 2: {noCluster}");
                 if (ver == 4 && backend.LastGemmSplits > 1)
                 {
                     // the same shape without the split, checked and timed beside it (KERNELVL_CUDA_GEMM_SPLITK=0 does this everywhere)

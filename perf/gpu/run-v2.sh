@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh): the first GPU run
 # of the kernels that are opt-in until it passes (topk.cu v2 tensor-core search, gemm_sm90.cu's top-k v3 on wgmma + TMA, gemm.cu v2 bf16 pipeline,
-# gemm_sm90.cu v3 wgmma and v4 TMA + warp-specialised wgmma, gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
+# gemm_sm90.cu v3 wgmma and v4 TMA + warp-specialised wgmma (also in clusters of two sharing B by TMA multicast), gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
 # backward, layernorm.cu backward).
 # Three groups, each well under the device tool's 10 minutes a command; run them as separate calls, checks first:
 #   ONLY=checks bash perf/gpu/run-v2.sh    parity of every new kernel (registry cases with the version switched on,
@@ -43,7 +43,7 @@ if [ "$group" = checks ]; then
     ( perf 120 topk-f16 --suite > "$R/topk-suite.md" 2>&1; echo "exit $?" > "$R/topk-suite.exit" ) &
   fi
   # Each entry: VAR=VALUE[,VAR=VALUE...] (KERNELVL_CUDA_ prefixed) and the registry filter.
-  checks=("GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM=4,GEMM_SPLITK=0 ^matmul" "GEMM=4,GEMM_PERSISTENT=0 ^matmul" "GEMM_F32=2 ^infonce" "GEMM_F32=3 ^infonce" "INFONCE=2 ^infonce"
+  checks=("GEMM=2 ^matmul" "GEMM=3 ^matmul" "GEMM=4 ^matmul" "GEMM=4,GEMM_SPLITK=0 ^matmul" "GEMM=4,GEMM_PERSISTENT=0 ^matmul" "GEMM=4,GEMM_CLUSTER=2 ^matmul" "GEMM_F32=2 ^infonce" "GEMM_F32=3 ^infonce" "INFONCE=2 ^infonce"
           "INFONCE=2,GEMM_F32=3 ^infonce" "ATTENTION=2 ^attention " "ATTENTION=3 ^attention " "LAYERNORM_BACKWARD=2 ^layernorm_backward" "ATTENTION_BACKWARD=2 ^attention_backward")
   for v in "${checks[@]}"; do
     vars=${v%% *}; filter=${v#* }; name=${vars//[=,]/-}
@@ -69,8 +69,8 @@ elif [ "$group" = timings ]; then
     echo "== PyTorch baselines (same card, same run)"
     timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14
   fi
-  echo "== gemm versions 1, 2, 3, 4 at the targets' shapes (checked, then timed)"
-  perf 90 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 25 "$R/gemm-bf16.md"
+  echo "== gemm versions 1, 2, 3, 4 (4 also in clusters of 2) at the targets' shapes (checked, then timed)"
+  perf 100 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 45 "$R/gemm-bf16.md"
   echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1, 2 and 3"
   perf 100 topk-f16 --json "$R/topk-f16.json" > "$R/topk-f16.md" 2> "$R/topk-f16.log"; echo "exit $?"
   tail -n 3 "$R/topk-f16.log"; tail -n 5 "$R/topk-f16.md"

@@ -87,12 +87,21 @@ public unsafe class CudaBindingTests
         Assert.DoesNotContain("__local_depot", text);   // the 128-float accumulators stay in registers (versions 3 and 4)
         // Version 4: TMA copies and mbarriers, and the tensor maps read where they are (__grid_constant__: the
         // parameter's own generic address, cvta.param), not from a local copy that TMA could not use.
-        string v4 = text[text.IndexOf(".entry gemm_bf16_wgmma_tma", StringComparison.Ordinal)..];
+        string v4 = text[text.IndexOf(".entry gemm_bf16_wgmma_tma(", StringComparison.Ordinal)..];
         Assert.Contains("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes", v4);
         Assert.Contains("mbarrier.try_wait.parity.shared::cta.b64", v4);
         Assert.Contains("mbarrier.arrive.expect_tx.shared::cta.b64", v4);
         Assert.Contains("cvta.param.u64", v4);
         Assert.Contains("wgmma.wait_group.sync.aligned 1;", v4);   // one wgmma group kept in flight
+        // Version 4 in clusters of two: B multicast into both blocks, the consumers' remote arrivals, the cluster barrier.
+        string x2 = text[text.IndexOf(".entry gemm_bf16_wgmma_tma_x2(", StringComparison.Ordinal)..];
+        x2 = x2[..x2.IndexOf(".entry ", 10, StringComparison.Ordinal)];
+        Assert.Contains("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster", x2);
+        Assert.Contains("mapa.shared::cluster.u32", x2);
+        Assert.Contains("mbarrier.arrive.release.cluster.shared::cluster.b64", x2);
+        Assert.Contains("mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64", x2);
+        Assert.Contains("barrier.cluster.arrive.release", x2);
+        Assert.Contains("%cluster_ctarank", x2);
         // The Hopper 3xTF32 GEMM: tf32 wgmma over four TMA maps.
         string f3 = text[text.IndexOf(".entry gemm_tf32x3_wgmma_tma", StringComparison.Ordinal)..];
         Assert.Contains("wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32", f3);

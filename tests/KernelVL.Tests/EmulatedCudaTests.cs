@@ -86,6 +86,8 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         ["GEMM=4", "^matmul", "gemm_bf16_wgmma_tma gemm_splitk_reduce"],
         ["GEMM=4,GEMM_SPLITK=0", "^matmul", "gemm_bf16_wgmma_tma"],
         ["GEMM=4,GEMM_PERSISTENT=0", "^matmul", "gemm_bf16_wgmma_tma gemm_splitk_reduce"],
+        ["GEMM=4,GEMM_CLUSTER=2", "^matmul", "gemm_bf16_wgmma_tma_x2 gemm_splitk_reduce"],
+        ["GEMM=4,GEMM_CLUSTER=2,GEMM_PERSISTENT=0", "^matmul", "gemm_bf16_wgmma_tma_x2"],
         ["GEMM_F32=2", "^infonce", "gemm_f32x3"],
         ["GEMM_F32=3", "^infonce", "gemm_tf32x3_wgmma_tma split_tf32_kmajor"],
         ["INFONCE=2", "^infonce", "infonce_stats_tiles infonce_backward_tiles_of gemm_f32x3"],
@@ -106,6 +108,7 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
                 case "GEMM": be.GemmVersion = value; break;
                 case "GEMM_SPLITK": be.GemmSplitK = value != 0; break;
                 case "GEMM_PERSISTENT": be.GemmPersistent = value != 0; break;
+                case "GEMM_CLUSTER": be.GemmCluster = value; break;
                 case "GEMM_F32": be.PreciseGemmVersion = value; break;
                 case "INFONCE": be.InfoNceVersion = value; break;
                 case "ATTENTION": be.AttentionVersion = value; break;
@@ -121,7 +124,9 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
     {
         using var be = Backend();
         Assert.True(be.Emulated);
-        Assert.All(be.VersionAvailability.SkipLast(1), line => Assert.EndsWith(": available", line));
+        Assert.All(be.VersionAvailability.SkipLast(1), line => Assert.Matches(@": available( \(.+\))?$", line));
+        // cuOccupancyMaxActiveClusters as the emulated driver answers it (the H100's 132 multiprocessors in pairs).
+        Assert.Contains(be.VersionAvailability, line => line.EndsWith("clusters of 2 (B multicast): available (66 clusters resident)", StringComparison.Ordinal));
         Assert.All(be.KernelSources, s => Assert.StartsWith("embedded ptx", s.Path));   // no NVRTC on the emulator: its sources are compiled in
     }
 
@@ -137,16 +142,19 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         var cases = OpRegistry.TestCases().Where(c => filter.IsMatch(c.Op)).ToList();
         Assert.NotEmpty(cases);
         var failures = new List<string>();
-        int splits = 0;
+        int splits = 0, cluster = 0;
         foreach (var c in cases)
         {
             var r = OpCheck.Run(c, be, reference, seed: Random.Shared.Next());
             if (!r.Ok) failures.Add(r.ToString());
             splits = Math.Max(splits, be.LastGemmSplits);
+            cluster = Math.Max(cluster, be.LastGemmCluster);
         }
         Assert.True(failures.Count == 0, $"{config}: {failures.Count} of {cases.Count} failed:\n" + string.Join("\n", failures));
         // Version 4 splits K where the registry's deep case leaves most of the 132 multiprocessors idle, unless turned off.
         if (config.StartsWith("GEMM=4", StringComparison.Ordinal)) Assert.Equal(config.Contains("SPLITK=0") ? 1 : 2, splits);
+        // Clusters of two where asked for (and where a case has two row tiles to pair), else none.
+        if (config.StartsWith("GEMM=4", StringComparison.Ordinal)) Assert.Equal(config.Contains("CLUSTER=2") ? 2 : 1, cluster);
         foreach (var (kernel, n) in before) Assert.True(Launches(kernel) > n, $"{config}: {kernel} never ran");
     }
 

@@ -30,6 +30,8 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
     private readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
     private readonly delegate* unmanaged<TensorMap*, int, uint, nint, ulong*, ulong*, uint*, uint*, int, int, int, int, int> _cuTensorMapEncodeTiled;
+    private readonly delegate* unmanaged<LaunchConfig*, nint, void**, void**, int> _cuLaunchKernelEx;
+    private readonly delegate* unmanaged<int*, nint, LaunchConfig*, int> _cuOccupancyMaxActiveClusters;
 
     /// <summary>
     /// True for the host emulator's driver (kernels/emu/fake_driver.cpp, loaded by <see cref="Load"/> from a path given to
@@ -62,6 +64,10 @@ public sealed unsafe class CudaDriver
         // CUDA 12.0+ (Hopper's TMA); null on older drivers, which makes gemm_sm90.cu version 4 unavailable, nothing else.
         _cuTensorMapEncodeTiled = NativeLibrary.TryGetExport(lib, "cuTensorMapEncodeTiled", out var tm)
             ? (delegate* unmanaged<TensorMap*, int, uint, nint, ulong*, ulong*, uint*, uint*, int, int, int, int, int>)tm : null;
+        // CUDA 12.0+ (thread block clusters); null on older drivers, which makes the clustered GEMM unavailable, nothing else.
+        _cuLaunchKernelEx = NativeLibrary.TryGetExport(lib, "cuLaunchKernelEx", out var lx) ? (delegate* unmanaged<LaunchConfig*, nint, void**, void**, int>)lx : null;
+        _cuOccupancyMaxActiveClusters = NativeLibrary.TryGetExport(lib, "cuOccupancyMaxActiveClusters", out var oc)
+            ? (delegate* unmanaged<int*, nint, LaunchConfig*, int>)oc : null;
         // A driver library without a usable GPU (a container or machine with the NVIDIA libraries installed, no device
         // or no access to it) fails here: that makes the backend unavailable, it is not an error of a CUDA call.
         try
@@ -207,6 +213,36 @@ public sealed unsafe class CudaDriver
     public void Launch(nint function, (uint X, uint Y, uint Z) grid, (uint X, uint Y, uint Z) block, uint sharedBytes, nint stream, KernelArgs args)
         => Check("cuLaunchKernel", _cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, sharedBytes, stream, args.Pointers, null));
 
+    /// <summary>Whether this driver launches thread block clusters (cuLaunchKernelEx and cuOccupancyMaxActiveClusters, CUDA 12.0 and later).</summary>
+    public bool HasClusters => _cuLaunchKernelEx != null && _cuOccupancyMaxActiveClusters != null;
+
+    /// <summary>
+    /// Launches <paramref name="function"/> in clusters of <paramref name="clusterX"/> blocks along x (grid.X a multiple
+    /// of it) by cuLaunchKernelEx with the CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION attribute.
+    /// </summary>
+    public void LaunchCluster(nint function, (uint X, uint Y, uint Z) grid, (uint X, uint Y, uint Z) block, uint sharedBytes, nint stream, uint clusterX, KernelArgs args)
+    {
+        if (_cuLaunchKernelEx == null) throw new BackendException($"{LibraryName} has no cuLaunchKernelEx (CUDA 12.0 or later needed)");
+        var attribute = LaunchAttribute.ClusterDimension(clusterX);
+        var config = new LaunchConfig(grid, block, sharedBytes, stream, &attribute);
+        Check("cuLaunchKernelEx", _cuLaunchKernelEx(&config, function, args.Pointers, null));
+    }
+
+    /// <summary>
+    /// How many clusters of <paramref name="clusterX"/> blocks of this launch shape can run at once on the device
+    /// (cuOccupancyMaxActiveClusters; the function's dynamic shared memory must be allowed first): a persistent
+    /// clustered grid launches no more than that, so that every cluster is resident and none waits for another's end.
+    /// </summary>
+    public int MaxActiveClusters(nint function, uint blockThreads, uint sharedBytes, uint clusterX)
+    {
+        if (_cuOccupancyMaxActiveClusters == null) throw new BackendException($"{LibraryName} has no cuOccupancyMaxActiveClusters (CUDA 12.0 or later needed)");
+        var attribute = LaunchAttribute.ClusterDimension(clusterX);
+        var config = new LaunchConfig((clusterX, 1, 1), (blockThreads, 1, 1), sharedBytes, 0, &attribute);
+        int n;
+        Check("cuOccupancyMaxActiveClusters", _cuOccupancyMaxActiveClusters(&n, function, &config));
+        return n;
+    }
+
     public void Synchronize(nint stream) => Check("cuStreamSynchronize", _cuStreamSynchronize(stream));
 
     public nint CreateEvent()
@@ -227,6 +263,40 @@ public sealed unsafe class CudaDriver
         Check("cuEventElapsedTime", _cuEventElapsedTime(&ms, start, end));
         return ms;
     }
+}
+
+/// <summary>CUlaunchConfig: grid, block, dynamic shared memory, stream and the launch attributes (cuda.h's layout, 56 bytes).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct LaunchConfig
+{
+    public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+    public nint Stream;
+    public LaunchAttribute* Attributes;
+    public uint AttributeCount;
+
+    public LaunchConfig((uint X, uint Y, uint Z) grid, (uint X, uint Y, uint Z) block, uint sharedBytes, nint stream, LaunchAttribute* attribute)
+    {
+        (GridX, GridY, GridZ) = grid;
+        (BlockX, BlockY, BlockZ) = block;
+        SharedBytes = sharedBytes;
+        Stream = stream;
+        Attributes = attribute;
+        AttributeCount = 1;
+    }
+}
+
+/// <summary>CUlaunchAttribute: an id (4 bytes, padded to 8) and a 64-byte value union (72 bytes).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 72)]
+internal struct LaunchAttribute
+{
+    /// <summary>CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION.</summary>
+    public const int ClusterDimensionId = 4;
+    [FieldOffset(0)] public int Id;
+    [FieldOffset(8)] public uint X;
+    [FieldOffset(12)] public uint Y;
+    [FieldOffset(16)] public uint Z;
+
+    public static LaunchAttribute ClusterDimension(uint x) => new() { Id = ClusterDimensionId, X = x, Y = 1, Z = 1 };
 }
 
 /// <summary>

@@ -56,7 +56,8 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 2 * (64 * (4 * 32) * 4 + 64 * 3 * 4 + 16) + 2 * 3 * 8;   // top-k version 3: stages, alignment, two warpgroups' lists, mbarriers
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
-    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce, _gemm4x2;
+    private readonly int _gemm4Clusters;   // clusters of two of gemm_bf16_wgmma_tma_x2 that the device runs at once
 
     /// <summary>Why the Hopper 3xTF32 GEMM (PreciseGemmVersion 3, gemm_sm90.cu's gemm_tf32x3_wgmma_tma) cannot run here, or null.</summary>
     public string? PreciseGemmV3Unavailable { get; }
@@ -70,6 +71,20 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
 
     /// <summary>Why gemm_sm90.cu version 4 (TMA + warp-specialised wgmma) cannot run here (version 3's reasons, or a driver without tensor maps), or null.</summary>
     public string? GemmV4Unavailable { get; }
+
+    /// <summary>Why version 4 in clusters of two blocks (gemm_bf16_wgmma_tma_x2) cannot run here (version 4's reasons, a driver without cluster launches, no cluster resident), or null.</summary>
+    public string? GemmV4ClusterUnavailable { get; }
+
+    /// <summary>
+    /// Blocks a cluster for GEMM version 4: 1 (every block loads its own A and B tiles) or 2 (two blocks with the same
+    /// column tile and adjacent row tiles share B: each loads half of it and TMA multicasts that half into both, so L2
+    /// serves 32 KB a stage per block instead of 48; gemm_bf16_wgmma_tma_x2, version 4 unclustered where unavailable).
+    /// Defaults to KERNELVL_CUDA_GEMM_CLUSTER, else 1: 2 becomes the default once it has run faster on a GPU.
+    /// </summary>
+    public int GemmCluster { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_GEMM_CLUSTER") == "2" ? 2 : 1;
+
+    /// <summary>The cluster size the last version-4 GEMM ran with (1 or 2), or 0 before any.</summary>
+    public int LastGemmCluster { get; private set; }
 
     /// <summary>
     /// The InfoNCE loss and gradient: 1 (infonce.cu version 1: S recomputed in 64x64 f32 FMA tiles by the forward and the
@@ -218,18 +233,34 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         }
     }
 
+    /// <summary>Null, with how many clusters of gemm_bf16_wgmma_tma_x2 the device holds at once, or why it holds none.</summary>
+    private string? Gemm4ClusterOccupancy(out int clusters)
+    {
+        clusters = 0;
+        try
+        {
+            clusters = _driver.MaxActiveClusters(_gemm4x2, Gemm4Threads, Gemm4SharedBytes, 2);
+            return clusters > 0 ? null : "gemm_bf16_wgmma_tma_x2: the device runs no cluster of two such blocks at once";
+        }
+        catch (KernelVLException e)
+        {
+            return $"gemm_bf16_wgmma_tma_x2: {e.Message.Split('\n')[0]}";
+        }
+    }
+
     /// <summary>Whether each opt-in kernel version can run on this device, or why not: one line each, for info --probe and the perf logs.</summary>
     public IReadOnlyList<string> VersionAvailability =>
     [
         $"gemm v2 (bf16 cp.async + mma.sync): {GemmV2Unavailable ?? "available"}",
         $"gemm v3 (wgmma): {GemmV3Unavailable ?? "available"}",
         $"gemm v4 (TMA + warp-specialised wgmma): {GemmV4Unavailable ?? "available"}",
+        $"gemm v4 in clusters of 2 (B multicast): {GemmV4ClusterUnavailable ?? $"available ({_gemm4Clusters} clusters resident)"}",
         $"gemm f32 v3 (3xTF32 on wgmma + TMA): {PreciseGemmV3Unavailable ?? "available"}",
         $"attention v3 (wgmma): {AttentionV3Unavailable ?? "available"}",
         $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
         $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
         $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
-            + $"attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(InfoNceVersion == 2 && KeepInfoNceScores ? " (S kept for the backward)" : "")}",
+            + $"gemm v4 cluster {GemmCluster}, attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(InfoNceVersion == 2 && KeepInfoNceScores ? " (S kept for the backward)" : "")}",
     ];
 
     /// <summary>Null when this machine can run the backend, else why not.</summary>
@@ -350,6 +381,10 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                         AttentionV3Unavailable = Sm90Entry("attention_forward_d64_wgmma", Attn3SharedBytes, out _attn3);
                         string? noMaps = _driver.HasTensorMaps ? null : $"{CudaDriver.LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later)";
                         GemmV4Unavailable = noMaps ?? Sm90Entry("gemm_bf16_wgmma_tma", Gemm4SharedBytes, out _gemm4);
+                        GemmV4ClusterUnavailable = GemmV4Unavailable
+                            ?? (_driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx / cuOccupancyMaxActiveClusters (CUDA 12.0 or later)")
+                            ?? Sm90Entry("gemm_bf16_wgmma_tma_x2", Gemm4SharedBytes, out _gemm4x2)
+                            ?? Gemm4ClusterOccupancy(out _gemm4Clusters);
                         PreciseGemmV3Unavailable = noMaps ?? Sm90Entry("gemm_tf32x3_wgmma_tma", Gemm4SharedBytes, out _gemmTf32x3);
                         TopKV3Unavailable = noMaps ?? Sm90Entry("topk_tc_f16_wgmma", Tc3SharedBytes, out _tc3);
                     }
@@ -360,7 +395,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                 }
             }
             if (GemmV3Unavailable is not null)   // no sm_90a module: none of its kernels
-                GemmV4Unavailable = PreciseGemmV3Unavailable = TopKV3Unavailable = AttentionV3Unavailable = GemmV3Unavailable;
+                GemmV4Unavailable = GemmV4ClusterUnavailable = PreciseGemmV3Unavailable = TopKV3Unavailable = AttentionV3Unavailable = GemmV3Unavailable;
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -623,8 +658,12 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
             // 3-D maps {K, rows, batch}; an operand shared by every batch is a one-batch map read at batch 0.
             var ta = _driver.EncodeTensorMap(CudaDriver.TensorMapBf16, a, (ulong)k, (ulong)m, strideA == 0 ? 1UL : (ulong)batch, 2UL * (ulong)lda,
                 2UL * (ulong)(strideA == 0 ? (long)m * lda : strideA), 64, Gemm2Rows);
+            // Clusters of two (B shared, each block loading half of its rows: the map's box is half a tile) where there are
+            // two row tiles to pair.
+            bool cluster = GemmCluster == 2 && GemmV4ClusterUnavailable is null && m > Gemm2Rows;
             var tb = _driver.EncodeTensorMap(CudaDriver.TensorMapBf16, b, (ulong)k, (ulong)n, strideB == 0 ? 1UL : (ulong)batch, 2UL * (ulong)ldb,
-                2UL * (ulong)(strideB == 0 ? (long)n * ldb : strideB), 64, Gemm2Cols);
+                2UL * (ulong)(strideB == 0 ? (long)n * ldb : strideB), 64, (uint)(cluster ? Gemm2Cols / 2 : Gemm2Cols));
+            LastGemmCluster = cluster ? 2 : 1;
             int ksteps = GemmSplitK ? Gemm4KSteps(m, n, k, batch, _multiprocessors) : 0;
             if (ksteps > 0)
             {
@@ -634,7 +673,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                 using var w = Empty(new Shape(splits, m, n));
                 Args().Add(ta).Add(tb).Add((nint)0).Add(P(w)).Add(m).Add(n).Add(k).Add(n).Add(1).Add(1)
                     .Add((long)m * n).Add(1f).Add(0).Add(0).Add(ksteps).Add(splits);
-                Go(_gemm4, (Gemm4Grid(m, n, splits), 1, 1), Gemm4Threads, Gemm4SharedBytes);
+                Gemm4Go(cluster, m, n, splits);
                 Args().Add(P(w)).Add(splits).Add(bias).Add(c).Add(m).Add(n).Add(ldc).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0);
                 Go(_splitReduce, ((uint)Math.Min(Blocks((long)m * n, 256), 8L * _multiprocessors), 1, 1), 256);
                 LastGemmSplits = splits;
@@ -642,7 +681,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
             }
             Args().Add(ta).Add(tb).Add(bias).Add(c).Add(m).Add(n).Add(k).Add(ldc).Add(strideA == 0 ? 0 : 1).Add(strideB == 0 ? 0 : 1)
                 .Add(strideC).Add(1f).Add(accumulate ? 1 : 0).Add(gelu ? 1 : 0).Add(0).Add(batch);
-            Go(_gemm4, (Gemm4Grid(m, n, batch), 1, 1), Gemm4Threads, Gemm4SharedBytes);
+            Gemm4Go(cluster, m, n, batch);
             LastGemmSplits = 1;
             return;
         }
@@ -655,11 +694,24 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
             Go(_gemm2, (Blocks(m, Gemm2Rows), Blocks(n, Gemm2Cols), (uint)batch), 256, Gemm2SharedBytes);
     }
 
-    // Version 4's grid: its work items (128 x 256 tiles x zcount), at most one block per multiprocessor when persistent.
-    private uint Gemm4Grid(int m, int n, int zcount)
+    // Version 4 with the arguments added: its grid is its work items (128 x 256 tiles x zcount), at most one block per
+    // multiprocessor when persistent. In clusters of two, the items are pairs of row tiles, a cluster each, at most as
+    // many clusters as are resident at once when persistent (cuOccupancyMaxActiveClusters: a cluster waiting for
+    // another's end would hold a whole share of the items back).
+    private void Gemm4Go(bool cluster, int m, int n, int zcount)
     {
-        long items = (long)Blocks(m, Gemm2Rows) * Blocks(n, Gemm2Cols) * zcount;
-        return (uint)(GemmPersistent || items > int.MaxValue ? Math.Min(items, _multiprocessors) : items);
+        if (!cluster)
+        {
+            long items = (long)Blocks(m, Gemm2Rows) * Blocks(n, Gemm2Cols) * zcount;
+            Go(_gemm4, ((uint)(GemmPersistent || items > int.MaxValue ? Math.Min(items, _multiprocessors) : items), 1, 1), Gemm4Threads, Gemm4SharedBytes);
+            return;
+        }
+        long pairs = (Blocks(m, Gemm2Rows) + 1L) / 2 * Blocks(n, Gemm2Cols) * zcount;
+        long clusters = GemmPersistent || pairs > int.MaxValue / 2 ? Math.Min(pairs, _gemm4Clusters) : pairs;
+        if (_signatures.TryGetValue(_gemm4x2, out var sig) && _args.Mismatch(sig.Sizes) is { } why)
+            throw new BackendException($"launching {sig.Name}: {why}");
+        _driver.SetCurrentContext(_context);
+        _driver.LaunchCluster(_gemm4x2, ((uint)(2 * clusters), 1, 1), (Gemm4Threads, 1, 1), Gemm4SharedBytes, _stream, 2, _args);
     }
 
     /// <summary>
