@@ -197,8 +197,8 @@ static __device__ __forceinline__ void g4_gemm(const kv_tensor_map* tmA, const k
     float* __restrict__ C, int M, int N, int K, int ldc, int batchA, int batchB, long long strideC, float alpha, int accumulate, int gelu,
     int ksteps, int zcount)
 {
-    KV_DYNAMIC_SHARED(unsigned char, smem);
-    const kv_saddr sA = (kv_smem(smem) + 1023) & ~(kv_saddr)1023, sB = sA + G3_STAGES * G3_A_STAGE;
+    KV_DYNAMIC_SHARED(unsigned char, g4smem);   // (its own name: NVRTC warns of extern shared arrays of one name with other linkage, #1556-D)
+    const kv_saddr sA = (kv_smem(g4smem) + 1023) & ~(kv_saddr)1023, sB = sA + G3_STAGES * G3_A_STAGE;
     const kv_saddr full = sB + G3_STAGES * G3_B_STAGE, empty = full + G3_STAGES * 8;   // mbarriers, 8 bytes each
     const int KT = (K + G3_BK - 1) / G3_BK, mtiles = (M + G3_BM - 1) / G3_BM, ntiles = (N + G3_BN - 1) / G3_BN;
     const int mgroups = (mtiles + CS - 1) / CS;
@@ -513,18 +513,21 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_forward_d64_wgmma
 #define T3_LISTS_BYTES (2 * T3_WG_LISTS_BYTES)
 #define T3_SMEM_BYTES (T3_STAGES * G4_STAGE_BYTES + 1024 + T3_LISTS_BYTES + 2 * T3_STAGES * 8)
 
-// qh [Q, d] f16 through tmQ ({d, Q, 1}, box {64, 128, 1}), corpus [n, d] f16 through tmC ({d, n, 1}, box {64, 256, 1})
+// qh [Q, d] f16 through tmQ ({d, Q, 1}, box {64, 128, 1}), corpus [n, d] f16 through tmC ({d, n, 1}, box {64, 256 / CS, 1})
 // -> partS, partI [Q, slices, 32]: slice s = blockIdx.y covers corpus rows [s tilesPerSlice 256, min(n, ...)), its 32
-// best approximate scores per query, best first, padded with (-inf, TOPK_NO_INDEX). Grid (ceil(Q / 128), slices),
-// 384 threads, T3_SMEM_BYTES of dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
-    const KV_GRID_CONSTANT kv_tensor_map tmQ, const KV_GRID_CONSTANT kv_tensor_map tmC, int Q, int n, int d, int tilesPerSlice,
-    float* __restrict__ partS, int* __restrict__ partI)
+// best approximate scores per query, best first, padded with (-inf, TOPK_NO_INDEX). Grid (ceil(Q / 128) rounded up to
+// a multiple of CS, slices), 384 threads, T3_SMEM_BYTES of dynamic shared memory.
+// Clusters (CS 4: topk_tc_f16_wgmma_x4): the CS query tiles of a cluster score the same corpus tiles, so each block loads
+// its queries and a quarter of the corpus tile, multicast into all four (24 KB of L2 reads a stage a block instead of
+// 48), releases stages on every block's empty barrier (g4_release), cluster barriers at start and end; a query tile
+// past Q loads no queries and keeps nothing, but runs the stages for the others' share of the corpus (version 4's scheme).
+template <int CS>
+static __device__ __forceinline__ void t3_topk(const kv_tensor_map* tmQ, const kv_tensor_map* tmC, int Q, int n, int d, int tilesPerSlice,
+                                               float* __restrict__ partS, int* __restrict__ partI)
 {
-#if defined(KERNELVL_SM90A) || defined(KV_EMU)
-    KV_DYNAMIC_SHARED(unsigned char, smem);
-    const kv_saddr sA = (kv_smem(smem) + 1023) & ~(kv_saddr)1023, sB = sA + T3_STAGES * G3_A_STAGE;
-    unsigned char* lists = smem + (sB + T3_STAGES * G3_B_STAGE - kv_smem(smem));
+    KV_DYNAMIC_SHARED(unsigned char, t3smem);   // (its own name: NVRTC warns of extern shared arrays of one name with other linkage, #1556-D)
+    const kv_saddr sA = (kv_smem(t3smem) + 1023) & ~(kv_saddr)1023, sB = sA + T3_STAGES * G3_A_STAGE;
+    unsigned char* lists = t3smem + (sB + T3_STAGES * G3_B_STAGE - kv_smem(t3smem));
     const kv_saddr full = kv_smem(lists) + T3_LISTS_BYTES, empty = full + T3_STAGES * 8;
     const int tid = threadIdx.x;
     const int q0 = blockIdx.x * G3_BM;
@@ -539,8 +542,9 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         for (int r = tid; r < 64; r += T3_THREADS) { sv.thr[r] = -KV_INF; sv.cnt[r] = 0; sv.lcnt[r] = 0; }
         if (tid == 0) *sv.ovf = 0;
     }
-    if (tid == 0) g4_init_barriers(full, empty, T3_STAGES);
-    __syncthreads();
+    if (tid == 0) g4_init_barriers(full, empty, T3_STAGES, CS == 1 ? 2 * 128 : 8 * CS);
+    if (CS > 1) kv_cluster_sync();   // every block's barriers initialised before any remote arrival or multicast
+    else __syncthreads();
 
     if (tid >= 256)   // the producer warpgroup: one thread issues every copy, tile by tile, 64 of D at a time
     {
@@ -550,11 +554,24 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
             {
                 const int s = (int)(step % T3_STAGES), kt = (int)(step % KT);
                 const long long round = step / T3_STAGES, tile = step / KT;
-                if (round > 0) kv_mbar_wait(empty + 8 * s, (unsigned)((round - 1) & 1));
-                kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
-                kv_tma_load_3d(sA + s * G3_A_STAGE, &tmQ, kt * G3_BK, q0, 0, full + 8 * s);
-                kv_tma_load_3d(sB + s * G3_B_STAGE, &tmC, kt * G3_BK, (int)(sliceStart + tile * G3_BN), 0, full + 8 * s);
+                if (CS == 1)
+                {
+                    if (round > 0) kv_mbar_wait(empty + 8 * s, (unsigned)((round - 1) & 1));
+                    kv_mbar_arrive_expect_tx(full + 8 * s, G4_STAGE_BYTES);
+                    kv_tma_load_3d(sA + s * G3_A_STAGE, tmQ, kt * G3_BK, q0, 0, full + 8 * s);
+                    kv_tma_load_3d(sB + s * G3_B_STAGE, tmC, kt * G3_BK, (int)(sliceStart + tile * G3_BN), 0, full + 8 * s);
+                }
+                else
+                {
+                    const int rank = (int)kv_cluster_ctarank();
+                    if (round > 0) kv_mbar_wait_cluster(empty + 8 * s, (unsigned)((round - 1) & 1));   // every block's consumers are done with it
+                    kv_mbar_arrive_expect_tx(full + 8 * s, (q0 < Q ? G3_A_STAGE : 0) + G3_B_STAGE);
+                    if (q0 < Q) kv_tma_load_3d(sA + s * G3_A_STAGE, tmQ, kt * G3_BK, q0, 0, full + 8 * s);
+                    kv_tma_load_3d_multicast(sB + s * G3_B_STAGE + rank * (G3_B_STAGE / CS), tmC, kt * G3_BK,
+                                             (int)(sliceStart + tile * G3_BN) + rank * (G3_BN / CS), 0, full + 8 * s, (unsigned short)((1u << CS) - 1));
+                }
             }
+        if (CS > 1) kv_cluster_sync();   // (the consumers' at the end)
         return;
     }
 
@@ -583,11 +600,11 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
             g3_stage_mma<1>(acc, a, b, kt == 0);   // a tile's first stage overwrites the last tile's scores
             kv_wgmma_wait<1>();   // the previous stage's wgmma retired: its buffer may be refilled
             kv_wgmma_fence_operand<128>(acc);
-            if (kt > 0) kv_mbar_arrive(empty + 8 * (int)((step - 1) % T3_STAGES));
+            if (kt > 0) g4_release<CS>(empty + 8 * (int)((step - 1) % T3_STAGES));
         }
         kv_wgmma_wait<0>();   // the tile's scores are final
         kv_wgmma_fence_operand<128>(acc);
-        kv_mbar_arrive(empty + 8 * (int)((step - 1) % T3_STAGES));   // its last stage
+        g4_release<CS>(empty + 8 * (int)((step - 1) % T3_STAGES));   // its last stage
 
         // Epilogue of the tile (version 2's, on wgmma's layout: this warpgroup's rows 16 w + g + 8 h, columns 8 i + 2 t
         // + e), among the warpgroup's 128 threads. The first barrier keeps them out of this tile's appends until all
@@ -647,5 +664,26 @@ extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
         if (sh.cnt[r] > 0) tc_merge_row<T3_KMAX, T3_CAP>(sh, r, T3_KMAX, lane);
     kv_named_barrier(bar, 128);   // kept though redundant
     tc_write_lists<T3_KMAX>(sh, 64, qw0, Q, T3_KMAX, wtid, 128, partS, partI);
+    if (CS > 1) kv_cluster_sync();   // the other blocks' consumers may still arrive on this block's empty barriers
+}
+
+extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma(
+    const KV_GRID_CONSTANT kv_tensor_map tmQ, const KV_GRID_CONSTANT kv_tensor_map tmC, int Q, int n, int d, int tilesPerSlice,
+    float* __restrict__ partS, int* __restrict__ partI)
+{
+#if defined(KERNELVL_SM90A) || defined(KV_EMU)
+    t3_topk<1>(&tmQ, &tmC, Q, n, d, tilesPerSlice, partS, partI);
+#endif
+}
+
+// Top-k version 3 in clusters of four query tiles sharing the corpus tiles (CudaBackend.TopKCluster 4,
+// KERNELVL_CUDA_TOPK_CLUSTER=4): launched by cuLaunchKernelEx with cluster dimension (4, 1, 1), tmC's box 64 x 64.
+// Not yet run on a GPU: the host emulator runs each cluster's four blocks together.
+extern "C" __global__ void __launch_bounds__(T3_THREADS, 1) topk_tc_f16_wgmma_x4(
+    const KV_GRID_CONSTANT kv_tensor_map tmQ, const KV_GRID_CONSTANT kv_tensor_map tmC, int Q, int n, int d, int tilesPerSlice,
+    float* __restrict__ partS, int* __restrict__ partI)
+{
+#if defined(KERNELVL_SM90A) || defined(KV_EMU)
+    t3_topk<4>(&tmQ, &tmC, Q, n, d, tilesPerSlice, partS, partI);
 #endif
 }

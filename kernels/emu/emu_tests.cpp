@@ -432,6 +432,16 @@ static void test_topk(int Q, int n, int d, int k, int dupes, int sms, bool risin
             topk_tc_f16_wgmma(tq, tc, Q, n, d, per, tS.data(), tI.data());
         });
         finish("v3 (wgmma + TMA)");
+        // in clusters of four query tiles sharing the corpus tiles (topk_tc_f16_wgmma_x4, tmC's box a quarter of a
+        // tile's rows): the grid's query tiles rounded up to four, the tiles past Q idle but loading their share
+        kv_tensor_map tc4;
+        const unsigned boxC4[3] = {64, G3_BN / 4, 1};
+        kv_emu_encode_tensor_map(&tc4, c.data(), dc, sc, boxC4);
+        std::fill(tS.begin(), tS.end(), std::numeric_limits<float>::quiet_NaN());
+        kv_emu_launch({(unsigned)(qTiles + 3) / 4 * 4, (unsigned)slices, 1}, T3_THREADS, T3_SMEM_BYTES, [&] {
+            topk_tc_f16_wgmma_x4(tq, tc4, Q, n, d, per, tS.data(), tI.data());
+        }, 4);
+        finish("v3 clusters of 4 (corpus multicast)");
     }
 }
 
@@ -790,6 +800,7 @@ int main()
     if (want("topk")) test_topk(40, 2000, 32, 10, 64, 2);
     if (want("topk")) test_topk(130, 2100, 200, 16, 1, 2);   // D 200: 4 stages of 64 through version 3's 3-stage ring, several tiles a slice
     if (want("topk")) test_topk(130, 3000, 72, 10, 1, 1, true);   // 12 tiles in one slice, each overflowing the candidate lists
+    if (want("topk")) test_topk(520, 1100, 72, 10, 1, 3);   // 5 query tiles: clusters of 4, the second with 3 idle
     // Layer norm and InfoNCE (version 1, which ran on the H100; the gradient's GEMM is the new gemm_f32x3).
     if (want("layernorm")) test_layernorm(3, 777, true);
     if (want("layernorm")) test_layernorm(2, 64, false);

@@ -68,7 +68,7 @@ Entry entries[] = {
     KV_ENTRY(attention_backward_dkdv_d64), KV_ENTRY(attention_backward_dq_d64), KV_ENTRY(attention_forward_d64_wgmma),
     KV_ENTRY(gemm_bf16), KV_ENTRY(gemm_bf16_tn), KV_ENTRY(convert_bf16_kmajor), KV_ENTRY(split_tf32_kmajor),
     KV_ENTRY(gemm_splitk_reduce), KV_ENTRY(gemm_f32x3), KV_ENTRY(gemm_bf16_wgmma), KV_ENTRY(gemm_bf16_wgmma_tma), KV_ENTRY(gemm_bf16_wgmma_tma_x2),
-    KV_ENTRY(gemm_tf32x3_wgmma_tma), KV_ENTRY(topk_tc_f16_wgmma),
+    KV_ENTRY(gemm_tf32x3_wgmma_tma), KV_ENTRY(topk_tc_f16_wgmma), KV_ENTRY(topk_tc_f16_wgmma_x4),
     KV_ENTRY(infonce_diag), KV_ENTRY(infonce_forward_tiles), KV_ENTRY(infonce_combine), KV_ENTRY(sum_scaled_f64),
     KV_ENTRY(infonce_backward_tiles), KV_ENTRY(infonce_backward_diag), KV_ENTRY(infonce_diag_of),
     KV_ENTRY(infonce_stats_tiles), KV_ENTRY(infonce_backward_tiles_of),

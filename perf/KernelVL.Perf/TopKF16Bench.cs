@@ -43,9 +43,11 @@ internal static class TopKF16Bench
         float? bound = null;                                                         // the index's max_norm for this corpus
         int failures = 0;
         if (backend.TopKV3Unavailable is { } no3) Console.Error.WriteLine($"topk f16 v3: {no3}");
-        foreach (int version in backend.TopKV3Unavailable is null ? new[] { 1, 2, 3 } : new[] { 1, 2 })
+        else if (backend.TopKV3ClusterUnavailable is { } no3c) Console.Error.WriteLine($"topk f16 v3 clusters of 4: {no3c}");
+        foreach (var (version, cluster) in Versions(backend))
         {
             backend.TopKVersion = version;
+            backend.TopKCluster = cluster;
             var (s, idx) = Search(backend, qt, corpusDev.View, k, scores, indices);
             int fallbacks = backend.LastTopKFallbacks;
             string scorer = backend.LastTopKScorer;
@@ -86,6 +88,12 @@ internal static class TopKF16Bench
         return failures == 0 ? 0 : 1;
     }
 
+    // The (version, cluster size) pairs this device runs: 1, 2, 3 and 3 in clusters of four (Hopper, as available).
+    private static (int Version, int Cluster)[] Versions(CudaBackend backend) =>
+        backend.TopKV3Unavailable is not null ? [(1, 1), (2, 1)]
+        : backend.TopKV3ClusterUnavailable is not null ? [(1, 1), (2, 1), (3, 1)]
+        : [(1, 1), (2, 1), (3, 1), (3, 4)];
+
     /// <summary>Version 2 on the cases that stress it, every query checked against an f64 scan and against version 1.</summary>
     public static int Suite()
     {
@@ -98,9 +106,10 @@ internal static class TopKF16Bench
             ("k 1", 33_333, 129, 256, 1, (n, d) => Uniform(n, d, 24)),
             ("exact duplicates (ties at the k-th)", 40_000, 64, 128, 10, (n, d) => Duplicated(n, d, 4, 25)),
             ("clustered unit vectors", 200_000, 256, 256, 16, (n, d) => Clustered(n, d, 26)),
+            ("4 query tiles (v3 in clusters of 4), partial", 50_001, 500, 768, 10, (n, d) => Uniform(n, d, 27)),
         };
         int failures = 0, runs = 0;
-        var versions = backend.TopKV3Unavailable is null ? new[] { 2, 3 } : new[] { 2 };
+        var versions = Versions(backend).Where(v => v.Version >= 2).ToArray();
         if (backend.TopKV3Unavailable is { } no3) Console.Error.WriteLine($"topk f16 v3: {no3}");
         Console.WriteLine("| case | shape | version | fallbacks | check |");
         Console.WriteLine("|---|---|---|---:|---|");
@@ -116,9 +125,10 @@ internal static class TopKF16Bench
             backend.CopyFromHost(queries, qt);
             backend.TopKVersion = 1;
             var (s1, i1) = Search(backend, qt, corpusDev.View, c.K, scores, indices);
-            foreach (int version in versions)
+            foreach (var (version, cluster) in versions)
             {
                 backend.TopKVersion = version;
+                backend.TopKCluster = cluster;
                 string? problem = null;
                 int fallbacks = 0;
                 try

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root, with perf/gpu/bundle carried (made by prepare.sh): the first GPU run
 # of the kernels that are opt-in until it passes (topk.cu v2 tensor-core search, gemm_sm90.cu's top-k v3 on wgmma + TMA, gemm.cu v2 bf16 pipeline,
-# gemm_sm90.cu v3 wgmma and v4 TMA + warp-specialised wgmma (also in clusters of two sharing B by TMA multicast), gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
+# gemm_sm90.cu v3 wgmma and v4 TMA + warp-specialised wgmma (also in clusters of two sharing B by TMA multicast; top-k v3
+# likewise in clusters of four sharing the corpus tiles), gemm.cu f32x3 for the InfoNCE gradient, infonce.cu v2 (S on gemm_f32x3), attention.cu v2 and
 # backward, layernorm.cu backward).
 # Three groups, each well under the device tool's 10 minutes a command; run them as separate calls, checks first:
 #   ONLY=checks bash perf/gpu/run-v2.sh    parity of every new kernel (registry cases with the version switched on,
@@ -71,9 +72,9 @@ elif [ "$group" = timings ]; then
   fi
   echo "== gemm versions 1, 2, 3, 4 (4 also in clusters of 2) at the targets' shapes (checked, then timed)"
   perf 100 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 45 "$R/gemm-bf16.md"
-  echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1, 2 and 3"
+  echo "== top-k 1M x 768 f16, Q 1024, k 10: versions 1, 2 and 3 (3 also in clusters of 4)"
   perf 100 topk-f16 --json "$R/topk-f16.json" > "$R/topk-f16.md" 2> "$R/topk-f16.log"; echo "exit $?"
-  tail -n 3 "$R/topk-f16.log"; tail -n 5 "$R/topk-f16.md"
+  tail -n 4 "$R/topk-f16.log"; tail -n 7 "$R/topk-f16.md"
   echo "== attention forward version 3 (wgmma), checked against the cpu backend, then timed"
   KERNELVL_CUDA_ATTENTION=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-attention-v3.json" \
     --filter '^attention .*D64' > "$R/ops-attention-v3.md" 2> "$R/ops-attention-v3.log"; echo "exit $?"
@@ -95,9 +96,10 @@ elif [ "$group" = search ]; then
   echo "== index search as it is today (rows widened on the host, f32 top-k)"
   perf 60 search --backend cuda --json "$R/search-widened.json" > "$R/search-widened.md" 2>&1; echo "exit $?"
   grep -E '^\| cuda' "$R/search-widened.md" | cut -c1-120
-  for ver in 1 2 3; do
+  for ver in 1 2 3 3c4; do
     echo "== index search with f16 rows handed to the cuda backend as halves (KERNELVL_CUDA_HALF_ROWS=1), top-k version $ver"
-    KERNELVL_CUDA_HALF_ROWS=1 KERNELVL_CUDA_TOPK=$ver perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
+    KERNELVL_CUDA_HALF_ROWS=1 KERNELVL_CUDA_TOPK=${ver%c4} KERNELVL_CUDA_TOPK_CLUSTER=$([ $ver = 3c4 ] && echo 4 || echo 1) \
+      perf 60 search --backend cuda --json "$R/search-v$ver.json" > "$R/search-v$ver.md" 2>&1; echo "exit $?"
     grep -E '^\| cuda' "$R/search-v$ver.md" | cut -c1-120
   done
   # Model throughput (random base weights): version 1 as measured before, then every new version at once, the

@@ -168,6 +168,7 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
     [InlineData(3000, 130, 72, 10, 1)]    // partial tiles, D not a multiple of 64, kp 32 (version 3 eligible)
     [InlineData(1500, 40, 64, 40, 1)]     // k 40: kp 64, version 2 only (version 3 serves kp 32)
     [InlineData(2048, 70, 64, 10, 64)]    // 64 copies of each row (kp 32 candidates all copies): every certificate fails, one fallback serves them all
+    [InlineData(1100, 400, 72, 10, 1)]    // 4 query tiles: version 3 also in clusters of four (the last tile partly past Q)
     public void HalfCorpusTopKMatchesAnF64ScanInEveryVersion(int n, int q, int d, int k, int copies)
     {
         using var be = Backend();
@@ -188,11 +189,13 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         float bound = RowNorms.MaxNormUpperBound(corpus, d);
         float[]? s1 = null;
         int[]? i1 = null;
-        foreach (int version in new[] { 1, 2, 3 })
+        bool clusters = (q + 127) / 128 % 4 == 0;
+        foreach (var (version, cluster) in clusters ? new[] { (1, 1), (2, 1), (3, 1), (3, 4) } : new[] { (1, 1), (2, 1), (3, 1) })
             foreach (float? maxNorm in new float?[] { null, bound })
             {
                 be.TopKVersion = version;
-                long fallbacksBefore = Launches("topk_chunks_f16"), v2 = Launches("topk_tc_f16"), v3 = Launches("topk_tc_f16_wgmma");
+                be.TopKCluster = cluster;
+                long fallbacksBefore = Launches("topk_chunks_f16"), v2 = Launches("topk_tc_f16"), v3 = Launches("topk_tc_f16_wgmma"), v3x4 = Launches("topk_tc_f16_wgmma_x4");
                 be.TopKF16(qt, dev.View, k, scores, indices, maxNorm);
                 var (s, ix) = (new float[q * k], new int[q * k]);
                 be.CopyToHost(scores, s);
@@ -205,7 +208,8 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
                     Assert.Equal(i1, ix);
                     Assert.Equal(s1, s);
                     bool v3Eligible = k <= 16;
-                    Assert.True(version == 3 && v3Eligible ? Launches("topk_tc_f16_wgmma") > v3 : Launches("topk_tc_f16") > v2, $"{what}: its scoring kernel did not run");
+                    Assert.True(cluster == 4 ? Launches("topk_tc_f16_wgmma_x4") > v3x4 && Launches("topk_tc_f16_wgmma") == v3
+                        : version == 3 && v3Eligible ? Launches("topk_tc_f16_wgmma") > v3 : Launches("topk_tc_f16") > v2, $"{what}: its scoring kernel did not run");
                     // Every query fails the certificate where its candidates are copies of a few rows; one search serves them all.
                     if (copies > 1)
                     {

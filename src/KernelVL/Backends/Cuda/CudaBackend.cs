@@ -56,7 +56,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 2 * (64 * (4 * 32) * 4 + 64 * 3 * 4 + 16) + 2 * 3 * 8;   // top-k version 3: stages, alignment, two warpgroups' lists, mbarriers
     private readonly CudaModules? _sm90;
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
-    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce, _gemm4x2;
+    private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce, _gemm4x2, _tc3x4;
     private readonly int _gemm4Clusters;   // clusters of two of gemm_bf16_wgmma_tma_x2 that the device runs at once
 
     /// <summary>Why the Hopper 3xTF32 GEMM (PreciseGemmVersion 3, gemm_sm90.cu's gemm_tf32x3_wgmma_tma) cannot run here, or null.</summary>
@@ -64,6 +64,18 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
 
     /// <summary>Why top-k version 3 (gemm_sm90.cu's topk_tc_f16_wgmma) cannot run here, or null.</summary>
     public string? TopKV3Unavailable { get; }
+
+    /// <summary>Why top-k version 3 in clusters of four (topk_tc_f16_wgmma_x4) cannot run here (version 3's reasons, a driver without cluster launches), or null.</summary>
+    public string? TopKV3ClusterUnavailable { get; }
+
+    /// <summary>
+    /// Blocks a cluster for top-k version 3: 1 (every block loads its queries and the corpus tiles) or 4 (four query
+    /// tiles score the same corpus tiles: each loads a quarter of a corpus tile and TMA multicasts it into all four, so
+    /// L2 serves 24 KB a stage per block instead of 48; topk_tc_f16_wgmma_x4, used where the query tiles are a multiple
+    /// of four or at least 16, version 3 unclustered elsewhere). Defaults to KERNELVL_CUDA_TOPK_CLUSTER, else 1: 4
+    /// becomes the default once it has run faster on a GPU.
+    /// </summary>
+    public int TopKCluster { get; set; } = Environment.GetEnvironmentVariable("KERNELVL_CUDA_TOPK_CLUSTER") == "4" ? 4 : 1;
 
     /// <summary>Which scorer the last <see cref="TopKF16"/> call ran: "v1", "v2 mma.sync" or "v3 wgmma + TMA" (a version 3 request
     /// runs version 2 where version 3 cannot: k over 16, an unavailable device, an operand TMA cannot map).</summary>
@@ -259,8 +271,9 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         $"attention v3 (wgmma): {AttentionV3Unavailable ?? "available"}",
         $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
         $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
+        $"topk v3 in clusters of 4 (corpus multicast): {TopKV3ClusterUnavailable ?? "available"}",
         $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
-            + $"gemm v4 cluster {GemmCluster}, attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(InfoNceVersion == 2 && KeepInfoNceScores ? " (S kept for the backward)" : "")}",
+            + $"gemm v4 cluster {GemmCluster}, topk v3 cluster {TopKCluster}, attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(InfoNceVersion == 2 && KeepInfoNceScores ? " (S kept for the backward)" : "")}",
     ];
 
     /// <summary>Null when this machine can run the backend, else why not.</summary>
@@ -387,6 +400,9 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                             ?? Gemm4ClusterOccupancy(out _gemm4Clusters);
                         PreciseGemmV3Unavailable = noMaps ?? Sm90Entry("gemm_tf32x3_wgmma_tma", Gemm4SharedBytes, out _gemmTf32x3);
                         TopKV3Unavailable = noMaps ?? Sm90Entry("topk_tc_f16_wgmma", Tc3SharedBytes, out _tc3);
+                        TopKV3ClusterUnavailable = TopKV3Unavailable
+                            ?? (_driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx (CUDA 12.0 or later)")
+                            ?? Sm90Entry("topk_tc_f16_wgmma_x4", Tc3SharedBytes, out _tc3x4);
                     }
                 }
                 catch (KernelVLException e)
@@ -395,7 +411,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                 }
             }
             if (GemmV3Unavailable is not null)   // no sm_90a module: none of its kernels
-                GemmV4Unavailable = GemmV4ClusterUnavailable = PreciseGemmV3Unavailable = TopKV3Unavailable = AttentionV3Unavailable = GemmV3Unavailable;
+                GemmV4Unavailable = GemmV4ClusterUnavailable = PreciseGemmV3Unavailable = TopKV3Unavailable = TopKV3ClusterUnavailable = AttentionV3Unavailable = GemmV3Unavailable;
             try
             {
                 _driver.SetMaxDynamicSharedMemory(_tcScore, TcSharedBytes);
@@ -447,6 +463,15 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         // ILGPU binds its context to the threads it runs on; a launch from another thread must bind it first.
         _driver.SetCurrentContext(_context);
         _driver.Launch(function, grid, (threads, 1, 1), sharedBytes, _stream, _args);
+    }
+
+    // Go in thread block clusters of clusterX blocks along x (cuLaunchKernelEx).
+    private void GoCluster(nint function, (uint X, uint Y, uint Z) grid, uint threads, uint sharedBytes, uint clusterX)
+    {
+        if (_signatures.TryGetValue(function, out var sig) && _args.Mismatch(sig.Sizes) is { } why)
+            throw new BackendException($"launching {sig.Name}: {why}");
+        _driver.SetCurrentContext(_context);
+        _driver.LaunchCluster(function, grid, (threads, 1, 1), sharedBytes, _stream, clusterX, _args);
     }
 
     /// <summary>
@@ -708,10 +733,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         }
         long pairs = (Blocks(m, Gemm2Rows) + 1L) / 2 * Blocks(n, Gemm2Cols) * zcount;
         long clusters = GemmPersistent || pairs > int.MaxValue / 2 ? Math.Min(pairs, _gemm4Clusters) : pairs;
-        if (_signatures.TryGetValue(_gemm4x2, out var sig) && _args.Mismatch(sig.Sizes) is { } why)
-            throw new BackendException($"launching {sig.Name}: {why}");
-        _driver.SetCurrentContext(_context);
-        _driver.LaunchCluster(_gemm4x2, ((uint)(2 * clusters), 1, 1), (Gemm4Threads, 1, 1), Gemm4SharedBytes, _stream, 2, _args);
+        GoCluster(_gemm4x2, ((uint)(2 * clusters), 1, 1), Gemm4Threads, Gemm4SharedBytes, 2);
     }
 
     /// <summary>
@@ -1221,12 +1243,23 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         }
         if (TopKVersion == 3 && TopKV3Unavailable is null && kp == 32 && TmaOperand(P(qh), q, d, 0) && TmaOperand(corpus, n, d, 0))
         {
-            // Version 3: 2-D operands as one-batch TMA maps, boxes of 64 of D x 128 queries and x 256 corpus rows.
+            // Version 3: 2-D operands as one-batch TMA maps, boxes of 64 of D x 128 queries and x 256 corpus rows (a
+            // quarter of that in clusters of four, each block loading its share of the corpus tile).
+            bool cluster = TopKCluster == 4 && TopKV3ClusterUnavailable is null && (plan.QueryTiles % 4 == 0 || plan.QueryTiles >= 16);
             var tq = _driver.EncodeTensorMap(CudaDriver.TensorMapF16, P(qh), (ulong)d, (ulong)q, 1, 2UL * (ulong)d, 2UL * (ulong)d * (ulong)q, 64, TcQueries);
-            var tc = _driver.EncodeTensorMap(CudaDriver.TensorMapF16, corpus, (ulong)d, (ulong)n, 1, 2UL * (ulong)d, 2UL * (ulong)d * (ulong)n, 64, TcRows);
+            var tc = _driver.EncodeTensorMap(CudaDriver.TensorMapF16, corpus, (ulong)d, (ulong)n, 1, 2UL * (ulong)d, 2UL * (ulong)d * (ulong)n, 64,
+                (uint)(cluster ? TcRows / 4 : TcRows));
             Args().Add(tq).Add(tc).Add(q).Add(n).Add(d).Add(plan.TilesPerSlice).Add(P(partS)).Add(P(partI));
-            Go(_tc3, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), Tc3Threads, Tc3SharedBytes);
-            LastTopKScorer = "v3 wgmma + TMA";
+            if (cluster)
+            {
+                GoCluster(_tc3x4, ((uint)(plan.QueryTiles + 3) / 4 * 4, (uint)plan.Slices, 1), Tc3Threads, Tc3SharedBytes, 4);
+                LastTopKScorer = "v3 wgmma + TMA, clusters of 4";
+            }
+            else
+            {
+                Go(_tc3, ((uint)plan.QueryTiles, (uint)plan.Slices, 1), Tc3Threads, Tc3SharedBytes);
+                LastTopKScorer = "v3 wgmma + TMA";
+            }
         }
         else
         {
