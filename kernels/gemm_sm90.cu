@@ -571,7 +571,10 @@ static __device__ __forceinline__ void t3_topk(const kv_tensor_map* tmQ, const k
                                              (int)(sliceStart + tile * G3_BN) + rank * (G3_BN / CS), 0, full + 8 * s, (unsigned short)((1u << CS) - 1));
                 }
             }
-        if (CS > 1) kv_cluster_sync();   // (the consumers' at the end)
+        // Joins the consumers' cluster barrier at the end. Redundant by the PTX ISA (barrier.cluster.wait waits only for
+        // the cluster's non-exited threads, and the emulator models that, so removing this passes there); kept because
+        // it is harmless and makes the producer's part in the block's last barrier explicit.
+        if (CS > 1) kv_cluster_sync();   // kept though redundant (see above)
         return;
     }
 

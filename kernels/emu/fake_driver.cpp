@@ -264,6 +264,8 @@ int cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** extra
     return launchChecked("cuLaunchKernelEx", f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->shared, params, extra, cluster);
 }
 // One block a multiprocessor for the kernels' large shared memory; clusters of 2 in pairs of the 132 (the H100's 66 TPCs).
+// A stub: it does not look at the block's threads or shared memory as a real driver would (only the launch's speed
+// depends on the answer: the backends size persistent grids by it).
 int cuOccupancyMaxActiveClusters(int* n, void* f, const LaunchConfig* c)
 {
     auto* fn = static_cast<Function*>(f);

@@ -530,6 +530,12 @@ static inline kv_emu_block& kv_emu_block_of(kv_saddr addr)
     }
     return *kv_emu_cur;
 }
+// The plain (shared::cta) operations take only the running block's own addresses: a mapa address of another block of
+// the cluster there is a bug on the device (the cluster forms, kv_mbar_arrive_cluster and the multicast, take those).
+static inline void kv_emu_own(kv_saddr addr, const char* what)
+{
+    if (&kv_emu_block_of(addr) != kv_emu_cur) { std::fprintf(stderr, "%s on another block's shared memory\n", what); std::abort(); }
+}
 static inline kv_emu_mbar& kv_emu_mb(kv_saddr bar)
 {
     auto& m = kv_emu_block_of(bar).mbars[bar];
@@ -542,6 +548,7 @@ static inline void kv_emu_mbar_check(kv_emu_mbar& m)
 }
 static inline void kv_mbar_init(kv_saddr bar, unsigned count)
 {
+    kv_emu_own(bar, "mbarrier init");
     auto& m = kv_emu_mb(bar);
     m = {};
     m.init = true;
@@ -556,8 +563,16 @@ static inline void kv_emu_mbar_arrive(kv_saddr bar, long long tx)
     if (--m.pending < 0) { std::fprintf(stderr, "more arrivals on an mbarrier than its count\n"); std::abort(); }
     kv_emu_mbar_check(m);
 }
-static inline void kv_mbar_arrive(kv_saddr bar) { kv_emu_mbar_arrive(bar, 0); }
-static inline void kv_mbar_arrive_expect_tx(kv_saddr bar, unsigned bytes) { kv_emu_mbar_arrive(bar, bytes); }
+static inline void kv_mbar_arrive(kv_saddr bar)
+{
+    kv_emu_own(bar, "mbarrier arrive");
+    kv_emu_mbar_arrive(bar, 0);
+}
+static inline void kv_mbar_arrive_expect_tx(kv_saddr bar, unsigned bytes)
+{
+    kv_emu_own(bar, "mbarrier arrive.expect_tx");
+    kv_emu_mbar_arrive(bar, bytes);
+}
 // One TMA copy lands: the box, the 128B swizzle applied to the destination's address bits (4-6 ^= 7-9), zeros where the
 // coordinates fall outside the tensor; its bytes complete on the barrier.
 static inline void kv_emu_tma_land(kv_emu_mbar& m, const kv_emu_tma& c)
@@ -582,6 +597,8 @@ static inline void kv_emu_tma_land(kv_emu_mbar& m, const kv_emu_tma& c)
 // Ordered mode: a copy lands when some thread first waits on its barrier (as late as it can); race mode: at once.
 static inline void kv_tma_load_3d(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar)
 {
+    kv_emu_own(dst, "TMA load's destination");
+    kv_emu_own(bar, "TMA load's mbarrier");
     if ((dst - (kv_saddr)(uintptr_t)kv_emu_cur->dyn) % 1024) { std::fprintf(stderr, "TMA destination not 1024-aligned (128B swizzle)\n"); std::abort(); }
     auto& m = kv_emu_mb(bar);
     kv_emu_tma c{dst, map, c0, c1, c2};
@@ -590,7 +607,7 @@ static inline void kv_tma_load_3d(kv_saddr dst, const kv_tensor_map* map, int c0
 }
 static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
 {
-    if (&kv_emu_block_of(bar) != kv_emu_cur) { std::fprintf(stderr, "mbarrier wait on another block's barrier\n"); std::abort(); }
+    kv_emu_own(bar, "mbarrier wait");
     for (long long spins = 0;; spins++)
     {
         auto& m = kv_emu_mb(bar);
@@ -677,6 +694,9 @@ inline kv_emu_fiber* kv_emu_running;
     std::abort();
 }
 
+// The blocks of a cluster (cluster > 1) run together and each has its own dynamic shared memory, but the static
+// __shared__ section is the program's one: a cluster kernel must keep all its shared memory dynamic (gemm_sm90.cu's
+// do: it declares no static __shared__), else its blocks would share what the device gives each its own copy of.
 template <class F>
 static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, F body, unsigned cluster = 1)
 {

@@ -8,6 +8,11 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-$(mktemp -d)}
+# The emulator gives each block of a cluster its own dynamic shared memory but not its own static __shared__ (see
+# kv_emu_launch): the file of the cluster kernels must declare none.
+if grep -n '__shared__' ../gemm_sm90.cu | grep -v 'KV_DYNAMIC_SHARED'; then
+    echo "gemm_sm90.cu declares static __shared__ memory, which its cluster kernels' emulation does not give each block"; echo "0 passed, 1 failed"; exit 1
+fi
 clang++-14 -std=c++20 -O2 -pthread -Wno-unknown-pragmas -Wno-pass-failed -o "$out/emu_tests" emu_tests.cpp || exit 1
 "$out/emu_tests" > "$out/ordered.txt"; rc1=$?
 KV_EMU_MODE=race "$out/emu_tests" > "$out/race.txt" 2> "$out/race.err"; rc2=$?

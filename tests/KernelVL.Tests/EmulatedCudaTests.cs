@@ -125,8 +125,10 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         using var be = Backend();
         Assert.True(be.Emulated);
         Assert.All(be.VersionAvailability.SkipLast(1), line => Assert.Matches(@": available( \(.+\))?$", line));
-        // cuOccupancyMaxActiveClusters as the emulated driver answers it (the H100's 132 multiprocessors in pairs).
+        // cuOccupancyMaxActiveClusters as the emulated driver answers it (the H100's 132 multiprocessors in pairs, in fours:
+        // it ignores the blocks' shared memory and threads, which a real driver would not).
         Assert.Contains(be.VersionAvailability, line => line.EndsWith("clusters of 2 (B multicast): available (66 clusters resident)", StringComparison.Ordinal));
+        Assert.Contains(be.VersionAvailability, line => line.EndsWith("clusters of 4 (corpus multicast): available (33 clusters resident)", StringComparison.Ordinal));
         Assert.All(be.KernelSources, s => Assert.StartsWith("embedded ptx", s.Path));   // no NVRTC on the emulator: its sources are compiled in
     }
 

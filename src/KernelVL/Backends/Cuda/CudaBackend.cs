@@ -58,6 +58,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
     private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce, _gemm4x2, _tc3x4;
     private readonly int _gemm4Clusters;   // clusters of two of gemm_bf16_wgmma_tma_x2 that the device runs at once
+    private readonly int _topk3Clusters;   // clusters of four of topk_tc_f16_wgmma_x4 that the device runs at once
 
     /// <summary>Why the Hopper 3xTF32 GEMM (PreciseGemmVersion 3, gemm_sm90.cu's gemm_tf32x3_wgmma_tma) cannot run here, or null.</summary>
     public string? PreciseGemmV3Unavailable { get; }
@@ -245,18 +246,19 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         }
     }
 
-    /// <summary>Null, with how many clusters of gemm_bf16_wgmma_tma_x2 the device holds at once, or why it holds none.</summary>
-    private string? Gemm4ClusterOccupancy(out int clusters)
+    /// <summary>Null, with how many clusters of <paramref name="entry"/> (<paramref name="clusterX"/> blocks each) the device holds at
+    /// once, or why it holds none.</summary>
+    private string? ClusterOccupancy(string entry, nint function, uint threads, uint sharedBytes, uint clusterX, out int clusters)
     {
         clusters = 0;
         try
         {
-            clusters = _driver.MaxActiveClusters(_gemm4x2, Gemm4Threads, Gemm4SharedBytes, 2);
-            return clusters > 0 ? null : "gemm_bf16_wgmma_tma_x2: the device runs no cluster of two such blocks at once";
+            clusters = _driver.MaxActiveClusters(function, threads, sharedBytes, clusterX);
+            return clusters > 0 ? null : $"{entry}: the device runs no cluster of {clusterX} such blocks at once";
         }
         catch (KernelVLException e)
         {
-            return $"gemm_bf16_wgmma_tma_x2: {e.Message.Split('\n')[0]}";
+            return $"{entry}: {e.Message.Split('\n')[0]}";
         }
     }
 
@@ -271,7 +273,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         $"attention v3 (wgmma): {AttentionV3Unavailable ?? "available"}",
         $"topk v2 (mma.sync f16): {TopKV2Unavailable ?? "available"}",
         $"topk v3 (wgmma + TMA f16): {TopKV3Unavailable ?? "available"}",
-        $"topk v3 in clusters of 4 (corpus multicast): {TopKV3ClusterUnavailable ?? "available"}",
+        $"topk v3 in clusters of 4 (corpus multicast): {TopKV3ClusterUnavailable ?? $"available ({_topk3Clusters} clusters resident)"}",
         $"selected: gemm v{GemmVersion}, gemm f32 v{PreciseGemmVersion}, topk v{TopKVersion}, attention v{AttentionVersion}, "
             + $"gemm v4 cluster {GemmCluster}, topk v3 cluster {TopKCluster}, attention backward v{AttentionBackwardVersion}, layernorm backward v{LayerNormBackwardVersion}, infonce v{InfoNceVersion}{(InfoNceVersion == 2 && KeepInfoNceScores ? " (S kept for the backward)" : "")}",
     ];
@@ -397,12 +399,13 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                         GemmV4ClusterUnavailable = GemmV4Unavailable
                             ?? (_driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx / cuOccupancyMaxActiveClusters (CUDA 12.0 or later)")
                             ?? Sm90Entry("gemm_bf16_wgmma_tma_x2", Gemm4SharedBytes, out _gemm4x2)
-                            ?? Gemm4ClusterOccupancy(out _gemm4Clusters);
+                            ?? ClusterOccupancy("gemm_bf16_wgmma_tma_x2", _gemm4x2, Gemm4Threads, Gemm4SharedBytes, 2, out _gemm4Clusters);
                         PreciseGemmV3Unavailable = noMaps ?? Sm90Entry("gemm_tf32x3_wgmma_tma", Gemm4SharedBytes, out _gemmTf32x3);
                         TopKV3Unavailable = noMaps ?? Sm90Entry("topk_tc_f16_wgmma", Tc3SharedBytes, out _tc3);
                         TopKV3ClusterUnavailable = TopKV3Unavailable
-                            ?? (_driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx (CUDA 12.0 or later)")
-                            ?? Sm90Entry("topk_tc_f16_wgmma_x4", Tc3SharedBytes, out _tc3x4);
+                            ?? (_driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx / cuOccupancyMaxActiveClusters (CUDA 12.0 or later)")
+                            ?? Sm90Entry("topk_tc_f16_wgmma_x4", Tc3SharedBytes, out _tc3x4)
+                            ?? ClusterOccupancy("topk_tc_f16_wgmma_x4", _tc3x4, Tc3Threads, Tc3SharedBytes, 4, out _topk3Clusters);
                     }
                 }
                 catch (KernelVLException e)
