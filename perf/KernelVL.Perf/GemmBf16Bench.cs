@@ -53,14 +53,18 @@ internal static class GemmBf16Bench
                 if (BitConverter.SingleToInt32Bits(c2h[i]) != BitConverter.SingleToInt32Bits(ch[i])) problem = $"MatMul (version 2) differs from the bf16 kernel at {i}: {c2h[i]} vs {ch[i]}";
             if (problem is not null) failures++;
             double flops = 2.0 * m * n * k;
-            void Row(string kernel, double ms)
+            // rowProblem: what this row's own check found (null: passed); a failure of another version leaves it alone.
+            void Row(string kernel, double ms, string? rowProblem)
             {
-                Console.WriteLine($"| {kernel} | {m}x{n}x{k} | {ms:F4} | {flops / (ms / 1e3) / 1e12:F1} | {problem ?? "ok"} |");
-                rows.Add(new() { ["kernel"] = kernel, ["shape"] = $"{m}x{n}x{k}", ["median_ms"] = Math.Round(ms, 5),
-                                 ["tflops"] = Math.Round(flops / (ms / 1e3) / 1e12, 2), ["ok"] = problem is null, ["problem"] = problem });
+                Console.WriteLine($"| {kernel} | {m}x{n}x{k} | {ms:F4} | {flops / (ms / 1e3) / 1e12:F1} | {rowProblem ?? "ok"} |");
+                // null where a check failed and the kernel was not timed (NaN): System.Text.Json refuses to write NaN
+                bool timed = double.IsFinite(ms);
+                rows.Add(new() { ["kernel"] = kernel, ["shape"] = $"{m}x{n}x{k}", ["median_ms"] = timed ? Math.Round(ms, 5) : null,
+                                 ["tflops"] = timed ? Math.Round(flops / (ms / 1e3) / 1e12, 2) : null, ["ok"] = rowProblem is null, ["problem"] = rowProblem });
             }
-            Row("v2 bf16 operands", backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20));
-            Row("v2 MatMul f32 (conversions included)", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20));
+            string? v2Problem = problem;
+            Row("v2 bf16 operands", backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20), v2Problem);
+            Row("v2 MatMul f32 (conversions included)", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20), v2Problem);
             foreach (int ver in new[] { 3, 4 })
             {
                 // Versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma) on the same operands: checked like version 2, then timed.
@@ -77,8 +81,8 @@ internal static class GemmBf16Bench
                 string? pv = Check(ah, bh, biasH, cv, m, n, k, rng);
                 if (pv is not null) { failures++; problem ??= $"v{ver}: " + pv; }
                 string name = ver == 3 ? "v3 wgmma" : backend.LastGemmSplits > 1 ? $"v4 TMA + wgmma, split-K {backend.LastGemmSplits}" : "v4 TMA + wgmma";
-                Row($"{name} bf16 operands", pv is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
-                Row($"{name} MatMul f32 (conversions included)", pv is null ? backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20) : double.NaN);
+                Row($"{name} bf16 operands", pv is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pv);
+                Row($"{name} MatMul f32 (conversions included)", pv is null ? backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20) : double.NaN, pv);
                 if (ver == 4)
                 {
                     // one block per tile instead of persistent blocks (KERNELVL_CUDA_GEMM_PERSISTENT=0), checked and timed beside it
@@ -87,7 +91,7 @@ internal static class GemmBf16Bench
                     backend.CopyToHost(c, cv);
                     string? pp = Check(ah, bh, biasH, cv, m, n, k, rng);
                     if (pp is not null) { failures++; problem ??= "v4 not persistent: " + pp; }
-                    Row($"{name}, a block per tile bf16 operands", pp is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                    Row($"{name}, a block per tile bf16 operands", pp is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pp);
                     backend.GemmPersistent = true;
                 }
                 if (ver == 4 && backend.GemmV4ClusterUnavailable is null && m > 128)
@@ -100,7 +104,7 @@ internal static class GemmBf16Bench
                     if (pc is not null) { failures++; problem ??= "v4 clusters of 2: " + pc; }
                     string split = backend.LastGemmSplits > 1 ? $", split-K {backend.LastGemmSplits}" : "";
                     Row($"v4 TMA + wgmma, clusters of 2 (B multicast){split} bf16 operands",
-                        pc is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                        pc is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pc);
                     backend.GemmCluster = 1;
                 }
                 else if (ver == 4 && m == CublasBaselines.Shapes[0].M && backend.GemmV4ClusterUnavailable is { } noCluster)
@@ -113,12 +117,12 @@ internal static class GemmBf16Bench
                     backend.CopyToHost(c, cv);
                     string? pn = Check(ah, bh, biasH, cv, m, n, k, rng);
                     if (pn is not null) { failures++; problem ??= "v4 without split-K: " + pn; }
-                    Row("v4 TMA + wgmma, no split-K bf16 operands", pn is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN);
+                    Row("v4 TMA + wgmma, no split-K bf16 operands", pn is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pn);
                     backend.GemmSplitK = true;
                 }
             }
             backend.GemmVersion = 1;
-            Row("v1 MatMul f32", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20));
+            Row("v1 MatMul f32", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20), null);   // (checked by the parity registry, not here)
         }
         if (jsonPath is not null)
         {

@@ -19,6 +19,9 @@ const string usage = """
                    gradient GEMMs), each timed alone: GB/s for the passes over [n, n], TFLOP/s for the GEMMs
            KernelVL.Perf search [--backend cpu] [--json FILE] [--n 100000]
       search       index search throughput: top-10 for 1, 32, 1024 queries over a random N x 768 index, f16 and f32
+           KernelVL.Perf targets DIR [--md FILE] [--json FILE]
+      targets      issue 4's GPU targets as ratios within one run, from the result files of perf/gpu/run-v2.sh's
+                   timings group in DIR (no GPU needed): writes DIR/targets.md and DIR/targets.json
            KernelVL.Perf e2e [--backend NAME]... [--config base|small|tiny] [--json FILE] [--min-time SECONDS]
       e2e          model throughput with random weights: decomposed images/s and texts/s, cross-encoder pairs/s
                    (base = ViLT-B/32 size; every fast backend present unless --backend is given)
@@ -51,6 +54,11 @@ if (args[0] == "infonce-phases")
     if (BackendFactory.Unavailable("cuda") is { } whyNotCuda) { Console.Error.WriteLine($"perf: bad input: infonce-phases needs the cuda backend: {whyNotCuda}"); return 2; }
     try { return InfoNcePhasesBench.Run(args); }
     catch (Exception e) when (e is ArgumentException or FormatException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
+}
+if (args[0] == "targets")
+{
+    try { return Targets.Run(args); }
+    catch (Exception e) when (e is ArgumentException or KernelVL.BadInputException) { Console.Error.WriteLine($"perf: bad input: {e.Message}"); return 2; }
 }
 if (args[0] == "e2e")
 {

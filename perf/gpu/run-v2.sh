@@ -14,7 +14,8 @@
 # ONLY=checks bash perf/gpu/run-v2.sh runs the checks group on the host emulator's driver (~2 min on 2 cores).
 # Each group's results (and the NVRTC CUBINs, for cuobjdump -sass on the build machine) are packed into
 # $OUT/v2-GROUP.tgz: the device tool brings back only a few files. Also when stopped (TERM, the device tool's time
-# limit): what ran is packed. The timings group runs the PyTorch baselines and the targets' kernels first.
+# limit): what ran is packed. The timings group runs the PyTorch baselines and the targets' kernels first, and ends with
+# `KernelVL.Perf targets`: the table of issue 4's ratios (targets.md) to commit under perf/results/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source perf/gpu/env.sh
@@ -92,6 +93,10 @@ elif [ "$group" = timings ]; then
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
   done
+  # The targets' table from the files above (also runnable on the build machine over an unpacked v2-timings.tgz,
+  # e.g. after a run cut short: dotnet perf/KernelVL.Perf/bin/Release/net10.0/KernelVL.Perf.dll targets DIR).
+  echo "== issue 4's targets, ratios within this run ($R/targets.md, targets.json)"
+  timeout 30 dotnet "$bundle/perf/KernelVL.Perf.dll" targets "$R" 2>&1 | grep -E '^\| |targets:' | cut -c1-200
 elif [ "$group" = search ]; then
   echo "== index search as it is today (rows widened on the host, f32 top-k)"
   perf 60 search --backend cuda --json "$R/search-widened.json" > "$R/search-widened.md" 2>&1; echo "exit $?"

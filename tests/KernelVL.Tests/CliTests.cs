@@ -7,17 +7,7 @@ namespace KernelVL.Tests;
 /// <summary>The kernelvl executable end to end on the tiny synthetic Karpathy set: index, search, eval, exit codes, a killed index build.</summary>
 public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFixture>
 {
-    private static readonly string Exe = FindExe();
-
-    private static string FindExe()
-    {
-        string dir = AppContext.BaseDirectory;
-        string config = dir.Contains($"{Path.DirectorySeparatorChar}Debug{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Debug" : "Release";
-        for (var d = new DirectoryInfo(dir); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "KernelVL.sln")))
-                return Path.Combine(d.FullName, "src", "KernelVL.Cli", "bin", config, "net10.0", "kernelvl.dll");
-        throw new FileNotFoundException("KernelVL.sln not found above the test assembly");
-    }
+    private static readonly string Exe = BuiltOutput.Dll(Path.Combine("src", "KernelVL.Cli"), "kernelvl.dll");
 
     public static Process Start(params string[] args) => Start(null, args);
 
