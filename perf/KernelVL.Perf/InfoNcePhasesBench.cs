@@ -68,7 +68,7 @@ internal static class InfoNcePhasesBench
         if (json is not null)
             AtomicFile.WriteAllText(json, JsonSerializer.Serialize(new
             {
-                gpu = backend.Accelerator.Name, n, d, tau, loss, cpu_loss = want, ok = check == "ok",
+                gpu = backend.Accelerator.Name, n, d, tau, loss = float.IsFinite(loss) ? loss : (float?)null, cpu_loss = want, ok = check == "ok",   // (no NaN in JSON)
                 steps = steps.Select(s => new { step = s.Step, median_ms = s.Ms, bytes = s.Bytes, flops = s.Flops }),
             }, new JsonSerializerOptions { WriteIndented = true }));
         return check == "ok" ? 0 : 1;

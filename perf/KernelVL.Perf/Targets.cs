@@ -198,12 +198,13 @@ internal static class Targets
                 string shape = $"N{F(n, 0)} D{F(d, 0)}";
                 var steps = Array(nce.RootElement, "steps", nceFile).EnumerateArray()
                     .Select(s => (Step: Text(s, "step", nceFile), Ms: Number(s, "median_ms", nceFile) ?? double.NaN, Bytes: Number(s, "bytes", nceFile) ?? 0, Flops: Number(s, "flops", nceFile) ?? 0)).ToList();
-                double total = steps.Sum(s => s.Ms);
-                string torchNote = baselines.TryGetValue(("infonce_fwd_bwd_f32", shape), out var tn)
+                double total = steps.Sum(s => s.Ms);   // NaN when a step was not timed: then no fwd + bwd figure
+                string torchNote = !double.IsFinite(total) ? "a step was not timed: no fwd + bwd figure"
+                    : baselines.TryGetValue(("infonce_fwd_bwd_f32", shape), out var tn)
                     ? $"fwd + bwd {F(total, 3)} ms vs torch f32 {F(tn.Ms, 3)} ms ({F(tn.Ms / total, 2)}x)" : $"fwd + bwd {F(total, 3)} ms";
                 // A pass over S: moves at least one read of the [n, n] f32 matrix at under 10 FLOPs a byte (not a GEMM).
-                var passes = steps.Where(s => s.Bytes >= 4 * n * n && s.Flops <= 10 * s.Bytes).ToList();
-                if (passes.Count == 0) rows.Add(NotMeasured(target, shape, InfoNceGoal, "no pass over S among the steps"));
+                var passes = steps.Where(s => s.Bytes >= 4 * n * n && s.Flops <= 10 * s.Bytes && s.Ms > 0).ToList();   // (NaN: untimed)
+                if (passes.Count == 0) rows.Add(NotMeasured(target, shape, InfoNceGoal, "no timed pass over S among the steps"));
                 else if (copyGbps is null) rows.Add(NotMeasured(target, shape, InfoNceGoal, "torch-baselines.json has no copy_d2d"));
                 foreach (var p in passes)
                 {
