@@ -16,8 +16,11 @@ namespace KernelVL.Perf;
 /// </summary>
 internal static class GemmBf16Bench
 {
-    public static int Run(string? jsonPath)
+    /// <param name="shapes">(M, N, K) each; null: <see cref="CublasBaselines.Shapes"/> (the targets'). Smaller ones rehearse
+    /// the bench on the emulated driver (perf/gpu/run-v2.sh's REHEARSAL=1).</param>
+    public static int Run(string? jsonPath, (int M, int N, int K)[]? shapes = null)
     {
+        shapes ??= CublasBaselines.Shapes;
         using var backend = CudaBackend.Create();
         if (backend.GemmV2Unavailable is { } why) { Console.Error.WriteLine($"perf: {why}"); return 1; }
         var rng = new Random(4321);
@@ -26,8 +29,10 @@ internal static class GemmBf16Bench
         Console.WriteLine($"gemm.cu on {backend.Accelerator.Name} (CUDA events, median of 20 after 3 warm-up calls)");
         Console.WriteLine("| kernel | shape MxNxK | median ms | TFLOP/s | check |");
         Console.WriteLine("|---|---|---:|---:|---|");
-        foreach (var (m, n, k) in CublasBaselines.Shapes)
+        for (int si = 0; si < shapes.Length; si++)
         {
+            var (m, n, k) = shapes[si];
+            bool first = si == 0;   // (a version's unavailability is said once)
             var ah = Random(rng, (long)m * k);                                       // A [M, K]
             var bh = Random(rng, (long)n * k);                                       // B [N, K] (a weight)
             var biasH = Random(rng, n);                                              // [N]
@@ -71,7 +76,7 @@ internal static class GemmBf16Bench
                 string? unavailable = ver == 3 ? backend.GemmV3Unavailable : backend.GemmV4Unavailable;
                 if (unavailable is not null)
                 {
-                    if (m == CublasBaselines.Shapes[0].M) Console.Error.WriteLine($"gemm v{ver}: {unavailable}");
+                    if (first) Console.Error.WriteLine($"gemm v{ver}: {unavailable}");
                     continue;
                 }
                 backend.GemmVersion = ver;
@@ -107,7 +112,7 @@ internal static class GemmBf16Bench
                         pc is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pc);
                     backend.GemmCluster = 1;
                 }
-                else if (ver == 4 && m == CublasBaselines.Shapes[0].M && backend.GemmV4ClusterUnavailable is { } noCluster)
+                else if (ver == 4 && first && backend.GemmV4ClusterUnavailable is { } noCluster)
                     Console.Error.WriteLine($"gemm v4 clusters of 2: {noCluster}");
                 if (ver == 4 && backend.LastGemmSplits > 1)
                 {
@@ -130,8 +135,22 @@ internal static class GemmBf16Bench
             File.WriteAllText(tmp, JsonSerializer.Serialize(new { gpu = backend.Accelerator.Name, rows }, new JsonSerializerOptions { WriteIndented = true }));
             File.Move(tmp, jsonPath, overwrite: true);
         }
-        Console.WriteLine($"{CublasBaselines.Shapes.Length - failures} passed, {failures} failed");
+        Console.WriteLine($"{shapes.Length - failures} passed, {failures} failed");
         return failures == 0 ? 0 : 1;
+    }
+
+    /// <summary>"MxNxK[,MxNxK...]", each dimension 1..65536; an <see cref="ArgumentException"/> naming the bad entry.</summary>
+    internal static (int M, int N, int K)[] ParseShapes(string text)
+    {
+        var shapes = new List<(int, int, int)>();
+        foreach (string entry in text.Split(','))
+        {
+            var d = entry.Trim().Split('x');
+            if (d.Length != 3 || !d.All(x => int.TryParse(x, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int v) && v is >= 1 and <= 65536))
+                throw new ArgumentException($"--shapes: '{entry}' is not MxNxK with each dimension in 1..65536");
+            shapes.Add((int.Parse(d[0], System.Globalization.CultureInfo.InvariantCulture), int.Parse(d[1], System.Globalization.CultureInfo.InvariantCulture), int.Parse(d[2], System.Globalization.CultureInfo.InvariantCulture)));
+        }
+        return [.. shapes];
     }
 
     /// <summary>Round to bf16, nearest even (what cvt.rn.bf16x2.f32 does for finite values).</summary>

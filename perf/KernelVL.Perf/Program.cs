@@ -12,7 +12,7 @@ const string usage = """
     usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS] [--gpu-shapes] [--reference NAME]
            KernelVL.Perf check [--backend cpu] [--filter REGEX]
            KernelVL.Perf baselines [--json FILE]
-           KernelVL.Perf gemm-bf16 [--json FILE]
+           KernelVL.Perf gemm-bf16 [--json FILE] [--shapes MxNxK[,MxNxK...]]
            KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10] [--suite]
            KernelVL.Perf infonce-phases [--json FILE] [--n 4096] [--d 768] [--tau 0.05]
       infonce-phases  the cuda backend's InfoNCE version 2 step by step (S GEMM, statistics pass, combine, G pass,
@@ -67,6 +67,7 @@ if (args[0] == "e2e")
 }
 if (args[0] is not ("ops" or "check" or "baselines" or "topk-f16" or "gemm-bf16")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
 int f16N = 1_000_000, f16Q = 1024, f16D = 768, f16K = 10;
+(int M, int N, int K)[]? gemmShapes = null;
 string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false, topkSuite = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
 for (int i = 1; i < args.Length; i++)
 {
@@ -79,6 +80,7 @@ for (int i = 1; i < args.Length; i++)
             case "--json": jsonPath = Next(); break;
             case "--gpu-shapes": gpuShapes = true; break;
             case "--suite": topkSuite = true; break;
+            case "--shapes": gemmShapes = GemmBf16Bench.ParseShapes(Next()); break;
             case "--n": f16N = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             case "--q": f16Q = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             case "--d": f16D = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
@@ -107,7 +109,7 @@ if (args[0] == "baselines")
 if (args[0] == "gemm-bf16")
 {
     if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: gemm-bf16 needs the cuda backend: {whyNot}"); return 2; }
-    return GemmBf16Bench.Run(jsonPath);
+    return GemmBf16Bench.Run(jsonPath, gemmShapes);
 }
 if (args[0] == "topk-f16")
 {

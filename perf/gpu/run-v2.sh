@@ -11,7 +11,10 @@
 #   ONLY=search bash perf/gpu/run-v2.sh    index search: today's path, and f16 rows as halves with top-k v1 / v2 / v3;
 #                                          model throughput (perf e2e) with version 1 and with every new version
 # Rehearsal without a GPU (here): bash kernels/emu/build-driver.sh DIR, then KERNELVL_CUDA_DRIVER=DIR/libkv_emu_cuda.so
-# ONLY=checks bash perf/gpu/run-v2.sh runs the checks group on the host emulator's driver (~2 min on 2 cores).
+# ONLY=checks bash perf/gpu/run-v2.sh runs the checks group on the host emulator's driver (~2 min on 2 cores). The
+# timings group's benches at the emulator's sizes, each then read by `targets` (done 2026-11-28: all rows ok):
+# gemm-bf16 --shapes 256x512x192,130x256x64 (~35 s; 128x256x2048 for split-K, ~75 s), topk-f16 --n 3000 --q 512 --d 64
+# (~9 min, v1 the slow one; Q 512 = four query tiles, for the clusters of four), infonce-phases --n 512 --d 64 (~12 s).
 # Each group's results (and the NVRTC CUBINs, for cuobjdump -sass on the build machine) are packed into
 # $OUT/v2-GROUP.tgz: the device tool brings back only a few files. Also when stopped (TERM, the device tool's time
 # limit): what ran is packed. The timings group runs the PyTorch baselines and the targets' kernels first, and ends with
