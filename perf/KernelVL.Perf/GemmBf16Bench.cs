@@ -17,7 +17,7 @@ namespace KernelVL.Perf;
 internal static class GemmBf16Bench
 {
     /// <param name="shapes">(M, N, K) each; null: <see cref="CublasBaselines.Shapes"/> (the targets'). Smaller ones rehearse
-    /// the bench on the emulated driver (perf/gpu/run-v2.sh's REHEARSAL=1).</param>
+    /// the bench on the emulated driver (the commands are in perf/gpu/run-v2.sh's header).</param>
     public static int Run(string? jsonPath, (int M, int N, int K)[]? shapes = null)
     {
         shapes ??= CublasBaselines.Shapes;
@@ -145,10 +145,10 @@ internal static class GemmBf16Bench
         var shapes = new List<(int, int, int)>();
         foreach (string entry in text.Split(','))
         {
-            var d = entry.Trim().Split('x');
-            if (d.Length != 3 || !d.All(x => int.TryParse(x, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int v) && v is >= 1 and <= 65536))
-                throw new ArgumentException($"--shapes: '{entry}' is not MxNxK with each dimension in 1..65536");
-            shapes.Add((int.Parse(d[0], System.Globalization.CultureInfo.InvariantCulture), int.Parse(d[1], System.Globalization.CultureInfo.InvariantCulture), int.Parse(d[2], System.Globalization.CultureInfo.InvariantCulture)));
+            var d = entry.Trim().Split('x')
+                .Select(x => int.TryParse(x, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int v) && v is >= 1 and <= 65536 ? v : 0).ToArray();
+            if (d.Length != 3 || d.Contains(0)) throw new ArgumentException($"--shapes: '{entry}' is not MxNxK with each dimension in 1..65536");
+            shapes.Add((d[0], d[1], d[2]));
         }
         return [.. shapes];
     }

@@ -395,15 +395,16 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                         // Attention v3 needs only the module; the others also TMA's tensor maps.
                         AttentionV3Unavailable = Sm90Entry("attention_forward_d64_wgmma", Attn3SharedBytes, out _attn3);
                         string? noMaps = _driver.HasTensorMaps ? null : $"{CudaDriver.LibraryName} has no cuTensorMapEncodeTiled (CUDA 12.0 or later)";
+                        string? noClusters = _driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx / cuOccupancyMaxActiveClusters (CUDA 12.0 or later)";
                         GemmV4Unavailable = noMaps ?? Sm90Entry("gemm_bf16_wgmma_tma", Gemm4SharedBytes, out _gemm4);
                         GemmV4ClusterUnavailable = GemmV4Unavailable
-                            ?? (_driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx / cuOccupancyMaxActiveClusters (CUDA 12.0 or later)")
+                            ?? noClusters
                             ?? Sm90Entry("gemm_bf16_wgmma_tma_x2", Gemm4SharedBytes, out _gemm4x2)
                             ?? ClusterOccupancy("gemm_bf16_wgmma_tma_x2", _gemm4x2, Gemm4Threads, Gemm4SharedBytes, 2, out _gemm4Clusters);
                         PreciseGemmV3Unavailable = noMaps ?? Sm90Entry("gemm_tf32x3_wgmma_tma", Gemm4SharedBytes, out _gemmTf32x3);
                         TopKV3Unavailable = noMaps ?? Sm90Entry("topk_tc_f16_wgmma", Tc3SharedBytes, out _tc3);
                         TopKV3ClusterUnavailable = TopKV3Unavailable
-                            ?? (_driver.HasClusters ? null : $"{CudaDriver.LibraryName} has no cuLaunchKernelEx / cuOccupancyMaxActiveClusters (CUDA 12.0 or later)")
+                            ?? noClusters
                             ?? Sm90Entry("topk_tc_f16_wgmma_x4", Tc3SharedBytes, out _tc3x4)
                             ?? ClusterOccupancy("topk_tc_f16_wgmma_x4", _tc3x4, Tc3Threads, Tc3SharedBytes, 4, out _topk3Clusters);
                     }
