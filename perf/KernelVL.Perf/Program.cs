@@ -10,7 +10,7 @@ using KernelVL.Testing;
 // (llm.c style), times it, and relates the result to the machine's measured peaks.
 const string usage = """
     usage: KernelVL.Perf ops [--backend cpu] [--json FILE] [--filter REGEX] [--min-time SECONDS] [--gpu-shapes] [--reference NAME]
-           KernelVL.Perf check [--backend cpu] [--filter REGEX]
+           KernelVL.Perf check [--backend cpu] [--filter REGEX] [--seeds N]
            KernelVL.Perf baselines [--json FILE]
            KernelVL.Perf gemm-bf16 [--json FILE] [--shapes MxNxK[,MxNxK...]]
            KernelVL.Perf topk-f16 [--json FILE] [--n 1000000] [--q 1024] [--d 768] [--k 10] [--suite]
@@ -32,7 +32,8 @@ const string usage = """
       topk-f16     the cuda backend's top-k over an f16 corpus (default 1M x 768, 1024 queries, k 10), kernel versions 1
                    and 2: checked, then timed; --suite: version 2 on the cases that stress it, every query checked
       check        run the parity registry's test shapes against the reference (the parity tests, without a test runner:
-                   for machines that have the .NET runtime but no SDK)
+                   for machines that have the .NET runtime but no SDK); --seeds N: each case N times with fresh
+                   inputs, and a line per case whose worst error came within half its budget (a flaky budget shows)
       --backend    backend to time (default: cpu; known: reference, cpu, ilgpu-cpu, ilgpu-cuda; ilgpu = the best ILGPU
                    accelerator present: CUDA, else ILGPU's CPU accelerator)
       --json FILE  also write the results as JSON (written to FILE.tmp, then renamed)
@@ -68,7 +69,7 @@ if (args[0] == "e2e")
 if (args[0] is not ("ops" or "check" or "baselines" or "topk-f16" or "gemm-bf16")) { Console.Error.WriteLine($"perf: bad input: unknown command '{args[0]}'\n{usage}"); return 2; }
 int f16N = 1_000_000, f16Q = 1024, f16D = 768, f16K = 10;
 (int M, int N, int K)[]? gemmShapes = null;
-string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false, topkSuite = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3;
+string backendName = "cpu", referenceName = "reference"; bool gpuShapes = false, topkSuite = false; string? jsonPath = null; Regex? filter = null; double minTime = 0.3; int seeds = 1;
 for (int i = 1; i < args.Length; i++)
 {
     string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -86,6 +87,7 @@ for (int i = 1; i < args.Length; i++)
             case "--d": f16D = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             case "--k": f16K = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             case "--reference": referenceName = Next(); break;
+            case "--seeds": seeds = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); if (seeds < 1) throw new ArgumentException("--seeds must be at least 1"); break;
             case "--filter": filter = new Regex(Next(), RegexOptions.IgnoreCase); break;
             case "--min-time": minTime = double.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
             default: throw new ArgumentException($"unknown option '{args[i]}'");
@@ -100,7 +102,7 @@ for (int i = 1; i < args.Length; i++)
 if (BackendFactory.Unavailable(backendName) is { } why) { Console.Error.WriteLine($"perf: bad input: {why}"); return 2; }
 if (BackendFactory.Unavailable(referenceName) is { } whyRef) { Console.Error.WriteLine($"perf: bad input: reference: {whyRef}"); return 2; }
 
-if (args[0] == "check") return CheckAll(backendName, filter);
+if (args[0] == "check") return CheckAll(backendName, filter, seeds);
 if (args[0] == "baselines")
 {
     if (BackendFactory.Unavailable("cuda") is { } whyNot) { Console.Error.WriteLine($"perf: bad input: baselines need the cuda backend: {whyNot}"); return 2; }
@@ -238,21 +240,36 @@ if (jsonPath is not null)
 if (failures > 0) Console.Error.WriteLine($"{failures} op(s) failed their check against the reference and were not timed");
 return failures > 0 ? 1 : 0;
 
-static int CheckAll(string backendName, Regex? filter)
+static int CheckAll(string backendName, Regex? filter, int seeds)
 {
     using var backend = BackendFactory.Create(backendName);
-    using var reference = new ReferenceBackend();
     if (backend is KernelVL.Backends.Cuda.CudaBackend cb)
     {
         foreach (var k in cb.KernelSources) Console.WriteLine($"kernel {k}");
         foreach (var v in cb.VersionAvailability) Console.WriteLine($"kernel version {v}");
     }
     int passed = 0, failed = 0;
-    foreach (var c in OpRegistry.TestCases().Where(c => filter is null || filter.IsMatch(c.ToString())))
+    var cases = OpRegistry.TestCases().Where(c => filter is null || filter.IsMatch(c.ToString())).ToList();
+    var sinceReport = System.Diagnostics.Stopwatch.StartNew();
+    for (int ci = 0; ci < cases.Count; ci++)
     {
-        var r = OpCheck.Run(c, backend, reference, Random.Shared.Next());
-        if (r.Ok) passed++;
-        else { failed++; Console.WriteLine(r); }
+        var c = cases[ci];
+        int caseFailed = 0;
+        double worst = 0, budget = 0;
+        OpCheckResult? firstFailure = null;
+        for (int s = 0; s < seeds; s++)
+        {
+            using var reference = new ReferenceBackend();
+            var r = OpCheck.Run(c, backend, reference, Random.Shared.Next());
+            budget = r.Budget;
+            if (double.IsFinite(r.MaxRelError)) worst = Math.Max(worst, r.MaxRelError);
+            if (r.Ok) passed++;
+            else { failed++; caseFailed++; firstFailure ??= r; if (seeds == 1) Console.WriteLine(r); }
+        }
+        if (seeds > 1 && (caseFailed > 0 || worst > 0.5 * budget))
+            Console.WriteLine($"{c} on {backendName}: {caseFailed} of {seeds} failed, worst rel error {worst:E2} (budget {budget:E1})" +
+                (firstFailure is null ? "" : $"; first: {firstFailure.Problem}"));
+        if (seeds > 1 && sinceReport.Elapsed.TotalSeconds >= 5) { Console.Error.WriteLine($"checked {ci + 1} of {cases.Count} cases x {seeds} seeds"); sinceReport.Restart(); }
     }
     Console.WriteLine($"{passed} passed, {failed} failed");
     return failed > 0 ? 1 : 0;

@@ -98,6 +98,9 @@ public sealed class OpContext : IDisposable
         return t;
     }
 
+    /// <summary>The integer inputs (masks, ids) by name, as the host wrote them.</summary>
+    public IReadOnlyDictionary<string, int[]> HostInts => _hostI;
+
     /// <summary>Key-padding mask i32 [b, t]: each row keeps a random prefix of length >= 1 (row 0 keeps all; with allowEmpty the last keeps none).</summary>
     public Tensor Mask(string name, int b, int t, bool allowEmpty = false)
     {
