@@ -15,6 +15,7 @@
 // A kernel that the emulator finds at fault (a misaligned TMA, a deadlock) aborts the process with its message.
 // Launches are serialised (the emulator's state is global); the mode is KV_EMU_MODE (ordered by default).
 #define KV_EMU 1
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -263,9 +264,11 @@ int cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** extra
     if (!cluster) return fail(kInvalidValue, "cuLaunchKernelEx: an attribute other than a cluster dimension (x, 1, 1)");
     return launchChecked("cuLaunchKernelEx", f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->shared, params, extra, cluster);
 }
-// One block a multiprocessor for the kernels' large shared memory; clusters of 2 in pairs of the 132 (the H100's 66 TPCs).
-// A stub: it does not look at the block's threads or shared memory as a real driver would (only the launch's speed
-// depends on the answer: the backends size persistent grids by it).
+// An H100's answer, from the limits of one multiprocessor (228 KB of shared memory, 1 KB of it reserved per block;
+// 2048 threads; 32 blocks) times its 132 multiprocessors, over the cluster's size. Registers are not modelled (the
+// emulator has no register allocation): a real driver may answer less, and it also keeps a cluster inside one GPC,
+// which this ignores. Only the launch's speed depends on the answer (the backends size persistent grids by it) and
+// whether a cluster kernel is declared available (none resident: not available).
 int cuOccupancyMaxActiveClusters(int* n, void* f, const LaunchConfig* c)
 {
     auto* fn = static_cast<Function*>(f);
@@ -273,7 +276,13 @@ int cuOccupancyMaxActiveClusters(int* n, void* f, const LaunchConfig* c)
     unsigned cluster = clusterOf(c);
     if (!cluster || cluster > 8) return fail(kInvalidValue, "cuOccupancyMaxActiveClusters: not a cluster dimension (x <= 8, 1, 1)");
     if ((int)c->shared > fn->maxShared) return fail(kInvalidValue, "cuOccupancyMaxActiveClusters: more dynamic shared memory than cuFuncSetAttribute allowed");
-    *n = (int)(132 / cluster);
+    if (c->bx == 0 || c->bx > 1024 || c->by != 1 || c->bz != 1) return fail(kInvalidValue, "cuOccupancyMaxActiveClusters: a block of 1..1024 threads along x");
+    if ((int)c->bx > fn->maxThreads) { *n = 0; return kOk; }
+    constexpr unsigned kSms = 132, kSharedPerSm = 233472, kReservedPerBlock = 1024, kThreadsPerSm = 2048, kBlocksPerSm = 32;
+    unsigned perSm = kBlocksPerSm;
+    perSm = std::min(perSm, kThreadsPerSm / c->bx);
+    perSm = std::min(perSm, kSharedPerSm / (c->shared + kReservedPerBlock));
+    *n = (int)(kSms * perSm / cluster);
     return kOk;
 }
 int cuStreamSynchronize(void*) { return kOk; }   // launches run to completion before they return
