@@ -133,4 +133,58 @@ public class ErrorMapTests
         var r1 = OpCheck.Compare(c0, "cpu", [e1], [e1 with { Values = [1f, 2.5f, 3f] }], 1);
         Assert.Contains("1 of 3 over the limit, worst at [1] (got 2.5, expected 2); elements 1 (1 of 3)", r1.Problem);
     }
+
+    /// <summary>
+    /// A cancelled output is measured over its terms' size, only through <see cref="OpCase.TermSize"/>: m = a + b with
+    /// |a|, |b| ~ 1 and |m| ~ 1e-3 may be off by a few f32 ulp of 1, which is 1e-4 of |m|; an error of 1e-4 of the terms
+    /// still fails, and says it was measured over them. An accumulated output may be off by 2 ulp of its delta.
+    /// </summary>
+    [Fact]
+    public void CancelledOutputsAreMeasuredOverTheirTerms()
+    {
+        var rng = new Random(Random.Shared.Next());
+        int n = 5;
+        float[] a = new float[n], b = new float[n], m = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            a[i] = (float)(1 + rng.NextDouble());
+            b[i] = -a[i] + (float)((rng.NextDouble() * 2 - 1) * 1e-3);
+            m[i] = a[i] + b[i];
+        }
+        var slots = new List<OpContext.Result>
+        {
+            new("a", OpContext.SlotKind.Input, a, a, true, true, [n]), new("b", OpContext.SlotKind.Input, b, b, true, true, [n]),
+            new("m", OpContext.SlotKind.Output, m, null, true, true, [n]),
+        };
+        float maxM = m.Max(Math.Abs);
+        float[] Off(double by) { var x = (float[])m.Clone(); x[3] += (float)by; return x; }
+        List<OpContext.Result> With(float[] values) => [slots[0], slots[1], slots[2] with { Values = values }];
+        var plain = new OpCase("add", "test", 2e-6, 0, 0, _ => { });
+        var terms = plain with
+        {
+            TermSize = (slot, r, _) =>
+            {
+                if (slot != "m") return null;
+                float[] x = r.First(s => s.Name == "a").Values, y = r.First(s => s.Name == "b").Values;
+                return i => Math.Abs(x[i]) + Math.Abs(y[i]);
+            },
+        };
+        var fewUlps = With(Off(3 * 2.4e-7));   // 3 ulp of a term near 1.5: ~7e-7 absolute, ~1e-3 of max |m|
+        Assert.False(OpCheck.Compare(plain, "cpu", slots, fewUlps, 1).Ok);
+        Assert.True(OpCheck.Compare(terms, "cpu", slots, fewUlps, 1).Ok);
+        var wrong = With(Off(1e-4));   // 3e-5 of the terms: a wrong result
+        var r = OpCheck.Compare(terms, "cpu", slots, wrong, 1);
+        Assert.False(r.Ok);
+        Assert.Contains("m: max rel error", r.Problem);
+        Assert.Contains("over its terms' size", r.Problem);
+        Assert.True(maxM < 2e-3);
+
+        // dx = dx0 + delta with dx0 = -delta: the sum is 0 but the delta (2.09) was rounded to f32 before adding.
+        float d0 = -2.09287f, delta = 2.09287f;
+        float[] init = [d0, 1f];
+        var acc = new OpContext.Result("dx", OpContext.SlotKind.Accumulate, [d0 + delta, 1.5f], init, true, true, [2]);
+        var c0 = new OpCase("scale_backward", "test", 1e-7, 0, 0, _ => { });
+        Assert.True(OpCheck.Compare(c0, "cpu", [acc], [acc with { Values = [d0 + delta + 2.4e-7f, 1.5f] }], 1).Ok);       // 1 ulp of the delta
+        Assert.False(OpCheck.Compare(c0, "cpu", [acc], [acc with { Values = [d0 + delta + 3e-6f, 1.5f] }], 1).Ok);        // 12 ulp
+    }
 }

@@ -155,15 +155,17 @@ public static class OpCheck
                 err = Math.Max(err, Math.Abs(x - r) - Allowance(e.Values[i], r, delta));
             }
             double rel = maxRef > 0 ? err / maxRef : err;
+            string over = "";
             if (rel > budget && c.TermSize?.Invoke(e.Name, expected, ints ?? EmptyInts) is { } termSize)
             {
                 for (int i = 0; i < e.Values.Length; i++)
                     if (termSize(i) is var t && double.IsFinite(t)) maxRef = Math.Max(maxRef, t);
                 rel = maxRef > 0 ? err / maxRef : err;
+                over = $" (over its terms' size {maxRef:G3})";
             }
             worst = Math.Max(worst, rel);
             if (rel > budget)
-                return new(c, backend, rel, false, $"{a.Name}: max rel error {rel:E2} > budget {budget:E1}" + where +
+                return new(c, backend, rel, false, $"{a.Name}: max rel error {rel:E2}{over} > budget {budget:E1}" + where +
                     "; " + ErrorMap.Describe(e.Values, delta ? e.Initial : null, a.Values, delta ? a.Initial : null, a.Dims ?? [a.Values.Length], budget * (maxRef > 0 ? maxRef : 1)));
         }
         return new(c, backend, worst, true, null);

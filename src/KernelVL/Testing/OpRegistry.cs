@@ -153,7 +153,10 @@ public static class OpRegistry
             c => c.Op(() => c.B.Attention(c.In("q", b, h, tq, d), c.In("k", b, h, tk, d), c.In("v", b, h, tk, d), mask ? c.Mask("mask", b, tk, allowEmpty: b > 2) : null,
                 1f / MathF.Sqrt(d), c.Out("o", b, h, tq, d), c.Out("lse", b, h, tq))))
         {
-            TermSize = (slot, r, ints) => slot is "o" or "lse" ? AttentionTermSize(slot, r, mask ? ints["mask"] : null, b, h, tq, tk, d) : null,
+            // Without the mask (a caller of Compare that passed no integer inputs) the terms are unknown: max |ref| only.
+            TermSize = (slot, r, ints) => slot is not ("o" or "lse") ? null
+                : !mask ? AttentionTermSize(slot, r, null, b, h, tq, tk, d)
+                : ints.TryGetValue("mask", out var m) ? AttentionTermSize(slot, r, m, b, h, tq, tk, d) : null,
         };
 
     /// <summary>
