@@ -17,6 +17,8 @@ public sealed record OpCase(string Op, string Shape, double Budget, double Flops
     /// itself, so a cancelled sum is no more exact than its terms' ulp: an output over the budget is measured again over
     /// max(max |ref|, max term size) of that slot. Null: over max |ref| only. (Only consulted for an output over the budget,
     /// so that the perf harness's large cases do not pay for it: a larger denominator cannot turn a pass into a failure.)
+    /// Not for sums of many random-signed terms (a matmul, attention's o): their roundings add like a random walk, far
+    /// below the sum of |terms|, which would hide a real error.
     /// </summary>
     public Func<string, IReadOnlyList<OpContext.Result>, IReadOnlyDictionary<string, int[]>, Func<int, double>?>? TermSize { get; init; }
 

@@ -160,17 +160,19 @@ public static class OpRegistry
         };
 
     /// <summary>
-    /// The size of the terms of attention's outputs, in f64 from q, k, v: lse = m + log l (m the row's largest score, l the
-    /// sum of exp(s - m)) rounds relative to max_j scale sum_d |q k| + |log l|, and o = sum_j p_j v_j relative to
-    /// sum_j p_j |v_j|. A one-key-row case cancels: lse -0.0080357 from a score of about 0.5 and a log of about -0.5.
+    /// The size of the terms of attention's outputs, in f64 from q, k, v. lse [b, h, tq] = m + log l (m the row's largest
+    /// score, l the sum of exp(s - m)) rounds relative to max_j scale sum_d |q k| + |log l|: a one-key-row case cancels,
+    /// lse -0.0080357 from a score of about 0.5 and a log of about -0.5. o [b, h, tq, d] = sum_j p_j v_j has random-signed
+    /// terms whose roundings add like a random walk, so its size is their root sum of squares, sqrt(sum_j (p_j v_j)^2): it
+    /// is |o|'s own size for long rows (sum_j p_j |v_j|, up to sqrt(Tk) times more, could hide a kernel's real error) and
+    /// the terms' for short ones (Tk 3, D 1: o -0.00113 from terms near 0.5).
     /// </summary>
     private static Func<int, double> AttentionTermSize(string slot, IReadOnlyList<OpContext.Result> r, int[]? mask, int b, int h, int tq, int tk, int d)
     {
         float[] q = r.First(x => x.Name == "q").Values, k = r.First(x => x.Name == "k").Values, v = r.First(x => x.Name == "v").Values;
         double scale = 1.0 / Math.Sqrt(d);
-        var size = new double[slot == "o" ? b * h * tq * d : b * h * tq];   // o [b, h, tq, d] or lse [b, h, tq]
+        var size = new double[slot == "o" ? b * h * tq * d : b * h * tq];
         var s = new double[tk];
-        var absS = new double[tk];
         for (int bh = 0; bh < b * h; bh++)
             for (int i = 0; i < tq; i++)
             {
@@ -185,8 +187,8 @@ public static class OpRegistry
                         double t = (double)q[(long)row * d + e] * k[((long)bh * tk + j) * d + e];
                         dot += t; abs += Math.Abs(t);
                     }
-                    s[j] = scale * dot; absS[j] = scale * abs;
-                    m = Math.Max(m, s[j]); maxAbs = Math.Max(maxAbs, absS[j]);
+                    s[j] = scale * dot;
+                    m = Math.Max(m, s[j]); maxAbs = Math.Max(maxAbs, scale * abs);
                 }
                 if (double.IsNegativeInfinity(m)) continue;   // a row with every key masked: no terms
                 double l = 0;
@@ -194,9 +196,13 @@ public static class OpRegistry
                 if (slot == "lse") { size[row] = maxAbs + Math.Abs(Math.Log(l)); continue; }
                 for (int e = 0; e < d; e++)
                 {
-                    double acc = 0;
-                    for (int j = 0; j < tk; j++) acc += Math.Exp(s[j] - m) / l * Math.Abs(v[((long)bh * tk + j) * d + e]);
-                    size[(long)row * d + e] = acc;
+                    double squares = 0;
+                    for (int j = 0; j < tk; j++)
+                    {
+                        double term = Math.Exp(s[j] - m) / l * v[((long)bh * tk + j) * d + e];
+                        squares += term * term;
+                    }
+                    size[(long)row * d + e] = Math.Sqrt(squares);
                 }
             }
         return i => size[i];
