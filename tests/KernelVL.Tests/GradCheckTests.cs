@@ -7,7 +7,8 @@ namespace KernelVL.Tests;
 /// <summary>
 /// Finite-difference gradient checks, in f64 on the scalar reference, of every differentiable op's
 /// backward rule as the autograd layer records it. The loss is sum(f(x) * w) with a fixed random w;
-/// central differences with h = 1e-6; budget 1e-6 relative to the largest numeric gradient.
+/// central differences with h = 1e-6; budget 1e-6 relative to the largest numeric gradient, beyond the finite
+/// difference's measured round-off floor (see Check).
 /// </summary>
 public unsafe class GradCheckTests : IDisposable
 {
@@ -183,6 +184,42 @@ public unsafe class GradCheckTests : IDisposable
         Check(() => Ops.Mul(a, c), a, c);
         Check(() => Ops.Scale(a, -0.7f), a);
         Check(() => Ops.Mul(a, a), a);   // a used twice: gradients accumulate
+    }
+
+    /// <summary>A reference backend whose scale backward is off by a relative 1e-5: ten times the checks' budget.</summary>
+    private sealed class SkewedScaleBackward : ReferenceBackend
+    {
+        public override void ScaleBackward(Tensor dy, float s, Tensor dx) => base.ScaleBackward(dy, s * (1 + 1e-5f), dx);
+    }
+
+    /// <summary>
+    /// The round-off floor does not hide a wrong backward rule: a 1e-5 relative error fails, also on an input whose
+    /// gradients are tiny (1e-4) beside a loss of order 1, the case the floor exists for; the exact rule passes both.
+    /// </summary>
+    [Fact]
+    public void ARuleOffByTenTimesTheBudgetFailsDespiteTheRoundOffFloor()
+    {
+        foreach (bool skewed in new[] { false, true })
+        {
+            using IBackend be = skewed ? new SkewedScaleBackward() : new ReferenceBackend();
+            var rng = new Random(Random.Shared.Next());
+            Tensor Leaf(int n)
+            {
+                var t = be.Empty(new Shape(n), DType.F64);
+                foreach (ref double v in D(t)) v = Normal(rng);
+                t.RequiresGrad = true;
+                return t;
+            }
+            using var x = Leaf(12);
+            using var z = Leaf(12);
+            void Run(Func<Tensor> f, Tensor[] inputs)
+            {
+                if (skewed) Assert.ThrowsAny<Xunit.Sdk.XunitException>(() => Check(be, rng, f, inputs));
+                else Check(be, rng, f, inputs);
+            }
+            Run(() => Ops.Scale(x, 0.5f), [x]);
+            Run(() => Ops.Add(Ops.Scale(x, 1e-4f), Ops.Tanh(z)), [x]);
+        }
     }
 
     [Fact]
