@@ -208,6 +208,13 @@ public static class OpRegistry
         return i => size[i];
     }
 
+    /// <summary>
+    /// Attention backward. dq and dk sum ds_ij = p_ij (dp_ij - delta_i) (dp = dO . v, delta = dO . o) times k or q, and
+    /// ds cancels where a row's softmax saturates: a key row with one unmasked key has p = 1 and ds = 0 exactly, while a
+    /// bf16 kernel (emulated) got dk -0.0386 there from p and delta each rounded to bf16. So dq and dk are measured, when
+    /// over the budget, over the root sum of squares of their terms (random-signed, see <see cref="AttentionTermSize"/>),
+    /// with each ds at its own size p_ij (|dp_ij| + |delta_i|); computed in f64 from q, k, v, dO and the mask.
+    /// </summary>
     public static OpCase AttentionBackward(int b, int h, int tq, int tk, int d, bool mask, double budget = 2e-5)
         => new("attention_backward", $"B{b} H{h} Tq{tq} Tk{tk} D{d}{(mask ? " mask" : "")}", budget, 2.5 * AttnFlops(b, h, tq, tk, d),
             F * b * h * (4.0 * tq * d + 4.0 * tk * d),
@@ -219,7 +226,52 @@ public static class OpRegistry
                 float scale = 1f / MathF.Sqrt(d);
                 c.B.Attention(q, k, v, m, scale, o, lse);
                 c.Op(() => c.B.AttentionBackward(q, k, v, m, scale, o, lse, c.In("dO", b, h, tq, d), c.Acc("dq", b, h, tq, d), c.Acc("dk", b, h, tk, d), c.Acc("dv", b, h, tk, d)));
-            });
+            })
+        {
+            TermSize = (slot, r, ints) => slot is not ("dq" or "dk") ? null
+                : !mask ? AttentionBackwardTermSize(slot, r, null, b, h, tq, tk, d)
+                : ints.TryGetValue("mask", out var mk) ? AttentionBackwardTermSize(slot, r, mk, b, h, tq, tk, d) : null,
+        };
+
+    private static Func<int, double> AttentionBackwardTermSize(string slot, IReadOnlyList<OpContext.Result> r, int[]? mask, int b, int h, int tq, int tk, int d)
+    {
+        float[] q = r.First(x => x.Name == "q").Values, k = r.First(x => x.Name == "k").Values,
+            v = r.First(x => x.Name == "v").Values, dO = r.First(x => x.Name == "dO").Values;
+        double scale = 1.0 / Math.Sqrt(d);
+        bool dq = slot == "dq";
+        var squares = new double[(long)b * h * (dq ? tq : tk) * d];   // dq [b, h, tq, d] or dk [b, h, tk, d]
+        var p = new double[tk]; var dp = new double[tk];
+        for (int bh = 0; bh < b * h; bh++)
+            for (int i = 0; i < tq; i++)
+            {
+                long qi = ((long)bh * tq + i) * d;
+                double max = double.NegativeInfinity, sum = 0, delta = 0;
+                for (int j = 0; j < tk; j++)
+                {
+                    long kj = ((long)bh * tk + j) * d;
+                    if (mask is not null && mask[bh / h * tk + j] == 0) { p[j] = double.NegativeInfinity; continue; }
+                    double s = 0, g = 0;
+                    for (int e = 0; e < d; e++) { s += (double)q[qi + e] * k[kj + e]; g += (double)dO[qi + e] * v[kj + e]; }
+                    p[j] = s * scale; dp[j] = g;
+                    max = Math.Max(max, p[j]);
+                }
+                if (double.IsNegativeInfinity(max)) continue;   // every key masked: no terms
+                for (int j = 0; j < tk; j++) sum += p[j] = Math.Exp(p[j] - max);
+                for (int j = 0; j < tk; j++) delta += (p[j] /= sum) * dp[j];   // a masked key: p 0
+                for (int j = 0; j < tk; j++)
+                {
+                    if (p[j] == 0) continue;
+                    double ds = p[j] * (Math.Abs(dp[j]) + Math.Abs(delta)) * scale;
+                    long kj = ((long)bh * tk + j) * d;
+                    for (int e = 0; e < d; e++)
+                    {
+                        double t = ds * (dq ? k[kj + e] : q[qi + e]);
+                        squares[(dq ? qi : kj) + e] += t * t;
+                    }
+                }
+            }
+        return x => Math.Sqrt(squares[x]);
+    }
 
     public static OpCase SwapAxes12(int a, int b, int cc, int d) => new("swap_axes12", $"{a}x{b}x{cc}x{d}", 0, 0, F * 2.0 * a * b * cc * d,
         c => c.Op(() => c.B.SwapAxes12(c.In("x", a, b, cc, d), c.Out("y", a, cc, b, d))));
