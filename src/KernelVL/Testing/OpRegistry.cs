@@ -213,7 +213,9 @@ public static class OpRegistry
     /// ds cancels where a row's softmax saturates: a key row with one unmasked key has p = 1 and ds = 0 exactly, while a
     /// bf16 kernel (emulated) got dk -0.0386 there from p and delta each rounded to bf16. So dq and dk are measured, when
     /// over the budget, over the root sum of squares of their terms (random-signed, see <see cref="AttentionTermSize"/>),
-    /// with each ds at its own size p_ij (|dp_ij| + |delta_i|); computed in f64 from q, k, v, dO and the mask.
+    /// with each ds at its own size p_ij (|dp_ij| + |delta_i|), dp and delta themselves at the root sum of squares of their
+    /// d terms (dO_e v_e, dO_e o_e: a bf16 o errs by its terms, also where dp happens to cancel); computed in f64 from q,
+    /// k, v, dO and the mask.
     /// </summary>
     public static OpCase AttentionBackward(int b, int h, int tq, int tk, int d, bool mask, double budget = 2e-5)
         => new("attention_backward", $"B{b} H{h} Tq{tq} Tk{tk} D{d}{(mask ? " mask" : "")}", budget, 2.5 * AttnFlops(b, h, tq, tk, d),
@@ -240,7 +242,7 @@ public static class OpRegistry
         double scale = 1.0 / Math.Sqrt(d);
         bool dq = slot == "dq";
         var squares = new double[(long)b * h * (dq ? tq : tk) * d];   // dq [b, h, tq, d] or dk [b, h, tk, d]
-        var p = new double[tk]; var dp = new double[tk];
+        var p = new double[tk]; var dp = new double[tk]; var o = new double[d];
         for (int bh = 0; bh < b * h; bh++)
             for (int i = 0; i < tq; i++)
             {
@@ -251,17 +253,24 @@ public static class OpRegistry
                     long kj = ((long)bh * tk + j) * d;
                     if (mask is not null && mask[bh / h * tk + j] == 0) { p[j] = double.NegativeInfinity; continue; }
                     double s = 0, g = 0;
-                    for (int e = 0; e < d; e++) { s += (double)q[qi + e] * k[kj + e]; g += (double)dO[qi + e] * v[kj + e]; }
-                    p[j] = s * scale; dp[j] = g;
+                    for (int e = 0; e < d; e++) { s += (double)q[qi + e] * k[kj + e]; g += (double)dO[qi + e] * v[kj + e] * dO[qi + e] * v[kj + e]; }
+                    p[j] = s * scale; dp[j] = Math.Sqrt(g);   // dp's size: the root sum of squares of dO_e v_e, never its cancelled sum
                     max = Math.Max(max, p[j]);
                 }
                 if (double.IsNegativeInfinity(max)) continue;   // every key masked: no terms
                 for (int j = 0; j < tk; j++) sum += p[j] = Math.Exp(p[j] - max);
-                for (int j = 0; j < tk; j++) delta += (p[j] /= sum) * dp[j];   // a masked key: p 0
+                Array.Clear(o);
+                for (int j = 0; j < tk; j++)
+                {
+                    if ((p[j] /= sum) == 0) continue;   // a masked key: p 0
+                    for (int e = 0; e < d; e++) o[e] += p[j] * v[((long)bh * tk + j) * d + e];
+                }
+                for (int e = 0; e < d; e++) delta += o[e] * dO[qi + e] * o[e] * dO[qi + e];
+                delta = Math.Sqrt(delta);                       // delta = dO . o at its terms' size likewise
                 for (int j = 0; j < tk; j++)
                 {
                     if (p[j] == 0) continue;
-                    double ds = p[j] * (Math.Abs(dp[j]) + Math.Abs(delta)) * scale;
+                    double ds = p[j] * (dp[j] + delta) * scale;
                     long kj = ((long)bh * tk + j) * d;
                     for (int e = 0; e < d; e++)
                     {
