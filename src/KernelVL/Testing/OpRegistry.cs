@@ -79,8 +79,20 @@ public static class OpRegistry
     public static OpCase Gelu(int rows, int cols) => new("gelu", $"{rows}x{cols}", 2e-6, 20.0 * rows * cols, F * 2.0 * rows * cols,
         c => c.Op(() => c.B.Gelu(c.In("x", 2f, rows, cols), c.Out("y", rows, cols))));
 
+    /// <summary>
+    /// dx = dy (Phi(x) + x phi(x)) crosses 0 near x = -0.75, where Phi and x phi cancel (1x1 on cpu: 10 of 30000 seeds
+    /// over 2e-6, dx 0.0070562 against 0.0070562(6)): dx is measured over its terms' size |dy| (Phi + |x| phi).
+    /// </summary>
     public static OpCase GeluBackward(int rows, int cols) => new("gelu_backward", $"{rows}x{cols}", 2e-6, 30.0 * rows * cols, F * 4.0 * rows * cols,
-        c => c.Op(() => c.B.GeluBackward(c.In("x", 2f, rows, cols), c.In("dy", rows, cols), c.Acc("dx", rows, cols))));
+        c => c.Op(() => c.B.GeluBackward(c.In("x", 2f, rows, cols), c.In("dy", rows, cols), c.Acc("dx", rows, cols))))
+    {
+        TermSize = (slot, r, _) =>
+        {
+            if (slot != "dx") return null;
+            float[] x = r.First(s => s.Name == "x").Values, dy = r.First(s => s.Name == "dy").Values;
+            return i => Math.Abs(dy[i]) * (0.5 * SpecialFunctions.Erfc(-x[i] / Math.Sqrt(2)) + Math.Abs(x[i]) * Math.Exp(-0.5 * x[i] * x[i]) / Math.Sqrt(2 * Math.PI));
+        },
+    };
 
     public static OpCase Tanh(int rows, int cols) => new("tanh", $"{rows}x{cols}", 1e-6, 10.0 * rows * cols, F * 2.0 * rows * cols,
         c => c.Op(() => c.B.Tanh(c.In("x", 2f, rows, cols), c.Out("y", rows, cols))));

@@ -213,7 +213,7 @@ public unsafe class ReferenceBackend : IBackend, IHalfRowsTopK
     {
         Contract.SameShape("gelu", "x", x, "y", y);
         var X = Read(x);
-        for (long i = 0; i < X.Length; i++) X[i] = 0.5 * X[i] * (1 + SpecialFunctions.Erf(X[i] / Math.Sqrt(2)));
+        for (long i = 0; i < X.Length; i++) X[i] = 0.5 * X[i] * SpecialFunctions.Erfc(-X[i] / Math.Sqrt(2));   // 1 + erf, exact in the tail too
         Write(y, X);
     }
 
@@ -224,7 +224,7 @@ public unsafe class ReferenceBackend : IBackend, IHalfRowsTopK
         var X = Read(x); var D = Read(dy);
         for (long i = 0; i < X.Length; i++)
         {
-            double cdf = 0.5 * (1 + SpecialFunctions.Erf(X[i] / Math.Sqrt(2)));
+            double cdf = 0.5 * SpecialFunctions.Erfc(-X[i] / Math.Sqrt(2));
             double pdf = Math.Exp(-0.5 * X[i] * X[i]) / Math.Sqrt(2 * Math.PI);
             D[i] *= cdf + X[i] * pdf;
         }
