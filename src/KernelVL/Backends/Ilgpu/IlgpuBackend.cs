@@ -55,10 +55,13 @@ public unsafe class IlgpuBackend : IBackend
         return new IlgpuBackend(name, context, acc);
     }
 
+    /// <summary>The ILGPU context every ILGPU backend compiles its kernels in (algorithms enabled: XMath for Math.*).</summary>
+    internal static Context CreateContext() => Context.Create(b => b.Default().EnableAlgorithms().Math(MathMode.Default));
+
     /// <summary>An ILGPU context (algorithms enabled) and an accelerator on the first device that <paramref name="pick"/> accepts.</summary>
     protected static (Context Context, Accelerator Accelerator) CreateDevice(string name, Func<Device, bool> pick)
     {
-        var context = Context.Create(b => b.Default().EnableAlgorithms().Math(MathMode.Default));
+        var context = CreateContext();
         var device = context.Devices.FirstOrDefault(pick);
         if (device is null)
         {

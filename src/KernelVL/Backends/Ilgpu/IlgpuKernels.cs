@@ -56,7 +56,9 @@ internal static class IlgpuKernels
     }
 
     // erfc(a / sqrt 2), a >= 0, fractional error < 1.2e-7 (the Cpu backend's polynomial). The exponent -a^2/2 + P(t)
-    // reaches -30 in gelu's tail, where its f32 rounding alone would cost ~2e-6 of the result: it is formed in f64.
+    // reaches -50 in gelu's tail, where each f32 rounding of it costs up to u |exponent| of the result, and on a GPU
+    // MathF.Exp is ex2.approx of x log2(e) rounded (4e-6 at x = -50): exponent and exp are taken in f64 (ILGPU.Algorithms'
+    // software exp on the GPU), as is the backward's phi.
     private static float ErfcScaledPos(float a)
     {
         float t = 1f / (1f + 0.5f * (a * 0.70710678118654752f));
@@ -107,7 +109,7 @@ internal static class IlgpuKernels
     {
         float v = x[i];
         float cdf = 0.5f * TwoPhi(v);
-        float pdf = 0.39894228040143268f * (float)Math.Exp(-0.5 * ((double)v * v));
+        float pdf = (float)(0.39894228040143268 * Math.Exp(-0.5 * ((double)v * v)));
         dx[i] += dy[i] * (cdf + v * pdf);
     }
 
