@@ -188,6 +188,77 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void PretrainingGivesEachPositiveKNegativesPerSide()
+    {
+        var r = new Random(Environment.TickCount);
+        for (int trial = 0; trial < 200; trial++)
+        {
+            int n = 4 + r.Next(12), K = 1 + r.Next(3);
+            var caps = Enumerable.Range(0, n).Select(i => $"caption {i} {r.Next()}").ToList();
+            var sim = new double[n, n];
+            for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) sim[i, j] = r.NextDouble();
+            var pairs = Trainer.PretrainPairs(caps, Enumerable.Range(0, n).ToList(), (i, j) => sim[i, j], K, (float)r.NextDouble(), new Random(r.Next()), out bool whole);
+            Assert.True(whole);
+            Assert.Equal(n * (1 + 2 * K), pairs.Count);
+            for (int i = 0; i < n; i++)
+            {
+                var g = pairs.GetRange((1 + 2 * K) * i, 1 + 2 * K);
+                Assert.Equal((i, i, 1), g[0]);
+                Assert.All(g.Skip(1).Take(K), p => { Assert.Equal(i, p.Image); Assert.Equal(0, p.Label); Assert.NotEqual(i, p.Caption); });
+                Assert.All(g.Skip(1 + K), p => { Assert.Equal(i, p.Caption); Assert.Equal(0, p.Label); Assert.NotEqual(i, p.Image); });
+            }
+        }
+    }
+
+    [Fact]
+    public void HardNegativesFollowTheSoftmaxOfTheSimilarityAndEasyOnesAreUniform()
+    {
+        var r = new Random(Environment.TickCount);
+        const int n = 6, draws = 20000;
+        var caps = Enumerable.Range(0, n).Select(i => $"caption {i}").ToList();
+        var sim = new double[n, n];
+        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) sim[i, j] = 0.3 * r.NextDouble();
+        // Expected for positive 0 when hard: exp(sim / 0.1) over the 5 others, normalised; when easy: 1/5 each.
+        var w = Enumerable.Range(0, n).Select(j => j == 0 ? 0 : Math.Exp(sim[0, j] / 0.1)).ToArray();
+        var expectHard = w.Select(x => x / w.Sum()).ToArray();
+        foreach (var (hard, expect) in new[] { (1f, expectHard), (0f, Enumerable.Range(0, n).Select(j => j == 0 ? 0 : 1.0 / (n - 1)).ToArray()) })
+        {
+            var count = new int[n];
+            var rng = new Random(r.Next());
+            for (int t = 0; t < draws; t++)
+            {
+                var pairs = Trainer.PretrainPairs(caps, Enumerable.Range(0, n).ToList(), (i, j) => sim[i, j], 1, hard, rng, out _);
+                count[pairs[1].Caption]++;   // positive 0's caption negative
+                count[pairs[2].Image]++;     // positive 0's image negative
+            }
+            for (int j = 0; j < n; j++)
+            {
+                double p = expect[j], sd = Math.Sqrt(2 * draws * p * (1 - p));
+                Assert.InRange(count[j], 2 * draws * p - 5 * sd - 1, 2 * draws * p + 5 * sd + 1);
+            }
+        }
+    }
+
+    [Fact]
+    public void APairOfTheSameCaptionTextOrTheSameImageIsNoNegative()
+    {
+        // Items 0 and 1: the same caption text of two images; items 2 and 3: two captions of one image.
+        var caps = new List<string> { "a red square", "a red square", "a blue circle", "a green cross", "a white star", "a black disc" };
+        var imgs = new List<int> { 10, 11, 12, 12, 14, 15 };
+        var r = new Random(Environment.TickCount);
+        for (int trial = 0; trial < 300; trial++)
+        {
+            var pairs = Trainer.PretrainPairs(caps, imgs, (i, j) => r.NextDouble(), K: 2, hard: (float)r.NextDouble(), new Random(r.Next()), out bool whole);
+            Assert.True(whole);
+            foreach (var (image, caption, label) in pairs.Where(p => p.Label == 0))
+            {
+                Assert.NotEqual(caps[image], caps[caption]);
+                Assert.NotEqual(imgs[image], imgs[caption]);
+            }
+        }
+    }
+
+    [Fact]
     public void MissingImagesAreSkippedAndCountedOrAnErrorWhenStrict()
     {
         // A copy of the dataset with one training image deleted.

@@ -279,9 +279,54 @@ public sealed class Trainer
     }
 
     /// <summary>
-    /// Stage 1: ITM over the positives, one hard negative caption per image and one hard negative image per caption
-    /// (sampled by the model's own caption similarity, ALBEF-style, never a pair with the same caption text),
-    /// plus MLM on the positives' captions (15% of tokens: 80% [MASK], 10% a random token, 10% kept).
+    /// Stage 1's pairs for a batch of n positives (item i: caption i of image images[i]): per positive i a run of 1 + 2K
+    /// pairs, (image i, caption i, 1), then K other captions for image i, then K other images for caption i (as batch
+    /// indices, label 0). Each negative: with probability <paramref name="hard"/> drawn by softmax(sim / 0.1) over the
+    /// batch, else uniformly; never the positive's own image or caption text. whole: every positive got all its 2K
+    /// negatives (false when a batch has too few distinct captions; the missing ones are left out).
+    /// </summary>
+    internal static List<(int Image, int Caption, int Label)> PretrainPairs(IReadOnlyList<string> captions, IReadOnlyList<int> images,
+        Func<int, int, double> sim, int K, float hard, Random rng, out bool whole)
+    {
+        int n = captions.Count;
+        bool Other(int j, int self) => j != self && images[j] != images[self] && captions[j] != captions[self];
+        int Sample(int self)
+        {
+            if (rng.NextDouble() >= hard)
+            {
+                // An easy negative: any other pair's caption / image (uniform), for the part of the batch that is not hard.
+                var others = Enumerable.Range(0, n).Where(j => Other(j, self)).ToList();
+                return others.Count == 0 ? -1 : others[rng.Next(others.Count)];
+            }
+            var w = new double[n];
+            double max = double.NegativeInfinity;
+            for (int j = 0; j < n; j++)
+                if (Other(j, self)) max = Math.Max(max, sim(self, j));
+            if (double.IsNegativeInfinity(max)) return -1;
+            double sum = 0;
+            for (int j = 0; j < n; j++) sum += w[j] = Other(j, self) ? Math.Exp((sim(self, j) - max) / 0.1) : 0;
+            double u = rng.NextDouble() * sum;
+            for (int j = 0; j < n; j++) if ((u -= w[j]) <= 0 && w[j] > 0) return j;
+            return Array.FindLastIndex(w, x => x > 0);
+        }
+        var pairs = new List<(int Image, int Caption, int Label)>(n * (1 + 2 * K));
+        whole = true;
+        for (int i = 0; i < n; i++)
+        {
+            var cs = Enumerable.Range(0, K).Select(_ => Sample(i)).ToArray();
+            var ims = Enumerable.Range(0, K).Select(_ => Sample(i)).ToArray();
+            pairs.Add((i, i, 1));
+            foreach (int jc in cs) if (jc >= 0) pairs.Add((i, jc, 0)); else whole = false;
+            foreach (int ji in ims) if (ji >= 0) pairs.Add((ji, i, 0)); else whole = false;
+        }
+        return pairs;
+    }
+
+    /// <summary>
+    /// Stage 1: ITM over the positives, K negative captions per image and K negative images per caption (sampled by the
+    /// model's own caption similarity, ALBEF-style, or uniformly; never a pair with the same caption text or image), a
+    /// ranking term over each such group, plus MLM on the positives' captions (15% of tokens: 80% [MASK], 10% a random
+    /// token, 10% kept).
     /// </summary>
     private float PretrainStep(VlModel model, LoadedBatch batch, int step)
     {
@@ -299,41 +344,12 @@ public sealed class Trainer
                 _backend.CopyToHost(model.Embed(model.TextBatch(Chunk(captions, s, m))), t.AsSpan(s * d, m * d));
             }
         }
-        int Sample(Func<int, double> sim, int self)
-        {
-            if (rng.NextDouble() >= _o.HardNegatives)
-            {
-                // An easy negative: any other pair's caption / image (uniform), for the part of the batch that is not hard.
-                var others = Enumerable.Range(0, n).Where(j => j != self && captions[j] != captions[self]).ToList();
-                return others.Count == 0 ? -1 : others[rng.Next(others.Count)];
-            }
-            var w = new double[n];
-            double max = double.NegativeInfinity;
-            for (int j = 0; j < n; j++)
-                if (j != self && captions[j] != captions[self]) max = Math.Max(max, sim(j));
-            if (double.IsNegativeInfinity(max)) return -1;
-            double sum = 0;
-            for (int j = 0; j < n; j++) sum += w[j] = j != self && captions[j] != captions[self] ? Math.Exp((sim(j) - max) / 0.1) : 0;
-            double u = rng.NextDouble() * sum;
-            for (int j = 0; j < n; j++) if ((u -= w[j]) <= 0 && w[j] > 0) return j;
-            return Array.FindLastIndex(w, x => x > 0);
-        }
         double Dot(float[] a, int i, float[] b, int j) => System.Numerics.Tensors.TensorPrimitives.Dot(a.AsSpan(i * d, d), b.AsSpan(j * d, d));
-        // Triples per positive i: (image i, caption i), (image i, a hard caption), (a hard image, caption i). Hardness by the
-        // model's caption-caption similarity: it is informative from the first step (captions that share their words embed
-        // alike), where the image-text similarity of a cross-encoder in training is not.
-        // Per positive i a group: (image i, caption i), K other captions for image i, K other images for caption i.
+        // Hardness by the model's caption-caption similarity: it is informative from the first step (captions that share
+        // their words embed alike), where the image-text similarity of a cross-encoder in training is not.
         int K = _o.NegativesPerSide, groupSize = 1 + 2 * K;
-        var pairs = new List<(int Image, int Caption, int Label)>();
-        bool whole = true;
-        for (int i = 0; i < n; i++)
-        {
-            var cs = Enumerable.Range(0, K).Select(_ => Sample(j => Dot(t, i, t, j), i)).ToArray();
-            var ims = Enumerable.Range(0, K).Select(_ => Sample(j => Dot(t, i, t, j), i)).ToArray();
-            pairs.Add((i, i, 1));
-            foreach (int jc in cs) if (jc >= 0) pairs.Add((i, jc, 0)); else whole = false;
-            foreach (int ji in ims) if (ji >= 0) pairs.Add((ji, i, 0)); else whole = false;
-        }
+        var images = batch.Items.Select(it => it.Image).ToList();
+        var pairs = PretrainPairs(captions, images, (i, j) => Dot(t, i, t, j), K, _o.HardNegatives, rng, out bool whole);
         // Micro-batches hold whole groups, so the ranking term (below) sees each positive beside its negatives.
         int chunkPairs = whole ? Math.Max(groupSize, mb / groupSize * groupSize) : mb;
         float total = 0, itm = 0, rank = 0;
