@@ -65,6 +65,11 @@ internal static class DemoCommand
     public static int Run(Plan p, string dir, int seed, string device)
     {
         var total = Stopwatch.StartNew();
+        // A rerun replaces a previous demo's stage1/ and stage2/: never those of a folder that is not one.
+        if (File.Exists(dir)) throw new BadInputException($"--out {dir}: is a file, not a folder");
+        if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any()
+            && !File.Exists(Path.Combine(dir, "data", "dataset.json")) && !File.Exists(Path.Combine(dir, "results.json")))
+            throw new BadInputException($"--out {dir}: not empty and not a previous demo's folder (no data/dataset.json): give a new or an empty folder");
         Directory.CreateDirectory(dir);
         var timings = new JsonObject();
         string dataDir = Path.Combine(dir, "data"), stage1 = Path.Combine(dir, "stage1"), stage2 = Path.Combine(dir, "stage2");

@@ -20,6 +20,24 @@ internal static class ErrorReporting
         return code;
     }
 
+    /// <summary>
+    /// A parser's message in a user's words: "Cannot parse argument 'abc' for option '-k' as expected type
+    /// 'System.Int32'." becomes "-k: 'abc' is not an integer"; other messages lose their final period only.
+    /// </summary>
+    public static string Usage(string message)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(message, @"^Cannot parse argument '(.*)' for option '(.*)' as expected type '(?:System\.)?(\w+)'\.?$");
+        if (!m.Success) return message.TrimEnd('.');
+        string what = m.Groups[3].Value switch
+        {
+            "Int32" or "Int64" or "Int16" or "UInt32" or "UInt64" => "an integer",
+            "Single" or "Double" or "Decimal" => "a number",
+            "Boolean" => "true or false",
+            var t => $"a {t}",
+        };
+        return $"{m.Groups[2].Value}: '{m.Groups[1].Value}' is not {what}";
+    }
+
     /// <summary>Runs a command body and maps its exceptions (System.CommandLine would otherwise print them its own way).</summary>
     public static Func<System.CommandLine.ParseResult, int> Guard(Func<System.CommandLine.ParseResult, int> body) => r =>
     {

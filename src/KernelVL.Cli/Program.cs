@@ -19,9 +19,10 @@ root.Subcommands.Add(RetrievalCommands.Eval());
 var parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {
-    // Usage errors are bad input: one line each on stderr, exit code 2.
-    foreach (var error in parsed.Errors) Console.Error.WriteLine($"kernelvl: bad input: {error.Message}");
-    Console.Error.WriteLine("kernelvl: run 'kernelvl --help' for usage");
+    // Usage errors are bad input: one line on stderr (every error, in words a user knows), exit code 2.
+    var messages = parsed.Errors.Select(e => ErrorReporting.Usage(e.Message)).Distinct().ToList();
+    string help = parsed.CommandResult.Command is { } c && c != root ? $"kernelvl {c.Name} --help" : "kernelvl --help";
+    Console.Error.WriteLine($"kernelvl: bad input: {string.Join("; ", messages)} (usage: {help})");
     return ErrorReporting.BadInput;
 }
 try

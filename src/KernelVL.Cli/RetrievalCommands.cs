@@ -20,9 +20,18 @@ internal static class RetrievalCommands
     /// <summary>A test split's readable images, their captions and each caption's image (unreadable images skipped with a warning).</summary>
     public sealed record EvalSet(List<PreparedImage> Images, List<string> ImagePaths, List<string> Captions, List<int> Owner);
 
+    /// <summary>Reads a dataset, printing what it skipped (empty or over-long captions, images left without any) as warnings.</summary>
+    public static KarpathyDataset LoadData(string path, bool strict = false)
+    {
+        var ds = KarpathyDataset.Load(path, strict);
+        foreach (var p in ds.Problems.Take(5)) Console.Error.WriteLine($"kernelvl: warning: skipped: {p}");
+        if (ds.Problems.Count > 5) Console.Error.WriteLine($"kernelvl: warning: ... and {ds.Problems.Count - 5} more skipped in {path}");
+        return ds;
+    }
+
     public static EvalSet LoadSplit(VlModel model, string data, string imagesRoot, string split, int limit, bool strict, string label = "load")
     {
-        var ds = KarpathyDataset.Load(data, strict);
+        var ds = LoadData(data, strict);
         var imgs = ds.Split(split).Take(limit > 0 ? limit : int.MaxValue).ToList();
         var cache = new ImageCache(imgs, imagesRoot, model.Preprocessor(), strict);
         int warned = 0;
@@ -64,29 +73,35 @@ internal static class RetrievalCommands
             var dt = r.GetValue(dtype) switch { "f16" => VectorDType.F16, "f32" => VectorDType.F32, var x => throw new BadInputException($"--dtype must be f16 or f32, got {x}") };
             int seg = r.GetValue(segment), bs = r.GetValue(batch);
             if (seg < 1 || bs < 1) throw new BadInputException("--segment-rows and --batch must be positive");
-            string ckpt = r.GetValue(model)!, root = Path.GetFullPath(r.GetValue(images)!);
+            string ckpt = r.GetValue(model)!, root = Path.GetFullPath(r.GetValue(images)!), outPath = r.GetValue(outDir)!;
             if (!Directory.Exists(root)) throw new BadInputException($"{root}: no such folder");
-            using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
-            using var m = VlModel.Load(ckpt, backend);
-            var idx = EmbeddingIndex.CreateOrResume(r.GetValue(outDir)!, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root);
-            var enc = new DecomposedEncoder(m, bs);
-            var pre = m.Preprocessor();
+            // Every input is read and checked before the index folder is made or touched.
             // What to index: (id, relative path) of images, and (id, caption, image id) of captions.
             List<(string Id, string Path)> imageItems;
             var captionItems = new List<(string Id, string Caption, string ImageId)>();
             string? dataPath = r.GetValue(data);
+            string source;
             if (dataPath is null)
+            {
                 imageItems = Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories)
                     .Where(f => ImageExtensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
                     .Select(f => Path.GetRelativePath(root, f)).OrderBy(f => f, StringComparer.Ordinal).Select(f => (f, f)).ToList();
+                source = "folder";
+            }
             else
             {
-                var ds = KarpathyDataset.Load(dataPath).Split(r.GetValue(split)!);
+                var ds = LoadData(dataPath).Split(r.GetValue(split)!);
                 imageItems = ds.Select(i => ($"img:{i.Id}", i.Path)).ToList();
                 foreach (var i in ds)
                     for (int c = 0; c < i.Captions.Count; c++) captionItems.Add(($"cap:{i.Id}:{c}", i.Captions[c], $"img:{i.Id}"));
+                source = $"data {Path.GetFullPath(dataPath)}, split {r.GetValue(split)}";
             }
             if (imageItems.Count == 0) throw new BadInputException($"{root}: no images ({string.Join(", ", ImageExtensions)})");
+            using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
+            using var m = VlModel.Load(ckpt, backend);
+            var idx = EmbeddingIndex.CreateOrResume(outPath, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root, source);
+            var enc = new DecomposedEncoder(m, bs);
+            var pre = m.Preprocessor();
             var doneImages = idx.IndexedIds("image");
             var doneCaps = idx.IndexedIds("caption");
             var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
@@ -120,7 +135,7 @@ internal static class RetrievalCommands
                         idx.Append("caption", chunk.Select(c => new IndexItem("caption", 0, c.Id, Caption: c.Caption, ImageId: c.ImageId)).ToList(), vecs);
                     }
             Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
-                $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {r.GetValue(outDir)}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
+                $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
             return ErrorReporting.Ok;
         }));
         return cmd;
@@ -146,6 +161,7 @@ internal static class RetrievalCommands
             int top = r.GetValue(k), rr = r.GetValue(rerank);
             if (top < 1 || top > Contract.MaxTopK) throw new BadInputException($"-k must be in 1..{Contract.MaxTopK}, got {top}");
             if (rr < 0 || rr > Contract.MaxTopK) throw new BadInputException($"--rerank must be in 0..{Contract.MaxTopK}, got {rr}");
+            if (qi is not null) ImagePreprocessor.RequireFile(qi);   // before the model is loaded
             string ckpt = r.GetValue(model)!;
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(ckpt, backend);
@@ -233,11 +249,22 @@ internal static class RetrievalCommands
             string md = r.GetValue(mode)!;
             if (md is not ("decomposed" or "cross" or "rerank" or "all")) throw new BadInputException($"--mode must be decomposed, cross, rerank or all, got {md}");
             string dataPath = r.GetValue(data)!;
+            int lim = r.GetValue(limit), rk = r.GetValue(rerankK), bsz = r.GetValue(batch);
+            if (lim < 0) throw new BadInputException($"--limit must be >= 0 (0: all images), got {lim}");
+            if (rk < 1 && md is "rerank" or "all") throw new BadInputException($"--rerank-k must be at least 1, got {rk}");
+            if (bsz < 1) throw new BadInputException($"--batch must be at least 1, got {bsz}");
+            if (r.GetValue(json) is { } jsonOut)
+            {
+                // Checked before the evaluation, which may take long: the file is written at its end.
+                if (Directory.Exists(jsonOut)) throw new BadInputException($"--json {jsonOut}: is a folder, not a file");
+                string? parent = Path.GetDirectoryName(Path.GetFullPath(jsonOut));
+                if (parent is not null && !Directory.Exists(parent)) throw new BadInputException($"--json {jsonOut}: no such folder {parent}");
+            }
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(r.GetValue(model)!, backend);
-            var set = LoadSplit(m, dataPath, r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataPath))!, r.GetValue(split)!, r.GetValue(limit), strict: false);
+            var set = LoadSplit(m, dataPath, r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataPath))!, r.GetValue(split)!, lim, strict: false);
             using var cm = r.GetValue(crossModel) is { } cp ? VlModel.Load(cp, backend) : null;
-            var doc = Evaluate(m, set, md, r.GetValue(rerankK), r.GetValue(batch), r.GetValue(split)!, cross: cm);
+            var doc = Evaluate(m, set, md, rk, bsz, r.GetValue(split)!, cross: cm);
             if (r.GetValue(json) is { } path) AtomicFile.WriteAllText(path, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return ErrorReporting.Ok;
         }));

@@ -85,6 +85,69 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     }
 
     [Fact]
+    public void FailedCommandsAreOneLineAndLeaveNothingBehind()
+    {
+        // Each: the arguments, a part of the one-line message, and the output path that must not exist afterwards.
+        string emptyImages = Tmp(); Directory.CreateDirectory(emptyImages);
+        string badJson = Path.Combine(fx.Dir, "cli-bad.json"); File.WriteAllText(badJson, "{\"images\": [1, 2");
+        string zeroWeights = Tmp(); CopyFolder(fx.Init, zeroWeights); File.WriteAllBytes(Path.Combine(zeroWeights, "model.safetensors"), []);
+        string wide = Tmp(); CopyFolder(fx.Init, wide);
+        var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(wide, "config.json")))!;
+        cfg["hidden_size"] = 8192;
+        File.WriteAllText(Path.Combine(wide, "config.json"), cfg.ToJsonString());
+        string[] Out(string o) => ["--out", o];
+        var cases = new List<(string[] Args, string Message, string? Absent)>();
+        void Case(string message, string? absent, params string[] args) => cases.Add((args, message, absent));
+        string o1 = Tmp(), o2 = Tmp(), o3 = Tmp(), o4 = Tmp(), o5 = Tmp(), o6 = Tmp(), o7 = Tmp();
+        Case("no images", o1, ["index", "--model", fx.Init, "--images", emptyImages, .. Out(o1), "--device", "cpu"]);
+        Case("not valid JSON", o2, ["index", "--model", fx.Init, "--images", Images, "--data", badJson, .. Out(o2), "--device", "cpu"]);
+        Case("no such file", o3, ["pretrain", "--data", fx.Data, "--vocab", Path.Combine(fx.Dir, "no-vocab.txt"), .. Out(o3), "--device", "cpu"]);
+        Case("unknown config preset", o4, ["pretrain", "--data", fx.Data, "--config", "huge", .. Out(o4), "--device", "cpu"]);
+        Case("model.safetensors", o5, ["decompose", "--model", zeroWeights, "--data", fx.Data, .. Out(o5), "--device", "cpu"]);
+        Case("--temperature must be finite", o6, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "Infinity", .. Out(o6), "--device", "cpu"]);
+        Case("does not belong to these weights", null, ["eval", "--model", wide, "--data", fx.Data, "--device", "cpu"]);
+        Case("--limit must be >= 0", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--limit", "-1", "--device", "cpu"]);
+        Case("--rerank-k must be at least 1", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--mode", "rerank", "--rerank-k", "0", "--device", "cpu"]);
+        Case("is a folder, not a file", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--json", fx.Dir, "--device", "cpu"]);
+        Case("is a folder, not an image file", null, ["search", "--model", fx.Init, "--index", o7, "--image", fx.Dir, "--device", "cpu"]);
+        Case("-k: 'abc' is not an integer (usage: kernelvl search --help)", null, ["search", "--model", fx.Init, "--index", o7, "--text", "x", "-k", "abc"]);
+        foreach (var (args, message, absent) in cases)
+        {
+            var r = Run(args);
+            string what = string.Join(' ', args);
+            Assert.True(r.Code == 2, $"{what}: exit {r.Code}, {r.Err}");
+            var lines = r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.Contains("warning:")).ToList();
+            Assert.True(lines.Count == 1, $"{what}: {lines.Count} lines: {r.Err}");
+            Assert.StartsWith("kernelvl: bad input:", lines[0]);
+            Assert.Contains(message, lines[0]);
+            if (absent is not null) Assert.False(Path.Exists(absent), $"{what}: left {absent} behind");
+        }
+
+        // Onto a file, and into a folder that is not an index (a checkpoint): refused, both untouched.
+        string file = Path.Combine(fx.Dir, "cli-precious.txt"); File.WriteAllText(file, "precious");
+        string ckpt = Tmp(); CopyFolder(fx.Init, ckpt);
+        var before = Directory.GetFiles(ckpt).Select(f => (Path.GetFileName(f), Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(f))))).ToList();
+        foreach (var (target, message) in new[] { (file, "is a file"), (ckpt, "not empty and not an index") })
+        {
+            var r = Run("index", "--model", fx.Init, "--images", Images, "--data", fx.Data, "--out", target, "--device", "cpu");
+            Assert.True(r.Code == 2 && r.Err.Contains(message), $"index --out {target}: exit {r.Code}, {r.Err}");
+        }
+        Assert.Equal("precious", File.ReadAllText(file));
+        Assert.Equal(before, Directory.GetFiles(ckpt).Select(f => (Path.GetFileName(f), Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(f))))).ToList());
+        var shapes = Run("shapes", "--out", file, "--train", "2", "--val", "0", "--test", "2");
+        Assert.True(shapes.Code == 2 && shapes.Err.Contains("is a file, not a folder"), $"shapes --out FILE: exit {shapes.Code}, {shapes.Err}");
+        var demo = Run("demo", "--quick", "--out", ckpt, "--device", "cpu");
+        Assert.True(demo.Code == 2 && demo.Err.Contains("not a previous demo's folder"), $"demo --out CHECKPOINT: exit {demo.Code}, {demo.Err}");
+        Assert.Equal(before, Directory.GetFiles(ckpt).Select(f => (Path.GetFileName(f), Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(f))))).ToList());
+    }
+
+    private static void CopyFolder(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
+    }
+
+    [Fact]
     public void AnIndexBuildKilledWithSigkillLeavesASearchableIndexAndResumes()
     {
         // Enough images in small segments that the build is still running when it is killed.

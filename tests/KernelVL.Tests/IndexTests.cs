@@ -100,6 +100,36 @@ public sealed class IndexTests : IDisposable
     }
 
     [Fact]
+    public void ABuildIsRefusedOntoAFileAForeignFolderOrAnIndexOfOtherImages()
+    {
+        int d = 8;
+        var v = UnitRows(new Random(2), 4, d);
+        string f = Path.Combine(_dir, "src");
+        EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images", "data /d.json, split test").Append("image", Items(0, 4), v);
+        string manifest = File.ReadAllText(Path.Combine(f, "manifest.json")), items = File.ReadAllText(Path.Combine(f, "items.jsonl"));
+        Assert.Contains("another index", Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/other", "data /d.json, split test")).Message);
+        Assert.Contains("built from data /d.json, split test, this build is data /d.json, split val",
+            Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images", "data /d.json, split val")).Message);
+        // Refusals and a resume with nothing stray leave the index's files as they were.
+        EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images/", "data /d.json, split test");
+        Assert.Equal(manifest, File.ReadAllText(Path.Combine(f, "manifest.json")));
+        Assert.Equal(items, File.ReadAllText(Path.Combine(f, "items.jsonl")));
+
+        string file = Path.Combine(_dir, "a-file");
+        File.WriteAllText(file, "precious");
+        Assert.Contains("is a file", Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(file, "m", d, VectorDType.F32, null)).Message);
+        Assert.Equal("precious", File.ReadAllText(file));
+        string foreign = Path.Combine(_dir, "checkpoint");
+        Directory.CreateDirectory(foreign);
+        File.WriteAllText(Path.Combine(foreign, "config.json"), "{}");
+        Assert.Contains("not empty and not an index", Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(foreign, "m", d, VectorDType.F32, null)).Message);
+        Assert.Equal(["config.json"], Directory.GetFiles(foreign).Select(Path.GetFileName));
+        string empty = Path.Combine(_dir, "empty");
+        Directory.CreateDirectory(empty);
+        Assert.Equal(0, EmbeddingIndex.CreateOrResume(empty, "m", d, VectorDType.F32, null).Collections["image"].Rows);
+    }
+
+    [Fact]
     public void CorruptManifestsAndSegmentsAreNamed()
     {
         int d = 4;

@@ -105,6 +105,24 @@ public class RecallTests
             Assert.Equal(3, lenient.Problems.Count);   // two empty sentences, one image left without any
             File.WriteAllText(path, "{\"images\": [");
             Assert.Contains("not valid JSON", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+
+            // Two entries with one imgid: an index would hold two items of one id.
+            File.WriteAllText(path, "{\"images\": [{\"filename\": \"x.jpg\", \"imgid\": 7, \"split\": \"test\", \"sentences\": [{\"raw\": \"a\"}]}, {\"filename\": \"y.jpg\", \"imgid\": 7, \"split\": \"test\", \"sentences\": [{\"raw\": \"b\"}]}]}");
+            Assert.Contains("images[1] (y.jpg): imgid 7 repeats images[0]'s", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            // An image path must stay below the image root.
+            foreach (var (fp, fn) in new[] { ("", "../../etc/passwd"), ("imgs", "../../x.png"), ("", "/tmp/x.png"), ("..", "x.png") })
+            {
+                File.WriteAllText(path, $"{{\"images\": [{{\"filepath\": \"{fp}\", \"filename\": \"{fn}\", \"split\": \"test\", \"sentences\": [{{\"raw\": \"a\"}}]}}]}}");
+                Assert.Contains("leaves the image root", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            }
+            Assert.True(KarpathyDataset.InsideRoot("a/../b.png") && KarpathyDataset.InsideRoot("./a/b.png"));
+            // A caption over the tokenizer's limit is skipped and listed (an error with strict), not met later mid-build.
+            string longCaption = string.Concat(Enumerable.Repeat("red ", 2600));
+            File.WriteAllText(path, $"{{\"images\": [{{\"filename\": \"x.jpg\", \"split\": \"test\", \"sentences\": [{{\"raw\": \"{longCaption}\"}}, {{\"raw\": \"ok\"}}]}}]}}");
+            var trimmed = KarpathyDataset.Load(path);
+            Assert.Equal(["ok"], Assert.Single(trimmed.Images).Captions);
+            Assert.Contains("sentence 0 has 10400 characters, over the 10000-character limit", Assert.Single(trimmed.Problems));
+            Assert.Contains("10000-character limit", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path, strict: true)).Message);
         }
         finally
         {

@@ -51,6 +51,7 @@ public sealed class KarpathyDataset
         if (root is not JsonObject o || o["images"] is not JsonArray arr) throw new BadInputException($"{path}: no \"images\" array (expected the Karpathy split format)");
         var images = new List<DatasetImage>(arr.Count);
         var problems = new List<string>();
+        var firstOf = new Dictionary<int, int>();   // imgid -> the first entry that has it
         void Problem(string message)
         {
             if (strict) throw new BadInputException(message);
@@ -72,6 +73,7 @@ public sealed class KarpathyDataset
                 string? raw = s is JsonObject so ? Str(so, "raw") : null;
                 if (raw is null && s is JsonObject st && st["tokens"] is JsonArray toks) raw = string.Join(' ', toks.Select(t => t?.ToString()));
                 if (string.IsNullOrWhiteSpace(raw)) Problem($"{Where()} ({file}): sentence {k} is empty");
+                else if (raw.Length > Text.TextTokenizer.MaxCharacters) Problem($"{Where()} ({file}): sentence {k} has {raw.Length} characters, over the {Text.TextTokenizer.MaxCharacters}-character limit");
                 else caps.Add(raw);
             }
             if (caps.Count == 0)
@@ -80,10 +82,26 @@ public sealed class KarpathyDataset
                 continue;
             }
             int id = im["imgid"] is JsonValue v && v.TryGetValue(out int x) ? x : i;
+            if (!firstOf.TryAdd(id, i)) throw new BadInputException($"{Where()} ({file}): imgid {id} repeats images[{firstOf[id]}]'s");
             int? group = im["kernelvl_group"] is JsonValue gv && gv.TryGetValue(out int g) ? g : null;
-            images.Add(new DatasetImage(id, dir is null ? file : System.IO.Path.Combine(dir, file), split, caps, group));
+            string rel = dir is null ? file : System.IO.Path.Combine(dir, file);
+            if (!InsideRoot(rel)) throw new BadInputException($"{Where()}: image path '{rel}' leaves the image root (paths are relative to it, without '..' above it)");
+            images.Add(new DatasetImage(id, rel, split, caps, group));
         }
         return new KarpathyDataset(path, images, problems);
+    }
+
+    /// <summary>Whether a relative image path stays below the image root: not rooted, and no '..' climbing above it.</summary>
+    public static bool InsideRoot(string relative)
+    {
+        if (relative.Length == 0 || System.IO.Path.IsPathRooted(relative)) return false;
+        int depth = 0;
+        foreach (var part in relative.Split('/', '\\'))
+        {
+            if (part == "..") { if (--depth < 0) return false; }
+            else if (part is not ("" or ".")) depth++;
+        }
+        return true;
     }
 
     private static string? Str(JsonObject o, string key) => o[key] is JsonValue v && v.TryGetValue(out string? s) ? s : null;

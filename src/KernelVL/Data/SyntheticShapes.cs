@@ -120,6 +120,7 @@ public static class SyntheticShapes
     /// </summary>
     public static string Generate(string dir, int train, int val, int test, int size, int seed, Action<int, int>? progress = null)
     {
+        if (File.Exists(dir)) throw new BadInputException($"{dir}: is a file, not a folder");
         var rng = new Random(seed);
         var seen = new HashSet<string>();
         var scenes = new List<Scene>();

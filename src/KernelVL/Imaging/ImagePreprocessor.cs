@@ -63,10 +63,17 @@ public sealed class ImagePreprocessor
         return (Math.Max(oh, SizeDivisor), Math.Max(ow, SizeDivisor));
     }
 
+    /// <summary>Throws a <see cref="BadInputException"/> unless <paramref name="path"/> is an existing file.</summary>
+    public static void RequireFile(string path)
+    {
+        if (Directory.Exists(path)) throw new BadInputException($"{path}: is a folder, not an image file");
+        if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
+    }
+
     /// <summary>Reads, checks and preprocesses one image file.</summary>
     public PreparedImage Load(string path)
     {
-        if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
+        RequireFile(path);
         byte[] bytes;
         try
         {

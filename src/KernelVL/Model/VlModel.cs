@@ -300,7 +300,17 @@ public sealed class VlModel : Module
         string weights = Path.Combine(folder, WeightsFile), vocab = Path.Combine(folder, VocabFile);
         if (!File.Exists(weights)) throw new BadInputException($"{weights}: no such file (a checkpoint folder holds {ConfigFile}, {WeightsFile} and {VocabFile})");
         VlHeads heads;
-        using (var f = SafeTensorsFile.Open(weights)) heads = HeadsIn(f.Tensors.Keys);
+        using (var f = SafeTensorsFile.Open(weights))
+        {
+            heads = HeadsIn(f.Tensors.Keys);
+            // Before anything is allocated: a config whose sizes need more values than the file holds cannot match it
+            // (a wrong hidden_size would otherwise allocate the model first, seconds and gigabytes, or fail for memory).
+            long held = f.Tensors.Values.Sum(t => t.Numel);
+            long least = (long)cfg.VocabSize * cfg.HiddenSize + cfg.NumLayers * (4L * cfg.HiddenSize * cfg.HiddenSize + 2L * cfg.HiddenSize * cfg.IntermediateSize);
+            if (least > held)
+                throw new BadInputException($"{Path.Combine(folder, ConfigFile)}: describes a model of at least {least} weights (vocab_size {cfg.VocabSize}, hidden_size {cfg.HiddenSize}, " +
+                    $"{cfg.NumLayers} layers, intermediate_size {cfg.IntermediateSize}) but {weights} holds {held}: the config does not belong to these weights");
+        }
         var tokenizer = TextTokenizer.Load(vocab, cfg.MaxTextLength);
         if (tokenizer.VocabularySize > cfg.VocabSize)
             throw new BadInputException($"{vocab}: {tokenizer.VocabularySize} tokens, more than the model's vocab_size {cfg.VocabSize}");

@@ -48,6 +48,9 @@ public sealed class EmbeddingIndex
     public int Dim { get; }
     public VectorDType DType { get; }
     public string? ImageRoot { get; private set; }
+    /// <summary>What the build indexes ("folder", or "data FILE, split NAME"); null in indexes written before 2026-11-29.</summary>
+    public string? Source { get; private set; }
+    private bool _strayItemLines;   // items.jsonl has lines past the manifest (a killed build): rewritten when resumed
     public IReadOnlyDictionary<string, Collection> Collections => _collections;
     private readonly Dictionary<string, Collection> _collections;
     private readonly Dictionary<(string, int), IndexItem> _items = new();
@@ -191,7 +194,10 @@ public sealed class EmbeddingIndex
             }
             cols[kind] = c;
         }
-        return new EmbeddingIndex(folder, Need<string>(m["model_fingerprint"], "model_fingerprint"), dim, dtype, (string?)m["image_root"], cols);
+        return new EmbeddingIndex(folder, Need<string>(m["model_fingerprint"], "model_fingerprint"), dim, dtype, (string?)m["image_root"], cols)
+        {
+            Source = m["source"] is JsonValue sv && sv.TryGetValue(out string? src) ? src : null,
+        };
     }
 
     private void LoadItems()
@@ -206,10 +212,10 @@ public sealed class EmbeddingIndex
             JsonObject? o;
             try { o = JsonNode.Parse(l) as JsonObject; }
             catch (JsonException) { o = null; }
-            if (o is null) break;   // a line cut by a kill: the manifest decides what is indexed
+            if (o is null) { _strayItemLines = true; break; }   // a line cut by a kill: the manifest decides what is indexed
             string? kind = (string?)o["kind"];
-            if (kind is null || !_collections.TryGetValue(kind, out var c) || o["row"] is not JsonValue rv || !rv.TryGetValue(out int row)) continue;
-            if (row >= c.Rows) continue;   // written after the last completed segment
+            if (kind is null || !_collections.TryGetValue(kind, out var c) || o["row"] is not JsonValue rv || !rv.TryGetValue(out int row)) { _strayItemLines = true; continue; }
+            if (row >= c.Rows) { _strayItemLines = true; continue; }   // written after the last completed segment
             _items[(kind, row)] = new IndexItem(kind, row, (string?)o["id"] ?? "", (string?)o["path"], (string?)o["caption"], (string?)o["image_id"]);
         }
         foreach (var c in _collections.Values)
@@ -221,22 +227,36 @@ public sealed class EmbeddingIndex
 
     // ---- building ----
 
-    /// <summary>Creates an index folder, or reopens one to resume (same model, dim and dtype required; rows past the manifest dropped).</summary>
-    public static EmbeddingIndex CreateOrResume(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot)
+    /// <summary>
+    /// Creates an index folder (new, or empty), or reopens one to resume: same model, dim, dtype, image root and source
+    /// required (<paramref name="source"/>: what the build indexes, e.g. "folder" or a data file and split), rows past the
+    /// manifest dropped. A file, or a folder that holds other things than an index, is refused untouched.
+    /// </summary>
+    public static EmbeddingIndex CreateOrResume(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot, string? source = null)
     {
+        if (File.Exists(folder)) throw new BadInputException($"{folder}: is a file, not an index folder");
+        if (Directory.Exists(folder) && !File.Exists(System.IO.Path.Combine(folder, ManifestFile)) && Directory.EnumerateFileSystemEntries(folder).Any())
+            throw new BadInputException($"{folder}: not empty and not an index (no {ManifestFile}): give a new or an empty folder");
         Directory.CreateDirectory(folder);
         if (File.Exists(System.IO.Path.Combine(folder, ManifestFile)))
         {
             var idx = Open(folder, fingerprint, verify: true);
             if (idx.Dim != dim || idx.DType != dtype) throw new BadInputException($"{folder}: holds {idx.DType.ToString().ToLowerInvariant()} vectors of {idx.Dim}, the build makes {dtype.ToString().ToLowerInvariant()} of {dim}");
+            if (idx.ImageRoot is not null && imageRoot is not null && !SamePath(idx.ImageRoot, imageRoot))
+                throw new BadInputException($"{folder}: indexes images under {idx.ImageRoot}, this build reads {imageRoot}: build another index (--out)");
+            if (idx.Source is not null && source is not null && idx.Source != source)
+                throw new BadInputException($"{folder}: built from {idx.Source}, this build is {source}: build another index (--out)");
+            bool fill = idx.ImageRoot is null && imageRoot is not null || idx.Source is null && source is not null;
             idx.ImageRoot ??= imageRoot;
-            idx.RewriteItems();   // drop lines past the manifest
+            idx.Source ??= source;
+            if (fill) idx.WriteManifest();
+            if (idx._strayItemLines) idx.RewriteItems();   // drop lines past the manifest
             foreach (var f in Directory.GetFiles(folder, "seg-*"))
                 if (!idx._collections.Values.Any(c => c.Segments.Any(s => s.File == System.IO.Path.GetFileName(f)))) File.Delete(f);
             return idx;
         }
         var cols = Kinds.ToDictionary(k => k, k => new Collection { Kind = k });
-        var fresh = new EmbeddingIndex(folder, fingerprint, dim, dtype, imageRoot, cols);
+        var fresh = new EmbeddingIndex(folder, fingerprint, dim, dtype, imageRoot, cols) { Source = source };
         AtomicFile.WriteAllText(System.IO.Path.Combine(folder, ItemsFile), "");
         fresh.WriteManifest();
         return fresh;
@@ -284,6 +304,9 @@ public sealed class EmbeddingIndex
         return o.ToJsonString();
     }
 
+    private static bool SamePath(string a, string b) =>
+        string.Equals(System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(a)), System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(b)), StringComparison.Ordinal);
+
     private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFile),
         string.Concat(_items.Values.OrderBy(i => i.Kind, StringComparer.Ordinal).ThenBy(i => i.Row).Select(i => ItemJson(i) + "\n")));
 
@@ -316,6 +339,7 @@ public sealed class EmbeddingIndex
             ["metric"] = "inner_product",
             ["normalized"] = true,
             ["image_root"] = ImageRoot,
+            ["source"] = Source,
             ["items_file"] = ItemsFile,
             ["collections"] = cols,
         };

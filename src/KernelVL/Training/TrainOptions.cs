@@ -74,18 +74,19 @@ public sealed record TrainOptions
         {
             if (!ok) throw new BadInputException(what);
         }
+        Need(!File.Exists(Out), $"--out {Out}: is a file, not a folder");
         Need(Epochs >= 1, $"--epochs must be at least 1, got {Epochs}");
         Need(BatchSize >= 2, $"--batch must be at least 2 (in-batch negatives), got {BatchSize}");
         Need(MicroBatch >= 1, $"--micro-batch must be at least 1, got {MicroBatch}");
-        Need(LearningRate > 0 && float.IsFinite(LearningRate), $"--lr must be positive, got {LearningRate}");
-        Need(WeightDecay >= 0, $"--weight-decay must be >= 0, got {WeightDecay}");
-        Need(Eps > 0, $"--eps must be positive, got {Eps}");
-        Need(Clip >= 0, $"--clip must be >= 0 (0: no clipping), got {Clip}");
+        Need(LearningRate > 0 && float.IsFinite(LearningRate), $"--lr must be finite and positive, got {LearningRate}");
+        Need(WeightDecay >= 0 && float.IsFinite(WeightDecay), $"--weight-decay must be finite and >= 0, got {WeightDecay}");
+        Need(Eps > 0 && float.IsFinite(Eps), $"--eps must be finite and positive, got {Eps}");
+        Need(Clip >= 0 && float.IsFinite(Clip), $"--clip must be finite and >= 0 (0: no clipping), got {Clip}");
         Need(Warmup >= 0, $"--warmup must be >= 0, got {Warmup}");
-        Need(Temperature > 0, $"--temperature must be positive, got {Temperature}");
+        Need(Temperature > 0 && float.IsFinite(Temperature), $"--temperature must be finite and positive, got {Temperature}");
         Need(MlmProbability > 0 && MlmProbability < 1, $"--mlm-probability must be in (0, 1), got {MlmProbability}");
-        Need(ItcWeight >= 0, $"--itc-weight must be >= 0, got {ItcWeight}");
-        Need(RankWeight >= 0, $"--rank-weight must be >= 0, got {RankWeight}");
+        Need(ItcWeight >= 0 && float.IsFinite(ItcWeight), $"--itc-weight must be finite and >= 0, got {ItcWeight}");
+        Need(RankWeight >= 0 && float.IsFinite(RankWeight), $"--rank-weight must be finite and >= 0, got {RankWeight}");
         Need(NegativesPerSide >= 1 && NegativesPerSide <= 15, $"--negatives must be in 1..15, got {NegativesPerSide}");
         Need(HardNegatives >= 0 && HardNegatives <= 1, $"--hard-negatives must be in [0, 1], got {HardNegatives}");
         Need(EvalImages >= 2, $"--eval-images must be at least 2, got {EvalImages}");

@@ -60,10 +60,12 @@ public sealed class Trainer
             Warn?.Invoke($"{_o.Data} has no 'val' split: evaluating on 'test'");
         }
         held = held.Take(_o.EvalImages).ToList();
-        Directory.CreateDirectory(_o.Out);
         string last = Path.Combine(_o.Out, LastFolder);
 
+        // The model (a checkpoint read and checked, or a preset and a vocabulary) before --out is made: a bad --init,
+        // --model, --vocab or --config leaves no folder behind.
         using var model = CreateModel(train, last);
+        Directory.CreateDirectory(_o.Out);
         var pre = model.Preprocessor();
         var trainImages = new ImageCache(train, _o.Images, pre, _o.Strict) { Warn = Warn };
         var heldImages = new ImageCache(held, _o.Images, pre, _o.Strict) { Warn = Warn };
@@ -158,16 +160,17 @@ public sealed class Trainer
         var heads = _o.Stage == TrainStage.Pretrain ? VlHeads.Itm | VlHeads.Mlm : VlHeads.None;
         if (_o.Resume && File.Exists(Path.Combine(last, StateFile))) return VlModel.Load(last, _backend, ensureHeads: heads, seed: _o.Seed);
         if (_o.Init is not null) return VlModel.Load(_o.Init, _backend, ensureHeads: heads, seed: _o.Seed);
-        // From scratch: a vocabulary (given, or built from the training captions) and a preset sized to it.
-        Directory.CreateDirectory(_o.Out);
+        // From scratch: a preset, and a vocabulary (given, or built from the training captions) it is sized to; the
+        // built vocabulary is the first file written to --out.
+        var cfg = VlTransformerConfig.Preset(_o.Config);
         string vocabPath = _o.Vocab ?? Path.Combine(_o.Out, "train", "vocab.txt");
         if (_o.Vocab is null)
         {
             var vocab = VocabBuilder.Build(train.SelectMany(i => i.Captions), _o.MaxVocab);
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(vocabPath))!);
             VocabBuilder.Write(vocabPath, vocab);
             Info?.Invoke($"built a vocabulary of {vocab.Count} tokens from the training captions");
         }
-        var cfg = VlTransformerConfig.Preset(_o.Config);
         var tok = TextTokenizer.Load(vocabPath, cfg.MaxTextLength);
         cfg = cfg with { VocabSize = tok.VocabularySize };
         return new VlModel(_backend, cfg, _o.Seed, heads: VlHeads.Itm | VlHeads.Mlm) { Tokenizer = tok };
