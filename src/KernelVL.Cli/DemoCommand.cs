@@ -93,7 +93,7 @@ internal static class DemoCommand
         };
         sw.Restart();
         Say("stage 1: training the single-stream VL transformer (image-text matching + masked language modelling)");
-        if (TrainCommands.Run(common, "stage 1 ") != ErrorReporting.Ok) return ErrorReporting.Failure;
+        if (TrainCommands.Run(common, "stage 1 ") is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C: 130
         timings["stage1_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         // 3. Stage 2: VLDeformer decomposition from the stage-1 model.
@@ -104,7 +104,7 @@ internal static class DemoCommand
             Init = stage1, Epochs = p.DecomposeEpochs, BatchSize = p.Batch, MicroBatch = p.Batch, LearningRate = p.DecomposeLr, Temperature = p.Temperature,
             Warmup = 30, EvalImages = Math.Max(p.EvalImages, 50), Seed = seed, Backend = device,
         };
-        if (TrainCommands.Run(dec, "stage 2 ") != ErrorReporting.Ok) return ErrorReporting.Failure;
+        if (TrainCommands.Run(dec, "stage 2 ") is var c2 && c2 != ErrorReporting.Ok) return c2;
         timings["stage2_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         using var backend = BackendFactory.Create(device);

@@ -34,6 +34,9 @@ internal sealed class ProgressBar : IDisposable
         Draw(force: done >= _total);
     }
 
+    /// <summary>A new status text at the same count (e.g. an evaluation between two steps).</summary>
+    public void Status(string status) => Report(_done, status);
+
     /// <summary>Prints a line above the bar (warnings, evaluation results) without garbling it.</summary>
     public void Line(string text)
     {

@@ -83,9 +83,7 @@ internal static class RetrievalCommands
             string source;
             if (dataPath is null)
             {
-                imageItems = Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories)
-                    .Where(f => ImageExtensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
-                    .Select(f => Path.GetRelativePath(root, f)).OrderBy(f => f, StringComparer.Ordinal).Select(f => (f, f)).ToList();
+                imageItems = ImageFiles.Under(root, ImageExtensions, w => Console.Error.WriteLine($"kernelvl: warning: {w}")).Select(f => (f, f)).ToList();
                 source = "folder";
             }
             else
@@ -99,7 +97,8 @@ internal static class RetrievalCommands
             if (imageItems.Count == 0) throw new BadInputException($"{root}: no images ({string.Join(", ", ImageExtensions)})");
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(ckpt, backend);
-            var idx = EmbeddingIndex.CreateOrResume(outPath, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root, source);
+            bool fresh = !Path.Exists(outPath);
+            using var idx = EmbeddingIndex.CreateOrResume(outPath, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root, source, exclusive: true);
             var enc = new DecomposedEncoder(m, bs);
             var pre = m.Preprocessor();
             var doneImages = idx.IndexedIds("image");
@@ -109,31 +108,54 @@ internal static class RetrievalCommands
             if (doneImages.Count + doneCaps.Count > 0) Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
             int skipped = 0;
             var sw = Stopwatch.StartNew();
-            using (var bar = new ProgressBar("index images", todoImages.Count))
+            // Ctrl-C stops at the next batch: the completed segments stay (durable), the one in progress is redone by a rerun.
+            using var cts = new CancellationTokenSource();
+            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+            Console.CancelKeyPress += onCancel;
+            try
             {
-                for (int s = 0; s < todoImages.Count; s += seg)
+                using (var bar = new ProgressBar("index images", todoImages.Count))
                 {
-                    var chunk = todoImages.Skip(s).Take(seg).ToList();
-                    var prepared = new PreparedImage?[chunk.Count];
-                    Parallel.For(0, chunk.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, i =>
+                    for (int s = 0; s < todoImages.Count; s += seg)
                     {
-                        try { prepared[i] = pre.Load(Path.Combine(root, chunk[i].Path)); }
-                        catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
-                    });
-                    var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
-                    var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => bar.Report(s + n));
-                    idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path)).ToList(), vecs);
-                    bar.Report(s + chunk.Count);
-                }
-            }
-            if (todoCaps.Count > 0)
-                using (var bar = new ProgressBar("index captions", todoCaps.Count))
-                    for (int s = 0; s < todoCaps.Count; s += seg)
-                    {
-                        var chunk = todoCaps.Skip(s).Take(seg).ToList();
-                        var vecs = enc.EncodeTexts(chunk.Select(c => c.Caption).ToList(), n => bar.Report(s + n));
-                        idx.Append("caption", chunk.Select(c => new IndexItem("caption", 0, c.Id, Caption: c.Caption, ImageId: c.ImageId)).ToList(), vecs);
+                        var chunk = todoImages.Skip(s).Take(seg).ToList();
+                        var prepared = new PreparedImage?[chunk.Count];
+                        Parallel.For(0, chunk.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cts.Token }, i =>
+                        {
+                            try { prepared[i] = pre.Load(Path.Combine(root, chunk[i].Path)); }
+                            catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
+                        });
+                        var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
+                        var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
+                        idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path)).ToList(), vecs);
+                        bar.Report(s + chunk.Count);
                     }
+                }
+                if (idx.Collections["image"].Rows == 0)
+                {
+                    // Nothing readable: no index to search. A folder this run made is removed.
+                    idx.Dispose();
+                    if (fresh) Directory.Delete(outPath, recursive: true);
+                    throw new BadInputException($"{root}: none of the {imageItems.Count} images could be read (see the warnings above): nothing indexed");
+                }
+                if (todoCaps.Count > 0)
+                    using (var bar = new ProgressBar("index captions", todoCaps.Count))
+                        for (int s = 0; s < todoCaps.Count; s += seg)
+                        {
+                            var chunk = todoCaps.Skip(s).Take(seg).ToList();
+                            var vecs = enc.EncodeTexts(chunk.Select(c => c.Caption).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
+                            idx.Append("caption", chunk.Select(c => new IndexItem("caption", 0, c.Id, Caption: c.Caption, ImageId: c.ImageId)).ToList(), vecs);
+                        }
+            }
+            catch (OperationCanceledException) when (cts.IsCancellationRequested)
+            {
+                Console.Error.WriteLine($"kernelvl: stopped: {idx.Collections["image"].Rows} images and {idx.Collections["caption"].Rows} captions are in {outPath}; rerun the same command to resume");
+                return ErrorReporting.Interrupted;
+            }
+            finally
+            {
+                Console.CancelKeyPress -= onCancel;
+            }
             Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
                 $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
             return ErrorReporting.Ok;
@@ -221,11 +243,21 @@ internal static class RetrievalCommands
             {
                 Console.WriteLine($"{(q is not null ? $"images for \"{q}\"" : $"captions for {qi}")} ({idx.Collections[kind].Rows} in the index; encode {encodeMs:F1} ms, search {searchMs:F1} ms{(rr > 0 ? $", rerank of {rr} {totalMs - encodeMs - searchMs:F0} ms" : "")})");
                 foreach (var h in hits)
-                    Console.WriteLine($"{h.Rank,4}  {h.Score,8:F4}{(cross.TryGetValue(h.Item.Row, out var c) ? $"  cross {c,8:F3}" : "")}  {h.Item.Path ?? h.Item.Caption}");
+                    Console.WriteLine($"{h.Rank,4}  {h.Score,8:F4}{(cross.TryGetValue(h.Item.Row, out var c) ? $"  cross {c,8:F3}" : "")}  {Printable(h.Item.Path ?? h.Item.Caption ?? "")}");
             }
             return ErrorReporting.Ok;
         }));
         return cmd;
+    }
+
+    /// <summary>One line of a result as a terminal shows it: control characters (newlines, escapes, NUL) as \n, \t, \uXXXX.</summary>
+    public static string Printable(string text)
+    {
+        if (!text.Any(char.IsControl)) return text;
+        var sb = new System.Text.StringBuilder(text.Length + 8);
+        foreach (char ch in text)
+            sb.Append(ch switch { '\n' => "\\n", '\r' => "\\r", '\t' => "\\t", _ when char.IsControl(ch) => $"\\u{(int)ch:x4}", _ => ch.ToString() });
+        return sb.ToString();
     }
 
     // ---------------------------------------------------------------- eval
@@ -260,9 +292,11 @@ internal static class RetrievalCommands
                 string? parent = Path.GetDirectoryName(Path.GetFullPath(jsonOut));
                 if (parent is not null && !Directory.Exists(parent)) throw new BadInputException($"--json {jsonOut}: no such folder {parent}");
             }
+            string imageRoot = r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataPath))!;
+            if (!Directory.Exists(imageRoot)) throw new BadInputException($"{imageRoot}: no such folder (the images' root, --images)");
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(r.GetValue(model)!, backend);
-            var set = LoadSplit(m, dataPath, r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataPath))!, r.GetValue(split)!, lim, strict: false);
+            var set = LoadSplit(m, dataPath, imageRoot, r.GetValue(split)!, lim, strict: false);
             using var cm = r.GetValue(crossModel) is { } cp ? VlModel.Load(cp, backend) : null;
             var doc = Evaluate(m, set, md, rk, bsz, r.GetValue(split)!, cross: cm);
             if (r.GetValue(json) is { } path) AtomicFile.WriteAllText(path, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));

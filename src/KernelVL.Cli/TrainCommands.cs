@@ -98,10 +98,11 @@ internal static class TrainCommands
             bar ??= new ProgressBar($"{label}{(o.Stage == TrainStage.Pretrain ? "pretrain" : "decompose")} step", p.TotalSteps);
             bar.Report(p.Step, $"epoch {p.Epoch} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.ExamplesPerSecond:F1} pairs/s");
         };
+        trainer.EvalProgress = (done, all) => bar?.Status($"evaluating: {done}/{all} pairs scored by the cross-encoder");
         trainer.Evaluated = e =>
         {
             string line = $"eval @ step {e.Step} ({e.Mode}, {e.Seconds:F1}s): i2t R@1/5/10 {e.Recall.I2T.R1:F1}/{e.Recall.I2T.R5:F1}/{e.Recall.I2T.R10:F1}  t2i {e.Recall.T2I.R1:F1}/{e.Recall.T2I.R5:F1}/{e.Recall.T2I.R10:F1}  rsum {e.Recall.Rsum:F1}";
-            if (bar is null) Console.Error.WriteLine(line); else bar.Line(line);
+            if (bar is null) Console.Error.WriteLine(line); else { bar.Status(""); bar.Line(line); }
         };
         using var cts = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
@@ -118,9 +119,11 @@ internal static class TrainCommands
         }
         if (warnings > 20) Console.Error.WriteLine($"kernelvl: warning: {warnings} warnings in all ({warnings - 20} not shown)");
         if (s.SkippedImages > 0) Console.Error.WriteLine($"kernelvl: warning: {s.SkippedImages} unreadable images skipped ({s.SkippedPairs} training pairs)");
-        Console.WriteLine($"{(s.Stopped ? "stopped (resume with --resume)" : "done")}: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}, final loss {s.FinalLoss:F4}");
+        Console.WriteLine(s.Stopped
+            ? $"stopped at step {s.Steps}: its checkpoint is written; continue with the same command and --resume"
+            : $"done: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}{(float.IsFinite(s.FinalLoss) ? $", final loss {s.FinalLoss:F4}" : " (no step left to run)")}");
         if (s.Best is { } b)
             Console.WriteLine($"best: step {b.Step}, i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
-        return s.Stopped ? ErrorReporting.Failure : ErrorReporting.Ok;
+        return s.Stopped ? ErrorReporting.Interrupted : ErrorReporting.Ok;
     }
 }

@@ -148,7 +148,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     }
 
     [Fact]
-    public void AnIndexBuildKilledWithSigkillLeavesASearchableIndexAndResumes()
+    public async Task AnIndexBuildKilledWithSigkillLeavesASearchableIndexAndResumes()
     {
         // Enough images in small segments that the build is still running when it is killed.
         string folder = Tmp();
@@ -178,6 +178,29 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.InRange(got, 40, total - 1);
         var r = Run("search", "--model", fx.Init, "--index", idx, "--text", "a large green square above a small red cross", "-k", "5", "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);
+
+        // Ctrl-C (SIGINT): the resumed build stops at its next batch with a message and exit code 130, its segments kept.
+        using (var p = Start("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--batch", "4", "--device", "cpu"))
+        {
+            var err = p.StandardError.ReadToEndAsync();
+            var sw = Stopwatch.StartNew();
+            int rows = got;
+            while (sw.Elapsed.TotalSeconds < 120 && !p.HasExited && rows < got + 16)
+            {
+                try { rows = (int)JsonNode.Parse(File.ReadAllText(Path.Combine(idx, "manifest.json")))!["collections"]!["image"]!["rows"]!; }
+                catch (Exception e) when (e is IOException or System.Text.Json.JsonException or NullReferenceException) { }
+                Thread.Sleep(5);
+            }
+            Assert.False(p.HasExited, "the build finished before it could be stopped");
+            using (var kill = Process.Start("kill", ["-INT", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) kill.WaitForExit();
+            Assert.True(p.WaitForExit(60_000), "the build did not stop on SIGINT");
+            string stderr = await err;
+            Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {stderr}");
+            Assert.Contains("kernelvl: stopped:", stderr);
+        }
+        got = EmbeddingIndex.Open(idx, EmbeddingIndex.Fingerprint(fx.Init)).Collections["image"].Rows;
+        Assert.InRange(got, 56, total - 1);
+
         r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "64", "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains($"resuming: {got} images", r.Err);

@@ -124,9 +124,32 @@ public sealed class IndexTests : IDisposable
         File.WriteAllText(Path.Combine(foreign, "config.json"), "{}");
         Assert.Contains("not empty and not an index", Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(foreign, "m", d, VectorDType.F32, null)).Message);
         Assert.Equal(["config.json"], Directory.GetFiles(foreign).Select(Path.GetFileName));
+        // One build at a time: a second exclusive open of the folder is refused until the first is disposed.
+        using (var writer = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images", "data /d.json, split test", exclusive: true))
+            Assert.Contains("another kernelvl index build", Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images", "data /d.json, split test", exclusive: true)).Message);
+        EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images", "data /d.json, split test", exclusive: true).Dispose();
+
         string empty = Path.Combine(_dir, "empty");
         Directory.CreateDirectory(empty);
         Assert.Equal(0, EmbeddingIndex.CreateOrResume(empty, "m", d, VectorDType.F32, null).Collections["image"].Rows);
+    }
+
+    [Fact]
+    public void AFolderScanFollowsSymlinksButReadsEachRealFolderOnce()
+    {
+        string root = Path.Combine(_dir, "scan");
+        Directory.CreateDirectory(Path.Combine(root, "a", "b"));
+        string elsewhere = Path.Combine(_dir, "elsewhere");
+        Directory.CreateDirectory(elsewhere);
+        foreach (var f in new[] { "x.png", "a/y.JPG", "a/b/z.webp", "a/notes.txt" }) File.WriteAllText(Path.Combine(root, f), "");
+        File.WriteAllText(Path.Combine(elsewhere, "w.png"), "");
+        Directory.CreateSymbolicLink(Path.Combine(root, "a", "b", "loop"), Path.Combine(root, "a"));   // a cycle
+        Directory.CreateSymbolicLink(Path.Combine(root, "up"), root);                                   // the root again
+        Directory.CreateSymbolicLink(Path.Combine(root, "linked"), elsewhere);                          // a real folder elsewhere
+        var warnings = new List<string>();
+        var files = KernelVL.IO.ImageFiles.Under(root, [".png", ".jpg", ".webp"], warnings.Add);
+        Assert.Equal(["a/b/z.webp", "a/y.JPG", "linked/w.png", "x.png"], files);
+        Assert.Contains("2 symlinked folders lead to folders already read", Assert.Single(warnings));
     }
 
     [Fact]

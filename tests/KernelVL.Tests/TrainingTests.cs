@@ -46,14 +46,17 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         Init = fx.Init, Epochs = 2, BatchSize = 16, MicroBatch = 16, LearningRate = 2e-3f, Warmup = 2, Temperature = 0.05f, EvalImages = 16, Workers = 2,
     };
 
-    private static (List<float> Losses, TrainSummary Summary) Run(TrainOptions o, Func<TrainProgress, bool>? stopAfter = null)
+    private static (List<float> Losses, TrainSummary Summary) Run(TrainOptions o, Func<TrainProgress, bool>? stopAfter = null, bool stopInFirstEvaluation = false)
     {
         using var be = new CpuBackend();
         using var cts = new CancellationTokenSource();
         var losses = new List<float>();
         var t = new Trainer(o, be) { Progress = p => { losses.Add(p.Loss); if (stopAfter?.Invoke(p) == true) cts.Cancel(); } };
+        if (stopInFirstEvaluation) t.EvalProgress = (_, _) => cts.Cancel();
         return (losses, t.Run(cts.Token));
     }
+
+    private static List<JsonNode> Metrics(string o) => File.ReadAllLines(Path.Combine(o, Trainer.MetricsFile)).Select(l => JsonNode.Parse(l)!).ToList();
 
     [Fact]
     public void CosineScheduleWarmsUpThenDecaysToZero()
@@ -114,14 +117,23 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         var (full, _) = Run(baseOpts);
         Assert.Equal(8, full.Count);
         string o = Out();
-        var (first, s1) = Run(baseOpts with { Out = o }, p => p.Step == 3);   // killed mid-epoch, after step 3 (last checkpoint: step 2)
+        // Stopped (Ctrl-C) after step 3 of 8, mid-epoch: that step's checkpoint is written, the resumed run starts at 4.
+        var (first, s1) = Run(baseOpts with { Out = o }, p => p.Step == 3);
         Assert.True(s1.Stopped);
         Assert.Equal(full.Take(3), first);
         var (rest, s2) = Run(baseOpts with { Out = o, Resume = true });
         Assert.False(s2.Stopped);
-        Assert.Equal(full.Skip(2), rest);   // resumed at step 3: steps 3..8 exactly as the uninterrupted run
-        var steps = File.ReadAllLines(Path.Combine(o, Trainer.MetricsFile)).Select(l => JsonNode.Parse(l)!).Where(n => n["eval"] is null).Select(n => (int)n["step"]!).ToList();
-        Assert.Equal(Enumerable.Range(1, 8), steps);   // the killed run's step 3 row was replaced, not duplicated
+        Assert.Equal(full.Skip(3), rest);   // steps 4..8 exactly as the uninterrupted run
+        // A kill (no checkpoint at the stop) after step 7, the last checkpoint at step 6: as if the run of steps 4..6 had
+        // been killed once step 7's row was logged. The resumed run redoes step 7 and replaces its row.
+        string k = Out();
+        Run(baseOpts with { Out = k }, p => p.Step == 6);
+        File.AppendAllText(Path.Combine(k, Trainer.MetricsFile), "{\"step\":7,\"epoch\":1,\"loss\":99}\n");
+        var (tail, _) = Run(baseOpts with { Out = k, Resume = true });
+        Assert.Equal(full.Skip(6), tail);
+        var steps = Metrics(k).Where(n => n["eval"] is null).Select(n => (int)n["step"]!).ToList();
+        Assert.Equal(Enumerable.Range(1, 8), steps);   // the killed run's step 7 row was replaced, not duplicated
+        Assert.NotEqual(99, (double)Metrics(k).Single(n => n["eval"] is null && (int)n["step"]! == 7)["loss"]!);
         // Other options on resume are refused.
         Assert.Contains("other options", Assert.Throws<BadInputException>(() => Run(baseOpts with { Out = o, Resume = true, Seed = 9 })).Message);
     }
@@ -147,6 +159,72 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
             Assert.True(File.Exists(Path.Combine(o, f)), f);
         using var m = VlModel.Load(o, be);   // the best model is a checkpoint folder
         Assert.Equal(VlHeads.Itm, m.Heads);
+    }
+
+    [Fact]
+    public void AStopDuringAnEvaluationIsResumedByThatEvaluation()
+    {
+        // Stage 1 evaluates with the cross-encoder (slow): Ctrl-C during it stops at once; the checkpoint of the step
+        // says the evaluation is owed, and the resumed run makes it first, with the same model as an uninterrupted run.
+        var opts = TrainOptions.For(TrainStage.Pretrain, fx.Data, Path.GetDirectoryName(fx.Data)!, Out()) with
+        {
+            Init = fx.Init, Epochs = 1, BatchSize = 24, MicroBatch = 24, LearningRate = 2e-3f, Warmup = 2, EvalImages = 4, EvalEvery = 4, Workers = 2,
+        };
+        var (full, _) = Run(opts);
+        string o = Out();
+        var (first, s1) = Run(opts with { Out = o }, stopInFirstEvaluation: true);
+        Assert.True(s1.Stopped);
+        Assert.Equal(4, s1.Steps);
+        Assert.Null(s1.Last);
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(o, Trainer.LastFolder, Trainer.StateFile)))!;
+        Assert.Equal(4, (int)state["step"]!);
+        Assert.True((bool)state["eval_pending"]!);
+        var (rest, s2) = Run(opts with { Out = o, Resume = true });
+        Assert.Equal(full, first.Concat(rest));
+        static List<string> Evals(string dir) => Metrics(dir).Where(n => n["eval"] is not null).Select(n => $"{n["step"]} {n["i2t_r1"]} {n["t2i_r1"]} {n["rsum"]}").ToList();
+        Assert.Equal(Evals(opts.Out), Evals(o));   // steps 4 and 8, the same recalls
+        Assert.True(File.Exists(Path.Combine(o, "model.safetensors")));
+    }
+
+    [Fact]
+    public void OutMustBeNewEmptyOrTheRunItResumesAndBadSetupsLeaveNothing()
+    {
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 24, MicroBatch = 24 };
+        string Msg(TrainOptions o) => Assert.Throws<BadInputException>(() => Run(o)).Message;
+        // The checkpoint it starts from, a foreign folder, a finished run without --resume.
+        Assert.Contains("is the checkpoint this run starts from", Msg(opts with { Out = fx.Init }));
+        string foreign = Out();
+        Directory.CreateDirectory(foreign);
+        File.WriteAllText(Path.Combine(foreign, "notes.txt"), "mine");
+        Assert.Contains("not a training run's folder", Msg(opts with { Out = foreign }));
+        Assert.Equal(["notes.txt"], Directory.GetFileSystemEntries(foreign).Select(Path.GetFileName));
+        Run(opts);
+        Assert.Contains("holds a training run: continue it with --resume", Msg(opts));
+        // A checkpoint without its trainer state cannot be resumed (it would be overwritten from step 0), nor a malformed state.
+        string state = Path.Combine(opts.Out, Trainer.LastFolder, Trainer.StateFile);
+        string kept = File.ReadAllText(state);
+        File.WriteAllText(state, "{\"step\": \"abc\"");
+        Assert.Contains($"{state}: not valid JSON", Msg(opts with { Resume = true }));
+        File.WriteAllText(state, "{\"step\": null}");
+        Assert.Contains($"{state}: missing or malformed step", Msg(opts with { Resume = true }));
+        File.Delete(state);
+        Assert.Contains($"{state}: missing", Msg(opts with { Resume = true }));
+        File.WriteAllText(state, kept);
+        // A kill between the checkpoint's two renames leaves it as last.old: resumed from there.
+        string last = Path.Combine(opts.Out, Trainer.LastFolder);
+        Directory.Move(last, last + ".old");
+        var (_, resumed) = Run(opts with { Resume = true });
+        Assert.Equal(8, resumed.Steps);
+        Assert.True(File.Exists(state));
+
+        // Held-out images none of which can be read (an empty image root): refused before training, the new --out removed.
+        string noImages = Out();
+        Directory.CreateDirectory(noImages);
+        string o = Out();
+        Assert.Contains("0 of 16 held-out images readable", Msg(opts with { Out = o, Images = noImages }));
+        Assert.False(Directory.Exists(o));
+        Assert.Contains("no such folder", Msg(opts with { Out = o, Images = Path.Combine(noImages, "missing") }));
+        Assert.False(Directory.Exists(o));
     }
 
     [Fact]

@@ -26,8 +26,19 @@ public sealed record SearchHit(int Rank, float Score, IndexItem Item);
 /// Search memory-maps the segments and streams them through the backend's top-k in blocks, so an index larger than RAM
 /// works.
 /// </summary>
-public sealed class EmbeddingIndex
+public sealed class EmbeddingIndex : IDisposable
 {
+    /// <summary>The file a build holds locked (exclusively) while it writes the folder: a second build is refused.</summary>
+    public const string LockFile = "build.lock";
+    private FileStream? _lock;
+
+    /// <summary>Releases the build lock (the lock file stays: removing it could let two builds lock two different files).</summary>
+    public void Dispose()
+    {
+        _lock?.Dispose();
+        _lock = null;
+    }
+
     public const int FormatVersion = 1;
     public const string ManifestFile = "manifest.json", ItemsFile = "items.jsonl";
     public static readonly string[] Kinds = ["image", "caption"];
@@ -232,12 +243,42 @@ public sealed class EmbeddingIndex
     /// required (<paramref name="source"/>: what the build indexes, e.g. "folder" or a data file and split), rows past the
     /// manifest dropped. A file, or a folder that holds other things than an index, is refused untouched.
     /// </summary>
-    public static EmbeddingIndex CreateOrResume(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot, string? source = null)
+    /// <param name="exclusive">Hold <see cref="LockFile"/> until <see cref="Dispose"/>: another process's build of the same
+    /// folder (or a second exclusive open here) is refused instead of interleaving its segments and items.</param>
+    public static EmbeddingIndex CreateOrResume(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot, string? source = null, bool exclusive = false)
     {
         if (File.Exists(folder)) throw new BadInputException($"{folder}: is a file, not an index folder");
-        if (Directory.Exists(folder) && !File.Exists(System.IO.Path.Combine(folder, ManifestFile)) && Directory.EnumerateFileSystemEntries(folder).Any())
+        if (Directory.Exists(folder) && !File.Exists(System.IO.Path.Combine(folder, ManifestFile))
+            && Directory.EnumerateFileSystemEntries(folder).Any(e => System.IO.Path.GetFileName(e) != LockFile))
             throw new BadInputException($"{folder}: not empty and not an index (no {ManifestFile}): give a new or an empty folder");
         Directory.CreateDirectory(folder);
+        FileStream? held = null;
+        if (exclusive)
+        {
+            try
+            {
+                held = new FileStream(System.IO.Path.Combine(folder, LockFile), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException)
+            {
+                throw new BadInputException($"{folder}: another kernelvl index build is writing it; wait for it to end (then a rerun resumes)");
+            }
+        }
+        try
+        {
+            var idx = OpenOrCreate(folder, fingerprint, dim, dtype, imageRoot, source);
+            idx._lock = held;
+            return idx;
+        }
+        catch
+        {
+            held?.Dispose();
+            throw;
+        }
+    }
+
+    private static EmbeddingIndex OpenOrCreate(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot, string? source)
+    {
         if (File.Exists(System.IO.Path.Combine(folder, ManifestFile)))
         {
             var idx = Open(folder, fingerprint, verify: true);

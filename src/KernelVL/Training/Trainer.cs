@@ -27,6 +27,8 @@ public sealed class Trainer
     public Action<EvalRecord>? Evaluated { get; set; }
     public Action<string>? Warn { get; set; }
     public Action<string>? Info { get; set; }
+    /// <summary>An evaluation's progress: pairs (stage 1's cross-encoder) or items scored so far, and in all.</summary>
+    public Action<long, long>? EvalProgress { get; set; }
 
     public const string LastFolder = "train/last", MetricsFile = "metrics.jsonl", StateFile = "trainer_state.json", OptimizerFile = "optimizer.safetensors";
 
@@ -44,10 +46,16 @@ public sealed class Trainer
         return (int)(h ^ (h >> 32)) & int.MaxValue;
     }
 
-    /// <summary>Runs until the last epoch ends or <paramref name="ct"/> is cancelled (then it stops like a killed run: nothing more is written).</summary>
+    /// <summary>
+    /// Runs until the last epoch ends or <paramref name="ct"/> is cancelled: then it stops after the step in progress (or
+    /// the evaluation in progress, which is dropped) and writes the resumable checkpoint of that step first.
+    /// Every input (data, splits, image folder, the checkpoint or preset, --out) is checked before --out is written; a
+    /// bad one found while setting up (e.g. fewer than 2 readable held-out images) removes an --out this run created.
+    /// </summary>
     public TrainSummary Run(CancellationToken ct = default)
     {
         var sw = Stopwatch.StartNew();
+        if (!Directory.Exists(_o.Images)) throw new BadInputException($"{_o.Images}: no such folder (the images' root, --images)");
         var data = KarpathyDataset.Load(_o.Data, _o.Strict);
         foreach (var p in data.Problems.Take(5)) Warn?.Invoke(p);
         if (data.Problems.Count > 5) Warn?.Invoke($"... and {data.Problems.Count - 5} more problems in {_o.Data}");
@@ -60,15 +68,30 @@ public sealed class Trainer
             Warn?.Invoke($"{_o.Data} has no 'val' split: evaluating on 'test'");
         }
         held = held.Take(_o.EvalImages).ToList();
+        if (train.Count < 2) throw new BadInputException($"{_o.Data}: the train split has {train.Count} image: at least 2 are needed (in-batch negatives)");
+        if (held.Count < 2) throw new BadInputException($"{_o.Data}: the held-out split has {held.Count} image: at least 2 are needed to evaluate");
         string last = Path.Combine(_o.Out, LastFolder);
+        CheckOut(last);
 
         // The model (a checkpoint read and checked, or a preset and a vocabulary) before --out is made: a bad --init,
         // --model, --vocab or --config leaves no folder behind.
+        bool outExisted = Directory.Exists(_o.Out);
         using var model = CreateModel(train, last);
         Directory.CreateDirectory(_o.Out);
         var pre = model.Preprocessor();
         var trainImages = new ImageCache(train, _o.Images, pre, _o.Strict) { Warn = Warn };
         var heldImages = new ImageCache(held, _o.Images, pre, _o.Strict) { Warn = Warn };
+        try
+        {
+            // Every evaluation needs them: read once now, so that an unreadable held-out split stops the run before it trains.
+            var readable = heldImages.GetMany(Enumerable.Range(0, held.Count).ToList(), _o.Workers).Count(i => i is not null);
+            if (readable < 2) throw new BadInputException($"{_o.Data}: {readable} of {held.Count} held-out images readable under {_o.Images}: at least 2 are needed to evaluate");
+        }
+        catch (BadInputException) when (!outExisted)
+        {
+            Directory.Delete(_o.Out, recursive: true);
+            throw;
+        }
         using var opt = new AdamWOptimizer(model) { Eps = _o.Eps, WeightDecay = _o.WeightDecay };
 
         int perEpoch = Math.Max(1, train.Count / _o.BatchSize);
@@ -76,16 +99,18 @@ public sealed class Trainer
         int step = 0;
         double bestR1 = double.NegativeInfinity;
         EvalRecord? best = null, lastEval = null;
+        bool evalPending = false;
         if (_o.Resume && File.Exists(Path.Combine(last, StateFile)))
         {
-            var st = JsonNode.Parse(File.ReadAllText(Path.Combine(last, StateFile)))!.AsObject();
-            if ((string?)st["fingerprint"] != _o.Fingerprint())
+            var (fingerprint, savedStep, savedBest, pending) = ReadState(Path.Combine(last, StateFile));
+            evalPending = pending;
+            if (fingerprint != _o.Fingerprint())
                 throw new BadInputException($"{Path.Combine(last, StateFile)}: written by a run with other options (data, batch, schedule or seed); resume with the same ones or start a new --out");
             opt.Load(Path.Combine(last, OptimizerFile));
-            step = (int)st["step"]!;
-            bestR1 = (double?)st["best_i2t_r1"] ?? double.NegativeInfinity;
+            step = savedStep;
+            bestR1 = savedBest ?? double.NegativeInfinity;
             if (step != opt.Step) throw new BadInputException($"{last}: the optimizer is at step {opt.Step}, the trainer state at {step}");
-            Info?.Invoke($"resuming {_o.Stage} at step {step + 1} of {total}");
+            Info?.Invoke(step >= total && !evalPending ? $"the run in {_o.Out} finished at step {step}: nothing to resume" : $"resuming {_o.Stage} at step {step + 1} of {total}");
         }
         else if (_o.Resume) Info?.Invoke($"nothing to resume in {last}: starting");
         TruncateMetrics(step);
@@ -94,6 +119,44 @@ public sealed class Trainer
         int skippedPairs = 0;
         var window = new Queue<(double Seconds, int Examples)>();
         bool stopped = false;
+        int trained = 0;   // steps of this run that had a batch to train on
+        bool fromStart = step == 0;
+
+        // One evaluation on the held-out images; false when it was cancelled (then the step's checkpoint says so, and a
+        // resumed run evaluates first).
+        bool EvaluateAndKeepBest(int atStep, int epoch)
+        {
+            try
+            {
+                lastEval = Evaluate(model, heldImages, held, atStep, epoch, ct);
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                return false;
+            }
+            AppendMetrics(new JsonObject
+            {
+                ["step"] = atStep, ["epoch"] = epoch, ["eval"] = lastEval.Mode, ["i2t_r1"] = lastEval.Recall.I2T.R1, ["i2t_r5"] = lastEval.Recall.I2T.R5,
+                ["i2t_r10"] = lastEval.Recall.I2T.R10, ["t2i_r1"] = lastEval.Recall.T2I.R1, ["t2i_r5"] = lastEval.Recall.T2I.R5,
+                ["t2i_r10"] = lastEval.Recall.T2I.R10, ["rsum"] = lastEval.Recall.Rsum, ["eval_seconds"] = Math.Round(lastEval.Seconds, 2),
+            });
+            Evaluated?.Invoke(lastEval);
+            if (lastEval.Recall.I2T.R1 > bestR1 || best is null && bestR1 == double.NegativeInfinity)
+            {
+                bestR1 = lastEval.Recall.I2T.R1;
+                best = lastEval;
+                model.Save(_o.Out);   // the best model is the output folder itself
+            }
+            TrainingPlots.Write(_o.Out);
+            return true;
+        }
+
+        if (evalPending)
+        {
+            Info?.Invoke($"evaluating step {step} first (the stopped run's evaluation was cut short)");
+            if (EvaluateAndKeepBest(step, Math.Max(1, (step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1);
+            else stopped = true;
+        }
         for (int epoch = step / perEpoch; epoch < _o.Epochs && !stopped; epoch++)
         {
             int first = step - epoch * perEpoch;
@@ -107,6 +170,7 @@ public sealed class Trainer
                 float lr = Schedule.Cosine(_o.LearningRate, step, _o.Warmup, total);
                 if (batch.Items.Count >= 2)
                 {
+                    trained++;
                     loss = _o.Stage == TrainStage.Decompose ? DecomposeStep(model, batch, step) : PretrainStep(model, batch, step);
                     if (!float.IsFinite(loss)) throw new TrainingDivergedException($"the loss is {loss} at step {step}: training diverged (lower the learning rate)");
                     opt.Apply(lr, _o.Clip);
@@ -121,35 +185,30 @@ public sealed class Trainer
                 if (window.Count > 20) window.Dequeue();
                 double eps = window.Sum(w => w.Examples) / Math.Max(1e-9, window.Sum(w => w.Seconds));
                 var eta = TimeSpan.FromSeconds(window.Average(w => w.Seconds) * (total - step));
-                var row = new JsonObject { ["step"] = step, ["epoch"] = epoch + 1, ["loss"] = loss, ["lr"] = lr, ["examples_per_s"] = Math.Round(eps, 2), ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2) };
+                var row = new JsonObject { ["step"] = step, ["epoch"] = epoch + 1, ["loss"] = float.IsFinite(loss) ? loss : null, ["lr"] = lr, ["examples_per_s"] = Math.Round(eps, 2), ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2) };
                 if (_lastParts is not null) foreach (var (key, value) in _lastParts) row[key] = value?.DeepClone();   // stage 1: the ITM and MLM terms
                 AppendMetrics(row);
                 Progress?.Invoke(new TrainProgress(_o.Stage, step, total, epoch + 1, loss, lr, eps, sw.Elapsed, eta));
-                if (ct.IsCancellationRequested) { stopped = true; break; }
-
                 bool endOfEpoch = k == perEpoch - 1;
                 bool eval = _o.EvalEvery > 0 ? step % _o.EvalEvery == 0 || step == total : endOfEpoch;
-                if (eval)
+                if (ct.IsCancellationRequested)
                 {
-                    lastEval = Evaluate(model, heldImages, held, step, epoch + 1);
-                    AppendMetrics(new JsonObject
-                    {
-                        ["step"] = step, ["epoch"] = epoch + 1, ["eval"] = lastEval.Mode, ["i2t_r1"] = lastEval.Recall.I2T.R1, ["i2t_r5"] = lastEval.Recall.I2T.R5,
-                        ["i2t_r10"] = lastEval.Recall.I2T.R10, ["t2i_r1"] = lastEval.Recall.T2I.R1, ["t2i_r5"] = lastEval.Recall.T2I.R5,
-                        ["t2i_r10"] = lastEval.Recall.T2I.R10, ["rsum"] = lastEval.Recall.Rsum, ["eval_seconds"] = Math.Round(lastEval.Seconds, 2),
-                    });
-                    Evaluated?.Invoke(lastEval);
-                    if (lastEval.Recall.I2T.R1 > bestR1 || best is null && bestR1 == double.NegativeInfinity)
-                    {
-                        bestR1 = lastEval.Recall.I2T.R1;
-                        best = lastEval;
-                        model.Save(_o.Out);   // the best model is the output folder itself
-                    }
-                    TrainingPlots.Write(_o.Out);
+                    // Stopped (Ctrl-C): this step's checkpoint, its evaluation (if it had one) left for the resumed run.
+                    SaveLast(model, opt, last, step, bestR1, evalPending: eval);
+                    stopped = true;
+                    break;
+                }
+                if (eval && !EvaluateAndKeepBest(step, epoch + 1))
+                {
+                    SaveLast(model, opt, last, step, bestR1, evalPending: true);
+                    stopped = true;
+                    break;
                 }
                 if (eval || (_o.CheckpointEvery > 0 && step % _o.CheckpointEvery == 0) || step == total)
                     SaveLast(model, opt, last, step, bestR1);
             }
+            if (fromStart && epoch == 0 && step == perEpoch && !stopped && trained == 0)
+                throw new BadInputException($"{_o.Data}: no batch of the first epoch had 2 readable pairs ({trainImages.FailedCount} of {train.Count} training images unreadable under {_o.Images})");
         }
         if (!stopped) TrainingPlots.Write(_o.Out);
         return new TrainSummary(step, _o.Epochs, loss, best, lastEval, trainImages.FailedCount + heldImages.FailedCount, skippedPairs, sw.Elapsed.TotalSeconds, stopped);
@@ -443,7 +502,7 @@ public sealed class Trainer
     }
 
     /// <summary>Recall on the held-out images: decomposed (stage 2) or the cross-encoder over every pair (stage 1).</summary>
-    private EvalRecord Evaluate(VlModel model, ImageCache cache, IReadOnlyList<DatasetImage> held, int step, int epoch)
+    private EvalRecord Evaluate(VlModel model, ImageCache cache, IReadOnlyList<DatasetImage> held, int step, int epoch, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
         var imgs = cache.GetMany(Enumerable.Range(0, held.Count).ToList(), _o.Workers);
@@ -464,14 +523,62 @@ public sealed class Trainer
         }
         else
         {
-            var scores = RetrievalEval.CrossScores(model, images, captions, Math.Max(8, _o.MicroBatch));
+            long pairs = (long)images.Count * captions.Count;
+            var scores = RetrievalEval.CrossScores(model, images, captions, Math.Max(8, _o.MicroBatch), done =>
+            {
+                ct.ThrowIfCancellationRequested();
+                EvalProgress?.Invoke(done, pairs);
+            });
             r = Recall.Evaluate(scores, images.Count, owner);
             mode = "cross";
         }
         return new EvalRecord(step, epoch, r, sw.Elapsed.TotalSeconds, mode);
     }
 
-    private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1)
+    /// <summary>trainer_state.json: (fingerprint, step, best i2t R@1, whether the step's evaluation is still to run); a malformed file is bad input naming it.</summary>
+    private static (string? Fingerprint, int Step, double? BestR1, bool EvalPending) ReadState(string path)
+    {
+        try
+        {
+            var st = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new BadInputException($"{path}: not a JSON object");
+            int step = st["step"] is JsonValue sv && sv.TryGetValue(out int s) && s >= 0 ? s : throw new BadInputException($"{path}: missing or malformed step");
+            double? best = st["best_i2t_r1"] switch
+            {
+                null => null,
+                JsonValue bv when bv.TryGetValue(out double b) => b,
+                _ => throw new BadInputException($"{path}: malformed best_i2t_r1"),
+            };
+            bool pending = st["eval_pending"] is JsonValue pv && pv.TryGetValue(out bool p) && p;
+            return (st["fingerprint"] is JsonValue fv && fv.TryGetValue(out string? f) ? f : null, step, best, pending);
+        }
+        catch (JsonException e)
+        {
+            throw new BadInputException($"{path}: not valid JSON ({e.Message})");
+        }
+    }
+
+    /// <summary>
+    /// --out must be new or empty, or (with --resume) a training run's folder; never the checkpoint the run starts from.
+    /// A kill between SaveLast's two renames left the checkpoint as last.old: put back.
+    /// </summary>
+    private void CheckOut(string last)
+    {
+        string o = _o.Out;
+        if (_o.Init is not null && SamePath(_o.Init, o))
+            throw new BadInputException($"--out {o}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
+        if (!Directory.Exists(o) || !Directory.EnumerateFileSystemEntries(o).Any()) return;
+        if (!File.Exists(MetricsPath) && !Directory.Exists(Path.Combine(o, "train")))
+            throw new BadInputException($"--out {o}: not empty and not a training run's folder: give a new or an empty folder");
+        if (!_o.Resume) throw new BadInputException($"--out {o}: holds a training run: continue it with --resume, or give a new folder");
+        if (!Directory.Exists(last) && Directory.Exists(last + ".old")) Directory.Move(last + ".old", last);
+        if (Directory.Exists(last) && !File.Exists(Path.Combine(last, StateFile)))
+            throw new BadInputException($"{Path.Combine(last, StateFile)}: missing, so {last} cannot be resumed (remove {last} to start over, or give a new --out)");
+    }
+
+    private static bool SamePath(string a, string b) =>
+        string.Equals(Path.TrimEndingDirectorySeparator(Path.GetFullPath(a)), Path.TrimEndingDirectorySeparator(Path.GetFullPath(b)), StringComparison.Ordinal);
+
+    private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1, bool evalPending = false)
     {
         // Written beside, then swapped in: a kill at any moment leaves either the previous or the new checkpoint whole.
         string tmp = last + ".tmp", old = last + ".old";
@@ -483,6 +590,7 @@ public sealed class Trainer
             ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _o.Fingerprint(),
             ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
         };
+        if (evalPending) st["eval_pending"] = true;
         AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), st.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (Directory.Exists(old)) Directory.Delete(old, true);
         if (Directory.Exists(last)) Directory.Move(last, old);
