@@ -44,7 +44,7 @@ const string usage = """
                    GPU shapes, which the scalar reference takes minutes over)
     """;
 
-if (args.Length == 0 || args[0] is "-h" or "--help") { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }
+if (args.Length == 0 || args.Any(a => a is "-h" or "--help")) { Console.WriteLine(usage); return args.Length == 0 ? 2 : 0; }   // `perf ops --help` too
 if (args[0] == "search")
 {
     try { return SearchBench.Run(args); }
