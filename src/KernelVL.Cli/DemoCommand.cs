@@ -272,7 +272,7 @@ internal static class DemoCommand
         r.AppendLine();
         r.AppendLine("```");
         r.AppendLine($"kernelvl index  --model {Path.Combine(dir, "stage2")} --data {Path.Combine(dir, "data", "dataset.json")} --out {Path.Combine(dir, "index")}");
-        r.AppendLine($"kernelvl search --model {Path.Combine(dir, "stage2")} --index {Path.Combine(dir, "index")} --text \"a small red circle left of a large blue square\" --rerank 10");
+        r.AppendLine($"kernelvl search --model {Path.Combine(dir, "stage2")} --index {Path.Combine(dir, "index")} --text \"a small red circle left of a large blue square\" --rerank 10 --cross-model {Path.Combine(dir, "stage1")}");
         r.AppendLine($"kernelvl eval   --model {Path.Combine(dir, "stage2")} --cross-model {Path.Combine(dir, "stage1")} --data {Path.Combine(dir, "data", "dataset.json")} --mode all");
         r.AppendLine("```");
         r.AppendLine();

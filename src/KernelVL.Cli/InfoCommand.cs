@@ -50,7 +50,7 @@ internal static class InfoCommand
                 cpu = SystemInfo.CpuName,
                 cores = SystemInfo.Cores,
                 cpu_features = SystemInfo.CpuFeatures,
-                ilgpu_devices = devices.Select(d => new { name = d.Name, type = d.Type, memory_bytes = d.MemoryBytes }),
+                ilgpu_devices = devices.Select(d => new { name = d.Name, type = d.Type, memory_bytes = d.Type == "CPU" ? (long?)null : d.MemoryBytes }),   // ILGPU's CPU accelerator reports long.MaxValue
                 ilgpu_probe = probes.Select(p => new { device = p.Device, type = p.Type, ok = p.Ok, detail = p.Detail }),
                 cuda_driver = cuda,
                 cuda_driver_override = Environment.GetEnvironmentVariable(KernelVL.Backends.Cuda.CudaBackend.DriverVariable),
@@ -75,7 +75,8 @@ internal static class InfoCommand
         if (Environment.GetEnvironmentVariable(KernelVL.Backends.Cuda.CudaBackend.DriverVariable) is { Length: > 0 } over)
             Console.WriteLine($"               the cuda backend loads {over} instead ({KernelVL.Backends.Cuda.CudaBackend.DriverVariable}; the host emulator's runs every kernel on the CPU)");
         Console.WriteLine($"nvrtc          {nvrtc ?? "not found (CUDA kernels would use the embedded PTX)"}");
-        Console.WriteLine($"cuda kernels   {string.Join(", ", KernelVL.Cuda.EmbeddedKernels.Names)} (embedded PTX for sm_80, compiled at build time)");
+        Console.WriteLine($"cuda kernels   {string.Join(", ", KernelVL.Cuda.EmbeddedKernels.Names)} (embedded PTX for sm_80, compiled at build time;");
+        Console.WriteLine("               gemm_sm90's Hopper kernels are compiled only by NVRTC for sm_90a: its embedded PTX holds empty stubs)");
         foreach (var k in kernelSources) Console.WriteLine($"  loaded       {k}");
         foreach (var v in kernelVersions) Console.WriteLine($"  version      {v}");
         Console.WriteLine("backends");

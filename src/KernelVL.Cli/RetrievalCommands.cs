@@ -15,7 +15,7 @@ namespace KernelVL.Cli;
 /// <summary>`kernelvl index`, `search` and `eval`.</summary>
 internal static class RetrievalCommands
 {
-    public static readonly string[] ImageExtensions = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"];
+    public static readonly string[] ImageExtensions = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"];
 
     /// <summary>A test split's readable images, their captions and each caption's image (unreadable images skipped with a warning).</summary>
     public sealed record EvalSet(List<PreparedImage> Images, List<string> ImagePaths, List<string> Captions, List<int> Owner);
@@ -58,7 +58,7 @@ internal static class RetrievalCommands
     public static Command Index()
     {
         var model = ModelOption();
-        var images = new Option<string>("--images") { Description = "Folder of images (searched recursively: jpg, png, webp, bmp, gif), or the image root of --data", Required = true };
+        var images = new Option<string>("--images") { Description = "Folder of images (searched recursively: jpg, png, webp, bmp, gif, tiff), or the image root of --data (default with --data: the JSON's folder)" };
         var data = new Option<string>("--data") { Description = "Karpathy split JSON: index that split's images and captions instead of a folder" };
         var split = new Option<string>("--split") { Description = "Split of --data to index", DefaultValueFactory = _ => "test" };
         var outDir = new Option<string>("--out") { Description = "Index folder (created; an existing one with the same model is resumed)", Required = true };
@@ -73,7 +73,11 @@ internal static class RetrievalCommands
             var dt = r.GetValue(dtype) switch { "f16" => VectorDType.F16, "f32" => VectorDType.F32, var x => throw new BadInputException($"--dtype must be f16 or f32, got {x}") };
             int seg = r.GetValue(segment), bs = r.GetValue(batch);
             if (seg < 1 || bs < 1) throw new BadInputException("--segment-rows and --batch must be positive");
-            string ckpt = r.GetValue(model)!, root = Path.GetFullPath(r.GetValue(images)!), outPath = r.GetValue(outDir)!;
+            string? dataArg = r.GetValue(data);
+            if (r.GetValue(images) is null && dataArg is null) throw new BadInputException("give --images (a folder of images), or --data (a dataset; its images' root defaults to the JSON's folder)");
+            if (dataArg is null && r.GetResult(split) is { Implicit: false }) throw new BadInputException("--split selects a split of --data: give --data, or drop --split to index a folder");
+            string ckpt = r.GetValue(model)!, outPath = r.GetValue(outDir)!;
+            string root = Path.GetFullPath(r.GetValue(images) ?? Path.GetDirectoryName(Path.GetFullPath(dataArg!))!);
             if (!Directory.Exists(root)) throw new BadInputException($"{root}: no such folder");
             // Every input is read and checked before the index folder is made or touched.
             // What to index: (id, relative path) of images, and (id, caption, image id) of captions.
@@ -105,7 +109,14 @@ internal static class RetrievalCommands
             var doneCaps = idx.IndexedIds("caption");
             var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
             var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
-            if (doneImages.Count + doneCaps.Count > 0) Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
+            if (doneImages.Count + doneCaps.Count > 0)
+            {
+                Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
+                var (changed, deleted) = idx.StaleImages(root);
+                if (changed + deleted > 0)
+                    Console.Error.WriteLine($"kernelvl: warning: {changed} indexed images changed and {deleted} were deleted since they were indexed: " +
+                        "their vectors are stale (search still returns them); build a new index (another --out) to refresh");
+            }
             int skipped = 0;
             var sw = Stopwatch.StartNew();
             // Ctrl-C stops at the next batch: the completed segments stay (durable), the one in progress is redone by a rerun.
@@ -120,14 +131,20 @@ internal static class RetrievalCommands
                     {
                         var chunk = todoImages.Skip(s).Take(seg).ToList();
                         var prepared = new PreparedImage?[chunk.Count];
+                        var stamps = new (long? Bytes, long? ModifiedMs)[chunk.Count];   // read before the decode: a later change shows as stale
                         Parallel.For(0, chunk.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cts.Token }, i =>
                         {
-                            try { prepared[i] = pre.Load(Path.Combine(root, chunk[i].Path)); }
+                            try
+                            {
+                                var file = new FileInfo(Path.Combine(root, chunk[i].Path));
+                                stamps[i] = (file.Exists ? file.Length : null, file.Exists ? new DateTimeOffset(file.LastWriteTimeUtc).ToUnixTimeMilliseconds() : null);
+                                prepared[i] = pre.Load(file.FullName);
+                            }
                             catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
                         });
                         var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
                         var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
-                        idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path)).ToList(), vecs);
+                        idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs)).ToList(), vecs);
                         bar.Report(s + chunk.Count);
                     }
                 }
@@ -172,10 +189,11 @@ internal static class RetrievalCommands
         var image = new Option<string>("--image") { Description = "Image query (a file): find captions" };
         var k = new Option<int>("-k", "--top") { Description = "Results to show", DefaultValueFactory = _ => 10 };
         var rerank = new Option<int>("--rerank") { Description = "Rescore the top N with the cross-encoder (0: off)", DefaultValueFactory = _ => 0 };
+        var crossModel = new Option<string>("--cross-model") { Description = "Checkpoint scoring the pairs for --rerank (default: --model); for a decomposed model, the stage-1 model it came from reranks best" };
         var json = new Option<bool>("--json") { Description = "Print the results as JSON" };
         var device = TrainCommands.DeviceOption();
         var cmd = new Command("search", "Search an index: text -> images (--text) or image -> captions (--image), optionally reranked by the cross-encoder");
-        foreach (var o in new Option[] { model, index, text, image, k, rerank, json, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, index, text, image, k, rerank, crossModel, json, device }) cmd.Options.Add(o);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
             string? q = r.GetValue(text), qi = r.GetValue(image);
@@ -187,7 +205,17 @@ internal static class RetrievalCommands
             string ckpt = r.GetValue(model)!;
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(ckpt, backend);
+            using var cm = rr > 0 && r.GetValue(crossModel) is { } cp ? VlModel.Load(cp, backend) : null;
+            var openWatch = Stopwatch.StartNew();
             var idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt));
+            double openMs = openWatch.Elapsed.TotalMilliseconds;
+            if (q is not null && m.Tokenizer is { } tok)
+            {
+                // What the encoder will not see: said, so that a query cut short or spelled outside the vocabulary is no mystery.
+                var (pieces, cut, unknown) = tok.Losses(q);
+                if (cut > 0) Console.Error.WriteLine($"kernelvl: warning: the query has {pieces} word pieces; the model reads the first {pieces - cut}, the last {cut} are ignored");
+                if (unknown > 0) Console.Error.WriteLine($"kernelvl: warning: {unknown} of the query's {pieces} word pieces are not in the model's vocabulary ([UNK])");
+            }
             var sw = Stopwatch.StartNew();
             var enc = new DecomposedEncoder(m, 1);
             PreparedImage? queryImage = qi is null ? null : m.Preprocessor().Load(qi);
@@ -197,27 +225,44 @@ internal static class RetrievalCommands
             var hits = idx.Search(backend, kind, qv, Math.Max(top, rr))[0];
             double searchMs = sw.Elapsed.TotalMilliseconds - encodeMs;
             var cross = new Dictionary<int, float>();
+            int reranked = 0;
             if (rr > 0)
             {
+                var scorer = cm ?? m;
                 var cand = hits.Take(rr).ToList();
-                List<PreparedImage> imgs;
-                List<string> caps;
-                if (q is not null)
+                var imgs = new List<PreparedImage>();
+                var caps = new List<string>();
+                var scored = new List<SearchHit>();
+                var unreadable = new List<SearchHit>();
+                var pre = scorer.Preprocessor();
+                PreparedImage? crossQuery = qi is null ? null : cm is null ? queryImage : pre.Load(qi);   // the scorer's own preprocessing
+                foreach (var h in cand)
                 {
-                    var pre = m.Preprocessor();
-                    string root = idx.ImageRoot ?? throw new BadInputException($"{idx.Folder}: the index has no image root to rerank from");
-                    imgs = cand.Select(h => pre.Load(Path.Combine(root, h.Item.Path!))).ToList();
-                    caps = cand.Select(_ => q).ToList();
+                    if (q is not null)
+                    {
+                        string root = idx.ImageRoot ?? throw new BadInputException($"{idx.Folder}: the index has no image root to rerank from");
+                        try { imgs.Add(pre.Load(Path.Combine(root, h.Item.Path!))); }
+                        catch (BadInputException e)
+                        {
+                            // An image deleted or damaged since it was indexed: kept after the rescored ones, in its place by vector score.
+                            Console.Error.WriteLine($"kernelvl: warning: not reranked: {e.Message}");
+                            unreadable.Add(h);
+                            continue;
+                        }
+                        caps.Add(q);
+                    }
+                    else
+                    {
+                        imgs.Add(crossQuery!);
+                        caps.Add(h.Item.Caption!);
+                    }
+                    scored.Add(h);
                 }
-                else
-                {
-                    imgs = cand.Select(_ => queryImage!).ToList();
-                    caps = cand.Select(h => h.Item.Caption!).ToList();
-                }
-                var s = m.ScorePairs(imgs, caps);
-                for (int i = 0; i < cand.Count; i++) cross[cand[i].Item.Row] = s[i];
-                var reordered = cand.Select((h, i) => (h, s: s[i])).OrderByDescending(x => x.s).ThenBy(x => x.h.Item.Row).Select(x => x.h)
-                    .Concat(hits.Skip(rr)).ToList();
+                var s = scorer.ScorePairs(imgs, caps);
+                for (int i = 0; i < scored.Count; i++) cross[scored[i].Item.Row] = s[i];
+                reranked = scored.Count;
+                var reordered = scored.Select((h, i) => (h, s: s[i])).OrderByDescending(x => x.s).ThenBy(x => x.h.Item.Row).Select(x => x.h)
+                    .Concat(unreadable).Concat(hits.Skip(rr)).ToList();
                 hits = reordered.Select((h, i) => h with { Rank = i + 1 }).ToList();
             }
             double totalMs = sw.Elapsed.TotalMilliseconds;
@@ -226,24 +271,25 @@ internal static class RetrievalCommands
             {
                 var o = new JsonObject
                 {
-                    ["query"] = q ?? qi, ["kind"] = kind, ["k"] = top, ["rerank"] = rr,
-                    ["encode_ms"] = Math.Round(encodeMs, 2), ["search_ms"] = Math.Round(searchMs, 2), ["total_ms"] = Math.Round(totalMs, 2),
+                    ["query"] = q ?? qi, ["kind"] = kind, ["k"] = top, ["rerank"] = rr, ["reranked"] = reranked,
+                    ["open_ms"] = Math.Round(openMs, 2), ["encode_ms"] = Math.Round(encodeMs, 2), ["search_ms"] = Math.Round(searchMs, 2), ["total_ms"] = Math.Round(totalMs, 2),
                     ["results"] = new JsonArray(hits.Select(h =>
                     {
                         var x = new JsonObject { ["rank"] = h.Rank, ["score"] = h.Score, ["id"] = h.Item.Id };
                         if (cross.TryGetValue(h.Item.Row, out var c)) x["cross_score"] = c;
                         if (h.Item.Path is not null) x["path"] = h.Item.Path;
                         if (h.Item.Caption is not null) x["caption"] = h.Item.Caption;
+                        if (h.Item.ImageId is not null) x["image_id"] = h.Item.ImageId;
                         return (JsonNode)x;
                     }).ToArray()),
                 };
-                Console.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                Console.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
             }
             else
             {
-                Console.WriteLine($"{(q is not null ? $"images for \"{q}\"" : $"captions for {qi}")} ({idx.Collections[kind].Rows} in the index; encode {encodeMs:F1} ms, search {searchMs:F1} ms{(rr > 0 ? $", rerank of {rr} {totalMs - encodeMs - searchMs:F0} ms" : "")})");
+                Console.WriteLine($"{(q is not null ? $"images for \"{q}\"" : $"captions for {qi}")} ({idx.Collections[kind].Rows} in the index; open {openMs:F0} ms, encode {encodeMs:F1} ms, search {searchMs:F1} ms{(rr > 0 ? $", rerank of {reranked} {totalMs - encodeMs - searchMs:F0} ms" : "")})");
                 foreach (var h in hits)
-                    Console.WriteLine($"{h.Rank,4}  {h.Score,8:F4}{(cross.TryGetValue(h.Item.Row, out var c) ? $"  cross {c,8:F3}" : "")}  {Printable(h.Item.Path ?? h.Item.Caption ?? "")}");
+                    Console.WriteLine($"{h.Rank,4}  {h.Score,8:F4}{(cross.TryGetValue(h.Item.Row, out var c) ? $"  cross {c,8:F3}" : "")}  {Printable(h.Item.Path ?? h.Item.Caption ?? "")}{(h.Item.ImageId is { } owner ? $"  ({owner})" : "")}");
             }
             return ErrorReporting.Ok;
         }));

@@ -18,6 +18,7 @@ public static class ImageFiles
         var pending = new Stack<string>();
         pending.Push(Path.GetFullPath(root));
         int again = 0, unreadable = 0;
+        var others = new SortedDictionary<string, int>(StringComparer.Ordinal);   // files of other extensions, by extension
         var options = new EnumerationOptions { AttributesToSkip = 0, IgnoreInaccessible = false };
         while (pending.Count > 0)
         {
@@ -33,6 +34,11 @@ public static class ImageFiles
                 {
                     if (Directory.Exists(e)) pending.Push(e);
                     else if (extensions.Contains(Path.GetExtension(e).ToLowerInvariant())) found.Add(Path.GetRelativePath(root, e));
+                    else
+                    {
+                        string ext = Path.GetExtension(e).ToLowerInvariant();
+                        others[ext.Length == 0 ? "(none)" : ext] = others.GetValueOrDefault(ext.Length == 0 ? "(none)" : ext) + 1;
+                    }
                 }
             }
             catch (Exception x) when (x is UnauthorizedAccessException or IOException)
@@ -42,6 +48,8 @@ public static class ImageFiles
         }
         if (again > 0) warn?.Invoke($"{root}: {again} symlinked folders lead to folders already read (a cycle or a second path): not read again");
         if (unreadable > 0) warn?.Invoke($"{root}: {unreadable} folders could not be read: skipped");
+        if (others.Count > 0)
+            warn?.Invoke($"{root}: {others.Values.Sum()} files of other types not read ({string.Join(", ", others.Take(6).Select(o => $"{o.Value} {o.Key}"))}{(others.Count > 6 ? ", ..." : "")}; images: {string.Join(" ", extensions)})");
         found.Sort(StringComparer.Ordinal);
         return found;
     }

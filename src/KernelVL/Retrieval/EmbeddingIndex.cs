@@ -12,7 +12,9 @@ namespace KernelVL.Retrieval;
 public enum VectorDType { F16, F32 }
 
 /// <summary>One indexed item: an image (path relative to the manifest's image root) or a caption (its text).</summary>
-public sealed record IndexItem(string Kind, int Row, string Id, string? Path = null, string? Caption = null, string? ImageId = null);
+/// <param name="Bytes">An image file's size when it was indexed (a resumed build warns when it changed); null for captions and older indexes.</param>
+/// <param name="ModifiedMs">An image file's last write time (Unix ms, UTC) when it was indexed.</param>
+public sealed record IndexItem(string Kind, int Row, string Id, string? Path = null, string? Caption = null, string? ImageId = null, long? Bytes = null, long? ModifiedMs = null);
 
 /// <summary>A search hit: the item, its row in its collection and its inner-product score.</summary>
 public sealed record SearchHit(int Rank, float Score, IndexItem Item);
@@ -227,7 +229,8 @@ public sealed class EmbeddingIndex : IDisposable
             string? kind = (string?)o["kind"];
             if (kind is null || !_collections.TryGetValue(kind, out var c) || o["row"] is not JsonValue rv || !rv.TryGetValue(out int row)) { _strayItemLines = true; continue; }
             if (row >= c.Rows) { _strayItemLines = true; continue; }   // written after the last completed segment
-            _items[(kind, row)] = new IndexItem(kind, row, (string?)o["id"] ?? "", (string?)o["path"], (string?)o["caption"], (string?)o["image_id"]);
+            _items[(kind, row)] = new IndexItem(kind, row, (string?)o["id"] ?? "", (string?)o["path"], (string?)o["caption"], (string?)o["image_id"],
+                o["bytes"] is JsonValue bv && bv.TryGetValue(out long b) ? b : null, o["modified_ms"] is JsonValue tv && tv.TryGetValue(out long t) ? t : null);
         }
         foreach (var c in _collections.Values)
             for (int r = 0; r < c.Rows; r++)
@@ -303,6 +306,23 @@ public sealed class EmbeddingIndex : IDisposable
         return fresh;
     }
 
+    /// <summary>
+    /// Indexed images whose file under <paramref name="root"/> is gone, or differs in size or write time from when it was
+    /// indexed: their vectors no longer describe the file (items without that record, from older indexes, are not counted).
+    /// </summary>
+    public (int Changed, int Deleted) StaleImages(string root)
+    {
+        int changed = 0, deleted = 0;
+        foreach (var it in _items.Values)
+        {
+            if (it.Kind != "image" || it.Path is null || it.Bytes is null) continue;
+            var f = new FileInfo(System.IO.Path.Combine(root, it.Path));
+            if (!f.Exists) deleted++;
+            else if (f.Length != it.Bytes || it.ModifiedMs is { } t && new DateTimeOffset(f.LastWriteTimeUtc).ToUnixTimeMilliseconds() != t) changed++;
+        }
+        return (changed, deleted);
+    }
+
     /// <summary>Ids already indexed (a resumed build skips them).</summary>
     public HashSet<string> IndexedIds(string kind) => _items.Values.Where(i => i.Kind == kind).Select(i => i.Id).ToHashSet(StringComparer.Ordinal);
 
@@ -342,6 +362,8 @@ public sealed class EmbeddingIndex : IDisposable
         if (it.Path is not null) o["path"] = it.Path;
         if (it.Caption is not null) o["caption"] = it.Caption;
         if (it.ImageId is not null) o["image_id"] = it.ImageId;
+        if (it.Bytes is { } b) o["bytes"] = b;
+        if (it.ModifiedMs is { } t) o["modified_ms"] = t;
         return o.ToJsonString();
     }
 

@@ -52,8 +52,9 @@ public static class RetrievalEval
         for (int run = 0; run < Math.Max(1, timingRuns); run++)
         {
             var sw = Stopwatch.StartNew();
-            iv = enc.EncodeImages(images, n => progress?.Invoke("encode images", n, images.Count));
-            tv = enc.EncodeTexts(captions, n => progress?.Invoke("encode captions", n, captions.Count));
+            var shown = run == 0 ? progress : null;   // the timing runs repeat the first: its bars only
+            iv = enc.EncodeImages(images, n => shown?.Invoke("encode images", n, images.Count));
+            tv = enc.EncodeTexts(captions, n => shown?.Invoke("encode captions", n, captions.Count));
             r = Recall.FromEmbeddings(iv, tv, d, owner, (q, qn, x, xn) => Scores(model.Backend, q, qn, x, xn));
             times.Add(sw.Elapsed.TotalSeconds);
         }
@@ -170,7 +171,7 @@ public static class RetrievalEval
             t2i[c] = RerankedRank(col, cand, cross, owner[c]);
         }
         var r = new RecallResult(Recall.Summarise(i2t), Recall.Summarise(t2i));
-        return new ModeResult("rerank", r, decomposedSeconds + sw.Elapsed.TotalSeconds, pairs, Note: $"top {k} rescored by the cross-encoder, both directions");
+        return new ModeResult("rerank", r, decomposedSeconds + sw.Elapsed.TotalSeconds, pairs, Note: ki == kc ? $"top {ki} rescored by the cross-encoder, both directions" : $"top {ki} captions per image and top {kc} images per caption rescored by the cross-encoder");
     }
 
     /// <summary>The k best positions of a row (score descending, ties to the lower index).</summary>

@@ -67,6 +67,17 @@ public sealed class TextTokenizer
         return ids;
     }
 
+    /// <summary>
+    /// What encoding a query loses: its word pieces, how many are cut off at <see cref="MaxLength"/>, and how many are
+    /// [UNK] (words the vocabulary cannot spell). A search warns about both: the encoder never sees them.
+    /// </summary>
+    public (int Pieces, int CutOff, int Unknown) Losses(string text)
+    {
+        if (string.IsNullOrWhiteSpace(text) || text.Length > MaxCharacters) return (0, 0, 0);
+        var pieces = _bert.EncodeToIds(text, addSpecialTokens: false);
+        return (pieces.Count, Math.Max(0, pieces.Count - (MaxLength - 2)), pieces.Count(id => id == UnknownId));
+    }
+
     /// <summary>Encodes a batch, padded to its longest member (or to <see cref="MaxLength"/> with padToMax).</summary>
     public TokenBatch EncodeBatch(IReadOnlyList<string> texts, bool padToMax = false)
     {
