@@ -134,8 +134,26 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         var steps = Metrics(k).Where(n => n["eval"] is null).Select(n => (int)n["step"]!).ToList();
         Assert.Equal(Enumerable.Range(1, 8), steps);   // the killed run's step 7 row was replaced, not duplicated
         Assert.NotEqual(99, (double)Metrics(k).Single(n => n["eval"] is null && (int)n["step"]! == 7)["loss"]!);
-        // Other options on resume are refused.
+        // Other options on resume are refused, another image root too.
         Assert.Contains("other options", Assert.Throws<BadInputException>(() => Run(baseOpts with { Out = o, Resume = true, Seed = 9 })).Message);
+        string otherRoot = Out();
+        Directory.CreateDirectory(otherRoot);
+        foreach (var f in Directory.GetFiles(baseOpts.Images, "*", SearchOption.AllDirectories))
+        {
+            string to = Path.Combine(otherRoot, Path.GetRelativePath(baseOpts.Images, f));
+            Directory.CreateDirectory(Path.GetDirectoryName(to)!);
+            File.Copy(f, to);
+        }
+        Assert.Contains("other options", Assert.Throws<BadInputException>(() => Run(baseOpts with { Out = o, Resume = true, Images = otherRoot })).Message);
+        // A state written before the image root was part of the options (2026-11-29) still resumes.
+        string state = Path.Combine(k, Trainer.LastFolder, Trainer.StateFile);
+        var st = JsonNode.Parse(File.ReadAllText(state))!;
+        Assert.Equal(baseOpts.Fingerprint(), (string)st["fingerprint"]!);
+        st["fingerprint"] = baseOpts.Fingerprint(withImages: false);
+        File.WriteAllText(state, st.ToJsonString());
+        var (none, again) = Run(baseOpts with { Out = k, Resume = true });
+        Assert.Empty(none);
+        Assert.Equal(8, again.Steps);
     }
 
     [Fact]

@@ -95,12 +95,17 @@ public sealed record TrainOptions
         Need(Stage == TrainStage.Pretrain || Init is not null, "decomposition starts from a trained VL transformer: give --model");
     }
 
-    /// <summary>The options a resumed run must share with the run it continues (the image root included since 2026-11-29).</summary>
-    public string Fingerprint() => string.Join("|", Stage, Path.GetFullPath(Data), Path.TrimEndingDirectorySeparator(Path.GetFullPath(Images)), Init is null ? "" : Path.GetFullPath(Init), Config, Seed, Epochs, BatchSize,
+    /// <summary>
+    /// The options a resumed run must share with the run it continues (the image root included since 2026-11-29;
+    /// <paramref name="withImages"/> false: the form written before, which a resume still accepts).
+    /// </summary>
+    public string Fingerprint(bool withImages = true) => string.Join("|", new object[] { Stage, Path.GetFullPath(Data) }
+        .Concat(withImages ? [Path.TrimEndingDirectorySeparator(Path.GetFullPath(Images))] : Array.Empty<object>())
+        .Concat([Init is null ? "" : Path.GetFullPath(Init), Config, Seed, Epochs, BatchSize,
         LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), WeightDecay.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
         Warmup, Temperature.ToString("R", System.Globalization.CultureInfo.InvariantCulture), MlmProbability.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
         HardNegatives.ToString("R", System.Globalization.CultureInfo.InvariantCulture), ItcWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
-        RankWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture), NegativesPerSide);
+        RankWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture), NegativesPerSide]));
 }
 
 /// <summary>What the trainer reports after each step.</summary>

@@ -104,7 +104,7 @@ public sealed class Trainer
         {
             var (fingerprint, savedStep, savedBest, pending) = ReadState(Path.Combine(last, StateFile));
             evalPending = pending;
-            if (fingerprint != _o.Fingerprint())
+            if (fingerprint != _o.Fingerprint() && fingerprint != _o.Fingerprint(withImages: false))   // the latter: a run started before 2026-11-29
                 throw new BadInputException($"{Path.Combine(last, StateFile)}: written by a run with other options (data, batch, schedule or seed); resume with the same ones or start a new --out");
             opt.Load(Path.Combine(last, OptimizerFile));
             step = savedStep;
