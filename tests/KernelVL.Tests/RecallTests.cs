@@ -110,7 +110,8 @@ public class RecallTests
             File.WriteAllText(path, "{\"images\": [{\"filename\": \"x.jpg\", \"imgid\": 7, \"split\": \"test\", \"sentences\": [{\"raw\": \"a\"}]}, {\"filename\": \"y.jpg\", \"imgid\": 7, \"split\": \"test\", \"sentences\": [{\"raw\": \"b\"}]}]}");
             Assert.Contains("images[1] (y.jpg): imgid 7 repeats images[0]'s", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
             // An image path must stay below the image root.
-            foreach (var (fp, fn) in new[] { ("", "../../etc/passwd"), ("imgs", "../../x.png"), ("", "/tmp/x.png"), ("..", "x.png") })
+            string rooted = Path.Combine(Path.GetTempPath(), "x.png").Replace('\\', '/');
+            foreach (var (fp, fn) in new[] { ("", "../../outside/secret"), ("imgs", "../../x.png"), ("", rooted), ("..", "x.png") })
             {
                 File.WriteAllText(path, $"{{\"images\": [{{\"filepath\": \"{fp}\", \"filename\": \"{fn}\", \"split\": \"test\", \"sentences\": [{{\"raw\": \"a\"}}]}}]}}");
                 Assert.Contains("leaves the image root", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
