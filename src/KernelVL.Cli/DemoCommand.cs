@@ -42,6 +42,8 @@ internal static class DemoCommand
         DecomposeEpochs: 1, DecomposeLr: 1e-3f, Temperature: 0.05f, Batch: 16, EvalImages: 8, BowEpochs: 2, RerankK: 4);
     public static readonly Plan Scale = Default with { Name = "scale", Train = 6000, Val = 200, Test = 500, PretrainEpochs = 20, PretrainLr = 1e-3f, DecomposeEpochs = 10, EvalImages = 60 };
 
+    private const string StopHint = "the demo itself starts over when run again (pretrain/decompose --resume continue a stage)";
+
     public static Command Create()
     {
         var outDir = new Option<string>("--out") { Description = "Folder for the dataset, checkpoints, report.md and results.json", DefaultValueFactory = _ => "kernelvl-demo" };
@@ -93,7 +95,7 @@ internal static class DemoCommand
         };
         sw.Restart();
         Say("stage 1: training the single-stream VL transformer (image-text matching + masked language modelling)");
-        if (TrainCommands.Run(common, "stage 1 ") is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C: 130
+        if (TrainCommands.Run(common, "stage 1 ", StopHint) is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C: 130
         timings["stage1_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         // 3. Stage 2: VLDeformer decomposition from the stage-1 model.
@@ -104,7 +106,7 @@ internal static class DemoCommand
             Init = stage1, Epochs = p.DecomposeEpochs, BatchSize = p.Batch, MicroBatch = p.Batch, LearningRate = p.DecomposeLr, Temperature = p.Temperature,
             Warmup = 30, EvalImages = Math.Max(p.EvalImages, 50), Seed = seed, Backend = device,
         };
-        if (TrainCommands.Run(dec, "stage 2 ") is var c2 && c2 != ErrorReporting.Ok) return c2;
+        if (TrainCommands.Run(dec, "stage 2 ", StopHint) is var c2 && c2 != ErrorReporting.Ok) return c2;
         timings["stage2_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         using var backend = BackendFactory.Create(device);

@@ -202,6 +202,7 @@ internal static class RetrievalCommands
             if (top < 1 || top > Contract.MaxTopK) throw new BadInputException($"-k must be in 1..{Contract.MaxTopK}, got {top}");
             if (rr < 0 || rr > Contract.MaxTopK) throw new BadInputException($"--rerank must be in 0..{Contract.MaxTopK}, got {rr}");
             if (qi is not null) ImagePreprocessor.RequireFile(qi);   // before the model is loaded
+            if (rr == 0 && r.GetValue(crossModel) is not null) throw new BadInputException("--cross-model scores the pairs of --rerank: give --rerank N too");
             string ckpt = r.GetValue(model)!;
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(ckpt, backend);

@@ -85,7 +85,8 @@ internal static class TrainCommands
         return cmd;
     }
 
-    public static int Run(TrainOptions o, string label = "")
+    /// <param name="onStop">What to tell the user after Ctrl-C (the demo cannot be resumed: a rerun starts over).</param>
+    public static int Run(TrainOptions o, string label = "", string onStop = "continue with the same command and --resume")
     {
         using var backend = BackendFactory.Create(o.Backend);
         ProgressBar? bar = null;
@@ -98,7 +99,14 @@ internal static class TrainCommands
             bar ??= new ProgressBar($"{label}{(o.Stage == TrainStage.Pretrain ? "pretrain" : "decompose")} step", p.TotalSteps);
             bar.Report(p.Step, $"epoch {p.Epoch} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.ExamplesPerSecond:F1} pairs/s");
         };
-        trainer.EvalProgress = (done, all) => bar?.Status($"evaluating: {done}/{all} pairs scored by the cross-encoder");
+        ProgressBar? evalBar = null;   // an evaluation before any step (one owed by a stopped run) has no step bar to show it in
+        trainer.EvalProgress = (done, all) =>
+        {
+            if (bar is not null) { bar.Status($"evaluating: {done}/{all} pairs scored by the cross-encoder"); return; }
+            evalBar ??= new ProgressBar($"{label}evaluation pairs", all);
+            evalBar.Report(done);
+            if (done >= all) { evalBar.Dispose(); evalBar = null; }
+        };
         trainer.Evaluated = e =>
         {
             string line = $"eval @ step {e.Step} ({e.Mode}, {e.Seconds:F1}s): i2t R@1/5/10 {e.Recall.I2T.R1:F1}/{e.Recall.I2T.R5:F1}/{e.Recall.I2T.R10:F1}  t2i {e.Recall.T2I.R1:F1}/{e.Recall.T2I.R5:F1}/{e.Recall.T2I.R10:F1}  rsum {e.Recall.Rsum:F1}";
@@ -116,11 +124,12 @@ internal static class TrainCommands
         {
             Console.CancelKeyPress -= onCancel;
             bar?.Dispose();
+            evalBar?.Dispose();
         }
         if (warnings > 20) Console.Error.WriteLine($"kernelvl: warning: {warnings} warnings in all ({warnings - 20} not shown)");
         if (s.SkippedImages > 0) Console.Error.WriteLine($"kernelvl: warning: {s.SkippedImages} unreadable images skipped ({s.SkippedPairs} training pairs)");
         Console.WriteLine(s.Stopped
-            ? $"stopped at step {s.Steps}: its checkpoint is written; continue with the same command and --resume"
+            ? $"stopped at step {s.Steps}: its checkpoint is written; {onStop}"
             : $"done: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}{(float.IsFinite(s.FinalLoss) ? $", final loss {s.FinalLoss:F4}" : " (no step left to run)")}");
         if (s.Best is { } b)
             Console.WriteLine($"best: step {b.Step}, i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");

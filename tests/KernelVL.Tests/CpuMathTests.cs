@@ -102,8 +102,9 @@ public class CpuMathTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         // y = a * b with b [C] broadcast over a [R, C]: db[j] += sum_r dy[r, j] a[r, j]. At 8192 x 768 (the perf shape)
         // it once built the products in a managed array of dy's size (25 MB a call) and ran 50x slower than add's backward.
-        int r = 8192, c = 768;
-        var rng = new Random(Random.Shared.Next());
+        int r = 8192, c = 768, seed = Random.Shared.Next();
+        output.WriteLine($"seed {seed}");
+        var rng = new Random(seed);
         float[] Rand(int count, double lo, double hi) { var x = new float[count]; for (int i = 0; i < count; i++) x[i] = (float)(lo + (hi - lo) * rng.NextDouble()); return x; }
         float[] ah = Rand(r * c, -2, 2), bh = Rand(c, -2, 2), dyh = Rand(r * c, -1, 1), da0 = Rand(r * c, -1, 1), db0 = Rand(c, -50, 50);
         using var be = new CpuBackend();

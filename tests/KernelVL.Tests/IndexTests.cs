@@ -129,6 +129,13 @@ public sealed class IndexTests : IDisposable
             Assert.Contains("another kernelvl index build", Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images", "data /d.json, split test", exclusive: true)).Message);
         EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, "/images", "data /d.json, split test", exclusive: true).Dispose();
 
+        // A first build killed before its first manifest (items and a segment written): started afresh, not refused.
+        string killed = Path.Combine(_dir, "killed");
+        Directory.CreateDirectory(killed);
+        File.WriteAllText(Path.Combine(killed, "items.jsonl"), "{\"kind\":\"image\",\"row\":0,\"id\":\"x\"}\n");
+        File.WriteAllBytes(Path.Combine(killed, "seg-image-00000.f32"), new byte[4 * d]);
+        Assert.Equal(0, EmbeddingIndex.CreateOrResume(killed, "m", d, VectorDType.F32, null).Collections["image"].Rows);
+
         string empty = Path.Combine(_dir, "empty");
         Directory.CreateDirectory(empty);
         Assert.Equal(0, EmbeddingIndex.CreateOrResume(empty, "m", d, VectorDType.F32, null).Collections["image"].Rows);

@@ -197,6 +197,8 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         var state = JsonNode.Parse(File.ReadAllText(Path.Combine(o, Trainer.LastFolder, Trainer.StateFile)))!;
         Assert.Equal(4, (int)state["step"]!);
         Assert.True((bool)state["eval_pending"]!);
+        // As if a resumed run had logged the owed evaluation and been killed before its checkpoint: logged again, once.
+        File.AppendAllText(Path.Combine(o, Trainer.MetricsFile), "{\"step\":4,\"epoch\":1,\"eval\":\"cross\",\"i2t_r1\":-1}\n");
         var (rest, s2) = Run(opts with { Out = o, Resume = true });
         Assert.Equal(full, first.Concat(rest));
         static List<string> Evals(string dir) => Metrics(dir).Where(n => n["eval"] is not null).Select(n => $"{n["step"]} {n["i2t_r1"]} {n["t2i_r1"]} {n["rsum"]}").ToList();
@@ -242,6 +244,22 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         Assert.Contains("0 of 16 held-out images readable", Msg(opts with { Out = o, Images = noImages }));
         Assert.False(Directory.Exists(o));
         Assert.Contains("no such folder", Msg(opts with { Out = o, Images = Path.Combine(noImages, "missing") }));
+        Assert.False(Directory.Exists(o));
+        // From scratch into an empty --out that existed: the vocabulary it built is removed again.
+        string empty = Out();
+        Directory.CreateDirectory(empty);
+        var scratch = TrainOptions.For(TrainStage.Pretrain, fx.Data, noImages, empty) with { Config = "tiny", Epochs = 1, BatchSize = 24, MicroBatch = 24, EvalImages = 16, Workers = 2, MaxVocab = 512 };
+        Assert.Contains("held-out images readable", Msg(scratch));
+        Assert.True(Directory.Exists(empty) && !Directory.EnumerateFileSystemEntries(empty).Any());
+        // Held-out images readable, no training image: found at the end of the first epoch, before any evaluation; nothing left.
+        string heldOnly = Out();
+        foreach (var im in KarpathyDataset.Load(fx.Data).Split("val"))
+        {
+            string to = Path.Combine(heldOnly, im.Path);
+            Directory.CreateDirectory(Path.GetDirectoryName(to)!);
+            File.Copy(Path.Combine(opts.Images, im.Path), to);
+        }
+        Assert.Contains("no batch of the first epoch had 2 readable pairs", Msg(opts with { Out = o, Images = heldOnly }));
         Assert.False(Directory.Exists(o));
     }
 

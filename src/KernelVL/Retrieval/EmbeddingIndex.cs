@@ -251,8 +251,11 @@ public sealed class EmbeddingIndex : IDisposable
     public static EmbeddingIndex CreateOrResume(string folder, string fingerprint, int dim, VectorDType dtype, string? imageRoot, string? source = null, bool exclusive = false)
     {
         if (File.Exists(folder)) throw new BadInputException($"{folder}: is a file, not an index folder");
+        // A first build killed before its first manifest leaves only index files (items, segments, a temporary file, the
+        // lock): started afresh. Anything else is not ours.
+        static bool Ours(string name) => name is LockFile or ItemsFile || name.StartsWith("seg-", StringComparison.Ordinal) || name.StartsWith('.') && name.EndsWith(".tmp", StringComparison.Ordinal);
         if (Directory.Exists(folder) && !File.Exists(System.IO.Path.Combine(folder, ManifestFile))
-            && Directory.EnumerateFileSystemEntries(folder).Any(e => System.IO.Path.GetFileName(e) != LockFile))
+            && Directory.EnumerateFileSystemEntries(folder).Any(e => !Ours(System.IO.Path.GetFileName(e))))
             throw new BadInputException($"{folder}: not empty and not an index (no {ManifestFile}): give a new or an empty folder");
         Directory.CreateDirectory(folder);
         FileStream? held = null;
@@ -286,7 +289,7 @@ public sealed class EmbeddingIndex : IDisposable
         {
             var idx = Open(folder, fingerprint, verify: true);
             if (idx.Dim != dim || idx.DType != dtype) throw new BadInputException($"{folder}: holds {idx.DType.ToString().ToLowerInvariant()} vectors of {idx.Dim}, the build makes {dtype.ToString().ToLowerInvariant()} of {dim}");
-            if (idx.ImageRoot is not null && imageRoot is not null && !SamePath(idx.ImageRoot, imageRoot))
+            if (idx.ImageRoot is not null && imageRoot is not null && !KernelVL.IO.Paths.Same(idx.ImageRoot, imageRoot))
                 throw new BadInputException($"{folder}: indexes images under {idx.ImageRoot}, this build reads {imageRoot}: build another index (--out)");
             if (idx.Source is not null && source is not null && idx.Source != source)
                 throw new BadInputException($"{folder}: built from {idx.Source}, this build is {source}: build another index (--out)");
@@ -366,9 +369,6 @@ public sealed class EmbeddingIndex : IDisposable
         if (it.ModifiedMs is { } t) o["modified_ms"] = t;
         return o.ToJsonString();
     }
-
-    private static bool SamePath(string a, string b) =>
-        string.Equals(System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(a)), System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(b)), StringComparison.Ordinal);
 
     private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFile),
         string.Concat(_items.Values.OrderBy(i => i.Kind, StringComparer.Ordinal).ThenBy(i => i.Row).Select(i => ItemJson(i) + "\n")));

@@ -75,7 +75,15 @@ public sealed class Trainer
 
         // The model (a checkpoint read and checked, or a preset and a vocabulary) before --out is made: a bad --init,
         // --model, --vocab or --config leaves no folder behind.
-        bool outExisted = Directory.Exists(_o.Out);
+        bool outExisted = Directory.Exists(_o.Out), outWasEmpty = outExisted && !Directory.EnumerateFileSystemEntries(_o.Out).Any();
+        // A setup that fails after --out was written to (a built vocabulary) leaves it as it was: removed, or emptied again.
+        void UndoOut()
+        {
+            if (!outExisted) Directory.Delete(_o.Out, recursive: true);
+            else if (outWasEmpty)
+                foreach (var e in Directory.EnumerateFileSystemEntries(_o.Out).ToList())
+                    if (Directory.Exists(e)) Directory.Delete(e, recursive: true); else File.Delete(e);
+        }
         using var model = CreateModel(train, last);
         Directory.CreateDirectory(_o.Out);
         var pre = model.Preprocessor();
@@ -87,9 +95,9 @@ public sealed class Trainer
             var readable = heldImages.GetMany(Enumerable.Range(0, held.Count).ToList(), _o.Workers).Count(i => i is not null);
             if (readable < 2) throw new BadInputException($"{_o.Data}: {readable} of {held.Count} held-out images readable under {_o.Images}: at least 2 are needed to evaluate");
         }
-        catch (BadInputException) when (!outExisted)
+        catch (BadInputException) when (!outExisted || outWasEmpty)
         {
-            Directory.Delete(_o.Out, recursive: true);
+            UndoOut();
             throw;
         }
         using var opt = new AdamWOptimizer(model) { Eps = _o.Eps, WeightDecay = _o.WeightDecay };
@@ -110,10 +118,11 @@ public sealed class Trainer
             step = savedStep;
             bestR1 = savedBest ?? double.NegativeInfinity;
             if (step != opt.Step) throw new BadInputException($"{last}: the optimizer is at step {opt.Step}, the trainer state at {step}");
-            Info?.Invoke(step >= total && !evalPending ? $"the run in {_o.Out} finished at step {step}: nothing to resume" : $"resuming {_o.Stage} at step {step + 1} of {total}");
+            if (evalPending) Info?.Invoke($"resuming {_o.Stage} at step {step} of {total}: its evaluation was cut short, made first");
+            else Info?.Invoke(step >= total ? $"the run in {_o.Out} finished at step {step}: nothing to resume" : $"resuming {_o.Stage} at step {step + 1} of {total}");
         }
         else if (_o.Resume) Info?.Invoke($"nothing to resume in {last}: starting");
-        TruncateMetrics(step);
+        TruncateMetrics(step, dropEvalAtStep: evalPending);
 
         float loss = float.NaN;
         int skippedPairs = 0;
@@ -153,7 +162,6 @@ public sealed class Trainer
 
         if (evalPending)
         {
-            Info?.Invoke($"evaluating step {step} first (the stopped run's evaluation was cut short)");
             if (EvaluateAndKeepBest(step, Math.Max(1, (step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1);
             else stopped = true;
         }
@@ -190,6 +198,12 @@ public sealed class Trainer
                 AppendMetrics(row);
                 Progress?.Invoke(new TrainProgress(_o.Stage, step, total, epoch + 1, loss, lr, eps, sw.Elapsed, eta));
                 bool endOfEpoch = k == perEpoch - 1;
+                if (fromStart && epoch == 0 && endOfEpoch && trained == 0)
+                {
+                    // Nothing could be trained on: bad input, found before any evaluation or checkpoint of the empty run.
+                    if (!outExisted || outWasEmpty) UndoOut();
+                    throw new BadInputException($"{_o.Data}: no batch of the first epoch had 2 readable pairs ({trainImages.FailedCount} of {train.Count} training images unreadable under {_o.Images})");
+                }
                 bool eval = _o.EvalEvery > 0 ? step % _o.EvalEvery == 0 || step == total : endOfEpoch;
                 if (ct.IsCancellationRequested)
                 {
@@ -206,9 +220,13 @@ public sealed class Trainer
                 }
                 if (eval || (_o.CheckpointEvery > 0 && step % _o.CheckpointEvery == 0) || step == total)
                     SaveLast(model, opt, last, step, bestR1);
+                if (eval && ct.IsCancellationRequested)
+                {
+                    // Stopped during an evaluation that does not look at the token (stage 2's, seconds): its checkpoint is written.
+                    stopped = true;
+                    break;
+                }
             }
-            if (fromStart && epoch == 0 && step == perEpoch && !stopped && trained == 0)
-                throw new BadInputException($"{_o.Data}: no batch of the first epoch had 2 readable pairs ({trainImages.FailedCount} of {train.Count} training images unreadable under {_o.Images})");
         }
         if (!stopped) TrainingPlots.Write(_o.Out);
         return new TrainSummary(step, _o.Epochs, loss, best, lastEval, trainImages.FailedCount + heldImages.FailedCount, skippedPairs, sw.Elapsed.TotalSeconds, stopped);
@@ -564,7 +582,7 @@ public sealed class Trainer
     private void CheckOut(string last)
     {
         string o = _o.Out;
-        if (_o.Init is not null && SamePath(_o.Init, o))
+        if (_o.Init is not null && Paths.Same(_o.Init, o))
             throw new BadInputException($"--out {o}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
         if (!Directory.Exists(o) || !Directory.EnumerateFileSystemEntries(o).Any()) return;
         if (!File.Exists(MetricsPath) && !Directory.Exists(Path.Combine(o, "train")))
@@ -574,9 +592,6 @@ public sealed class Trainer
         if (Directory.Exists(last) && !File.Exists(Path.Combine(last, StateFile)))
             throw new BadInputException($"{Path.Combine(last, StateFile)}: missing, so {last} cannot be resumed (remove {last} to start over, or give a new --out)");
     }
-
-    private static bool SamePath(string a, string b) =>
-        string.Equals(Path.TrimEndingDirectorySeparator(Path.GetFullPath(a)), Path.TrimEndingDirectorySeparator(Path.GetFullPath(b)), StringComparison.Ordinal);
 
     private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1, bool evalPending = false)
     {
@@ -608,12 +623,14 @@ public sealed class Trainer
     }
 
     /// <summary>On a fresh start the log starts empty; on resume the rows after the checkpoint's step (from the killed run) are dropped.</summary>
-    private void TruncateMetrics(int step)
+    /// <param name="dropEvalAtStep">The checkpoint owes its step's evaluation: a row of it (from a run killed after the
+    /// evaluation but before the checkpoint that clears the debt) is dropped, as the evaluation is made again.</param>
+    private void TruncateMetrics(int step, bool dropEvalAtStep = false)
     {
         if (!File.Exists(MetricsPath)) return;
         var keep = File.ReadAllLines(MetricsPath).Where(l =>
         {
-            try { return step > 0 && JsonNode.Parse(l) is JsonObject o && (int?)o["step"] <= step; }
+            try { return step > 0 && JsonNode.Parse(l) is JsonObject o && (int?)o["step"] <= step && !(dropEvalAtStep && o["eval"] is not null && (int?)o["step"] == step); }
             catch (JsonException) { return false; }
         }).ToList();
         AtomicFile.WriteAllText(MetricsPath, keep.Count == 0 ? "" : string.Join('\n', keep) + "\n");

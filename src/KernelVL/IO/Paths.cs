@@ -1,0 +1,32 @@
+using System.Runtime.InteropServices;
+
+namespace KernelVL.IO;
+
+/// <summary>Comparing paths as the file system resolves them.</summary>
+public static class Paths
+{
+    /// <summary>The path with every symlink resolved (realpath(3)); the full path where that is not available (Windows, or a path that does not exist).</summary>
+    public static string Real(string path)
+    {
+        if (OperatingSystem.IsWindows()) return Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+        nint p = realpath(path, 0);
+        if (p == 0) return Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+        try
+        {
+            return Marshal.PtrToStringUTF8(p)!;
+        }
+        finally
+        {
+            free(p);
+        }
+    }
+
+    /// <summary>Whether two paths name the same file or folder (symlinks and trailing separators resolved).</summary>
+    public static bool Same(string a, string b) => string.Equals(Real(a), Real(b), StringComparison.Ordinal);
+
+    [DllImport("libc", EntryPoint = "realpath", SetLastError = true)]
+    private static extern nint realpath([MarshalAs(UnmanagedType.LPUTF8Str)] string path, nint resolved);
+
+    [DllImport("libc", EntryPoint = "free")]
+    private static extern void free(nint p);
+}
