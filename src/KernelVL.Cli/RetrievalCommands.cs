@@ -136,9 +136,9 @@ internal static class RetrievalCommands
                         {
                             try
                             {
-                                var file = new FileInfo(Path.Combine(root, chunk[i].Path));
-                                stamps[i] = (file.Exists ? file.Length : null, file.Exists ? new DateTimeOffset(file.LastWriteTimeUtc).ToUnixTimeMilliseconds() : null);
-                                prepared[i] = pre.Load(file.FullName);
+                                string file = Path.Combine(root, chunk[i].Path);
+                                stamps[i] = EmbeddingIndex.FileStamp(file);
+                                prepared[i] = pre.Load(file);
                             }
                             catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
                         });

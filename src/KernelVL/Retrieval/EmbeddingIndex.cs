@@ -319,11 +319,18 @@ public sealed class EmbeddingIndex : IDisposable
         foreach (var it in _items.Values)
         {
             if (it.Kind != "image" || it.Path is null || it.Bytes is null) continue;
-            var f = new FileInfo(System.IO.Path.Combine(root, it.Path));
-            if (!f.Exists) deleted++;
-            else if (f.Length != it.Bytes || it.ModifiedMs is { } t && new DateTimeOffset(f.LastWriteTimeUtc).ToUnixTimeMilliseconds() != t) changed++;
+            var (bytes, modified) = FileStamp(System.IO.Path.Combine(root, it.Path));
+            if (bytes is null) deleted++;
+            else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs) changed++;
         }
         return (changed, deleted);
+    }
+
+    /// <summary>A file's size and last write time (Unix ms, UTC) as an <see cref="IndexItem"/> records them; nulls when it does not exist.</summary>
+    public static (long? Bytes, long? ModifiedMs) FileStamp(string path)
+    {
+        var f = new FileInfo(path);
+        return f.Exists ? (f.Length, new DateTimeOffset(f.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
     }
 
     /// <summary>Ids already indexed (a resumed build skips them).</summary>
