@@ -61,7 +61,7 @@ internal static class RetrievalCommands
         var images = new Option<string>("--images") { Description = "Folder of images (searched recursively: jpg, png, webp, bmp, gif, tiff), or the image root of --data (default with --data: the JSON's folder)" };
         var data = new Option<string>("--data") { Description = "Karpathy split JSON: index that split's images and captions instead of a folder" };
         var split = new Option<string>("--split") { Description = "Split of --data to index", DefaultValueFactory = _ => "test" };
-        var outDir = new Option<string>("--out") { Description = "Index folder (created; an existing one with the same model is resumed)", Required = true };
+        var outDir = new Option<string>("--out") { Description = "Index folder (created; an existing one with the same model is resumed, and refreshed: images changed since encoded again, deleted ones removed)", Required = true };
         var dtype = new Option<string>("--dtype") { Description = "Vector storage: f16 or f32", DefaultValueFactory = _ => "f16" };
         var batch = new Option<int>("--batch") { Description = "Items per encoder pass", DefaultValueFactory = _ => 32 };
         var segment = new Option<int>("--segment-rows") { Description = "Rows per segment file (each completed segment is durable)", DefaultValueFactory = _ => 4096 };
@@ -105,18 +105,22 @@ internal static class RetrievalCommands
             using var idx = EmbeddingIndex.CreateOrResume(outPath, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root, source, exclusive: true);
             var enc = new DecomposedEncoder(m, bs);
             var pre = m.Preprocessor();
+            // A resumed build first refreshes what went stale since: items gone from the source are removed, changed ones
+            // removed and encoded again below (one atomic switch of the index; searches see it before or after).
+            var plan = idx.PlanRefresh(root, imageItems.ToDictionary(i => i.Id, i => i.Path, StringComparer.Ordinal),
+                captionItems.ToDictionary(c => c.Id, c => c.Caption, StringComparer.Ordinal));
+            if (plan.Any)
+            {
+                idx.Remove(plan.Rows);
+                Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
+                    $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
+            }
             var doneImages = idx.IndexedIds("image");
             var doneCaps = idx.IndexedIds("caption");
             var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
             var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
             if (doneImages.Count + doneCaps.Count > 0)
-            {
                 Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
-                var (changed, deleted) = idx.StaleImages(root);
-                if (changed + deleted > 0)
-                    Console.Error.WriteLine($"kernelvl: warning: {changed} indexed images changed and {deleted} were deleted since they were indexed: " +
-                        "their vectors are stale (search still returns them); build a new index (another --out) to refresh");
-            }
             int skipped = 0;
             var sw = Stopwatch.StartNew();
             // Ctrl-C stops at the next batch: the completed segments stay (durable), the one in progress is redone by a rerun.

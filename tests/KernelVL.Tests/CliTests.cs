@@ -144,26 +144,58 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     }
 
     [Fact]
-    public void SearchSaysWhatItCannotSeeAndAResumedIndexWhatWentStale()
+    public void ARerunRefreshesChangedAndDeletedImagesAndSearchSaysWhatItCannotSee()
     {
         string folder = Tmp();
         Directory.CreateDirectory(folder);
-        var sources = Directory.GetFiles(Path.Combine(Images, "images"), "*.png").Order(StringComparer.Ordinal).Take(6).ToList();
-        foreach (var s in sources) File.Copy(s, Path.Combine(folder, Path.GetFileName(s)));
+        var sources = Directory.GetFiles(Path.Combine(Images, "images"), "*.png").Order(StringComparer.Ordinal).Take(7).ToList();
+        string In(int i) => Path.Combine(folder, Path.GetFileName(sources[i]));
+        foreach (var s in sources.Take(6)) File.Copy(s, Path.Combine(folder, Path.GetFileName(s)));
         File.WriteAllText(Path.Combine(folder, "readme.txt"), "not an image");
         string idx = Tmp();
-        var r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--device", "cpu");
+        var r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains("1 files of other types not read (1 .txt", r.Err);
-        // One image deleted, one rewritten with another picture: the rerun indexes nothing new but says both are stale.
-        File.Delete(Path.Combine(folder, Path.GetFileName(sources[0])));
-        File.Copy(sources[5], Path.Combine(folder, Path.GetFileName(sources[1])), overwrite: true);
-        File.SetLastWriteTimeUtc(Path.Combine(folder, Path.GetFileName(sources[1])), DateTime.UtcNow.AddMinutes(1));
-        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--device", "cpu");
+        float[] Vector(EmbeddingIndex x, string file)
+        {
+            int row = Enumerable.Range(0, x.Collections["image"].Rows).Single(i => x.Item("image", i).Path == Path.GetFileName(file));
+            return x.ReadAll("image")[(row * x.Dim)..((row + 1) * x.Dim)];
+        }
+        float[] before1, before5;
+        using (var x = EmbeddingIndex.Open(idx)) { before1 = Vector(x, In(1)); before5 = Vector(x, In(5)); }
+        Assert.True(before1.Zip(before5).Max(p => Math.Abs(p.First - p.Second)) > 1e-2, "two different pictures must encode differently");
+
+        // One image deleted, one rewritten with another picture, one added: the rerun removes the first, encodes the
+        // second again (its vector now that of the picture it holds) and adds the third. Rows 0-3 are one segment, so
+        // the refresh rewrites a segment and drops none.
+        File.Delete(In(0));
+        File.Copy(sources[5], In(1), overwrite: true);
+        File.SetLastWriteTimeUtc(In(1), DateTime.UtcNow.AddMinutes(1));
+        File.Copy(sources[6], In(6));
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);
-        Assert.Contains("1 indexed images changed and 1 were deleted since they were indexed", r.Err);
-        // A query longer than the model reads, reranked by a cross model over all six: the deleted image is not reranked,
-        // and stays in the list.
+        Assert.Contains("1 changed images to encode again, 1 gone (deleted, or no longer in the source) removed", r.Err);
+        Assert.Contains("indexed 2 images", r.Out);
+        using (var x = EmbeddingIndex.Open(idx, verify: true))
+        {
+            Assert.Equal(6, x.Collections["image"].Rows);
+            var paths = Enumerable.Range(0, 6).Select(i => x.Item("image", i).Path).Order(StringComparer.Ordinal).ToList();
+            Assert.Equal(sources.Skip(1).Select(Path.GetFileName).Order(StringComparer.Ordinal), paths);
+            Assert.True(Vector(x, In(1)).Zip(before5).Max(p => Math.Abs(p.First - p.Second)) < 2e-3, "the changed image keeps its old vector");
+            Assert.NotEqual("items.jsonl", x.ItemsFileName);
+            // Only what the manifest lists is left: the replaced segment and items file are gone.
+            var listed = x.Collections.Values.SelectMany(c => c.Segments).Select(s => s.File).Append(x.ItemsFileName).Append("manifest.json").Append("build.lock");
+            Assert.Equal(listed.Order(StringComparer.Ordinal), Directory.GetFiles(idx).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        }
+        // Unchanged since: a rerun refreshes nothing and encodes nothing.
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 0, r.Err);
+        Assert.DoesNotContain("refreshing", r.Err);
+        Assert.Contains("indexed 0 images", r.Out);
+
+        // An image deleted after the build, then a query longer than the model reads, reranked by a cross model over all
+        // six: the deleted image is not reranked, and stays in the list.
+        File.Delete(In(2));
         string query = string.Concat(Enumerable.Repeat("a small red circle left of a large blue square ", 4));
         r = Run("search", "--model", fx.Init, "--index", idx, "--text", query, "-k", "6", "--rerank", "6", "--cross-model", fx.Init, "--json", "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);

@@ -99,6 +99,111 @@ public sealed class IndexTests : IDisposable
         Assert.Contains("another model", Assert.Throws<BadInputException>(() => EmbeddingIndex.CreateOrResume(f, "model-b", d, VectorDType.F32, null)).Message);
     }
 
+    [Theory]
+    [InlineData(VectorDType.F32)]
+    [InlineData(VectorDType.F16)]
+    public void RemovedRowsLeaveSearchAsABruteForceOverTheRestAndAppendsFollow(VectorDType dtype)
+    {
+        var rng = new Random(Random.Shared.Next());
+        int d = 16, n = 90, k = 12;
+        var corpus = UnitRows(rng, n + 10, d);
+        string f = Path.Combine(_dir, "rm");
+        var idx = EmbeddingIndex.CreateOrResume(f, "fp", d, dtype, "/images");
+        for (int s = 0; s < n; s += 20) idx.Append("image", Items(s, Math.Min(20, n - s)), corpus.AsSpan(s * d, Math.Min(20, n - s) * d));
+        idx.Append("caption", [new IndexItem("caption", 0, "c0", Caption: "a caption", ImageId: "id3")], corpus.AsSpan(0, d));
+        string segmentsBefore = string.Join(",", idx.Collections["image"].Segments.Select(s => s.File));
+        // Rows in segments 0, 2 and 3, and the whole of segment 1 (rows 20-39); segment 4 untouched.
+        var gone = new HashSet<int>(Enumerable.Range(20, 20)) { rng.Next(0, 20), rng.Next(0, 20), rng.Next(40, 60), 79 };
+        idx.Remove(new Dictionary<string, List<int>> { ["image"] = gone.ToList() });
+        var kept = Enumerable.Range(0, n).Where(r => !gone.Contains(r)).ToList();
+        Assert.Equal(kept.Count, idx.Collections["image"].Rows);
+        Assert.Equal(4, idx.Collections["image"].Segments.Count);   // 0, 2, 3 rewritten; 1 dropped; 4 as it was
+        Assert.Equal(segmentsBefore.Split(',')[4], idx.Collections["image"].Segments[3].File);
+        Assert.DoesNotContain(idx.Collections["image"].Segments.Take(3), s => segmentsBefore.Contains(s.File));
+        // Appends after a removal take new names, and rows after the kept ones.
+        idx.Append("image", Items(n, 10), corpus.AsSpan(n * d, 10 * d));
+        kept.AddRange(Enumerable.Range(n, 10));
+        idx.Dispose();
+
+        using var be = new CpuBackend();
+        var opened = EmbeddingIndex.Open(f, "fp", verify: true);
+        Assert.Equal(kept.Select(r => $"id{r}"), Enumerable.Range(0, kept.Count).Select(r => opened.Item("image", r).Id));
+        Assert.Equal("id3", opened.Item("caption", 0).ImageId);
+        var stored = kept.SelectMany(r => corpus[(r * d)..((r + 1) * d)]).Select(x => dtype == VectorDType.F32 ? x : (float)(Half)x).ToArray();
+        Assert.Equal(stored, opened.ReadAll("image"));
+        var query = UnitRows(new Random(rng.Next()), 1, d);
+        var hits = opened.Search(be, "image", query, k, blockRows: 7)[0];
+        var expect = Brute(stored, query, d, k);
+        for (int r = 0; r < k; r++)
+        {
+            Assert.Equal(expect[r].Score, hits[r].Score, 4);
+            Assert.Equal($"id{kept[expect[r].Row]}", hits[r].Item.Id);
+        }
+        // Only the listed files remain; the removed segments and the first items file are deleted.
+        var listed = opened.Collections.Values.SelectMany(c => c.Segments).Select(s => s.File).Append(opened.ItemsFileName).Append("manifest.json");
+        Assert.Equal(listed.Order(StringComparer.Ordinal), Directory.GetFiles(f).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Throws<ArgumentOutOfRangeException>(() => opened.Remove(new Dictionary<string, List<int>> { ["image"] = [kept.Count] }));
+    }
+
+    [Fact]
+    public void ARemovalKilledBeforeItsManifestLeavesTheIndexAsItWasAndAResumeDeletesItsFiles()
+    {
+        int d = 8;
+        var v = UnitRows(new Random(5), 12, d);
+        string f = Path.Combine(_dir, "rk");
+        var idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, null);
+        idx.Append("image", Items(0, 6), v.AsSpan(0, 6 * d));
+        idx.Append("image", Items(6, 6), v.AsSpan(6 * d));
+        string manifest = File.ReadAllText(Path.Combine(f, "manifest.json"));
+        // What a removal writes before its manifest switch: a rewritten segment and a new items file.
+        File.WriteAllBytes(Path.Combine(f, "seg-image-00002.f32"), new byte[5 * d * 4]);
+        File.WriteAllText(Path.Combine(f, "items-00001.jsonl"), "{\"kind\":\"image\",\"row\":0,\"id\":\"id1\"}\n");
+        var searchable = EmbeddingIndex.Open(f, "m");
+        Assert.Equal(12, searchable.Collections["image"].Rows);
+        Assert.Equal("id0", searchable.Item("image", 0).Id);
+        var resumed = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, null);
+        Assert.Equal(manifest, File.ReadAllText(Path.Combine(f, "manifest.json")));
+        Assert.False(File.Exists(Path.Combine(f, "seg-image-00002.f32")));
+        Assert.False(File.Exists(Path.Combine(f, "items-00001.jsonl")));
+        // A manifest naming an items file outside the folder is refused.
+        File.WriteAllText(Path.Combine(f, "manifest.json"), manifest.Replace("\"items_file\": \"items.jsonl\"", "\"items_file\": \"../x.jsonl\""));
+        Assert.Contains("items_file", Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f)).Message);
+    }
+
+    [Fact]
+    public void ARefreshPlanFindsGoneMovedChangedAndRewordedItems()
+    {
+        int d = 4;
+        string root = Path.Combine(_dir, "imgs");
+        Directory.CreateDirectory(root);
+        foreach (var name in new[] { "a.png", "b.png", "c.png", "d.png" }) File.WriteAllBytes(Path.Combine(root, name), new byte[10]);
+        string f = Path.Combine(_dir, "plan");
+        var idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, root);
+        IndexItem Img(string id, string path)
+        {
+            var (b, t) = EmbeddingIndex.FileStamp(Path.Combine(root, path));
+            return new IndexItem("image", 0, id, Path: path, Bytes: b, ModifiedMs: t);
+        }
+        idx.Append("image", [Img("a", "a.png"), Img("b", "b.png"), Img("c", "c.png"), Img("d", "d.png"), new IndexItem("image", 0, "old", Path: "old.png")], UnitRows(new Random(1), 5, d));
+        idx.Append("caption", [new IndexItem("caption", 0, "k0", Caption: "one"), new IndexItem("caption", 0, "k1", Caption: "two")], UnitRows(new Random(2), 2, d));
+        File.Delete(Path.Combine(root, "b.png"));                          // gone from the disk
+        File.WriteAllBytes(Path.Combine(root, "c.png"), new byte[11]);       // changed size
+        var images = new Dictionary<string, string> { ["a"] = "a.png", ["b"] = "b.png", ["c"] = "c.png", ["d"] = "e.png", ["old"] = "old.png" };   // d now names another file
+        var plan = idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one", ["k1"] = "two, reworded" });
+        Assert.Equal([1, 2, 3], plan.Rows["image"]);   // "old" (indexed before files were stamped, still listed) is kept
+        Assert.Equal([1], plan.Rows["caption"]);
+        Assert.Equal((2, 1, 1, 0), (plan.ChangedImages, plan.GoneImages, plan.ChangedCaptions, plan.GoneCaptions));
+        var without = new Dictionary<string, string>(images);
+        without.Remove("a");
+        var all = idx.PlanRefresh(root, without, new Dictionary<string, string>());
+        Assert.Equal([0, 1, 2, 3], all.Rows["image"]);
+        Assert.Equal((2, 2, 0, 2), (all.ChangedImages, all.GoneImages, all.ChangedCaptions, all.GoneCaptions));
+        // After the first plan's removal, the same source has nothing more to refresh.
+        idx.Remove(plan.Rows);
+        Assert.Equal(["a", "old"], Enumerable.Range(0, 2).Select(r => idx.Item("image", r).Id));
+        Assert.False(idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one" }).Any);
+    }
+
     [Fact]
     public void ABuildIsRefusedOntoAFileAForeignFolderOrAnIndexOfOtherImages()
     {

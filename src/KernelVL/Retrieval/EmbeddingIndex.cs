@@ -25,6 +25,8 @@ public sealed record SearchHit(int Rank, float Score, IndexItem Item);
 /// row-major little-endian f16 or f32 segment files, and items.jsonl (one line per row: kind, row within the kind, id,
 /// path or caption). The manifest is replaced atomically after each completed segment, so a build killed at any
 /// moment leaves an index that opens and searches (rows past the manifest are ignored, and a resumed build drops them).
+/// Rows are removed (<see cref="Remove"/>: a resumed build refreshing changed or deleted images) by writing the segments
+/// that held them anew, without them, and the items to a new items file, then switching the manifest to both at once.
 /// Search memory-maps the segments and streams them through the backend's top-k in blocks, so an index larger than RAM
 /// works.
 /// </summary>
@@ -63,7 +65,9 @@ public sealed class EmbeddingIndex : IDisposable
     public string? ImageRoot { get; private set; }
     /// <summary>What the build indexes ("folder", or "data FILE, split NAME"); null in indexes written before 2026-11-29.</summary>
     public string? Source { get; private set; }
-    private bool _strayItemLines;   // items.jsonl has lines past the manifest (a killed build): rewritten when resumed
+    private bool _strayItemLines;   // the items file has lines past the manifest (a killed build): rewritten when resumed
+    /// <summary>The items file the manifest names (<see cref="ItemsFile"/> until rows are first removed).</summary>
+    public string ItemsFileName { get; private set; } = ItemsFile;
     public IReadOnlyDictionary<string, Collection> Collections => _collections;
     private readonly Dictionary<string, Collection> _collections;
     private readonly Dictionary<(string, int), IndexItem> _items = new();
@@ -207,15 +211,18 @@ public sealed class EmbeddingIndex : IDisposable
             }
             cols[kind] = c;
         }
+        string itemsFile = m["items_file"] is null ? ItemsFile : Need<string>(m["items_file"], "items_file");
+        if (!IsItemsFileName(itemsFile)) throw new BadInputException($"{mpath}: items_file {itemsFile} must be a plain file name items[-N].jsonl");
         return new EmbeddingIndex(folder, Need<string>(m["model_fingerprint"], "model_fingerprint"), dim, dtype, (string?)m["image_root"], cols)
         {
             Source = m["source"] is JsonValue sv && sv.TryGetValue(out string? src) ? src : null,
+            ItemsFileName = itemsFile,
         };
     }
 
     private void LoadItems()
     {
-        string path = System.IO.Path.Combine(Folder, ItemsFile);
+        string path = System.IO.Path.Combine(Folder, ItemsFileName);
         if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
         int line = 0;
         foreach (var l in File.ReadLines(path))
@@ -253,7 +260,7 @@ public sealed class EmbeddingIndex : IDisposable
         if (File.Exists(folder)) throw new BadInputException($"{folder}: is a file, not an index folder");
         // A first build killed before its first manifest leaves only index files (items, segments, a temporary file, the
         // lock): started afresh. Anything else is not ours.
-        static bool Ours(string name) => name is LockFile or ItemsFile || name.StartsWith("seg-", StringComparison.Ordinal) || name.StartsWith('.') && name.EndsWith(".tmp", StringComparison.Ordinal);
+        static bool Ours(string name) => name is LockFile || IsItemsFileName(name) || name.StartsWith("seg-", StringComparison.Ordinal) || name.StartsWith('.') && name.EndsWith(".tmp", StringComparison.Ordinal);
         if (Directory.Exists(folder) && !File.Exists(System.IO.Path.Combine(folder, ManifestFile))
             && Directory.EnumerateFileSystemEntries(folder).Any(e => !Ours(System.IO.Path.GetFileName(e))))
             throw new BadInputException($"{folder}: not empty and not an index (no {ManifestFile}): give a new or an empty folder");
@@ -298,8 +305,7 @@ public sealed class EmbeddingIndex : IDisposable
             idx.Source ??= source;
             if (fill) idx.WriteManifest();
             if (idx._strayItemLines) idx.RewriteItems();   // drop lines past the manifest
-            foreach (var f in Directory.GetFiles(folder, "seg-*"))
-                if (!idx._collections.Values.Any(c => c.Segments.Any(s => s.File == System.IO.Path.GetFileName(f)))) File.Delete(f);
+            idx.DeleteUnlisted();
             return idx;
         }
         var cols = Kinds.ToDictionary(k => k, k => new Collection { Kind = k });
@@ -309,21 +315,44 @@ public sealed class EmbeddingIndex : IDisposable
         return fresh;
     }
 
-    /// <summary>
-    /// Indexed images whose file under <paramref name="root"/> is gone, or differs in size or write time from when it was
-    /// indexed: their vectors no longer describe the file (items without that record, from older indexes, are not counted).
-    /// </summary>
-    public (int Changed, int Deleted) StaleImages(string root)
+    /// <summary>What a resumed build refreshes: rows to remove per kind, and why.</summary>
+    /// <param name="ChangedImages">indexed images whose file differs in size or write time from when it was indexed, or whose id now names another path: removed and encoded again</param>
+    /// <param name="GoneImages">indexed images no longer in the source, or whose file is gone: removed</param>
+    /// <param name="ChangedCaptions">captions whose id now holds another text: removed and encoded again</param>
+    /// <param name="GoneCaptions">captions no longer in the source: removed</param>
+    public sealed record Refresh(IReadOnlyDictionary<string, List<int>> Rows, int ChangedImages, int GoneImages, int ChangedCaptions, int GoneCaptions)
     {
-        int changed = 0, deleted = 0;
-        foreach (var it in _items.Values)
+        public bool Any => Rows.Values.Any(r => r.Count > 0);
+    }
+
+    /// <summary>
+    /// Compares the indexed items with what the source holds now: <paramref name="images"/> (id -> path under
+    /// <paramref name="root"/>) and <paramref name="captions"/> (id -> text). An image is stale when its id is gone, names
+    /// another path, or its file is gone or differs in size or write time from the indexed one (items of indexes written
+    /// before files were stamped are compared by id and path only); a caption when its id is gone or its text differs.
+    /// </summary>
+    public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions)
+    {
+        var rows = Kinds.ToDictionary(k => k, _ => new List<int>());
+        int changed = 0, gone = 0, capChanged = 0, capGone = 0;
+        foreach (var it in _items.Values.OrderBy(i => i.Row))
         {
-            if (it.Kind != "image" || it.Path is null || it.Bytes is null) continue;
-            var (bytes, modified) = FileStamp(System.IO.Path.Combine(root, it.Path));
-            if (bytes is null) deleted++;
-            else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs) changed++;
+            if (it.Kind == "image")
+            {
+                if (!images.TryGetValue(it.Id, out var path)) { gone++; rows["image"].Add(it.Row); continue; }
+                if (path != it.Path) { changed++; rows["image"].Add(it.Row); continue; }
+                if (it.Bytes is null) continue;
+                var (bytes, modified) = FileStamp(System.IO.Path.Combine(root, path));
+                if (bytes is null) { gone++; rows["image"].Add(it.Row); }
+                else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs) { changed++; rows["image"].Add(it.Row); }
+            }
+            else if (it.Kind == "caption")
+            {
+                if (!captions.TryGetValue(it.Id, out var text)) { capGone++; rows["caption"].Add(it.Row); }
+                else if (text != it.Caption) { capChanged++; rows["caption"].Add(it.Row); }
+            }
         }
-        return (changed, deleted);
+        return new Refresh(rows, changed, gone, capChanged, capGone);
     }
 
     /// <summary>A file's size and last write time (Unix ms, UTC) as an <see cref="IndexItem"/> records them; nulls when it does not exist.</summary>
@@ -343,27 +372,119 @@ public sealed class EmbeddingIndex : IDisposable
         if (vectors.Length != items.Count * Dim) throw new ShapeException($"{vectors.Length} values for {items.Count} vectors of {Dim}");
         if (items.Count == 0) return;
         int start = c.Rows;
-        string file = $"seg-{kind}-{c.Segments.Count:D5}.{(DType == VectorDType.F16 ? "f16" : "f32")}";
         var bytes = new byte[(long)items.Count * Dim * ElementSize];
         if (DType == VectorDType.F32) System.Runtime.InteropServices.MemoryMarshal.AsBytes(vectors).CopyTo(bytes);
         else
             for (int i = 0; i < vectors.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(2 * i), (Half)vectors[i]);
-        string path = System.IO.Path.Combine(Folder, file);
-        AtomicFile.WriteAllBytes(path, bytes);
+        var segment = WriteSegment(kind, NextSegmentNumber(c), bytes);
         // Items first (lines past the manifest are ignored), then the manifest that makes the segment part of the index.
-        using (var f = new FileStream(System.IO.Path.Combine(Folder, ItemsFile), FileMode.Append, FileAccess.Write))
+        using (var f = new FileStream(System.IO.Path.Combine(Folder, ItemsFileName), FileMode.Append, FileAccess.Write))
         using (var w = new StreamWriter(f))
         {
             for (int i = 0; i < items.Count; i++) w.WriteLine(ItemJson(items[i] with { Kind = kind, Row = start + i }));
             w.Flush();
             f.Flush(flushToDisk: true);
         }
+        c.Segments.Add(segment);
+        for (int i = 0; i < items.Count; i++) _items[(kind, start + i)] = items[i] with { Kind = kind, Row = start + i };
+        WriteManifest();
+    }
+
+    /// <summary>Writes a segment file seg-KIND-NNNNN of <paramref name="bytes"/> (whole rows) and returns its manifest entry.</summary>
+    private Segment WriteSegment(string kind, int number, byte[] bytes)
+    {
+        string file = $"seg-{kind}-{number:D5}.{(DType == VectorDType.F16 ? "f16" : "f32")}";
+        AtomicFile.WriteAllBytes(System.IO.Path.Combine(Folder, file), bytes);
         float? maxNorm = null;
         if (DType == VectorDType.F16 && RowNorms.MaxNormUpperBound(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(bytes), Dim) is var mn && float.IsFinite(mn))
             maxNorm = mn;
-        c.Segments.Add(new Segment(file, items.Count, Convert.ToHexStringLower(SHA256.HashData(bytes)), maxNorm));
-        for (int i = 0; i < items.Count; i++) _items[(kind, start + i)] = items[i] with { Kind = kind, Row = start + i };
+        return new Segment(file, (int)(bytes.LongLength / ((long)Dim * ElementSize)), Convert.ToHexStringLower(SHA256.HashData(bytes)), maxNorm);
+    }
+
+    /// <summary>A segment number past every segment file of the collection, listed or on disk: a new segment never takes the
+    /// name of one the manifest lists, or of one a search that opened an earlier manifest may still read.</summary>
+    private int NextSegmentNumber(Collection c)
+    {
+        int next = c.Segments.Count;
+        var onDisk = Directory.GetFiles(Folder, $"seg-{c.Kind}-*").Select(System.IO.Path.GetFileName);
+        foreach (var file in c.Segments.Select(s => s.File).Concat(onDisk))
+        {
+            // seg-KIND-NNNNN.EXT
+            string stem = System.IO.Path.GetFileNameWithoutExtension(file!);
+            int dash = stem.LastIndexOf('-');
+            if (dash >= 0 && int.TryParse(stem.AsSpan(dash + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
+                next = Math.Max(next, n + 1);
+        }
+        return next;
+    }
+
+    private static bool IsItemsFileName(string name) =>
+        name == ItemsFile || name.StartsWith("items-", StringComparison.Ordinal) && name.EndsWith(".jsonl", StringComparison.Ordinal)
+            && name.Length > "items-.jsonl".Length && name["items-".Length..^".jsonl".Length].All(char.IsAsciiDigit);
+
+    /// <summary>
+    /// Removes rows from collections (kind -> rows): each segment holding one is written anew without it under a new name
+    /// (one that held nothing else is dropped), the rows after it move up, and the items go to a new items file; then the
+    /// manifest is switched to the new segments and items file in one atomic replace, and the files it no longer lists are
+    /// deleted. A kill at any moment leaves the index as it was before or after (files written before the switch are
+    /// deleted by the next resume). Rows not in the collection are an error.
+    /// </summary>
+    public void Remove(IReadOnlyDictionary<string, List<int>> rows)
+    {
+        var dropped = new List<string>();
+        var renumbered = new Dictionary<(string, int), IndexItem>();
+        bool anything = false;
+        foreach (var (kind, c) in _collections)
+        {
+            var gone = rows.TryGetValue(kind, out var r) ? r.ToHashSet() : [];
+            if (gone.Any(x => x < 0 || x >= c.Rows)) throw new ArgumentOutOfRangeException(nameof(rows), $"{kind}: rows to remove must be in 0..{c.Rows - 1}");
+            anything |= gone.Count > 0;
+            var segments = new List<Segment>();
+            int number = NextSegmentNumber(c), oldBase = 0, newRow = 0;
+            long rowBytes = (long)Dim * ElementSize;
+            foreach (var seg in c.Segments)
+            {
+                var keep = Enumerable.Range(oldBase, seg.Rows).Where(x => !gone.Contains(x)).ToList();
+                if (keep.Count == seg.Rows) segments.Add(seg);
+                else
+                {
+                    dropped.Add(seg.File);
+                    if (keep.Count > 0)
+                    {
+                        var old = File.ReadAllBytes(System.IO.Path.Combine(Folder, seg.File));
+                        var bytes = new byte[keep.Count * rowBytes];
+                        for (int i = 0; i < keep.Count; i++) Array.Copy(old, (keep[i] - oldBase) * rowBytes, bytes, i * rowBytes, rowBytes);
+                        segments.Add(WriteSegment(kind, number++, bytes));
+                    }
+                }
+                foreach (int x in keep) { renumbered[(kind, newRow)] = _items[(kind, x)] with { Row = newRow }; newRow++; }
+                oldBase += seg.Rows;
+            }
+            c.Segments.Clear();
+            c.Segments.AddRange(segments);
+        }
+        if (!anything) return;
+        _items.Clear();
+        foreach (var (key, it) in renumbered) _items[key] = it;
+        string oldItems = ItemsFileName;
+        int generation = oldItems == ItemsFile ? 0 : int.Parse(oldItems["items-".Length..^".jsonl".Length], System.Globalization.CultureInfo.InvariantCulture);
+        ItemsFileName = $"items-{generation + 1:D5}.jsonl";
+        RewriteItems();
         WriteManifest();
+        foreach (var f in dropped.Append(oldItems))
+            try { File.Delete(System.IO.Path.Combine(Folder, f)); }
+            catch (IOException) { }   // the next resume deletes what the manifest does not list
+    }
+
+    /// <summary>Deletes the segment and items files the manifest does not list (left by a build killed before its manifest switched).</summary>
+    private void DeleteUnlisted()
+    {
+        foreach (var f in Directory.GetFiles(Folder))
+        {
+            string name = System.IO.Path.GetFileName(f);
+            bool listed = name == ItemsFileName || _collections.Values.Any(c => c.Segments.Any(s => s.File == name));
+            if (!listed && (name.StartsWith("seg-", StringComparison.Ordinal) || IsItemsFileName(name))) File.Delete(f);
+        }
     }
 
     private static string ItemJson(IndexItem it)
@@ -377,7 +498,7 @@ public sealed class EmbeddingIndex : IDisposable
         return o.ToJsonString();
     }
 
-    private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFile),
+    private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFileName),
         string.Concat(_items.Values.OrderBy(i => i.Kind, StringComparer.Ordinal).ThenBy(i => i.Row).Select(i => ItemJson(i) + "\n")));
 
     private static JsonNode SegmentJson(Segment s)
@@ -410,7 +531,7 @@ public sealed class EmbeddingIndex : IDisposable
             ["normalized"] = true,
             ["image_root"] = ImageRoot,
             ["source"] = Source,
-            ["items_file"] = ItemsFile,
+            ["items_file"] = ItemsFileName,
             ["collections"] = cols,
         };
         AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ManifestFile), m.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -455,7 +576,7 @@ public sealed class EmbeddingIndex : IDisposable
         int rowBase = 0;
         foreach (var seg in c.Segments)
         {
-            using var map = MemoryMappedFile.CreateFromFile(System.IO.Path.Combine(Folder, seg.File), FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            using var map = MapSegment(seg);
             using var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             for (int s = 0; s < seg.Rows; s += maxBlock)
             {
@@ -488,6 +609,20 @@ public sealed class EmbeddingIndex : IDisposable
         for (int i = 0; i < q; i++)
             result[i] = Enumerable.Range(0, bestS[i].Length).Select(j => new SearchHit(j + 1, bestS[i][j], Item(kind, bestI[i][j]))).ToList();
         return result;
+    }
+
+    /// <summary>Maps a segment to read; one removed since the index was opened (a build refreshing it) is named.</summary>
+    private MemoryMappedFile MapSegment(Segment seg)
+    {
+        string path = System.IO.Path.Combine(Folder, seg.File);
+        try
+        {
+            return MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        }
+        catch (FileNotFoundException)
+        {
+            throw new BadInputException($"{path}: segment removed since the index was opened (a build is refreshing the index): search again");
+        }
     }
 
     /// <summary>Rows [start, start + n) of an f16 segment, straight from the mapping, through the backend's f16 top-k
@@ -549,7 +684,7 @@ public sealed class EmbeddingIndex : IDisposable
         int at = 0;
         foreach (var seg in c.Segments)
         {
-            using var map = MemoryMappedFile.CreateFromFile(System.IO.Path.Combine(Folder, seg.File), FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            using var map = MapSegment(seg);
             using var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             var tmp = new float[seg.Rows * Dim];
             ReadRows(view, 0, seg.Rows, tmp);
