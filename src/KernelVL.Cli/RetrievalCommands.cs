@@ -177,6 +177,9 @@ internal static class RetrievalCommands
             {
                 Console.CancelKeyPress -= onCancel;
             }
+            // Partial segments of resumed runs and segments shrunk by a refresh are merged back into full ones.
+            var (merged, into) = idx.Compact(seg);
+            if (merged > 0) Console.Error.WriteLine($"kernelvl: merged {merged} partial segments into {into}");
             Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
                 $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
             return ErrorReporting.Ok;

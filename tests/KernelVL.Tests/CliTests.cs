@@ -176,6 +176,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains("1 changed images to encode again, 1 gone (deleted, or no longer in the source) removed", r.Err);
         Assert.Contains("indexed 2 images", r.Out);
+        Assert.Contains("merged 2 partial segments into 1", r.Err);   // the rewritten 2 rows and the old 2; the new 2 stay apart
         using (var x = EmbeddingIndex.Open(idx, verify: true))
         {
             Assert.Equal(6, x.Collections["image"].Rows);

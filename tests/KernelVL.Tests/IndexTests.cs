@@ -146,6 +146,34 @@ public sealed class IndexTests : IDisposable
     }
 
     [Fact]
+    public void CompactionMergesAdjacentPartialSegmentsAndKeepsEveryRow()
+    {
+        var rng = new Random(Random.Shared.Next());
+        int d = 12;
+        int[] sizes = [3, 3, 3, 10, 2, 2, 8, 1];
+        var v = UnitRows(rng, sizes.Sum(), d);
+        string f = Path.Combine(_dir, "cp");
+        var idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F16, null);
+        int at = 0;
+        foreach (int n in sizes) { idx.Append("image", Items(at, n), v.AsSpan(at * d, n * d)); at += n; }
+        idx.Append("caption", [new IndexItem("caption", 0, "c", Caption: "x")], v.AsSpan(0, d));
+        var before = idx.ReadAll("image");
+        string items = File.ReadAllText(Path.Combine(f, idx.ItemsFileName));
+        // Greedy runs of at most 8 rows: 3+3 | 3 | 10 | 2+2 | 8 | 1.
+        Assert.Equal((4, 2), idx.Compact(8));
+        Assert.Equal([6, 3, 10, 4, 8, 1], idx.Collections["image"].Segments.Select(s => s.Rows));
+        Assert.Equal((0, 0), idx.Compact(8));
+        Assert.Equal((6, 1), idx.Compact(100));
+        idx.Dispose();
+        var opened = EmbeddingIndex.Open(f, "m", verify: true);   // checksums and max_norm of the merged segments
+        Assert.Equal(before, opened.ReadAll("image"));
+        Assert.Equal(items, File.ReadAllText(Path.Combine(f, opened.ItemsFileName)));
+        Assert.Equal([32], opened.Collections["image"].Segments.Select(s => s.Rows));
+        var listed = opened.Collections.Values.SelectMany(c => c.Segments).Select(s => s.File).Append(opened.ItemsFileName).Append("manifest.json");
+        Assert.Equal(listed.Order(StringComparer.Ordinal), Directory.GetFiles(f).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
     public void ARemovalKilledBeforeItsManifestLeavesTheIndexAsItWasAndAResumeDeletesItsFiles()
     {
         int d = 8;

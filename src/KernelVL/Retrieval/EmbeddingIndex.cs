@@ -476,6 +476,56 @@ public sealed class EmbeddingIndex : IDisposable
             catch (IOException) { }   // the next resume deletes what the manifest does not list
     }
 
+    /// <summary>
+    /// Merges runs of adjacent segments whose rows fit in <paramref name="segmentRows"/> together into one segment each
+    /// (rows and items unchanged): what resumed builds and refreshes leave (a partial segment per run, segments shrunk by
+    /// removals) goes back to few full ones. The manifest switches to the merged segments in one atomic replace, then the
+    /// merged ones are deleted. Returns how many segments were merged into how many.
+    /// </summary>
+    public (int Merged, int Into) Compact(int segmentRows)
+    {
+        if (segmentRows < 1) throw new ArgumentOutOfRangeException(nameof(segmentRows), "must be positive");
+        var dropped = new List<string>();
+        int into = 0;
+        long rowBytes = (long)Dim * ElementSize;
+        foreach (var c in _collections.Values)
+        {
+            var segments = new List<Segment>();
+            int number = NextSegmentNumber(c);
+            for (int i = 0; i < c.Segments.Count;)
+            {
+                int j = i;
+                long rows = c.Segments[i].Rows;
+                while (j + 1 < c.Segments.Count && rows + c.Segments[j + 1].Rows <= segmentRows) rows += c.Segments[++j].Rows;
+                if (j == i) segments.Add(c.Segments[i]);
+                else
+                {
+                    var bytes = new byte[rows * rowBytes];
+                    long at = 0;
+                    for (int x = i; x <= j; x++)
+                    {
+                        var part = File.ReadAllBytes(System.IO.Path.Combine(Folder, c.Segments[x].File));
+                        if (part.LongLength != c.Segments[x].Rows * rowBytes) throw new BadInputException($"{System.IO.Path.Combine(Folder, c.Segments[x].File)}: {part.LongLength} bytes, the manifest says {c.Segments[x].Rows} rows");
+                        part.CopyTo(bytes, at);
+                        at += part.LongLength;
+                        dropped.Add(c.Segments[x].File);
+                    }
+                    segments.Add(WriteSegment(c.Kind, number++, bytes));
+                    into++;
+                }
+                i = j + 1;
+            }
+            c.Segments.Clear();
+            c.Segments.AddRange(segments);
+        }
+        if (dropped.Count == 0) return (0, 0);
+        WriteManifest();
+        foreach (var f in dropped)
+            try { File.Delete(System.IO.Path.Combine(Folder, f)); }
+            catch (IOException) { }
+        return (dropped.Count, into);
+    }
+
     /// <summary>Deletes the segment and items files the manifest does not list (left by a build killed before its manifest switched).</summary>
     private void DeleteUnlisted()
     {
