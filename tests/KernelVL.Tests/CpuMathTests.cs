@@ -6,6 +6,109 @@ namespace KernelVL.Tests;
 /// <summary>The Cpu backend's own numerics: its vector exp against Math.Exp (~1 ulp over the range softmax and GELU use), and the InfoNCE gradient of a big batch against f64.</summary>
 public class CpuMathTests(Xunit.Abstractions.ITestOutputHelper output)
 {
+    /// <summary>WidenHalves against the runtime's scalar Half to float conversion on every one of the 65536 halves, in both
+    /// vector widths, from every start offset of a 16-lane vector (tails included): the same bits (NaNs: NaN).</summary>
+    [Fact]
+    public unsafe void WidenHalvesIsExactOnEveryHalf()
+    {
+        var all = new Half[65536 + 40];
+        for (int i = 0; i < 65536; i++) all[i] = BitConverter.UInt16BitsToHalf((ushort)i);
+        var rng = new Random(Random.Shared.Next());
+        for (int i = 65536; i < all.Length; i++) all[i] = BitConverter.UInt16BitsToHalf((ushort)rng.Next(65536));
+        bool saved = CpuMath.Use512;
+        try
+        {
+            foreach (bool wide in new[] { true, false })
+            {
+                CpuMath.Use512 = wide && saved;
+                for (int start = 0; start < 17; start++)
+                {
+                    int n = all.Length - start - rng.Next(16);
+                    var got = new float[n];
+                    fixed (Half* src = all) fixed (float* dst = got) CpuMath.WidenHalves(src + start, dst, n);
+                    for (int i = 0; i < n; i++)
+                    {
+                        float want = (float)all[start + i];
+                        if (float.IsNaN(want)) Assert.True(float.IsNaN(got[i]), $"half {BitConverter.HalfToUInt16Bits(all[start + i]):X4}: {got[i]}");
+                        else Assert.True(BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(got[i]),
+                            $"half {BitConverter.HalfToUInt16Bits(all[start + i]):X4} (512-bit {CpuMath.Use512}, start {start}): {got[i]:R}, want {want:R}");
+                    }
+                }
+            }
+        }
+        finally
+        {
+            CpuMath.Use512 = saved;
+        }
+    }
+
+    /// <summary>
+    /// The cpu backend's top-k over host rows (f32 and f16, as an index segment is mapped) against an f64 brute force over
+    /// the same (widened) values: every reported score within 2e-6 of its row's exact score (relative to the largest),
+    /// no row missed that beats the k-th by more than that, scores descending, exact ties to the lower row; and bit for bit
+    /// what TopK gives on the widened rows as a tensor. Shapes cross the 2048-row tiles and the 64-query blocks, and take
+    /// both the dot-product path (one or two queries) and the GEMM path; integer-valued rows make exact ties.
+    /// </summary>
+    [Fact]
+    public void HostRowsTopKMatchesAnF64BruteForceOnF32AndF16Rows()
+    {
+        var rng = new Random(Random.Shared.Next());
+        using var be = new CpuBackend();
+        foreach (var (q, n, d, k, ties) in new[] { (1, 1, 3, 1, false), (2, 2049, 24, 10, false), (3, 1025, 7, 17, true), (65, 4100, 16, 5, false), (1, 5000, 33, 64, true), (130, 3000, 8, 1, true), (4, 300, 5, 300, false) })
+            foreach (bool half in new[] { false, true })
+            {
+                float Gen() => ties ? rng.Next(-2, 3) : (float)(rng.NextDouble() * 2 - 1);
+                var qs = Enumerable.Range(0, q * d).Select(_ => Gen()).ToArray();
+                var cs = Enumerable.Range(0, n * d).Select(_ => Gen()).ToArray();
+                var halves = cs.Select(x => (Half)x).ToArray();
+                var wide = half ? halves.Select(x => (float)x).ToArray() : cs;
+                using var scope = new KernelVL.Autograd.TensorScope();
+                var qt = be.Empty(new KernelVL.Tensors.Shape(q, d));
+                be.CopyFromHost(qs, qt);
+                var sc = be.Empty(new KernelVL.Tensors.Shape(q, k));
+                var ix = be.Empty(new KernelVL.Tensors.Shape(q, k), KernelVL.Tensors.DType.I32);
+                if (half) be.TopKRows(qt, halves, k, sc, ix);
+                else be.TopKRows(qt, cs, k, sc, ix);
+                var got = sc.Span.ToArray();
+                var gotI = ix.SpanI32.ToArray();
+                // The same search on the widened rows as a tensor: the same code path, so the same bits.
+                var ct = be.Empty(new KernelVL.Tensors.Shape(n, d));
+                be.CopyFromHost(wide, ct);
+                var sc2 = be.Empty(new KernelVL.Tensors.Shape(q, k));
+                var ix2 = be.Empty(new KernelVL.Tensors.Shape(q, k), KernelVL.Tensors.DType.I32);
+                be.TopK(qt, ct, k, sc2, ix2);
+                Assert.Equal(sc2.Span.ToArray(), got);
+                Assert.Equal(ix2.SpanI32.ToArray(), gotI);
+                string what = $"Q{q} N{n} D{d} k{k}{(ties ? " ties" : "")} {(half ? "f16" : "f32")}";
+                for (int i = 0; i < q; i++)
+                {
+                    var exact = Enumerable.Range(0, n).Select(r => Enumerable.Range(0, d).Sum(j => (double)qs[i * d + j] * wide[r * d + j])).ToArray();
+                    double tol = 2e-6 * Math.Max(1, exact.Max(Math.Abs));
+                    var sorted = exact.OrderDescending().ToArray();
+                    for (int j = 0; j < k; j++)
+                    {
+                        int row = gotI[i * k + j];
+                        Assert.InRange(row, 0, n - 1);
+                        Assert.True(Math.Abs(exact[row] - got[i * k + j]) <= tol, $"{what} query {i} rank {j}: row {row} scored {got[i * k + j]}, exact {exact[row]}");
+                        Assert.True(got[i * k + j] >= sorted[j] - tol, $"{what} query {i} rank {j}: {got[i * k + j]} below the exact rank-{j} score {sorted[j]}");
+                        if (j > 0)
+                        {
+                            float a0 = got[i * k + j - 1], a1 = got[i * k + j];
+                            Assert.True(a0 > a1 || (a0 == a1 && gotI[i * k + j - 1] < row), $"{what} query {i}: ranks {j - 1} and {j} out of order");
+                        }
+                    }
+                    Assert.Equal(k, gotI.Skip(i * k).Take(k).Distinct().Count());
+                    // Small integers: every score exact in f32, so the rows are exactly the first k by (score, then lower row).
+                    if (ties)
+                        Assert.Equal(Enumerable.Range(0, n).OrderByDescending(r => exact[r]).ThenBy(r => r).Take(k), gotI.Skip(i * k).Take(k));
+                }
+            }
+        var qbad = be.Empty(new KernelVL.Tensors.Shape(1, 4));
+        var sbad = be.Empty(new KernelVL.Tensors.Shape(1, 1));
+        var ibad = be.Empty(new KernelVL.Tensors.Shape(1, 1), KernelVL.Tensors.DType.I32);
+        Assert.Throws<KernelVL.ShapeException>(() => be.TopKRows(qbad, new float[6], 1, sbad, ibad));
+    }
+
     [Fact]
     public void VectorExpIsWithinTwoUlpAndMapsMaskedScoresToZero()
     {

@@ -51,11 +51,12 @@ public sealed class IndexTests : IDisposable
         for (int i = 0; i < q; i++) for (int j = 0; j < d; j++) queries[i * d + j] = -queries[i * d + j] * 0.5f + corpus[(i * 37 % n) * d + j];   // near some rows
         using var be = new CpuBackend();
         var opened = EmbeddingIndex.Open(idx.Folder, "fp");
-        // Both block sizes, and for f16 both paths: rows widened by the index, and rows handed over as halves
-        // (IHalfRowsTopK, the cuda backend's path; the host backends implement it by widening each block).
-        foreach (var (block, halfRows) in new[] { (100, false), (65536, false), (100, true), (65536, true) })
+        // Both block sizes and three paths: rows widened by the index into a block tensor, rows handed over as halves
+        // (IHalfRowsTopK, the cuda backend's path; the host backends implement it by widening each block), and rows
+        // read where they lie in the mapping (IHostRowsTopK, the cpu backend's path by default: f16 tiles widened by it).
+        foreach (var (block, halfRows) in new (int?, bool?)[] { (100, false), (65536, false), (100, true), (65536, true), (100, null), (null, null) })
         {
-            if (halfRows && dtype != VectorDType.F16) continue;
+            if (halfRows == true && dtype != VectorDType.F16) continue;
             var hits = opened.Search(be, "image", queries, k, blockRows: block, halfRows: halfRows);
             for (int i = 0; i < q; i++)
             {

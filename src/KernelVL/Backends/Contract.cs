@@ -147,6 +147,22 @@ public static class Contract
         return (q, n, queries.Shape[1]);
     }
 
+    /// <summary>Checks a top-k search over <paramref name="rowValues"/> values of host rows (<see cref="IHostRowsTopK"/>); returns (Q, N, D).</summary>
+    public static (int Q, int N, int D) TopKRows(Tensor queries, long rowValues, int k, Tensor scores, Tensor indices)
+    {
+        const string op = "topk rows";
+        if (queries.Rank != 2) Fail(op, $"queries must be [Q, D], got {queries.Shape}");
+        int q = queries.Shape[0], d = queries.Shape[1];
+        if (d == 0 || rowValues % d != 0) Fail(op, $"{rowValues} values are not rows of {d}");
+        long n = rowValues / d;
+        if (n > int.MaxValue) Fail(op, $"{n} rows: at most {int.MaxValue} a call");
+        if (k < 1 || k > Math.Min(n, MaxTopK)) Fail(op, $"k must be in [1, min(N = {n}, {MaxTopK})], got {k}");
+        Dims(op, "scores", scores, q, k);
+        DTypeIs(op, "indices", indices, DType.I32);
+        Dims(op, "indices", indices, q, k);
+        return (q, (int)n, d);
+    }
+
     public static void Dropout(float p)
     {
         if (!(p >= 0f && p < 1f)) Fail("dropout", $"p must be in [0, 1), got {p}");

@@ -592,10 +592,14 @@ public sealed class EmbeddingIndex : IDisposable
     /// <summary>
     /// Exact top-k by inner product of queries [Q, Dim] against one collection, on a backend: the segments are memory-mapped
     /// and streamed in blocks of rows through the backend's top-k, the per-block winners merged (ties to the lower row).
-    /// f16 segments go to a backend that takes f16 rows as they are (<see cref="Backends.IHalfRowsTopK"/>: the cuda backend uploads
-    /// half the bytes and runs its f16 kernels; host backends widen each block exactly); otherwise rows are widened to f32.
-    /// <paramref name="blockRows"/>: rows per block (default: the backend's preference on the f16 path, else 16384).
-    /// <paramref name="halfRows"/>: true / false forces the f16 path on or off (tests); null lets the backend choose.
+    /// A host backend that reads rows where they lie (<see cref="Backends.IHostRowsTopK"/>: the cpu backend) gets each
+    /// segment's mapped rows, f32 or f16, as they are, a whole segment a call. Otherwise f16 segments go to a backend that
+    /// takes f16 rows (<see cref="Backends.IHalfRowsTopK"/>: the cuda backend uploads half the bytes and runs its f16
+    /// kernels), and the rest are widened to f32 into one block tensor.
+    /// <paramref name="blockRows"/>: rows per block (default: a whole segment on the host rows path, the backend's
+    /// preference on the f16 path, else 16384).
+    /// <paramref name="halfRows"/>: true / false forces the f16 path on or off, and the host rows path off (tests); null
+    /// lets the backend choose.
     /// Returns per query its hits, best first.
     /// </summary>
     public List<SearchHit>[] Search(IBackend backend, string kind, float[] queries, int k, int? blockRows = null, bool? halfRows = null)
@@ -610,19 +614,20 @@ public sealed class EmbeddingIndex : IDisposable
         var bestS = new float[q][];
         var bestI = new int[q][];
         for (int i = 0; i < q; i++) { bestS[i] = []; bestI[i] = []; }
-        var half = DType == VectorDType.F16 ? backend as Backends.IHalfRowsTopK : null;
+        var hostRows = halfRows is null ? backend as Backends.IHostRowsTopK : null;
+        var half = DType == VectorDType.F16 && hostRows is null ? backend as Backends.IHalfRowsTopK : null;
         if (halfRows == false || (halfRows is null && half?.PreferredHalfRows is null or 0)) half = null;
         int preferred = half?.PreferredHalfRows ?? 0;
-        int maxBlock = Math.Min(blockRows ?? (preferred > 0 ? preferred : 16384), c.Segments.Max(x => x.Rows));
+        int maxBlock = Math.Min(blockRows ?? (hostRows is not null ? int.MaxValue : preferred > 0 ? preferred : 16384), c.Segments.Max(x => x.Rows));
         using var _ = Tape.NoGrad();
         using var scope = new TensorScope();
         var qt = backend.Empty(new Shape(q, Dim));
         backend.CopyFromHost(queries, qt);
         // The f32 path: one block buffer for the whole search; on a host backend the rows are widened straight into it,
         // elsewhere through a staging array and one upload per block.
-        Tensor? block = half is null ? backend.Empty(new Shape(maxBlock, Dim)) : null;
+        Tensor? block = half is null && hostRows is null ? backend.Empty(new Shape(maxBlock, Dim)) : null;
         bool host = block?.Storage is CpuStorage;
-        var staging = half is null && !host ? new float[(long)maxBlock * Dim] : null;
+        var staging = block is not null && !host ? new float[(long)maxBlock * Dim] : null;
         int rowBase = 0;
         foreach (var seg in c.Segments)
         {
@@ -635,7 +640,8 @@ public sealed class EmbeddingIndex : IDisposable
                 int kk = Math.Min(k, n);
                 var sc = backend.Empty(new Shape(q, kk));                         // [Q, kk]
                 var ix = backend.Empty(new Shape(q, kk), Tensors.DType.I32);      // [Q, kk]
-                if (half is not null) HalfRowsTopK(view, s, n, half, qt, kk, sc, ix, seg.MaxNorm);
+                if (hostRows is not null) HostRowsTopK(view, s, n, hostRows, qt, kk, sc, ix);
+                else if (half is not null) HalfRowsTopK(view, s, n, half, qt, kk, sc, ix, seg.MaxNorm);
                 else
                 {
                     var corpus = n == maxBlock ? block! : block!.Narrow0(0, n);
@@ -675,6 +681,23 @@ public sealed class EmbeddingIndex : IDisposable
         }
     }
 
+    /// <summary>Rows [start, start + n) of a segment, straight from the mapping, through a host backend's top-k.</summary>
+    private unsafe void HostRowsTopK(MemoryMappedViewAccessor view, int start, int n, Backends.IHostRowsTopK host, Tensor qt, int kk, Tensor sc, Tensor ix)
+    {
+        byte* p = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+        try
+        {
+            p += view.PointerOffset + (long)start * Dim * ElementSize;
+            if (DType == VectorDType.F16) host.TopKRows(qt, new ReadOnlySpan<Half>(p, checked(n * Dim)), kk, sc, ix);
+            else host.TopKRows(qt, new ReadOnlySpan<float>(p, checked(n * Dim)), kk, sc, ix);
+        }
+        finally
+        {
+            view.SafeMemoryMappedViewHandle.ReleasePointer();
+        }
+    }
+
     /// <summary>Rows [start, start + n) of an f16 segment, straight from the mapping, through the backend's f16 top-k
     /// (with the segment's norm bound, which holds for any of its rows).</summary>
     private unsafe void HalfRowsTopK(MemoryMappedViewAccessor view, int start, int n, Backends.IHalfRowsTopK half, Tensor qt, int kk, Tensor sc, Tensor ix, float? maxNorm)
@@ -701,7 +724,8 @@ public sealed class EmbeddingIndex : IDisposable
             p += view.PointerOffset + (long)start * Dim * ElementSize;
             int count = n * Dim;
             if (DType == VectorDType.F32) new ReadOnlySpan<float>(p, count).CopyTo(dst);
-            else System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p, count), dst[..count]);
+            else
+                fixed (float* d = dst) Backends.Cpu.CpuMath.WidenHalves((Half*)p, d, count);
         }
         finally
         {

@@ -2,9 +2,11 @@ using KernelVL.Tensors;
 
 namespace KernelVL.Backends.Cpu;
 
-// Exact top-k search: the corpus in tiles, each tile's scores by the packed GEMM into a per-thread scratch, and
-// per-query selection with a bounded min-heap; a tile's score enters only if it beats the query's current k-th.
-public sealed unsafe partial class CpuBackend
+// Exact top-k search: the corpus in tiles, split into contiguous parts over the cores; each part takes a tile at a time
+// (f16 rows widened once into per-thread scratch), scores every block of queries against it by the packed GEMM (a
+// query or two: dot products straight from the rows) into per-thread scratch, and keeps per query a bounded min-heap;
+// a score enters only if it beats the query's current k-th. The parts' heaps are merged per query at the end.
+public sealed unsafe partial class CpuBackend : IHostRowsTopK
 {
     private const int TopKQueryBlock = 64, TopKTile = 2048;
 
@@ -12,65 +14,102 @@ public sealed unsafe partial class CpuBackend
     {
         var (q, n, d) = Contract.TopK(queries, corpus, k, scores, indices);
         F32("topk", queries, corpus, scores);
-        float* Q = queries.F32Ptr, C = corpus.F32Ptr, S = scores.F32Ptr;
-        int* I = indices.I32Ptr;
-        // Work items: (block of queries) x (part of the corpus), so a few queries still use every core; each item keeps
-        // its own heaps, merged per query at the end.
-        int blocks = (q + TopKQueryBlock - 1) / TopKQueryBlock;
-        int tiles = (n + TopKTile - 1) / TopKTile;
-        int parts = Math.Max(1, Math.Min(tiles, (2 * CpuParallel.Threads + blocks - 1) / blocks));
-        int tilesPerPart = (tiles + parts - 1) / parts;
-        var heapS = new float[blocks * parts][];
-        var heapI = new int[blocks * parts][];
-        var counts = new int[blocks * parts][];
-        CpuParallel.Each(blocks * parts, item =>
+        TopKCore(queries.F32Ptr, q, n, d, k, corpus.F32Ptr, null, scores.F32Ptr, indices.I32Ptr);
+    }
+
+    /// <summary>Top-k over f32 rows where they lie (a memory-mapped segment): no copy into a tensor.</summary>
+    public void TopKRows(Tensor queries, ReadOnlySpan<float> rows, int k, Tensor scores, Tensor indices)
+    {
+        var (q, n, d) = Contract.TopKRows(queries, rows.Length, k, scores, indices);
+        F32("topk rows", queries, scores);
+        fixed (float* c = rows) TopKCore(queries.F32Ptr, q, n, d, k, c, null, scores.F32Ptr, indices.I32Ptr);
+    }
+
+    /// <summary>Top-k over f16 rows where they lie, each tile widened (exactly) into per-thread scratch as it is scored.</summary>
+    public void TopKRows(Tensor queries, ReadOnlySpan<Half> rows, int k, Tensor scores, Tensor indices)
+    {
+        var (q, n, d) = Contract.TopKRows(queries, rows.Length, k, scores, indices);
+        F32("topk rows", queries, scores);
+        fixed (Half* c = rows) TopKCore(queries.F32Ptr, q, n, d, k, null, c, scores.F32Ptr, indices.I32Ptr);
+    }
+
+    /// <summary>Queries Q [q, d] against corpus rows [n, d], f32 (<paramref name="c32"/>) or f16 (<paramref name="c16"/>);
+    /// writes scores S [q, k] and row indices I [q, k].</summary>
+    private static void TopKCore(float* Q, int q, int n, int d, int k, float* c32, Half* c16, float* S, int* I)
+    {
+        bool half = c16 != null, few = q <= 2;
+        const int tileRows = TopKTile;
+        int tiles = (n + tileRows - 1) / tileRows;
+        int tilesPerPart = (tiles + Math.Min(tiles, 4 * CpuParallel.Threads) - 1) / Math.Min(tiles, 4 * CpuParallel.Threads);
+        int parts = (tiles + tilesPerPart - 1) / tilesPerPart;
+        int qb = Math.Min(q, TopKQueryBlock);
+        var heapS = new float[parts][];
+        var heapI = new int[parts][];
+        var counts = new int[parts][];
+        CpuParallel.Each(parts, part =>
         {
-            int blk = item / parts, part = item % parts;
-            int q0 = blk * TopKQueryBlock, rows = Math.Min(TopKQueryBlock, q - q0);
-            int jStart = part * tilesPerPart * TopKTile, jEnd = Math.Min(n, (part + 1) * tilesPerPart * TopKTile);
-            var hsAll = heapS[item] = new float[rows * k];
-            var hiAll = heapI[item] = new int[rows * k];
-            var count = counts[item] = new int[rows];
-            var tile = Scratch(rows * TopKTile);
-            fixed (float* t = tile)
-                for (int j0 = jStart; j0 < jEnd; j0 += TopKTile)
+            int jStart = part * tilesPerPart * tileRows, jEnd = Math.Min(n, (part + 1) * tilesPerPart * tileRows);
+            var hsAll = heapS[part] = new float[(long)q * k];
+            var hiAll = heapI[part] = new int[(long)q * k];
+            var count = counts[part] = new int[q];
+            // Scratch: scores [qb, tileRows], then for f16 the widened tile [tileRows, d] (a query or two: one row [d]).
+            var scratch = Scratch(qb * tileRows + (half ? (few ? d : tileRows * d) : 0));
+            fixed (float* t = scratch)
+            {
+                float* wide = t + (long)qb * tileRows;
+                for (int j0 = jStart; j0 < jEnd; j0 += tileRows)
                 {
-                    int cols = Math.Min(TopKTile, jEnd - j0);
-                    if (rows <= 2)
+                    int cols = Math.Min(tileRows, jEnd - j0);
+                    float* tile = c32 + (long)j0 * d;
+                    if (half && !few)
                     {
-                        // A query or two: dot products straight from the corpus rows (memory-bound; packing would double the traffic).
+                        CpuMath.WidenHalves(c16 + (long)j0 * d, wide, cols * d);
+                        tile = wide;
+                    }
+                    for (int q0 = 0; q0 < q; q0 += TopKQueryBlock)
+                    {
+                        int rows = Math.Min(TopKQueryBlock, q - q0);
+                        if (few)
+                        {
+                            // A query or two: dot products straight from the corpus rows (memory-bound; packing would
+                            // double the traffic); an f16 row widened into a buffer that stays in L1.
+                            for (int c = 0; c < cols; c++)
+                            {
+                                float* row = c32 + (long)(j0 + c) * d;
+                                if (half)
+                                {
+                                    CpuMath.WidenHalves(c16 + (long)(j0 + c) * d, wide, d);
+                                    row = wide;
+                                }
+                                for (int r = 0; r < rows; r++)
+                                    t[(long)r * cols + c] = System.Numerics.Tensors.TensorPrimitives.Dot(new ReadOnlySpan<float>(Q + (long)(q0 + r) * d, d), new ReadOnlySpan<float>(row, d));
+                            }
+                        }
+                        else CpuGemm.Gemm(rows, cols, d, Q + (long)q0 * d, d, false, tile, d, true, t, cols, 1f, false, null, parallel: false);
                         for (int r = 0; r < rows; r++)
                         {
-                            var qr = new ReadOnlySpan<float>(Q + (long)(q0 + r) * d, d);
-                            for (int c = 0; c < cols; c++) t[(long)r * cols + c] = System.Numerics.Tensors.TensorPrimitives.Dot(qr, new ReadOnlySpan<float>(C + (long)(j0 + c) * d, d));
-                        }
-                    }
-                    else CpuGemm.Gemm(rows, cols, d, Q + (long)q0 * d, d, false, C + (long)j0 * d, d, true, t, cols, 1f, false, null, parallel: false);
-                    for (int r = 0; r < rows; r++)
-                    {
-                        var hs = hsAll.AsSpan(r * k, k);
-                        var hi = hiAll.AsSpan(r * k, k);
-                        float* row = t + (long)r * cols;
-                        for (int c = 0; c < cols; c++)
-                        {
-                            float v = row[c];
-                            int idx = j0 + c;
-                            if (count[r] < k) { HeapPush(hs, hi, ref count[r], v, idx); continue; }
-                            // Enter only if better than the worst kept (score, then lower index on ties).
-                            if (v > hs[0] || (v == hs[0] && idx < hi[0])) HeapReplaceTop(hs, hi, k, v, idx);
+                            int qi = q0 + r;
+                            var hs = hsAll.AsSpan(qi * k, k);
+                            var hi = hiAll.AsSpan(qi * k, k);
+                            float* srow = t + (long)r * cols;
+                            for (int c = 0; c < cols; c++)
+                            {
+                                float v = srow[c];
+                                int idx = j0 + c;
+                                if (count[qi] < k) { HeapPush(hs, hi, ref count[qi], v, idx); continue; }
+                                // Enter only if better than the worst kept (score, then lower index on ties).
+                                if (v > hs[0] || (v == hs[0] && idx < hi[0])) HeapReplaceTop(hs, hi, k, v, idx);
+                            }
                         }
                     }
                 }
+            }
         });
         CpuParallel.Each(q, qi =>
         {
-            int blk = qi / TopKQueryBlock, r = qi % TopKQueryBlock;
             var cs = new List<(float S, int I)>(k * parts);
             for (int part = 0; part < parts; part++)
-            {
-                int item = blk * parts + part;
-                for (int j = 0; j < counts[item][r]; j++) cs.Add((heapS[item][r * k + j], heapI[item][r * k + j]));
-            }
+                for (int j = 0; j < counts[part][qi]; j++) cs.Add((heapS[part][(long)qi * k + j], heapI[part][(long)qi * k + j]));
             cs.Sort((a, b) => a.S != b.S ? b.S.CompareTo(a.S) : a.I.CompareTo(b.I));
             for (int j = 0; j < k; j++)
             {

@@ -17,6 +17,52 @@ internal static unsafe class CpuMath
     private const float InvSqrt2 = 0.70710678118654752f;
     private const float InvSqrt2Pi = 0.39894228040143268f;
 
+    // ---------------------------------------------------------------- f16 -> f32
+
+    private const float TwoPow112 = 5.192296858534828e33f;   // 2^112: a half's exponent bias (15) to a float's (127)
+
+    /// <summary>
+    /// Widens n halves to floats, exactly (every f16 value, subnormals, signed zeros, infinities, NaN payloads): each half's
+    /// bits, sign-extended to 32 and shifted into a float's place (sign kept, the exponent's upper bits cleared), are a
+    /// float 2^-112 times the half's value, so one multiplication by 2^112 finishes normals and subnormals alike; the
+    /// exponent of infinities and NaNs is filled in instead. About 6 vector ops per 16 halves (TensorPrimitives'
+    /// ConvertToSingle has no F16C path in .NET: this is several times faster).
+    /// </summary>
+    public static void WidenHalves(Half* src, float* dst, int n)
+    {
+        int i = 0;
+        short* s = (short*)src;
+        if (Use512 && Avx512F.IsSupported)
+        {
+            var mask = Vector512.Create(unchecked((int)0x8FFFE000));
+            var expo = Vector512.Create(0x0F800000);
+            var fill = Vector512.Create(0x70000000);
+            var scale = Vector512.Create(TwoPow112);
+            for (; i <= n - 16; i += 16)
+            {
+                var raw = Avx512F.ConvertToVector512Int32(Vector256.Load(s + i)) << 13 & mask;   // sign | exponent (5 bits) | mantissa
+                var special = Vector512.Equals(raw & expo, expo);                               // exponent 31: infinity or NaN
+                var v = Vector512.ConditionalSelect(special.AsSingle(), (raw | fill).AsSingle(), raw.AsSingle() * scale);
+                v.Store(dst + i);
+            }
+        }
+        else if (Use256 && Avx2.IsSupported)
+        {
+            var mask = Vector256.Create(unchecked((int)0x8FFFE000));
+            var expo = Vector256.Create(0x0F800000);
+            var fill = Vector256.Create(0x70000000);
+            var scale = Vector256.Create(TwoPow112);
+            for (; i <= n - 8; i += 8)
+            {
+                var raw = Avx2.ConvertToVector256Int32(Vector128.Load(s + i)) << 13 & mask;
+                var special = Vector256.Equals(raw & expo, expo);
+                var v = Vector256.ConditionalSelect(special.AsSingle(), (raw | fill).AsSingle(), raw.AsSingle() * scale);
+                v.Store(dst + i);
+            }
+        }
+        for (; i < n; i++) dst[i] = (float)src[i];
+    }
+
     // ---------------------------------------------------------------- exp
     // exp(x) = 2^n e^r with n = round(x log2 e), r = x - n ln 2 (ln 2 split in two for exactness) and e^r from
     // a degree-6 polynomial on |r| <= ln2/2 (Cephes' expf coefficients): ~1 ulp, and 2-3x the throughput of
