@@ -147,6 +147,42 @@ public sealed class IndexTests : IDisposable
     }
 
     [Fact]
+    public async Task SearchesWhileABuildRemovesAndMergesSegmentsOpenTheOldOrTheNewIndex()
+    {
+        int d = 8;
+        var v = UnitRows(new Random(3), 400, d);
+        string f = Path.Combine(_dir, "busy");
+        var idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, null);
+        for (int s = 0; s < 40; s += 4) idx.Append("image", Items(s, 4), v.AsSpan(s * d, 4 * d));
+        using var stop = new CancellationTokenSource();
+        int opened = 0, cycles = 0;
+        var readers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        {
+            using var be = new CpuBackend();
+            while (!stop.IsCancellationRequested)
+            {
+                var x = EmbeddingIndex.Open(f, "m", verify: false);
+                Assert.Equal(x.Collections["image"].Rows, Enumerable.Range(0, x.Collections["image"].Rows).Select(r => x.Item("image", r).Id).Distinct().Count());
+                Interlocked.Increment(ref opened);
+            }
+        })).ToArray();
+        // The build: remove the first row, append a segment, merge; each step switches the manifest and deletes files.
+        var sw = Stopwatch.StartNew();
+        int next = 40;
+        while (sw.Elapsed.TotalSeconds < 1.5 && readers.All(t => !t.IsCompleted))
+        {
+            idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0] });
+            idx.Append("image", Items(next, 1), v.AsSpan((next % 400) * d, d));
+            next++;
+            idx.Compact(8);
+            cycles++;
+        }
+        stop.Cancel();
+        await Task.WhenAll(readers);   // a reader's failure (a file deleted under an open) fails the test here
+        Assert.True(opened > 10 && cycles > 10, $"{opened} opens, {cycles} build cycles");
+    }
+
+    [Fact]
     public void CompactionMergesAdjacentPartialSegmentsAndKeepsEveryRow()
     {
         var rng = new Random(Random.Shared.Next());

@@ -112,11 +112,47 @@ public sealed class EmbeddingIndex : IDisposable
     public static EmbeddingIndex Open(string folder, string? expectedFingerprint = null, bool verify = true)
     {
         string mpath = System.IO.Path.Combine(folder, ManifestFile);
-        if (!File.Exists(mpath)) throw new BadInputException($"{folder}: not an index (no {ManifestFile})");
+        // A build that refreshes or compacts the index switches the manifest, then deletes the files the old one listed:
+        // an open that read the old manifest and then misses one of them reads the new manifest again.
+        for (int attempt = 0; ; attempt++)
+        {
+            string text = ReadManifest(folder, mpath);
+            try
+            {
+                return OpenFrom(folder, mpath, text, expectedFingerprint, verify);
+            }
+            catch (Exception e) when (e is BadInputException or IOException && attempt < 3 && ReadManifest(folder, mpath) != text)
+            {
+            }
+            catch (FileNotFoundException e)
+            {
+                throw new BadInputException($"{e.FileName ?? folder}: missing (was the index removed while it was read?)");
+            }
+        }
+    }
+
+    private static string ReadManifest(string folder, string mpath)
+    {
+        try
+        {
+            return File.ReadAllText(mpath);
+        }
+        catch (FileNotFoundException)
+        {
+            throw new BadInputException($"{folder}: not an index (no {ManifestFile})");
+        }
+        catch (DirectoryNotFoundException)
+        {
+            throw new BadInputException($"{folder}: not an index (no {ManifestFile})");
+        }
+    }
+
+    private static EmbeddingIndex OpenFrom(string folder, string mpath, string text, string? expectedFingerprint, bool verify)
+    {
         JsonObject m;
         try
         {
-            m = JsonNode.Parse(File.ReadAllText(mpath)) as JsonObject ?? throw new BadInputException($"{mpath}: not a JSON object");
+            m = JsonNode.Parse(text) as JsonObject ?? throw new BadInputException($"{mpath}: not a JSON object");
         }
         catch (JsonException e)
         {
