@@ -85,16 +85,19 @@ public sealed unsafe partial class CpuBackend : IHostRowsTopK
                                     t[(long)r * cols + c] = System.Numerics.Tensors.TensorPrimitives.Dot(new ReadOnlySpan<float>(Q + (long)(q0 + r) * d, d), new ReadOnlySpan<float>(row, d));
                             }
                         }
-                        else CpuGemm.Gemm(rows, cols, d, Q + (long)q0 * d, d, false, tile, d, true, t, cols, 1f, false, null, parallel: false);
+                        // Scores transposed, [cols, rows]: the tile is the GEMM's A, read where it lies, and the small block
+                        // of queries its B, packed (packing the tile instead would cost as much as the products at 32 queries).
+                        else CpuGemm.Gemm(cols, rows, d, tile, d, false, Q + (long)q0 * d, d, true, t, rows, 1f, false, null, parallel: false);
+                        int cs = few ? 1 : rows, rs = few ? cols : 1;   // strides of t: column c, query r at t[c cs + r rs]
                         for (int r = 0; r < rows; r++)
                         {
                             int qi = q0 + r;
                             var hs = hsAll.AsSpan(qi * k, k);
                             var hi = hiAll.AsSpan(qi * k, k);
-                            float* srow = t + (long)r * cols;
+                            float* srow = t + (long)r * rs;
                             for (int c = 0; c < cols; c++)
                             {
-                                float v = srow[c];
+                                float v = srow[(long)c * cs];
                                 int idx = j0 + c;
                                 if (count[qi] < k) { HeapPush(hs, hi, ref count[qi], v, idx); continue; }
                                 // Enter only if better than the worst kept (score, then lower index on ties).
