@@ -230,7 +230,17 @@ internal static class RetrievalCommands
             float[] qv = q is not null ? enc.EncodeTexts([q]) : enc.EncodeImages([queryImage!]);
             string kind = q is not null ? "image" : "caption";
             double encodeMs = sw.Elapsed.TotalMilliseconds;
-            var hits = idx.Search(backend, kind, qv, Math.Max(top, rr))[0];
+            List<SearchHit> hits;
+            try
+            {
+                hits = idx.Search(backend, kind, qv, Math.Max(top, rr))[0];
+            }
+            catch (IndexChangedException)
+            {
+                // A build refreshing the index replaced a segment between the open and the search: once more, from its new manifest.
+                idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt));
+                hits = idx.Search(backend, kind, qv, Math.Max(top, rr))[0];
+            }
             double searchMs = sw.Elapsed.TotalMilliseconds - encodeMs;
             var cross = new Dictionary<int, float>();
             int reranked = 0;

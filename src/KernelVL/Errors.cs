@@ -20,6 +20,12 @@ public class BadInputException : KernelVLException
     public BadInputException(string message, Exception inner) : base(message, inner) { }
 }
 
+/// <summary>An index changed under an open of it (a build removed or merged the segments it had listed): open it again.</summary>
+public sealed class IndexChangedException : BadInputException
+{
+    public IndexChangedException(string message) : base(message) { }
+}
+
 /// <summary>A backend cannot do what was asked (not available on this machine, op missing, device error).</summary>
 public sealed class BackendException : KernelVLException
 {

@@ -180,6 +180,12 @@ public sealed class IndexTests : IDisposable
         stop.Cancel();
         await Task.WhenAll(readers);   // a reader's failure (a file deleted under an open) fails the test here
         Assert.True(opened > 10 && cycles > 10, $"{opened} opens, {cycles} build cycles");
+        // An index opened before a removal, searched after it: told to search again (the CLI opens once more).
+        var stale = EmbeddingIndex.Open(f, "m");
+        idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0] });
+        using var cpu = new CpuBackend();
+        Assert.Contains("search again", Assert.Throws<IndexChangedException>(() => stale.Search(cpu, "image", v[..d], 3)).Message);
+        Assert.Equal(3, EmbeddingIndex.Open(f, "m").Search(cpu, "image", v[..d], 3)[0].Count);
     }
 
     [Fact]

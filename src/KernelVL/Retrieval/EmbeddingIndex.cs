@@ -713,7 +713,7 @@ public sealed class EmbeddingIndex : IDisposable
         }
         catch (FileNotFoundException)
         {
-            throw new BadInputException($"{path}: segment removed since the index was opened (a build is refreshing the index): search again");
+            throw new IndexChangedException($"{path}: segment removed since the index was opened (a build is refreshing the index): search again");
         }
     }
 
