@@ -101,14 +101,28 @@ internal static class RetrievalCommands
             if (imageItems.Count == 0) throw new BadInputException($"{root}: no images ({string.Join(", ", ImageExtensions)})");
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(ckpt, backend);
+            if ((long)seg * m.Config.HiddenSize * (dt == VectorDType.F16 ? 2 : 4) > EmbeddingIndex.MaxSegmentBytes)
+                throw new BadInputException($"--segment-rows {seg}: segments of {seg} x {m.Config.HiddenSize} {r.GetValue(dtype)} values exceed {EmbeddingIndex.MaxSegmentBytes >> 20} MiB");
+            var imageMap = imageItems.ToDictionary(i => i.Id, i => i.Path, StringComparer.Ordinal);
+            var captionMap = captionItems.ToDictionary(c => c.Id, c => c.Caption, StringComparer.Ordinal);
+            if (File.Exists(Path.Combine(outPath, EmbeddingIndex.ManifestFile)))
+            {
+                // An index from before indexes recorded their source takes this build's as its own: refused, untouched, when
+                // that would remove every image it holds (most likely the wrong --out, not a folder emptied and refilled).
+                using var before = EmbeddingIndex.Open(outPath, verify: false);
+                int held = before.Collections["image"].Rows;
+                if (before.Source is null && held > 0 && before.PlanRefresh(root, imageMap, captionMap).Rows["image"].Count == held)
+                    throw new BadInputException($"{outPath}: an index that does not record what it was built from, and none of its {held} images is in this build's source ({source}): " +
+                        "give another --out (or delete the folder to rebuild it from this source)");
+            }
             bool fresh = !Path.Exists(outPath);
             using var idx = EmbeddingIndex.CreateOrResume(outPath, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root, source, exclusive: true);
             var enc = new DecomposedEncoder(m, bs);
             var pre = m.Preprocessor();
             // A resumed build first refreshes what went stale since: items gone from the source are removed, changed ones
-            // removed and encoded again below (one atomic switch of the index; searches see it before or after).
-            var plan = idx.PlanRefresh(root, imageItems.ToDictionary(i => i.Id, i => i.Path, StringComparer.Ordinal),
-                captionItems.ToDictionary(c => c.Id, c => c.Caption, StringComparer.Ordinal));
+            // removed here (one atomic switch of the index: a search sees it before or after) and encoded again below
+            // (until their segment lands, a search does not find them).
+            var plan = idx.PlanRefresh(root, imageMap, captionMap);
             if (plan.Any)
             {
                 idx.Remove(plan.Rows);

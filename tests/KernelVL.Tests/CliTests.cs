@@ -208,6 +208,36 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal(5, doc["results"]!.AsArray().Count(x => x!["cross_score"] is not null));
     }
 
+    [Fact]
+    public void AnIndexThatDoesNotRecordItsSourceIsNotWipedByAnotherSource()
+    {
+        string folder = Tmp();
+        Directory.CreateDirectory(folder);
+        foreach (var src in Directory.GetFiles(Path.Combine(Images, "images"), "*.png").Order(StringComparer.Ordinal).Take(4))
+            File.Copy(src, Path.Combine(folder, Path.GetFileName(src)));
+        string idx = Tmp();
+        var r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--device", "cpu");
+        Assert.True(r.Code == 0, r.Err);
+        // As an index written before the source was recorded (2026-11-29).
+        string mpath = Path.Combine(idx, "manifest.json");
+        var m = JsonNode.Parse(File.ReadAllText(mpath))!.AsObject();
+        m.Remove("source");
+        File.WriteAllText(mpath, m.ToJsonString());
+        string legacy = File.ReadAllText(mpath);
+        // A dataset over the same root, whose ids (img:N) are none of the folder's (paths): refused, the index untouched.
+        string data = Path.Combine(folder, "d.json");
+        File.WriteAllText(data, "{\"images\": [{\"filename\": \"" + Path.GetFileName(Directory.GetFiles(folder, "*.png").Order(StringComparer.Ordinal).First()) +
+            "\", \"split\": \"test\", \"imgid\": 1, \"sentences\": [{\"raw\": \"a shape\"}]}]}");
+        r = Run("index", "--model", fx.Init, "--data", data, "--out", idx, "--device", "cpu");
+        Assert.True(r.Code == 2 && r.Err.Contains("none of its 4 images is in this build's source"), $"exit {r.Code}: {r.Err}");
+        Assert.Equal(legacy, File.ReadAllText(mpath));
+        // The folder it was built from: resumed, and the source recorded from then on.
+        File.Delete(data);
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Out.Contains("indexed 0 images"), $"exit {r.Code}: {r.Out} {r.Err}");
+        Assert.Equal("folder", (string)JsonNode.Parse(File.ReadAllText(mpath))!["source"]!);
+    }
+
     private static void CopyFolder(string from, string to)
     {
         Directory.CreateDirectory(to);

@@ -15,7 +15,7 @@ public sealed class IndexTests : IDisposable
     public IndexTests() => Directory.CreateDirectory(_dir);
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static float[] UnitRows(Random rng, int n, int d, int distinct = 0)
+    internal static float[] UnitRows(Random rng, int n, int d, int distinct = 0)
     {
         var v = new float[n * d];
         for (int i = 0; i < n; i++)
@@ -29,7 +29,7 @@ public sealed class IndexTests : IDisposable
         return v;
     }
 
-    private static List<IndexItem> Items(int start, int n) => Enumerable.Range(start, n).Select(i => new IndexItem("image", 0, $"id{i}", Path: $"p{i}.png")).ToList();
+    internal static List<IndexItem> Items(int start, int n) => Enumerable.Range(start, n).Select(i => new IndexItem("image", 0, $"id{i}", Path: $"p{i}.png")).ToList();
 
     /// <summary>Brute force: every score in f64 from the stored (possibly f16-rounded) values, sorted descending, ties to the lower row.</summary>
     private static (int Row, double Score)[] Brute(float[] corpus, float[] query, int d, int k) =>
@@ -147,45 +147,50 @@ public sealed class IndexTests : IDisposable
     }
 
     [Fact]
-    public async Task SearchesWhileABuildRemovesAndMergesSegmentsOpenTheOldOrTheNewIndex()
+    public void SegmentNamesAreNeverTakenTwiceAndAFailedRemovalChangesNothing()
     {
         int d = 8;
-        var v = UnitRows(new Random(3), 400, d);
-        string f = Path.Combine(_dir, "busy");
+        var v = UnitRows(new Random(4), 40, d);
+        string f = Path.Combine(_dir, "names");
         var idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, null);
-        for (int s = 0; s < 40; s += 4) idx.Append("image", Items(s, 4), v.AsSpan(s * d, 4 * d));
-        using var stop = new CancellationTokenSource();
-        int opened = 0, cycles = 0;
-        var readers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        idx.Append("image", Items(0, 4), v.AsSpan(0, 4 * d));
+        idx.Append("image", Items(4, 4), v.AsSpan(4 * d, 4 * d));
+        var seen = new HashSet<string>(idx.Collections["image"].Segments.Select(x => x.File));
+        Assert.Equal(1, (int)JsonNode.Parse(File.ReadAllText(Path.Combine(f, "manifest.json")))!["format_version"]!);
+        // The last segment removed whole, then appends, a removal and a merge, across a reopen: every segment a step adds
+        // has a name no earlier step used.
+        void Step(Action step)
         {
-            using var be = new CpuBackend();
-            while (!stop.IsCancellationRequested)
-            {
-                var x = EmbeddingIndex.Open(f, "m", verify: false);
-                Assert.Equal(x.Collections["image"].Rows, Enumerable.Range(0, x.Collections["image"].Rows).Select(r => x.Item("image", r).Id).Distinct().Count());
-                Interlocked.Increment(ref opened);
-            }
-        })).ToArray();
-        // The build: remove the first row, append a segment, merge; each step switches the manifest and deletes files.
-        var sw = Stopwatch.StartNew();
-        int next = 40;
-        while (sw.Elapsed.TotalSeconds < 1.5 && readers.All(t => !t.IsCompleted))
-        {
-            idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0] });
-            idx.Append("image", Items(next, 1), v.AsSpan((next % 400) * d, d));
-            next++;
-            idx.Compact(8);
-            cycles++;
+            var listed = idx.Collections["image"].Segments.Select(x => x.File).ToHashSet();
+            step();
+            foreach (var file in idx.Collections["image"].Segments.Select(x => x.File).Where(x => !listed.Contains(x)))
+                Assert.True(seen.Add(file), $"{file} named a second segment");
         }
-        stop.Cancel();
-        await Task.WhenAll(readers);   // a reader's failure (a file deleted under an open) fails the test here
-        Assert.True(opened > 10 && cycles > 10, $"{opened} opens, {cycles} build cycles");
-        // An index opened before a removal, searched after it: told to search again (the CLI opens once more).
-        var stale = EmbeddingIndex.Open(f, "m");
-        idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0] });
-        using var cpu = new CpuBackend();
-        Assert.Contains("search again", Assert.Throws<IndexChangedException>(() => stale.Search(cpu, "image", v[..d], 3)).Message);
-        Assert.Equal(3, EmbeddingIndex.Open(f, "m").Search(cpu, "image", v[..d], 3)[0].Count);
+        Step(() => idx.Remove(new Dictionary<string, List<int>> { ["image"] = [4, 5, 6, 7] }));
+        idx.Dispose();
+        idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, null);
+        Step(() => idx.Append("image", Items(8, 4), v.AsSpan(8 * d, 4 * d)));
+        Step(() => idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0] }));
+        Step(() => idx.Append("image", Items(12, 2), v.AsSpan(12 * d, 2 * d)));
+        Step(() => idx.Compact(100));
+        Assert.Single(idx.Collections["image"].Segments);
+        Assert.Equal(2, (int)JsonNode.Parse(File.ReadAllText(Path.Combine(f, "manifest.json")))!["format_version"]!);
+        Assert.Equal([1, 2, 3, 8, 9, 10, 11, 12, 13], Enumerable.Range(0, 9).Select(r => int.Parse(idx.Item("image", r).Id[2..])));
+
+        // Rows out of range for the second kind: refused before anything is written or changed.
+        idx.Append("caption", [new IndexItem("caption", 0, "c0", Caption: "x")], v.AsSpan(0, d));
+        string manifest = File.ReadAllText(Path.Combine(f, "manifest.json"));
+        var before = Directory.GetFiles(f).Order(StringComparer.Ordinal).ToList();
+        var vectors = idx.ReadAll("image");
+        Assert.Throws<ArgumentOutOfRangeException>(() => idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0], ["caption"] = [1] }));
+        Assert.Equal(manifest, File.ReadAllText(Path.Combine(f, "manifest.json")));
+        Assert.Equal(before, Directory.GetFiles(f).Order(StringComparer.Ordinal).ToList());
+        Assert.Equal(vectors, idx.ReadAll("image"));
+        Assert.Equal(9, idx.Collections["image"].Rows);
+
+        // A manifest from a newer format is refused by name.
+        File.WriteAllText(Path.Combine(f, "manifest.json"), manifest.Replace("\"format_version\": 2", "\"format_version\": 3"));
+        Assert.Contains("format version 3, this build reads 1 to 2", Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f)).Message);
     }
 
     [Fact]
@@ -206,7 +211,9 @@ public sealed class IndexTests : IDisposable
         Assert.Equal((4, 2), idx.Compact(8));
         Assert.Equal([6, 3, 10, 4, 8, 1], idx.Collections["image"].Segments.Select(s => s.Rows));
         Assert.Equal((0, 0), idx.Compact(8));
-        Assert.Equal((6, 1), idx.Compact(100));
+        Assert.Equal((6, 2), idx.Compact(100, maxBytes: 20L * d * 2));   // at most 20 rows of f16 a segment: 6+3+10, then 4+8+1
+        Assert.Equal([19, 13], idx.Collections["image"].Segments.Select(s => s.Rows));
+        Assert.Equal((2, 1), idx.Compact(100));
         idx.Dispose();
         var opened = EmbeddingIndex.Open(f, "m", verify: true);   // checksums and max_norm of the merged segments
         Assert.Equal(before, opened.ReadAll("image"));
@@ -237,7 +244,7 @@ public sealed class IndexTests : IDisposable
         Assert.False(File.Exists(Path.Combine(f, "seg-image-00002.f32")));
         Assert.False(File.Exists(Path.Combine(f, "items-00001.jsonl")));
         // A manifest naming an items file outside the folder is refused.
-        File.WriteAllText(Path.Combine(f, "manifest.json"), manifest.Replace("\"items_file\": \"items.jsonl\"", "\"items_file\": \"../x.jsonl\""));
+        File.WriteAllText(Path.Combine(f, "manifest.json"), manifest.Replace("\"items_file\": \"items.jsonl\"", "\"items_file\": \"../x.jsonl\"").Replace("\"format_version\": 1", "\"format_version\": 2"));
         Assert.Contains("items_file", Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f)).Message);
     }
 
@@ -479,5 +486,77 @@ public sealed class IndexTests : IDisposable
         m32["collections"]!["image"]!["segments"]![0]!["max_norm"] = 1f;
         File.WriteAllText(Path.Combine(f32, "manifest.json"), m32.ToJsonString());
         Assert.Contains("only f16 segments", Assert.Throws<BadInputException>(() => EmbeddingIndex.Open(f32, "m")).Message);
+    }
+}
+
+[CollectionDefinition(nameof(Alone), DisableParallelization = true)]
+public sealed class Alone;
+
+/// <summary>Readers and a build on one index at once (in a collection of its own: it loads the machine for seconds, and
+/// tests that count the process's allocations must not run beside it).</summary>
+[Collection(nameof(Alone))]
+public sealed class IndexConcurrencyTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "kernelvl-index-" + Guid.NewGuid().ToString("N"));
+
+    public IndexConcurrencyTests() => Directory.CreateDirectory(_dir);
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static float[] UnitRows(Random rng, int n, int d) => IndexTests.UnitRows(rng, n, d);
+    private static List<IndexItem> Items(int start, int n) => IndexTests.Items(start, n);
+
+    [Fact]
+    public async Task SearchesWhileABuildRemovesAndMergesSegmentsOpenTheOldOrTheNewIndex()
+    {
+        int d = 8;
+        var v = UnitRows(new Random(3), 400, d);
+        string f = Path.Combine(_dir, "busy");
+        var idx = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, null);
+        for (int s = 0; s < 40; s += 4) idx.Append("image", Items(s, 4), v.AsSpan(s * d, 4 * d));
+        using var stop = new CancellationTokenSource();
+        int opened = 0, cycles = 0, changed = 0, searched = 0;
+        // Readers on threads of their own: on a busy machine the pool may not start them while the build runs.
+        var readers = Enumerable.Range(0, 2).Select(_ => Task.Factory.StartNew(() =>
+        {
+            using var be = new CpuBackend();
+            while (!stop.IsCancellationRequested)
+            {
+                var x = EmbeddingIndex.Open(f, "m", verify: false);
+                Assert.Equal(x.Collections["image"].Rows, Enumerable.Range(0, x.Collections["image"].Rows).Select(r => x.Item("image", r).Id).Distinct().Count());
+                Interlocked.Increment(ref opened);
+                // A search of what was opened: its hits are the rows of their items (each item idN holds row N % 400 of v),
+                // or it is told the index changed (the CLI then opens again).
+                List<SearchHit> hits;
+                try { hits = x.Search(be, "image", v[(7 * d)..(8 * d)], 5)[0]; }
+                catch (IndexChangedException) { Interlocked.Increment(ref changed); continue; }
+                foreach (var h in hits)
+                {
+                    int id = int.Parse(h.Item.Id[2..]) % 400;
+                    double want = Enumerable.Range(0, d).Sum(j => (double)v[7 * d + j] * v[id * d + j]);
+                    Assert.True(Math.Abs(want - h.Score) < 1e-5, $"hit {h.Item.Id} scored {h.Score}, its vector gives {want}");
+                }
+                Interlocked.Increment(ref searched);
+            }
+        }, TaskCreationOptions.LongRunning)).ToArray();
+        // The build: remove the first row, append a segment, merge; each step switches the manifest and deletes files.
+        var sw = Stopwatch.StartNew();
+        int next = 40;
+        while ((sw.Elapsed.TotalSeconds < 1.5 || Volatile.Read(ref searched) < 20) && sw.Elapsed.TotalSeconds < 30 && readers.All(t => !t.IsCompleted))
+        {
+            idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0] });
+            idx.Append("image", Items(next, 1), v.AsSpan((next % 400) * d, d));
+            next++;
+            idx.Compact(8);
+            cycles++;
+        }
+        stop.Cancel();
+        await Task.WhenAll(readers);   // a reader's failure (a file deleted under an open) fails the test here
+        Assert.True(opened >= 20 && cycles > 10 && searched >= 20, $"{opened} opens ({searched} searched, {changed} changed under the search), {cycles} build cycles");
+        // An index opened before a removal, searched after it: told to search again (the CLI opens once more).
+        var stale = EmbeddingIndex.Open(f, "m");
+        idx.Remove(new Dictionary<string, List<int>> { ["image"] = [0] });
+        using var cpu = new CpuBackend();
+        Assert.Contains("search again", Assert.Throws<IndexChangedException>(() => stale.Search(cpu, "image", v[..d], 3)).Message);
+        Assert.Equal(3, EmbeddingIndex.Open(f, "m").Search(cpu, "image", v[..d], 3)[0].Count);
     }
 }

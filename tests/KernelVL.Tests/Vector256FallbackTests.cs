@@ -45,3 +45,44 @@ public class Vector256FallbackTests
         }
     }
 }
+
+/// <summary>The cpu backend's f16 widening in both vector widths.</summary>
+[Collection(nameof(NarrowSimd))]
+public class WidenHalvesTests
+{
+    /// <summary>WidenHalves against the runtime's scalar Half to float conversion on every one of the 65536 halves, in both
+    /// vector widths, from every start offset of a 16-lane vector (tails included): the same bits, NaNs included.
+    /// (In the NarrowSimd collection: it switches the 512-bit paths off, which no test running beside it may see.)</summary>
+    [Fact]
+    public unsafe void WidenHalvesIsExactOnEveryHalf()
+    {
+        var all = new Half[65536 + 40];
+        for (int i = 0; i < 65536; i++) all[i] = BitConverter.UInt16BitsToHalf((ushort)i);
+        var rng = new Random(Random.Shared.Next());
+        for (int i = 65536; i < all.Length; i++) all[i] = BitConverter.UInt16BitsToHalf((ushort)rng.Next(65536));
+        bool saved = CpuMath.Use512;
+        try
+        {
+            foreach (bool wide in new[] { true, false })
+            {
+                CpuMath.Use512 = wide && saved;
+                for (int start = 0; start < 17; start++)
+                {
+                    int n = all.Length - start - rng.Next(16);
+                    var got = new float[n];
+                    fixed (Half* src = all) fixed (float* dst = got) CpuMath.WidenHalves(src + start, dst, n);
+                    for (int i = 0; i < n; i++)
+                    {
+                        float want = (float)all[start + i];
+                        Assert.True(BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(got[i]),
+                            $"half {BitConverter.HalfToUInt16Bits(all[start + i]):X4} (512-bit {CpuMath.Use512}, start {start}): {got[i]:R}, want {want:R}");
+                    }
+                }
+            }
+        }
+        finally
+        {
+            CpuMath.Use512 = saved;
+        }
+    }
+}

@@ -22,7 +22,8 @@ public sealed record SearchHit(int Rank, float Score, IndexItem Item);
 /// <summary>
 /// A persistent embedding index: a folder with manifest.json (format version, model fingerprint, and per kind of item,
 /// "image" and "caption", the vector width, dtype, row count and segment files with their row counts and SHA-256),
-/// row-major little-endian f16 or f32 segment files, and items.jsonl (one line per row: kind, row within the kind, id,
+/// row-major little-endian f16 or f32 segment files, and the items file (items.jsonl, or items-N.jsonl as the manifest's
+/// items_file names it once rows were removed; one line per row: kind, row within the kind, id,
 /// path or caption). The manifest is replaced atomically after each completed segment, so a build killed at any
 /// moment leaves an index that opens and searches (rows past the manifest are ignored, and a resumed build drops them).
 /// Rows are removed (<see cref="Remove"/>: a resumed build refreshing changed or deleted images) by writing the segments
@@ -43,7 +44,9 @@ public sealed class EmbeddingIndex : IDisposable
         _lock = null;
     }
 
-    public const int FormatVersion = 1;
+    /// <summary>The newest format this build reads and writes. Version 2 (written once rows were removed) names its items
+    /// file in items_file, which version 1 readers do not look for; version 1 indexes always use items.jsonl.</summary>
+    public const int FormatVersion = 2;
     public const string ManifestFile = "manifest.json", ItemsFile = "items.jsonl";
     public static readonly string[] Kinds = ["image", "caption"];
 
@@ -121,7 +124,7 @@ public sealed class EmbeddingIndex : IDisposable
             {
                 return OpenFrom(folder, mpath, text, expectedFingerprint, verify);
             }
-            catch (Exception e) when (e is BadInputException or IOException && attempt < 3 && ReadManifest(folder, mpath) != text)
+            catch (Exception e) when (e is BadInputException or IOException && attempt < 20 && ReadManifest(folder, mpath) != text)
             {
             }
             catch (FileNotFoundException e)
@@ -210,7 +213,7 @@ public sealed class EmbeddingIndex : IDisposable
             throw new BadInputException($"{mpath}: missing or malformed {what}");
         }
         int version = Need<int>(m["format_version"], "format_version");
-        if (version != FormatVersion) throw new BadInputException($"{mpath}: format version {version}, this build reads {FormatVersion}");
+        if (version is < 1 or > FormatVersion) throw new BadInputException($"{mpath}: format version {version}, this build reads 1 to {FormatVersion}");
         int dim = Need<int>(m["dim"], "dim");
         if (dim < 1) throw new BadInputException($"{mpath}: dim must be positive");
         var dtype = Need<string>(m["dtype"], "dtype") switch
@@ -247,12 +250,13 @@ public sealed class EmbeddingIndex : IDisposable
             }
             cols[kind] = c;
         }
-        string itemsFile = m["items_file"] is null ? ItemsFile : Need<string>(m["items_file"], "items_file");
+        string itemsFile = m["items_file"] is null || version == 1 ? ItemsFile : Need<string>(m["items_file"], "items_file");
         if (!IsItemsFileName(itemsFile)) throw new BadInputException($"{mpath}: items_file {itemsFile} must be a plain file name items[-N].jsonl");
         return new EmbeddingIndex(folder, Need<string>(m["model_fingerprint"], "model_fingerprint"), dim, dtype, (string?)m["image_root"], cols)
         {
             Source = m["source"] is JsonValue sv && sv.TryGetValue(out string? src) ? src : null,
             ItemsFileName = itemsFile,
+            _nextSegment = m["next_segment"] is null ? 0 : Math.Max(0, Need<int>(m["next_segment"], "next_segment")),
         };
     }
 
@@ -412,7 +416,7 @@ public sealed class EmbeddingIndex : IDisposable
         if (DType == VectorDType.F32) System.Runtime.InteropServices.MemoryMarshal.AsBytes(vectors).CopyTo(bytes);
         else
             for (int i = 0; i < vectors.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(2 * i), (Half)vectors[i]);
-        var segment = WriteSegment(kind, NextSegmentNumber(c), bytes);
+        var segment = WriteSegment(kind, TakeSegmentNumber(), bytes);
         // Items first (lines past the manifest are ignored), then the manifest that makes the segment part of the index.
         using (var f = new FileStream(System.IO.Path.Combine(Folder, ItemsFileName), FileMode.Append, FileAccess.Write))
         using (var w = new StreamWriter(f))
@@ -437,21 +441,34 @@ public sealed class EmbeddingIndex : IDisposable
         return new Segment(file, (int)(bytes.LongLength / ((long)Dim * ElementSize)), Convert.ToHexStringLower(SHA256.HashData(bytes)), maxNorm);
     }
 
-    /// <summary>A segment number past every segment file of the collection, listed or on disk: a new segment never takes the
-    /// name of one the manifest lists, or of one a search that opened an earlier manifest may still read.</summary>
-    private int NextSegmentNumber(Collection c)
+    /// <summary>The largest segment a build writes or merges into, in bytes (one array in memory).</summary>
+    public const long MaxSegmentBytes = 1L << 30;
+
+    private int _nextSegment;          // the manifest's next_segment: numbers handed out are never handed out again
+    private bool _segmentFloorChecked;
+
+    /// <summary>
+    /// A segment number never used before in this folder: past every segment file listed or on disk (checked once) and
+    /// every number handed out before (the manifest's next_segment). A removed or merged segment's name is never taken
+    /// again, so a search that opened an earlier manifest never maps another file under a name it listed.
+    /// </summary>
+    private int TakeSegmentNumber()
     {
-        int next = c.Segments.Count;
-        var onDisk = Directory.GetFiles(Folder, $"seg-{c.Kind}-*").Select(System.IO.Path.GetFileName);
-        foreach (var file in c.Segments.Select(s => s.File).Concat(onDisk))
+        if (!_segmentFloorChecked)
         {
-            // seg-KIND-NNNNN.EXT
-            string stem = System.IO.Path.GetFileNameWithoutExtension(file!);
-            int dash = stem.LastIndexOf('-');
-            if (dash >= 0 && int.TryParse(stem.AsSpan(dash + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
-                next = Math.Max(next, n + 1);
+            var files = _collections.Values.SelectMany(c => c.Segments).Select(x => x.File)
+                .Concat(Directory.GetFiles(Folder, "seg-*").Select(f => System.IO.Path.GetFileName(f)!));
+            foreach (var file in files)
+            {
+                // seg-KIND-NNNNN.EXT
+                string stem = System.IO.Path.GetFileNameWithoutExtension(file);
+                int dash = stem.LastIndexOf('-');
+                if (dash >= 0 && int.TryParse(stem.AsSpan(dash + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
+                    _nextSegment = Math.Max(_nextSegment, n + 1);
+            }
+            _segmentFloorChecked = true;
         }
-        return next;
+        return _nextSegment++;
     }
 
     private static bool IsItemsFileName(string name) =>
@@ -467,49 +484,74 @@ public sealed class EmbeddingIndex : IDisposable
     /// </summary>
     public void Remove(IReadOnlyDictionary<string, List<int>> rows)
     {
-        var dropped = new List<string>();
-        var renumbered = new Dictionary<(string, int), IndexItem>();
-        bool anything = false;
+        // Every kind's rows are checked, and every new segment written, before the object or the manifest changes: a
+        // failure part way leaves both as they were (the files written are deleted by the next resume).
+        var gone = new Dictionary<string, HashSet<int>>();
         foreach (var (kind, c) in _collections)
         {
-            var gone = rows.TryGetValue(kind, out var r) ? r.ToHashSet() : [];
-            if (gone.Any(x => x < 0 || x >= c.Rows)) throw new ArgumentOutOfRangeException(nameof(rows), $"{kind}: rows to remove must be in 0..{c.Rows - 1}");
-            anything |= gone.Count > 0;
-            var segments = new List<Segment>();
-            int number = NextSegmentNumber(c), oldBase = 0, newRow = 0;
-            long rowBytes = (long)Dim * ElementSize;
+            gone[kind] = rows.TryGetValue(kind, out var r) ? r.ToHashSet() : [];
+            if (gone[kind].Any(x => x < 0 || x >= c.Rows)) throw new ArgumentOutOfRangeException(nameof(rows), $"{kind}: rows to remove must be in 0..{c.Rows - 1}");
+        }
+        if (gone.Values.All(g => g.Count == 0)) return;
+        var dropped = new List<string>();
+        var renumbered = new Dictionary<(string, int), IndexItem>();
+        var newSegments = new Dictionary<string, List<Segment>>();
+        long rowBytes = (long)Dim * ElementSize;
+        foreach (var (kind, c) in _collections)
+        {
+            var segments = newSegments[kind] = new List<Segment>();
+            int oldBase = 0, newRow = 0;
             foreach (var seg in c.Segments)
             {
-                var keep = Enumerable.Range(oldBase, seg.Rows).Where(x => !gone.Contains(x)).ToList();
+                var keep = Enumerable.Range(oldBase, seg.Rows).Where(x => !gone[kind].Contains(x)).ToList();
                 if (keep.Count == seg.Rows) segments.Add(seg);
                 else
                 {
                     dropped.Add(seg.File);
                     if (keep.Count > 0)
                     {
-                        var old = File.ReadAllBytes(System.IO.Path.Combine(Folder, seg.File));
+                        var old = ReadSegment(seg);
                         var bytes = new byte[keep.Count * rowBytes];
                         for (int i = 0; i < keep.Count; i++) Array.Copy(old, (keep[i] - oldBase) * rowBytes, bytes, i * rowBytes, rowBytes);
-                        segments.Add(WriteSegment(kind, number++, bytes));
+                        segments.Add(WriteSegment(kind, TakeSegmentNumber(), bytes));
                     }
                 }
                 foreach (int x in keep) { renumbered[(kind, newRow)] = _items[(kind, x)] with { Row = newRow }; newRow++; }
                 oldBase += seg.Rows;
             }
-            c.Segments.Clear();
-            c.Segments.AddRange(segments);
         }
-        if (!anything) return;
-        _items.Clear();
-        foreach (var (key, it) in renumbered) _items[key] = it;
         string oldItems = ItemsFileName;
         int generation = oldItems == ItemsFile ? 0 : int.Parse(oldItems["items-".Length..^".jsonl".Length], System.Globalization.CultureInfo.InvariantCulture);
-        ItemsFileName = $"items-{generation + 1:D5}.jsonl";
-        RewriteItems();
+        string newItems = $"items-{generation + 1:D5}.jsonl";
+        AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, newItems), ItemsText(renumbered.Values));
+        // The switch: the object, then the manifest that makes it the index.
+        foreach (var (kind, c) in _collections)
+        {
+            c.Segments.Clear();
+            c.Segments.AddRange(newSegments[kind]);
+        }
+        _items.Clear();
+        foreach (var (key, it) in renumbered) _items[key] = it;
+        ItemsFileName = newItems;
         WriteManifest();
-        foreach (var f in dropped.Append(oldItems))
+        DeleteQuietly(dropped.Append(oldItems));
+    }
+
+    /// <summary>A listed segment's bytes, its length checked against the manifest.</summary>
+    private byte[] ReadSegment(Segment seg)
+    {
+        string path = System.IO.Path.Combine(Folder, seg.File);
+        var bytes = File.ReadAllBytes(path);
+        if (bytes.LongLength != (long)seg.Rows * Dim * ElementSize) throw new BadInputException($"{path}: {bytes.LongLength} bytes, the manifest says {seg.Rows} rows x {Dim} x {ElementSize}");
+        return bytes;
+    }
+
+    /// <summary>Deletes files the manifest no longer lists; one that cannot be deleted now is left to the next resume.</summary>
+    private void DeleteQuietly(IEnumerable<string> files)
+    {
+        foreach (var f in files)
             try { File.Delete(System.IO.Path.Combine(Folder, f)); }
-            catch (IOException) { }   // the next resume deletes what the manifest does not list
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
     }
 
     /// <summary>
@@ -518,21 +560,23 @@ public sealed class EmbeddingIndex : IDisposable
     /// removals) goes back to few full ones. The manifest switches to the merged segments in one atomic replace, then the
     /// merged ones are deleted. Returns how many segments were merged into how many.
     /// </summary>
-    public (int Merged, int Into) Compact(int segmentRows)
+    /// <param name="maxBytes">the largest merged segment in bytes (one array in memory), whatever <paramref name="segmentRows"/> asks</param>
+    public (int Merged, int Into) Compact(int segmentRows, long maxBytes = MaxSegmentBytes)
     {
         if (segmentRows < 1) throw new ArgumentOutOfRangeException(nameof(segmentRows), "must be positive");
-        var dropped = new List<string>();
-        int into = 0;
         long rowBytes = (long)Dim * ElementSize;
+        long cap = Math.Max(1, Math.Min(segmentRows, maxBytes / rowBytes));
+        var dropped = new List<string>();
+        var newSegments = new Dictionary<string, List<Segment>>();
+        int into = 0;
         foreach (var c in _collections.Values)
         {
-            var segments = new List<Segment>();
-            int number = NextSegmentNumber(c);
+            var segments = newSegments[c.Kind] = new List<Segment>();
             for (int i = 0; i < c.Segments.Count;)
             {
                 int j = i;
                 long rows = c.Segments[i].Rows;
-                while (j + 1 < c.Segments.Count && rows + c.Segments[j + 1].Rows <= segmentRows) rows += c.Segments[++j].Rows;
+                while (j + 1 < c.Segments.Count && rows + c.Segments[j + 1].Rows <= cap) rows += c.Segments[++j].Rows;
                 if (j == i) segments.Add(c.Segments[i]);
                 else
                 {
@@ -540,25 +584,25 @@ public sealed class EmbeddingIndex : IDisposable
                     long at = 0;
                     for (int x = i; x <= j; x++)
                     {
-                        var part = File.ReadAllBytes(System.IO.Path.Combine(Folder, c.Segments[x].File));
-                        if (part.LongLength != c.Segments[x].Rows * rowBytes) throw new BadInputException($"{System.IO.Path.Combine(Folder, c.Segments[x].File)}: {part.LongLength} bytes, the manifest says {c.Segments[x].Rows} rows");
+                        var part = ReadSegment(c.Segments[x]);
                         part.CopyTo(bytes, at);
                         at += part.LongLength;
                         dropped.Add(c.Segments[x].File);
                     }
-                    segments.Add(WriteSegment(c.Kind, number++, bytes));
+                    segments.Add(WriteSegment(c.Kind, TakeSegmentNumber(), bytes));
                     into++;
                 }
                 i = j + 1;
             }
-            c.Segments.Clear();
-            c.Segments.AddRange(segments);
         }
         if (dropped.Count == 0) return (0, 0);
+        foreach (var c in _collections.Values)
+        {
+            c.Segments.Clear();
+            c.Segments.AddRange(newSegments[c.Kind]);
+        }
         WriteManifest();
-        foreach (var f in dropped)
-            try { File.Delete(System.IO.Path.Combine(Folder, f)); }
-            catch (IOException) { }
+        DeleteQuietly(dropped);
         return (dropped.Count, into);
     }
 
@@ -569,7 +613,7 @@ public sealed class EmbeddingIndex : IDisposable
         {
             string name = System.IO.Path.GetFileName(f);
             bool listed = name == ItemsFileName || _collections.Values.Any(c => c.Segments.Any(s => s.File == name));
-            if (!listed && (name.StartsWith("seg-", StringComparison.Ordinal) || IsItemsFileName(name))) File.Delete(f);
+            if (!listed && (name.StartsWith("seg-", StringComparison.Ordinal) || IsItemsFileName(name))) DeleteQuietly([name]);
         }
     }
 
@@ -584,8 +628,10 @@ public sealed class EmbeddingIndex : IDisposable
         return o.ToJsonString();
     }
 
-    private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFileName),
-        string.Concat(_items.Values.OrderBy(i => i.Kind, StringComparer.Ordinal).ThenBy(i => i.Row).Select(i => ItemJson(i) + "\n")));
+    private void RewriteItems() => AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ItemsFileName), ItemsText(_items.Values));
+
+    private static string ItemsText(IEnumerable<IndexItem> items) =>
+        string.Concat(items.OrderBy(i => i.Kind, StringComparer.Ordinal).ThenBy(i => i.Row).Select(i => ItemJson(i) + "\n"));
 
     private static JsonNode SegmentJson(Segment s)
     {
@@ -605,10 +651,11 @@ public sealed class EmbeddingIndex : IDisposable
             };
         var m = new JsonObject
         {
-            ["format_version"] = FormatVersion,
+            // Version 1 while the items file is items.jsonl (readable by builds from before items_file), 2 after.
+            ["format_version"] = ItemsFileName == ItemsFile ? 1 : 2,
             ["format"] = "kernelvl embedding index: per collection, segments of row-major little-endian vectors (dtype, dim below), " +
                          "L2-normalised, scored by inner product; an f16 segment's max_norm bounds its rows' L2 norms from above; " +
-                         "items.jsonl maps (kind, row) to the item",
+                         "the items file (items_file) maps (kind, row) to the item, one JSON object a line; next_segment numbers the next segment file",
             ["model_fingerprint"] = ModelFingerprint,
             ["dim"] = Dim,
             ["dtype"] = DType == VectorDType.F16 ? "f16" : "f32",
@@ -618,6 +665,7 @@ public sealed class EmbeddingIndex : IDisposable
             ["image_root"] = ImageRoot,
             ["source"] = Source,
             ["items_file"] = ItemsFileName,
+            ["next_segment"] = _nextSegment,
             ["collections"] = cols,
         };
         AtomicFile.WriteAllText(System.IO.Path.Combine(Folder, ManifestFile), m.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -703,18 +751,28 @@ public sealed class EmbeddingIndex : IDisposable
         return result;
     }
 
-    /// <summary>Maps a segment to read; one removed since the index was opened (a build refreshing it) is named.</summary>
+    /// <summary>Maps a segment to read. One removed since the index was opened (a build refreshing or merging it), or whose
+    /// length no longer matches the manifest this object read, is an <see cref="IndexChangedException"/>: open again.</summary>
     private MemoryMappedFile MapSegment(Segment seg)
     {
         string path = System.IO.Path.Combine(Folder, seg.File);
+        FileStream fs;
         try
         {
-            return MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         }
         catch (FileNotFoundException)
         {
             throw new IndexChangedException($"{path}: segment removed since the index was opened (a build is refreshing the index): search again");
         }
+        long expected = (long)seg.Rows * Dim * ElementSize;
+        if (fs.Length != expected)
+        {
+            long got = fs.Length;
+            fs.Dispose();
+            throw new IndexChangedException($"{path}: {got} bytes, the manifest read when the index was opened says {expected}: search again");
+        }
+        return MemoryMappedFile.CreateFromFile(fs, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
     }
 
     /// <summary>Rows [start, start + n) of a segment, straight from the mapping, through a host backend's top-k.</summary>
@@ -759,6 +817,7 @@ public sealed class EmbeddingIndex : IDisposable
         {
             p += view.PointerOffset + (long)start * Dim * ElementSize;
             int count = n * Dim;
+            if (dst.Length < count) throw new ArgumentException($"{count} values do not fit in {dst.Length}", nameof(dst));
             if (DType == VectorDType.F32) new ReadOnlySpan<float>(p, count).CopyTo(dst);
             else
                 fixed (float* d = dst) Backends.Cpu.CpuMath.WidenHalves((Half*)p, d, count);

@@ -24,9 +24,10 @@ internal static unsafe class CpuMath
     /// <summary>
     /// Widens n halves to floats, exactly (every f16 value, subnormals, signed zeros, infinities, NaN payloads): each half's
     /// bits, sign-extended to 32 and shifted into a float's place (sign kept, the exponent's upper bits cleared), are a
-    /// float 2^-112 times the half's value, so one multiplication by 2^112 finishes normals and subnormals alike; the
-    /// exponent of infinities and NaNs is filled in instead. About 6 vector ops per 16 halves (TensorPrimitives'
-    /// ConvertToSingle has no F16C path in .NET: this is several times faster).
+    /// float 2^-112 times the half's value, so one multiplication by 2^112 finishes normals and subnormals alike; a vector
+    /// holding an infinity or a NaN is converted by the runtime's scalar conversion instead (so NaNs come out as it makes
+    /// them, quiet). About 6 vector ops per 16 halves (TensorPrimitives' ConvertToSingle has no F16C path in .NET: this is
+    /// several times faster).
     /// </summary>
     public static void WidenHalves(Half* src, float* dst, int n)
     {
@@ -36,28 +37,26 @@ internal static unsafe class CpuMath
         {
             var mask = Vector512.Create(unchecked((int)0x8FFFE000));
             var expo = Vector512.Create(0x0F800000);
-            var fill = Vector512.Create(0x70000000);
             var scale = Vector512.Create(TwoPow112);
             for (; i <= n - 16; i += 16)
             {
                 var raw = Avx512F.ConvertToVector512Int32(Vector256.Load(s + i)) << 13 & mask;   // sign | exponent (5 bits) | mantissa
-                var special = Vector512.Equals(raw & expo, expo);                               // exponent 31: infinity or NaN
-                var v = Vector512.ConditionalSelect(special.AsSingle(), (raw | fill).AsSingle(), raw.AsSingle() * scale);
-                v.Store(dst + i);
+                (raw.AsSingle() * scale).Store(dst + i);
+                if (Vector512.EqualsAny(raw & expo, expo))                                      // exponent 31: infinity or NaN
+                    for (int j = i; j < i + 16; j++) dst[j] = (float)src[j];
             }
         }
         else if (Use256 && Avx2.IsSupported)
         {
             var mask = Vector256.Create(unchecked((int)0x8FFFE000));
             var expo = Vector256.Create(0x0F800000);
-            var fill = Vector256.Create(0x70000000);
             var scale = Vector256.Create(TwoPow112);
             for (; i <= n - 8; i += 8)
             {
                 var raw = Avx2.ConvertToVector256Int32(Vector128.Load(s + i)) << 13 & mask;
-                var special = Vector256.Equals(raw & expo, expo);
-                var v = Vector256.ConditionalSelect(special.AsSingle(), (raw | fill).AsSingle(), raw.AsSingle() * scale);
-                v.Store(dst + i);
+                (raw.AsSingle() * scale).Store(dst + i);
+                if (Vector256.EqualsAny(raw & expo, expo))
+                    for (int j = i; j < i + 8; j++) dst[j] = (float)src[j];
             }
         }
         for (; i < n; i++) dst[i] = (float)src[i];
