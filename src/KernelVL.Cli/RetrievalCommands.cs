@@ -65,9 +65,10 @@ internal static class RetrievalCommands
         var dtype = new Option<string>("--dtype") { Description = "Vector storage: f16 or f32", DefaultValueFactory = _ => "f16" };
         var batch = new Option<int>("--batch") { Description = "Items per encoder pass", DefaultValueFactory = _ => 32 };
         var segment = new Option<int>("--segment-rows") { Description = "Rows per segment file (each completed segment is durable)", DefaultValueFactory = _ => 4096 };
+        var massRemoval = new Option<bool>("--allow-mass-removal") { Description = "Let a rerun remove more than half of the indexed images as gone (refused without it: an unmounted or moved image folder looks like every image deleted)" };
         var device = TrainCommands.DeviceOption();
         var cmd = new Command("index", "Encode images (and a dataset's captions) with the decomposed encoders into a persistent, resumable index");
-        foreach (var o in new Option[] { model, images, data, split, outDir, dtype, batch, segment, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, images, data, split, outDir, dtype, batch, segment, massRemoval, device }) cmd.Options.Add(o);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
             var dt = r.GetValue(dtype) switch { "f16" => VectorDType.F16, "f32" => VectorDType.F32, var x => throw new BadInputException($"--dtype must be f16 or f32, got {x}") };
@@ -82,12 +83,13 @@ internal static class RetrievalCommands
             // Every input is read and checked before the index folder is made or touched.
             // What to index: (id, relative path) of images, and (id, caption, image id) of captions.
             List<(string Id, string Path)> imageItems;
+            var unreadableFolders = new List<string>();   // folder mode: folders the scan could not read
             var captionItems = new List<(string Id, string Caption, string ImageId)>();
             string? dataPath = r.GetValue(data);
             string source;
             if (dataPath is null)
             {
-                imageItems = ImageFiles.Under(root, ImageExtensions, w => Console.Error.WriteLine($"kernelvl: warning: {w}")).Select(f => (f, f)).ToList();
+                imageItems = ImageFiles.Under(root, ImageExtensions, w => Console.Error.WriteLine($"kernelvl: warning: {w}"), unreadableFolders).Select(f => (f, f)).ToList();
                 source = "folder";
             }
             else
@@ -122,10 +124,19 @@ internal static class RetrievalCommands
             // A resumed build first refreshes what went stale since: items gone from the source are removed, changed ones
             // removed here (one atomic switch of the index: a search sees it before or after) and encoded again below
             // (until their segment lands, a search does not find them).
-            var plan = idx.PlanRefresh(root, imageMap, captionMap);
+            // What is under a folder that could not be read is unknown, not gone: kept as it is.
+            bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path.StartsWith(u + "/", StringComparison.Ordinal));
+            var plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null);
+            int indexed = idx.Collections["image"].Rows;
+            if (plan.GoneImages > 1 && plan.GoneImages * 2 > indexed && !r.GetValue(massRemoval))
+                throw new BadInputException($"{outPath}: {plan.GoneImages} of its {indexed} images are gone from {root} (deleted, or no longer in the source): nothing changed. " +
+                    "If the folder is offline or moved, bring it back; if they were deleted, rerun with --allow-mass-removal");
+            if (plan.Unstamped > 0)
+                Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; build a new index to have them");
             if (plan.Any)
             {
-                idx.Remove(plan.Rows);
+                idx.Remove(plan.Rows, plan.Restamped);
+                if (plan.Restamped.Count > 0) Console.Error.WriteLine($"kernelvl: {plan.Restamped.Count} images were touched but hold the same bytes: kept");
                 Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
                     $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
             }
@@ -150,19 +161,22 @@ internal static class RetrievalCommands
                         var chunk = todoImages.Skip(s).Take(seg).ToList();
                         var prepared = new PreparedImage?[chunk.Count];
                         var stamps = new (long? Bytes, long? ModifiedMs)[chunk.Count];   // read before the decode: a later change shows as stale
+                        var hashes = new string?[chunk.Count];
                         Parallel.For(0, chunk.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cts.Token }, i =>
                         {
                             try
                             {
                                 string file = Path.Combine(root, chunk[i].Path);
                                 stamps[i] = EmbeddingIndex.FileStamp(file);
-                                prepared[i] = pre.Load(file);
+                                var bytes = ImageFiles.ReadRegularFile(file);
+                                hashes[i] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+                                prepared[i] = pre.Load(bytes, file);
                             }
                             catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
                         });
                         var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
                         var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
-                        idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs)).ToList(), vecs);
+                        idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs, Sha256: hashes[i])).ToList(), vecs);
                         bar.Report(s + chunk.Count);
                     }
                 }
@@ -193,7 +207,7 @@ internal static class RetrievalCommands
             }
             // Partial segments of resumed runs and segments shrunk by a refresh are merged back into full ones.
             var (merged, into) = idx.Compact(seg);
-            if (merged > 0) Console.Error.WriteLine($"kernelvl: merged {merged} partial segments into {into}");
+            if (merged > 0) Console.Error.WriteLine($"kernelvl: merged {merged} segments into {into} (of up to {seg} rows)");
             Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
                 $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
             return ErrorReporting.Ok;

@@ -176,7 +176,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains("1 changed images to encode again, 1 gone (deleted, or no longer in the source) removed", r.Err);
         Assert.Contains("indexed 2 images", r.Out);
-        Assert.Contains("merged 2 partial segments into 1", r.Err);   // the rewritten 2 rows and the old 2; the new 2 stay apart
+        Assert.Contains("merged 2 segments into 1 (of up to 4 rows)", r.Err);   // the rewritten 2 rows and the old 2; the new 2 stay apart
         using (var x = EmbeddingIndex.Open(idx, verify: true))
         {
             Assert.Equal(6, x.Collections["image"].Rows);
@@ -193,6 +193,43 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.True(r.Code == 0, r.Err);
         Assert.DoesNotContain("refreshing", r.Err);
         Assert.Contains("indexed 0 images", r.Out);
+        // Touched (a new write time, the same bytes): kept under its new stamp, not encoded again, and not seen again.
+        File.SetLastWriteTimeUtc(In(3), DateTime.UtcNow.AddMinutes(2));
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Err.Contains("1 images were touched but hold the same bytes: kept") && r.Out.Contains("indexed 0 images"), r.Out + r.Err);
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 0 && !r.Err.Contains("touched") && !r.Err.Contains("refreshing"), r.Err);
+        // A symlinked image whose target changes is encoded again (its stamp is the target's, not the link's).
+        string target = Path.Combine(Tmp() + "-target.png");
+        File.Copy(sources[2], target);
+        File.CreateSymbolicLink(Path.Combine(folder, "link.png"), target);
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Out.Contains("indexed 1 images"), r.Out + r.Err);
+        File.Copy(sources[4], target, overwrite: true);
+        File.SetLastWriteTimeUtc(target, DateTime.UtcNow.AddMinutes(3));
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Err.Contains("1 changed images to encode again, 0 gone"), r.Err);
+        File.Delete(Path.Combine(folder, "link.png"));
+        // A named pipe with an image's name is skipped with a warning (reading it would wait for a writer forever).
+        string fifo = Path.Combine(folder, "pipe.png");
+        using (var mk = Process.Start("mkfifo", [fifo])) mk.WaitForExit();
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Err.Contains("pipe.png: not a regular file"), r.Err);
+        File.Delete(fifo);
+        // Most of the images gone at once (a folder unmounted looks the same): refused, nothing changed, unless asked.
+        string manifest = File.ReadAllText(Path.Combine(idx, "manifest.json"));
+        var aside = Tmp();
+        Directory.CreateDirectory(aside);
+        foreach (int i in new[] { 1, 3, 4, 5 }) File.Move(In(i), Path.Combine(aside, Path.GetFileName(In(i))));
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 2 && r.Err.Contains("4 of its 6 images are gone") && r.Err.Contains("--allow-mass-removal"), $"exit {r.Code}: {r.Err}");
+        Assert.Equal(manifest, File.ReadAllText(Path.Combine(idx, "manifest.json")));
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--allow-mass-removal", "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Err.Contains("4 gone"), r.Err);
+        using (var x = EmbeddingIndex.Open(idx)) Assert.Equal(2, x.Collections["image"].Rows);
+        foreach (int i in new[] { 1, 3, 4, 5 }) File.Move(Path.Combine(aside, Path.GetFileName(In(i))), In(i));
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--segment-rows", "4", "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Out.Contains("indexed 4 images"), r.Out + r.Err);
 
         // An image deleted after the build, then a query longer than the model reads, reranked by a cross model over all
         // six: the deleted image is not reranked, and stays in the list.

@@ -239,7 +239,13 @@ public sealed class IndexTests : IDisposable
         var searchable = EmbeddingIndex.Open(f, "m");
         Assert.Equal(12, searchable.Collections["image"].Rows);
         Assert.Equal("id0", searchable.Item("image", 0).Id);
+        // And temporary files of writes a kill cut short; a user's file that merely starts like ours stays.
+        string tmp = Path.Combine(f, $".seg-image-00002.f32.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllText(tmp, "");
+        File.WriteAllText(Path.Combine(f, "seg-notes.txt"), "mine");
         var resumed = EmbeddingIndex.CreateOrResume(f, "m", d, VectorDType.F32, null);
+        Assert.False(File.Exists(tmp));
+        Assert.Equal("mine", File.ReadAllText(Path.Combine(f, "seg-notes.txt")));
         Assert.Equal(manifest, File.ReadAllText(Path.Combine(f, "manifest.json")));
         Assert.False(File.Exists(Path.Combine(f, "seg-image-00002.f32")));
         Assert.False(File.Exists(Path.Combine(f, "items-00001.jsonl")));
@@ -269,6 +275,9 @@ public sealed class IndexTests : IDisposable
         var images = new Dictionary<string, string> { ["a"] = "a.png", ["b"] = "b.png", ["c"] = "c.png", ["d"] = "e.png", ["old"] = "old.png" };   // d now names another file
         var plan = idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one", ["k1"] = "two, reworded" });
         Assert.Equal([1, 2, 3], plan.Rows["image"]);   // "old" (indexed before files were stamped, still listed) is kept
+        Assert.Equal(1, plan.Unstamped);
+        // What is under a folder that could not be read is left alone: b's file "gone" is not counted under an unknown root.
+        Assert.Equal([2, 3], idx.PlanRefresh(root, images, new Dictionary<string, string>(), p => p == "b.png").Rows["image"]);
         Assert.Equal([1], plan.Rows["caption"]);
         Assert.Equal((2, 1, 1, 0), (plan.ChangedImages, plan.GoneImages, plan.ChangedCaptions, plan.GoneCaptions));
         var without = new Dictionary<string, string>(images);

@@ -1,3 +1,6 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
 namespace KernelVL.IO;
 
 /// <summary>The image files under a folder, recursively, for an index of a folder of images.</summary>
@@ -11,7 +14,9 @@ public static class ImageFiles
     /// an ancestor (a cycle, which would never end) or to a folder already read is skipped; those, folders that cannot be
     /// read, and files of other types are counted in warnings.
     /// </summary>
-    public static List<string> Under(string root, IReadOnlyCollection<string> extensions, Action<string>? warn = null)
+    /// <param name="unreadable">if given, receives the folders that could not be read, relative to <paramref name="root"/>
+    /// ("." for the root): what was under them is unknown, not gone</param>
+    public static List<string> Under(string root, IReadOnlyCollection<string> extensions, Action<string>? warn = null, List<string>? unreadableFolders = null)
     {
         var found = new List<string>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -37,6 +42,7 @@ public static class ImageFiles
             catch (Exception x) when (x is UnauthorizedAccessException or IOException)
             {
                 unreadable++;
+                unreadableFolders?.Add(Path.GetRelativePath(root, dir));
                 continue;
             }
             var subfolders = new List<string>();
@@ -62,5 +68,55 @@ public static class ImageFiles
             warn?.Invoke($"{root}: {others.Values.Sum()} files of other types not read ({string.Join(", ", others.Take(6).Select(o => $"{o.Value} {o.Key}"))}{(others.Count > 6 ? ", ..." : "")}; images: {string.Join(" ", extensions)})");
         found.Sort(StringComparer.Ordinal);
         return found;
+    }
+
+    /// <summary>The largest image file read (bytes): a bigger one is refused before it is read.</summary>
+    public const long MaxImageFileBytes = 256L << 20;
+
+    /// <summary>
+    /// Reads a whole image file. A folder, a missing file, one that cannot be read (permissions), one over
+    /// <see cref="MaxImageFileBytes"/>, and anything that is not a regular file (a named pipe, whose read would wait for a
+    /// writer forever; a socket or a device) are a <see cref="BadInputException"/> naming the file.
+    /// </summary>
+    public static byte[] ReadRegularFile(string path)
+    {
+        if (Directory.Exists(path)) throw new BadInputException($"{path}: is a folder, not an image file");
+        if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
+        try
+        {
+            using var fs = OpenWithoutWaiting(path);
+            if (!fs.CanSeek) throw new BadInputException($"{path}: not a regular file (a pipe, socket or device)");
+            long length = fs.Length;
+            if (length > MaxImageFileBytes) throw new BadInputException($"{path}: {length >> 20} MB, over the {MaxImageFileBytes >> 20} MB limit for an image file");
+            var bytes = new byte[length];
+            fs.ReadExactly(bytes);
+            return bytes;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            throw new BadInputException($"{path}: cannot be read (permission denied)");
+        }
+        catch (IOException e)
+        {
+            throw new BadInputException($"{path}: cannot be read ({e.Message})");
+        }
+    }
+
+    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
+    private static extern int LinuxOpen([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+    /// <summary>Opens for reading; on Linux with O_NONBLOCK, so that opening a named pipe does not wait for a writer.</summary>
+    private static FileStream OpenWithoutWaiting(string path)
+    {
+        if (!OperatingSystem.IsLinux()) return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1);
+        const int ORdOnly = 0, ONonBlock = 0x800, OCloExec = 0x80000;   // the same on x86-64 and arm64 Linux
+        int fd = LinuxOpen(path, ORdOnly | ONonBlock | OCloExec);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno is 1 or 13) throw new UnauthorizedAccessException();   // EPERM, EACCES
+            throw new IOException(Marshal.GetPInvokeErrorMessage(errno));
+        }
+        return new FileStream(new SafeFileHandle(fd, ownsHandle: true), FileAccess.Read, 1);
     }
 }

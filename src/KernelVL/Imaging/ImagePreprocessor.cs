@@ -71,20 +71,7 @@ public sealed class ImagePreprocessor
     }
 
     /// <summary>Reads, checks and preprocesses one image file.</summary>
-    public PreparedImage Load(string path)
-    {
-        RequireFile(path);
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (IOException e)
-        {
-            throw new BadInputException($"{path}: cannot be read ({e.Message})");
-        }
-        return Load(bytes, path);
-    }
+    public PreparedImage Load(string path) => Load(KernelVL.IO.ImageFiles.ReadRegularFile(path), path);
 
     /// <summary>Preprocesses an encoded image held in memory; <paramref name="name"/> is used in errors.</summary>
     public PreparedImage Load(byte[] encoded, string name)

@@ -14,7 +14,9 @@ public enum VectorDType { F16, F32 }
 /// <summary>One indexed item: an image (path relative to the manifest's image root) or a caption (its text).</summary>
 /// <param name="Bytes">An image file's size when it was indexed (a resumed build warns when it changed); null for captions and older indexes.</param>
 /// <param name="ModifiedMs">An image file's last write time (Unix ms, UTC) when it was indexed.</param>
-public sealed record IndexItem(string Kind, int Row, string Id, string? Path = null, string? Caption = null, string? ImageId = null, long? Bytes = null, long? ModifiedMs = null);
+/// <param name="Sha256">An image file's SHA-256 when it was indexed: a file whose stamp changed but whose content did not
+/// (touched, copied without its times) is not encoded again.</param>
+public sealed record IndexItem(string Kind, int Row, string Id, string? Path = null, string? Caption = null, string? ImageId = null, long? Bytes = null, long? ModifiedMs = null, string? Sha256 = null);
 
 /// <summary>A search hit: the item, its row in its collection and its inner-product score.</summary>
 public sealed record SearchHit(int Rank, float Score, IndexItem Item);
@@ -250,7 +252,8 @@ public sealed class EmbeddingIndex : IDisposable
             }
             cols[kind] = c;
         }
-        string itemsFile = m["items_file"] is null || version == 1 ? ItemsFile : Need<string>(m["items_file"], "items_file");
+        // Read whenever present: builds of 2026-11-29 wrote a renamed items file under format version 1.
+        string itemsFile = m["items_file"] is null ? ItemsFile : Need<string>(m["items_file"], "items_file");
         if (!IsItemsFileName(itemsFile)) throw new BadInputException($"{mpath}: items_file {itemsFile} must be a plain file name items[-N].jsonl");
         return new EmbeddingIndex(folder, Need<string>(m["model_fingerprint"], "model_fingerprint"), dim, dtype, (string?)m["image_root"], cols)
         {
@@ -277,7 +280,8 @@ public sealed class EmbeddingIndex : IDisposable
             if (kind is null || !_collections.TryGetValue(kind, out var c) || o["row"] is not JsonValue rv || !rv.TryGetValue(out int row)) { _strayItemLines = true; continue; }
             if (row >= c.Rows) { _strayItemLines = true; continue; }   // written after the last completed segment
             _items[(kind, row)] = new IndexItem(kind, row, (string?)o["id"] ?? "", (string?)o["path"], (string?)o["caption"], (string?)o["image_id"],
-                o["bytes"] is JsonValue bv && bv.TryGetValue(out long b) ? b : null, o["modified_ms"] is JsonValue tv && tv.TryGetValue(out long t) ? t : null);
+                o["bytes"] is JsonValue bv && bv.TryGetValue(out long b) ? b : null, o["modified_ms"] is JsonValue tv && tv.TryGetValue(out long t) ? t : null,
+                o["sha256"] is JsonValue hv && hv.TryGetValue(out string? h) ? h : null);
         }
         foreach (var c in _collections.Values)
             for (int r = 0; r < c.Rows; r++)
@@ -355,14 +359,17 @@ public sealed class EmbeddingIndex : IDisposable
         return fresh;
     }
 
-    /// <summary>What a resumed build refreshes: rows to remove per kind, and why.</summary>
-    /// <param name="ChangedImages">indexed images whose file differs in size or write time from when it was indexed, or whose id now names another path: removed and encoded again</param>
+    /// <summary>What a resumed build refreshes: rows to remove per kind and items to restamp, and why.</summary>
+    /// <param name="ChangedImages">indexed images whose file differs in size or write time from when it was indexed (and in content, where its SHA-256 was recorded), or whose id now names another path: removed and encoded again</param>
     /// <param name="GoneImages">indexed images no longer in the source, or whose file is gone: removed</param>
     /// <param name="ChangedCaptions">captions whose id now holds another text: removed and encoded again</param>
     /// <param name="GoneCaptions">captions no longer in the source: removed</param>
-    public sealed record Refresh(IReadOnlyDictionary<string, List<int>> Rows, int ChangedImages, int GoneImages, int ChangedCaptions, int GoneCaptions)
+    /// <param name="Restamped">images whose stamp changed but whose content did not: their items with the new stamp (kept, not encoded again)</param>
+    /// <param name="Unstamped">indexed images without a recorded stamp (indexes from before 2026-11-29): changes to them cannot be seen</param>
+    public sealed record Refresh(IReadOnlyDictionary<string, List<int>> Rows, int ChangedImages, int GoneImages, int ChangedCaptions, int GoneCaptions,
+        IReadOnlyList<IndexItem> Restamped, int Unstamped)
     {
-        public bool Any => Rows.Values.Any(r => r.Count > 0);
+        public bool Any => Rows.Values.Any(r => r.Count > 0) || Restamped.Count > 0;
     }
 
     /// <summary>
@@ -371,20 +378,29 @@ public sealed class EmbeddingIndex : IDisposable
     /// another path, or its file is gone or differs in size or write time from the indexed one (items of indexes written
     /// before files were stamped are compared by id and path only); a caption when its id is gone or its text differs.
     /// </summary>
-    public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions)
+    /// <param name="unknown">image paths whose presence cannot be told (under a folder that could not be read): left as they are</param>
+    public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions, Func<string, bool>? unknown = null)
     {
         var rows = Kinds.ToDictionary(k => k, _ => new List<int>());
-        int changed = 0, gone = 0, capChanged = 0, capGone = 0;
+        var restamped = new List<IndexItem>();
+        int changed = 0, gone = 0, capChanged = 0, capGone = 0, unstamped = 0;
         foreach (var it in _items.Values.OrderBy(i => i.Row))
         {
             if (it.Kind == "image")
             {
+                if (it.Path is not null && unknown?.Invoke(it.Path) == true) continue;
                 if (!images.TryGetValue(it.Id, out var path)) { gone++; rows["image"].Add(it.Row); continue; }
                 if (path != it.Path) { changed++; rows["image"].Add(it.Row); continue; }
-                if (it.Bytes is null) continue;
-                var (bytes, modified) = FileStamp(System.IO.Path.Combine(root, path));
+                if (it.Bytes is null) { unstamped++; continue; }
+                string file = System.IO.Path.Combine(root, path);
+                var (bytes, modified) = FileStamp(file);
                 if (bytes is null) { gone++; rows["image"].Add(it.Row); }
-                else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs) { changed++; rows["image"].Add(it.Row); }
+                else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
+                {
+                    // Touched, or copied without its times: the same bytes keep their vector, under the new stamp.
+                    if (it.Sha256 is not null && bytes == it.Bytes && ContentSha256(file) == it.Sha256) restamped.Add(it with { ModifiedMs = modified });
+                    else { changed++; rows["image"].Add(it.Row); }
+                }
             }
             else if (it.Kind == "caption")
             {
@@ -392,14 +408,36 @@ public sealed class EmbeddingIndex : IDisposable
                 else if (text != it.Caption) { capChanged++; rows["caption"].Add(it.Row); }
             }
         }
-        return new Refresh(rows, changed, gone, capChanged, capGone);
+        return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped);
     }
 
-    /// <summary>A file's size and last write time (Unix ms, UTC) as an <see cref="IndexItem"/> records them; nulls when it does not exist.</summary>
+    /// <summary>The SHA-256 of a file's bytes (hex), or null when it cannot be read.</summary>
+    public static string? ContentSha256(string path)
+    {
+        try
+        {
+            return Convert.ToHexStringLower(SHA256.HashData(ImageFiles.ReadRegularFile(path)));
+        }
+        catch (BadInputException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>A file's size and last write time (Unix ms, UTC) as an <see cref="IndexItem"/> records them; nulls when it
+    /// does not exist. A symlink's stamp is its final target's (the link's own would not change when the image does).</summary>
     public static (long? Bytes, long? ModifiedMs) FileStamp(string path)
     {
-        var f = new FileInfo(path);
-        return f.Exists ? (f.Length, new DateTimeOffset(f.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
+        FileSystemInfo f = new FileInfo(path);
+        try
+        {
+            if (f.LinkTarget is not null) f = f.ResolveLinkTarget(returnFinalTarget: true) ?? f;
+        }
+        catch (IOException)
+        {
+            return (null, null);   // a dangling or looping link: no image there
+        }
+        return f.Exists && f is FileInfo fi ? (fi.Length, new DateTimeOffset(fi.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
     }
 
     /// <summary>Ids already indexed (a resumed build skips them).</summary>
@@ -473,7 +511,7 @@ public sealed class EmbeddingIndex : IDisposable
 
     private static bool IsItemsFileName(string name) =>
         name == ItemsFile || name.StartsWith("items-", StringComparison.Ordinal) && name.EndsWith(".jsonl", StringComparison.Ordinal)
-            && name.Length > "items-.jsonl".Length && name["items-".Length..^".jsonl".Length].All(char.IsAsciiDigit);
+            && name.Length > "items-.jsonl".Length && name.Length <= "items-.jsonl".Length + 9 && name["items-".Length..^".jsonl".Length].All(char.IsAsciiDigit);
 
     /// <summary>
     /// Removes rows from collections (kind -> rows): each segment holding one is written anew without it under a new name
@@ -482,7 +520,8 @@ public sealed class EmbeddingIndex : IDisposable
     /// deleted. A kill at any moment leaves the index as it was before or after (files written before the switch are
     /// deleted by the next resume). Rows not in the collection are an error.
     /// </summary>
-    public void Remove(IReadOnlyDictionary<string, List<int>> rows)
+    /// <param name="restamp">items (kind, row as they are now) to write with new stamps in the same switch</param>
+    public void Remove(IReadOnlyDictionary<string, List<int>> rows, IReadOnlyCollection<IndexItem>? restamp = null)
     {
         // Every kind's rows are checked, and every new segment written, before the object or the manifest changes: a
         // failure part way leaves both as they were (the files written are deleted by the next resume).
@@ -492,7 +531,11 @@ public sealed class EmbeddingIndex : IDisposable
             gone[kind] = rows.TryGetValue(kind, out var r) ? r.ToHashSet() : [];
             if (gone[kind].Any(x => x < 0 || x >= c.Rows)) throw new ArgumentOutOfRangeException(nameof(rows), $"{kind}: rows to remove must be in 0..{c.Rows - 1}");
         }
-        if (gone.Values.All(g => g.Count == 0)) return;
+        var updated = (restamp ?? []).ToDictionary(i => (i.Kind, i.Row));
+        foreach (var key in updated.Keys)
+            if (!_items.TryGetValue(key, out var old) || old.Id != updated[key].Id || gone[key.Kind].Contains(key.Row))
+                throw new ArgumentException($"restamp: {key.Kind} row {key.Row} is not an item kept by this removal", nameof(restamp));
+        if (gone.Values.All(g => g.Count == 0) && updated.Count == 0) return;
         var dropped = new List<string>();
         var renumbered = new Dictionary<(string, int), IndexItem>();
         var newSegments = new Dictionary<string, List<Segment>>();
@@ -516,7 +559,7 @@ public sealed class EmbeddingIndex : IDisposable
                         segments.Add(WriteSegment(kind, TakeSegmentNumber(), bytes));
                     }
                 }
-                foreach (int x in keep) { renumbered[(kind, newRow)] = _items[(kind, x)] with { Row = newRow }; newRow++; }
+                foreach (int x in keep) { renumbered[(kind, newRow)] = updated.GetValueOrDefault((kind, x), _items[(kind, x)]) with { Row = newRow }; newRow++; }
                 oldBase += seg.Rows;
             }
         }
@@ -606,16 +649,23 @@ public sealed class EmbeddingIndex : IDisposable
         return (dropped.Count, into);
     }
 
-    /// <summary>Deletes the segment and items files the manifest does not list (left by a build killed before its manifest switched).</summary>
+    /// <summary>Deletes the segment and items files the manifest does not list (left by a build killed before its manifest
+    /// switched), and the temporary files of writes a kill cut short (.NAME.PID.GUID.tmp). Other files are left alone.</summary>
     private void DeleteUnlisted()
     {
+        var listed = _collections.Values.SelectMany(c => c.Segments).Select(s => s.File).Append(ItemsFileName).ToHashSet(StringComparer.Ordinal);
         foreach (var f in Directory.GetFiles(Folder))
         {
             string name = System.IO.Path.GetFileName(f);
-            bool listed = name == ItemsFileName || _collections.Values.Any(c => c.Segments.Any(s => s.File == name));
-            if (!listed && (name.StartsWith("seg-", StringComparison.Ordinal) || IsItemsFileName(name))) DeleteQuietly([name]);
+            if (!listed.Contains(name) && (IsSegmentFileName(name) || IsItemsFileName(name) || IsTemporaryOfOurs(name))) DeleteQuietly([name]);
         }
     }
+
+    private static readonly System.Text.RegularExpressions.Regex SegmentName = new(@"^seg-(image|caption)-[0-9]{1,9}\.(f16|f32)$");
+    private static readonly System.Text.RegularExpressions.Regex TemporaryName =
+        new(@"^\.(manifest\.json|items(-[0-9]{1,9})?\.jsonl|seg-(image|caption)-[0-9]{1,9}\.(f16|f32))\.[0-9]+\.[0-9a-f]{32}\.tmp$");
+    private static bool IsSegmentFileName(string name) => SegmentName.IsMatch(name);
+    private static bool IsTemporaryOfOurs(string name) => TemporaryName.IsMatch(name);
 
     private static string ItemJson(IndexItem it)
     {
@@ -625,6 +675,7 @@ public sealed class EmbeddingIndex : IDisposable
         if (it.ImageId is not null) o["image_id"] = it.ImageId;
         if (it.Bytes is { } b) o["bytes"] = b;
         if (it.ModifiedMs is { } t) o["modified_ms"] = t;
+        if (it.Sha256 is { } h) o["sha256"] = h;
         return o.ToJsonString();
     }
 
