@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace KernelVL.IO;
 
 /// <summary>Writes that never leave a half-written file: a temporary name beside the target, flushed, then renamed into place.</summary>
@@ -31,11 +33,43 @@ public static class AtomicFile
                 s.Flush(flushToDisk: true);
             }
             File.Move(tmp, full, overwrite: true);
+            SyncFolder(dir);
         }
         catch
         {
             try { File.Delete(tmp); } catch (IOException) { }
             throw;
+        }
+    }
+
+    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
+    private static extern int LinuxOpen([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+    [DllImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    private static extern int LinuxFsync(int fd);
+
+    [DllImport("libc", EntryPoint = "close")]
+    private static extern int LinuxClose(int fd);
+
+    /// <summary>
+    /// Makes a rename in <paramref name="dir"/> durable (fsync of the folder, Linux): without it a power cut after the rename
+    /// may bring back the old file (or none) although the new one's bytes reached the disk. Filesystems that cannot sync a
+    /// folder (EINVAL) are let be; another failure is an <see cref="IOException"/>.
+    /// </summary>
+    private static void SyncFolder(string dir)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        const int ORdOnly = 0, OCloExec = 0x80000;   // the same on x86-64 and arm64 Linux (O_DIRECTORY is not)
+        int fd = LinuxOpen(dir, ORdOnly | OCloExec);
+        if (fd < 0) return;   // not openable (permissions): the rename stands, only its durability is the OS's
+        try
+        {
+            if (LinuxFsync(fd) != 0 && Marshal.GetLastPInvokeError() is int errno and not 22)   // EINVAL
+                throw new IOException($"{dir}: the folder could not be synced to disk ({Marshal.GetPInvokeErrorMessage(errno)})");
+        }
+        finally
+        {
+            LinuxClose(fd);
         }
     }
 }
