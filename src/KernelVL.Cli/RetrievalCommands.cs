@@ -154,6 +154,7 @@ internal static class RetrievalCommands
             Console.CancelKeyPress += onCancel;
             try
             {
+                if (todoImages.Count > 0)   // no bar of nothing to do
                 using (var bar = new ProgressBar("index images", todoImages.Count))
                 {
                     for (int s = 0; s < todoImages.Count; s += seg)
