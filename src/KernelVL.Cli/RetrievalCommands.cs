@@ -126,7 +126,9 @@ internal static class RetrievalCommands
             // (until their segment lands, a search does not find them).
             // What is under a folder that could not be read is unknown, not gone: kept as it is.
             bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path.StartsWith(u + "/", StringComparison.Ordinal));
-            var plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null);
+            EmbeddingIndex.Refresh plan;
+            using (var bar = idx.Collections["image"].Rows >= 4096 ? new ProgressBar("check indexed images", idx.Collections["image"].Rows) : null)
+                plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => bar?.Report(n));
             int indexed = idx.Collections["image"].Rows;
             if (plan.GoneImages > 1 && plan.GoneImages * 2 > indexed && !r.GetValue(massRemoval))
                 throw new BadInputException($"{outPath}: {plan.GoneImages} of its {indexed} images are gone from {root} (deleted, or no longer in the source): nothing changed. " +
@@ -137,8 +139,9 @@ internal static class RetrievalCommands
             {
                 idx.Remove(plan.Rows, plan.Restamped);
                 if (plan.Restamped.Count > 0) Console.Error.WriteLine($"kernelvl: {plan.Restamped.Count} images were touched but hold the same bytes: kept");
-                Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
-                    $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
+                if (plan.Rows.Values.Any(x => x.Count > 0))
+                    Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
+                        $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
             }
             var doneImages = idx.IndexedIds("image");
             var doneCaps = idx.IndexedIds("caption");

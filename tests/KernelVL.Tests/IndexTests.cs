@@ -276,6 +276,9 @@ public sealed class IndexTests : IDisposable
         var plan = idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one", ["k1"] = "two, reworded" });
         Assert.Equal([1, 2, 3], plan.Rows["image"]);   // "old" (indexed before files were stamped, still listed) is kept
         Assert.Equal(1, plan.Unstamped);
+        var reported = new List<int>();
+        idx.PlanRefresh(root, images, new Dictionary<string, string>(), progress: reported.Add);
+        Assert.Equal([5], reported);   // every 1024 images, and at the end
         // What is under a folder that could not be read is left alone: b's file "gone" is not counted under an unknown root.
         Assert.Equal([2, 3], idx.PlanRefresh(root, images, new Dictionary<string, string>(), p => p == "b.png").Rows["image"]);
         Assert.Equal([1], plan.Rows["caption"]);

@@ -379,8 +379,12 @@ public sealed class EmbeddingIndex : IDisposable
     /// before files were stamped are compared by id and path only); a caption when its id is gone or its text differs.
     /// </summary>
     /// <param name="unknown">image paths whose presence cannot be told (under a folder that could not be read): left as they are</param>
-    public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions, Func<string, bool>? unknown = null)
+    /// <param name="progress">called with the count of indexed images checked so far, every 1024 and at the end (a check
+    /// reads each file's stamp, and hashes the files whose stamp changed)</param>
+    public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions,
+        Func<string, bool>? unknown = null, Action<int>? progress = null)
     {
+        int checkedImages = 0;
         var rows = Kinds.ToDictionary(k => k, _ => new List<int>());
         var restamped = new List<IndexItem>();
         int changed = 0, gone = 0, capChanged = 0, capGone = 0, unstamped = 0;
@@ -388,6 +392,7 @@ public sealed class EmbeddingIndex : IDisposable
         {
             if (it.Kind == "image")
             {
+                if (++checkedImages % 1024 == 0) progress?.Invoke(checkedImages);
                 if (it.Path is not null && unknown?.Invoke(it.Path) == true) continue;
                 if (!images.TryGetValue(it.Id, out var path)) { gone++; rows["image"].Add(it.Row); continue; }
                 if (path != it.Path) { changed++; rows["image"].Add(it.Row); continue; }
@@ -408,6 +413,7 @@ public sealed class EmbeddingIndex : IDisposable
                 else if (text != it.Caption) { capChanged++; rows["caption"].Add(it.Row); }
             }
         }
+        progress?.Invoke(checkedImages);
         return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped);
     }
 
