@@ -121,100 +121,109 @@ internal static class RetrievalCommands
             using var idx = EmbeddingIndex.CreateOrResume(outPath, EmbeddingIndex.Fingerprint(ckpt), m.Config.HiddenSize, dt, root, source, exclusive: true);
             var enc = new DecomposedEncoder(m, bs);
             var pre = m.Preprocessor();
-            // A resumed build first refreshes what went stale since: items gone from the source are removed, changed ones
-            // removed here (one atomic switch of the index: a search sees it before or after) and encoded again below
-            // (until their segment lands, a search does not find them).
-            // What is under a folder that could not be read is unknown, not gone: kept as it is.
-            bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path.StartsWith(u + "/", StringComparison.Ordinal));
-            EmbeddingIndex.Refresh plan;
-            using (var bar = idx.Collections["image"].Rows >= 4096 ? new ProgressBar("check indexed images", idx.Collections["image"].Rows) : null)
-                plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => bar?.Report(n));
-            int indexed = idx.Collections["image"].Rows;
-            if (plan.GoneImages > 1 && plan.GoneImages * 2 > indexed && !r.GetValue(massRemoval))
-                throw new BadInputException($"{outPath}: {plan.GoneImages} of its {indexed} images are gone from {root} (deleted, or no longer in the source): nothing changed. " +
-                    "If the folder is offline or moved, bring it back; if they were deleted, rerun with --allow-mass-removal");
-            if (plan.Unstamped > 0)
-                Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; build a new index to have them");
-            if (plan.Any)
-            {
-                idx.Remove(plan.Rows, plan.Restamped);
-                if (plan.Restamped.Count > 0) Console.Error.WriteLine($"kernelvl: {plan.Restamped.Count} images were touched but hold the same bytes: kept");
-                if (plan.Rows.Values.Any(x => x.Count > 0))
-                    Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
-                        $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
-            }
-            var doneImages = idx.IndexedIds("image");
-            var doneCaps = idx.IndexedIds("caption");
-            var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
-            var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
-            if (doneImages.Count + doneCaps.Count > 0)
-                Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
-            int skipped = 0;
-            var sw = Stopwatch.StartNew();
-            // Ctrl-C stops at the next batch: the completed segments stay (durable), the one in progress is redone by a rerun.
+            // Ctrl-C stops the check of the indexed images (nothing changed yet), or the encoding at the next batch: the
+            // completed segments stay (durable), the one in progress is redone by a rerun.
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
             Console.CancelKeyPress += onCancel;
             try
             {
-                if (todoImages.Count > 0)   // no bar of nothing to do
-                using (var bar = new ProgressBar("index images", todoImages.Count))
+                // A resumed build first refreshes what went stale since: items gone from the source are removed, changed ones
+                // removed here (one atomic switch of the index: a search sees it before or after) and encoded again below
+                // (until their segment lands, a search does not find them).
+                // What is under a folder that could not be read is unknown, not gone: kept as it is.
+                bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path.StartsWith(u + "/", StringComparison.Ordinal));
+                EmbeddingIndex.Refresh plan;
+                using (var bar = idx.Collections["image"].Rows >= 4096 ? new ProgressBar("check indexed images", idx.Collections["image"].Rows) : null)
+                    plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => { cts.Token.ThrowIfCancellationRequested(); bar?.Report(n); });
+                int indexed = idx.Collections["image"].Rows;
+                if (plan.GoneImages > 1 && plan.GoneImages * 2 > indexed && !r.GetValue(massRemoval))
+                    throw new BadInputException($"{outPath}: {plan.GoneImages} of its {indexed} images are gone from {root} (deleted, or no longer in the source): nothing changed. " +
+                        "If the folder is offline or moved, bring it back; if they were deleted, rerun with --allow-mass-removal");
+                if (plan.Unstamped > 0)
+                    Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; build a new index to have them");
+                if (plan.Any)
                 {
-                    for (int s = 0; s < todoImages.Count; s += seg)
+                    idx.Remove(plan.Rows, plan.Restamped);
+                    if (plan.Restamped.Count > 0) Console.Error.WriteLine($"kernelvl: {plan.Restamped.Count} images were touched but hold the same bytes: kept");
+                    if (plan.Rows.Values.Any(x => x.Count > 0))
+                        Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
+                            $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
+                }
+                var doneImages = idx.IndexedIds("image");
+                var doneCaps = idx.IndexedIds("caption");
+                var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
+                var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
+                if (doneImages.Count + doneCaps.Count > 0)
+                    Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
+                int skipped = 0;
+                var sw = Stopwatch.StartNew();
+                try
+                {
+                    if (todoImages.Count > 0)   // no bar of nothing to do
+                    using (var bar = new ProgressBar("index images", todoImages.Count))
                     {
-                        var chunk = todoImages.Skip(s).Take(seg).ToList();
-                        var prepared = new PreparedImage?[chunk.Count];
-                        var stamps = new (long? Bytes, long? ModifiedMs)[chunk.Count];   // read before the decode: a later change shows as stale
-                        var hashes = new string?[chunk.Count];
-                        Parallel.For(0, chunk.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cts.Token }, i =>
+                        for (int s = 0; s < todoImages.Count; s += seg)
                         {
-                            try
+                            var chunk = todoImages.Skip(s).Take(seg).ToList();
+                            var prepared = new PreparedImage?[chunk.Count];
+                            var stamps = new (long? Bytes, long? ModifiedMs)[chunk.Count];   // read before the decode: a later change shows as stale
+                            var hashes = new string?[chunk.Count];
+                            Parallel.For(0, chunk.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cts.Token }, i =>
                             {
-                                string file = Path.Combine(root, chunk[i].Path);
-                                stamps[i] = EmbeddingIndex.FileStamp(file);
-                                var bytes = ImageFiles.ReadRegularFile(file);
-                                hashes[i] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
-                                prepared[i] = pre.Load(bytes, file);
-                            }
-                            catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
-                        });
-                        var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
-                        var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
-                        idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs, Sha256: hashes[i])).ToList(), vecs);
-                        bar.Report(s + chunk.Count);
-                    }
-                }
-                if (idx.Collections["image"].Rows == 0)
-                {
-                    // Nothing readable: no index to search. A folder this run made is removed.
-                    idx.Dispose();
-                    if (fresh) Directory.Delete(outPath, recursive: true);
-                    throw new BadInputException($"{root}: none of the {imageItems.Count} images could be read (see the warnings above): nothing indexed");
-                }
-                if (todoCaps.Count > 0)
-                    using (var bar = new ProgressBar("index captions", todoCaps.Count))
-                        for (int s = 0; s < todoCaps.Count; s += seg)
-                        {
-                            var chunk = todoCaps.Skip(s).Take(seg).ToList();
-                            var vecs = enc.EncodeTexts(chunk.Select(c => c.Caption).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
-                            idx.Append("caption", chunk.Select(c => new IndexItem("caption", 0, c.Id, Caption: c.Caption, ImageId: c.ImageId)).ToList(), vecs);
+                                try
+                                {
+                                    string file = Path.Combine(root, chunk[i].Path);
+                                    stamps[i] = EmbeddingIndex.FileStamp(file);
+                                    var bytes = ImageFiles.ReadRegularFile(file);
+                                    hashes[i] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+                                    prepared[i] = pre.Load(bytes, file);
+                                }
+                                catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
+                            });
+                            var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
+                            var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
+                            idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs, Sha256: hashes[i])).ToList(), vecs);
+                            bar.Report(s + chunk.Count);
                         }
+                    }
+                    if (idx.Collections["image"].Rows == 0)
+                    {
+                        // Nothing readable: no index to search. A folder this run made is removed.
+                        idx.Dispose();
+                        if (fresh) Directory.Delete(outPath, recursive: true);
+                        throw new BadInputException($"{root}: none of the {imageItems.Count} images could be read (see the warnings above): nothing indexed");
+                    }
+                    if (todoCaps.Count > 0)
+                        using (var bar = new ProgressBar("index captions", todoCaps.Count))
+                            for (int s = 0; s < todoCaps.Count; s += seg)
+                            {
+                                var chunk = todoCaps.Skip(s).Take(seg).ToList();
+                                var vecs = enc.EncodeTexts(chunk.Select(c => c.Caption).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
+                                idx.Append("caption", chunk.Select(c => new IndexItem("caption", 0, c.Id, Caption: c.Caption, ImageId: c.ImageId)).ToList(), vecs);
+                            }
+                }
+                catch (OperationCanceledException) when (cts.IsCancellationRequested)
+                {
+                    Console.Error.WriteLine($"kernelvl: stopped: {idx.Collections["image"].Rows} images and {idx.Collections["caption"].Rows} captions are in {outPath}; rerun the same command to resume");
+                    return ErrorReporting.Interrupted;
+                }
+                // Partial segments of resumed runs and segments shrunk by a refresh are merged back into full ones.
+                var (merged, into) = idx.Compact(seg);
+                if (merged > 0) Console.Error.WriteLine($"kernelvl: merged {merged} segments into {into} (of up to {seg} rows)");
+                Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
+                    $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
+                return ErrorReporting.Ok;
             }
             catch (OperationCanceledException) when (cts.IsCancellationRequested)
             {
-                Console.Error.WriteLine($"kernelvl: stopped: {idx.Collections["image"].Rows} images and {idx.Collections["caption"].Rows} captions are in {outPath}; rerun the same command to resume");
+                Console.Error.WriteLine($"kernelvl: stopped while checking the indexed images: {outPath} is as it was; rerun the same command to resume");
                 return ErrorReporting.Interrupted;
             }
             finally
             {
                 Console.CancelKeyPress -= onCancel;
             }
-            // Partial segments of resumed runs and segments shrunk by a refresh are merged back into full ones.
-            var (merged, into) = idx.Compact(seg);
-            if (merged > 0) Console.Error.WriteLine($"kernelvl: merged {merged} segments into {into} (of up to {seg} rows)");
-            Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
-                $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
-            return ErrorReporting.Ok;
         }));
         return cmd;
     }
