@@ -128,9 +128,9 @@ internal static class RetrievalCommands
             Console.CancelKeyPress += onCancel;
             try
             {
-                // A resumed build first refreshes what went stale since: items gone from the source are removed, changed ones
-                // removed here (one atomic switch of the index: a search sees it before or after) and encoded again below
-                // (until their segment lands, a search does not find them).
+                // A resumed build first refreshes what went stale since: items gone from the source are removed here (one
+                // atomic switch of the index: a search sees it before or after); changed images are encoded again below,
+                // each old vector replaced in the switch that adds its new one (a search finds one of the two, never none).
                 // What is under a folder that could not be read is unknown, not gone: kept as it is.
                 bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path.StartsWith(u + "/", StringComparison.Ordinal));
                 EmbeddingIndex.Refresh plan;
@@ -146,11 +146,12 @@ internal static class RetrievalCommands
                 {
                     idx.Remove(plan.Rows, plan.Restamped);
                     if (plan.Restamped.Count > 0) Console.Error.WriteLine($"kernelvl: {plan.Restamped.Count} images were touched but hold the same bytes: kept");
-                    if (plan.Rows.Values.Any(x => x.Count > 0))
-                        Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
-                            $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
                 }
+                if (plan.Rows.Values.Any(x => x.Count > 0) || plan.ChangedImages > 0)
+                    Console.Error.WriteLine($"kernelvl: refreshing {outPath}: {plan.ChangedImages} changed images to encode again, {plan.GoneImages} gone " +
+                        $"(deleted, or no longer in the source) removed; {plan.ChangedCaptions} changed captions to encode again, {plan.GoneCaptions} gone removed");
                 var doneImages = idx.IndexedIds("image");
+                doneImages.ExceptWith(plan.ChangedImageIds);
                 var doneCaps = idx.IndexedIds("caption");
                 var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
                 var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
@@ -183,7 +184,16 @@ internal static class RetrievalCommands
                             });
                             var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
                             var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
-                            idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs, Sha256: hashes[i])).ToList(), vecs);
+                            // Changed images of this chunk: their old rows go in the switch that adds the new ones (also those
+                            // now unreadable: their old vector is stale).
+                            var replaces = new List<int>();
+                            if (plan.ChangedImageIds.Count > 0)
+                            {
+                                var rowOf = idx.RowsById("image");
+                                foreach (var item in chunk)
+                                    if (plan.ChangedImageIds.Contains(item.Id) && rowOf.TryGetValue(item.Id, out int old)) replaces.Add(old);
+                            }
+                            idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs, Sha256: hashes[i])).ToList(), vecs, replaces);
                             bar.Report(s + chunk.Count);
                         }
                     }

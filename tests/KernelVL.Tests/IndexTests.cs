@@ -274,24 +274,37 @@ public sealed class IndexTests : IDisposable
         File.WriteAllBytes(Path.Combine(root, "c.png"), new byte[11]);       // changed size
         var images = new Dictionary<string, string> { ["a"] = "a.png", ["b"] = "b.png", ["c"] = "c.png", ["d"] = "e.png", ["old"] = "old.png" };   // d now names another file
         var plan = idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one", ["k1"] = "two, reworded" });
-        Assert.Equal([1, 2, 3], plan.Rows["image"]);   // "old" (indexed before files were stamped, still listed) is kept
+        Assert.Equal([1], plan.Rows["image"]);   // b gone now; "old" (indexed before files were stamped, still listed) is kept
+        Assert.Equal(["c", "d"], plan.ChangedImageIds.Order(StringComparer.Ordinal));   // replaced as their new vectors land
         Assert.Equal(1, plan.Unstamped);
         var reported = new List<int>();
         idx.PlanRefresh(root, images, new Dictionary<string, string>(), progress: reported.Add);
         Assert.Equal([5], reported);   // every 1024 images, and at the end
         // What is under a folder that could not be read is left alone: b's file "gone" is not counted under an unknown root.
-        Assert.Equal([2, 3], idx.PlanRefresh(root, images, new Dictionary<string, string>(), p => p == "b.png").Rows["image"]);
+        var unknown = idx.PlanRefresh(root, images, new Dictionary<string, string>(), p => p == "b.png");
+        Assert.Empty(unknown.Rows["image"]);
+        Assert.Equal(0, unknown.GoneImages);
         Assert.Equal([1], plan.Rows["caption"]);
         Assert.Equal((2, 1, 1, 0), (plan.ChangedImages, plan.GoneImages, plan.ChangedCaptions, plan.GoneCaptions));
         var without = new Dictionary<string, string>(images);
         without.Remove("a");
         var all = idx.PlanRefresh(root, without, new Dictionary<string, string>());
-        Assert.Equal([0, 1, 2, 3], all.Rows["image"]);
+        Assert.Equal([0, 1], all.Rows["image"]);
         Assert.Equal((2, 2, 0, 2), (all.ChangedImages, all.GoneImages, all.ChangedCaptions, all.GoneCaptions));
         // After the first plan's removal, the same source has nothing more to refresh.
         idx.Remove(plan.Rows);
-        Assert.Equal(["a", "old"], Enumerable.Range(0, 2).Select(r => idx.Item("image", r).Id));
-        Assert.False(idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one" }).Any);
+        Assert.Equal(["a", "c", "d", "old"], Enumerable.Range(0, 4).Select(r => idx.Item("image", r).Id));
+        var again = idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one" });
+        Assert.False(again.Any);
+        Assert.Equal(["c", "d"], again.ChangedImageIds.Order(StringComparer.Ordinal));
+        // c encoded again: its old row goes in the switch that adds the new one (d's too, say it is unreadable now).
+        var rowOf = idx.RowsById("image");
+        var before = idx.ReadAll("image");
+        idx.Append("image", [Img("c", "c.png")], UnitRows(new Random(9), 1, d), [rowOf["c"], rowOf["d"]]);
+        Assert.Equal(["a", "old", "c"], Enumerable.Range(0, 3).Select(r => idx.Item("image", r).Id));
+        Assert.Equal(3, idx.Collections["image"].Rows);
+        Assert.Equal(before[..d].Concat(before[(3 * d)..(4 * d)]).Concat(UnitRows(new Random(9), 1, d)), idx.ReadAll("image"));
+        Assert.False(idx.PlanRefresh(root, new Dictionary<string, string> { ["a"] = "a.png", ["c"] = "c.png", ["old"] = "old.png" }, new Dictionary<string, string> { ["k0"] = "one" }) is { Any: true } or { ChangedImageIds.Count: > 0 });
     }
 
     [Fact]

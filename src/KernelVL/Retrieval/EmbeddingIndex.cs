@@ -359,16 +359,19 @@ public sealed class EmbeddingIndex : IDisposable
         return fresh;
     }
 
-    /// <summary>What a resumed build refreshes: rows to remove per kind and items to restamp, and why.</summary>
-    /// <param name="ChangedImages">indexed images whose file differs in size or write time from when it was indexed (and in content, where its SHA-256 was recorded), or whose id now names another path: removed and encoded again</param>
+    /// <summary>What a resumed build refreshes: rows to remove per kind, images to encode again, items to restamp, and why.</summary>
+    /// <param name="Rows">rows to remove at once: images gone, captions gone or changed</param>
+    /// <param name="ChangedImageIds">ids of indexed images whose file differs in size or write time from when it was indexed (and in content, where its SHA-256 was recorded), or whose id now names another path: encoded again, each old row replaced when its new vector lands (<see cref="Append"/>'s replaces)</param>
+    /// <param name="ChangedImages">their count</param>
     /// <param name="GoneImages">indexed images no longer in the source, or whose file is gone: removed</param>
     /// <param name="ChangedCaptions">captions whose id now holds another text: removed and encoded again</param>
     /// <param name="GoneCaptions">captions no longer in the source: removed</param>
     /// <param name="Restamped">images whose stamp changed but whose content did not: their items with the new stamp (kept, not encoded again)</param>
     /// <param name="Unstamped">indexed images without a recorded stamp (indexes from before 2026-11-29): changes to them cannot be seen</param>
     public sealed record Refresh(IReadOnlyDictionary<string, List<int>> Rows, int ChangedImages, int GoneImages, int ChangedCaptions, int GoneCaptions,
-        IReadOnlyList<IndexItem> Restamped, int Unstamped)
+        IReadOnlyList<IndexItem> Restamped, int Unstamped, IReadOnlySet<string> ChangedImageIds)
     {
+        /// <summary>Whether rows go or items are restamped now (changed images are replaced later, as they are encoded).</summary>
         public bool Any => Rows.Values.Any(r => r.Count > 0) || Restamped.Count > 0;
     }
 
@@ -387,6 +390,7 @@ public sealed class EmbeddingIndex : IDisposable
         int checkedImages = 0;
         var rows = Kinds.ToDictionary(k => k, _ => new List<int>());
         var restamped = new List<IndexItem>();
+        var changedIds = new HashSet<string>(StringComparer.Ordinal);
         int changed = 0, gone = 0, capChanged = 0, capGone = 0, unstamped = 0;
         foreach (var it in _items.Values.OrderBy(i => i.Row))
         {
@@ -395,7 +399,7 @@ public sealed class EmbeddingIndex : IDisposable
                 if (++checkedImages % 1024 == 0) progress?.Invoke(checkedImages);
                 if (it.Path is not null && unknown?.Invoke(it.Path) == true) continue;
                 if (!images.TryGetValue(it.Id, out var path)) { gone++; rows["image"].Add(it.Row); continue; }
-                if (path != it.Path) { changed++; rows["image"].Add(it.Row); continue; }
+                if (path != it.Path) { changed++; changedIds.Add(it.Id); continue; }
                 if (it.Bytes is null) { unstamped++; continue; }
                 string file = System.IO.Path.Combine(root, path);
                 var (bytes, modified) = FileStamp(file);
@@ -404,7 +408,7 @@ public sealed class EmbeddingIndex : IDisposable
                 {
                     // Touched, or copied without its times: the same bytes keep their vector, under the new stamp.
                     if (it.Sha256 is not null && bytes == it.Bytes && ContentSha256(file) == it.Sha256) restamped.Add(it with { ModifiedMs = modified });
-                    else { changed++; rows["image"].Add(it.Row); }
+                    else { changed++; changedIds.Add(it.Id); }
                 }
             }
             else if (it.Kind == "caption")
@@ -414,7 +418,7 @@ public sealed class EmbeddingIndex : IDisposable
             }
         }
         progress?.Invoke(checkedImages);
-        return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped);
+        return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped, changedIds);
     }
 
     /// <summary>The SHA-256 of a file's bytes (hex), or null when it cannot be read.</summary>
@@ -446,20 +450,33 @@ public sealed class EmbeddingIndex : IDisposable
         return f.Exists && f is FileInfo fi ? (fi.Length, new DateTimeOffset(fi.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
     }
 
+    /// <summary>Row of each indexed item of a kind, by id.</summary>
+    public Dictionary<string, int> RowsById(string kind) =>
+        _items.Values.Where(i => i.Kind == kind).ToDictionary(i => i.Id, i => i.Row, StringComparer.Ordinal);
+
     /// <summary>Ids already indexed (a resumed build skips them).</summary>
     public HashSet<string> IndexedIds(string kind) => _items.Values.Where(i => i.Kind == kind).Select(i => i.Id).ToHashSet(StringComparer.Ordinal);
 
     /// <summary>Appends one segment of vectors [items.Count, Dim] (row-major) and its items; durable once it returns.</summary>
-    public void Append(string kind, IReadOnlyList<IndexItem> items, ReadOnlySpan<float> vectors)
+    /// <param name="replaces">rows of this kind that these items replace (a changed image's old vector): removed in the
+    /// same manifest switch that adds the segment, so a search finds either the old vector or the new one, never neither
+    /// nor both</param>
+    public void Append(string kind, IReadOnlyList<IndexItem> items, ReadOnlySpan<float> vectors, IReadOnlyCollection<int>? replaces = null)
     {
         if (!_collections.TryGetValue(kind, out var c)) throw new ArgumentException($"unknown kind {kind}");
         if (vectors.Length != items.Count * Dim) throw new ShapeException($"{vectors.Length} values for {items.Count} vectors of {Dim}");
-        if (items.Count == 0) return;
+        if (items.Count == 0 && replaces is not { Count: > 0 }) return;
         int start = c.Rows;
         var bytes = new byte[(long)items.Count * Dim * ElementSize];
         if (DType == VectorDType.F32) System.Runtime.InteropServices.MemoryMarshal.AsBytes(vectors).CopyTo(bytes);
         else
             for (int i = 0; i < vectors.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(2 * i), (Half)vectors[i]);
+        if (replaces is { Count: > 0 })
+        {
+            var rows = new Dictionary<string, List<int>> { [kind] = replaces.ToList() };
+            Switch(rows, null, items.Count > 0 ? (kind, bytes, items) : null);
+            return;
+        }
         var segment = WriteSegment(kind, TakeSegmentNumber(), bytes);
         // Items first (lines past the manifest are ignored), then the manifest that makes the segment part of the index.
         using (var f = new FileStream(System.IO.Path.Combine(Folder, ItemsFileName), FileMode.Append, FileAccess.Write))
@@ -527,7 +544,10 @@ public sealed class EmbeddingIndex : IDisposable
     /// deleted by the next resume). Rows not in the collection are an error.
     /// </summary>
     /// <param name="restamp">items (kind, row as they are now) to write with new stamps in the same switch</param>
-    public void Remove(IReadOnlyDictionary<string, List<int>> rows, IReadOnlyCollection<IndexItem>? restamp = null)
+    public void Remove(IReadOnlyDictionary<string, List<int>> rows, IReadOnlyCollection<IndexItem>? restamp = null) => Switch(rows, restamp, null);
+
+    /// <summary>Rows removed, items restamped and a segment appended (vectors as bytes, and its items) in one switch.</summary>
+    private void Switch(IReadOnlyDictionary<string, List<int>> rows, IReadOnlyCollection<IndexItem>? restamp, (string Kind, byte[] Bytes, IReadOnlyList<IndexItem> Items)? append)
     {
         // Every kind's rows are checked, and every new segment written, before the object or the manifest changes: a
         // failure part way leaves both as they were (the files written are deleted by the next resume).
@@ -541,7 +561,7 @@ public sealed class EmbeddingIndex : IDisposable
         foreach (var key in updated.Keys)
             if (!_items.TryGetValue(key, out var old) || old.Id != updated[key].Id || gone[key.Kind].Contains(key.Row))
                 throw new ArgumentException($"restamp: {key.Kind} row {key.Row} is not an item kept by this removal", nameof(restamp));
-        if (gone.Values.All(g => g.Count == 0) && updated.Count == 0) return;
+        if (gone.Values.All(g => g.Count == 0) && updated.Count == 0 && append is null) return;
         var dropped = new List<string>();
         var renumbered = new Dictionary<(string, int), IndexItem>();
         var newSegments = new Dictionary<string, List<Segment>>();
@@ -567,6 +587,11 @@ public sealed class EmbeddingIndex : IDisposable
                 }
                 foreach (int x in keep) { renumbered[(kind, newRow)] = updated.GetValueOrDefault((kind, x), _items[(kind, x)]) with { Row = newRow }; newRow++; }
                 oldBase += seg.Rows;
+            }
+            if (append is { } a && a.Kind == kind)
+            {
+                segments.Add(WriteSegment(kind, TakeSegmentNumber(), a.Bytes));
+                foreach (var it in a.Items) { renumbered[(kind, newRow)] = it with { Kind = kind, Row = newRow }; newRow++; }
             }
         }
         string oldItems = ItemsFileName;
