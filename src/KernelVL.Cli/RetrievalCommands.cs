@@ -113,7 +113,7 @@ internal static class RetrievalCommands
                 // that would remove every image it holds (most likely the wrong --out, not a folder emptied and refilled).
                 using var before = EmbeddingIndex.Open(outPath, verify: false);
                 int held = before.Collections["image"].Rows;
-                if (before.Source is null && held > 0 && before.PlanRefresh(root, imageMap, captionMap).Rows["image"].Count == held)
+                if (before.Source is null && held > 0 && !before.ItemsOf("image").Any(it => imageMap.TryGetValue(it.Id, out var p) && p == it.Path))
                     throw new BadInputException($"{outPath}: an index that does not record what it was built from, and none of its {held} images is in this build's source ({source}): " +
                         "give another --out (or delete the folder to rebuild it from this source)");
             }
@@ -135,11 +135,13 @@ internal static class RetrievalCommands
                 bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path.StartsWith(u + "/", StringComparison.Ordinal));
                 EmbeddingIndex.Refresh plan;
                 using (var bar = idx.Collections["image"].Rows >= 4096 ? new ProgressBar("check indexed images", idx.Collections["image"].Rows) : null)
-                    plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => { cts.Token.ThrowIfCancellationRequested(); bar?.Report(n); });
+                    plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => bar?.Report(n), cts.Token);
                 int indexed = idx.Collections["image"].Rows;
-                if (plan.GoneImages > 1 && plan.GoneImages * 2 > indexed && !r.GetValue(massRemoval))
+                if (plan.RemovesMostOf(indexed) && !r.GetValue(massRemoval))
                     throw new BadInputException($"{outPath}: {plan.GoneImages} of its {indexed} images are gone from {root} (deleted, or no longer in the source): nothing changed. " +
                         "If the folder is offline or moved, bring it back; if they were deleted, rerun with --allow-mass-removal");
+                if (plan.Unreadable > 0)
+                    Console.Error.WriteLine($"kernelvl: warning: {plan.Unreadable} indexed images changed but cannot be read now: kept as they were");
                 if (plan.Unstamped > 0)
                     Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; build a new index to have them");
                 if (plan.Any)
@@ -153,7 +155,9 @@ internal static class RetrievalCommands
                 var doneImages = idx.IndexedIds("image");
                 doneImages.ExceptWith(plan.ChangedImageIds);
                 var doneCaps = idx.IndexedIds("caption");
-                var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).ToList();
+                // Changed images first: they then share one chunk, or a few, and so one switch, or a few, each of which
+                // rewrites the items file and the segments their old rows are in.
+                var todoImages = imageItems.Where(i => !doneImages.Contains(i.Id)).OrderBy(i => plan.ChangedImageIds.Contains(i.Id) ? 0 : 1).ToList();
                 var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
                 if (doneImages.Count + doneCaps.Count > 0)
                     Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
@@ -187,7 +191,7 @@ internal static class RetrievalCommands
                             // Changed images of this chunk: their old rows go in the switch that adds the new ones (also those
                             // now unreadable: their old vector is stale).
                             var replaces = new List<int>();
-                            if (plan.ChangedImageIds.Count > 0)
+                            if (chunk.Any(item => plan.ChangedImageIds.Contains(item.Id)))
                             {
                                 var rowOf = idx.RowsById("image");
                                 foreach (var item in chunk)

@@ -277,6 +277,18 @@ public sealed class IndexTests : IDisposable
         Assert.Equal([1], plan.Rows["image"]);   // b gone now; "old" (indexed before files were stamped, still listed) is kept
         Assert.Equal(["c", "d"], plan.ChangedImageIds.Order(StringComparer.Ordinal));   // replaced as their new vectors land
         Assert.Equal(1, plan.Unstamped);
+        // A changed file that cannot be read now (a pipe here; permissions alike) is kept, not replaced by nothing.
+        File.Move(Path.Combine(root, "a.png"), Path.Combine(root, "a.bak"));
+        using (var mk = Process.Start("mkfifo", [Path.Combine(root, "a.png")])) mk.WaitForExit();
+        var piped = idx.PlanRefresh(root, images, new Dictionary<string, string>());
+        Assert.Equal(1, piped.Unreadable);
+        Assert.DoesNotContain("a", piped.ChangedImageIds);
+        Assert.DoesNotContain(0, piped.Rows["image"]);
+        File.Delete(Path.Combine(root, "a.png"));
+        File.Move(Path.Combine(root, "a.bak"), Path.Combine(root, "a.png"));
+        // The mass-removal guard's edges: more than half, and at least two.
+        Assert.Equal([false, true, false, true, false], new[] { (1, 1), (2, 2), (2, 4), (3, 4), (0, 0) }
+            .Select(x => (piped with { GoneImages = x.Item1 }).RemovesMostOf(x.Item2)));
         var reported = new List<int>();
         idx.PlanRefresh(root, images, new Dictionary<string, string>(), progress: reported.Add);
         Assert.Equal([5], reported);   // every 1024 images, and at the end

@@ -45,7 +45,7 @@ public static class AtomicFile
     [DllImport("libc", EntryPoint = "open", SetLastError = true)]
     private static extern int LinuxOpen([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
 
-    [DllImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    [DllImport("libc", EntryPoint = "fsync")]
     private static extern int LinuxFsync(int fd);
 
     [DllImport("libc", EntryPoint = "close")]
@@ -53,8 +53,8 @@ public static class AtomicFile
 
     /// <summary>
     /// Makes a rename in <paramref name="dir"/> durable (fsync of the folder, Linux): without it a power cut after the rename
-    /// may bring back the old file (or none) although the new one's bytes reached the disk. Filesystems that cannot sync a
-    /// folder (EINVAL) are let be; another failure is an <see cref="IOException"/>.
+    /// may bring back the old file (or none) although the new one's bytes reached the disk. Best effort: the rename has
+    /// happened, and filesystems that cannot sync a folder (EINVAL, ENOTSUP on some FUSE mounts) must not fail the write.
     /// </summary>
     private static void SyncFolder(string dir)
     {
@@ -62,14 +62,7 @@ public static class AtomicFile
         const int ORdOnly = 0, OCloExec = 0x80000;   // the same on x86-64 and arm64 Linux (O_DIRECTORY is not)
         int fd = LinuxOpen(dir, ORdOnly | OCloExec);
         if (fd < 0) return;   // not openable (permissions): the rename stands, only its durability is the OS's
-        try
-        {
-            if (LinuxFsync(fd) != 0 && Marshal.GetLastPInvokeError() is int errno and not 22)   // EINVAL
-                throw new IOException($"{dir}: the folder could not be synced to disk ({Marshal.GetPInvokeErrorMessage(errno)})");
-        }
-        finally
-        {
-            LinuxClose(fd);
-        }
+        LinuxFsync(fd);
+        LinuxClose(fd);
     }
 }

@@ -368,11 +368,16 @@ public sealed class EmbeddingIndex : IDisposable
     /// <param name="GoneCaptions">captions no longer in the source: removed</param>
     /// <param name="Restamped">images whose stamp changed but whose content did not: their items with the new stamp (kept, not encoded again)</param>
     /// <param name="Unstamped">indexed images without a recorded stamp (indexes from before 2026-11-29): changes to them cannot be seen</param>
+    /// <param name="Unreadable">indexed images whose stamp changed but whose file cannot be read now: kept as they are (unknown)</param>
     public sealed record Refresh(IReadOnlyDictionary<string, List<int>> Rows, int ChangedImages, int GoneImages, int ChangedCaptions, int GoneCaptions,
-        IReadOnlyList<IndexItem> Restamped, int Unstamped, IReadOnlySet<string> ChangedImageIds)
+        IReadOnlyList<IndexItem> Restamped, int Unstamped, IReadOnlySet<string> ChangedImageIds, int Unreadable = 0)
     {
         /// <summary>Whether rows go or items are restamped now (changed images are replaced later, as they are encoded).</summary>
         public bool Any => Rows.Values.Any(r => r.Count > 0) || Restamped.Count > 0;
+
+        /// <summary>Whether the images gone are more than half of the <paramref name="indexed"/> ones (at least two): what an
+        /// image folder moved or unmounted looks like, refused unless the user says otherwise.</summary>
+        public bool RemovesMostOf(int indexed) => GoneImages >= 2 && GoneImages * 2 > indexed;
     }
 
     /// <summary>
@@ -384,9 +389,11 @@ public sealed class EmbeddingIndex : IDisposable
     /// <param name="unknown">image paths whose presence cannot be told (under a folder that could not be read): left as they are</param>
     /// <param name="progress">called with the count of indexed images checked so far, every 1024 and at the end (a check
     /// reads each file's stamp, and hashes the files whose stamp changed)</param>
+    /// <param name="cancel">checked before each image</param>
     public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions,
-        Func<string, bool>? unknown = null, Action<int>? progress = null)
+        Func<string, bool>? unknown = null, Action<int>? progress = null, CancellationToken cancel = default)
     {
+        int unreadable = 0;
         int checkedImages = 0;
         var rows = Kinds.ToDictionary(k => k, _ => new List<int>());
         var restamped = new List<IndexItem>();
@@ -396,6 +403,7 @@ public sealed class EmbeddingIndex : IDisposable
         {
             if (it.Kind == "image")
             {
+                cancel.ThrowIfCancellationRequested();
                 if (++checkedImages % 1024 == 0) progress?.Invoke(checkedImages);
                 if (it.Path is not null && unknown?.Invoke(it.Path) == true) continue;
                 if (!images.TryGetValue(it.Id, out var path)) { gone++; rows["image"].Add(it.Row); continue; }
@@ -406,8 +414,11 @@ public sealed class EmbeddingIndex : IDisposable
                 if (bytes is null) { gone++; rows["image"].Add(it.Row); }
                 else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
                 {
-                    // Touched, or copied without its times: the same bytes keep their vector, under the new stamp.
-                    if (it.Sha256 is not null && bytes == it.Bytes && ContentSha256(file) == it.Sha256) restamped.Add(it with { ModifiedMs = modified });
+                    // Touched, or copied without its times: the same bytes keep their vector, under the new stamp. A file
+                    // that cannot be read now (permissions) is unknown: kept, not replaced by nothing.
+                    string? sha = ContentSha256(file);
+                    if (sha is null) unreadable++;
+                    else if (sha == it.Sha256) restamped.Add(it with { Bytes = bytes, ModifiedMs = modified });
                     else { changed++; changedIds.Add(it.Id); }
                 }
             }
@@ -418,7 +429,7 @@ public sealed class EmbeddingIndex : IDisposable
             }
         }
         progress?.Invoke(checkedImages);
-        return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped, changedIds);
+        return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped, changedIds, unreadable);
     }
 
     /// <summary>The SHA-256 of a file's bytes (hex), or null when it cannot be read.</summary>
@@ -449,6 +460,9 @@ public sealed class EmbeddingIndex : IDisposable
         }
         return f.Exists && f is FileInfo fi ? (fi.Length, new DateTimeOffset(fi.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
     }
+
+    /// <summary>The indexed items of a kind, in row order.</summary>
+    public IEnumerable<IndexItem> ItemsOf(string kind) => _items.Values.Where(i => i.Kind == kind).OrderBy(i => i.Row);
 
     /// <summary>Row of each indexed item of a kind, by id.</summary>
     public Dictionary<string, int> RowsById(string kind) =>
