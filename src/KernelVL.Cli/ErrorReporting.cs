@@ -13,7 +13,7 @@ internal static class ErrorReporting
         var inner = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerException! : e;
         int code = inner switch
         {
-            BadInputException or ShapeException or FileNotFoundException or DirectoryNotFoundException => BadInput,
+            BadInputException or ShapeException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException => BadInput,
             _ => Failure,
         };
         Console.Error.WriteLine($"kernelvl: {(code == BadInput ? "bad input" : "error")}: {inner.Message}");

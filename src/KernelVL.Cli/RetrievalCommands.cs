@@ -131,8 +131,8 @@ internal static class RetrievalCommands
                 // A resumed build first refreshes what went stale since: items gone from the source are removed here (one
                 // atomic switch of the index: a search sees it before or after); changed images are encoded again below,
                 // each old vector replaced in the switch that adds its new one (a search finds one of the two, never none).
-                // What is under a folder that could not be read is unknown, not gone: kept as it is.
-                bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path.StartsWith(u + "/", StringComparison.Ordinal));
+                // What is under a folder that could not be read, or a symlink that leads nowhere, is unknown, not gone: kept.
+                bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path == u || path.StartsWith(u + "/", StringComparison.Ordinal));
                 EmbeddingIndex.Refresh plan;
                 using (var bar = idx.Collections["image"].Rows >= 4096 ? new ProgressBar("check indexed images", idx.Collections["image"].Rows) : null)
                     plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => bar?.Report(n), cts.Token);
@@ -141,7 +141,7 @@ internal static class RetrievalCommands
                     throw new BadInputException($"{outPath}: {plan.GoneImages} of its {indexed} images are gone from {root} (deleted, or no longer in the source): nothing changed. " +
                         "If the folder is offline or moved, bring it back; if they were deleted, rerun with --allow-mass-removal");
                 if (plan.Unreadable > 0)
-                    Console.Error.WriteLine($"kernelvl: warning: {plan.Unreadable} indexed images changed but cannot be read now: kept as they were");
+                    Console.Error.WriteLine($"kernelvl: warning: {plan.Unreadable} indexed images cannot be read now (changed, or their folder cannot be read or is missing): kept as they were");
                 if (plan.Unstamped > 0)
                     Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; build a new index to have them");
                 if (plan.Any)
@@ -188,14 +188,15 @@ internal static class RetrievalCommands
                             });
                             var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
                             var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
-                            // Changed images of this chunk: their old rows go in the switch that adds the new ones (also those
-                            // now unreadable: their old vector is stale).
+                            // Changed images of this chunk: their old rows go in the switch that adds the new ones. One that
+                            // could not be loaded keeps its old vector (a folder of files truncated or half-copied must not
+                            // empty the index); the next rerun tries it again.
                             var replaces = new List<int>();
                             if (chunk.Any(item => plan.ChangedImageIds.Contains(item.Id)))
                             {
                                 var rowOf = idx.RowsById("image");
-                                foreach (var item in chunk)
-                                    if (plan.ChangedImageIds.Contains(item.Id) && rowOf.TryGetValue(item.Id, out int old)) replaces.Add(old);
+                                foreach (int i in keep)
+                                    if (plan.ChangedImageIds.Contains(chunk[i].Id) && rowOf.TryGetValue(chunk[i].Id, out int old)) replaces.Add(old);
                             }
                             idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs, Sha256: hashes[i])).ToList(), vecs, replaces);
                             bar.Report(s + chunk.Count);
@@ -253,9 +254,10 @@ internal static class RetrievalCommands
         var rerank = new Option<int>("--rerank") { Description = "Rescore the top N with the cross-encoder (0: off)", DefaultValueFactory = _ => 0 };
         var crossModel = new Option<string>("--cross-model") { Description = "Checkpoint scoring the pairs for --rerank (default: --model); for a decomposed model, the stage-1 model it came from reranks best" };
         var json = new Option<bool>("--json") { Description = "Print the results as JSON" };
+        var verify = new Option<bool>("--verify") { Description = "Check every segment's SHA-256 before searching (reads the whole index; the sizes are always checked)" };
         var device = TrainCommands.DeviceOption();
         var cmd = new Command("search", "Search an index: text -> images (--text) or image -> captions (--image), optionally reranked by the cross-encoder");
-        foreach (var o in new Option[] { model, index, text, image, k, rerank, crossModel, json, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, index, text, image, k, rerank, crossModel, json, verify, device }) cmd.Options.Add(o);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
             string? q = r.GetValue(text), qi = r.GetValue(image);
@@ -270,7 +272,9 @@ internal static class RetrievalCommands
             using var m = VlModel.Load(ckpt, backend);
             using var cm = rr > 0 && r.GetValue(crossModel) is { } cp ? VlModel.Load(cp, backend) : null;
             var openWatch = Stopwatch.StartNew();
-            var idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt));
+            // Lengths are checked at the open and again as each segment is mapped; the checksums (a read of the whole
+            // index, seconds on a large one) only with --verify: the build that wrote them and every resume check them.
+            var idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt), verify: r.GetValue(verify));
             double openMs = openWatch.Elapsed.TotalMilliseconds;
             if (q is not null && m.Tokenizer is { } tok)
             {
@@ -293,7 +297,7 @@ internal static class RetrievalCommands
             catch (IndexChangedException)
             {
                 // A build refreshing the index replaced a segment between the open and the search: once more, from its new manifest.
-                idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt));
+                idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt), verify: r.GetValue(verify));
                 hits = idx.Search(backend, kind, qv, Math.Max(top, rr))[0];
             }
             double searchMs = sw.Elapsed.TotalMilliseconds - encodeMs;
@@ -362,7 +366,7 @@ internal static class RetrievalCommands
             {
                 Console.WriteLine($"{(q is not null ? $"images for \"{q}\"" : $"captions for {qi}")} ({idx.Collections[kind].Rows} in the index; open {openMs:F0} ms, encode {encodeMs:F1} ms, search {searchMs:F1} ms{(rr > 0 ? $", rerank of {reranked} {totalMs - encodeMs - searchMs:F0} ms" : "")})");
                 foreach (var h in hits)
-                    Console.WriteLine($"{h.Rank,4}  {h.Score,8:F4}{(cross.TryGetValue(h.Item.Row, out var c) ? $"  cross {c,8:F3}" : "")}  {Printable(h.Item.Path ?? h.Item.Caption ?? "")}{(h.Item.ImageId is { } owner ? $"  ({owner})" : "")}");
+                    Console.WriteLine($"{h.Rank,4}  {h.Score,8:F4}{(cross.TryGetValue(h.Item.Row, out var c) ? $"  cross {c,9:F4}" : "")}  {Printable(h.Item.Path ?? h.Item.Caption ?? "")}{(h.Item.ImageId is { } owner ? $"  ({owner})" : "")}");
             }
             return ErrorReporting.Ok;
         }));

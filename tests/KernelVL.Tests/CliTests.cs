@@ -275,6 +275,47 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal("folder", (string)JsonNode.Parse(File.ReadAllText(mpath))!["source"]!);
     }
 
+    [Fact]
+    public void ARerunKeepsWhatItCannotSeeAndSearchChecksumsOnlyWhenAsked()
+    {
+        // A folder with a symlinked subfolder and four images.
+        string folder = Tmp(), elsewhere = Tmp();
+        Directory.CreateDirectory(folder);
+        Directory.CreateDirectory(elsewhere);
+        var sources = Directory.GetFiles(Path.Combine(Images, "images"), "*.png").Order(StringComparer.Ordinal).Take(6).ToList();
+        foreach (var src in sources.Take(4)) File.Copy(src, Path.Combine(folder, Path.GetFileName(src)));
+        foreach (var src in sources.Skip(4)) File.Copy(src, Path.Combine(elsewhere, Path.GetFileName(src)));
+        Directory.CreateSymbolicLink(Path.Combine(folder, "disk"), elsewhere);
+        string idx = Tmp();
+        var r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--device", "cpu");
+        Assert.True(r.Code == 0 && r.Out.Contains("indexed 6 images"), r.Out + r.Err);
+        // Every file truncated (a half-finished copy) and the linked disk gone: nothing removed, nothing replaced.
+        string manifest = File.ReadAllText(Path.Combine(idx, "manifest.json"));
+        foreach (var f in Directory.GetFiles(folder, "*.png")) { File.WriteAllBytes(f, []); File.SetLastWriteTimeUtc(f, DateTime.UtcNow.AddMinutes(1)); }
+        Directory.Move(elsewhere, elsewhere + "-unmounted");
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--device", "cpu");
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Contains("1 symlinks lead nowhere", r.Err);
+        Assert.Contains("4 changed images to encode again, 0 gone", r.Err);
+        using (var x = EmbeddingIndex.Open(idx)) Assert.Equal(6, x.Collections["image"].Rows);
+        Assert.Equal(JsonNode.Parse(manifest)!["collections"]!.ToJsonString(), JsonNode.Parse(File.ReadAllText(Path.Combine(idx, "manifest.json")))!["collections"]!.ToJsonString());
+        // The images back (the same bytes; File.Copy keeps the write time here): their vectors were kept, nothing to do.
+        foreach (var src in sources.Take(4)) File.Copy(src, Path.Combine(folder, Path.GetFileName(src)), overwrite: true);
+        Directory.Move(elsewhere + "-unmounted", elsewhere);
+        r = Run("index", "--model", fx.Init, "--images", folder, "--out", idx, "--device", "cpu");
+        Assert.True(r.Code == 0 && !r.Err.Contains("refreshing") && r.Out.Contains("indexed 0 images") && r.Out.Contains("(6 images"), r.Out + r.Err);
+
+        // A bit flipped in a segment: search reads it as it is (sizes checked), --verify names it.
+        string seg = Directory.GetFiles(idx, "seg-image-*").First();
+        var bytes = File.ReadAllBytes(seg);
+        bytes[3] ^= 0x01;
+        File.WriteAllBytes(seg, bytes);
+        r = Run("search", "--model", fx.Init, "--index", idx, "--text", "a red circle", "-k", "2", "--device", "cpu");
+        Assert.True(r.Code == 0, r.Err);
+        r = Run("search", "--model", fx.Init, "--index", idx, "--text", "a red circle", "-k", "2", "--verify", "--device", "cpu");
+        Assert.True(r.Code == 2 && r.Err.Contains("checksum mismatch") && r.Err.Contains(Path.GetFileName(seg)), $"exit {r.Code}: {r.Err}");
+    }
+
     private static void CopyFolder(string from, string to)
     {
         Directory.CreateDirectory(to);

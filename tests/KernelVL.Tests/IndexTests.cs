@@ -194,6 +194,24 @@ public sealed class IndexTests : IDisposable
     }
 
     [Fact]
+    public void GoneIsToldFromUnknownAndADataFileIsTheSameSourceThroughALink()
+    {
+        string dir = Path.Combine(_dir, "listed");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "here.png"), "x");
+        Assert.True(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "here.png")));
+        Assert.False(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "gone.png")));
+        Assert.False(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "HERE.png")));   // case-sensitive, as the file system
+        Assert.Null(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "missing-folder", "x.png")));
+        string link = Path.Combine(_dir, "data-link.json");
+        File.WriteAllText(Path.Combine(dir, "d.json"), "{}");
+        File.CreateSymbolicLink(link, Path.Combine(dir, "d.json"));
+        Assert.True(EmbeddingIndex.SameSource($"data {Path.Combine(dir, "d.json")}, split test", $"data {link}, split test"));
+        Assert.False(EmbeddingIndex.SameSource($"data {Path.Combine(dir, "d.json")}, split test", $"data {link}, split val"));
+        Assert.False(EmbeddingIndex.SameSource("folder", $"data {link}, split test"));
+    }
+
+    [Fact]
     public void CompactionMergesAdjacentPartialSegmentsAndKeepsEveryRow()
     {
         var rng = new Random(Random.Shared.Next());

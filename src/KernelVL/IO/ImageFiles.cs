@@ -23,7 +23,7 @@ public static class ImageFiles
         var pending = new Stack<string>();    // folders reached without a link (depth first)
         var linked = new Queue<string>();     // symlinked folders: read once the others are done
         pending.Push(Path.GetFullPath(root));
-        int again = 0, unreadable = 0;
+        int again = 0, unreadable = 0, dangling = 0;
         var others = new SortedDictionary<string, int>(StringComparer.Ordinal);   // files of other extensions, by extension
         var options = new EnumerationOptions { AttributesToSkip = 0, IgnoreInaccessible = false };
         while (pending.Count > 0 || linked.Count > 0)
@@ -48,6 +48,13 @@ public static class ImageFiles
             var subfolders = new List<string>();
             foreach (var e in entries)
             {
+                if (LeadsNowhere(e))
+                {
+                    // A link to nothing (an unmounted disk, a moved folder): what was under it is unknown, not gone.
+                    dangling++;
+                    unreadableFolders?.Add(Path.GetRelativePath(root, e));
+                    continue;
+                }
                 if (Directory.Exists(e))
                 {
                     if (new DirectoryInfo(e).LinkTarget is null) subfolders.Add(e);
@@ -63,11 +70,48 @@ public static class ImageFiles
             for (int i = subfolders.Count - 1; i >= 0; i--) pending.Push(subfolders[i]);   // popped in ordinal order
         }
         if (again > 0) warn?.Invoke($"{root}: {again} symlinked folders lead to folders already read (a cycle or a second path): not read again");
-        if (unreadable > 0) warn?.Invoke($"{root}: {unreadable} folders could not be read: skipped");
+        if (unreadable > 0) warn?.Invoke($"{root}: {unreadable} folders could not be read: skipped (an index keeps what it held under them)");
+        if (dangling > 0) warn?.Invoke($"{root}: {dangling} symlinks lead nowhere (an unmounted disk, a moved folder?): skipped (an index keeps what it held under them)");
         if (others.Count > 0)
             warn?.Invoke($"{root}: {others.Values.Sum()} files of other types not read ({string.Join(", ", others.Take(6).Select(o => $"{o.Value} {o.Key}"))}{(others.Count > 6 ? ", ..." : "")}; images: {string.Join(" ", extensions)})");
         found.Sort(StringComparer.Ordinal);
         return found;
+    }
+
+    /// <summary>
+    /// Whether a file that cannot be stat'ed is listed by its folder: false when the folder lists its entries and the name
+    /// is not among them (the file is gone), true when it is (the folder can be listed but not entered), null when the
+    /// folder cannot be listed or does not exist (moved, unmounted, no permission): gone or not is unknown.
+    /// </summary>
+    public static bool? Listed(string path)
+    {
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir is null) return null;
+        try
+        {
+            return Directory.EnumerateFileSystemEntries(dir, Path.GetFileName(path), new EnumerationOptions { MatchCasing = MatchCasing.CaseSensitive, AttributesToSkip = 0 }).Any();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Whether a path is a symlink whose final target does not exist (.NET's File.Exists and Path.Exists say
+    /// true for such a link: they fall back to the link itself).</summary>
+    public static bool LeadsNowhere(string path)
+    {
+        var info = new FileInfo(path);
+        if (info.LinkTarget is null) return false;
+        try
+        {
+            var target = info.ResolveLinkTarget(returnFinalTarget: true);
+            return target is null || !(File.Exists(target.FullName) || Directory.Exists(target.FullName));
+        }
+        catch (IOException)
+        {
+            return true;   // a loop of links
+        }
     }
 
     /// <summary>The largest image file read (bytes): a bigger one is refused before it is read.</summary>
@@ -81,7 +125,8 @@ public static class ImageFiles
     public static byte[] ReadRegularFile(string path)
     {
         if (Directory.Exists(path)) throw new BadInputException($"{path}: is a folder, not an image file");
-        if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
+        if (!File.Exists(path))
+            throw new BadInputException(Listed(path) == false ? $"{path}: no such file" : $"{path}: cannot be read (its folder cannot be entered or listed)");
         try
         {
             using var fs = OpenWithoutWaiting(path);

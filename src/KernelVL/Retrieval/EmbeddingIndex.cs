@@ -342,7 +342,7 @@ public sealed class EmbeddingIndex : IDisposable
             if (idx.Dim != dim || idx.DType != dtype) throw new BadInputException($"{folder}: holds {idx.DType.ToString().ToLowerInvariant()} vectors of {idx.Dim}, the build makes {dtype.ToString().ToLowerInvariant()} of {dim}");
             if (idx.ImageRoot is not null && imageRoot is not null && !KernelVL.IO.Paths.Same(idx.ImageRoot, imageRoot))
                 throw new BadInputException($"{folder}: indexes images under {idx.ImageRoot}, this build reads {imageRoot}: build another index (--out)");
-            if (idx.Source is not null && source is not null && idx.Source != source)
+            if (idx.Source is not null && source is not null && !SameSource(idx.Source, source))
                 throw new BadInputException($"{folder}: built from {idx.Source}, this build is {source}: build another index (--out)");
             bool fill = idx.ImageRoot is null && imageRoot is not null || idx.Source is null && source is not null;
             idx.ImageRoot ??= imageRoot;
@@ -368,7 +368,7 @@ public sealed class EmbeddingIndex : IDisposable
     /// <param name="GoneCaptions">captions no longer in the source: removed</param>
     /// <param name="Restamped">images whose stamp changed but whose content did not: their items with the new stamp (kept, not encoded again)</param>
     /// <param name="Unstamped">indexed images without a recorded stamp (indexes from before 2026-11-29): changes to them cannot be seen</param>
-    /// <param name="Unreadable">indexed images whose stamp changed but whose file cannot be read now: kept as they are (unknown)</param>
+    /// <param name="Unreadable">indexed images whose stamp changed but whose file cannot be read now, or whose folder cannot be listed or entered, or is missing: kept as they are (unknown)</param>
     public sealed record Refresh(IReadOnlyDictionary<string, List<int>> Rows, int ChangedImages, int GoneImages, int ChangedCaptions, int GoneCaptions,
         IReadOnlyList<IndexItem> Restamped, int Unstamped, IReadOnlySet<string> ChangedImageIds, int Unreadable = 0)
     {
@@ -411,7 +411,13 @@ public sealed class EmbeddingIndex : IDisposable
                 if (it.Bytes is null) { unstamped++; continue; }
                 string file = System.IO.Path.Combine(root, path);
                 var (bytes, modified) = FileStamp(file);
-                if (bytes is null) { gone++; rows["image"].Add(it.Row); }
+                // Not there: gone if its folder lists its entries without it; unknown (kept) if the folder cannot be
+                // listed or entered, or is not there (moved, unmounted: the source still names the file).
+                if (bytes is null)
+                {
+                    if (ImageFiles.Listed(file) == false) { gone++; rows["image"].Add(it.Row); }
+                    else unreadable++;
+                }
                 else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
                 {
                     // Touched, or copied without its times: the same bytes keep their vector, under the new stamp. A file
@@ -459,6 +465,19 @@ public sealed class EmbeddingIndex : IDisposable
             return (null, null);   // a dangling or looping link: no image there
         }
         return f.Exists && f is FileInfo fi ? (fi.Length, new DateTimeOffset(fi.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
+    }
+
+    /// <summary>Whether two recorded sources are the same: equal, or "data FILE, split NAME" of one split of files that
+    /// are the same file (a symlink, another spelling of the path).</summary>
+    public static bool SameSource(string a, string b)
+    {
+        if (a == b) return true;
+        static (string File, string Split)? Parse(string s)
+        {
+            int at = s.LastIndexOf(", split ", StringComparison.Ordinal);
+            return s.StartsWith("data ", StringComparison.Ordinal) && at > 5 ? (s[5..at], s[(at + ", split ".Length)..]) : null;
+        }
+        return Parse(a) is { } x && Parse(b) is { } y && x.Split == y.Split && KernelVL.IO.Paths.Same(x.File, y.File);
     }
 
     /// <summary>The indexed items of a kind, in row order.</summary>
@@ -538,7 +557,8 @@ public sealed class EmbeddingIndex : IDisposable
                 // seg-KIND-NNNNN.EXT
                 string stem = System.IO.Path.GetFileNameWithoutExtension(file);
                 int dash = stem.LastIndexOf('-');
-                if (dash >= 0 && int.TryParse(stem.AsSpan(dash + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
+                // Numbers of up to 9 digits (as IsSegmentFileName): a stray seg-image-2147483646 must not wrap the counter.
+                if (dash >= 0 && int.TryParse(stem.AsSpan(dash + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n) && n < 1_000_000_000)
                     _nextSegment = Math.Max(_nextSegment, n + 1);
             }
             _segmentFloorChecked = true;
