@@ -349,7 +349,7 @@ internal static class RetrievalCommands
                 var o = new JsonObject
                 {
                     ["query"] = q ?? qi, ["kind"] = kind, ["k"] = top, ["rerank"] = rr, ["reranked"] = reranked,
-                    ["open_ms"] = Math.Round(openMs, 2), ["encode_ms"] = Math.Round(encodeMs, 2), ["search_ms"] = Math.Round(searchMs, 2), ["total_ms"] = Math.Round(totalMs, 2),
+                    ["open_ms"] = Math.Round(openMs, 2), ["encode_ms"] = Math.Round(encodeMs, 2), ["search_ms"] = Math.Round(searchMs, 2), ["rerank_ms"] = rr > 0 ? Math.Round(totalMs - encodeMs - searchMs, 2) : 0, ["total_ms"] = Math.Round(openMs + totalMs, 2),
                     ["results"] = new JsonArray(hits.Select(h =>
                     {
                         var x = new JsonObject { ["rank"] = h.Rank, ["score"] = h.Score, ["id"] = h.Item.Id };
