@@ -184,7 +184,11 @@ internal static class RetrievalCommands
                                     hashes[i] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
                                     prepared[i] = pre.Load(bytes, file);
                                 }
-                                catch (BadInputException e) { bar.Line($"kernelvl: warning: skipped: {e.Message}"); Interlocked.Increment(ref skipped); }
+                                catch (BadInputException e)
+                                {
+                                    // The first 20 named; the rest counted in the summary line.
+                                    if (Interlocked.Increment(ref skipped) <= 20) bar.Line($"kernelvl: warning: skipped: {e.Message}");
+                                }
                             });
                             var keep = Enumerable.Range(0, chunk.Count).Where(i => prepared[i] is not null).ToList();
                             var vecs = enc.EncodeImages(keep.Select(i => prepared[i]!).ToList(), n => { cts.Token.ThrowIfCancellationRequested(); bar.Report(s + n); });
@@ -227,7 +231,7 @@ internal static class RetrievalCommands
                 var (merged, into) = idx.Compact(seg);
                 if (merged > 0) Console.Error.WriteLine($"kernelvl: merged {merged} segments into {into} (of up to {seg} rows)");
                 Console.WriteLine($"indexed {todoImages.Count - skipped} images and {todoCaps.Count} captions in {ProgressBar.Format(sw.Elapsed)} " +
-                    $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped" : "")}");
+                    $"({idx.Collections["image"].Rows} images, {idx.Collections["caption"].Rows} captions in {outPath}){(skipped > 0 ? $"; {skipped} unreadable images skipped{(skipped > 20 ? " (the first 20 named above)" : "")}" : "")}");
                 return ErrorReporting.Ok;
             }
             catch (OperationCanceledException) when (cts.IsCancellationRequested)
