@@ -132,7 +132,15 @@ internal static class RetrievalCommands
                 // atomic switch of the index: a search sees it before or after); changed images are encoded again below,
                 // each old vector replaced in the switch that adds its new one (a search finds one of the two, never none).
                 // What is under a folder that could not be read, or a symlink that leads nowhere, is unknown, not gone: kept.
-                bool Unknown(string path) => unreadableFolders.Any(u => u == "." || path == u || path.StartsWith(u + "/", StringComparison.Ordinal));
+                var unknownPaths = unreadableFolders.ToHashSet(StringComparer.Ordinal);
+                bool Unknown(string path)
+                {
+                    // The path or a folder above it (a set lookup per level: a scan may report many dangling links).
+                    if (unknownPaths.Contains(".")) return true;
+                    for (int cut = path.Length; cut > 0; cut = path.LastIndexOf('/', cut - 1))
+                        if (unknownPaths.Contains(path[..cut])) return true;
+                    return false;
+                }
                 EmbeddingIndex.Refresh plan;
                 using (var bar = idx.Collections["image"].Rows >= 4096 ? new ProgressBar("check indexed images", idx.Collections["image"].Rows) : null)
                     plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => bar?.Report(n), cts.Token);
@@ -161,7 +169,7 @@ internal static class RetrievalCommands
                 var todoCaps = captionItems.Where(c => !doneCaps.Contains(c.Id)).ToList();
                 if (doneImages.Count + doneCaps.Count > 0)
                     Console.Error.WriteLine($"kernelvl: resuming: {doneImages.Count} images and {doneCaps.Count} captions already indexed");
-                int skipped = 0;
+                int skipped = 0, keptStale = 0;
                 var sw = Stopwatch.StartNew();
                 try
                 {
@@ -201,6 +209,7 @@ internal static class RetrievalCommands
                                 var rowOf = idx.RowsById("image");
                                 foreach (int i in keep)
                                     if (plan.ChangedImageIds.Contains(chunk[i].Id) && rowOf.TryGetValue(chunk[i].Id, out int old)) replaces.Add(old);
+                                keptStale += chunk.Count(item => plan.ChangedImageIds.Contains(item.Id)) - replaces.Count;
                             }
                             idx.Append("image", keep.Select(i => new IndexItem("image", 0, chunk[i].Id, Path: chunk[i].Path, Bytes: stamps[i].Bytes, ModifiedMs: stamps[i].ModifiedMs, Sha256: hashes[i])).ToList(), vecs, replaces);
                             bar.Report(s + chunk.Count);
@@ -227,6 +236,8 @@ internal static class RetrievalCommands
                     Console.Error.WriteLine($"kernelvl: stopped: {idx.Collections["image"].Rows} images and {idx.Collections["caption"].Rows} captions are in {outPath}; rerun the same command to resume");
                     return ErrorReporting.Interrupted;
                 }
+                if (keptStale > 0)
+                    Console.Error.WriteLine($"kernelvl: warning: {keptStale} changed images could not be loaded (see the warnings above): their old vectors are kept until a rerun can encode them");
                 // Partial segments of resumed runs and segments shrunk by a refresh are merged back into full ones.
                 var (merged, into) = idx.Compact(seg);
                 if (merged > 0) Console.Error.WriteLine($"kernelvl: merged {merged} segments into {into} (of up to {seg} rows)");
@@ -278,7 +289,9 @@ internal static class RetrievalCommands
             var openWatch = Stopwatch.StartNew();
             // Lengths are checked at the open and again as each segment is mapped; the checksums (a read of the whole
             // index, seconds on a large one) only with --verify: the build that wrote them and every resume check them.
-            var idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt), verify: r.GetValue(verify));
+            // On cuda the f16 search's exactness rests on each segment's max_norm, which the checksum pass also checks.
+            bool verifyAll = r.GetValue(verify) || backend is KernelVL.Backends.IHalfRowsTopK { PreferredHalfRows: > 0 };
+            var idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt), verify: verifyAll);
             double openMs = openWatch.Elapsed.TotalMilliseconds;
             if (q is not null && m.Tokenizer is { } tok)
             {
@@ -301,7 +314,7 @@ internal static class RetrievalCommands
             catch (IndexChangedException)
             {
                 // A build refreshing the index replaced a segment between the open and the search: once more, from its new manifest.
-                idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt), verify: r.GetValue(verify));
+                idx = EmbeddingIndex.Open(r.GetValue(index)!, EmbeddingIndex.Fingerprint(ckpt), verify: verifyAll);
                 hits = idx.Search(backend, kind, qv, Math.Max(top, rr))[0];
             }
             double searchMs = sw.Elapsed.TotalMilliseconds - encodeMs;

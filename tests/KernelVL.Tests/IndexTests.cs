@@ -203,6 +203,21 @@ public sealed class IndexTests : IDisposable
         Assert.False(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "gone.png")));
         Assert.False(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "HERE.png")));   // case-sensitive, as the file system
         Assert.Null(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "missing-folder", "x.png")));
+        Assert.False(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "her?.png")));   // a name, not a search pattern
+        Assert.False(KernelVL.IO.ImageFiles.Listed(Path.Combine(dir, "*.png")));
+        // A relative link under a symlinked folder: resolved by the kernel, not as text ('..' from the real folder).
+        string real = Path.Combine(_dir, "real"), shared = Path.Combine(_dir, "shared"), alias = Path.Combine(_dir, "alias");
+        Directory.CreateDirectory(Path.Combine(real, "sub"));
+        Directory.CreateDirectory(shared);
+        File.WriteAllText(Path.Combine(shared, "x.png"), "twelve bytes");
+        File.CreateSymbolicLink(Path.Combine(real, "sub", "x.png"), Path.Combine("..", "..", "shared", "x.png"));
+        Directory.CreateSymbolicLink(alias, Path.Combine(real, "sub"));
+        string viaAlias = Path.Combine(alias, "x.png");   // as text: _dir/shared/.. -> wrong; the kernel: real/sub/../../shared
+        Assert.False(KernelVL.IO.ImageFiles.LeadsNowhere(viaAlias));
+        Assert.Equal(12, EmbeddingIndex.FileStamp(viaAlias).Bytes);
+        File.Delete(Path.Combine(shared, "x.png"));
+        Assert.True(KernelVL.IO.ImageFiles.LeadsNowhere(viaAlias));
+        Assert.Null(EmbeddingIndex.FileStamp(viaAlias).Bytes);
         string link = Path.Combine(_dir, "data-link.json");
         File.WriteAllText(Path.Combine(dir, "d.json"), "{}");
         File.CreateSymbolicLink(link, Path.Combine(dir, "d.json"));
@@ -327,10 +342,13 @@ public sealed class IndexTests : IDisposable
         var again = idx.PlanRefresh(root, images, new Dictionary<string, string> { ["k0"] = "one" });
         Assert.False(again.Any);
         Assert.Equal(["c", "d"], again.ChangedImageIds.Order(StringComparer.Ordinal));
-        // c encoded again: its old row goes in the switch that adds the new one (d's too, say it is unreadable now).
+        // c encoded again: its old row goes in the switch that adds the new one; a row of another id is refused; d removed.
         var rowOf = idx.RowsById("image");
         var before = idx.ReadAll("image");
-        idx.Append("image", [Img("c", "c.png")], UnitRows(new Random(9), 1, d), [rowOf["c"], rowOf["d"]]);
+        Assert.Throws<ArgumentException>(() => idx.Append("image", [Img("c", "c.png")], UnitRows(new Random(9), 1, d), [rowOf["c"], rowOf["d"]]));
+        idx.Remove(new Dictionary<string, List<int>> { ["image"] = [rowOf["d"]] });
+        rowOf = idx.RowsById("image");
+        idx.Append("image", [Img("c", "c.png")], UnitRows(new Random(9), 1, d), [rowOf["c"]]);
         Assert.Equal(["a", "old", "c"], Enumerable.Range(0, 3).Select(r => idx.Item("image", r).Id));
         Assert.Equal(3, idx.Collections["image"].Rows);
         Assert.Equal(before[..d].Concat(before[(3 * d)..(4 * d)]).Concat(UnitRows(new Random(9), 1, d)), idx.ReadAll("image"));

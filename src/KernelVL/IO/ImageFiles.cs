@@ -23,7 +23,7 @@ public static class ImageFiles
         var pending = new Stack<string>();    // folders reached without a link (depth first)
         var linked = new Queue<string>();     // symlinked folders: read once the others are done
         pending.Push(Path.GetFullPath(root));
-        int again = 0, unreadable = 0, dangling = 0;
+        int again = 0, unreadable = 0, dangling = 0, unenterable = 0;
         var others = new SortedDictionary<string, int>(StringComparer.Ordinal);   // files of other extensions, by extension
         var options = new EnumerationOptions { AttributesToSkip = 0, IgnoreInaccessible = false };
         while (pending.Count > 0 || linked.Count > 0)
@@ -55,6 +55,13 @@ public static class ImageFiles
                     unreadableFolders?.Add(Path.GetRelativePath(root, e));
                     continue;
                 }
+                if (!File.Exists(e) && !Directory.Exists(e))
+                {
+                    // Listed but not stat-able: this folder can be listed but not entered. A file or a folder: unknown.
+                    unenterable++;
+                    unreadableFolders?.Add(Path.GetRelativePath(root, e));
+                    continue;
+                }
                 if (Directory.Exists(e))
                 {
                     if (new DirectoryInfo(e).LinkTarget is null) subfolders.Add(e);
@@ -71,6 +78,7 @@ public static class ImageFiles
         }
         if (again > 0) warn?.Invoke($"{root}: {again} symlinked folders lead to folders already read (a cycle or a second path): not read again");
         if (unreadable > 0) warn?.Invoke($"{root}: {unreadable} folders could not be read: skipped (an index keeps what it held under them)");
+        if (unenterable > 0) warn?.Invoke($"{root}: {unenterable} entries of folders that can be listed but not entered: skipped (an index keeps what it held under them)");
         if (dangling > 0) warn?.Invoke($"{root}: {dangling} symlinks lead nowhere (an unmounted disk, a moved folder?): skipped (an index keeps what it held under them)");
         if (others.Count > 0)
             warn?.Invoke($"{root}: {others.Values.Sum()} files of other types not read ({string.Join(", ", others.Take(6).Select(o => $"{o.Value} {o.Key}"))}{(others.Count > 6 ? ", ..." : "")}; images: {string.Join(" ", extensions)})");
@@ -83,36 +91,49 @@ public static class ImageFiles
     /// is not among them (the file is gone), true when it is (the folder can be listed but not entered), null when the
     /// folder cannot be listed or does not exist (moved, unmounted, no permission): gone or not is unknown.
     /// </summary>
-    public static bool? Listed(string path)
+    /// <param name="listings">folder -> its entries' names (null: cannot be listed), filled as folders are read: a
+    /// caller asking about many files lists each folder once</param>
+    public static bool? Listed(string path, Dictionary<string, HashSet<string>?>? listings = null)
     {
         string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir is null) return null;
+        listings ??= new();
+        if (!listings.TryGetValue(dir, out var names))
+        {
+            try
+            {
+                // Every entry, compared by name below: the name is not a search pattern ('*', '?' and '\' are characters).
+                names = Directory.EnumerateFileSystemEntries(dir, "*", new EnumerationOptions { AttributesToSkip = 0 })
+                    .Select(e => Path.GetFileName(e)).ToHashSet(StringComparer.Ordinal);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                names = null;
+            }
+            listings[dir] = names;
+        }
+        return names?.Contains(Path.GetFileName(path));
+    }
+
+    /// <summary>Whether a regular file can be opened for reading now (a pipe is opened without waiting, and is not one).</summary>
+    public static bool CanOpen(string path)
+    {
         try
         {
-            return Directory.EnumerateFileSystemEntries(dir, Path.GetFileName(path), new EnumerationOptions { MatchCasing = MatchCasing.CaseSensitive, AttributesToSkip = 0 }).Any();
+            using var fs = OpenWithoutWaiting(path);
+            return fs.CanSeek;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return null;
+            return false;
         }
     }
 
     /// <summary>Whether a path is a symlink whose final target does not exist (.NET's File.Exists and Path.Exists say
     /// true for such a link: they fall back to the link itself).</summary>
-    public static bool LeadsNowhere(string path)
-    {
-        var info = new FileInfo(path);
-        if (info.LinkTarget is null) return false;
-        try
-        {
-            var target = info.ResolveLinkTarget(returnFinalTarget: true);
-            return target is null || !(File.Exists(target.FullName) || Directory.Exists(target.FullName));
-        }
-        catch (IOException)
-        {
-            return true;   // a loop of links
-        }
-    }
+    /// The kernel resolves it (realpath): .NET folds '..' in a relative link's target as text, which goes wrong under a
+    /// symlinked folder.
+    public static bool LeadsNowhere(string path) => new FileInfo(path).LinkTarget is not null && Paths.RealOrNull(path) is null;
 
     /// <summary>The largest image file read (bytes): a bigger one is refused before it is read.</summary>
     public const long MaxImageFileBytes = 256L << 20;

@@ -21,6 +21,23 @@ public static class Paths
         }
     }
 
+    /// <summary>The path with every symlink resolved by the kernel (realpath(3)), or null where that fails: a link that
+    /// leads nowhere, a loop, a folder on the way that cannot be entered (Linux and macOS; elsewhere the full path).</summary>
+    public static string? RealOrNull(string path)
+    {
+        if (OperatingSystem.IsWindows()) return Path.GetFullPath(path);
+        nint p = realpath(path, 0);
+        if (p == 0) return null;
+        try
+        {
+            return Marshal.PtrToStringUTF8(p)!;
+        }
+        finally
+        {
+            free(p);
+        }
+    }
+
     /// <summary>Whether two paths name the same file or folder (symlinks and trailing separators resolved).</summary>
     public static bool Same(string a, string b) => string.Equals(Real(a), Real(b), StringComparison.Ordinal);
 

@@ -394,6 +394,7 @@ public sealed class EmbeddingIndex : IDisposable
         Func<string, bool>? unknown = null, Action<int>? progress = null, CancellationToken cancel = default)
     {
         int unreadable = 0;
+        var listings = new Dictionary<string, HashSet<string>?>(StringComparer.Ordinal);   // each folder listed once
         int checkedImages = 0;
         var rows = Kinds.ToDictionary(k => k, _ => new List<int>());
         var restamped = new List<IndexItem>();
@@ -415,14 +416,14 @@ public sealed class EmbeddingIndex : IDisposable
                 // listed or entered, or is not there (moved, unmounted: the source still names the file).
                 if (bytes is null)
                 {
-                    if (ImageFiles.Listed(file) == false) { gone++; rows["image"].Add(it.Row); }
+                    if (ImageFiles.Listed(file, listings) == false) { gone++; rows["image"].Add(it.Row); }
                     else unreadable++;
                 }
                 else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
                 {
-                    // Touched, or copied without its times: the same bytes keep their vector, under the new stamp. A file
-                    // that cannot be read now (permissions) is unknown: kept, not replaced by nothing.
-                    string? sha = ContentSha256(file);
+                    // Touched, or copied without its times: the same bytes keep their vector, under the new stamp (only
+                    // a file of the same size is hashed). A file that cannot be read now (permissions) is unknown: kept.
+                    string? sha = bytes == it.Bytes ? ContentSha256(file) : ImageFiles.CanOpen(file) ? "" : null;
                     if (sha is null) unreadable++;
                     else if (sha == it.Sha256) restamped.Add(it with { Bytes = bytes, ModifiedMs = modified });
                     else { changed++; changedIds.Add(it.Id); }
@@ -455,16 +456,14 @@ public sealed class EmbeddingIndex : IDisposable
     /// does not exist. A symlink's stamp is its final target's (the link's own would not change when the image does).</summary>
     public static (long? Bytes, long? ModifiedMs) FileStamp(string path)
     {
-        FileSystemInfo f = new FileInfo(path);
-        try
+        var f = new FileInfo(path);
+        if (f.LinkTarget is not null)
         {
-            if (f.LinkTarget is not null) f = f.ResolveLinkTarget(returnFinalTarget: true) ?? f;
+            // Resolved by the kernel (.NET folds a relative target's '..' as text); a link to nothing: no image there.
+            if (Paths.RealOrNull(path) is not { } real) return (null, null);
+            f = new FileInfo(real);
         }
-        catch (IOException)
-        {
-            return (null, null);   // a dangling or looping link: no image there
-        }
-        return f.Exists && f is FileInfo fi ? (fi.Length, new DateTimeOffset(fi.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
+        return f.Exists ? (f.Length, new DateTimeOffset(f.LastWriteTimeUtc).ToUnixTimeMilliseconds()) : (null, null);
     }
 
     /// <summary>Whether two recorded sources are the same: equal, or "data FILE, split NAME" of one split of files that
@@ -506,6 +505,10 @@ public sealed class EmbeddingIndex : IDisposable
             for (int i = 0; i < vectors.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(2 * i), (Half)vectors[i]);
         if (replaces is { Count: > 0 })
         {
+            var ids = items.Select(i => i.Id).ToHashSet(StringComparer.Ordinal);
+            foreach (int row in replaces)
+                if (!_items.TryGetValue((kind, row), out var old) || !ids.Contains(old.Id))
+                    throw new ArgumentException($"replaces: {kind} row {row} is not an item these items replace (same id)", nameof(replaces));
             var rows = new Dictionary<string, List<int>> { [kind] = replaces.ToList() };
             Switch(rows, null, items.Count > 0 ? (kind, bytes, items) : null);
             return;
