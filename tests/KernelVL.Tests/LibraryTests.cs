@@ -7,6 +7,23 @@ namespace KernelVL.Tests;
 /// <summary>The README's library examples, run as written.</summary>
 public sealed class LibraryTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFixture>
 {
+    /// <summary>The README's retrieval example is, line for line, the code the test below runs (no drift between them).</summary>
+    [Fact]
+    public void TheReadmesRetrievalExampleIsTheTestedCode()
+    {
+        string readme = File.ReadAllText(Path.Combine(BuiltOutput.Repository, "README.md"));
+        int at = readme.IndexOf("Retrieval with a decomposed checkpoint", StringComparison.Ordinal);
+        Assert.True(at >= 0, "README.md lost its retrieval example");
+        int start = readme.IndexOf("```csharp\n", at, StringComparison.Ordinal) + "```csharp\n".Length;
+        var example = readme[start..readme.IndexOf("```", start, StringComparison.Ordinal)].Split('\n')
+            .Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith("using KernelVL", StringComparison.Ordinal)).ToList();
+        string source = File.ReadAllText(Path.Combine(BuiltOutput.Repository, "tests", "KernelVL.Tests", "LibraryTests.cs"));
+        int from = source.IndexOf("// ---- as in " + "README.md (\"The library\")", StringComparison.Ordinal);   // split: not to find this line
+        Assert.True(from >= 0, "LibraryTests.cs lost its marked copy of the example");
+        var tested = source[from..source.IndexOf("// ----\n", from + 10, StringComparison.Ordinal)].Split('\n').Select(l => l.Trim()).Where(l => l.Length > 0).Skip(1).ToList();
+        Assert.Equal(example, tested);
+    }
+
     [Fact]
     public void TheReadmesRetrievalExampleRuns()
     {
