@@ -189,7 +189,7 @@ internal static class RetrievalCommands
                                     string file = Path.Combine(root, chunk[i].Path);
                                     stamps[i] = EmbeddingIndex.FileStamp(file);
                                     var bytes = ImageFiles.ReadRegularFile(file);
-                                    hashes[i] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+                                    hashes[i] = EmbeddingIndex.Sha256Hex(bytes);
                                     prepared[i] = pre.Load(bytes, file);
                                 }
                                 catch (BadInputException e)

@@ -42,15 +42,6 @@ public static class AtomicFile
         }
     }
 
-    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
-    private static extern int LinuxOpen([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
-
-    [DllImport("libc", EntryPoint = "fsync")]
-    private static extern int LinuxFsync(int fd);
-
-    [DllImport("libc", EntryPoint = "close")]
-    private static extern int LinuxClose(int fd);
-
     /// <summary>
     /// Makes a rename in <paramref name="dir"/> durable (fsync of the folder, Linux): without it a power cut after the rename
     /// may bring back the old file (or none) although the new one's bytes reached the disk. Best effort: the rename has
@@ -59,10 +50,9 @@ public static class AtomicFile
     private static void SyncFolder(string dir)
     {
         if (!OperatingSystem.IsLinux()) return;
-        const int ORdOnly = 0, OCloExec = 0x80000;   // the same on x86-64 and arm64 Linux (O_DIRECTORY is not)
-        int fd = LinuxOpen(dir, ORdOnly | OCloExec);
+        int fd = Libc.Open(dir, Libc.ORdOnly | Libc.OCloExec);
         if (fd < 0) return;   // not openable (permissions): the rename stands, only its durability is the OS's
-        LinuxFsync(fd);
-        LinuxClose(fd);
+        Libc.Fsync(fd);
+        Libc.Close(fd);
     }
 }

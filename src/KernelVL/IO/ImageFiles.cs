@@ -168,15 +168,11 @@ public static class ImageFiles
         }
     }
 
-    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
-    private static extern int LinuxOpen([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
-
     /// <summary>Opens for reading; on Linux with O_NONBLOCK, so that opening a named pipe does not wait for a writer.</summary>
     private static FileStream OpenWithoutWaiting(string path)
     {
         if (!OperatingSystem.IsLinux()) return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1);
-        const int ORdOnly = 0, ONonBlock = 0x800, OCloExec = 0x80000;   // the same on x86-64 and arm64 Linux
-        int fd = LinuxOpen(path, ORdOnly | ONonBlock | OCloExec);
+        int fd = Libc.Open(path, Libc.ORdOnly | Libc.ONonBlock | Libc.OCloExec);
         if (fd < 0)
         {
             int errno = Marshal.GetLastPInvokeError();

@@ -6,27 +6,14 @@ namespace KernelVL.IO;
 public static class Paths
 {
     /// <summary>The path with every symlink resolved (realpath(3)); the full path where that is not available (Windows, or a path that does not exist).</summary>
-    public static string Real(string path)
-    {
-        if (OperatingSystem.IsWindows()) return Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
-        nint p = realpath(path, 0);
-        if (p == 0) return Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
-        try
-        {
-            return Marshal.PtrToStringUTF8(p)!;
-        }
-        finally
-        {
-            free(p);
-        }
-    }
+    public static string Real(string path) => RealOrNull(path) ?? Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
 
     /// <summary>The path with every symlink resolved by the kernel (realpath(3)), or null where that fails: a link that
     /// leads nowhere, a loop, a folder on the way that cannot be entered (Linux and macOS; elsewhere the full path).</summary>
     public static string? RealOrNull(string path)
     {
-        if (OperatingSystem.IsWindows()) return Path.GetFullPath(path);
-        nint p = realpath(path, 0);
+        if (OperatingSystem.IsWindows()) return Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+        nint p = Libc.RealPath(path, 0);
         if (p == 0) return null;
         try
         {
@@ -34,16 +21,10 @@ public static class Paths
         }
         finally
         {
-            free(p);
+            Libc.Free(p);
         }
     }
 
     /// <summary>Whether two paths name the same file or folder (symlinks and trailing separators resolved).</summary>
     public static bool Same(string a, string b) => string.Equals(Real(a), Real(b), StringComparison.Ordinal);
-
-    [DllImport("libc", EntryPoint = "realpath", SetLastError = true)]
-    private static extern nint realpath([MarshalAs(UnmanagedType.LPUTF8Str)] string path, nint resolved);
-
-    [DllImport("libc", EntryPoint = "free")]
-    private static extern void free(nint p);
 }

@@ -439,12 +439,15 @@ public sealed class EmbeddingIndex : IDisposable
         return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped, changedIds, unreadable);
     }
 
+    /// <summary>The SHA-256 of bytes as the manifest and the items file record it (lower-case hex).</summary>
+    public static string Sha256Hex(byte[] bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));
+
     /// <summary>The SHA-256 of a file's bytes (hex), or null when it cannot be read.</summary>
     public static string? ContentSha256(string path)
     {
         try
         {
-            return Convert.ToHexStringLower(SHA256.HashData(ImageFiles.ReadRegularFile(path)));
+            return Sha256Hex(ImageFiles.ReadRegularFile(path));
         }
         catch (BadInputException)
         {
@@ -535,7 +538,7 @@ public sealed class EmbeddingIndex : IDisposable
         float? maxNorm = null;
         if (DType == VectorDType.F16 && RowNorms.MaxNormUpperBound(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(bytes), Dim) is var mn && float.IsFinite(mn))
             maxNorm = mn;
-        return new Segment(file, (int)(bytes.LongLength / ((long)Dim * ElementSize)), Convert.ToHexStringLower(SHA256.HashData(bytes)), maxNorm);
+        return new Segment(file, (int)(bytes.LongLength / ((long)Dim * ElementSize)), Sha256Hex(bytes), maxNorm);
     }
 
     /// <summary>The largest segment a build writes or merges into, in bytes (one array in memory).</summary>
@@ -834,8 +837,7 @@ public sealed class EmbeddingIndex : IDisposable
         int rowBase = 0;
         foreach (var seg in c.Segments)
         {
-            using var map = MapSegment(seg);
-            using var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            using var mapped = MapSegment(seg);
             for (int s = 0; s < seg.Rows; s += maxBlock)
             {
                 int n = Math.Min(maxBlock, seg.Rows - s);
@@ -843,15 +845,18 @@ public sealed class EmbeddingIndex : IDisposable
                 int kk = Math.Min(k, n);
                 var sc = backend.Empty(new Shape(q, kk));                         // [Q, kk]
                 var ix = backend.Empty(new Shape(q, kk), Tensors.DType.I32);      // [Q, kk]
-                if (hostRows is not null) HostRowsTopK(view, s, n, hostRows, qt, kk, sc, ix);
-                else if (half is not null) HalfRowsTopK(view, s, n, half, qt, kk, sc, ix, seg.MaxNorm);
+                // Rows [s, s + n) straight from the mapping: to a host backend as they are; as halves to a backend that
+                // takes them (with the segment's norm bound, which holds for any of its rows); else widened to f32.
+                if (hostRows is not null && DType == VectorDType.F16) hostRows.TopKRows(qt, mapped.Halves(s, n), kk, sc, ix);
+                else if (hostRows is not null) hostRows.TopKRows(qt, mapped.Floats(s, n), kk, sc, ix);
+                else if (half is not null) half.TopKHalfRows(qt, mapped.Halves(s, n), kk, sc, ix, seg.MaxNorm);
                 else
                 {
                     var corpus = n == maxBlock ? block! : block!.Narrow0(0, n);
-                    if (host) ReadRows(view, s, n, corpus.Span);
+                    if (host) ReadRows(mapped, s, n, corpus.Span);
                     else
                     {
-                        ReadRows(view, s, n, staging);
+                        ReadRows(mapped, s, n, staging);
                         backend.CopyFromHost(staging.AsSpan(0, n * Dim), corpus);
                     }
                     backend.TopK(qt, corpus, kk, sc, ix);
@@ -872,7 +877,7 @@ public sealed class EmbeddingIndex : IDisposable
 
     /// <summary>Maps a segment to read. One removed since the index was opened (a build refreshing or merging it), or whose
     /// length no longer matches the manifest this object read, is an <see cref="IndexChangedException"/>: open again.</summary>
-    private MemoryMappedFile MapSegment(Segment seg)
+    private MappedSegment MapSegment(Segment seg)
     {
         string path = System.IO.Path.Combine(Folder, seg.File);
         FileStream fs;
@@ -891,60 +896,59 @@ public sealed class EmbeddingIndex : IDisposable
             fs.Dispose();
             throw new IndexChangedException($"{path}: {got} bytes, the manifest read when the index was opened says {expected}: search again");
         }
-        return MemoryMappedFile.CreateFromFile(fs, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
+        return new MappedSegment(MemoryMappedFile.CreateFromFile(fs, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false), Dim);
     }
 
-    /// <summary>Rows [start, start + n) of a segment, straight from the mapping, through a host backend's top-k.</summary>
-    private unsafe void HostRowsTopK(MemoryMappedViewAccessor view, int start, int n, Backends.IHostRowsTopK host, Tensor qt, int kk, Tensor sc, Tensor ix)
+    /// <summary>A segment mapped for reading, its memory held (pointer acquired) until disposed.</summary>
+    private sealed unsafe class MappedSegment : IDisposable
     {
-        byte* p = null;
-        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-        try
+        private readonly MemoryMappedFile _map;
+        private readonly MemoryMappedViewAccessor _view;
+        private readonly byte* _base;
+        private readonly int _dim;
+
+        public MappedSegment(MemoryMappedFile map, int dim)
         {
-            p += view.PointerOffset + (long)start * Dim * ElementSize;
-            if (DType == VectorDType.F16) host.TopKRows(qt, new ReadOnlySpan<Half>(p, checked(n * Dim)), kk, sc, ix);
-            else host.TopKRows(qt, new ReadOnlySpan<float>(p, checked(n * Dim)), kk, sc, ix);
+            _map = map;
+            _dim = dim;
+            try
+            {
+                _view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            }
+            catch
+            {
+                map.Dispose();
+                throw;
+            }
+            byte* p = null;
+            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            _base = p + _view.PointerOffset;
         }
-        finally
+
+        /// <summary>Rows [start, start + n) of an f32 segment.</summary>
+        public ReadOnlySpan<float> Floats(int start, int n) => new(_base + (long)start * _dim * 4, checked(n * _dim));
+
+        /// <summary>Rows [start, start + n) of an f16 segment.</summary>
+        public ReadOnlySpan<Half> Halves(int start, int n) => new(_base + (long)start * _dim * 2, checked(n * _dim));
+
+        public void Dispose()
         {
-            view.SafeMemoryMappedViewHandle.ReleasePointer();
+            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            _view.Dispose();
+            _map.Dispose();
         }
     }
 
-    /// <summary>Rows [start, start + n) of an f16 segment, straight from the mapping, through the backend's f16 top-k
-    /// (with the segment's norm bound, which holds for any of its rows).</summary>
-    private unsafe void HalfRowsTopK(MemoryMappedViewAccessor view, int start, int n, Backends.IHalfRowsTopK half, Tensor qt, int kk, Tensor sc, Tensor ix, float? maxNorm)
+    /// <summary>Rows [start, start + n) of a segment widened to f32 into <paramref name="dst"/>.</summary>
+    private unsafe void ReadRows(MappedSegment mapped, int start, int n, Span<float> dst)
     {
-        byte* p = null;
-        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-        try
-        {
-            p += view.PointerOffset + (long)start * Dim * ElementSize;
-            half.TopKHalfRows(qt, new ReadOnlySpan<Half>(p, n * Dim), kk, sc, ix, maxNorm);
-        }
-        finally
-        {
-            view.SafeMemoryMappedViewHandle.ReleasePointer();
-        }
-    }
-
-    private unsafe void ReadRows(MemoryMappedViewAccessor view, int start, int n, Span<float> dst)
-    {
-        byte* p = null;
-        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-        try
-        {
-            p += view.PointerOffset + (long)start * Dim * ElementSize;
-            int count = n * Dim;
-            if (dst.Length < count) throw new ArgumentException($"{count} values do not fit in {dst.Length}", nameof(dst));
-            if (DType == VectorDType.F32) new ReadOnlySpan<float>(p, count).CopyTo(dst);
-            else
-                fixed (float* d = dst) Backends.Cpu.CpuMath.WidenHalves((Half*)p, d, count);
-        }
-        finally
-        {
-            view.SafeMemoryMappedViewHandle.ReleasePointer();
-        }
+        int count = n * Dim;
+        if (dst.Length < count) throw new ArgumentException($"{count} values do not fit in {dst.Length}", nameof(dst));
+        if (DType == VectorDType.F32) mapped.Floats(start, n).CopyTo(dst);
+        else
+            fixed (Half* h = mapped.Halves(start, n))
+            fixed (float* d = dst)
+                Backends.Cpu.CpuMath.WidenHalves(h, d, count);
     }
 
     /// <summary>Merges a block's top list (rows offset by <paramref name="offset"/>) into the running best: score descending, ties to the lower row.</summary>
@@ -972,10 +976,9 @@ public sealed class EmbeddingIndex : IDisposable
         int at = 0;
         foreach (var seg in c.Segments)
         {
-            using var map = MapSegment(seg);
-            using var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            using var mapped = MapSegment(seg);
             var tmp = new float[seg.Rows * Dim];
-            ReadRows(view, 0, seg.Rows, tmp);
+            ReadRows(mapped, 0, seg.Rows, tmp);
             tmp.CopyTo(r, (long)at * Dim);
             at += seg.Rows;
         }
