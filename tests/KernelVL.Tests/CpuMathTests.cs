@@ -165,53 +165,6 @@ public class CpuMathTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
-    public void MulBackwardOfABroadcastFactorSumsItsColumnsInPlace()
-    {
-        // y = a * b with b [C] broadcast over a [R, C]: db[j] += sum_r dy[r, j] a[r, j]. At 8192 x 768 (the perf shape)
-        // it once built the products in a managed array of dy's size (25 MB a call) and ran 50x slower than add's backward.
-        int r = 8192, c = 768, seed = Random.Shared.Next();
-        output.WriteLine($"seed {seed}");
-        var rng = new Random(seed);
-        float[] Rand(int count, double lo, double hi) { var x = new float[count]; for (int i = 0; i < count; i++) x[i] = (float)(lo + (hi - lo) * rng.NextDouble()); return x; }
-        float[] ah = Rand(r * c, -2, 2), bh = Rand(c, -2, 2), dyh = Rand(r * c, -1, 1), da0 = Rand(r * c, -1, 1), db0 = Rand(c, -50, 50);
-        using var be = new CpuBackend();
-        using var a = be.Empty(new KernelVL.Tensors.Shape(r, c)); using var b = be.Empty(new KernelVL.Tensors.Shape(c));
-        using var dy = be.Empty(new KernelVL.Tensors.Shape(r, c)); using var da = be.Empty(new KernelVL.Tensors.Shape(r, c));
-        using var db = be.Empty(new KernelVL.Tensors.Shape(c));
-        be.CopyFromHost(ah, a); be.CopyFromHost(bh, b); be.CopyFromHost(dyh, dy); be.CopyFromHost(da0, da); be.CopyFromHost(db0, db);
-        be.MulBackward(a, b, dy, da, db);   // warm-up: the thread pool's and the JIT's own allocations
-        be.CopyFromHost(da0, da); be.CopyFromHost(db0, db);
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        be.MulBackward(a, b, dy, da, db);
-        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
-        var gotA = new float[r * c]; var gotB = new float[c];
-        be.CopyToHost(da, gotA); be.CopyToHost(db, gotB);
-
-        // da: one FMA an element, so within one rounding of the f64 value; db: a sum of R terms, blocked, so within
-        // 1e-5 (about 170 roundings) of the column's sum of |terms| and |init|.
-        double worstA = 0, worstB = 0;
-        for (int i = 0; i < r * c; i++)
-        {
-            double exact = da0[i] + (double)dyh[i] * bh[i % c];
-            worstA = Math.Max(worstA, Math.Abs(gotA[i] - exact) / (Math.Pow(2, -24) * Math.Abs(exact) + 1e-30));
-        }
-        for (int j = 0; j < c; j++)
-        {
-            double exact = db0[j], size = Math.Abs(db0[j]);
-            for (int i = 0; i < r; i++) { double t = (double)dyh[(long)i * c + j] * ah[(long)i * c + j]; exact += t; size += Math.Abs(t); }
-            worstB = Math.Max(worstB, Math.Abs(gotB[j] - exact) / size);
-        }
-        output.WriteLine($"da: worst error {worstA:F2} roundings; db: worst error {worstB:E2} of its terms' size; {allocated} bytes allocated");
-        Assert.True(worstA <= 1.0, $"da: {worstA:F2} roundings from f64");
-        Assert.True(worstB < 1e-5, $"db: {worstB:E2} of its terms' size from f64");
-        Assert.True(allocated < 1 << 20, $"mul backward allocated {allocated} managed bytes (dy is {4L * r * c})");
-    }
-
-    /// <summary>
-    /// SpecialFunctions.Erfc against C's erfc (values printed by Python's math.erfc, an independent implementation),
-    /// down to 1e-64; and beside 1 - erf (within erf's few ulp of 1) just above x = 2, where the continued fraction takes over.
-    /// </summary>
-    [Fact]
     public void ErfcKeepsItsRelativeAccuracyWhereItIsTiny()
     {
         (double X, double Erfc)[] golden =
@@ -270,4 +223,58 @@ public class CpuMathTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.True(worstY <= 1, $"gelu: error {worstY:F2} times the bound 6e-7 + u (x^2 / 2 + 1.3)");
         Assert.True(worstG <= 1, $"gelu backward: error {worstG:F2} times the bound 6e-7 + u (x^2 / 2 + 1.3)");
     }
+}
+
+/// <summary>Counts the whole process's allocations (the op runs on pool threads): in the Alone collection, so that no
+/// other test allocates meanwhile (beside others it read 3.8 MB of theirs once and failed).</summary>
+[Collection(nameof(Alone))]
+public class CpuAllocationTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    [Fact]
+    public void MulBackwardOfABroadcastFactorSumsItsColumnsInPlace()
+    {
+        // y = a * b with b [C] broadcast over a [R, C]: db[j] += sum_r dy[r, j] a[r, j]. At 8192 x 768 (the perf shape)
+        // it once built the products in a managed array of dy's size (25 MB a call) and ran 50x slower than add's backward.
+        int r = 8192, c = 768, seed = Random.Shared.Next();
+        output.WriteLine($"seed {seed}");
+        var rng = new Random(seed);
+        float[] Rand(int count, double lo, double hi) { var x = new float[count]; for (int i = 0; i < count; i++) x[i] = (float)(lo + (hi - lo) * rng.NextDouble()); return x; }
+        float[] ah = Rand(r * c, -2, 2), bh = Rand(c, -2, 2), dyh = Rand(r * c, -1, 1), da0 = Rand(r * c, -1, 1), db0 = Rand(c, -50, 50);
+        using var be = new CpuBackend();
+        using var a = be.Empty(new KernelVL.Tensors.Shape(r, c)); using var b = be.Empty(new KernelVL.Tensors.Shape(c));
+        using var dy = be.Empty(new KernelVL.Tensors.Shape(r, c)); using var da = be.Empty(new KernelVL.Tensors.Shape(r, c));
+        using var db = be.Empty(new KernelVL.Tensors.Shape(c));
+        be.CopyFromHost(ah, a); be.CopyFromHost(bh, b); be.CopyFromHost(dyh, dy); be.CopyFromHost(da0, da); be.CopyFromHost(db0, db);
+        be.MulBackward(a, b, dy, da, db);   // warm-up: the thread pool's and the JIT's own allocations
+        be.CopyFromHost(da0, da); be.CopyFromHost(db0, db);
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        be.MulBackward(a, b, dy, da, db);
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        var gotA = new float[r * c]; var gotB = new float[c];
+        be.CopyToHost(da, gotA); be.CopyToHost(db, gotB);
+
+        // da: one FMA an element, so within one rounding of the f64 value; db: a sum of R terms, blocked, so within
+        // 1e-5 (about 170 roundings) of the column's sum of |terms| and |init|.
+        double worstA = 0, worstB = 0;
+        for (int i = 0; i < r * c; i++)
+        {
+            double exact = da0[i] + (double)dyh[i] * bh[i % c];
+            worstA = Math.Max(worstA, Math.Abs(gotA[i] - exact) / (Math.Pow(2, -24) * Math.Abs(exact) + 1e-30));
+        }
+        for (int j = 0; j < c; j++)
+        {
+            double exact = db0[j], size = Math.Abs(db0[j]);
+            for (int i = 0; i < r; i++) { double t = (double)dyh[(long)i * c + j] * ah[(long)i * c + j]; exact += t; size += Math.Abs(t); }
+            worstB = Math.Max(worstB, Math.Abs(gotB[j] - exact) / size);
+        }
+        output.WriteLine($"da: worst error {worstA:F2} roundings; db: worst error {worstB:E2} of its terms' size; {allocated} bytes allocated");
+        Assert.True(worstA <= 1.0, $"da: {worstA:F2} roundings from f64");
+        Assert.True(worstB < 1e-5, $"db: {worstB:E2} of its terms' size from f64");
+        Assert.True(allocated < 1 << 20, $"mul backward allocated {allocated} managed bytes (dy is {4L * r * c})");
+    }
+
+    /// <summary>
+    /// SpecialFunctions.Erfc against C's erfc (values printed by Python's math.erfc, an independent implementation),
+    /// down to 1e-64; and beside 1 - erf (within erf's few ulp of 1) just above x = 2, where the continued fraction takes over.
+    /// </summary>
 }
