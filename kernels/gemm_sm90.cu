@@ -646,7 +646,7 @@ static __device__ __forceinline__ void t3_topk(const kv_tensor_map* tmQ, const k
                             else overflow = true;
                         }
                     }
-            if (overflow) *sh.ovf = 1;
+            if (overflow) kv_set_flag_shared(sh.ovf);   // by any thread whose list overflowed
             kv_named_barrier(bar, 128);
             const int again = *sh.ovf;
             if (!again) break;

@@ -141,6 +141,11 @@ static __device__ __forceinline__ int kv_atomic_add_shared(kv_saddr addr, int v)
     return old;
 }
 
+// Sets a shared-memory flag that several threads may set at once, all to 1 (a list overflowed): a plain store, since the
+// PTX memory model lets a read after the next barrier see one of the racing writes, all of them 1. The emulator's
+// racecheck (kernels/emu/kv_racecheck.h) records it as atomic, so that these benign stores are not reported.
+static __device__ __forceinline__ void kv_set_flag_shared(int* p) { *p = 1; }
+
 // atomicMax on a global float known to be >= 0 (its bits order as ints).
 static __device__ __forceinline__ void kv_atomic_max_nonneg(float* p, float v)
 {

@@ -288,7 +288,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) topk_tc_f16(
                             else overflow = true;
                         }
                     }
-            if (overflow) *sh.ovf = 1;
+            if (overflow) kv_set_flag_shared(sh.ovf);   // by any thread whose list overflowed
             __syncthreads();
             const int again = *sh.ovf;
             if (!again) break;

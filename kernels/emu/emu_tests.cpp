@@ -23,15 +23,30 @@ static float uni() { return std::uniform_real_distribution<float>(-1.f, 1.f)(rng
 static std::vector<float> rand_vec(size_t n) { std::vector<float> v(n); for (auto& x : v) x = uni(); return v; }
 static float bf16r(float x) { return kv_emu_bf16_to_f32(kv_emu_bf16(x)); }
 
+// The racecheck build (KV_EMU_MODE=racecheck): the shared-memory hazards found since the last case fail this one.
+static bool races(const std::string& name)
+{
+#if defined(KV_RACECHECK)
+    auto lines = kv_rc::take_reports();
+    for (auto& l : lines) std::printf("%s: %s\n", name.c_str(), l.c_str());
+    return !lines.empty();
+#else
+    (void)name;
+    return false;
+#endif
+}
 static void report(const std::string& name, double err, double budget)
 {
-    bool ok = err <= budget;   // false for NaN
-    std::printf("%-72s %s (error %.2e, budget %.1e)\n", name.c_str(), ok ? "ok" : "FAIL", err, budget);
+    const bool raced = races(name);
+    bool ok = err <= budget && !raced;   // false for NaN
+    std::printf("%-72s %s (error %.2e, budget %.1e)%s\n", name.c_str(), ok ? "ok" : "FAIL", err, budget, raced ? ", shared-memory races" : "");
     (ok ? passed : failed)++;
 }
 static void report_bool(const std::string& name, bool ok, const std::string& why)
 {
-    std::printf("%-72s %s%s\n", name.c_str(), ok ? "ok" : "FAIL ", ok ? "" : why.c_str());
+    const bool raced = races(name);
+    ok = ok && !raced;
+    std::printf("%-72s %s%s\n", name.c_str(), ok ? "ok" : "FAIL ", ok ? "" : raced ? (why + " shared-memory races").c_str() : why.c_str());
     (ok ? passed : failed)++;
 }
 

@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <unordered_map>
 #include <vector>
+#include "kv_racecheck.h"
 
 #define __global__
 #define __device__
@@ -39,6 +40,7 @@ struct kv_emu_bar
 {
     int alive = 0, count = 0;
     unsigned gen = 0;
+    KV_RC(kv_rc::Bar rc; bool rcSync = true;)   // racecheck: the arrivals' clocks; false: an exchange, not a barrier
 };
 struct kv_emu_warp
 {
@@ -53,7 +55,7 @@ struct kv_emu_group   // a warpgroup (4 warps): wgmma's operand exchange
 };
 // An mbarrier (PTX ISA: expected arrival count, pending arrivals, transaction count, phase) and the TMA copies that will
 // complete on it. Keyed by its shared-memory address in the block (the 8 bytes on the device hold this state).
-struct kv_emu_tma { unsigned long long dst; const struct kv_tensor_map* map; int c0, c1, c2; };
+struct kv_emu_tma { unsigned long long dst; const struct kv_tensor_map* map; int c0, c1, c2; KV_RC(unsigned long long bar; kv_rc::Snap snap; uintptr_t pc;) };
 struct kv_emu_mbar
 {
     bool init = false;
@@ -61,6 +63,7 @@ struct kv_emu_mbar
     long long tx = 0;
     unsigned phase = 0;
     std::vector<kv_emu_tma> copies;   // issued, not yet landed
+    KV_RC(kv_rc::MBar rc;)
 };
 struct kv_emu_cluster;
 struct kv_emu_block
@@ -115,33 +118,34 @@ inline void** kv_emu_selfSp;
 // Set by a wait that found nothing changed since the fiber's last switch (it yields again without progress): the
 // scheduler's deadlock test (every live fiber idle since the last progress) and the starve mode read it.
 inline bool kv_emu_idle;
-static inline void kv_emu_yield() { kv_emu_switch(kv_emu_selfSp, kv_emu_mainSp); }
-static inline void kv_emu_arrive(kv_emu_bar& b)
+KV_EMU_FN static inline void kv_emu_yield() { kv_emu_switch(kv_emu_selfSp, kv_emu_mainSp); }
+KV_EMU_FN static inline void kv_emu_arrive(kv_emu_bar& b)
 {
-    if (++b.count >= b.alive) { b.count = 0; b.gen++; return; }
+    KV_RC(if (b.rcSync) kv_rc::bar_arrive(b.rc);)
+    if (++b.count >= b.alive) { b.count = 0; b.gen++; KV_RC(kv_rc::bar_release(b.rc);) return; }
     unsigned g = b.gen;
     kv_emu_yield();   // after arriving: progress
     while (b.gen == g) { kv_emu_idle = true; kv_emu_yield(); }
 }
-static inline void kv_emu_leave(kv_emu_bar& b)
+KV_EMU_FN static inline void kv_emu_leave(kv_emu_bar& b)
 {
     b.alive--;
-    if (b.count > 0 && b.count >= b.alive) { b.count = 0; b.gen++; }
+    if (b.count > 0 && b.count >= b.alive) { b.count = 0; b.gen++; KV_RC(kv_rc::bar_release(b.rc);) }
 }
 
 typedef unsigned long long kv_saddr;   // the host address itself
 #define KV_DYNAMIC_SHARED(type, name) type* name = (type*)kv_emu_cur->dyn
 
-static inline kv_emu_warp& kv_emu_w() { return kv_emu_cur->warps[threadIdx.x >> 5]; }
-static inline int kv_emu_lane() { return (int)(threadIdx.x & 31); }
+KV_EMU_FN static inline kv_emu_warp& kv_emu_w() { return kv_emu_cur->warps[threadIdx.x >> 5]; }
+KV_EMU_FN static inline int kv_emu_lane() { return (int)(threadIdx.x & 31); }
 
-static inline void __syncthreads() { kv_emu_arrive(kv_emu_cur->bar); }
-static inline void kv_syncwarp() { kv_emu_arrive(kv_emu_w().bar); }
+KV_EMU_FN static inline void __syncthreads() { kv_emu_arrive(kv_emu_cur->bar); }
+KV_EMU_FN static inline void kv_syncwarp() { kv_emu_arrive(kv_emu_w().bar); }
 
-static inline uint32_t kv_emu_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-static inline float kv_emu_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+KV_EMU_FN static inline uint32_t kv_emu_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+KV_EMU_FN static inline float kv_emu_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 
-static inline uint32_t kv_emu_shfl(uint32_t v, int o)
+KV_EMU_FN static inline uint32_t kv_emu_shfl(uint32_t v, int o)
 {
     auto& w = kv_emu_w();
     int l = kv_emu_lane();
@@ -151,30 +155,30 @@ static inline uint32_t kv_emu_shfl(uint32_t v, int o)
     kv_emu_arrive(w.bar);
     return r;
 }
-static inline float __shfl_xor_sync(unsigned, float v, int o) { return kv_emu_float(kv_emu_shfl(kv_emu_bits(v), o)); }
-static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)kv_emu_shfl((uint32_t)v, o); }
+KV_EMU_FN static inline float __shfl_xor_sync(unsigned, float v, int o) { return kv_emu_float(kv_emu_shfl(kv_emu_bits(v), o)); }
+KV_EMU_FN static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)kv_emu_shfl((uint32_t)v, o); }
 
-static inline float kv_int_as_float(int i) { return kv_emu_float((uint32_t)i); }
-static inline float kv_max(float a, float b) { return std::fmax(a, b); }
-static inline float kv_sqrt(float x) { return std::sqrt(x); }
-static inline float kv_rcp(float x) { return 1.0f / x; }
-static inline float kv_fma(float a, float b, float c) { return std::fma(a, b, c); }
-static inline float kv_exp2(float x) { return std::exp2(x); }
-static inline float kv_log2(float x) { return std::log2(x); }
+KV_EMU_FN static inline float kv_int_as_float(int i) { return kv_emu_float((uint32_t)i); }
+KV_EMU_FN static inline float kv_max(float a, float b) { return std::fmax(a, b); }
+KV_EMU_FN static inline float kv_sqrt(float x) { return std::sqrt(x); }
+KV_EMU_FN static inline float kv_rcp(float x) { return 1.0f / x; }
+KV_EMU_FN static inline float kv_fma(float a, float b, float c) { return std::fma(a, b, c); }
+KV_EMU_FN static inline float kv_exp2(float x) { return std::exp2(x); }
+KV_EMU_FN static inline float kv_log2(float x) { return std::log2(x); }
 
 // bf16: the upper half of the f32, rounded to nearest even (finite inputs).
-static inline uint32_t kv_emu_bf16(float x)
+KV_EMU_FN static inline uint32_t kv_emu_bf16(float x)
 {
     uint32_t u = kv_emu_bits(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return u >> 16;   // inf / nan: truncate
     u += 0x7fffu + ((u >> 16) & 1u);
     return u >> 16;
 }
-static inline unsigned kv_pack_bf16(float lo, float hi) { return kv_emu_bf16(lo) | (kv_emu_bf16(hi) << 16); }
-static inline float kv_emu_bf16_to_f32(uint32_t h) { return kv_emu_float(h << 16); }
+KV_EMU_FN static inline unsigned kv_pack_bf16(float lo, float hi) { return kv_emu_bf16(lo) | (kv_emu_bf16(hi) << 16); }
+KV_EMU_FN static inline float kv_emu_bf16_to_f32(uint32_t h) { return kv_emu_float(h << 16); }
 
 // IEEE half: f32 -> f16 round to nearest even (overflow to inf, subnormals), f16 -> f32 exact.
-static inline unsigned short kv_f16_bits(float x)
+KV_EMU_FN static inline unsigned short kv_f16_bits(float x)
 {
     uint32_t u = kv_emu_bits(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
     if (a >= 0x7f800000u) return (unsigned short)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u));
@@ -190,7 +194,7 @@ static inline unsigned short kv_f16_bits(float x)
     if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;                  // may carry into the exponent: right
     return (unsigned short)(sign | h);
 }
-static inline float kv_f16_to_f32(unsigned short h)
+KV_EMU_FN static inline float kv_f16_to_f32(unsigned short h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
     if (e == 0) { float f = (float)m * (1.0f / 16777216.0f); return sign ? -f : f; }
@@ -202,7 +206,7 @@ static inline float kv_f16_to_f32(unsigned short h)
 // own four outputs from all lanes' fragments: elem(lane, reg, which) reads one operand element; A and B map (row, k)
 // and (k, col) to it by the fragment layouts of kernelvl_cuda.h.
 template <int K, class Elem, class FA, class FB>
-static inline void kv_emu_mma(float* d, const uint32_t (&mine)[6], Elem elem, FA A, FB B)
+KV_EMU_FN static inline void kv_emu_mma(float* d, const uint32_t (&mine)[6], Elem elem, FA A, FB B)
 {
     auto& w = kv_emu_w();
     int l = kv_emu_lane();
@@ -224,7 +228,7 @@ static inline void kv_emu_mma(float* d, const uint32_t (&mine)[6], Elem elem, FA
 // k16 with 16-bit operands: A(row, k) in lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half k % 2;
 // B(k, col) in lane col * 4 + (k % 8) / 2, register 4 + (k >= 8), half k % 2.
 template <bool BF16>
-static inline void kv_emu_mma16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+KV_EMU_FN static inline void kv_emu_mma16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
 {
     const uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
     auto half = [](kv_emu_warp& w, int lane, int reg, int hi) {
@@ -235,11 +239,11 @@ static inline void kv_emu_mma16(float* d, unsigned a0, unsigned a1, unsigned a2,
         [](kv_emu_warp& w, int row, int k, auto h) { return h(w, (row & 7) * 4 + ((k & 7) >> 1), (row < 8 ? 0 : 1) + (k < 8 ? 0 : 2), k & 1); },
         [](kv_emu_warp& w, int k, int col, auto h) { return h(w, col * 4 + ((k & 7) >> 1), k < 8 ? 4 : 5, k & 1); });
 }
-static inline void kv_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma16<true>(d, a0, a1, a2, a3, b0, b1); }
-static inline void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma16<false>(d, a0, a1, a2, a3, b0, b1); }
+KV_EMU_FN static inline void kv_mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma16<true>(d, a0, a1, a2, a3, b0, b1); }
+KV_EMU_FN static inline void kv_mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { kv_emu_mma16<false>(d, a0, a1, a2, a3, b0, b1); }
 
 // tf32: round the f32 to 10 mantissa bits, ties away from zero (finite inputs).
-static inline unsigned kv_tf32(float x)
+KV_EMU_FN static inline unsigned kv_tf32(float x)
 {
     uint32_t u = kv_emu_bits(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return u & ~0x1fffu;
@@ -248,7 +252,7 @@ static inline unsigned kv_tf32(float x)
 
 // mma.sync m16n8k8 tf32 (the tensor cores read the upper 19 bits of each register): A(row, k) in lane
 // (row % 8) * 4 + k % 4, register (row >= 8) + 2 (k >= 4); B(k, col) in lane col * 4 + k % 4, register 4 + (k >= 4).
-static inline void kv_mma_tf32(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+KV_EMU_FN static inline void kv_mma_tf32(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
 {
     const uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
     auto val = [](kv_emu_warp& w, int lane, int reg, int) { return kv_emu_float(w.w[lane][reg] & ~0x1fffu); };
@@ -257,7 +261,7 @@ static inline void kv_mma_tf32(float* d, unsigned a0, unsigned a1, unsigned a2, 
         [](kv_emu_warp& w, int k, int col, auto v) { return v(w, col * 4 + (k & 3), k < 4 ? 4 : 5, 0); });
 }
 
-static inline kv_saddr kv_smem(const void* p) { return (kv_saddr)(uintptr_t)p; }
+KV_EMU_FN static inline kv_saddr kv_smem(const void* p) { return (kv_saddr)(uintptr_t)p; }
 
 // cp.async as the PTX ISA allows it to behave at its slowest: a copy lands only when its thread waits for its group
 // (cp.async.wait_group N applies every committed group but the newest N). A kernel that reads a stage before waiting
@@ -284,7 +288,7 @@ struct kv_emu_groups
         }
     }
 };
-struct kv_emu_copy { kv_saddr dst; const void* src; int bytes; };
+struct kv_emu_copy { kv_saddr dst; const void* src; int bytes; KV_RC(kv_rc::Snap snap; uintptr_t pc;) };
 using kv_emu_copies = kv_emu_groups<kv_emu_copy>;
 inline kv_emu_copies* kv_emu_pending;               // the running fiber's
 // The other modes. "race": copies land at once and fibers are resumed in a random order, skipping some passes, so
@@ -295,39 +299,47 @@ inline kv_emu_copies* kv_emu_pending;               // the running fiber's
 // missing between a slow warp's read and a fast warp's next write (which race mode's short stalls rarely produce).
 inline bool kv_emu_eager = false, kv_emu_shuffle = false, kv_emu_starve = false;
 inline uint64_t kv_emu_rng = 0x9e3779b97f4a7c15ull;
-static inline uint32_t kv_emu_rand()
+KV_EMU_FN static inline uint32_t kv_emu_rand()
 {
     kv_emu_rng ^= kv_emu_rng << 13; kv_emu_rng ^= kv_emu_rng >> 7; kv_emu_rng ^= kv_emu_rng << 17;
     return (uint32_t)kv_emu_rng;
 }
-static inline void kv_emu_set_mode(const char* mode)
+KV_EMU_FN static inline void kv_emu_set_mode(const char* mode)
 {
     const bool race = mode && std::strcmp(mode, "race") == 0;
     kv_emu_starve = mode && std::strcmp(mode, "starve") == 0;
     kv_emu_eager = kv_emu_shuffle = race || kv_emu_starve;
+    const bool racecheck = mode && std::strcmp(mode, "racecheck") == 0;   // the ordered schedule, with kv_racecheck.h's detector
+    KV_RC(kv_rc::on = racecheck;)
+#if !defined(KV_RACECHECK)
+    if (racecheck) { std::fprintf(stderr, "KV_EMU_MODE=racecheck needs the racecheck build (kernels/emu/run.sh)\n"); std::exit(2); }
+#endif
 }
 // A 16-byte cp.async lands: its first `bytes` (the source size) copied, the rest zeros (the zero-fill of edge rows).
-static inline void kv_emu_land(const kv_emu_copy& c)
+KV_EMU_FN static inline void kv_emu_land(const kv_emu_copy& c)
 {
     if (c.bytes < 0 || c.bytes > 16) { std::fprintf(stderr, "cp.async source size %d outside 0..16\n", c.bytes); std::abort(); }
+    KV_RC(kv_rc::async_access(c.dst, 16, true, c.snap, c.pc, "cp.async");)
     if (c.bytes > 0) std::memcpy((void*)(uintptr_t)c.dst, c.src, (size_t)c.bytes);
     std::memset((void*)(uintptr_t)(c.dst + c.bytes), 0, (size_t)(16 - c.bytes));
 }
-static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
+KV_EMU_FN static inline void kv_cp_async16(kv_saddr dst, const void* src, int bytes)
 {
-    if (kv_emu_eager) kv_emu_land({dst, src, bytes});
-    else kv_emu_pending->open.push_back({dst, src, bytes});
+    kv_emu_copy c{dst, src, bytes};
+    KV_RC(c.snap = kv_rc::snapshot(); c.pc = KV_RC_PC;)
+    if (kv_emu_eager) kv_emu_land(c);
+    else kv_emu_pending->open.push_back(c);
 }
-static inline void kv_cp_async_commit() { kv_emu_pending->commit(); }
+KV_EMU_FN static inline void kv_cp_async_commit() { kv_emu_pending->commit(); }
 template <int N>
-static inline void kv_cp_async_wait()
+KV_EMU_FN static inline void kv_cp_async_wait()
 {
     kv_emu_pending->retire(N, kv_emu_land);
 }
 
 // ldmatrix .x4: lane l gives the address of row l % 8 of matrix l / 8 (rows of 8 b16 = 16 bytes).
 template <bool TRANS>
-static inline void kv_emu_ldmatrix(kv_saddr addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+KV_EMU_FN static inline void kv_emu_ldmatrix(kv_saddr addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
 {
     auto& w = kv_emu_w();
     int l = kv_emu_lane();
@@ -345,28 +357,37 @@ static inline void kv_emu_ldmatrix(kv_saddr addr, unsigned& r0, unsigned& r1, un
     kv_emu_arrive(w.bar);
     r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
 }
-static inline void kv_ldmatrix_x4(kv_saddr a, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) { kv_emu_ldmatrix<false>(a, r0, r1, r2, r3); }
-static inline void kv_ldmatrix_x4_trans(kv_saddr a, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) { kv_emu_ldmatrix<true>(a, r0, r1, r2, r3); }
+KV_EMU_FN static inline void kv_ldmatrix_x4(kv_saddr a, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) { kv_emu_ldmatrix<false>(a, r0, r1, r2, r3); }
+KV_EMU_FN static inline void kv_ldmatrix_x4_trans(kv_saddr a, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) { kv_emu_ldmatrix<true>(a, r0, r1, r2, r3); }
 
-static inline void kv_st_shared16(kv_saddr addr, unsigned a, unsigned b, unsigned c, unsigned d)
+KV_EMU_FN static inline void kv_st_shared16(kv_saddr addr, unsigned a, unsigned b, unsigned c, unsigned d)
 {
+    KV_RC(kv_rc::plain(addr, 16, true, false, KV_RC_PC, "st.shared.v4");)
     unsigned v[4] = {a, b, c, d};
     std::memcpy((void*)(uintptr_t)addr, v, 16);
 }
-static inline void kv_ld_nc_v4(const void* p, unsigned& a, unsigned& b, unsigned& c, unsigned& d)
+KV_EMU_FN static inline void kv_ld_nc_v4(const void* p, unsigned& a, unsigned& b, unsigned& c, unsigned& d)
 {
     unsigned v[4];
     std::memcpy(v, p, 16);
     a = v[0]; b = v[1]; c = v[2]; d = v[3];
 }
-static inline void kv_ld_nc_f4(const float* p, float* v) { std::memcpy(v, p, 16); }
+KV_EMU_FN static inline void kv_ld_nc_f4(const float* p, float* v) { std::memcpy(v, p, 16); }
 
-static inline int kv_atomic_add_shared(kv_saddr addr, int v) { return std::atomic_ref<int>(*(int*)(uintptr_t)addr).fetch_add(v); }
-static inline void kv_atomic_max_nonneg(float* p, float v)
+KV_EMU_FN static inline int kv_atomic_add_shared(kv_saddr addr, int v)
 {
-    std::atomic_ref<int> a(*(int*)p);
-    int bits = (int)kv_emu_bits(v), old = a.load();
-    while (old < bits && !a.compare_exchange_weak(old, bits)) {}
+    KV_RC(kv_rc::plain(addr, 4, true, true, KV_RC_PC, "atomicAdd");)
+    return __atomic_fetch_add((int*)(uintptr_t)addr, v, __ATOMIC_RELAXED);
+}
+KV_EMU_FN static inline void kv_set_flag_shared(int* p)
+{
+    KV_RC(kv_rc::plain((uintptr_t)p, 4, true, true, KV_RC_PC, "flag store");)
+    *p = 1;
+}
+KV_EMU_FN static inline void kv_atomic_max_nonneg(float* p, float v)
+{
+    int bits = (int)kv_emu_bits(v), old = __atomic_load_n((int*)p, __ATOMIC_RELAXED);
+    while (old < bits && !__atomic_compare_exchange_n((int*)p, &old, bits, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
 }
 
 // ---- sm_90a: wgmma on descriptors, emulated as the PTX ISA describes the K-major 128B-swizzled layout ----
@@ -375,21 +396,21 @@ static inline void kv_atomic_max_nonneg(float* p, float v)
 // so a kernel that lets a stage be overwritten while a wgmma in flight still reads it fails here.
 // type 0 bf16, 1 f16, 2 tf32; n 256 (A from shared memory, descriptor a) or 64 (A from registers: this thread's two
 // rows, gathered from its warp at issue, in arow)
-struct kv_emu_wgmma_op { float* d; unsigned long long a, b; int type; bool accumulate; int n; float arow[2][16]; };
+struct kv_emu_wgmma_op { float* d; unsigned long long a, b; int type; bool accumulate; int n; float arow[2][16]; KV_RC(kv_rc::Snap snap; uintptr_t pc;) };
 using kv_emu_wgmmas = kv_emu_groups<kv_emu_wgmma_op>;
 inline kv_emu_wgmmas* kv_emu_wpending;   // the running fiber's
-static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op);
-static inline void kv_fence_proxy_async() {}
-static inline void kv_wgmma_fence() {}
+KV_EMU_FN static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op);
+KV_EMU_FN static inline void kv_fence_proxy_async() {}
+KV_EMU_FN static inline void kv_wgmma_fence() {}
 template <int N, class T>
-static inline void kv_wgmma_fence_operand(T*) {}   // a compiler ordering constraint only (source order here)
-static inline void kv_wgmma_commit() { kv_emu_wpending->commit(); }
+KV_EMU_FN static inline void kv_wgmma_fence_operand(T*) {}   // a compiler ordering constraint only (source order here)
+KV_EMU_FN static inline void kv_wgmma_commit() { kv_emu_wpending->commit(); }
 template <int N>
-static inline void kv_wgmma_wait() { kv_emu_wpending->retire(N, kv_emu_wgmma_compute); }
+KV_EMU_FN static inline void kv_wgmma_wait() { kv_emu_wpending->retire(N, kv_emu_wgmma_compute); }
 
 // The descriptor's start address is 14 bits of (shared address >> 4): here an offset into the block's dynamic
 // shared memory (1024-aligned, so the swizzle sees the same address bits as on the device).
-static inline unsigned long long kv_wgmma_desc(kv_saddr addr)
+KV_EMU_FN static inline unsigned long long kv_wgmma_desc(kv_saddr addr)
 {
     unsigned long long off = addr - (kv_saddr)(uintptr_t)kv_emu_cur->dyn;
     return ((off & 0x3ffffu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
@@ -397,12 +418,16 @@ static inline unsigned long long kv_wgmma_desc(kv_saddr addr)
 
 // Element (row, k) of a K-major bf16 operand: 8-row groups SBO bytes apart, rows 128 bytes apart within a group, k
 // along the row; then the 128B swizzle XORs address bits 4-6 with bits 7-9.
-static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k, int type = 0)
+KV_EMU_FN static inline unsigned long long kv_emu_wgmma_off(unsigned long long desc, int row, int k, int type)
 {
     if (((desc >> 62) & 3) != 1 || ((desc >> 16) & 0x3fff) != 1) std::abort();   // only what kernels/gemm_sm90.cu uses
     unsigned long long start = (desc & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4, bytes = type == 2 ? 4 : 2;
     unsigned long long off = start + (unsigned long long)(row / 8) * sbo + (unsigned long long)(row % 8) * 128 + bytes * k;
-    off ^= ((off >> 7) & 7) << 4;
+    return off ^ (((off >> 7) & 7) << 4);
+}
+KV_EMU_FN static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k, int type = 0)
+{
+    const unsigned long long off = kv_emu_wgmma_off(desc, row, k, type);
     if (type == 2)   // tf32: the top 19 bits of the f32 pattern
     {
         uint32_t u;
@@ -414,7 +439,7 @@ static inline float kv_emu_wgmma_elem(unsigned long long desc, int row, int k, i
     return type == 1 ? kv_f16_to_f32(v) : kv_emu_bf16_to_f32(v);
 }
 
-static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned long long b, int type, bool accumulate)
+KV_EMU_FN static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned long long b, int type, bool accumulate, uintptr_t pc = 0)
 {
     auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
     int idx = (int)(threadIdx.x & 127);
@@ -424,11 +449,13 @@ static inline void kv_emu_wgmma_issue(float* d, unsigned long long a, unsigned l
     kv_emu_arrive(G.bar);
     kv_emu_wgmma_op op{};
     op.d = d; op.a = a; op.b = b; op.type = type; op.accumulate = accumulate; op.n = 256;
+    KV_RC(op.snap = kv_rc::snapshot(); op.pc = pc;)
+    (void)pc;
     kv_emu_wpending->open.push_back(op);
 }
 // Register-A m64n64k16 bf16: the warp's A fragments exchanged (as kv_mma_bf16's are) so that each thread records
 // rows g and g + 8 of its warp's 16 x 16 slice; the warpgroup agrees on b.
-static inline void kv_wgmma_m64n64k16_bf16_rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
+KV_EMU_FN static inline void kv_wgmma_m64n64k16_bf16_rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
 {
     auto& G = kv_emu_cur->groups[threadIdx.x >> 7];
     auto& W = kv_emu_w();
@@ -447,28 +474,45 @@ static inline void kv_wgmma_m64n64k16_bf16_rs(float* d, const unsigned* a, unsig
             op.arow[h][2 * tt + 8] = kv_emu_bf16_to_f32(hi & 0xffff); op.arow[h][2 * tt + 9] = kv_emu_bf16_to_f32(hi >> 16);
         }
     kv_emu_arrive(G.bar);   // every lane has read the exchange before it is written again
+    KV_RC(op.snap = kv_rc::snapshot(); op.pc = KV_RC_PC;)
     kv_emu_wpending->open.push_back(op);
 }
-static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 0, accumulate != 0); }
-static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 1, accumulate != 0); }
-static inline void kv_wgmma_m64n256k8_tf32(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 2, accumulate != 0); }
+KV_EMU_FN static inline void kv_wgmma_m64n256k16_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 0, accumulate != 0 KV_RC(, KV_RC_PC)); }
+KV_EMU_FN static inline void kv_wgmma_m64n256k16_f16(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 1, accumulate != 0 KV_RC(, KV_RC_PC)); }
+KV_EMU_FN static inline void kv_wgmma_m64n256k8_tf32(float* d, unsigned long long a, unsigned long long b, int accumulate) { kv_emu_wgmma_issue(d, a, b, 2, accumulate != 0 KV_RC(, KV_RC_PC)); }
 
 template <int N>
-static inline void kv_setmaxnreg_dec() {}
+KV_EMU_FN static inline void kv_setmaxnreg_dec() {}
 template <int N>
-static inline void kv_setmaxnreg_inc() {}
+KV_EMU_FN static inline void kv_setmaxnreg_inc() {}
 
 // bar.sync id, count: the first `count` threads to arrive release each other (the named barrier's generation).
-static inline void kv_named_barrier(int id, int count)
+KV_EMU_FN static inline void kv_named_barrier(int id, int count)
 {
     auto& b = kv_emu_cur->named[id];
     b.alive = count;
     kv_emu_arrive(b);
 }
 
-static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
+KV_EMU_FN static inline void kv_emu_wgmma_compute(const kv_emu_wgmma_op& op)
 {
     int idx = (int)(threadIdx.x & 127), w = idx >> 5, lane = idx & 31, g = lane >> 2, t = lane & 3;
+#if defined(KV_RACECHECK)
+    // racecheck: what the warp's lanes read together (A's rows 16 w .. 16 w + 15 unless A is in registers, all of B's
+    // n rows, the K of one instruction), recorded once, by lane 0, as of the operation's issue
+    if (kv_rc::on && lane == 0)
+    {
+        const int kn = op.type == 2 ? 8 : 16, bytes = op.type == 2 ? 4 : 2;
+        for (int k = 0; k < kn; k++)
+        {
+            if (op.n == 256)
+                for (int row = 16 * w; row < 16 * w + 16; row++)
+                    kv_rc::async_access((uintptr_t)(kv_emu_cur->dyn + kv_emu_wgmma_off(op.a, row, k, op.type)), bytes, false, op.snap, op.pc, "wgmma operand read");
+            for (int col = 0; col < op.n; col++)
+                kv_rc::async_access((uintptr_t)(kv_emu_cur->dyn + kv_emu_wgmma_off(op.b, col, k, op.type)), bytes, false, op.snap, op.pc, "wgmma operand read");
+        }
+    }
+#endif
     if (op.n == 64)
     {
         for (int i = 0; i < 8; i++)
@@ -505,7 +549,7 @@ struct kv_emu_tensor_map
     unsigned elem;                   // bytes per element (2: bf16 / f16, 4: f32)
 };
 static_assert(sizeof(kv_emu_tensor_map) <= sizeof(kv_tensor_map), "the emulated map fits in the opaque bytes");
-static inline void kv_emu_encode_tensor_map(kv_tensor_map* map, const void* base, const unsigned long long dims[3],
+KV_EMU_FN static inline void kv_emu_encode_tensor_map(kv_tensor_map* map, const void* base, const unsigned long long dims[3],
                                             const unsigned long long strides[2], const unsigned box[3], unsigned elem = 2)
 {
     // cuTensorMapEncodeTiled's rules that the kernels rely on: 16-byte aligned base and strides, box <= 256 a side.
@@ -520,7 +564,7 @@ static inline void kv_emu_encode_tensor_map(kv_tensor_map* map, const void* base
 }
 // The block of the running thread's cluster whose dynamic shared memory holds `addr` (a mapa address of another block),
 // else the running block (static shared memory).
-static inline kv_emu_block& kv_emu_block_of(kv_saddr addr)
+KV_EMU_FN static inline kv_emu_block& kv_emu_block_of(kv_saddr addr)
 {
     auto* c = kv_emu_cur->cluster;
     for (int r = 0; c && r < c->size; r++)
@@ -532,21 +576,21 @@ static inline kv_emu_block& kv_emu_block_of(kv_saddr addr)
 }
 // The plain (shared::cta) operations take only the running block's own addresses: a mapa address of another block of
 // the cluster there is a bug on the device (the cluster forms, kv_mbar_arrive_cluster and the multicast, take those).
-static inline void kv_emu_own(kv_saddr addr, const char* what)
+KV_EMU_FN static inline void kv_emu_own(kv_saddr addr, const char* what)
 {
     if (&kv_emu_block_of(addr) != kv_emu_cur) { std::fprintf(stderr, "%s on another block's shared memory\n", what); std::abort(); }
 }
-static inline kv_emu_mbar& kv_emu_mb(kv_saddr bar)
+KV_EMU_FN static inline kv_emu_mbar& kv_emu_mb(kv_saddr bar)
 {
     auto& m = kv_emu_block_of(bar).mbars[bar];
     if (bar % 8) { std::fprintf(stderr, "mbarrier at a shared address that is not 8-byte aligned\n"); std::abort(); }
     return m;
 }
-static inline void kv_emu_mbar_check(kv_emu_mbar& m)
+KV_EMU_FN static inline void kv_emu_mbar_check(kv_emu_mbar& m)
 {
-    if (m.pending == 0 && m.tx == 0) { m.phase++; m.pending = m.count; }
+    if (m.pending == 0 && m.tx == 0) { m.phase++; m.pending = m.count; KV_RC(kv_rc::mbar_complete(m.rc);) }
 }
-static inline void kv_mbar_init(kv_saddr bar, unsigned count)
+KV_EMU_FN static inline void kv_mbar_init(kv_saddr bar, unsigned count)
 {
     kv_emu_own(bar, "mbarrier init");
     auto& m = kv_emu_mb(bar);
@@ -554,28 +598,29 @@ static inline void kv_mbar_init(kv_saddr bar, unsigned count)
     m.init = true;
     m.count = m.pending = (int)count;
 }
-static inline void kv_fence_mbar_init() {}
-static inline void kv_emu_mbar_arrive(kv_saddr bar, long long tx)
+KV_EMU_FN static inline void kv_fence_mbar_init() {}
+KV_EMU_FN static inline void kv_emu_mbar_arrive(kv_saddr bar, long long tx)
 {
     auto& m = kv_emu_mb(bar);
     if (!m.init) { std::fprintf(stderr, "arrival on an mbarrier that was not initialised\n"); std::abort(); }
     m.tx += tx;
+    KV_RC(kv_rc::release_into(m.rc.acc);)
     if (--m.pending < 0) { std::fprintf(stderr, "more arrivals on an mbarrier than its count\n"); std::abort(); }
     kv_emu_mbar_check(m);
 }
-static inline void kv_mbar_arrive(kv_saddr bar)
+KV_EMU_FN static inline void kv_mbar_arrive(kv_saddr bar)
 {
     kv_emu_own(bar, "mbarrier arrive");
     kv_emu_mbar_arrive(bar, 0);
 }
-static inline void kv_mbar_arrive_expect_tx(kv_saddr bar, unsigned bytes)
+KV_EMU_FN static inline void kv_mbar_arrive_expect_tx(kv_saddr bar, unsigned bytes)
 {
     kv_emu_own(bar, "mbarrier arrive.expect_tx");
     kv_emu_mbar_arrive(bar, bytes);
 }
 // One TMA copy lands: the box, the 128B swizzle applied to the destination's address bits (4-6 ^= 7-9), zeros where the
 // coordinates fall outside the tensor; its bytes complete on the barrier.
-static inline void kv_emu_tma_land(kv_emu_mbar& m, const kv_emu_tma& c)
+KV_EMU_FN static inline void kv_emu_tma_land(kv_emu_mbar& m, const kv_emu_tma& c)
 {
     kv_emu_tensor_map t;
     std::memcpy(&t, c.map, sizeof t);
@@ -589,23 +634,25 @@ static inline void kv_emu_tma_land(kv_emu_mbar& m, const kv_emu_tma& c)
                     std::memcpy(&v, t.base + w * t.strides[1] + y * t.strides[0] + t.elem * x, t.elem);
                 unsigned long long a = c.dst + ((unsigned long long)z * t.box[1] + r) * 128 + t.elem * e;
                 a ^= ((a >> 7) & 7) << 4;
+                KV_RC(kv_rc::tma_write(a, (int)t.elem, c.bar, m.rc, c.snap, c.pc);)
                 std::memcpy((void*)(uintptr_t)a, &v, t.elem);
             }
     m.tx -= (long long)t.elem * t.box[0] * t.box[1] * t.box[2];
     kv_emu_mbar_check(m);
 }
 // Ordered mode: a copy lands when some thread first waits on its barrier (as late as it can); race mode: at once.
-static inline void kv_tma_load_3d(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar)
+KV_EMU_FN static inline void kv_tma_load_3d(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar)
 {
     kv_emu_own(dst, "TMA load's destination");
     kv_emu_own(bar, "TMA load's mbarrier");
     if ((dst - (kv_saddr)(uintptr_t)kv_emu_cur->dyn) % 1024) { std::fprintf(stderr, "TMA destination not 1024-aligned (128B swizzle)\n"); std::abort(); }
     auto& m = kv_emu_mb(bar);
     kv_emu_tma c{dst, map, c0, c1, c2};
+    KV_RC(c.bar = bar; c.snap = kv_rc::snapshot(); c.pc = KV_RC_PC;)
     if (kv_emu_eager) kv_emu_tma_land(m, c);
     else m.copies.push_back(c);
 }
-static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
+KV_EMU_FN static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
 {
     kv_emu_own(bar, "mbarrier wait");
     for (long long spins = 0;; spins++)
@@ -615,17 +662,17 @@ static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
         auto copies = std::move(m.copies);
         m.copies.clear();
         for (auto& c : copies) kv_emu_tma_land(m, c);
-        if ((m.phase & 1) != parity) return;
+        if ((m.phase & 1) != parity) { KV_RC(kv_rc::acquire_from(m.rc.released);) return; }
         if (spins > 0 && copies.empty()) kv_emu_idle = true;   // (a wait that never completes: the scheduler's deadlock test)
         kv_emu_yield();
     }
 }
 
 // ---- sm_90: thread block clusters ----
-static inline unsigned kv_cluster_ctarank() { return (unsigned)kv_emu_cur->rank; }
+KV_EMU_FN static inline unsigned kv_cluster_ctarank() { return (unsigned)kv_emu_cur->rank; }
 // A block of the cluster that is still running: a remote access to one that has exited (its shared memory may already
 // belong to another block on the device) aborts.
-static inline kv_emu_block& kv_emu_live_block(unsigned rank, const char* what)
+KV_EMU_FN static inline kv_emu_block& kv_emu_live_block(unsigned rank, const char* what)
 {
     auto* c = kv_emu_cur->cluster;
     if (rank >= (unsigned)c->size) { std::fprintf(stderr, "%s: rank %u outside the cluster of %d\n", what, rank, c->size); std::abort(); }
@@ -633,23 +680,23 @@ static inline kv_emu_block& kv_emu_live_block(unsigned rank, const char* what)
     if (b.live == 0) { std::fprintf(stderr, "%s: block of rank %u of the cluster has exited\n", what, rank); std::abort(); }
     return b;
 }
-static inline kv_saddr kv_mapa(kv_saddr addr, unsigned rank)
+KV_EMU_FN static inline kv_saddr kv_mapa(kv_saddr addr, unsigned rank)
 {
     unsigned long long off = addr - (kv_saddr)(uintptr_t)kv_emu_cur->dyn;
     if (off >= kv_emu_cur->dynBytes) { std::fprintf(stderr, "mapa of an address outside this block's dynamic shared memory\n"); std::abort(); }
     return (kv_saddr)(uintptr_t)kv_emu_live_block(rank, "mapa").dyn + off;
 }
-static inline void kv_mbar_arrive_cluster(kv_saddr remote)
+KV_EMU_FN static inline void kv_mbar_arrive_cluster(kv_saddr remote)
 {
     auto& b = kv_emu_block_of(remote);
     if (b.live == 0) { std::fprintf(stderr, "remote mbarrier arrival on a block of the cluster that has exited\n"); std::abort(); }
     kv_emu_mbar_arrive(remote, 0);
 }
-static inline void kv_mbar_wait_cluster(kv_saddr bar, unsigned parity) { kv_mbar_wait(bar, parity); }
-static inline void kv_cluster_sync() { kv_emu_arrive(kv_emu_cur->cluster->bar); }
+KV_EMU_FN static inline void kv_mbar_wait_cluster(kv_saddr bar, unsigned parity) { kv_mbar_wait(bar, parity); }
+KV_EMU_FN static inline void kv_cluster_sync() { kv_emu_arrive(kv_emu_cur->cluster->bar); }
 // The copy lands in every block of `mask` at dst's offset and completes on each one's barrier at bar's offset (each
 // such copy as kv_tma_load_3d's: at the first wait on that barrier in ordered mode, at once in race mode).
-static inline void kv_tma_load_3d_multicast(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar, unsigned short mask)
+KV_EMU_FN static inline void kv_tma_load_3d_multicast(kv_saddr dst, const kv_tensor_map* map, int c0, int c1, int c2, kv_saddr bar, unsigned short mask)
 {
     if (mask == 0 || mask >> kv_emu_cur->cluster->size) { std::fprintf(stderr, "TMA multicast mask 0x%x outside the cluster\n", mask); std::abort(); }
     const kv_saddr dst0 = dst - (kv_saddr)(uintptr_t)kv_emu_cur->dyn, bar0 = bar - (kv_saddr)(uintptr_t)kv_emu_cur->dyn;
@@ -663,6 +710,7 @@ static inline void kv_tma_load_3d_multicast(kv_saddr dst, const kv_tensor_map* m
             auto& m = b.mbars[br];
             if (!m.init) { std::fprintf(stderr, "TMA multicast onto an mbarrier that was not initialised (block %u)\n", r); std::abort(); }
             kv_emu_tma c{d, map, c0, c1, c2};
+            KV_RC(c.bar = br; c.snap = kv_rc::snapshot(); c.pc = KV_RC_PC;)
             if (kv_emu_eager) kv_emu_tma_land(m, c);
             else m.copies.push_back(c);
         }
@@ -681,7 +729,7 @@ struct kv_emu_fiber
 inline void (*kv_emu_body)(void*);
 inline void* kv_emu_arg;
 inline kv_emu_fiber* kv_emu_running;
-[[noreturn]] static void kv_emu_entry()
+[[noreturn]] KV_EMU_FN static void kv_emu_entry()
 {
     kv_emu_body(kv_emu_arg);
     kv_emu_running->done = true;
@@ -698,7 +746,7 @@ inline kv_emu_fiber* kv_emu_running;
 // __shared__ section is the program's one: a cluster kernel must keep all its shared memory dynamic (gemm_sm90.cu's
 // do: it declares no static __shared__), else its blocks would share what the device gives each its own copy of.
 template <class F>
-static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, F body, unsigned cluster = 1)
+KV_EMU_FN static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, F body, unsigned cluster = 1)
 {
     if (cluster == 0 || grid.x % cluster) { std::fprintf(stderr, "kv_emu_launch: grid x %u is not a multiple of the cluster's %u blocks\n", grid.x, cluster); std::abort(); }
     const size_t stackBytes = 128 * 1024, dynBytes = (dynamicShared + 1023) / 1024 * 1024 + 1024;
@@ -707,6 +755,18 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
     for (unsigned r = 0; r < cluster; r++) dyns.emplace_back((unsigned char*)std::aligned_alloc(1024, dynBytes), &std::free);
     std::unique_ptr<kv_emu_fiber[]> fibers(new kv_emu_fiber[total]);
     for (unsigned t = 0; t < total; t++) fibers[t].stack.reset(new char[stackBytes]);
+    const unsigned warpsPerBlock = (threads + 31) / 32;
+    (void)warpsPerBlock;
+#if defined(KV_RACECHECK)
+    {
+        std::vector<std::pair<uintptr_t, size_t>> regions;
+        for (unsigned r = 0; r < cluster; r++) regions.push_back({(uintptr_t)dyns[r].get(), dynamicShared});
+        const bool statics = cluster == 1 && __start_kv_shared;
+        kv_rc::begin_launch((int)(warpsPerBlock * cluster), (int)(warpsPerBlock * 32), regions,
+                            statics ? (uintptr_t)__start_kv_shared : 0, statics ? (uintptr_t)__stop_kv_shared : 0);
+    }
+    struct EndLaunch { ~EndLaunch() { kv_rc::end_launch(); } } endLaunch;
+#endif
     kv_emu_body = [](void* p) { (*(F*)p)(); };
     kv_emu_arg = &body;
     for (unsigned z = 0; z < grid.z; z++)
@@ -731,6 +791,7 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                     for (unsigned w = 0; w < threads / 32; w++) warps[r][w].bar.alive = 32;
                     groups.emplace_back(new kv_emu_group[ngroups]);
                     for (unsigned w = 0; w < ngroups; w++) groups[r][w].bar.alive = (int)std::min(128u, threads - 128 * w);
+                    for (unsigned w = 0; w < ngroups; w++) KV_RC(groups[r][w].bar.rcSync = false;)   // wgmma's exchange: .sync is per warp
                     std::memset(dyns[r].get(), poison, dynamicShared);
                     kv_emu_block& block = blocks[r];
                     block.bar.alive = (int)threads;
@@ -744,6 +805,7 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                 }
                 blockDim = {threads, 1, 1};
                 gridDim = grid;
+                KV_RC(kv_rc::begin_cluster();)
                 for (unsigned t = 0; t < total; t++)
                 {
                     // A fresh stack whose first switch "returns" into kv_emu_entry as if called (rsp % 16 == 8 there).
@@ -796,7 +858,9 @@ static void kv_emu_launch(kv_dim3 grid, unsigned threads, size_t dynamicShared, 
                         kv_emu_wpending = &f.wgmmas;
                         kv_emu_selfSp = &f.sp;
                         kv_emu_idle = false;
+                        KV_RC(kv_rc::cur = (int)((t / threads) * warpsPerBlock + t % threads / 32);)
                         kv_emu_switch(&kv_emu_mainSp, f.sp);
+                        KV_RC(kv_rc::cur = -1;)
                         if (!f.done) left++;
                         if (!kv_emu_idle) { std::fill(idle.begin(), idle.end(), 0); idleCount = 0; }
                         if (kv_emu_idle && !idle[t]) { idle[t] = 1; idleCount++; }

@@ -30,6 +30,9 @@ families() {
   esac
 }
 caught=0; survived=0; marked=0
+# SCHEDULES: the runs each mutation gets, mode:seed, until one fails (default: ordered, then the shuffled two under 3
+# seeds); SCHEDULES=racecheck:0 asks the racecheck build alone (kv_racecheck.h), MARKED=1 runs the marked lines too.
+schedules=${SCHEDULES:-"ordered:0 race:0 starve:0 race:1 starve:1 race:2 starve:2"}
 pattern="__syncthreads\(\)|kv_named_barrier\(|kv_syncwarp\(\)|kv_cluster_sync\(\)"
 [ "${MUTATE:-barriers}" = waits ] && pattern="kv_cp_async_wait<|kv_wgmma_wait<|kv_mbar_wait\(|kv_mbar_wait_cluster\("
 for f in "${files[@]}"; do
@@ -44,14 +47,18 @@ for f in "${files[@]}"; do
     fi
     if cmp -s "$f" "$work/k/$f"; then continue; fi
     what="$f:$line $(echo "$text" | sed 's/^ *//' | cut -c1-70)"
-    if [[ $text == *"kept though redundant"* ]]; then marked=$((marked + 1)); echo "marked redundant  $what"; continue; fi
-    if ! clang++-14 -std=c++20 -O1 -pthread -w -o "$work/emu" "$work/k/emu/emu_tests.cpp" 2> "$work/cc.txt"; then
+    if [[ $text == *"kept though redundant"* ]] && [ -z "${MARKED:-}" ]; then marked=$((marked + 1)); echo "marked redundant  $what"; continue; fi
+    if tr ' ' '\n' <<< "$schedules" | grep -qv '^racecheck:' && ! clang++-14 -std=c++20 -O1 -pthread -w -o "$work/emu" "$work/k/emu/emu_tests.cpp" 2> "$work/cc.txt"; then
+      echo "build failed  $what"; head -n 3 "$work/cc.txt"; continue
+    fi
+    if [[ " $schedules " == *" racecheck:"* ]] && ! bash "$work/k/emu/build-racecheck.sh" "$work/k/emu" "$work/emu_rc" 2> "$work/cc.txt"; then
       echo "build failed  $what"; head -n 3 "$work/cc.txt"; continue
     fi
     verdict=""
-    for run in ordered:0 race:0 starve:0 race:1 starve:1 race:2 starve:2; do   # the shuffled schedules under 3 seeds
+    for run in $schedules; do
       mode=${run%%:*}; seed=${run#*:}
-      ( KV_EMU_MODE=$mode KV_EMU_SEED=$seed KV_EMU_ONLY=$only exec timeout 300 "$work/emu" > "$work/out.txt" 2> "$work/err.txt" ) 2> /dev/null; rc=$?
+      exe="$work/emu"; [ "$mode" = racecheck ] && exe="$work/emu_rc"
+      ( KV_EMU_MODE=$mode KV_EMU_SEED=$seed KV_EMU_ONLY=$only exec timeout 600 "$exe" > "$work/out.txt" 2> "$work/err.txt" ) 2> /dev/null; rc=$?
       if [ $rc != 0 ]; then
         why=$( (grep -m1 "FAIL" "$work/out.txt"; head -n 1 "$work/err.txt") | head -n 1 | tr -s ' ' | cut -c1-100)
         [ $rc = 124 ] && why="timeout (hang)"
