@@ -93,6 +93,39 @@ public sealed class ImagePreprocessorTests : IDisposable
         Assert.Contains("megapixel limit", Assert.Throws<BadInputException>(() => new ImagePreprocessor(16, 32, 16, maxPixels: 399).Load(ok)).Message);
     }
 
+    [Fact]
+    public void PngTextChunksAreNotInflated()
+    {
+        // A zTXt chunk holding 64 MB of text deflated to ~64 KB (a text bomb: 1 MB of file can carry 1 GB): the decoder
+        // used to inflate it in Identify and Load alike (3 GB and 37 s for a 1 GB one). The pixels are what the same PNG
+        // without the chunk gives, and the load allocates far less than the text's size. An EXIF orientation stays
+        // applied (ExifOrientationIsApplied); a chunk that runs past the end is left to the decoder.
+        using var img = Random(20, 20, 3);
+        string plain = Path.Combine(_dir, "plain.png");
+        img.SaveAsPng(plain);
+        byte[] bytes = File.ReadAllBytes(plain);
+        using var deflated = new MemoryStream();
+        using (var z = new System.IO.Compression.ZLibStream(deflated, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true))
+        {
+            var text = new byte[1 << 20];
+            Array.Fill(text, (byte)'A');
+            for (int i = 0; i < 64; i++) z.Write(text);
+        }
+        var chunk = new List<byte>();
+        Chunk(chunk, "zTXt", [.. "Comment"u8.ToArray(), 0, 0, .. deflated.ToArray()]);
+        string bomb = Path.Combine(_dir, "ztxt.png");
+        File.WriteAllBytes(bomb, [.. bytes.AsSpan(0, 33).ToArray(), .. chunk, .. bytes.AsSpan(33).ToArray()]);   // after IHDR (8 + 25 bytes)
+        var pre = new ImagePreprocessor(16, 32, 16);
+        var expected = pre.Load(plain);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var got = pre.Load(bomb);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(expected.Pixels, got.Pixels);
+        Assert.True(allocated < 16L << 20, $"loading the 20x20 PNG allocated {allocated >> 20} MB");
+        byte[] cut = File.ReadAllBytes(bomb)[..(33 + 1000)];
+        Assert.Equal(cut, ImagePreprocessor.WithoutPngText(cut));
+    }
+
     private static void Chunk(List<byte> png, string type, byte[] data)
     {
         var len = new byte[4];

@@ -76,6 +76,7 @@ public sealed class ImagePreprocessor
     /// <summary>Preprocesses an encoded image held in memory; <paramref name="name"/> is used in errors.</summary>
     public PreparedImage Load(byte[] encoded, string name)
     {
+        encoded = WithoutPngText(encoded);
         IImageInfo? info;
         try
         {
@@ -98,6 +99,42 @@ public sealed class ImagePreprocessor
         {
             throw new BadInputException($"{name}: the image could not be decoded, it may be truncated or corrupt ({e.Message})");
         }
+    }
+
+    /// <summary>
+    /// A PNG's bytes without its text chunks (tEXt, zTXt, iTXt), else the bytes given. ImageSharp inflates every zTXt
+    /// and iTXt chunk into a string, in Identify too, with no limit: 1 MB of file can hold 1 GB of text (3 GB of memory
+    /// and 37 s for one image). No pixel depends on them; the eXIf chunk, whose orientation is applied, stays. A chunk
+    /// whose length runs past the end leaves the bytes as they are (the decoder then reports the damage).
+    /// </summary>
+    public static byte[] WithoutPngText(byte[] encoded)
+    {
+        ReadOnlySpan<byte> signature = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A];
+        if (encoded.Length < 8 || !encoded.AsSpan(0, 8).SequenceEqual(signature)) return encoded;
+        var keep = new List<(int Start, int Length)>();
+        bool dropped = false;
+        int pos = 8;
+        while (pos + 12 <= encoded.Length)
+        {
+            long length = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(encoded.AsSpan(pos));
+            long end = pos + 12 + length;   // length, type, data, crc
+            if (end > encoded.Length) return encoded;
+            var type = encoded.AsSpan(pos + 4, 4);
+            if (type.SequenceEqual("tEXt"u8) || type.SequenceEqual("zTXt"u8) || type.SequenceEqual("iTXt"u8)) dropped = true;
+            else keep.Add((pos, (int)(end - pos)));
+            pos = (int)end;
+            if (type.SequenceEqual("IEND"u8)) break;
+        }
+        if (!dropped) return encoded;
+        var result = new byte[8 + keep.Sum(k => (long)k.Length)];
+        encoded.AsSpan(0, 8).CopyTo(result);
+        int at = 8;
+        foreach (var (start, length) in keep)
+        {
+            encoded.AsSpan(start, length).CopyTo(result.AsSpan(at));
+            at += length;
+        }
+        return result;
     }
 
     /// <summary>Orients, resizes and normalises a decoded image (which is left unchanged).</summary>
