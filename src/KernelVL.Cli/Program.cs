@@ -16,6 +16,14 @@ root.Subcommands.Add(TrainCommands.Decompose());
 root.Subcommands.Add(RetrievalCommands.Index());
 root.Subcommands.Add(RetrievalCommands.Search());
 root.Subcommands.Add(RetrievalCommands.Eval());
+// A path or name given as '' (or blanks) is refused by the parser, naming the option: .NET would otherwise read it as
+// the current folder in some places and throw "The value cannot be an empty string" (exit 1) in others.
+foreach (var command in new[] { root }.Concat(root.Subcommands))
+    foreach (var option in command.Options.OfType<Option<string>>())
+        option.Validators.Add(result =>
+        {
+            if (result.GetValueOrDefault<string>() is { } v && string.IsNullOrWhiteSpace(v)) result.AddError($"{option.Name}: an empty value");
+        });
 var parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {

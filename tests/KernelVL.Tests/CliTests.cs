@@ -75,6 +75,10 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             new[] { "decompose", "--model", fx.Init, "--data", fx.Data, "--out", Tmp(), "--batch", "1" },
             new[] { "eval", "--model", fx.Init, "--data", fx.Data, "--mode", "fast" },
             new[] { "index", "--bogus" },
+            new[] { "eval", "--model", fx.Init, "--data", "", "--device", "cpu" },   // empty paths: exit 1 and a .NET message before
+            new[] { "eval", "--model", fx.Init, "--data", fx.Data, "--json", " " },
+            new[] { "pretrain", "--data", fx.Data, "--out", "", "--config", "tiny" },
+            new[] { "shapes", "--out", "" },   // wrote 2700 images into the current folder
         })
         {
             var r = Run(args);
@@ -83,6 +87,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             Assert.True(lines.Count == 1, $"{string.Join(' ', args)}: {r.Err}");   // one line (warnings aside, e.g. a folder's other files)
             Assert.StartsWith("kernelvl: bad input:", lines[0]);
             Assert.DoesNotContain("   at ", r.Err);   // no stack trace without --verbose
+            if (args.Contains("") || args.Contains(" ")) Assert.Contains("an empty value", r.Err);
         }
     }
 

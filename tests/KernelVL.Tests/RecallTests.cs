@@ -114,8 +114,27 @@ public class RecallTests
             foreach (var (fp, fn) in new[] { ("", "../../outside/secret"), ("imgs", "../../x.png"), ("", rooted), ("..", "x.png") })
             {
                 File.WriteAllText(path, $"{{\"images\": [{{\"filepath\": \"{fp}\", \"filename\": \"{fn}\", \"split\": \"test\", \"sentences\": [{{\"raw\": \"a\"}}]}}]}}");
-                Assert.Contains("leaves the image root", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+                Assert.Contains(fn == rooted ? "is absolute" : "leaves the image root", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
             }
+            // Text that is not valid (found by System.Text.Json only when read): exit 1 with an unnamed message before.
+            string one = "{\"images\": [{\"filename\": \"x.jpg\", \"split\": \"test\", \"sentences\": [{\"raw\": \"RAW\"}]}]}";
+            int cut = one.IndexOf("RAW", StringComparison.Ordinal);
+            File.WriteAllBytes(path, [.. System.Text.Encoding.UTF8.GetBytes(one[..cut]), 0xff, 0xfe, .. System.Text.Encoding.UTF8.GetBytes(one[(cut + 3)..])]);
+            Assert.Contains("d.json: images[0]: not valid JSON text", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            File.WriteAllText(path, one.Replace("RAW", "\\ud800 red"));   // a lone surrogate escape
+            Assert.Contains("images[0]: not valid JSON text", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            File.WriteAllText(path, one.Replace("\"split\": \"test\"", "\"split\": \"test\", \"split\": \"train\""));   // a key twice
+            Assert.Contains("images[0]: not valid JSON text", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            // Fields of the wrong kind are named (they were read as missing, or raw fell back to tokens).
+            File.WriteAllText(path, one.Replace("\"split\": \"test\"", "\"split\": 3"));
+            Assert.Contains("images[0]: \"split\" is a number, not a string", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
+            File.WriteAllText(path, one.Replace("\"RAW\"", "{\"a\": 1}, \"tokens\": [\"a\"]"));
+            Assert.Contains("sentence 0's \"raw\" is an object, not a string", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path, strict: true)).Message);
+            File.WriteAllText(path, one.Replace("{\"raw\": \"RAW\"}", "\"a plain red circle\""));   // sentences as plain strings
+            Assert.Equal(["a plain red circle"], Assert.Single(KarpathyDataset.Load(path).Images).Captions);
+            // One image file twice in a split (different imgids): its captions would compete with its own copy.
+            File.WriteAllText(path, "{\"images\": [{\"filename\": \"x.jpg\", \"imgid\": 1, \"split\": \"test\", \"sentences\": [{\"raw\": \"a\"}]}, {\"filepath\": \".\", \"filename\": \"x.jpg\", \"imgid\": 2, \"split\": \"test\", \"sentences\": [{\"raw\": \"b\"}]}, {\"filename\": \"x.jpg\", \"imgid\": 3, \"split\": \"train\", \"sentences\": [{\"raw\": \"c\"}]}]}");
+            Assert.Contains("images[1]: image './x.jpg' is listed twice in split 'test' (also images[0])", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
             Assert.True(KarpathyDataset.InsideRoot("a/../b.png") && KarpathyDataset.InsideRoot("./a/b.png"));
             // A caption over the tokenizer's limit is skipped and listed (an error with strict), not met later mid-build.
             string longCaption = string.Concat(Enumerable.Repeat("red ", 2600));

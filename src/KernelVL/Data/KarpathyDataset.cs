@@ -48,8 +48,25 @@ public sealed class KarpathyDataset
         {
             throw new BadInputException($"{path}: not valid JSON ({e.Message})");
         }
+        // System.Text.Json checks a string's UTF-8 and an object's keys only when they are read: a caption with invalid
+        // UTF-8 or a lone surrogate escape, or a key given twice, surfaces below as an InvalidOperationException or
+        // ArgumentException, which becomes a bad-input error naming the file and the entry.
+        string at = "the top level";
+        try
+        {
+            return Read(path, root, strict, ref at);
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+        {
+            throw new BadInputException($"{path}: {at}: not valid JSON text ({e.Message})");
+        }
+    }
+
+    private static KarpathyDataset Read(string path, JsonNode? root, bool strict, ref string at)
+    {
         if (root is not JsonObject o || o["images"] is not JsonArray arr) throw new BadInputException($"{path}: no \"images\" array (expected the Karpathy split format)");
         var images = new List<DatasetImage>(arr.Count);
+        var fileOf = new Dictionary<(string Split, string File), int>();   // an image file listed twice in one split
         var problems = new List<string>();
         var firstOf = new Dictionary<int, int>();   // imgid -> the first entry that has it
         void Problem(string message)
@@ -59,18 +76,24 @@ public sealed class KarpathyDataset
         }
         for (int i = 0; i < arr.Count; i++)
         {
+            at = $"images[{i}]";
             string Where() => $"{path}: images[{i}]";
             if (arr[i] is not JsonObject im) throw new BadInputException($"{Where()} is not an object");
-            string? file = Str(im, "filename") ?? throw new BadInputException($"{Where()} has no filename");
-            string? dir = Str(im, "filepath");
-            string split = Str(im, "split") ?? throw new BadInputException($"{Where()} has no split");
+            string? file = Str(im, "filename", Where) ?? throw new BadInputException($"{Where()} has no filename");
+            string? dir = Str(im, "filepath", Where);
+            string split = Str(im, "split", Where) ?? throw new BadInputException($"{Where()} has no split");
             if (split == "restval") split = "train";
             if (im["sentences"] is not JsonArray sents) throw new BadInputException($"{Where()} ({file}) has no sentences array");
             var caps = new List<string>(sents.Count);
             for (int k = 0; k < sents.Count; k++)
             {
                 var s = sents[k];
-                string? raw = s is JsonObject so ? Str(so, "raw") : null;
+                if (s is JsonObject so0 && so0["raw"] is { } r0 && r0.GetValueKind() != JsonValueKind.String && r0.GetValueKind() != JsonValueKind.Null)
+                {
+                    Problem($"{Where()} ({file}): sentence {k}'s \"raw\" is {Kind(r0)}, not a string");
+                    continue;
+                }
+                string? raw = s is JsonObject so ? Str(so, "raw") : s is JsonValue sv && sv.TryGetValue(out string? plain) ? plain : null;   // a sentence may be a plain string
                 if (raw is null && s is JsonObject st && st["tokens"] is JsonArray toks) raw = string.Join(' ', toks.Select(t => t?.ToString()));
                 if (string.IsNullOrWhiteSpace(raw)) Problem($"{Where()} ({file}): sentence {k} is empty");
                 else if (raw.Length > Text.TextTokenizer.MaxCharacters) Problem($"{Where()} ({file}): sentence {k} has {raw.Length} characters, over the {Text.TextTokenizer.MaxCharacters}-character limit");
@@ -85,7 +108,13 @@ public sealed class KarpathyDataset
             if (!firstOf.TryAdd(id, i)) throw new BadInputException($"{Where()} ({file}): imgid {id} repeats images[{firstOf[id]}]'s");
             int? group = im["kernelvl_group"] is JsonValue gv && gv.TryGetValue(out int g) ? g : null;
             string rel = dir is null ? file : System.IO.Path.Combine(dir, file);
+            if (System.IO.Path.IsPathRooted(rel)) throw new BadInputException($"{Where()}: image path '{rel}' is absolute (paths are relative to the image root, --images)");
             if (!InsideRoot(rel)) throw new BadInputException($"{Where()}: image path '{rel}' leaves the image root (paths are relative to it, without '..' above it)");
+            // The same file twice in one split: its captions would compete with themselves (an evaluation scores each
+            // against both copies, whose embeddings are equal).
+            string normal = System.IO.Path.GetRelativePath("/", System.IO.Path.GetFullPath(rel.Replace('\\', '/'), "/"));
+            if (!fileOf.TryAdd((split, normal), i))
+                throw new BadInputException($"{Where()}: image '{rel}' is listed twice in split '{split}' (also images[{fileOf[(split, normal)]}]); merge the two entries' sentences");
             images.Add(new DatasetImage(id, rel, split, caps, group));
         }
         return new KarpathyDataset(path, images, problems);
@@ -105,6 +134,24 @@ public sealed class KarpathyDataset
     }
 
     private static string? Str(JsonObject o, string key) => o[key] is JsonValue v && v.TryGetValue(out string? s) ? s : null;
+
+    // A string field that may be absent or null; any other kind is an error naming the entry.
+    private static string? Str(JsonObject o, string key, Func<string> where)
+    {
+        var n = o[key];
+        if (n is null || n.GetValueKind() == JsonValueKind.Null) return null;
+        if (n.GetValueKind() != JsonValueKind.String) throw new BadInputException($"{where()}: \"{key}\" is {Kind(n)}, not a string");
+        return n.GetValue<string>();
+    }
+
+    private static string Kind(JsonNode n) => n.GetValueKind() switch
+    {
+        JsonValueKind.Number => "a number",
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        _ => n.GetValueKind().ToString().ToLowerInvariant(),
+    };
 
     /// <summary>The images of one split (train includes restval).</summary>
     public IReadOnlyList<DatasetImage> Split(string split)
