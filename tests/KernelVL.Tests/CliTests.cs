@@ -64,6 +64,48 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     }
 
     [Fact]
+    public void EvalJsonNeverReplacesAnInputAndSkippedImagesAreCounted()
+    {
+        // The audit's --json onto the dataset, into the checkpoint, onto a user's file: each replaced it, exit 0. Now
+        // refused before the evaluation runs, and nothing is touched.
+        string dir = Tmp();
+        Directory.CreateDirectory(dir);
+        string data = Path.Combine(dir, "d.json");
+        var ds = JsonNode.Parse(File.ReadAllText(fx.Data))!;
+        var test = ds["images"]!.AsArray().Where(i => (string)i!["split"]! == "test").ToList();
+        test[1]!["filename"] = "missing.png";   // one of the first 4 test images cannot be read
+        File.WriteAllText(data, ds.ToJsonString());
+        string before = File.ReadAllText(data), notes = Path.Combine(dir, "notes.txt");
+        File.WriteAllText(notes, "mine");
+        string[] Args(string json, params string[] more) => ["eval", "--model", fx.Init, "--data", data, "--images", Images, "--limit", "4", "--json", json, "--device", "cpu", .. more];
+        foreach (var (json, why) in new[] { (data, "is the dataset being evaluated"), (Path.Combine(fx.Init, "results.json"), "an input of this run"), (notes, "is not the results file of an earlier eval") })
+        {
+            var bad = Run(Args(json));
+            Assert.True(bad.Code == 2 && bad.Err.Contains(why), $"{json}: exit {bad.Code}, {bad.Err}");
+            Assert.DoesNotContain("| mode", bad.Out);   // refused before evaluating
+        }
+        Assert.Equal(before, File.ReadAllText(data));
+        Assert.Equal("mine", File.ReadAllText(notes));
+        Assert.False(File.Exists(Path.Combine(fx.Init, "results.json")));
+        // An earlier results file is replaced; the unreadable image is counted in the table and the JSON.
+        string results = Path.Combine(dir, "results.json");
+        for (int run = 0; run < 2; run++)
+        {
+            var ok = Run(Args(results));
+            Assert.True(ok.Code == 0, ok.Err);
+            Assert.Contains("3 images, 15 captions (1 more of the split's images could not be read", ok.Out);
+        }
+        var doc = JsonNode.Parse(File.ReadAllText(results))!;
+        Assert.Equal(3, (int)doc["images"]!);
+        Assert.Equal(1, (int)doc["skipped_images"]!);
+        var strict = Run(Args(Path.Combine(dir, "strict.json"), "--strict"));
+        Assert.True(strict.Code == 2 && strict.Err.Contains("missing.png"), strict.Err);
+        // A batch past the cap (100000 filled a 24 GB machine) is refused.
+        var big = Run(Args(Path.Combine(dir, "big.json"), "--batch", "100000"));
+        Assert.True(big.Code == 2 && big.Err.Contains("--batch must be 1..4096"), big.Err);
+    }
+
+    [Fact]
     public void BadInputIsOneLineAndExitCode2()
     {
         foreach (var args in new[]
