@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using KernelVL.IO;
 using KernelVL.Retrieval;
 
 namespace KernelVL.Tests;
@@ -144,6 +145,17 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(wide, "config.json")))!;
         cfg["hidden_size"] = 8192;
         File.WriteAllText(Path.Combine(wide, "config.json"), cfg.ToJsonString());
+        string huge = Tmp(); CopyFolder(fx.Init, huge);   // 2^30: the weight count wrapped a long (out of memory, exit 1)
+        cfg["hidden_size"] = 1 << 30; cfg["intermediate_size"] = 1 << 30; cfg["num_attention_heads"] = 1;
+        File.WriteAllText(Path.Combine(huge, "config.json"), cfg.ToJsonString());
+        string nan = Tmp(); CopyFolder(fx.Init, nan);   // a diverged run's weights: "a NaN score" at the end, exit 1
+        {
+            var names = new List<SafeTensorsWriter.Entry>();
+            using (var f = SafeTensorsFile.Open(Path.Combine(fx.Init, "model.safetensors")))
+                foreach (var (n, info) in f.Tensors) names.Add(new(n, info.Shape, f.ReadF32(n)));
+            names[^1].Values[names[^1].Values.Length / 2] = float.NaN;
+            SafeTensorsWriter.Write(Path.Combine(nan, "model.safetensors"), names);
+        }
         string[] Out(string o) => ["--out", o];
         var cases = new List<(string[] Args, string Message, string? Absent)>();
         void Case(string message, string? absent, params string[] args) => cases.Add((args, message, absent));
@@ -155,6 +167,8 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Case("model.safetensors", o5, ["decompose", "--model", zeroWeights, "--data", fx.Data, .. Out(o5), "--device", "cpu"]);
         Case("--temperature must be finite", o6, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "Infinity", .. Out(o6), "--device", "cpu"]);
         Case("does not belong to these weights", null, ["eval", "--model", wide, "--data", fx.Data, "--device", "cpu"]);
+        Case("does not belong to these weights", null, ["eval", "--model", huge, "--data", fx.Data, "--device", "cpu"]);
+        Case("holds NaN at element", null, ["eval", "--model", nan, "--data", fx.Data, "--device", "cpu"]);
         Case("--limit must be >= 0", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--limit", "-1", "--device", "cpu"]);
         Case("--rerank-k must be at least 1", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--mode", "rerank", "--rerank-k", "0", "--device", "cpu"]);
         Case("is a folder, not a file", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--json", fx.Dir, "--device", "cpu"]);

@@ -173,7 +173,21 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     {
         var t = Info(name);
         if (dst.Shape != new Shape(t.Shape)) throw Bad(Path, $"tensor '{name}' is [{string.Join(", ", t.Shape)}], the model expects {dst.Shape}");
-        dst.Backend.CopyFromHost(ReadF32(name), dst);
+        var values = ReadF32(name);
+        // A NaN or infinite weight (a diverged run's checkpoint) would otherwise surface far later, e.g. as "a NaN
+        // score" at the end of an evaluation, naming nothing.
+        if (!AllFinite(values, out int bad)) throw Bad(Path, $"tensor '{name}' holds {values[bad]} at element {bad} (a diverged run's weights?)");
+        dst.Backend.CopyFromHost(values, dst);
+    }
+
+    // Whether every value is finite; else the first that is not. MaxMagnitude is NaN with a NaN and infinite with an
+    // infinity (one vectorised pass); the position is looked for only on failure.
+    private static bool AllFinite(float[] v, out int at)
+    {
+        at = -1;
+        if (v.Length == 0 || float.IsFinite(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(v))) return true;
+        at = Array.FindIndex(v, x => !float.IsFinite(x));
+        return false;
     }
 
     public void Dispose()

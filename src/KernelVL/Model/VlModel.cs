@@ -306,7 +306,7 @@ public sealed class VlModel : Module
             // Before anything is allocated: a config whose sizes need more values than the file holds cannot match it
             // (a wrong hidden_size would otherwise allocate the model first, seconds and gigabytes, or fail for memory).
             long held = f.Tensors.Values.Sum(t => t.Numel);
-            long least = (long)cfg.VocabSize * cfg.HiddenSize + cfg.NumLayers * (4L * cfg.HiddenSize * cfg.HiddenSize + 2L * cfg.HiddenSize * cfg.IntermediateSize);
+            Int128 least = (Int128)cfg.VocabSize * cfg.HiddenSize + cfg.NumLayers * (4 * (Int128)cfg.HiddenSize * cfg.HiddenSize + 2 * (Int128)cfg.HiddenSize * cfg.IntermediateSize);   // a long wrapped for hidden_size 2^30
             if (least > held)
                 throw new BadInputException($"{Path.Combine(folder, ConfigFile)}: describes a model of at least {least} weights (vocab_size {cfg.VocabSize}, hidden_size {cfg.HiddenSize}, " +
                     $"{cfg.NumLayers} layers, intermediate_size {cfg.IntermediateSize}) but {weights} holds {held}: the config does not belong to these weights");
