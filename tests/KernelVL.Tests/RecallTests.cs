@@ -84,6 +84,34 @@ public class RecallTests
     }
 
     [Fact]
+    public void ShapesReplacesOnlyItsOwnEarlierOutput()
+    {
+        // A rerun into an earlier set's folder left the earlier, larger set's images beside the new ones (and a killed
+        // write's temporary file); a folder holding anything else is refused before a file is touched.
+        string dir = Path.Combine(Path.GetTempPath(), "kernelvl-shapes-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            SyntheticShapes.Generate(dir, 10, 0, 10, 16, seed: 1);
+            string images = Path.Combine(dir, "images");
+            Assert.Equal(20, Directory.GetFiles(images).Length);
+            File.WriteAllText(Path.Combine(images, ".000003.png.123.0123456789abcdef0123456789abcdef.tmp"), "partial");
+            SyntheticShapes.Generate(dir, 3, 0, 3, 16, seed: 2);
+            Assert.Equal(Enumerable.Range(0, 6).Select(i => $"{i:D6}.png"), Directory.GetFiles(images).Select(Path.GetFileName).Order());
+            Assert.Equal(6, KarpathyDataset.Load(Path.Combine(dir, "dataset.json")).Images.Count);
+            File.WriteAllText(Path.Combine(images, "holiday.png"), "mine");
+            Assert.Contains("holds holiday.png", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(dir, 3, 0, 3, 16, 1)).Message);
+            Assert.Equal(7, Directory.GetFiles(images).Length);   // nothing deleted
+            string other = Path.Combine(dir, "other");
+            Directory.CreateDirectory(Path.Combine(other, "dataset.json"));
+            Assert.Contains("is a folder, where the dataset's JSON goes", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(other, 3, 0, 3, 16, 1)).Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
     public void KarpathyJsonRoundTripsAndBadFilesAreNamed()
     {
         string dir = Path.Combine(Path.GetTempPath(), "kernelvl-ds-" + Guid.NewGuid().ToString("N"));

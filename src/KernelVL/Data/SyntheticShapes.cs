@@ -9,7 +9,7 @@ namespace KernelVL.Data;
 /// colours or the relation gives another image's caption. Five phrasings per image. Drawn with ImageSharp (pixel
 /// loops: the project has no drawing library), written as PNGs plus a Karpathy split JSON that every command reads.
 /// </summary>
-public static class SyntheticShapes
+public static partial class SyntheticShapes
 {
     public static readonly string[] Shapes = ["circle", "square", "triangle", "cross"];
     public static readonly (string Name, Rgb24 Color)[] Colors =
@@ -113,6 +113,47 @@ public static class SyntheticShapes
     public static Scene ColourSwapped(Scene s) => s with { A = s.A with { Color = s.B.Color }, B = s.B with { Color = s.A.Color } };
 
     /// <summary>
+    /// Makes <paramref name="dir"/> ready for a new dataset: a folder that does not exist or is empty is left as it is; one
+    /// that holds only what this generator writes (dataset.json of a kernelvl-shapes set, images/NNNNNN.png, and the
+    /// temporary files of a write that was interrupted) has those deleted, so that no image of an earlier, larger run
+    /// stays behind; anything else there is refused, before any file is touched.
+    /// </summary>
+    public static void ClearPrevious(string dir)
+    {
+        if (File.Exists(dir)) throw new BadInputException($"{dir}: is a file, not a folder");
+        if (!Directory.Exists(dir)) return;
+        string json = Path.Combine(dir, "dataset.json"), images = Path.Combine(dir, "images");
+        if (Directory.Exists(json)) throw new BadInputException($"{json}: is a folder, where the dataset's JSON goes");
+        if (File.Exists(images)) throw new BadInputException($"{images}: is a file, where the images' folder goes");
+        var generated = new List<string>();
+        foreach (var e in Directory.EnumerateFileSystemEntries(dir))
+        {
+            string name = Path.GetFileName(e);
+            if (name == "images") continue;
+            bool ours = name == "dataset.json" ? File.ReadAllText(e).Contains("\"kernelvl-shapes\"", StringComparison.Ordinal)
+                      : OwnTemporary().IsMatch(name) && name.StartsWith(".dataset.json.", StringComparison.Ordinal);
+            if (!ours) throw new BadInputException($"{dir}: holds {name}, which is not part of a kernelvl shapes dataset: give a new or an empty folder");
+            generated.Add(e);
+        }
+        if (Directory.Exists(images))
+            foreach (var e in Directory.EnumerateFileSystemEntries(images))
+            {
+                string name = Path.GetFileName(e);
+                if (!File.Exists(e) || !(ImageName().IsMatch(name) || OwnTemporary().IsMatch(name)))
+                    throw new BadInputException($"{images}: holds {name}, which this generator does not write: give a new or an empty folder");
+                generated.Add(e);
+            }
+        foreach (var f in generated) File.Delete(f);
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^\d{6}\.png$")]
+    private static partial System.Text.RegularExpressions.Regex ImageName();
+
+    // AtomicFile's temporary names: .NAME.PID.GUID.tmp
+    [System.Text.RegularExpressions.GeneratedRegex(@"^\.(\d{6}\.png|dataset\.json)\.\d+\.[0-9a-f]{32}\.tmp$")]
+    private static partial System.Text.RegularExpressions.Regex OwnTemporary();
+
+    /// <summary>
     /// Writes <paramref name="train"/> + <paramref name="val"/> + <paramref name="test"/> distinct scenes as PNGs under
     /// DIR/images and the split as DIR/dataset.json; returns the JSON's path. Scenes come in twins: a scene and its
     /// colour-swapped twin, in the same split and group, so every split holds pairs that only attribute binding tells
@@ -135,7 +176,7 @@ public static class SyntheticShapes
             bool pair = end - scenes.Count >= 2;   // an odd split ends with a single scene
             if (seen.Contains(s.Key) || (pair && seen.Contains(twin.Key)))
             {
-                if (++tries > 100 * total) throw new BadInputException($"cannot draw {total} distinct scenes");
+                if (++tries > 100 * total) throw new BadInputException($"cannot draw {total} distinct scenes (the generator has fewer than that; 7000 in all is safe)");
                 continue;
             }
             seen.Add(s.Key);
@@ -148,6 +189,7 @@ public static class SyntheticShapes
                 groups.Add(scenes.Count - 2);
             }
         }
+        ClearPrevious(dir);   // after the scenes are drawn: a count that cannot be drawn leaves an earlier set as it was
         Directory.CreateDirectory(Path.Combine(dir, "images"));
         var images = new List<DatasetImage>(total);
         for (int i = 0; i < total; i++)
