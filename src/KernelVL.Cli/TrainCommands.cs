@@ -16,6 +16,8 @@ internal static class TrainCommands
         if (device == "auto")
             return BackendFactory.Unavailable("cuda") is null && string.IsNullOrEmpty(Environment.GetEnvironmentVariable(KernelVL.Backends.Cuda.CudaBackend.DriverVariable)) ? "cuda" : "cpu";
         if (BackendFactory.Unavailable(device) is { } why) throw new BadInputException($"--device {device}: {why}");
+        if (device == "ilgpu" && BackendFactory.Resolve(device) == "ilgpu-cpu")
+            Console.Error.WriteLine("kernelvl: warning: --device ilgpu: no CUDA GPU here, so ILGPU's CPU accelerator, a test backend ~400x slower than --device cpu");
         return device;
     }
 

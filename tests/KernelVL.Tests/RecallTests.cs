@@ -1,4 +1,5 @@
 using KernelVL.Data;
+using KernelVL.IO;
 using KernelVL.Retrieval;
 
 namespace KernelVL.Tests;
@@ -81,6 +82,31 @@ public class RecallTests
         Assert.Equal([(0, 1000), (1000, 1000), (2000, 1000), (3000, 1000), (4000, 1000)], Recall.Folds(5000));
         Assert.Equal([(0, 10), (10, 10)], Recall.Folds(25, 10));
         Assert.Throws<ShapeException>(() => Recall.Evaluate(new float[4], 2, [0, 0]));   // image 1 has no caption
+    }
+
+    [SkippableFact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public void AtomicWritesKeepTheModeAndWriteThroughASymlink()
+    {
+        Skip.If(OperatingSystem.IsWindows(), "unix permission bits and symlinks");
+        string dir = Path.Combine(Path.GetTempPath(), "kernelvl-atomic-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string file = Path.Combine(dir, "results.json"), link = Path.Combine(dir, "latest.json");
+            File.WriteAllText(file, "old");
+            File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);   // 600: private results
+            File.CreateSymbolicLink(link, "results.json");
+            AtomicFile.WriteAllText(link, "new");
+            Assert.Equal("results.json", new FileInfo(link).LinkTarget);   // the link stays a link
+            Assert.Equal("new", File.ReadAllText(file));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(file));
+            Assert.Equal(["latest.json", "results.json"], Directory.GetFiles(dir).Select(Path.GetFileName).Order());   // no temporary left
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
     }
 
     [Fact]

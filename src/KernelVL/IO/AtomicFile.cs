@@ -18,10 +18,16 @@ public static class AtomicFile
         Write(path, s => s.Write(copy));
     }
 
-    /// <summary>Runs <paramref name="write"/> on a stream to a temporary file, flushes it to disk and renames it to <paramref name="path"/>.</summary>
+    /// <summary>
+    /// Runs <paramref name="write"/> on a stream to a temporary file, flushes it to disk and renames it to <paramref name="path"/>.
+    /// A path that is a symlink is written through (its final target is replaced, the link stays), and a file replaced
+    /// keeps its permission bits (a private 600 results file stayed private only until the first rewrite).
+    /// </summary>
     public static void Write(string path, Action<Stream> write)
     {
         string full = Path.GetFullPath(path);
+        if (new FileInfo(full).LinkTarget is not null && Paths.RealOrNull(full) is { } target) full = target;
+        UnixFileMode? mode = !OperatingSystem.IsWindows() && File.Exists(full) ? File.GetUnixFileMode(full) : null;
         string dir = Path.GetDirectoryName(full)!;
         Directory.CreateDirectory(dir);
         string tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
@@ -32,6 +38,7 @@ public static class AtomicFile
                 write(s);
                 s.Flush(flushToDisk: true);
             }
+            if (mode is { } m && !OperatingSystem.IsWindows()) File.SetUnixFileMode(tmp, m);
             File.Move(tmp, full, overwrite: true);
             SyncFolder(dir);
         }

@@ -147,7 +147,9 @@ public static class ImageFiles
     {
         if (Directory.Exists(path)) throw new BadInputException($"{path}: is a folder, not an image file");
         if (!File.Exists(path))
-            throw new BadInputException(Listed(path) == false ? $"{path}: no such file" : $"{path}: cannot be read (its folder cannot be entered or listed)");
+            throw new BadInputException(Listed(path) == false ? $"{path}: no such file"
+                : Path.GetDirectoryName(Path.GetFullPath(path)) is { } folder && !Directory.Exists(folder) ? $"{path}: no such file (its folder {folder} does not exist: is the image root, --images, right?)"
+                : $"{path}: cannot be read (its folder cannot be entered or listed)");
         try
         {
             using var fs = OpenWithoutWaiting(path);
