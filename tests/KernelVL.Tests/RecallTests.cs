@@ -157,6 +157,7 @@ public class RecallTests
             var lenient = KarpathyDataset.Load(path);
             Assert.Equal(["ok"], Assert.Single(lenient.Images).Captions);
             Assert.Equal(3, lenient.Problems.Count);   // two empty sentences, one image left without any
+            Assert.Contains("is a folder, not a dataset's JSON file", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(dir)).Message);
             File.WriteAllText(path, "{\"images\": [");
             Assert.Contains("not valid JSON", Assert.Throws<BadInputException>(() => KarpathyDataset.Load(path)).Message);
 

@@ -37,6 +37,7 @@ public sealed class KarpathyDataset
     /// </summary>
     public static KarpathyDataset Load(string path, bool strict = false)
     {
+        if (Directory.Exists(path)) throw new BadInputException($"{path}: is a folder, not a dataset's JSON file");
         if (!File.Exists(path)) throw new BadInputException($"{path}: no such file");
         JsonNode? root;
         try
