@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -108,6 +109,7 @@ struct Module
 };
 
 std::mutex launches;
+std::map<std::string, int> registerOverrides;   // cuFuncGetAttribute's NUM_REGS answers set by kv_emu_set_registers
 thread_local const char* lastError = "";
 int fail(int code, const char* what)
 {
@@ -197,6 +199,23 @@ int cuModuleGetFunction(void** f, void* module, const char* name)
             return kOk;
         }
     return fail(kNotFound, "cuModuleGetFunction: the module declares it, but kernels/*.cu has no such kernel (fake_driver.cpp's table)");
+}
+// CU_FUNC_ATTRIBUTE_NUM_REGS (4) only. The emulator allocates no registers: it answers what ptxas gives the kernels
+// whose correctness depends on the count (top-k version 3's setmaxnreg split: 168, NVRTC 12.5 sm_90a) and 128 for the
+// others; kv_emu_set_registers overrides an entry's answer (a test of the backend's guard).
+int cuFuncGetAttribute(int* value, int attribute, void* f)
+{
+    if (attribute != 4) return fail(kInvalidValue, "cuFuncGetAttribute: only NUM_REGS is emulated");
+    auto* fn = static_cast<Function*>(f);
+    if (!fn || !value) return fail(kInvalidValue, "cuFuncGetAttribute: no function");
+    auto it = registerOverrides.find(fn->entry->name);
+    *value = it != registerOverrides.end() ? it->second : std::strncmp(fn->entry->name, "topk_tc_f16_wgmma", 17) == 0 ? 168 : 128;
+    return kOk;
+}
+void kv_emu_set_registers(const char* entry, int registers)
+{
+    if (registers <= 0) registerOverrides.erase(entry);
+    else registerOverrides[entry] = registers;
 }
 int cuFuncSetAttribute(void* f, int attribute, int value)
 {

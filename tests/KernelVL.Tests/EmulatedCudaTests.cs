@@ -650,6 +650,35 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
     }
 
     /// <summary>The emulated driver refuses what the device would: a function its module's PTX does not declare, a block above the kernel's __launch_bounds__.</summary>
+    [System.Runtime.InteropServices.UnmanagedFunctionPointer(System.Runtime.InteropServices.CallingConvention.Cdecl)]
+    private delegate void SetRegisters([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string entry, int registers);
+
+    [SkippableFact]
+    public void TopKVersion3IsNotOfferedWhereItsRegisterSplitCouldHang()
+    {
+        // Top-k version 3's producer warpgroup gives registers to its consumers with setmaxnreg (40 x 128 + 232 x 256 =
+        // 168 x 384): started with fewer than 168 a thread, the consumers' increase would wait forever. A CUBIN whose
+        // count differs (another compiler) falls back to version 2, saying why, instead of hanging a first run.
+        Skip.If(driver.Library is null, driver.WhyNot);
+        var set = System.Runtime.InteropServices.Marshal.GetDelegateForFunctionPointer<SetRegisters>(
+            System.Runtime.InteropServices.NativeLibrary.GetExport(System.Runtime.InteropServices.NativeLibrary.Load(driver.Library!), "kv_emu_set_registers"));
+        set("topk_tc_f16_wgmma", 160);
+        try
+        {
+            using var be = Backend();
+            Assert.Contains("160 registers a thread, where its setmaxnreg split", be.TopKV3Unavailable);
+            Assert.Equal(be.TopKV3Unavailable, be.TopKV3ClusterUnavailable);
+            Assert.Contains(be.VersionAvailability, l => l.Contains("topk v3") && l.Contains("could hang"));
+            Assert.Null(be.TopKV2Unavailable);   // the search still runs, on version 2
+        }
+        finally
+        {
+            set("topk_tc_f16_wgmma", 0);
+        }
+        using var ok = Backend();
+        Assert.Null(ok.TopKV3Unavailable);
+    }
+
     [SkippableFact]
     public void TheEmulatedDriverRefusesWhatTheDeviceWould()
     {

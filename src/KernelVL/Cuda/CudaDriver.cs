@@ -21,6 +21,7 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<nint, int> _cuModuleUnload;
     private readonly delegate* unmanaged<nint*, nint, byte*, int> _cuModuleGetFunction;
     private readonly delegate* unmanaged<nint, int, int, int> _cuFuncSetAttribute;
+    private readonly delegate* unmanaged<int*, int, nint, int> _cuFuncGetAttribute;
     private readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
     private readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
     private readonly delegate* unmanaged<int*, int> _cuCtxGetDevice;
@@ -50,6 +51,7 @@ public sealed unsafe class CudaDriver
         _cuModuleUnload = (delegate* unmanaged<nint, int>)Export(lib, "cuModuleUnload");
         _cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)Export(lib, "cuModuleGetFunction");
         _cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Export(lib, "cuFuncSetAttribute");
+        _cuFuncGetAttribute = (delegate* unmanaged<int*, int, nint, int>)Export(lib, "cuFuncGetAttribute");
         _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Export(lib, "cuLaunchKernel");
         _cuStreamSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuStreamSynchronize");
         _cuCtxGetDevice = (delegate* unmanaged<int*, int>)Export(lib, "cuCtxGetDevice");
@@ -209,6 +211,14 @@ public sealed unsafe class CudaDriver
 
     /// <summary>CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8: lets a kernel use more than 48 KB of shared memory.</summary>
     public void SetMaxDynamicSharedMemory(nint function, int bytes) => Check("cuFuncSetAttribute", _cuFuncSetAttribute(function, 8, bytes));
+
+    /// <summary>CU_FUNC_ATTRIBUTE_NUM_REGS = 4: the registers a thread of the kernel is given (what ptxas allocated).</summary>
+    public int Registers(nint function)
+    {
+        int regs;
+        Check("cuFuncGetAttribute", _cuFuncGetAttribute(&regs, 4, function));
+        return regs;
+    }
 
     public void Launch(nint function, (uint X, uint Y, uint Z) grid, (uint X, uint Y, uint Z) block, uint sharedBytes, nint stream, KernelArgs args)
         => Check("cuLaunchKernel", _cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, sharedBytes, stream, args.Pointers, null));

@@ -246,6 +246,32 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         }
     }
 
+    /// <summary>The registers a thread of top-k version 3 starts with (its __launch_bounds__(384, 1): 65536 / 384, rounded
+    /// down to a multiple of 8).</summary>
+    internal const int Tc3Registers = 168;
+
+    /// <summary>
+    /// Null if <paramref name="entry"/> (top-k version 3) starts with the <see cref="Tc3Registers"/> a thread that its
+    /// setmaxnreg split assumes, else why not: the producer warpgroup gives registers back (setmaxnreg.dec 40) and the two
+    /// consumer warpgroups take them (setmaxnreg.inc 232), 40 x 128 + 232 x 256 = 168 x 384; started with fewer, the
+    /// increase waits for registers the block does not have, and the launch hangs. ptxas normally allocates exactly 168
+    /// (or warns, C7508, and drops the split); this reads what the loaded CUBIN or JIT-compiled PTX really got, so that
+    /// a compiler that differs falls back to version 2 instead of hanging the first run on a new card.
+    /// </summary>
+    private string? SetmaxnregSplit(string entry, nint function)
+    {
+        try
+        {
+            int regs = _driver.Registers(function);
+            return regs == Tc3Registers ? null
+                : $"{entry}: {regs} registers a thread, where its setmaxnreg split (40 x 128 + 232 x 256 = {Tc3Registers} x 384) needs {Tc3Registers}: it could hang";
+        }
+        catch (KernelVLException e)
+        {
+            return $"{entry}: {e.Message.Split('\n')[0]}";
+        }
+    }
+
     /// <summary>Null, with how many clusters of <paramref name="entry"/> (<paramref name="clusterX"/> blocks each) the device holds at
     /// once, or why it holds none.</summary>
     private string? ClusterOccupancy(string entry, nint function, uint threads, uint sharedBytes, uint clusterX, out int clusters)
@@ -402,10 +428,11 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                             ?? Sm90Entry("gemm_bf16_wgmma_tma_x2", Gemm4SharedBytes, out _gemm4x2)
                             ?? ClusterOccupancy("gemm_bf16_wgmma_tma_x2", _gemm4x2, Gemm4Threads, Gemm4SharedBytes, 2, out _gemm4Clusters);
                         PreciseGemmV3Unavailable = noMaps ?? Sm90Entry("gemm_tf32x3_wgmma_tma", Gemm4SharedBytes, out _gemmTf32x3);
-                        TopKV3Unavailable = noMaps ?? Sm90Entry("topk_tc_f16_wgmma", Tc3SharedBytes, out _tc3);
+                        TopKV3Unavailable = noMaps ?? Sm90Entry("topk_tc_f16_wgmma", Tc3SharedBytes, out _tc3) ?? SetmaxnregSplit("topk_tc_f16_wgmma", _tc3);
                         TopKV3ClusterUnavailable = TopKV3Unavailable
                             ?? noClusters
                             ?? Sm90Entry("topk_tc_f16_wgmma_x4", Tc3SharedBytes, out _tc3x4)
+                            ?? SetmaxnregSplit("topk_tc_f16_wgmma_x4", _tc3x4)
                             ?? ClusterOccupancy("topk_tc_f16_wgmma_x4", _tc3x4, Tc3Threads, Tc3SharedBytes, 4, out _topk3Clusters);
                     }
                 }
