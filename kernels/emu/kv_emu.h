@@ -593,6 +593,7 @@ KV_EMU_FN static inline void kv_emu_mbar_check(kv_emu_mbar& m)
 KV_EMU_FN static inline void kv_mbar_init(kv_saddr bar, unsigned count)
 {
     kv_emu_own(bar, "mbarrier init");
+    KV_RC(kv_rc::plain(bar, 8, true, false, KV_RC_PC, "mbarrier init");)
     auto& m = kv_emu_mb(bar);
     m = {};
     m.init = true;
@@ -611,11 +612,13 @@ KV_EMU_FN static inline void kv_emu_mbar_arrive(kv_saddr bar, long long tx)
 KV_EMU_FN static inline void kv_mbar_arrive(kv_saddr bar)
 {
     kv_emu_own(bar, "mbarrier arrive");
+    KV_RC(kv_rc::plain(bar, 8, true, true, KV_RC_PC, "mbarrier arrive");)
     kv_emu_mbar_arrive(bar, 0);
 }
 KV_EMU_FN static inline void kv_mbar_arrive_expect_tx(kv_saddr bar, unsigned bytes)
 {
     kv_emu_own(bar, "mbarrier arrive.expect_tx");
+    KV_RC(kv_rc::plain(bar, 8, true, true, KV_RC_PC, "mbarrier arrive.expect_tx");)
     kv_emu_mbar_arrive(bar, bytes);
 }
 // One TMA copy lands: the box, the 128B swizzle applied to the destination's address bits (4-6 ^= 7-9), zeros where the
@@ -662,7 +665,11 @@ KV_EMU_FN static inline void kv_mbar_wait(kv_saddr bar, unsigned parity)
         auto copies = std::move(m.copies);
         m.copies.clear();
         for (auto& c : copies) kv_emu_tma_land(m, c);
-        if ((m.phase & 1) != parity) { KV_RC(kv_rc::acquire_from(m.rc.released);) return; }
+        if ((m.phase & 1) != parity)
+        {
+            KV_RC(kv_rc::plain(bar, 8, false, true, KV_RC_PC, "mbarrier wait"); kv_rc::acquire_from(m.rc.released);)
+            return;
+        }
         if (spins > 0 && copies.empty()) kv_emu_idle = true;   // (a wait that never completes: the scheduler's deadlock test)
         kv_emu_yield();
     }
@@ -690,6 +697,7 @@ KV_EMU_FN static inline void kv_mbar_arrive_cluster(kv_saddr remote)
 {
     auto& b = kv_emu_block_of(remote);
     if (b.live == 0) { std::fprintf(stderr, "remote mbarrier arrival on a block of the cluster that has exited\n"); std::abort(); }
+    KV_RC(kv_rc::plain(remote, 8, true, true, KV_RC_PC, "remote mbarrier arrive");)
     kv_emu_mbar_arrive(remote, 0);
 }
 KV_EMU_FN static inline void kv_mbar_wait_cluster(kv_saddr bar, unsigned parity) { kv_mbar_wait(bar, parity); }

@@ -85,7 +85,7 @@ void access(uintptr_t a, int bytes, bool write, bool atomic, int u, const VC& ch
                 if (v != u && rc[v] > check.c[v]) report("write after read", *r, idx, u, v, pc, r->rpc[idx], what, r->rwhat[idx]);
             r->wunit[idx] = (uint16_t)u; r->wclk[idx] = epoch; r->watomic[idx] = atomic; r->wpc[idx] = pc; r->wwhat[idx] = what;
         }
-        else if (u < nwarps)
+        else if (u < nwarps && !atomic)   // an atomic read conflicts with no other atomic (and plain writes check only plain reads)
         {
             rc[u] = epoch;
             r->rpc[idx] = pc; r->rwhat[idx] = what;

@@ -18,6 +18,8 @@
 // - a cp.async or TMA copy is checked as of its issue (the issuer's clock then) and written when it lands: by the
 //   issuing warp at the wait that covers it (cp.async), by its mbarrier's unit, which the barrier's phase releases (TMA);
 // - wgmma reads its shared operands as of its issue (checked then), held until the wait that retires it.
+// - an mbarrier's 8 bytes: written by its init, atomically written by each arrival and atomically read by a wait that
+//   completes, so an arrival or wait that no barrier orders after the init is a hazard (the one order it needs).
 // A hazard: two accesses to a shared byte by different units, at least one a write and not both atomic, that no chain
 // of releases and acquires orders. Accesses within one warp are not checked (the kernels are warp-synchronous, lanes
 // ordered by their collectives); global memory is not checked.
