@@ -87,6 +87,19 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     }
 
     [Fact]
+    public void ATrainingRunIntoAnOutInUseIsOneLineAndExitCode2()
+    {
+        string o = Tmp();
+        Directory.CreateDirectory(o);
+        // Held as a running kernelvl holds it (an exclusive lock on the file; on Linux, flock).
+        using var held = new FileStream(Path.Combine(o, KernelVL.Training.Trainer.LockFile), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        var r = Run("decompose", "--model", fx.Init, "--data", fx.Data, "--out", o, "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu");
+        Assert.True(r.Code == 2, $"exit {r.Code}: {r.Err}");
+        Assert.Equal($"kernelvl: bad input: --out {o}: another kernelvl process is using it (a training run); wait for it to end, or give another folder", r.Err.Trim());
+        Assert.Equal([KernelVL.Training.Trainer.LockFile], Directory.GetFileSystemEntries(o).Select(Path.GetFileName));
+    }
+
+    [Fact]
     public void FailedCommandsAreOneLineAndLeaveNothingBehind()
     {
         // Each: the arguments, a part of the one-line message, and the output path that must not exist afterwards.

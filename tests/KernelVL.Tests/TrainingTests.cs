@@ -264,6 +264,36 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void ASecondRunOfTheSameOutIsRefusedWhileTheFirstRunsAndALeftLockFileIsTakenOver()
+    {
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Exception? second = null, secondResume = null;
+        using (var be = new CpuBackend())
+        {
+            var first = new Trainer(opts, be)
+            {
+                Progress = p =>
+                {
+                    if (p.Step != 1) return;
+                    second = Record.Exception(() => Run(opts));
+                    secondResume = Record.Exception(() => Run(opts with { Resume = true }));
+                },
+            };
+            Assert.Equal(4, first.Run().Steps);
+        }
+        foreach (var e in new[] { second, secondResume })
+            Assert.Contains($"--out {opts.Out}: another kernelvl process is using it", Assert.IsType<BadInputException>(e).Message);
+        Assert.Equal(Enumerable.Range(1, 4), Metrics(opts.Out).Where(m => m["eval"] is null).Select(m => (int)m["step"]!));
+        string lockFile = Path.Combine(opts.Out, Trainer.LockFile);
+        Assert.False(File.Exists(lockFile));
+        // The lock file of a killed run (no process holds it): the OS's lock is what counts, so it is taken over.
+        File.WriteAllText(lockFile, "");
+        var (_, resumed) = Run(opts with { Resume = true });
+        Assert.Equal(4, resumed.Steps);
+        Assert.False(File.Exists(lockFile));
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

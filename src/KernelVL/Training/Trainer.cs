@@ -31,6 +31,8 @@ public sealed class Trainer
     public Action<long, long>? EvalProgress { get; set; }
 
     public const string LastFolder = "train/last", MetricsFile = "metrics.jsonl", StateFile = "trainer_state.json", OptimizerFile = "optimizer.safetensors";
+    /// <summary>In --out while a run uses it (<see cref="FolderLock"/>): a second run of the same folder is refused.</summary>
+    public const string LockFile = ".lock";
 
     public Trainer(TrainOptions options, IBackend backend)
     {
@@ -49,8 +51,9 @@ public sealed class Trainer
     /// <summary>
     /// Runs until the last epoch ends or <paramref name="ct"/> is cancelled: then it stops after the step in progress (or
     /// the evaluation in progress, which is dropped) and writes the resumable checkpoint of that step first.
-    /// Every input (data, splits, image folder, the checkpoint or preset, --out) is checked before --out is written; a
-    /// bad one found while setting up (e.g. fewer than 2 readable held-out images) removes an --out this run created.
+    /// --out is locked (<see cref="LockFile"/>) for the whole run. Every input (data, splits, image folder, the checkpoint
+    /// or preset, --out) is checked before anything but the lock is written to --out; a bad one found while setting up
+    /// (e.g. fewer than 2 readable held-out images) removes an --out this run created.
     /// </summary>
     public TrainSummary Run(CancellationToken ct = default)
     {
@@ -71,21 +74,38 @@ public sealed class Trainer
         if (train.Count < 2) throw new BadInputException($"{_o.Data}: the train split has {train.Count} image: at least 2 are needed (in-batch negatives)");
         if (held.Count < 2) throw new BadInputException($"{_o.Data}: the held-out split has {held.Count} image: at least 2 are needed to evaluate");
         string last = Path.Combine(_o.Out, LastFolder);
-        CheckOut(last);
+        if (_o.Init is not null && Paths.Same(_o.Init, _o.Out))
+            throw new BadInputException($"--out {_o.Out}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
 
-        // The model (a checkpoint read and checked, or a preset and a vocabulary) before --out is made: a bad --init,
-        // --model, --vocab or --config leaves no folder behind.
-        bool outExisted = Directory.Exists(_o.Out), outWasEmpty = outExisted && !Directory.EnumerateFileSystemEntries(_o.Out).Any();
-        // A setup that fails after --out was written to (a built vocabulary) leaves it as it was: removed, or emptied again.
+        bool outExisted = Directory.Exists(_o.Out), outWasEmpty = outExisted && HoldsNothing(_o.Out);
+        // A setup that fails after --out was written to (the lock, a built vocabulary) leaves it as it was: removed, or
+        // emptied again (the lock file goes when the lock is let go).
         void UndoOut()
         {
             if (!outExisted) Directory.Delete(_o.Out, recursive: true);
             else if (outWasEmpty)
-                foreach (var e in Directory.EnumerateFileSystemEntries(_o.Out).ToList())
+                foreach (var e in Directory.EnumerateFileSystemEntries(_o.Out).Where(e => Path.GetFileName(e) != LockFile).ToList())
                     if (Directory.Exists(e)) Directory.Delete(e, recursive: true); else File.Delete(e);
         }
-        using var model = CreateModel(train, last);
-        Directory.CreateDirectory(_o.Out);
+        // One process at a time in --out, from before it is looked at until the run ends: two runs (or two resumes) of
+        // one folder would overwrite each other's checkpoints and interleave their metrics.
+        using var outLock = FolderLock.TryTake(_o.Out, LockFile)
+            ?? throw new BadInputException($"--out {_o.Out}: another kernelvl process is using it (a training run); wait for it to end, or give another folder");
+
+        // The model (a checkpoint read and checked, or a preset and a vocabulary): a bad --init, --model, --vocab or
+        // --config leaves no folder behind.
+        VlModel created;
+        try
+        {
+            CheckOut(last);
+            created = CreateModel(train, last);
+        }
+        catch when (!outExisted || outWasEmpty)
+        {
+            UndoOut();
+            throw;
+        }
+        using var model = created;
         var pre = model.Preprocessor();
         var trainImages = new ImageCache(train, _o.Images, pre, _o.Strict) { Warn = Warn };
         var heldImages = new ImageCache(held, _o.Images, pre, _o.Strict) { Warn = Warn };
@@ -575,16 +595,17 @@ public sealed class Trainer
         }
     }
 
+    /// <summary>Nothing in the folder but the lock file (the one this run holds, or one left by a killed run).</summary>
+    private static bool HoldsNothing(string folder) => Directory.EnumerateFileSystemEntries(folder).All(e => Path.GetFileName(e) == LockFile);
+
     /// <summary>
-    /// --out must be new or empty, or (with --resume) a training run's folder; never the checkpoint the run starts from.
+    /// --out must be new or empty, or (with --resume) a training run's folder (the checkpoint the run starts from is refused before).
     /// A kill between SaveLast's two renames left the checkpoint as last.old: put back.
     /// </summary>
     private void CheckOut(string last)
     {
         string o = _o.Out;
-        if (_o.Init is not null && Paths.Same(_o.Init, o))
-            throw new BadInputException($"--out {o}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
-        if (!Directory.Exists(o) || !Directory.EnumerateFileSystemEntries(o).Any()) return;
+        if (!Directory.Exists(o) || HoldsNothing(o)) return;
         if (!File.Exists(MetricsPath) && !Directory.Exists(Path.Combine(o, "train")))
             throw new BadInputException($"--out {o}: not empty and not a training run's folder: give a new or an empty folder");
         if (!_o.Resume) throw new BadInputException($"--out {o}: holds a training run: continue it with --resume, or give a new folder");
