@@ -148,12 +148,41 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         // A state written before the image root was part of the options (2026-11-29) still resumes.
         string state = Path.Combine(k, Trainer.LastFolder, Trainer.StateFile);
         var st = JsonNode.Parse(File.ReadAllText(state))!;
-        Assert.Equal(baseOpts.Fingerprint(), (string)st["fingerprint"]!);
-        st["fingerprint"] = baseOpts.Fingerprint(withImages: false);
+        Assert.Equal(baseOpts.Fingerprint(baseOpts.DataSha256()), (string)st["fingerprint"]!);
+        st["fingerprint"] = baseOpts.LegacyFingerprint(withImages: false);
         File.WriteAllText(state, st.ToJsonString());
         var (none, again) = Run(baseOpts with { Out = k, Resume = true });
         Assert.Empty(none);
         Assert.Equal(8, again.Steps);
+    }
+
+    [Fact]
+    public void AResumeWithOtherClipEpsEvaluationOrDatasetContentsIsRefused()
+    {
+        // The dataset in a file of its own (changed below), its images where they are.
+        string json = Path.Combine(fx.Dir, "data-" + Guid.NewGuid().ToString("N") + ".json");
+        File.Copy(fx.Data, json);
+        var opts = Decompose(Out()) with { Data = json, Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.True(Run(opts, p => p.Step == 1).Summary.Stopped);   // step 1's checkpoint
+        string Refused(TrainOptions o) => Assert.Throws<BadInputException>(() => Run(o with { Resume = true })).Message;
+        Assert.Contains("written by a run with other options (--clip); resume with the same ones", Refused(opts with { Clip = 0 }));
+        Assert.Contains("other options (--eps)", Refused(opts with { Eps = 0.1f }));
+        Assert.Contains("other options (--eval-split, --eval-images)", Refused(opts with { EvalSplit = "test", EvalImages = 2 }));
+        Assert.Contains("other options (--lr, --clip)", Refused(opts with { LearningRate = 1e-3f, Clip = 2 }));
+        // The same file with other contents: 8 training images fewer (a shorter epoch, another data order).
+        var ds = KarpathyDataset.Load(fx.Data);
+        KarpathyDataset.Save(json, ds.Images.Where(i => i.Split != "train" || i.Id >= 8));
+        Assert.Contains("other options (the contents of --data)", Refused(opts));
+        File.Copy(fx.Data, json, overwrite: true);
+        // A state written before these were recorded resumes (they cannot be checked), and says so.
+        string state = Path.Combine(opts.Out, Trainer.LastFolder, Trainer.StateFile);
+        var st = JsonNode.Parse(File.ReadAllText(state))!;
+        st["fingerprint"] = opts.LegacyFingerprint(withImages: true);
+        File.WriteAllText(state, st.ToJsonString());
+        var infos = new List<string>();
+        using var be = new CpuBackend();
+        Assert.Equal(4, new Trainer(opts with { Resume = true, Clip = 0 }, be) { Info = infos.Add }.Run().Steps);
+        Assert.Contains(infos, i => i.Contains("were recorded: they are not checked", StringComparison.Ordinal));
     }
 
     [Fact]

@@ -34,6 +34,9 @@ public sealed class Trainer
     /// <summary>In --out while a run uses it (<see cref="FolderLock"/>): a second run of the same folder is refused.</summary>
     public const string LockFile = ".lock";
 
+    /// <summary>This run's <see cref="TrainOptions.Fingerprint"/>, and the dataset file's hash in it (set by <see cref="Run"/>).</summary>
+    private string _fingerprint = "", _dataSha256 = "";
+
     public Trainer(TrainOptions options, IBackend backend)
     {
         options.Validate();
@@ -60,6 +63,8 @@ public sealed class Trainer
         var sw = Stopwatch.StartNew();
         if (!Directory.Exists(_o.Images)) throw new BadInputException($"{_o.Images}: no such folder (the images' root, --images)");
         var data = KarpathyDataset.Load(_o.Data, _o.Strict);
+        _dataSha256 = _o.DataSha256();
+        _fingerprint = _o.Fingerprint(_dataSha256);
         foreach (var p in data.Problems.Take(5)) Warn?.Invoke(p);
         if (data.Problems.Count > 5) Warn?.Invoke($"... and {data.Problems.Count - 5} more problems in {_o.Data}");
         var train = data.Split("train");
@@ -132,8 +137,7 @@ public sealed class Trainer
         {
             var (fingerprint, savedStep, savedBest, pending) = ReadState(Path.Combine(last, StateFile));
             evalPending = pending;
-            if (fingerprint != _o.Fingerprint() && fingerprint != _o.Fingerprint(withImages: false))   // the latter: a run started before 2026-11-29
-                throw new BadInputException($"{Path.Combine(last, StateFile)}: written by a run with other options (data, batch, schedule or seed); resume with the same ones or start a new --out");
+            CheckFingerprint(fingerprint, Path.Combine(last, StateFile));
             opt.Load(Path.Combine(last, OptimizerFile));
             step = savedStep;
             bestR1 = savedBest ?? double.NegativeInfinity;
@@ -573,6 +577,24 @@ public sealed class Trainer
         return new EvalRecord(step, epoch, r, sw.Elapsed.TotalSeconds, mode);
     }
 
+    /// <summary>A resume must run with the options of the run it continues: another one is bad input naming the options that differ.</summary>
+    private void CheckFingerprint(string? stored, string statePath)
+    {
+        if (stored == _fingerprint) return;
+        if (stored == _o.LegacyFingerprint(withImages: true) || stored == _o.LegacyFingerprint(withImages: false))
+        {
+            // Written before these were recorded: they cannot be checked, and refusing would strand the run.
+            Info?.Invoke($"{statePath}: written before --clip, --eps, --eval-split, --eval-images and the contents of --data were recorded: they are not checked");
+            return;
+        }
+        var fields = _o.FingerprintFields(_dataSha256);
+        var was = stored?.Split('|');
+        string which = was?.Length == fields.Count
+            ? string.Join(", ", fields.Where((f, i) => was[i] != f.Value).Select(f => f.Option))
+            : "data, batch, schedule or seed";
+        throw new BadInputException($"{statePath}: written by a run with other options ({which}); resume with the same ones or start a new --out");
+    }
+
     /// <summary>trainer_state.json: (fingerprint, step, best i2t R@1, whether the step's evaluation is still to run); a malformed file is bad input naming it.</summary>
     private static (string? Fingerprint, int Step, double? BestR1, bool EvalPending) ReadState(string path)
     {
@@ -623,7 +645,7 @@ public sealed class Trainer
         opt.Save(Path.Combine(tmp, OptimizerFile));
         var st = new JsonObject
         {
-            ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _o.Fingerprint(),
+            ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _fingerprint,
             ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
         };
         if (evalPending) st["eval_pending"] = true;
