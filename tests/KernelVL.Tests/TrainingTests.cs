@@ -323,6 +323,38 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void AVocabularyWithABlankOrRepeatedLineOrOfAnotherSizeThanTheModelIsRefusedNamingIt()
+    {
+        string dir = Path.Combine(fx.Dir, "vocab-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        string Vocab(string name, string text)
+        {
+            File.WriteAllText(Path.Combine(dir, name), text);
+            return Path.Combine(dir, name);
+        }
+        string blank = Vocab("blank.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n\n\nred\n");
+        string repeated = Vocab("repeated.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nred\nblue\nred\n");
+        string special = Vocab("special.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n");
+        string o = Out();
+        var scratch = TrainOptions.For(TrainStage.Pretrain, fx.Data, Path.GetDirectoryName(fx.Data)!, o) with { Config = "tiny", Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, Workers = 2 };
+        string Msg(TrainOptions opts) => Assert.Throws<BadInputException>(() => Run(opts)).Message;
+        // Refused before any step (a blank line used to fail mid-run as "token id 7 is outside the vocabulary of 6"); nothing left.
+        Assert.Equal($"{blank}: line 6 is blank (each line is one token, its id the line's number)", Msg(scratch with { Vocab = blank }));
+        Assert.Equal($"{repeated}: line 8 repeats the token 'red' of line 6", Msg(scratch with { Vocab = repeated }));
+        Assert.Contains($"{special}: 5 tokens, no word besides the special ones", Msg(scratch with { Vocab = special }));
+        Assert.False(Directory.Exists(o));
+        // A checkpoint whose vocab.txt lost its last lines: config.json's vocab_size says how many it must hold.
+        string init = Path.Combine(dir, "init");
+        Directory.CreateDirectory(init);
+        foreach (var f in Directory.GetFiles(fx.Init)) File.Copy(f, Path.Combine(init, Path.GetFileName(f)));
+        string vocab = Path.Combine(init, "vocab.txt");
+        int size = File.ReadAllLines(vocab).Length;
+        File.WriteAllLines(vocab, File.ReadAllLines(vocab).Take(40));
+        Assert.Contains($"{vocab}: 40 tokens, but {Path.Combine(init, "config.json")} has vocab_size {size}", Msg(Decompose(o) with { Init = init }));
+        Assert.False(Directory.Exists(o));
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

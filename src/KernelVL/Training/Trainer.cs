@@ -273,6 +273,9 @@ public sealed class Trainer
             Info?.Invoke($"built a vocabulary of {vocab.Count} tokens from the training captions");
         }
         var tok = TextTokenizer.Load(vocabPath, cfg.MaxTextLength);
+        // MLM replaces some masked tokens by a random word: there must be one besides the special tokens.
+        if (tok.VocabularySize <= VocabBuilder.Special.Length)
+            throw new BadInputException($"{vocabPath}: {tok.VocabularySize} tokens, no word besides the special ones ({string.Join(", ", VocabBuilder.Special)})");
         cfg = cfg with { VocabSize = tok.VocabularySize };
         return new VlModel(_backend, cfg, _o.Seed, heads: VlHeads.Itm | VlHeads.Mlm) { Tokenizer = tok };
     }
