@@ -73,6 +73,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             new[] { "eval", "--model", fx.Init, "--data", Path.Combine(fx.Dir, "missing.json"), "--device", "cpu" },
             new[] { "index", "--model", Path.Combine(fx.Dir, "no-model"), "--images", Images, "--out", Tmp() },
             new[] { "decompose", "--model", fx.Init, "--data", fx.Data, "--out", Tmp(), "--batch", "1" },
+            new[] { "decompose", "--model", fx.Init, "--data", fx.Data, "--out", Tmp(), "--batch", "48", "--epochs", "600000000", "--device", "cpu" },
             new[] { "eval", "--model", fx.Init, "--data", fx.Data, "--mode", "fast" },
             new[] { "index", "--bogus" },
         })

@@ -355,6 +355,19 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void EpochsWhoseStepsDoNotFitAnIntAreRefused()
+    {
+        // 4 steps per epoch: 536870911 epochs are 2147483644 steps (they fit), 600000000 are 2400000000 (they used to wrap).
+        var opts = Decompose(Out()) with { BatchSize = 48, MicroBatch = 48, Epochs = 600_000_000 };
+        var e = Assert.Throws<BadInputException>(() => Run(opts));
+        Assert.Equal("--epochs 600000000: 2400000000 steps (4 per epoch), more than the 2147483647 a run can count", e.Message);
+        Assert.False(Directory.Exists(opts.Out));
+        var first = new List<TrainProgress>();
+        Assert.True(Run(opts with { Epochs = int.MaxValue / 4 }, p => { first.Add(p); return true; }).Summary.Stopped);
+        Assert.Equal((1, 2147483644), (first.Single().Step, first.Single().TotalSteps));
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

@@ -78,6 +78,13 @@ public sealed class Trainer
         held = held.Take(_o.EvalImages).ToList();
         if (train.Count < 2) throw new BadInputException($"{_o.Data}: the train split has {train.Count} image: at least 2 are needed (in-batch negatives)");
         if (held.Count < 2) throw new BadInputException($"{_o.Data}: the held-out split has {held.Count} image: at least 2 are needed to evaluate");
+        // Steps are counted in int (the schedule, the checkpoints, the log): a product that does not fit would wrap
+        // (a run of "1" step at learning rate 0).
+        int perEpoch = Math.Max(1, train.Count / _o.BatchSize);
+        long steps = (long)perEpoch * _o.Epochs;
+        if (steps > int.MaxValue)
+            throw new BadInputException($"--epochs {_o.Epochs}: {steps} steps ({perEpoch} per epoch), more than the {int.MaxValue} a run can count");
+        int total = (int)steps;
         string last = Path.Combine(_o.Out, LastFolder);
         if (_o.Init is not null && Paths.Same(_o.Init, _o.Out))
             throw new BadInputException($"--out {_o.Out}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
@@ -127,8 +134,6 @@ public sealed class Trainer
         }
         using var opt = new AdamWOptimizer(model) { Eps = _o.Eps, WeightDecay = _o.WeightDecay };
 
-        int perEpoch = Math.Max(1, train.Count / _o.BatchSize);
-        int total = perEpoch * _o.Epochs;
         int step = 0;
         double bestR1 = double.NegativeInfinity;
         EvalRecord? best = null, lastEval = null;
@@ -186,7 +191,7 @@ public sealed class Trainer
 
         if (evalPending)
         {
-            if (EvaluateAndKeepBest(step, Math.Max(1, (step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1);
+            if (EvaluateAndKeepBest(step, (int)Math.Max(1, ((long)step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1);
             else stopped = true;
         }
         for (int epoch = step / perEpoch; epoch < _o.Epochs && !stopped; epoch++)
