@@ -368,6 +368,19 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void AMicroBatchFarLargerThanTheWorkIsNotAllocated()
+    {
+        // Training uses what a batch holds; the cross-encoder's evaluation used it as a list capacity (out of memory).
+        var opts = TrainOptions.For(TrainStage.Pretrain, fx.Data, Path.GetDirectoryName(fx.Data)!, Out()) with
+        {
+            Init = fx.Init, Epochs = 1, BatchSize = 96, MicroBatch = int.MaxValue, EvalImages = 2, Workers = 2,
+        };
+        var (_, s) = Run(opts);
+        Assert.Equal(2, s.Steps);
+        Assert.Equal("cross", s.Best!.Mode);
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();
