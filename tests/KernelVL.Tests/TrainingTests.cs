@@ -381,6 +381,28 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void AMissingOrEmptyEvalSplitIsRefusedNotReplacedByTest()
+    {
+        // Without val (gone, or every val image without a caption): choosing the best checkpoint on test was silent.
+        var ds = KarpathyDataset.Load(fx.Data);
+        string noVal = Path.Combine(fx.Dir, "noval-" + Guid.NewGuid().ToString("N") + ".json");
+        KarpathyDataset.Save(noVal, ds.Images.Where(i => i.Split != "val"));
+        string emptyVal = Path.Combine(fx.Dir, "emptyval-" + Guid.NewGuid().ToString("N") + ".json");
+        var doc = JsonNode.Parse(File.ReadAllText(fx.Data))!;
+        foreach (var im in doc["images"]!.AsArray().Where(im => (string)im!["split"]! == "val")) im!["sentences"] = new JsonArray();
+        File.WriteAllText(emptyVal, doc.ToJsonString());
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        foreach (var json in new[] { noVal, emptyVal })
+        {
+            var e = Assert.Throws<BadInputException>(() => Run(opts with { Data = json }));
+            Assert.StartsWith($"--eval-split val: {json}: no images in split 'val'", e.Message);
+            Assert.EndsWith("(give --eval-split test to choose it on the test split, whose results are then no longer held out)", e.Message);
+            Assert.False(Directory.Exists(opts.Out));
+        }
+        Assert.Equal(4, Run(opts with { Data = noVal, EvalSplit = "test" }).Summary.Steps);   // asked for: allowed
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

@@ -70,10 +70,12 @@ public sealed class Trainer
         var train = data.Split("train");
         IReadOnlyList<DatasetImage> held;
         try { held = data.Split(_o.EvalSplit); }
-        catch (BadInputException) when (_o.EvalSplit == "val")
+        catch (BadInputException e)
         {
-            held = data.Split("test");
-            Warn?.Invoke($"{_o.Data} has no 'val' split: evaluating on 'test'");
+            // No other split in its place, not even by default: the best checkpoint is chosen on this one, and chosen on
+            // test it would carry the test results into the model (they would no longer be held out).
+            throw new BadInputException($"--eval-split {_o.EvalSplit}: {e.Message}: the best checkpoint is chosen on it, and no other split is used in its place" +
+                (_o.EvalSplit == "test" ? "" : " (give --eval-split test to choose it on the test split, whose results are then no longer held out)"));
         }
         held = held.Take(_o.EvalImages).ToList();
         if (train.Count < 2) throw new BadInputException($"{_o.Data}: the train split has {train.Count} image: at least 2 are needed (in-batch negatives)");
