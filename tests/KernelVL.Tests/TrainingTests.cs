@@ -403,6 +403,43 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void AFailedCheckpointWriteAndAKilledRunLeaveNoTemporaryFiles()
+    {
+        // The checkpoint's write fails part-way (its vocab.txt is copied from the starting checkpoint's, removed here
+        // once step 1 is logged): config.json and model.safetensors were already in train/last.tmp.
+        string init = Path.Combine(fx.Dir, "init-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(init);
+        foreach (var f in Directory.GetFiles(fx.Init)) File.Copy(f, Path.Combine(init, Path.GetFileName(f)));
+        var opts = Decompose(Out()) with { Init = init, Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, CheckpointEvery = 1 };
+        Assert.Throws<FileNotFoundException>(() => Run(opts, p => { File.Delete(Path.Combine(init, "vocab.txt")); return false; }));
+        Assert.False(Directory.Exists(Path.Combine(opts.Out, Trainer.LastFolder + ".tmp")));
+        Assert.Empty(Directory.GetFiles(opts.Out, "*.tmp", SearchOption.AllDirectories));
+
+        // What a killed run leaves: the temporary names of the run's own files are removed when the folder is next run,
+        // other files (a user's, even named like a temporary) are kept.
+        var stopped = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.True(Run(stopped, p => p.Step == 2).Summary.Stopped);
+        string last = Path.Combine(stopped.Out, Trainer.LastFolder);
+        string guid = Guid.NewGuid().ToString("N");
+        string[] stale =
+        [
+            Path.Combine(stopped.Out, $".loss.png.999.{guid}.tmp"), Path.Combine(stopped.Out, $".{Trainer.MetricsFile}.12.{guid}.tmp"),
+            Path.Combine(stopped.Out, "model.safetensors.tmp"), Path.Combine(last, $".config.json.77.{guid}.tmp"), Path.Combine(last, "optimizer.safetensors.tmp"),
+            Path.Combine(last + ".tmp", "model.safetensors"),
+        ];
+        string[] kept = [Path.Combine(stopped.Out, "notes.txt"), Path.Combine(stopped.Out, ".notes.txt.1.tmp"), Path.Combine(stopped.Out, $".loss.png.999.{guid}.tmp.bak")];
+        foreach (var f in stale.Concat(kept))
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(f)!);
+            File.WriteAllText(f, "partial");
+        }
+        Assert.Equal(4, Run(stopped with { Resume = true }).Summary.Steps);
+        Assert.All(stale, f => Assert.False(File.Exists(f), f));
+        Assert.False(Directory.Exists(last + ".tmp"));
+        Assert.All(kept, f => Assert.True(File.Exists(f), f));
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

@@ -112,6 +112,7 @@ public sealed class Trainer
         try
         {
             CheckOut(last);
+            RemoveStaleTemporaries(last);
             created = CreateModel(train, last);
         }
         catch when (!outExisted || outWasEmpty)
@@ -646,20 +647,48 @@ public sealed class Trainer
             throw new BadInputException($"{Path.Combine(last, StateFile)}: missing, so {last} cannot be resumed (remove {last} to start over, or give a new --out)");
     }
 
+    /// <summary>
+    /// What a killed run of this folder left half-written (its lock is ours now, so no writer is alive): last.tmp, and the
+    /// temporary names of the files a run writes, in --out, train and train/last. Only those names: anything else is
+    /// left alone.
+    /// </summary>
+    private void RemoveStaleTemporaries(string last)
+    {
+        string[] ours = [MetricsFile, "loss.png", "recall.png", VlModel.ConfigFile, VlModel.WeightsFile, VlModel.VocabFile, StateFile, OptimizerFile];
+        // model.safetensors.tmp, optimizer.safetensors.tmp: the fixed names the safetensors writer used before 2026-11-30.
+        bool Stale(string name) => ours.Any(f => AtomicFile.IsTemporaryOf(name, f)) || name is $"{VlModel.WeightsFile}.tmp" or $"{OptimizerFile}.tmp";
+        if (Directory.Exists(last + ".tmp")) Directory.Delete(last + ".tmp", recursive: true);
+        foreach (var folder in new[] { _o.Out, Path.GetDirectoryName(last)!, last })
+        {
+            if (!Directory.Exists(folder)) continue;
+            foreach (var f in Directory.EnumerateFiles(folder).Where(f => Stale(Path.GetFileName(f))).ToList())
+                File.Delete(f);
+        }
+    }
+
     private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1, bool evalPending = false)
     {
         // Written beside, then swapped in: a kill at any moment leaves either the previous or the new checkpoint whole.
         string tmp = last + ".tmp", old = last + ".old";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        model.Save(tmp);
-        opt.Save(Path.Combine(tmp, OptimizerFile));
-        var st = new JsonObject
+        try
         {
-            ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _fingerprint,
-            ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
-        };
-        if (evalPending) st["eval_pending"] = true;
-        AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), st.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            model.Save(tmp);
+            opt.Save(Path.Combine(tmp, OptimizerFile));
+            var st = new JsonObject
+            {
+                ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _fingerprint,
+                ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
+            };
+            if (evalPending) st["eval_pending"] = true;
+            AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), st.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        }
+        catch
+        {
+            // A failed write (a full disk) leaves the previous checkpoint as it was and gives back the space it took.
+            try { Directory.Delete(tmp, true); } catch (IOException) { }
+            throw;
+        }
         if (Directory.Exists(old)) Directory.Delete(old, true);
         if (Directory.Exists(last)) Directory.Move(last, old);
         Directory.Move(tmp, last);
