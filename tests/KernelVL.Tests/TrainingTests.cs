@@ -440,6 +440,21 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void ARunThatFailedBeforeItsFirstCheckpointDoesNotBlockAFreshRun()
+    {
+        // Diverged at step 2 (a learning rate far too large): step 1 is logged, no checkpoint was written.
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.ThrowsAny<KernelVLException>(() => Run(opts with { LearningRate = 1e30f }));
+        Assert.Single(Metrics(opts.Out));
+        Assert.False(Directory.Exists(Path.Combine(opts.Out, Trainer.LastFolder)));
+        var (_, s) = Run(opts);
+        Assert.Equal(4, s.Steps);
+        Assert.Equal(Enumerable.Range(1, 4), Metrics(opts.Out).Where(m => m["eval"] is null).Select(m => (int)m["step"]!));
+        // Once it has a checkpoint, a run without --resume is refused again.
+        Assert.Contains("holds a training run: continue it with --resume", Assert.Throws<BadInputException>(() => Run(opts)).Message);
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

@@ -641,7 +641,11 @@ public sealed class Trainer
         if (!Directory.Exists(o) || HoldsNothing(o)) return;
         if (!File.Exists(MetricsPath) && !Directory.Exists(Path.Combine(o, "train")))
             throw new BadInputException($"--out {o}: not empty and not a training run's folder: give a new or an empty folder");
-        if (!_o.Resume) throw new BadInputException($"--out {o}: holds a training run: continue it with --resume, or give a new folder");
+        // A run that failed before its first checkpoint (bad input found late, a diverged loss) left only its log and
+        // vocabulary: nothing to resume or to lose, so a fresh run may start over in it.
+        bool checkpoint = Directory.Exists(last) || Directory.Exists(last + ".old") || File.Exists(Path.Combine(o, VlModel.WeightsFile));
+        if (!_o.Resume && checkpoint) throw new BadInputException($"--out {o}: holds a training run: continue it with --resume, or give a new folder");
+        if (!_o.Resume) Info?.Invoke($"--out {o}: holds a run that wrote no checkpoint: starting over in it");
         if (!Directory.Exists(last) && Directory.Exists(last + ".old")) Directory.Move(last + ".old", last);
         if (Directory.Exists(last) && !File.Exists(Path.Combine(last, StateFile)))
             throw new BadInputException($"{Path.Combine(last, StateFile)}: missing, so {last} cannot be resumed (remove {last} to start over, or give a new --out)");
