@@ -121,6 +121,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Case("unknown config preset", o4, ["pretrain", "--data", fx.Data, "--config", "huge", .. Out(o4), "--device", "cpu"]);
         Case("model.safetensors", o5, ["decompose", "--model", zeroWeights, "--data", fx.Data, .. Out(o5), "--device", "cpu"]);
         Case("--temperature must be finite", o6, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "Infinity", .. Out(o6), "--device", "cpu"]);
+        Case("raise --temperature (now 1E-30", null, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "1e-30", "--epochs", "1", "--batch", "48", "--eval-images", "4", .. Out(Tmp()), "--device", "cpu"]);
         Case("does not belong to these weights", null, ["eval", "--model", wide, "--data", fx.Data, "--device", "cpu"]);
         Case("--limit must be >= 0", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--limit", "-1", "--device", "cpu"]);
         Case("--rerank-k must be at least 1", null, ["eval", "--model", fx.Init, "--data", fx.Data, "--mode", "rerank", "--rerank-k", "0", "--device", "cpu"]);

@@ -455,6 +455,18 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void ADivergenceIsBadInputNamingTheOptionsThatSetTheStepAndTheSharpness()
+    {
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        var e = Assert.Throws<TrainingDivergedException>(() => Run(opts with { Temperature = 1e-30f }));
+        Assert.IsAssignableFrom<BadInputException>(e);   // the CLI's exit code 2
+        Assert.EndsWith("training diverged; lower --lr (now 0.002) or raise --temperature (now 1E-30: a small one sharpens the softmax until it overflows)", e.Message);
+        var pre = TrainOptions.For(TrainStage.Pretrain, fx.Data, opts.Images, Out()) with { Init = fx.Init, Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, Workers = 2, Clip = 0 };
+        e = Assert.Throws<TrainingDivergedException>(() => Run(pre with { LearningRate = 1e30f }));
+        Assert.EndsWith("training diverged; lower --lr (now 1E+30), or clip the gradients (--clip; now 0: none)", e.Message);
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

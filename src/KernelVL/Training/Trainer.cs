@@ -212,8 +212,9 @@ public sealed class Trainer
                 {
                     trained++;
                     loss = _o.Stage == TrainStage.Decompose ? DecomposeStep(model, batch, step) : PretrainStep(model, batch, step);
-                    if (!float.IsFinite(loss)) throw new TrainingDivergedException($"the loss is {loss} at step {step}: training diverged (lower the learning rate)");
-                    opt.Apply(lr, _o.Clip);
+                    if (!float.IsFinite(loss)) throw Diverged($"the loss is {loss} at step {step}: training diverged");
+                    try { opt.Apply(lr, _o.Clip); }
+                    catch (TrainingDivergedException e) { throw Diverged(e.Message); }
                 }
                 else
                 {
@@ -262,6 +263,16 @@ public sealed class Trainer
         }
         if (!stopped) TrainingPlots.Write(_o.Out);
         return new TrainSummary(step, _o.Epochs, loss, best, lastEval, trainImages.FailedCount + heldImages.FailedCount, skippedPairs, sw.Elapsed.TotalSeconds, stopped);
+    }
+
+    /// <summary>A divergence, with the options that set the step's size and the loss's sharpness as they were given.</summary>
+    private TrainingDivergedException Diverged(string what)
+    {
+        static string F(float v) => v.ToString("G3", System.Globalization.CultureInfo.InvariantCulture);
+        string hint = $"lower --lr (now {F(_o.LearningRate)})";
+        if (_o.Stage == TrainStage.Decompose) hint += $" or raise --temperature (now {F(_o.Temperature)}: a small one sharpens the softmax until it overflows)";
+        if (_o.Clip == 0) hint += ", or clip the gradients (--clip; now 0: none)";
+        return new TrainingDivergedException($"{what}; {hint}");
     }
 
     private VlModel CreateModel(IReadOnlyList<DatasetImage> train, string last)
