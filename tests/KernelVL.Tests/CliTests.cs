@@ -101,6 +101,27 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     }
 
     [Fact]
+    public async Task TrainingStoppedBySigtermWritesItsCheckpointAsCtrlCDoes()
+    {
+        string o = Tmp();
+        using var p = Start("decompose", "--model", fx.Init, "--data", fx.Data, "--out", o, "--epochs", "100", "--batch", "48", "--eval-images", "4", "--checkpoint-every", "1000", "--device", "cpu");
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        string metrics = Path.Combine(o, KernelVL.Training.Trainer.MetricsFile);
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed.TotalSeconds < 60 && !p.HasExited && (!File.Exists(metrics) || File.ReadAllLines(metrics).Length < 2)) Thread.Sleep(10);
+        Assert.False(p.HasExited, "the run ended before it could be stopped");
+        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) kill.WaitForExit();
+        Assert.True(p.WaitForExit(60_000), "the run did not stop on SIGTERM");
+        string err = await stderr, text = await stdout;
+        Assert.True(p.ExitCode == 143, $"exit {p.ExitCode}: {err}");
+        var m = System.Text.RegularExpressions.Regex.Match(text, @"stopped at step (\d+): its checkpoint is written");
+        Assert.True(m.Success, text + err);
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(o, KernelVL.Training.Trainer.LastFolder, KernelVL.Training.Trainer.StateFile)))!;
+        Assert.Equal(int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), (int)state["step"]!);
+    }
+
+    [Fact]
     public void FailedCommandsAreOneLineAndLeaveNothingBehind()
     {
         // Each: the arguments, a part of the one-line message, and the output path that must not exist afterwards.
