@@ -467,6 +467,28 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void AResumeWhoseBestCheckpointIsDamagedOrGoneWritesANewOne()
+    {
+        // The best model (evaluated at step 2) damaged, then removed, after the run stopped at step 3.
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, EvalEvery = 2 };
+        string weights = Path.Combine(opts.Out, "model.safetensors");
+        foreach (var damage in new Action[] { () => File.WriteAllBytes(weights, new byte[100]), () => File.Delete(weights) })
+        {
+            if (Directory.Exists(opts.Out)) Directory.Delete(opts.Out, recursive: true);
+            Assert.True(Run(opts, p => p.Step == 3).Summary.Stopped);
+            damage();
+            var warnings = new List<string>();
+            using var be = new CpuBackend();
+            var s = new Trainer(opts with { Resume = true }, be) { Warn = warnings.Add }.Run();
+            Assert.Contains(warnings, w => w.Contains("the best checkpoint (i2t R@1", StringComparison.Ordinal) && w.Contains("step 3 is evaluated first", StringComparison.Ordinal));
+            Assert.NotNull(s.Best);
+            using var m = VlModel.Load(opts.Out, be);   // a model is there again
+            // Step 3 (not an evaluation step) was evaluated once, to have a best again.
+            Assert.Single(Metrics(opts.Out), r => r["eval"] is not null && (int)r["step"]! == 3);
+        }
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

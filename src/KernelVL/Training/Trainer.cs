@@ -109,10 +109,12 @@ public sealed class Trainer
         // The model (a checkpoint read and checked, or a preset and a vocabulary): a bad --init, --model, --vocab or
         // --config leaves no folder behind.
         VlModel created;
+        string? bestProblem;
         try
         {
             CheckOut(last);
             RemoveStaleTemporaries(last);
+            bestProblem = _o.Resume ? BestProblem(last) : null;   // before the model is made: the check loads a second one
             created = CreateModel(train, last);
         }
         catch when (!outExisted || outWasEmpty)
@@ -150,6 +152,14 @@ public sealed class Trainer
             step = savedStep;
             bestR1 = savedBest ?? double.NegativeInfinity;
             if (step != opt.Step) throw new BadInputException($"{last}: the optimizer is at step {opt.Step}, the trainer state at {step}");
+            if (bestProblem is not null)
+            {
+                // The best so far is gone (damaged or removed outside the run): a run that ended now would leave no model.
+                // The checkpoint's step is evaluated again, and the best is kept from there.
+                Warn?.Invoke($"{bestProblem}: the best checkpoint (i2t R@1 {bestR1:F1}) is lost; step {step} is evaluated first and the best is kept from there");
+                bestR1 = double.NegativeInfinity;
+                evalPending = true;
+            }
             if (evalPending) Info?.Invoke($"resuming {_o.Stage} at step {step} of {total}: its evaluation was cut short, made first");
             else Info?.Invoke(step >= total ? $"the run in {_o.Out} finished at step {step}: nothing to resume" : $"resuming {_o.Stage} at step {step + 1} of {total}");
         }
@@ -263,6 +273,25 @@ public sealed class Trainer
         }
         if (!stopped) TrainingPlots.Write(_o.Out);
         return new TrainSummary(step, _o.Epochs, loss, best, lastEval, trainImages.FailedCount + heldImages.FailedCount, skippedPairs, sw.Elapsed.TotalSeconds, stopped);
+    }
+
+    /// <summary>
+    /// Why the best checkpoint (--out itself) that the trainer state in <paramref name="last"/> counts on cannot be loaded;
+    /// null when it loads, or when the state has no best yet (no evaluation ran).
+    /// </summary>
+    private string? BestProblem(string last)
+    {
+        string state = Path.Combine(last, StateFile);
+        if (!File.Exists(state) || ReadState(state).BestR1 is null) return null;
+        try
+        {
+            using var best = VlModel.Load(_o.Out, _backend);
+            return null;
+        }
+        catch (Exception e) when (e is KernelVLException or IOException)
+        {
+            return e.Message;
+        }
     }
 
     /// <summary>A divergence, with the options that set the step's size and the loss's sharpness as they were given.</summary>
