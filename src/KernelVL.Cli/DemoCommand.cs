@@ -95,7 +95,7 @@ internal static class DemoCommand
         };
         sw.Restart();
         Say("stage 1: training the single-stream VL transformer (image-text matching + masked language modelling)");
-        if (TrainCommands.Run(common, "stage 1 ", StopHint) is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C: 130
+        if (TrainCommands.Run(common, "stage 1 ", StopHint) is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C (130) or SIGTERM (143)
         timings["stage1_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         // 3. Stage 2: VLDeformer decomposition from the stage-1 model.

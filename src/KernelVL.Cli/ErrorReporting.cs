@@ -5,8 +5,11 @@ namespace KernelVL.Cli;
 /// <summary>The only place exceptions become exit codes: 2 for bad input, 1 for any other failure (130: stopped by Ctrl-C).</summary>
 internal static class ErrorReporting
 {
-    /// <summary>Interrupted: stopped by Ctrl-C (SIGINT) after writing what resumes the work (128 + SIGINT, the shell's code).</summary>
-    public const int Ok = 0, Failure = 1, BadInput = 2, Interrupted = 130;
+    /// <summary>
+    /// Interrupted: stopped by Ctrl-C (SIGINT) after writing what resumes the work (128 + SIGINT, the shell's code);
+    /// Terminated: the same stop asked for by SIGTERM (128 + 15).
+    /// </summary>
+    public const int Ok = 0, Failure = 1, BadInput = 2, Interrupted = 130, Terminated = 143;
 
     public static int Report(Exception e, bool verbose)
     {

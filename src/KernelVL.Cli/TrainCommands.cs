@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using KernelVL.Backends;
 using KernelVL.Training;
 
@@ -87,7 +88,7 @@ internal static class TrainCommands
         return cmd;
     }
 
-    /// <param name="onStop">What to tell the user after Ctrl-C (the demo cannot be resumed: a rerun starts over).</param>
+    /// <param name="onStop">What to tell the user after Ctrl-C or SIGTERM (the demo cannot be resumed: a rerun starts over).</param>
     public static int Run(TrainOptions o, string label = "", string onStop = "continue with the same command and --resume")
     {
         using var backend = BackendFactory.Create(o.Backend);
@@ -115,8 +116,12 @@ internal static class TrainCommands
             if (bar is null) Console.Error.WriteLine(line); else { bar.Status(""); bar.Line(line); }
         };
         using var cts = new CancellationTokenSource();
+        int stopCode = ErrorReporting.Interrupted;
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
         Console.CancelKeyPress += onCancel;
+        // SIGTERM (kill, docker stop, systemd, Slurm) stops as Ctrl-C does: after the step in progress, its checkpoint
+        // written; without this the runtime would end the process and lose the steps since the last checkpoint.
+        var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stopCode = ErrorReporting.Terminated; cts.Cancel(); });
         TrainSummary s;
         try
         {
@@ -125,6 +130,7 @@ internal static class TrainCommands
         finally
         {
             Console.CancelKeyPress -= onCancel;
+            onTerm.Dispose();
             bar?.Dispose();
             evalBar?.Dispose();
         }
@@ -135,6 +141,6 @@ internal static class TrainCommands
             : $"done: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}{(float.IsFinite(s.FinalLoss) ? $", final loss {s.FinalLoss:F4}" : " (no step left to run)")}");
         if (s.Best is { } b)
             Console.WriteLine($"best: step {b.Step}, i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
-        return s.Stopped ? ErrorReporting.Interrupted : ErrorReporting.Ok;
+        return s.Stopped ? stopCode : ErrorReporting.Ok;
     }
 }

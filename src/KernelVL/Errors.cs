@@ -33,8 +33,11 @@ public sealed class BackendException : KernelVLException
     public BackendException(string message, Exception inner) : base(message, inner) { }
 }
 
-/// <summary>Training produced a non-finite loss or gradient (CLI exit code 1).</summary>
-public sealed class TrainingDivergedException : KernelVLException
+/// <summary>
+/// Training produced a non-finite loss or gradient: the options given (the learning rate, the temperature) made the steps
+/// too large or the loss too sharp, so it is bad input (CLI exit code 2) and its message names them.
+/// </summary>
+public sealed class TrainingDivergedException : BadInputException
 {
     public TrainingDivergedException(string message) : base(message) { }
 }

@@ -116,6 +116,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             new[] { "eval", "--model", fx.Init, "--data", Path.Combine(fx.Dir, "missing.json"), "--device", "cpu" },
             new[] { "index", "--model", Path.Combine(fx.Dir, "no-model"), "--images", Images, "--out", Tmp() },
             new[] { "decompose", "--model", fx.Init, "--data", fx.Data, "--out", Tmp(), "--batch", "1" },
+            new[] { "decompose", "--model", fx.Init, "--data", fx.Data, "--out", Tmp(), "--batch", "48", "--epochs", "600000000", "--device", "cpu" },
             new[] { "eval", "--model", fx.Init, "--data", fx.Data, "--mode", "fast" },
             new[] { "index", "--bogus" },
             new[] { "eval", "--model", fx.Init, "--data", "", "--device", "cpu" },   // empty paths: exit 1 and a .NET message before
@@ -132,6 +133,40 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             Assert.DoesNotContain("   at ", r.Err);   // no stack trace without --verbose
             if (args.Contains("") || args.Contains(" ")) Assert.Contains("an empty value", r.Err);
         }
+    }
+
+    [Fact]
+    public void ATrainingRunIntoAnOutInUseIsOneLineAndExitCode2()
+    {
+        string o = Tmp();
+        Directory.CreateDirectory(o);
+        // Held as a running kernelvl holds it (an exclusive lock on the file; on Linux, flock).
+        using var held = new FileStream(Path.Combine(o, KernelVL.Training.Trainer.LockFile), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        var r = Run("decompose", "--model", fx.Init, "--data", fx.Data, "--out", o, "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu");
+        Assert.True(r.Code == 2, $"exit {r.Code}: {r.Err}");
+        Assert.Equal($"kernelvl: bad input: --out {o}: another kernelvl process is using it (a training run); wait for it to end, or give another folder", r.Err.Trim());
+        Assert.Equal([KernelVL.Training.Trainer.LockFile], Directory.GetFileSystemEntries(o).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public async Task TrainingStoppedBySigtermWritesItsCheckpointAsCtrlCDoes()
+    {
+        string o = Tmp();
+        using var p = Start("decompose", "--model", fx.Init, "--data", fx.Data, "--out", o, "--epochs", "100", "--batch", "48", "--eval-images", "4", "--checkpoint-every", "1000", "--device", "cpu");
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        string metrics = Path.Combine(o, KernelVL.Training.Trainer.MetricsFile);
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed.TotalSeconds < 60 && !p.HasExited && (!File.Exists(metrics) || File.ReadAllLines(metrics).Length < 2)) Thread.Sleep(10);
+        Assert.False(p.HasExited, "the run ended before it could be stopped");
+        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) kill.WaitForExit();
+        Assert.True(p.WaitForExit(60_000), "the run did not stop on SIGTERM");
+        string err = await stderr, text = await stdout;
+        Assert.True(p.ExitCode == 143, $"exit {p.ExitCode}: {err}");
+        var m = System.Text.RegularExpressions.Regex.Match(text, @"stopped at step (\d+): its checkpoint is written");
+        Assert.True(m.Success, text + err);
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(o, KernelVL.Training.Trainer.LastFolder, KernelVL.Training.Trainer.StateFile)))!;
+        Assert.Equal(int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), (int)state["step"]!);
     }
 
     [Fact]
@@ -166,6 +201,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Case("unknown config preset", o4, ["pretrain", "--data", fx.Data, "--config", "huge", .. Out(o4), "--device", "cpu"]);
         Case("model.safetensors", o5, ["decompose", "--model", zeroWeights, "--data", fx.Data, .. Out(o5), "--device", "cpu"]);
         Case("--temperature must be finite", o6, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "Infinity", .. Out(o6), "--device", "cpu"]);
+        Case("raise --temperature (now 1E-30", null, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "1e-30", "--epochs", "1", "--batch", "48", "--eval-images", "4", .. Out(Tmp()), "--device", "cpu"]);
         Case("does not belong to these weights", null, ["eval", "--model", wide, "--data", fx.Data, "--device", "cpu"]);
         Case("does not belong to these weights", null, ["eval", "--model", huge, "--data", fx.Data, "--device", "cpu"]);
         Case("holds NaN at element", null, ["eval", "--model", nan, "--data", fx.Data, "--device", "cpu"]);

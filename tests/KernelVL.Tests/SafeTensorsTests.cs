@@ -10,6 +10,17 @@ public class SafeTensorsTests : IDisposable
 
     private string File(string name) => Path.Combine(_dir, name);
 
+    [Fact]
+    public void AFailedWriteLeavesNoTemporaryFile()
+    {
+        // The rename fails (a non-empty folder has the target's name) after the bytes were written.
+        string target = File("model.safetensors");
+        Directory.CreateDirectory(target);
+        System.IO.File.WriteAllText(Path.Combine(target, "x"), "x");
+        Assert.ThrowsAny<Exception>(() => SafeTensorsWriter.Write(target, [new SafeTensorsWriter.Entry("w", [2], [1f, 2f])]));
+        Assert.Equal([target], Directory.GetFileSystemEntries(_dir));
+    }
+
     /// <summary>A file built by hand from the format's spec (independent of the writer).</summary>
     private string Handmade(string header, byte[] data, string name = "hand.safetensors", long? claimedHeaderLength = null)
     {

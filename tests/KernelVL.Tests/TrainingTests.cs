@@ -148,12 +148,41 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         // A state written before the image root was part of the options (2026-11-29) still resumes.
         string state = Path.Combine(k, Trainer.LastFolder, Trainer.StateFile);
         var st = JsonNode.Parse(File.ReadAllText(state))!;
-        Assert.Equal(baseOpts.Fingerprint(), (string)st["fingerprint"]!);
-        st["fingerprint"] = baseOpts.Fingerprint(withImages: false);
+        Assert.Equal(baseOpts.Fingerprint(baseOpts.DataSha256()), (string)st["fingerprint"]!);
+        st["fingerprint"] = baseOpts.LegacyFingerprint(withImages: false);
         File.WriteAllText(state, st.ToJsonString());
         var (none, again) = Run(baseOpts with { Out = k, Resume = true });
         Assert.Empty(none);
         Assert.Equal(8, again.Steps);
+    }
+
+    [Fact]
+    public void AResumeWithOtherClipEpsEvaluationOrDatasetContentsIsRefused()
+    {
+        // The dataset in a file of its own (changed below), its images where they are.
+        string json = Path.Combine(fx.Dir, "data-" + Guid.NewGuid().ToString("N") + ".json");
+        File.Copy(fx.Data, json);
+        var opts = Decompose(Out()) with { Data = json, Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.True(Run(opts, p => p.Step == 1).Summary.Stopped);   // step 1's checkpoint
+        string Refused(TrainOptions o) => Assert.Throws<BadInputException>(() => Run(o with { Resume = true })).Message;
+        Assert.Contains("written by a run with other options (--clip); resume with the same ones", Refused(opts with { Clip = 0 }));
+        Assert.Contains("other options (--eps)", Refused(opts with { Eps = 0.1f }));
+        Assert.Contains("other options (--eval-split, --eval-images)", Refused(opts with { EvalSplit = "test", EvalImages = 2 }));
+        Assert.Contains("other options (--lr, --clip)", Refused(opts with { LearningRate = 1e-3f, Clip = 2 }));
+        // The same file with other contents: 8 training images fewer (a shorter epoch, another data order).
+        var ds = KarpathyDataset.Load(fx.Data);
+        KarpathyDataset.Save(json, ds.Images.Where(i => i.Split != "train" || i.Id >= 8));
+        Assert.Contains("other options (the contents of --data)", Refused(opts));
+        File.Copy(fx.Data, json, overwrite: true);
+        // A state written before these were recorded resumes (they cannot be checked), and says so.
+        string state = Path.Combine(opts.Out, Trainer.LastFolder, Trainer.StateFile);
+        var st = JsonNode.Parse(File.ReadAllText(state))!;
+        st["fingerprint"] = opts.LegacyFingerprint(withImages: true);
+        File.WriteAllText(state, st.ToJsonString());
+        var infos = new List<string>();
+        using var be = new CpuBackend();
+        Assert.Equal(4, new Trainer(opts with { Resume = true, Clip = 0 }, be) { Info = infos.Add }.Run().Steps);
+        Assert.Contains(infos, i => i.Contains("were recorded: they are not checked", StringComparison.Ordinal));
     }
 
     [Fact]
@@ -261,6 +290,202 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         }
         Assert.Contains("no batch of the first epoch had 2 readable pairs", Msg(opts with { Out = o, Images = heldOnly }));
         Assert.False(Directory.Exists(o));
+    }
+
+    [Fact]
+    public void ASecondRunOfTheSameOutIsRefusedWhileTheFirstRunsAndALeftLockFileIsTakenOver()
+    {
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Exception? second = null, secondResume = null;
+        using (var be = new CpuBackend())
+        {
+            var first = new Trainer(opts, be)
+            {
+                Progress = p =>
+                {
+                    if (p.Step != 1) return;
+                    second = Record.Exception(() => Run(opts));
+                    secondResume = Record.Exception(() => Run(opts with { Resume = true }));
+                },
+            };
+            Assert.Equal(4, first.Run().Steps);
+        }
+        foreach (var e in new[] { second, secondResume })
+            Assert.Contains($"--out {opts.Out}: another kernelvl process is using it", Assert.IsType<BadInputException>(e).Message);
+        Assert.Equal(Enumerable.Range(1, 4), Metrics(opts.Out).Where(m => m["eval"] is null).Select(m => (int)m["step"]!));
+        string lockFile = Path.Combine(opts.Out, Trainer.LockFile);
+        Assert.False(File.Exists(lockFile));
+        // The lock file of a killed run (no process holds it): the OS's lock is what counts, so it is taken over.
+        File.WriteAllText(lockFile, "");
+        var (_, resumed) = Run(opts with { Resume = true });
+        Assert.Equal(4, resumed.Steps);
+        Assert.False(File.Exists(lockFile));
+    }
+
+    [Fact]
+    public void AVocabularyWithABlankOrRepeatedLineOrOfAnotherSizeThanTheModelIsRefusedNamingIt()
+    {
+        string dir = Path.Combine(fx.Dir, "vocab-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        string Vocab(string name, string text)
+        {
+            File.WriteAllText(Path.Combine(dir, name), text);
+            return Path.Combine(dir, name);
+        }
+        string blank = Vocab("blank.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n\n\nred\n");
+        string repeated = Vocab("repeated.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nred\nblue\nred\n");
+        string special = Vocab("special.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n");
+        string o = Out();
+        var scratch = TrainOptions.For(TrainStage.Pretrain, fx.Data, Path.GetDirectoryName(fx.Data)!, o) with { Config = "tiny", Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, Workers = 2 };
+        string Msg(TrainOptions opts) => Assert.Throws<BadInputException>(() => Run(opts)).Message;
+        // Refused before any step (a blank line used to fail mid-run as "token id 7 is outside the vocabulary of 6"); nothing left.
+        Assert.Equal($"{blank}: line 6 is blank (each line is one token, its id the line's number)", Msg(scratch with { Vocab = blank }));
+        Assert.Equal($"{repeated}: line 8 repeats the token 'red' of line 6", Msg(scratch with { Vocab = repeated }));
+        Assert.Contains($"{special}: 5 tokens, no word besides the special ones", Msg(scratch with { Vocab = special }));
+        Assert.False(Directory.Exists(o));
+        // A checkpoint whose vocab.txt lost its last lines: config.json's vocab_size says how many it must hold.
+        string init = Path.Combine(dir, "init");
+        Directory.CreateDirectory(init);
+        foreach (var f in Directory.GetFiles(fx.Init)) File.Copy(f, Path.Combine(init, Path.GetFileName(f)));
+        string vocab = Path.Combine(init, "vocab.txt");
+        int size = File.ReadAllLines(vocab).Length;
+        File.WriteAllLines(vocab, File.ReadAllLines(vocab).Take(40));
+        Assert.Contains($"{vocab}: 40 tokens, but {Path.Combine(init, "config.json")} has vocab_size {size}", Msg(Decompose(o) with { Init = init }));
+        Assert.False(Directory.Exists(o));
+    }
+
+    [Fact]
+    public void EpochsWhoseStepsDoNotFitAnIntAreRefused()
+    {
+        // 4 steps per epoch: 536870911 epochs are 2147483644 steps (they fit), 600000000 are 2400000000 (they used to wrap).
+        var opts = Decompose(Out()) with { BatchSize = 48, MicroBatch = 48, Epochs = 600_000_000 };
+        var e = Assert.Throws<BadInputException>(() => Run(opts));
+        Assert.Equal("--epochs 600000000: 2400000000 steps (4 per epoch), more than the 2147483647 a run can count", e.Message);
+        Assert.False(Directory.Exists(opts.Out));
+        var first = new List<TrainProgress>();
+        Assert.True(Run(opts with { Epochs = int.MaxValue / 4 }, p => { first.Add(p); return true; }).Summary.Stopped);
+        Assert.Equal((1, 2147483644), (first.Single().Step, first.Single().TotalSteps));
+    }
+
+    [Fact]
+    public void AMicroBatchFarLargerThanTheWorkIsNotAllocated()
+    {
+        // Training uses what a batch holds; the cross-encoder's evaluation used it as a list capacity (out of memory).
+        var opts = TrainOptions.For(TrainStage.Pretrain, fx.Data, Path.GetDirectoryName(fx.Data)!, Out()) with
+        {
+            Init = fx.Init, Epochs = 1, BatchSize = 96, MicroBatch = int.MaxValue, EvalImages = 2, Workers = 2,
+        };
+        var (_, s) = Run(opts);
+        Assert.Equal(2, s.Steps);
+        Assert.Equal("cross", s.Best!.Mode);
+    }
+
+    [Fact]
+    public void AMissingOrEmptyEvalSplitIsRefusedNotReplacedByTest()
+    {
+        // Without val (gone, or every val image without a caption): choosing the best checkpoint on test was silent.
+        var ds = KarpathyDataset.Load(fx.Data);
+        string noVal = Path.Combine(fx.Dir, "noval-" + Guid.NewGuid().ToString("N") + ".json");
+        KarpathyDataset.Save(noVal, ds.Images.Where(i => i.Split != "val"));
+        string emptyVal = Path.Combine(fx.Dir, "emptyval-" + Guid.NewGuid().ToString("N") + ".json");
+        var doc = JsonNode.Parse(File.ReadAllText(fx.Data))!;
+        foreach (var im in doc["images"]!.AsArray().Where(im => (string)im!["split"]! == "val")) im!["sentences"] = new JsonArray();
+        File.WriteAllText(emptyVal, doc.ToJsonString());
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        foreach (var json in new[] { noVal, emptyVal })
+        {
+            var e = Assert.Throws<BadInputException>(() => Run(opts with { Data = json }));
+            Assert.StartsWith($"--eval-split val: {json}: no images in split 'val'", e.Message);
+            Assert.EndsWith("(give --eval-split test to choose it on the test split, whose results are then no longer held out)", e.Message);
+            Assert.False(Directory.Exists(opts.Out));
+        }
+        Assert.Equal(4, Run(opts with { Data = noVal, EvalSplit = "test" }).Summary.Steps);   // asked for: allowed
+    }
+
+    [Fact]
+    public void AFailedCheckpointWriteAndAKilledRunLeaveNoTemporaryFiles()
+    {
+        // The checkpoint's write fails part-way (its vocab.txt is copied from the starting checkpoint's, removed here
+        // once step 1 is logged): config.json and model.safetensors were already in train/last.tmp.
+        string init = Path.Combine(fx.Dir, "init-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(init);
+        foreach (var f in Directory.GetFiles(fx.Init)) File.Copy(f, Path.Combine(init, Path.GetFileName(f)));
+        var opts = Decompose(Out()) with { Init = init, Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, CheckpointEvery = 1 };
+        Assert.Throws<FileNotFoundException>(() => Run(opts, p => { File.Delete(Path.Combine(init, "vocab.txt")); return false; }));
+        Assert.False(Directory.Exists(Path.Combine(opts.Out, Trainer.LastFolder + ".tmp")));
+        Assert.Empty(Directory.GetFiles(opts.Out, "*.tmp", SearchOption.AllDirectories));
+
+        // What a killed run leaves: the temporary names of the run's own files are removed when the folder is next run,
+        // other files (a user's, even named like a temporary) are kept.
+        var stopped = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.True(Run(stopped, p => p.Step == 2).Summary.Stopped);
+        string last = Path.Combine(stopped.Out, Trainer.LastFolder);
+        string guid = Guid.NewGuid().ToString("N");
+        string[] stale =
+        [
+            Path.Combine(stopped.Out, $".loss.png.999.{guid}.tmp"), Path.Combine(stopped.Out, $".{Trainer.MetricsFile}.12.{guid}.tmp"),
+            Path.Combine(stopped.Out, "model.safetensors.tmp"), Path.Combine(last, $".config.json.77.{guid}.tmp"), Path.Combine(last, "optimizer.safetensors.tmp"),
+            Path.Combine(last + ".tmp", "model.safetensors"),
+        ];
+        string[] kept = [Path.Combine(stopped.Out, "notes.txt"), Path.Combine(stopped.Out, ".notes.txt.1.tmp"), Path.Combine(stopped.Out, $".loss.png.999.{guid}.tmp.bak")];
+        foreach (var f in stale.Concat(kept))
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(f)!);
+            File.WriteAllText(f, "partial");
+        }
+        Assert.Equal(4, Run(stopped with { Resume = true }).Summary.Steps);
+        Assert.All(stale, f => Assert.False(File.Exists(f), f));
+        Assert.False(Directory.Exists(last + ".tmp"));
+        Assert.All(kept, f => Assert.True(File.Exists(f), f));
+    }
+
+    [Fact]
+    public void ARunThatFailedBeforeItsFirstCheckpointDoesNotBlockAFreshRun()
+    {
+        // Diverged at step 2 (a learning rate far too large): step 1 is logged, no checkpoint was written.
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.ThrowsAny<KernelVLException>(() => Run(opts with { LearningRate = 1e30f }));
+        Assert.Single(Metrics(opts.Out));
+        Assert.False(Directory.Exists(Path.Combine(opts.Out, Trainer.LastFolder)));
+        var (_, s) = Run(opts);
+        Assert.Equal(4, s.Steps);
+        Assert.Equal(Enumerable.Range(1, 4), Metrics(opts.Out).Where(m => m["eval"] is null).Select(m => (int)m["step"]!));
+        // Once it has a checkpoint, a run without --resume is refused again.
+        Assert.Contains("holds a training run: continue it with --resume", Assert.Throws<BadInputException>(() => Run(opts)).Message);
+    }
+
+    [Fact]
+    public void ADivergenceIsBadInputNamingTheOptionsThatSetTheStepAndTheSharpness()
+    {
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        var e = Assert.Throws<TrainingDivergedException>(() => Run(opts with { Temperature = 1e-30f }));
+        Assert.IsAssignableFrom<BadInputException>(e);   // the CLI's exit code 2
+        Assert.EndsWith("training diverged; lower --lr (now 0.002) or raise --temperature (now 1E-30: a small one sharpens the softmax until it overflows)", e.Message);
+        var pre = TrainOptions.For(TrainStage.Pretrain, fx.Data, opts.Images, Out()) with { Init = fx.Init, Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, Workers = 2, Clip = 0 };
+        e = Assert.Throws<TrainingDivergedException>(() => Run(pre with { LearningRate = 1e30f }));
+        Assert.EndsWith("training diverged; lower --lr (now 1E+30), or clip the gradients (--clip; now 0: none)", e.Message);
+    }
+
+    [Fact]
+    public void AResumeWhoseBestCheckpointIsDamagedOrGoneWritesANewOne()
+    {
+        // The best model (evaluated at step 2) damaged, then removed, after the run stopped at step 3.
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, EvalEvery = 2 };
+        string weights = Path.Combine(opts.Out, "model.safetensors");
+        foreach (var damage in new Action[] { () => File.WriteAllBytes(weights, new byte[100]), () => File.Delete(weights) })
+        {
+            if (Directory.Exists(opts.Out)) Directory.Delete(opts.Out, recursive: true);
+            Assert.True(Run(opts, p => p.Step == 3).Summary.Stopped);
+            damage();
+            var warnings = new List<string>();
+            using var be = new CpuBackend();
+            var s = new Trainer(opts with { Resume = true }, be) { Warn = warnings.Add }.Run();
+            Assert.Contains(warnings, w => w.Contains("the best checkpoint (i2t R@1", StringComparison.Ordinal) && w.Contains("step 3 is evaluated first", StringComparison.Ordinal));
+            Assert.NotNull(s.Best);
+            using var m = VlModel.Load(opts.Out, be);   // a model is there again
+            // Step 3 (not an evaluation step) was evaluated once, to have a best again.
+            Assert.Single(Metrics(opts.Out), r => r["eval"] is not null && (int)r["step"]! == 3);
+        }
     }
 
     [Fact]

@@ -131,7 +131,7 @@ public static partial class SyntheticShapes
             string name = Path.GetFileName(e);
             if (name == "images") continue;
             bool ours = name == "dataset.json" ? File.ReadAllText(e).Contains("\"kernelvl-shapes\"", StringComparison.Ordinal)
-                      : OwnTemporary().IsMatch(name) && name.StartsWith(".dataset.json.", StringComparison.Ordinal);
+                      : IO.AtomicFile.IsTemporaryOf(name, "dataset.json");
             if (!ours) throw new BadInputException($"{dir}: holds {name}, which is not part of a kernelvl shapes dataset: give a new or an empty folder");
             generated.Add(e);
         }
@@ -139,7 +139,8 @@ public static partial class SyntheticShapes
             foreach (var e in Directory.EnumerateFileSystemEntries(images))
             {
                 string name = Path.GetFileName(e);
-                if (!File.Exists(e) || !(ImageName().IsMatch(name) || OwnTemporary().IsMatch(name)))
+                bool temporary = name.Length > 11 && ImageName().IsMatch(name.Substring(1, 10)) && IO.AtomicFile.IsTemporaryOf(name, name.Substring(1, 10));
+                if (!File.Exists(e) || !(ImageName().IsMatch(name) || temporary))
                     throw new BadInputException($"{images}: holds {name}, which this generator does not write: give a new or an empty folder");
                 generated.Add(e);
             }
@@ -148,10 +149,6 @@ public static partial class SyntheticShapes
 
     [System.Text.RegularExpressions.GeneratedRegex(@"^\d{6}\.png$")]
     private static partial System.Text.RegularExpressions.Regex ImageName();
-
-    // AtomicFile's temporary names: .NAME.PID.GUID.tmp
-    [System.Text.RegularExpressions.GeneratedRegex(@"^\.(\d{6}\.png|dataset\.json)\.\d+\.[0-9a-f]{32}\.tmp$")]
-    private static partial System.Text.RegularExpressions.Regex OwnTemporary();
 
     /// <summary>
     /// Writes <paramref name="train"/> + <paramref name="val"/> + <paramref name="test"/> distinct scenes as PNGs under

@@ -19,6 +19,13 @@ public static class AtomicFile
     }
 
     /// <summary>
+    /// Whether <paramref name="fileName"/> is a temporary name <see cref="Write"/> gives to a file named
+    /// <paramref name="target"/> (".target.pid.guid.tmp"): what a killed process leaves, for its owner to clean up.
+    /// </summary>
+    public static bool IsTemporaryOf(string fileName, string target) =>
+        System.Text.RegularExpressions.Regex.IsMatch(fileName, $@"^\.{System.Text.RegularExpressions.Regex.Escape(target)}\.[0-9]+\.[0-9a-f]{{32}}\.tmp$");
+
+    /// <summary>
     /// Runs <paramref name="write"/> on a stream to a temporary file, flushes it to disk and renames it to <paramref name="path"/>.
     /// A path that is a symlink is written through (its final target is replaced, the link stays), and a file replaced
     /// keeps its permission bits (a private 600 results file stayed private only until the first rewrite).

@@ -245,8 +245,8 @@ public static class SafeTensorsWriter
         }
         var header = ms.ToArray().ToList();
         while ((8 + header.Count) % 8 != 0) header.Add((byte)' ');   // pad with spaces so the data is 8-byte aligned
-        string tmp = path + ".tmp";
-        using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+        // A temporary name of its own (two writers never share it), removed if the write fails (a full disk).
+        AtomicFile.Write(path, f =>
         {
             f.Write(BitConverter.GetBytes((long)header.Count));
             f.Write(header.ToArray());
@@ -264,9 +264,7 @@ public static class SafeTensorsWriter
                 }
                 f.Write(bytes);
             }
-            f.Flush(flushToDisk: true);
-        }
-        File.Move(tmp, path, overwrite: true);
+        });
     }
 
     /// <summary>f32 -> bf16 with round-to-nearest-even (NaN stays NaN).</summary>

@@ -312,8 +312,10 @@ public sealed class VlModel : Module
                     $"{cfg.NumLayers} layers, intermediate_size {cfg.IntermediateSize}) but {weights} holds {held}: the config does not belong to these weights");
         }
         var tokenizer = TextTokenizer.Load(vocab, cfg.MaxTextLength);
-        if (tokenizer.VocabularySize > cfg.VocabSize)
-            throw new BadInputException($"{vocab}: {tokenizer.VocabularySize} tokens, more than the model's vocab_size {cfg.VocabSize}");
+        // One token per row of the word embeddings: fewer would leave rows no text reaches (a truncated file, silently
+        // read as [UNK] for the words it lost), more would give ids past the embeddings.
+        if (tokenizer.VocabularySize != cfg.VocabSize)
+            throw new BadInputException($"{vocab}: {tokenizer.VocabularySize} tokens, but {Path.Combine(folder, ConfigFile)} has vocab_size {cfg.VocabSize}: the vocabulary does not belong to this model");
         var fresh = ensureHeads & ~heads;
         var model = new VlModel(backend, cfg, seed, dtype, heads | ensureHeads);
         try

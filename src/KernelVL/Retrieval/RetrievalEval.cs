@@ -80,8 +80,11 @@ public static class RetrievalEval
     public static float[] CrossScores(VlModel model, IReadOnlyList<PreparedImage> images, IReadOnlyList<string> captions, int batch, Action<long>? progress = null)
     {
         var scores = new float[(long)images.Count * captions.Count];
-        var pairImages = new List<PreparedImage>(batch);
-        var pairCaptions = new List<string>(batch);
+        // Room for one batch, but no more than there are pairs: a batch size far past the work (a --micro-batch of
+        // int.MaxValue) must not be allocated up front.
+        int room = (int)Math.Min(batch, scores.LongLength);
+        var pairImages = new List<PreparedImage>(room);
+        var pairCaptions = new List<string>(room);
         long at = 0, done = 0;
         for (int i = 0; i < images.Count; i++)
             for (int c = 0; c < captions.Count; c++)

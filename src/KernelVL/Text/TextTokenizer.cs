@@ -44,13 +44,32 @@ public sealed class TextTokenizer
         if (maxLength < 2) throw new BadInputException($"{vocabPath}: a maximum text length of {maxLength} leaves no room for [CLS] and [SEP]");
         try
         {
+            int tokens = CheckLines(vocabPath);
             var bert = BertTokenizer.Create(vocabPath, new BertOptions { LowerCaseBeforeTokenization = true, RemoveNonSpacingMarks = true });
-            return new TextTokenizer(bert, maxLength, vocabPath, File.ReadLines(vocabPath).Count(l => l.Length > 0));
+            return new TextTokenizer(bert, maxLength, vocabPath, tokens);
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or IOException)
         {
             throw new BadInputException($"{vocabPath}: not a usable WordPiece vocabulary ({e.Message})");
         }
+    }
+
+    /// <summary>
+    /// The number of tokens in a vocab.txt, one a line, whose ids are their line numbers: a blank line would take an id
+    /// that no token has (the model's rows and the ids would disagree, found only mid-run), and a token repeated would
+    /// have two; both are bad input naming the file and the line.
+    /// </summary>
+    private static int CheckLines(string vocabPath)
+    {
+        var seen = new Dictionary<string, int>(StringComparer.Ordinal);
+        int line = 0;
+        foreach (var token in File.ReadLines(vocabPath))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(token)) throw new BadInputException($"{vocabPath}: line {line} is blank (each line is one token, its id the line's number)");
+            if (!seen.TryAdd(token, line)) throw new BadInputException($"{vocabPath}: line {line} repeats the token '{token}' of line {seen[token]}");
+        }
+        return line;
     }
 
     /// <summary>[CLS] tokens [SEP], truncated to <see cref="MaxLength"/>.</summary>

@@ -45,7 +45,7 @@ public sealed class AdamWOptimizer : IDisposable
         var grads = _state.Select(s => s.Param.EnsureGrad()).ToList();
         _backend.ClipGradNorm(grads, clip > 0 ? clip : float.PositiveInfinity, _norm);
         float norm = _norm.Item();
-        if (!float.IsFinite(norm)) throw new TrainingDivergedException($"the gradient norm is {norm} at step {Step + 1}: training diverged (lower the learning rate)");
+        if (!float.IsFinite(norm)) throw new TrainingDivergedException($"the gradient norm is {norm} at step {Step + 1}: training diverged");
         Step++;
         foreach (var (_, p, m, v) in _state)
             _backend.AdamW(p, p.Grad!, m, v, new AdamWParams(lr, Beta1, Beta2, Eps, p.Rank >= 2 ? WeightDecay : 0f), Step);

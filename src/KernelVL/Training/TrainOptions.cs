@@ -96,16 +96,42 @@ public sealed record TrainOptions
     }
 
     /// <summary>
-    /// The options a resumed run must share with the run it continues (the image root included since 2026-11-29;
-    /// <paramref name="withImages"/> false: the form written before, which a resume still accepts).
+    /// What a resumed run must share with the run it continues, each named as on the command line: the options that shape
+    /// the run and the dataset file's SHA-256 (<paramref name="dataSha256"/>: the splits, the schedule's length and the
+    /// captions). The fields after --negatives were added on 2026-11-30, the image root on 2026-11-29: see <see cref="LegacyFingerprint"/>.
     /// </summary>
-    public string Fingerprint(bool withImages = true) => string.Join("|", new object[] { Stage, Path.GetFullPath(Data) }
-        .Concat(withImages ? [Path.TrimEndingDirectorySeparator(Path.GetFullPath(Images))] : Array.Empty<object>())
-        .Concat([Init is null ? "" : Path.GetFullPath(Init), Config, Seed, Epochs, BatchSize,
-        LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), WeightDecay.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
-        Warmup, Temperature.ToString("R", System.Globalization.CultureInfo.InvariantCulture), MlmProbability.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
-        HardNegatives.ToString("R", System.Globalization.CultureInfo.InvariantCulture), ItcWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
-        RankWeight.ToString("R", System.Globalization.CultureInfo.InvariantCulture), NegativesPerSide]));
+    public IReadOnlyList<(string Option, string Value)> FingerprintFields(string dataSha256)
+    {
+        static string F(float v) => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        static string I(int v) => v.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return
+        [
+            ("the stage", Stage.ToString()), ("--data", Path.GetFullPath(Data)), ("--images", Path.TrimEndingDirectorySeparator(Path.GetFullPath(Images))),
+            (Stage == TrainStage.Pretrain ? "--init" : "--model", Init is null ? "" : Path.GetFullPath(Init)), ("--config", Config), ("--seed", I(Seed)),
+            ("--epochs", I(Epochs)), ("--batch", I(BatchSize)), ("--lr", F(LearningRate)), ("--weight-decay", F(WeightDecay)), ("--warmup", I(Warmup)),
+            ("--temperature", F(Temperature)), ("--mlm-probability", F(MlmProbability)), ("--hard-negatives", F(HardNegatives)), ("--itc-weight", F(ItcWeight)),
+            ("--rank-weight", F(RankWeight)), ("--negatives", I(NegativesPerSide)),
+            ("--clip", F(Clip)), ("--eps", F(Eps)), ("--eval-split", EvalSplit), ("--eval-images", I(EvalImages)), ("the contents of --data", dataSha256),
+        ];
+    }
+
+    /// <summary>The fingerprint in trainer_state.json: <see cref="FingerprintFields"/>' values, joined by '|'.</summary>
+    public string Fingerprint(string dataSha256) => string.Join("|", FingerprintFields(dataSha256).Select(f => f.Value));
+
+    /// <summary>
+    /// The forms written before 2026-11-30 (up to --negatives: without --clip, --eps, the evaluation and the data's
+    /// contents; <paramref name="withImages"/> false: before 2026-11-29, without the image root too). A resume still
+    /// accepts them; the options they lack are then not checked.
+    /// </summary>
+    public string LegacyFingerprint(bool withImages) => string.Join("|", FingerprintFields("").TakeWhile(f => f.Option != "--clip")
+        .Where(f => withImages || f.Option != "--images").Select(f => f.Value));
+
+    /// <summary>The SHA-256 of the dataset file's bytes (lower-case hex), for <see cref="Fingerprint"/>.</summary>
+    public string DataSha256()
+    {
+        using var f = File.OpenRead(Data);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(f));
+    }
 }
 
 /// <summary>What the trainer reports after each step.</summary>

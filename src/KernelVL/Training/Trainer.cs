@@ -31,6 +31,11 @@ public sealed class Trainer
     public Action<long, long>? EvalProgress { get; set; }
 
     public const string LastFolder = "train/last", MetricsFile = "metrics.jsonl", StateFile = "trainer_state.json", OptimizerFile = "optimizer.safetensors";
+    /// <summary>In --out while a run uses it (<see cref="FolderLock"/>): a second run of the same folder is refused.</summary>
+    public const string LockFile = ".lock";
+
+    /// <summary>This run's <see cref="TrainOptions.Fingerprint"/>, and the dataset file's hash in it (set by <see cref="Run"/>).</summary>
+    private string _fingerprint = "", _dataSha256 = "";
 
     public Trainer(TrainOptions options, IBackend backend)
     {
@@ -49,43 +54,75 @@ public sealed class Trainer
     /// <summary>
     /// Runs until the last epoch ends or <paramref name="ct"/> is cancelled: then it stops after the step in progress (or
     /// the evaluation in progress, which is dropped) and writes the resumable checkpoint of that step first.
-    /// Every input (data, splits, image folder, the checkpoint or preset, --out) is checked before --out is written; a
-    /// bad one found while setting up (e.g. fewer than 2 readable held-out images) removes an --out this run created.
+    /// --out is locked (<see cref="LockFile"/>) for the whole run. Every input (data, splits, image folder, the checkpoint
+    /// or preset, --out) is checked before anything but the lock is written to --out; a bad one found while setting up
+    /// (e.g. fewer than 2 readable held-out images) removes an --out this run created.
     /// </summary>
     public TrainSummary Run(CancellationToken ct = default)
     {
         var sw = Stopwatch.StartNew();
         if (!Directory.Exists(_o.Images)) throw new BadInputException($"{_o.Images}: no such folder (the images' root, --images)");
         var data = KarpathyDataset.Load(_o.Data, _o.Strict);
+        _dataSha256 = _o.DataSha256();
+        _fingerprint = _o.Fingerprint(_dataSha256);
         foreach (var p in data.Problems.Take(5)) Warn?.Invoke(p);
         if (data.Problems.Count > 5) Warn?.Invoke($"... and {data.Problems.Count - 5} more problems in {_o.Data}");
         var train = data.Split("train");
         IReadOnlyList<DatasetImage> held;
         try { held = data.Split(_o.EvalSplit); }
-        catch (BadInputException) when (_o.EvalSplit == "val")
+        catch (BadInputException e)
         {
-            held = data.Split("test");
-            Warn?.Invoke($"{_o.Data} has no 'val' split: evaluating on 'test'");
+            // No other split in its place, not even by default: the best checkpoint is chosen on this one, and chosen on
+            // test it would carry the test results into the model (they would no longer be held out).
+            throw new BadInputException($"--eval-split {_o.EvalSplit}: {e.Message}: the best checkpoint is chosen on it, and no other split is used in its place" +
+                (_o.EvalSplit == "test" ? "" : " (give --eval-split test to choose it on the test split, whose results are then no longer held out)"));
         }
         held = held.Take(_o.EvalImages).ToList();
         if (train.Count < 2) throw new BadInputException($"{_o.Data}: the train split has {train.Count} image: at least 2 are needed (in-batch negatives)");
         if (held.Count < 2) throw new BadInputException($"{_o.Data}: the held-out split has {held.Count} image: at least 2 are needed to evaluate");
+        // Steps are counted in int (the schedule, the checkpoints, the log): a product that does not fit would wrap
+        // (a run of "1" step at learning rate 0).
+        int perEpoch = Math.Max(1, train.Count / _o.BatchSize);
+        long steps = (long)perEpoch * _o.Epochs;
+        if (steps > int.MaxValue)
+            throw new BadInputException($"--epochs {_o.Epochs}: {steps} steps ({perEpoch} per epoch), more than the {int.MaxValue} a run can count");
+        int total = (int)steps;
         string last = Path.Combine(_o.Out, LastFolder);
-        CheckOut(last);
+        if (_o.Init is not null && Paths.Same(_o.Init, _o.Out))
+            throw new BadInputException($"--out {_o.Out}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
 
-        // The model (a checkpoint read and checked, or a preset and a vocabulary) before --out is made: a bad --init,
-        // --model, --vocab or --config leaves no folder behind.
-        bool outExisted = Directory.Exists(_o.Out), outWasEmpty = outExisted && !Directory.EnumerateFileSystemEntries(_o.Out).Any();
-        // A setup that fails after --out was written to (a built vocabulary) leaves it as it was: removed, or emptied again.
+        bool outExisted = Directory.Exists(_o.Out), outWasEmpty = outExisted && HoldsNothing(_o.Out);
+        // A setup that fails after --out was written to (the lock, a built vocabulary) leaves it as it was: removed, or
+        // emptied again (the lock file goes when the lock is let go).
         void UndoOut()
         {
             if (!outExisted) Directory.Delete(_o.Out, recursive: true);
             else if (outWasEmpty)
-                foreach (var e in Directory.EnumerateFileSystemEntries(_o.Out).ToList())
+                foreach (var e in Directory.EnumerateFileSystemEntries(_o.Out).Where(e => Path.GetFileName(e) != LockFile).ToList())
                     if (Directory.Exists(e)) Directory.Delete(e, recursive: true); else File.Delete(e);
         }
-        using var model = CreateModel(train, last);
-        Directory.CreateDirectory(_o.Out);
+        // One process at a time in --out, from before it is looked at until the run ends: two runs (or two resumes) of
+        // one folder would overwrite each other's checkpoints and interleave their metrics.
+        using var outLock = FolderLock.TryTake(_o.Out, LockFile)
+            ?? throw new BadInputException($"--out {_o.Out}: another kernelvl process is using it (a training run); wait for it to end, or give another folder");
+
+        // The model (a checkpoint read and checked, or a preset and a vocabulary): a bad --init, --model, --vocab or
+        // --config leaves no folder behind.
+        VlModel created;
+        string? bestProblem;
+        try
+        {
+            CheckOut(last);
+            RemoveStaleTemporaries(last);
+            bestProblem = _o.Resume ? BestProblem(last) : null;   // before the model is made: the check loads a second one
+            created = CreateModel(train, last);
+        }
+        catch when (!outExisted || outWasEmpty)
+        {
+            UndoOut();
+            throw;
+        }
+        using var model = created;
         var pre = model.Preprocessor();
         var trainImages = new ImageCache(train, _o.Images, pre, _o.Strict) { Warn = Warn };
         var heldImages = new ImageCache(held, _o.Images, pre, _o.Strict) { Warn = Warn };
@@ -102,8 +139,6 @@ public sealed class Trainer
         }
         using var opt = new AdamWOptimizer(model) { Eps = _o.Eps, WeightDecay = _o.WeightDecay };
 
-        int perEpoch = Math.Max(1, train.Count / _o.BatchSize);
-        int total = perEpoch * _o.Epochs;
         int step = 0;
         double bestR1 = double.NegativeInfinity;
         EvalRecord? best = null, lastEval = null;
@@ -112,12 +147,19 @@ public sealed class Trainer
         {
             var (fingerprint, savedStep, savedBest, pending) = ReadState(Path.Combine(last, StateFile));
             evalPending = pending;
-            if (fingerprint != _o.Fingerprint() && fingerprint != _o.Fingerprint(withImages: false))   // the latter: a run started before 2026-11-29
-                throw new BadInputException($"{Path.Combine(last, StateFile)}: written by a run with other options (data, batch, schedule or seed); resume with the same ones or start a new --out");
+            CheckFingerprint(fingerprint, Path.Combine(last, StateFile));
             opt.Load(Path.Combine(last, OptimizerFile));
             step = savedStep;
             bestR1 = savedBest ?? double.NegativeInfinity;
             if (step != opt.Step) throw new BadInputException($"{last}: the optimizer is at step {opt.Step}, the trainer state at {step}");
+            if (bestProblem is not null)
+            {
+                // The best so far is gone (damaged or removed outside the run): a run that ended now would leave no model.
+                // The checkpoint's step is evaluated again, and the best is kept from there.
+                Warn?.Invoke($"{bestProblem}: the best checkpoint (i2t R@1 {bestR1:F1}) is lost; step {step} is evaluated first and the best is kept from there");
+                bestR1 = double.NegativeInfinity;
+                evalPending = true;
+            }
             if (evalPending) Info?.Invoke($"resuming {_o.Stage} at step {step} of {total}: its evaluation was cut short, made first");
             else Info?.Invoke(step >= total ? $"the run in {_o.Out} finished at step {step}: nothing to resume" : $"resuming {_o.Stage} at step {step + 1} of {total}");
         }
@@ -162,7 +204,7 @@ public sealed class Trainer
 
         if (evalPending)
         {
-            if (EvaluateAndKeepBest(step, Math.Max(1, (step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1);
+            if (EvaluateAndKeepBest(step, (int)Math.Max(1, ((long)step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1);
             else stopped = true;
         }
         for (int epoch = step / perEpoch; epoch < _o.Epochs && !stopped; epoch++)
@@ -180,8 +222,9 @@ public sealed class Trainer
                 {
                     trained++;
                     loss = _o.Stage == TrainStage.Decompose ? DecomposeStep(model, batch, step) : PretrainStep(model, batch, step);
-                    if (!float.IsFinite(loss)) throw new TrainingDivergedException($"the loss is {loss} at step {step}: training diverged (lower the learning rate)");
-                    opt.Apply(lr, _o.Clip);
+                    if (!float.IsFinite(loss)) throw Diverged($"the loss is {loss} at step {step}: training diverged");
+                    try { opt.Apply(lr, _o.Clip); }
+                    catch (TrainingDivergedException e) { throw Diverged(e.Message); }
                 }
                 else
                 {
@@ -232,6 +275,35 @@ public sealed class Trainer
         return new TrainSummary(step, _o.Epochs, loss, best, lastEval, trainImages.FailedCount + heldImages.FailedCount, skippedPairs, sw.Elapsed.TotalSeconds, stopped);
     }
 
+    /// <summary>
+    /// Why the best checkpoint (--out itself) that the trainer state in <paramref name="last"/> counts on cannot be loaded;
+    /// null when it loads, or when the state has no best yet (no evaluation ran).
+    /// </summary>
+    private string? BestProblem(string last)
+    {
+        string state = Path.Combine(last, StateFile);
+        if (!File.Exists(state) || ReadState(state).BestR1 is null) return null;
+        try
+        {
+            using var best = VlModel.Load(_o.Out, _backend);
+            return null;
+        }
+        catch (Exception e) when (e is KernelVLException or IOException)
+        {
+            return e.Message;
+        }
+    }
+
+    /// <summary>A divergence, with the options that set the step's size and the loss's sharpness as they were given.</summary>
+    private TrainingDivergedException Diverged(string what)
+    {
+        static string F(float v) => v.ToString("G3", System.Globalization.CultureInfo.InvariantCulture);
+        string hint = $"lower --lr (now {F(_o.LearningRate)})";
+        if (_o.Stage == TrainStage.Decompose) hint += $" or raise --temperature (now {F(_o.Temperature)}: a small one sharpens the softmax until it overflows)";
+        if (_o.Clip == 0) hint += ", or clip the gradients (--clip; now 0: none)";
+        return new TrainingDivergedException($"{what}; {hint}");
+    }
+
     private VlModel CreateModel(IReadOnlyList<DatasetImage> train, string last)
     {
         var heads = _o.Stage == TrainStage.Pretrain ? VlHeads.Itm | VlHeads.Mlm : VlHeads.None;
@@ -249,6 +321,9 @@ public sealed class Trainer
             Info?.Invoke($"built a vocabulary of {vocab.Count} tokens from the training captions");
         }
         var tok = TextTokenizer.Load(vocabPath, cfg.MaxTextLength);
+        // MLM replaces some masked tokens by a random word: there must be one besides the special tokens.
+        if (tok.VocabularySize <= VocabBuilder.Special.Length)
+            throw new BadInputException($"{vocabPath}: {tok.VocabularySize} tokens, no word besides the special ones ({string.Join(", ", VocabBuilder.Special)})");
         cfg = cfg with { VocabSize = tok.VocabularySize };
         return new VlModel(_backend, cfg, _o.Seed, heads: VlHeads.Itm | VlHeads.Mlm) { Tokenizer = tok };
     }
@@ -553,6 +628,24 @@ public sealed class Trainer
         return new EvalRecord(step, epoch, r, sw.Elapsed.TotalSeconds, mode);
     }
 
+    /// <summary>A resume must run with the options of the run it continues: another one is bad input naming the options that differ.</summary>
+    private void CheckFingerprint(string? stored, string statePath)
+    {
+        if (stored == _fingerprint) return;
+        if (stored == _o.LegacyFingerprint(withImages: true) || stored == _o.LegacyFingerprint(withImages: false))
+        {
+            // Written before these were recorded: they cannot be checked, and refusing would strand the run.
+            Info?.Invoke($"{statePath}: written before --clip, --eps, --eval-split, --eval-images and the contents of --data were recorded: they are not checked");
+            return;
+        }
+        var fields = _o.FingerprintFields(_dataSha256);
+        var was = stored?.Split('|');
+        string which = was?.Length == fields.Count
+            ? string.Join(", ", fields.Where((f, i) => was[i] != f.Value).Select(f => f.Option))
+            : "data, batch, schedule or seed";
+        throw new BadInputException($"{statePath}: written by a run with other options ({which}); resume with the same ones or start a new --out");
+    }
+
     /// <summary>trainer_state.json: (fingerprint, step, best i2t R@1, whether the step's evaluation is still to run); a malformed file is bad input naming it.</summary>
     private static (string? Fingerprint, int Step, double? BestR1, bool EvalPending) ReadState(string path)
     {
@@ -575,22 +668,46 @@ public sealed class Trainer
         }
     }
 
+    /// <summary>Nothing in the folder but the lock file (the one this run holds, or one left by a killed run).</summary>
+    private static bool HoldsNothing(string folder) => Directory.EnumerateFileSystemEntries(folder).All(e => Path.GetFileName(e) == LockFile);
+
     /// <summary>
-    /// --out must be new or empty, or (with --resume) a training run's folder; never the checkpoint the run starts from.
+    /// --out must be new or empty, or (with --resume) a training run's folder (the checkpoint the run starts from is refused before).
     /// A kill between SaveLast's two renames left the checkpoint as last.old: put back.
     /// </summary>
     private void CheckOut(string last)
     {
         string o = _o.Out;
-        if (_o.Init is not null && Paths.Same(_o.Init, o))
-            throw new BadInputException($"--out {o}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
-        if (!Directory.Exists(o) || !Directory.EnumerateFileSystemEntries(o).Any()) return;
+        if (!Directory.Exists(o) || HoldsNothing(o)) return;
         if (!File.Exists(MetricsPath) && !Directory.Exists(Path.Combine(o, "train")))
             throw new BadInputException($"--out {o}: not empty and not a training run's folder: give a new or an empty folder");
-        if (!_o.Resume) throw new BadInputException($"--out {o}: holds a training run: continue it with --resume, or give a new folder");
+        // A run that failed before its first checkpoint (bad input found late, a diverged loss) left only its log and
+        // vocabulary: nothing to resume or to lose, so a fresh run may start over in it.
+        bool checkpoint = Directory.Exists(last) || Directory.Exists(last + ".old") || File.Exists(Path.Combine(o, VlModel.WeightsFile));
+        if (!_o.Resume && checkpoint) throw new BadInputException($"--out {o}: holds a training run: continue it with --resume, or give a new folder");
+        if (!_o.Resume) Info?.Invoke($"--out {o}: holds a run that wrote no checkpoint: starting over in it");
         if (!Directory.Exists(last) && Directory.Exists(last + ".old")) Directory.Move(last + ".old", last);
         if (Directory.Exists(last) && !File.Exists(Path.Combine(last, StateFile)))
             throw new BadInputException($"{Path.Combine(last, StateFile)}: missing, so {last} cannot be resumed (remove {last} to start over, or give a new --out)");
+    }
+
+    /// <summary>
+    /// What a killed run of this folder left half-written (its lock is ours now, so no writer is alive): last.tmp, and the
+    /// temporary names of the files a run writes, in --out, train and train/last. Only those names: anything else is
+    /// left alone.
+    /// </summary>
+    private void RemoveStaleTemporaries(string last)
+    {
+        string[] ours = [MetricsFile, "loss.png", "recall.png", VlModel.ConfigFile, VlModel.WeightsFile, VlModel.VocabFile, StateFile, OptimizerFile];
+        // model.safetensors.tmp, optimizer.safetensors.tmp: the fixed names the safetensors writer used before 2026-11-30.
+        bool Stale(string name) => ours.Any(f => AtomicFile.IsTemporaryOf(name, f)) || name is $"{VlModel.WeightsFile}.tmp" or $"{OptimizerFile}.tmp";
+        if (Directory.Exists(last + ".tmp")) Directory.Delete(last + ".tmp", recursive: true);
+        foreach (var folder in new[] { _o.Out, Path.GetDirectoryName(last)!, last })
+        {
+            if (!Directory.Exists(folder)) continue;
+            foreach (var f in Directory.EnumerateFiles(folder).Where(f => Stale(Path.GetFileName(f))).ToList())
+                File.Delete(f);
+        }
     }
 
     private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1, bool evalPending = false)
@@ -598,15 +715,24 @@ public sealed class Trainer
         // Written beside, then swapped in: a kill at any moment leaves either the previous or the new checkpoint whole.
         string tmp = last + ".tmp", old = last + ".old";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        model.Save(tmp);
-        opt.Save(Path.Combine(tmp, OptimizerFile));
-        var st = new JsonObject
+        try
         {
-            ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _o.Fingerprint(),
-            ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
-        };
-        if (evalPending) st["eval_pending"] = true;
-        AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), st.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            model.Save(tmp);
+            opt.Save(Path.Combine(tmp, OptimizerFile));
+            var st = new JsonObject
+            {
+                ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _fingerprint,
+                ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
+            };
+            if (evalPending) st["eval_pending"] = true;
+            AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), st.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        }
+        catch
+        {
+            // A failed write (a full disk) leaves the previous checkpoint as it was and gives back the space it took.
+            try { Directory.Delete(tmp, true); } catch (IOException) { }
+            throw;
+        }
         if (Directory.Exists(old)) Directory.Delete(old, true);
         if (Directory.Exists(last)) Directory.Move(last, old);
         Directory.Move(tmp, last);
