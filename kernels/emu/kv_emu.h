@@ -746,6 +746,13 @@ inline kv_emu_fiber* kv_emu_running;
     kv_emu_leave(kv_emu_cur->bar);
     kv_emu_leave(kv_emu_cur->cluster->bar);
     kv_emu_cur->live--;
+#if defined(KV_RACECHECK)
+    if (kv_emu_cur->live == 0)
+    {
+        const int perBlock = (int)((blockDim.x + 31) / 32);
+        kv_rc::block_exit((uintptr_t)kv_emu_cur->dyn, kv_emu_cur->rank * perBlock, perBlock);
+    }
+#endif
     kv_emu_yield();   // never resumed
     std::abort();
 }

@@ -37,12 +37,13 @@ struct Region
 };
 std::vector<Region> regions;
 
-struct Report { std::string kind; int block; unsigned long long offset; bool dynamic; int unit, other; uintptr_t pc, otherPc; const char *what, *otherWhat; };
+struct Report { std::string kind; int block; unsigned long long offset; bool dynamic; std::string unit, other; uintptr_t pc, otherPc; const char *what, *otherWhat; };
 std::vector<Report> pending;
 std::unordered_set<std::string> seen;   // one report per (kind, pc, other pc)
 long long found = 0;
 
 void touched(int u) { snaps[u].reset(); }
+std::string unit_name(int u);
 void join(VC& into, const VC& o)
 {
     for (int i = 0; i < MaxUnits; i++) into.c[i] = into.c[i] > o.c[i] ? into.c[i] : o.c[i];
@@ -58,7 +59,8 @@ void report(const char* kind, Region& r, size_t idx, int unit, int other, uintpt
     std::string key = std::string(kind) + ":" + std::to_string(pc) + ":" + std::to_string(otherPc) + ":" + what;
     if (!seen.insert(key).second) return;
     found++;
-    if (pending.size() < 5) pending.push_back({kind, r.block, (unsigned long long)idx, r.dynamic, unit, other, pc, otherPc, what, otherWhat});
+    // the units named now: the launch's warps and mbarriers are gone by the time the case's reports are printed
+    if (pending.size() < 5) pending.push_back({kind, r.block, (unsigned long long)idx, r.dynamic, unit_name(unit), unit_name(other), pc, otherPc, what, otherWhat});
 }
 // One access of `bytes` at a by unit u, checked against the clock `check`, recorded with epoch `epoch`.
 void access(uintptr_t a, int bytes, bool write, bool atomic, int u, const VC& check, uint32_t epoch, uintptr_t pc, const char* what)
@@ -121,7 +123,7 @@ std::string unit_name(int u)
 // "function file:line" of a code address, by llvm-symbolizer where it is found, else the module offset.
 std::string where(uintptr_t pc)
 {
-    if (pc == 0) return "(the copy engine)";
+    if (pc == 0) return "the end of the kernel";
     Dl_info info{};
     char off[64];
     uintptr_t rel = pc;
@@ -226,6 +228,25 @@ void bar_release(Bar& b)
         }
     b = Bar{};
 }
+void block_exit(uintptr_t lo, int firstWarp, int warps)
+{
+    if (!on) return;
+    Region* r = region_of(lo);
+    if (!r) return;
+    VC exit{};
+    for (int u = firstWarp; u < firstWarp + warps; u++) join(exit, clocks[u]);
+    for (size_t idx = 0; idx < r->stamp.size(); idx++)
+    {
+        if (r->stamp[idx] != clusterSerial) continue;   // not touched in this cluster's run
+        const int wu = r->wunit[idx];
+        if (wu != 0xffff && r->wclk[idx] > exit.c[wu])
+            report("exit after write", *r, idx, firstWarp, wu, 0, r->wpc[idx], "the block's exit", r->wwhat[idx]);
+        const uint32_t* rc = &r->rclk[idx * (size_t)nwarps];
+        for (int v = 0; v < nwarps; v++)
+            if (rc[v] > exit.c[v]) report("exit after read", *r, idx, firstWarp, v, 0, r->rpc[idx], "the block's exit", r->rwhat[idx]);
+    }
+}
+
 void mbar_complete(MBar& m)
 {
     if (!on) return;
@@ -250,7 +271,7 @@ std::vector<std::string> take_reports()
         char s[256];
         std::snprintf(s, sizeof s, "race: %s on %s shared memory +%llu of block %d of the cluster: ", r.kind.c_str(),
                       r.dynamic ? "dynamic" : "static", r.offset, r.block);
-        lines.push_back(std::string(s) + unit_name(r.unit) + " (" + r.what + " at " + where(r.pc) + ") after " + unit_name(r.other) + " (" +
+        lines.push_back(std::string(s) + r.unit + " (" + r.what + " at " + where(r.pc) + ") after " + r.other + " (" +
                         r.otherWhat + " at " + where(r.otherPc) + "), no barrier between them");
     }
     if (found - reported > (long long)pending.size())

@@ -18,6 +18,7 @@
 // - a cp.async or TMA copy is checked as of its issue (the issuer's clock then) and written when it lands: by the
 //   issuing warp at the wait that covers it (cp.async), by its mbarrier's unit, which the barrier's phase releases (TMA);
 // - wgmma reads its shared operands as of its issue (checked then), held until the wait that retires it.
+// - a block's exit: every access to its shared memory by another unit must be ordered before its warps' exits;
 // - an mbarrier's 8 bytes: written by its init, atomically written by each arrival and atomically read by a wait that
 //   completes, so an arrival or wait that no barrier orders after the init is a hazard (the one order it needs).
 // A hazard: two accesses to a shared byte by different units, at least one a write and not both atomic, that no chain
@@ -80,6 +81,11 @@ void bar_release(Bar& b);
 void mbar_complete(MBar& m);
 // A TMA copy's bytes landing in shared memory at a, completing on the mbarrier at `bar` (state m), issued at `issued`.
 void tma_write(uintptr_t a, int bytes, unsigned long long bar, MBar& m, const Snap& issued, uintptr_t pc);
+
+// The last thread of the block whose dynamic shared memory starts at `lo` has exited: every access to it by another
+// unit (a remote arrival or DSMEM access of another block of the cluster, a TMA copy landing) must be ordered before
+// the exits of the block's warps, or the memory may already belong to the next block on that multiprocessor.
+void block_exit(uintptr_t lo, int firstWarp, int warps);
 
 // The hazards found since the last call, one line each (source lines where llvm-symbolizer is found), and their count.
 std::vector<std::string> take_reports();
