@@ -612,11 +612,12 @@ static __device__ __forceinline__ void t3_topk(const kv_tensor_map* tmQ, const k
         // Epilogue of the tile (version 2's, on wgmma's layout: this warpgroup's rows 16 w + g + 8 h, columns 8 i + 2 t
         // + e), among the warpgroup's 128 threads. The first barrier keeps them out of this tile's appends until all
         // have left the last epilogue (a warp that ran ahead could set the overflow flag that a slower one is still
-        // reading for the last tile). Redundant since each warpgroup has its own flag: a warp cannot finish this
-        // tile's wgmma before every warp of its warpgroup has issued them, which each does only after that read (the
-        // emulator, which makes the warpgroup meet at each wgmma, passes without it under 16 schedules); kept for the
-        // cost of one 128-thread barrier a tile.
-        kv_named_barrier(bar, 128);   // kept though redundant
+        // reading for the last tile). Redundant in practice, since each warpgroup has its own flag: a warp cannot
+        // finish this tile's wgmma before every warp of its warpgroup has issued them, which each does only after that
+        // read (the emulator's schedules pass without it). But the PTX memory model orders nothing through wgmma's
+        // warpgroup rendezvous, so this barrier is what orders the read before the write: the racecheck
+        // (kernels/emu/kv_racecheck.h) reports its removal. One 128-thread barrier a tile.
+        kv_named_barrier(bar, 128);
         const long long col0 = sliceStart + (long long)tile * G3_BN;
         const int r0 = w * 16 + g;
         unsigned done[4] = {0u, 0u, 0u, 0u};

@@ -30,9 +30,10 @@ families() {
   esac
 }
 caught=0; survived=0; marked=0
-# SCHEDULES: the runs each mutation gets, mode:seed, until one fails (default: ordered, then the shuffled two under 3
-# seeds); SCHEDULES=racecheck:0 asks the racecheck build alone (kv_racecheck.h), MARKED=1 runs the marked lines too.
-schedules=${SCHEDULES:-"ordered:0 race:0 starve:0 race:1 starve:1 race:2 starve:2"}
+# SCHEDULES: the runs each mutation gets, mode:seed, until one fails (default: ordered, the racecheck build
+# (kv_racecheck.h), then the shuffled two under 3 seeds); SCHEDULES=racecheck:0 asks the racecheck alone, MARKED=1 runs
+# the marked lines too.
+schedules=${SCHEDULES:-"ordered:0 racecheck:0 race:0 starve:0 race:1 starve:1 race:2 starve:2"}
 pattern="__syncthreads\(\)|kv_named_barrier\(|kv_syncwarp\(\)|kv_cluster_sync\(\)"
 [ "${MUTATE:-barriers}" = waits ] && pattern="kv_cp_async_wait<|kv_wgmma_wait<|kv_mbar_wait\(|kv_mbar_wait_cluster\("
 for f in "${files[@]}"; do
