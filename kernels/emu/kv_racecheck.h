@@ -23,7 +23,10 @@
 //   completes, so an arrival or wait that no barrier orders after the init is a hazard (the one order it needs).
 // A hazard: two accesses to a shared byte by different units, at least one a write and not both atomic, that no chain
 // of releases and acquires orders. Accesses within one warp are not checked (the kernels are warp-synchronous, lanes
-// ordered by their collectives); global memory is not checked.
+// ordered by their collectives); global memory is not checked. Also not seen: a copy the compiler turns into a memcpy
+// or memmove call (a struct copy; zeroing loops stay stores under -fno-builtin-memset); and only the last writer of a
+// byte is kept, so of two unordered atomic writes the first is forgotten (a later plain access is checked against the
+// second only); one lane's mbarrier wait orders its whole warp.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -649,7 +649,6 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         be.ReleaseInfoNceScores();
     }
 
-    /// <summary>The emulated driver refuses what the device would: a function its module's PTX does not declare, a block above the kernel's __launch_bounds__.</summary>
     [System.Runtime.InteropServices.UnmanagedFunctionPointer(System.Runtime.InteropServices.CallingConvention.Cdecl)]
     private delegate void SetRegisters([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string entry, int registers);
 
@@ -679,6 +678,7 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         Assert.Null(ok.TopKV3Unavailable);
     }
 
+    /// <summary>The emulated driver refuses what the device would: a function its module's PTX does not declare, a block above the kernel's __launch_bounds__.</summary>
     [SkippableFact]
     public void TheEmulatedDriverRefusesWhatTheDeviceWould()
     {

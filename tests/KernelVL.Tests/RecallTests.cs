@@ -127,6 +127,12 @@ public class RecallTests
             File.WriteAllText(Path.Combine(images, "holiday.png"), "mine");
             Assert.Contains("holds holiday.png", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(dir, 3, 0, 3, 16, 1)).Message);
             Assert.Equal(7, Directory.GetFiles(images).Length);   // nothing deleted
+            // Frames named as this generator names its images, without its dataset.json: never judged by names alone.
+            string frames = Path.Combine(dir, "frames");
+            Directory.CreateDirectory(Path.Combine(frames, "images"));
+            File.WriteAllText(Path.Combine(frames, "images", "000000.png"), "a user's frame");
+            Assert.Contains("no kernelvl shapes dataset.json", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(frames, 3, 0, 3, 16, 1)).Message);
+            Assert.True(File.Exists(Path.Combine(frames, "images", "000000.png")));
             string other = Path.Combine(dir, "other");
             Directory.CreateDirectory(Path.Combine(other, "dataset.json"));
             Assert.Contains("is a folder, where the dataset's JSON goes", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(other, 3, 0, 3, 16, 1)).Message);

@@ -452,6 +452,13 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
         Assert.Equal(Enumerable.Range(1, 4), Metrics(opts.Out).Where(m => m["eval"] is null).Select(m => (int)m["step"]!));
         // Once it has a checkpoint, a run without --resume is refused again.
         Assert.Contains("holds a training run: continue it with --resume", Assert.Throws<BadInputException>(() => Run(opts)).Message);
+        // A folder holding a metrics.jsonl beside files no run writes is not taken over as a failed start, nor touched.
+        string mine = Out();
+        Directory.CreateDirectory(mine);
+        File.WriteAllText(Path.Combine(mine, Trainer.MetricsFile), "my own log\n");
+        File.WriteAllText(Path.Combine(mine, "notes.txt"), "mine");
+        Assert.Contains("holds more than a failed run leaves", Assert.Throws<BadInputException>(() => Run(opts with { Out = mine })).Message);
+        Assert.Equal("my own log\n", File.ReadAllText(Path.Combine(mine, Trainer.MetricsFile)));
     }
 
     [Fact]

@@ -113,12 +113,24 @@ public sealed class KarpathyDataset
             if (!InsideRoot(rel)) throw new BadInputException($"{Where()}: image path '{rel}' leaves the image root (paths are relative to it, without '..' above it)");
             // The same file twice in one split: its captions would compete with themselves (an evaluation scores each
             // against both copies, whose embeddings are equal).
-            string normal = System.IO.Path.GetRelativePath("/", System.IO.Path.GetFullPath(rel.Replace('\\', '/'), "/"));
+            string normal = Normal(rel);
             if (!fileOf.TryAdd((split, normal), i))
                 throw new BadInputException($"{Where()}: image '{rel}' is listed twice in split '{split}' (also images[{fileOf[(split, normal)]}]); merge the two entries' sentences");
             images.Add(new DatasetImage(id, rel, split, caps, group));
         }
         return new KarpathyDataset(path, images, problems);
+    }
+
+    // A relative path below the root, '.' and '..' resolved, separators '/' (the same file however it is written).
+    private static string Normal(string relative)
+    {
+        var parts = new List<string>();
+        foreach (var part in relative.Split('/', '\\'))
+        {
+            if (part == "..") { if (parts.Count > 0) parts.RemoveAt(parts.Count - 1); }
+            else if (part is not ("" or ".")) parts.Add(part);
+        }
+        return string.Join('/', parts);
     }
 
     /// <summary>Whether a relative image path stays below the image root: not rooted, and no '..' climbing above it.</summary>

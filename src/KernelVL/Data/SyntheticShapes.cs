@@ -125,12 +125,15 @@ public static partial class SyntheticShapes
         string json = Path.Combine(dir, "dataset.json"), images = Path.Combine(dir, "images");
         if (Directory.Exists(json)) throw new BadInputException($"{json}: is a folder, where the dataset's JSON goes");
         if (File.Exists(images)) throw new BadInputException($"{images}: is a file, where the images' folder goes");
+        if (Directory.Exists(images) && new DirectoryInfo(images).LinkTarget is not null)
+            throw new BadInputException($"{images}: is a link to another folder: give a new or an empty folder");
         var generated = new List<string>();
+        bool shapesSet = false;   // a kernelvl-shapes dataset.json: the images are its (never judged by their names alone)
         foreach (var e in Directory.EnumerateFileSystemEntries(dir))
         {
             string name = Path.GetFileName(e);
             if (name == "images") continue;
-            bool ours = name == "dataset.json" ? File.ReadAllText(e).Contains("\"kernelvl-shapes\"", StringComparison.Ordinal)
+            bool ours = name == "dataset.json" ? shapesSet = File.Exists(e) && File.ReadAllText(e).Contains("\"kernelvl-shapes\"", StringComparison.Ordinal)
                       : IO.AtomicFile.IsTemporaryOf(name, "dataset.json");
             if (!ours) throw new BadInputException($"{dir}: holds {name}, which is not part of a kernelvl shapes dataset: give a new or an empty folder");
             generated.Add(e);
@@ -142,6 +145,8 @@ public static partial class SyntheticShapes
                 bool temporary = name.Length > 11 && ImageName().IsMatch(name.Substring(1, 10)) && IO.AtomicFile.IsTemporaryOf(name, name.Substring(1, 10));
                 if (!File.Exists(e) || !(ImageName().IsMatch(name) || temporary))
                     throw new BadInputException($"{images}: holds {name}, which this generator does not write: give a new or an empty folder");
+                if (!shapesSet && !temporary)
+                    throw new BadInputException($"{images}: holds {name}, but no kernelvl shapes dataset.json says it is one of its images (an interrupted run?): remove the folder, or give a new one");
                 generated.Add(e);
             }
         foreach (var f in generated) File.Delete(f);

@@ -42,10 +42,10 @@ public static class AtomicFile
         {
             using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16))
             {
+                if (mode is { } m && !OperatingSystem.IsWindows()) File.SetUnixFileMode(tmp, m);   // before any byte is in it
                 write(s);
                 s.Flush(flushToDisk: true);
             }
-            if (mode is { } m && !OperatingSystem.IsWindows()) File.SetUnixFileMode(tmp, m);
             File.Move(tmp, full, overwrite: true);
             SyncFolder(dir);
         }

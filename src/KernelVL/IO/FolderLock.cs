@@ -32,9 +32,10 @@ public sealed class FolderLock : IDisposable
             {
                 s = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
             }
-            catch (IOException) when (File.Exists(path))
+            catch (IOException)
             {
-                return null;   // held by another process
+                if (File.Exists(path)) return null;   // held by another process
+                continue;   // its holder deleted it as it let go (see Dispose) between the open and the look: again
             }
             if (File.Exists(path)) return new FolderLock(path, s);
             // Won on a file its holder deleted as it let go (see Dispose): a dead copy that the next process would not

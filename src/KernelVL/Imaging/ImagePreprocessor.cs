@@ -105,7 +105,8 @@ public sealed class ImagePreprocessor
     /// A PNG's bytes without its text chunks (tEXt, zTXt, iTXt), else the bytes given. ImageSharp inflates every zTXt
     /// and iTXt chunk into a string, in Identify too, with no limit: 1 MB of file can hold 1 GB of text (3 GB of memory
     /// and 37 s for one image). No pixel depends on them; the eXIf chunk, whose orientation is applied, stays. A chunk
-    /// whose length runs past the end leaves the bytes as they are (the decoder then reports the damage).
+    /// whose length runs past the end is kept from there on as it is (the decoder then reports the damage), unless it
+    /// is a text chunk (then dropped with the rest); text chunks before it are dropped all the same.
     /// </summary>
     public static byte[] WithoutPngText(byte[] encoded)
     {
@@ -118,13 +119,21 @@ public sealed class ImagePreprocessor
         {
             long length = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(encoded.AsSpan(pos));
             long end = pos + 12 + length;   // length, type, data, crc
-            if (end > encoded.Length) return encoded;
             var type = encoded.AsSpan(pos + 4, 4);
-            if (type.SequenceEqual("tEXt"u8) || type.SequenceEqual("zTXt"u8) || type.SequenceEqual("iTXt"u8)) dropped = true;
+            bool text = type.SequenceEqual("tEXt"u8) || type.SequenceEqual("zTXt"u8) || type.SequenceEqual("iTXt"u8);
+            if (end > encoded.Length)   // damaged from here on: kept as it is for the decoder to report, unless it is text
+            {
+                if (text) dropped = true;
+                else keep.Add((pos, encoded.Length - pos));
+                pos = encoded.Length;
+                break;
+            }
+            if (text) dropped = true;
             else keep.Add((pos, (int)(end - pos)));
             pos = (int)end;
             if (type.SequenceEqual("IEND"u8)) break;
         }
+        if (pos < encoded.Length) keep.Add((pos, encoded.Length - pos));   // bytes after IEND, or a partial chunk header
         if (!dropped) return encoded;
         var result = new byte[8 + keep.Sum(k => (long)k.Length)];
         encoded.AsSpan(0, 8).CopyTo(result);

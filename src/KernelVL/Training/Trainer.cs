@@ -92,19 +92,21 @@ public sealed class Trainer
             throw new BadInputException($"--out {_o.Out}: is the checkpoint this run starts from ({(_o.Stage == TrainStage.Pretrain ? "--init" : "--model")}): give another folder");
 
         bool outExisted = Directory.Exists(_o.Out), outWasEmpty = outExisted && HoldsNothing(_o.Out);
-        // A setup that fails after --out was written to (the lock, a built vocabulary) leaves it as it was: removed, or
-        // emptied again (the lock file goes when the lock is let go).
-        void UndoOut()
-        {
-            if (!outExisted) Directory.Delete(_o.Out, recursive: true);
-            else if (outWasEmpty)
-                foreach (var e in Directory.EnumerateFileSystemEntries(_o.Out).Where(e => Path.GetFileName(e) != LockFile).ToList())
-                    if (Directory.Exists(e)) Directory.Delete(e, recursive: true); else File.Delete(e);
-        }
         // One process at a time in --out, from before it is looked at until the run ends: two runs (or two resumes) of
         // one folder would overwrite each other's checkpoints and interleave their metrics.
         using var outLock = FolderLock.TryTake(_o.Out, LockFile)
             ?? throw new BadInputException($"--out {_o.Out}: another kernelvl process is using it (a training run); wait for it to end, or give another folder");
+        // A setup that fails after --out was written to (the lock, a built vocabulary) leaves it as it was: removed, or
+        // emptied again. The lock goes first (its file with it): on Windows an open file cannot be deleted. Only ever
+        // called just before the run throws.
+        void UndoOut()
+        {
+            outLock.Dispose();
+            if (!outExisted) Directory.Delete(_o.Out, recursive: true);
+            else if (outWasEmpty)
+                foreach (var e in Directory.EnumerateFileSystemEntries(_o.Out).ToList())
+                    if (Directory.Exists(e)) Directory.Delete(e, recursive: true); else File.Delete(e);
+        }
 
         // The model (a checkpoint read and checked, or a preset and a vocabulary): a bad --init, --model, --vocab or
         // --config leaves no folder behind.
@@ -681,10 +683,16 @@ public sealed class Trainer
         if (!Directory.Exists(o) || HoldsNothing(o)) return;
         if (!File.Exists(MetricsPath) && !Directory.Exists(Path.Combine(o, "train")))
             throw new BadInputException($"--out {o}: not empty and not a training run's folder: give a new or an empty folder");
-        // A run that failed before its first checkpoint (bad input found late, a diverged loss) left only its log and
-        // vocabulary: nothing to resume or to lose, so a fresh run may start over in it.
+        // A run that failed before its first checkpoint (bad input found late, a diverged loss) left only its log, plots
+        // and vocabulary: nothing to resume or to lose, so a fresh run may start over in it. Only then: a folder with
+        // anything else in it (a user's own metrics.jsonl beside their files) is not taken over.
         bool checkpoint = Directory.Exists(last) || Directory.Exists(last + ".old") || File.Exists(Path.Combine(o, VlModel.WeightsFile));
         if (!_o.Resume && checkpoint) throw new BadInputException($"--out {o}: holds a training run: continue it with --resume, or give a new folder");
+        string train = Path.Combine(o, "train");
+        bool onlyAFailedStart = Directory.EnumerateFileSystemEntries(o).All(e => Path.GetFileName(e) is MetricsFile or "loss.png" or "recall.png" or LockFile or "train" || Stale(Path.GetFileName(e)))
+            && (!Directory.Exists(train) || Directory.EnumerateFileSystemEntries(train).All(e => Path.GetFileName(e) is VlModel.VocabFile or "last.tmp" || Stale(Path.GetFileName(e))));
+        if (!_o.Resume && !onlyAFailedStart)
+            throw new BadInputException($"--out {o}: not empty and not a training run's folder (it holds more than a failed run leaves): give a new or an empty folder");
         if (!_o.Resume) Info?.Invoke($"--out {o}: holds a run that wrote no checkpoint: starting over in it");
         if (!Directory.Exists(last) && Directory.Exists(last + ".old")) Directory.Move(last + ".old", last);
         if (Directory.Exists(last) && !File.Exists(Path.Combine(last, StateFile)))
@@ -696,11 +704,14 @@ public sealed class Trainer
     /// temporary names of the files a run writes, in --out, train and train/last. Only those names: anything else is
     /// left alone.
     /// </summary>
+    private static readonly string[] RunFiles = [MetricsFile, "loss.png", "recall.png", VlModel.ConfigFile, VlModel.WeightsFile, VlModel.VocabFile, StateFile, OptimizerFile];
+
+    // A temporary name of a file a run writes (what a killed write leaves); model.safetensors.tmp and
+    // optimizer.safetensors.tmp: the fixed names the safetensors writer used before 2026-11-30.
+    private static bool Stale(string name) => RunFiles.Any(f => AtomicFile.IsTemporaryOf(name, f)) || name is $"{VlModel.WeightsFile}.tmp" or $"{OptimizerFile}.tmp";
+
     private void RemoveStaleTemporaries(string last)
     {
-        string[] ours = [MetricsFile, "loss.png", "recall.png", VlModel.ConfigFile, VlModel.WeightsFile, VlModel.VocabFile, StateFile, OptimizerFile];
-        // model.safetensors.tmp, optimizer.safetensors.tmp: the fixed names the safetensors writer used before 2026-11-30.
-        bool Stale(string name) => ours.Any(f => AtomicFile.IsTemporaryOf(name, f)) || name is $"{VlModel.WeightsFile}.tmp" or $"{OptimizerFile}.tmp";
         if (Directory.Exists(last + ".tmp")) Directory.Delete(last + ".tmp", recursive: true);
         foreach (var folder in new[] { _o.Out, Path.GetDirectoryName(last)!, last })
         {
