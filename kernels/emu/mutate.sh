@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Barrier mutation sweep: removes each barrier of the kernels (__syncthreads, bar.sync named barriers, __syncwarp, the
 # cluster barrier) one
-# at a time, rebuilds the host emulator and runs the tests of the kernels that file holds in the three schedules
+# at a time, rebuilds the host emulator and runs the tests of the kernels that file holds in the three schedules and the racecheck
 # (ordered, race, starve; the shuffled two under 3 seeds, KV_EMU_SEED). A removal the emulator does not notice is listed as SURVIVED: either the barrier is not
 # needed (then say so on its line: "kept though redundant", which this script skips) or no schedule or input the
 # emulator produces exposes it (a gap to close in emu_tests.cpp or kv_emu.h).
