@@ -440,6 +440,16 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void NegativesMustFitTheBatch()
+    {
+        // --batch 8 --negatives 15 was accepted: each positive's negatives are drawn from the other pairs of its batch.
+        var o = TrainOptions.For(TrainStage.Pretrain, fx.Data, Path.GetDirectoryName(fx.Data)!, Out()) with { BatchSize = 8, MicroBatch = 8 };
+        (o with { NegativesPerSide = 7 }).Validate();
+        Assert.Contains("--negatives 8: a batch of 8 holds only 7 other pairs", Assert.Throws<BadInputException>(() => (o with { NegativesPerSide = 8 }).Validate()).Message);
+        (o with { Stage = TrainStage.Decompose, Init = fx.Init, NegativesPerSide = 8 }).Validate();   // decomposition draws none
+    }
+
+    [Fact]
     public void ARunThatFailedBeforeItsFirstCheckpointDoesNotBlockAFreshRun()
     {
         // Diverged at step 2 (a learning rate far too large): step 1 is logged, no checkpoint was written.

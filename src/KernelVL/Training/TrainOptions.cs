@@ -88,6 +88,8 @@ public sealed record TrainOptions
         Need(ItcWeight >= 0 && float.IsFinite(ItcWeight), $"--itc-weight must be finite and >= 0, got {ItcWeight}");
         Need(RankWeight >= 0 && float.IsFinite(RankWeight), $"--rank-weight must be finite and >= 0, got {RankWeight}");
         Need(NegativesPerSide >= 1 && NegativesPerSide <= 15, $"--negatives must be in 1..15, got {NegativesPerSide}");
+        Need(Stage != TrainStage.Pretrain || NegativesPerSide < BatchSize,
+            $"--negatives {NegativesPerSide}: a batch of {BatchSize} holds only {BatchSize - 1} other pairs to draw each positive's negatives from (raise --batch or lower --negatives)");
         Need(HardNegatives >= 0 && HardNegatives <= 1, $"--hard-negatives must be in [0, 1], got {HardNegatives}");
         Need(EvalImages >= 2, $"--eval-images must be at least 2, got {EvalImages}");
         Need(EvalEvery >= 0 && CheckpointEvery >= 0, "--eval-every and --checkpoint-every must be >= 0");
