@@ -462,10 +462,12 @@ internal static class RetrievalCommands
         if (Directory.Exists(full)) throw new BadInputException($"--json {path}: is a folder, not a file");
         string parent = Path.GetDirectoryName(full)!;
         if (!Directory.Exists(parent)) throw new BadInputException($"--json {path}: no such folder {parent}");
+        // By the real paths: AtomicFile writes through a symlink, so a link to the dataset is the dataset.
+        string real = Paths.Real(full);
         foreach (var f in inputFiles)
-            if (Path.GetFullPath(f) == full) throw new BadInputException($"--json {path}: is the dataset being evaluated (--data); give a new file");
+            if (Paths.Same(f, real)) throw new BadInputException($"--json {path}: is the dataset being evaluated (--data); give a new file");
         foreach (var d in inputFolders)
-            if (d is not null && (full + Path.DirectorySeparatorChar).StartsWith(Path.GetFullPath(d).TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+            if (d is not null && (Paths.Real(Path.GetDirectoryName(real)!) + Path.DirectorySeparatorChar).StartsWith(Paths.Real(d) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
                 throw new BadInputException($"--json {path}: lies in {d}, an input of this run (a checkpoint or image folder); give a file elsewhere");
         if (File.Exists(full))
         {

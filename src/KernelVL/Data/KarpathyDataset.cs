@@ -122,28 +122,27 @@ public sealed class KarpathyDataset
     }
 
     // A relative path below the root, '.' and '..' resolved, separators '/' (the same file however it is written).
-    private static string Normal(string relative)
-    {
-        var parts = new List<string>();
-        foreach (var part in relative.Split('/', '\\'))
-        {
-            if (part == "..") { if (parts.Count > 0) parts.RemoveAt(parts.Count - 1); }
-            else if (part is not ("" or ".")) parts.Add(part);
-        }
-        return string.Join('/', parts);
-    }
+    private static string Normal(string relative) => string.Join('/', Parts(relative, out _));
 
     /// <summary>Whether a relative image path stays below the image root: not rooted, and no '..' climbing above it.</summary>
     public static bool InsideRoot(string relative)
     {
         if (relative.Length == 0 || System.IO.Path.IsPathRooted(relative)) return false;
-        int depth = 0;
+        Parts(relative, out bool climbs);
+        return !climbs;
+    }
+
+    // The folders and name of a relative path, '.' and '..' resolved; climbs: a '..' went above where it starts.
+    private static List<string> Parts(string relative, out bool climbs)
+    {
+        var parts = new List<string>();
+        climbs = false;
         foreach (var part in relative.Split('/', '\\'))
         {
-            if (part == "..") { if (--depth < 0) return false; }
-            else if (part is not ("" or ".")) depth++;
+            if (part == "..") { if (parts.Count > 0) parts.RemoveAt(parts.Count - 1); else climbs = true; }
+            else if (part is not ("" or ".")) parts.Add(part);
         }
-        return true;
+        return parts;
     }
 
     private static string? Str(JsonObject o, string key) => o[key] is JsonValue v && v.TryGetValue(out string? s) ? s : null;
