@@ -74,9 +74,10 @@ internal static class RetrievalCommands
         var batch = new Option<int>("--batch") { Description = "Items per encoder pass", DefaultValueFactory = _ => 32 };
         var segment = new Option<int>("--segment-rows") { Description = "Rows per segment file (each completed segment is durable)", DefaultValueFactory = _ => 4096 };
         var massRemoval = new Option<bool>("--allow-mass-removal") { Description = "Let a rerun remove more than half of the indexed images as gone (refused without it: an unmounted or moved image folder looks like every image deleted)" };
+        var rehash = new Option<bool>("--rehash") { Description = "On a rerun, hash every indexed image (not only those whose size or write time changed) and encode again those whose bytes differ: for files replaced under their old size and times, e.g. restored from a backup (reads every image)" };
         var device = TrainCommands.DeviceOption();
         var cmd = new Command("index", "Encode images (and a dataset's captions) with the decomposed encoders into a persistent, resumable index");
-        foreach (var o in new Option[] { model, images, data, split, outDir, dtype, batch, segment, massRemoval, device }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, images, data, split, outDir, dtype, batch, segment, massRemoval, rehash, device }) cmd.Options.Add(o);
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
             var dt = r.GetValue(dtype) switch { "f16" => VectorDType.F16, "f32" => VectorDType.F32, var x => throw new BadInputException($"--dtype must be f16 or f32, got {x}") };
@@ -151,14 +152,17 @@ internal static class RetrievalCommands
                     return false;
                 }
                 EmbeddingIndex.Refresh plan;
-                using (var bar = idx.Collections["image"].Rows >= 4096 ? new ProgressBar("check indexed images", idx.Collections["image"].Rows) : null)
-                    plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => bar?.Report(n), cts.Token);
+                bool rehashAll = r.GetValue(rehash);
+                using (var bar = idx.Collections["image"].Rows >= (rehashAll ? 256 : 4096) ? new ProgressBar(rehashAll ? "hash indexed images" : "check indexed images", idx.Collections["image"].Rows) : null)
+                    plan = idx.PlanRefresh(root, imageMap, captionMap, unreadableFolders.Count > 0 ? Unknown : null, n => bar?.Report(n), cts.Token, rehashAll);
                 int indexed = idx.Collections["image"].Rows;
                 if (plan.RemovesMostOf(indexed) && !r.GetValue(massRemoval))
                     throw new BadInputException($"{outPath}: {plan.GoneImages} of its {indexed} images are gone from {root} (deleted, or no longer in the source): nothing changed. " +
                         "If the folder is offline or moved, bring it back; if they were deleted, rerun with --allow-mass-removal");
                 if (plan.Unreadable > 0)
                     Console.Error.WriteLine($"kernelvl: warning: {plan.Unreadable} indexed images cannot be read now (changed, or their folder cannot be read or is missing): kept as they were");
+                if (rehashAll)
+                    Console.Error.WriteLine($"kernelvl: --rehash: {plan.ChangedImages} of the {indexed - plan.Unstamped - plan.Unreadable} indexed images checked differ from what was encoded");
                 if (plan.Unstamped > 0)
                     Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; build a new index to have them");
                 if (plan.Any)

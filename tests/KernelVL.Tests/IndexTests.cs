@@ -356,6 +356,51 @@ public sealed class IndexTests : IDisposable
     }
 
     [Fact]
+    public void ARehashFindsBytesChangedUnderTheirOldSizeAndWriteTime()
+    {
+        int d = 4;
+        var rng = new Random(Random.Shared.Next());
+        string root = Path.Combine(_dir, "rehash");
+        Directory.CreateDirectory(root);
+        byte[] Bytes() { var b = new byte[32]; rng.NextBytes(b); return b; }
+        var content = new Dictionary<string, byte[]>();
+        foreach (var name in new[] { "a.png", "b.png", "c.png", "d.png" }) File.WriteAllBytes(Path.Combine(root, name), content[name] = Bytes());
+        var idx = EmbeddingIndex.CreateOrResume(Path.Combine(_dir, "rehash-index"), "m", d, VectorDType.F32, root);
+        IndexItem Img(string name, bool hashed = true)
+        {
+            var (b, t) = EmbeddingIndex.FileStamp(Path.Combine(root, name));
+            return new IndexItem("image", 0, name, Path: name, Bytes: b, ModifiedMs: t, Sha256: hashed ? EmbeddingIndex.Sha256Hex(content[name]) : null);
+        }
+        idx.Append("image", [Img("a.png"), Img("b.png"), Img("c.png"), Img("d.png", hashed: false)], UnitRows(rng, 4, d));
+        // b: other bytes of the same length, its write time put back (a restore from a backup); c: touched, same bytes.
+        string b = Path.Combine(root, "b.png"), c = Path.Combine(root, "c.png");
+        var when = File.GetLastWriteTimeUtc(b);
+        var other = Bytes();
+        File.WriteAllBytes(b, other);
+        File.SetLastWriteTimeUtc(b, when);
+        File.SetLastWriteTimeUtc(c, File.GetLastWriteTimeUtc(c).AddMinutes(5));
+        var images = new[] { "a.png", "b.png", "c.png", "d.png" }.ToDictionary(n => n, n => n);
+        var captions = new Dictionary<string, string>();
+        // By stamps alone b looks unchanged; c is restamped (same bytes).
+        var plain = idx.PlanRefresh(root, images, captions);
+        Assert.Empty(plain.ChangedImageIds);
+        Assert.Equal(["c.png"], plain.Restamped.Select(i => i.Id));
+        // Hashing every image finds b; c is restamped as before; a is left alone; d, indexed without a hash, cannot be
+        // told from its bytes, so it counts as changed (encoded again, it then has one).
+        var reported = new List<int>();
+        var full = idx.PlanRefresh(root, images, captions, progress: reported.Add, rehash: true);
+        Assert.Equal(["b.png", "d.png"], full.ChangedImageIds.Order(StringComparer.Ordinal));
+        Assert.Equal(2, full.ChangedImages);
+        Assert.Equal(["c.png"], full.Restamped.Select(i => i.Id));
+        Assert.Empty(full.Rows["image"]);
+        Assert.Equal([4], reported);
+        // The same bytes back: nothing differs.
+        File.WriteAllBytes(b, content["b.png"]);
+        File.SetLastWriteTimeUtc(b, when);
+        Assert.Equal(["d.png"], idx.PlanRefresh(root, images, captions, rehash: true).ChangedImageIds);
+    }
+
+    [Fact]
     public void ABuildIsRefusedOntoAFileAForeignFolderOrAnIndexOfOtherImages()
     {
         int d = 8;

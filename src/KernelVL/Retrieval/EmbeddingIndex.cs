@@ -387,11 +387,14 @@ public sealed class EmbeddingIndex : IDisposable
     /// before files were stamped are compared by id and path only); a caption when its id is gone or its text differs.
     /// </summary>
     /// <param name="unknown">image paths whose presence cannot be told (under a folder that could not be read): left as they are</param>
-    /// <param name="progress">called with the count of indexed images checked so far, every 1024 and at the end (a check
-    /// reads each file's stamp, and hashes the files whose stamp changed)</param>
+    /// <param name="progress">called with the count of indexed images checked so far, every 1024 (every 64 with
+    /// <paramref name="rehash"/>) and at the end (a check reads each file's stamp, and hashes the files whose stamp changed)</param>
     /// <param name="cancel">checked before each image</param>
+    /// <param name="rehash">hash every stamped image, not only those whose stamp changed: an image whose bytes differ from
+    /// the indexed ones is changed even where its size and write time are the recorded ones (a file restored from a backup
+    /// with its old times); one indexed without a recorded hash counts as changed</param>
     public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions,
-        Func<string, bool>? unknown = null, Action<int>? progress = null, CancellationToken cancel = default)
+        Func<string, bool>? unknown = null, Action<int>? progress = null, CancellationToken cancel = default, bool rehash = false)
     {
         int unreadable = 0;
         var listings = new Dictionary<string, HashSet<string>?>(StringComparer.Ordinal);   // each folder listed once
@@ -405,7 +408,7 @@ public sealed class EmbeddingIndex : IDisposable
             if (it.Kind == "image")
             {
                 cancel.ThrowIfCancellationRequested();
-                if (++checkedImages % 1024 == 0) progress?.Invoke(checkedImages);
+                if (++checkedImages % (rehash ? 64 : 1024) == 0) progress?.Invoke(checkedImages);
                 if (it.Path is not null && unknown?.Invoke(it.Path) == true) continue;
                 if (!images.TryGetValue(it.Id, out var path)) { gone++; rows["image"].Add(it.Row); continue; }
                 if (path != it.Path) { changed++; changedIds.Add(it.Id); continue; }
@@ -419,13 +422,14 @@ public sealed class EmbeddingIndex : IDisposable
                     if (ImageFiles.Listed(file, listings) == false) { gone++; rows["image"].Add(it.Row); }
                     else unreadable++;
                 }
-                else if (bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
+                else if (rehash || bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
                 {
                     // Touched, or copied without its times: the same bytes keep their vector, under the new stamp (only
                     // a file of the same size is hashed). A file that cannot be read now (permissions) is unknown: kept.
                     string? sha = bytes == it.Bytes ? ContentSha256(file) : ImageFiles.CanOpen(file) ? "" : null;
+                    bool stampSame = bytes == it.Bytes && (it.ModifiedMs is null || modified == it.ModifiedMs);
                     if (sha is null) unreadable++;
-                    else if (sha == it.Sha256) restamped.Add(it with { Bytes = bytes, ModifiedMs = modified });
+                    else if (sha == it.Sha256) { if (!stampSame) restamped.Add(it with { Bytes = bytes, ModifiedMs = modified }); }
                     else { changed++; changedIds.Add(it.Id); }
                 }
             }
