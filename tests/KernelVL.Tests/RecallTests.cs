@@ -110,6 +110,37 @@ public class RecallTests
     }
 
     [Fact]
+    public void AFolderLockIsHeldByOneAndNotByAHandleOnADeletedFile()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "kernelvl-lock-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using (var held = FolderLock.TryTake(dir, ".lock"))
+            {
+                Assert.NotNull(held);
+                Assert.Null(FolderLock.TryTake(dir, ".lock"));   // a second claim while held
+            }
+            Assert.False(File.Exists(Path.Combine(dir, ".lock")));   // let go: deleted
+            using (var again = FolderLock.TryTake(dir, ".lock")) Assert.NotNull(again);
+            // The race of three: a handle on the file its holder deleted as it let go, while a new file already stands at
+            // the path (a third process's). The path's presence would say "ours"; the handle must not.
+            string path = Path.Combine(dir, "race.lock");
+            File.WriteAllText(path, "");
+            using var stale = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+            Assert.True(FolderLock.StillNamed(stale, path));
+            File.Delete(path);
+            File.WriteAllText(path, "");
+            Assert.Equal(!OperatingSystem.IsLinux(), FolderLock.StillNamed(stale, path));
+            using var fresh = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+            Assert.True(FolderLock.StillNamed(fresh, path));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
     public void ShapesReplacesOnlyItsOwnEarlierOutput()
     {
         // A rerun into an earlier set's folder left the earlier, larger set's images beside the new ones (and a killed

@@ -37,12 +37,33 @@ public sealed class FolderLock : IDisposable
                 if (File.Exists(path)) return null;   // held by another process
                 continue;   // its holder deleted it as it let go (see Dispose) between the open and the look: again
             }
-            if (File.Exists(path)) return new FolderLock(path, s);
+            if (StillNamed(s, path)) return new FolderLock(path, s);
             // Won on a file its holder deleted as it let go (see Dispose): a dead copy that the next process would not
             // see, so no claim. Taken again on the file now at the path.
             s.Dispose();
         }
         return null;   // other processes keep taking and letting go of it: in use
+    }
+
+    /// <summary>
+    /// Whether the file open in <paramref name="s"/> is still the one at <paramref name="path"/>. A file at the path is not
+    /// enough: between our open and our lock its holder may delete it as it lets go (see <see cref="Dispose"/>) and a
+    /// third process create and lock a new one there, and both would then hold "the" lock. On Linux the open file tells
+    /// whether it was deleted (its /proc/self/fd link ends in " (deleted)"); elsewhere the path's presence is all there is.
+    /// </summary>
+    internal static bool StillNamed(FileStream s, string path)
+    {
+        if (!File.Exists(path)) return false;
+        if (!OperatingSystem.IsLinux()) return true;
+        try
+        {
+            string? target = new FileInfo($"/proc/self/fd/{s.SafeFileHandle.DangerousGetHandle()}").LinkTarget;
+            return target is null || !target.EndsWith(" (deleted)", StringComparison.Ordinal);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return true;   // no /proc (a sandbox): the path's presence, as elsewhere
+        }
     }
 
     public void Dispose()
