@@ -164,7 +164,7 @@ internal static class RetrievalCommands
                 if (rehashAll)
                     Console.Error.WriteLine($"kernelvl: --rehash: {plan.ChangedImages} of the {indexed - plan.Unstamped - plan.Unreadable} indexed images checked differ from what was encoded");
                 if (plan.Unstamped > 0)
-                    Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; build a new index to have them");
+                    Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; rerun with --rehash to encode them again, stamped");
                 if (plan.Any)
                 {
                     idx.Remove(plan.Rows, plan.Restamped);

@@ -371,7 +371,8 @@ public sealed class IndexTests : IDisposable
             var (b, t) = EmbeddingIndex.FileStamp(Path.Combine(root, name));
             return new IndexItem("image", 0, name, Path: name, Bytes: b, ModifiedMs: t, Sha256: hashed ? EmbeddingIndex.Sha256Hex(content[name]) : null);
         }
-        idx.Append("image", [Img("a.png"), Img("b.png"), Img("c.png"), Img("d.png", hashed: false)], UnitRows(rng, 4, d));
+        File.WriteAllBytes(Path.Combine(root, "e.png"), Bytes());
+        idx.Append("image", [Img("a.png"), Img("b.png"), Img("c.png"), Img("d.png", hashed: false), new IndexItem("image", 0, "e.png", Path: "e.png")], UnitRows(rng, 5, d));
         // b: other bytes of the same length, its write time put back (a restore from a backup); c: touched, same bytes.
         string b = Path.Combine(root, "b.png"), c = Path.Combine(root, "c.png");
         var when = File.GetLastWriteTimeUtc(b);
@@ -379,25 +380,31 @@ public sealed class IndexTests : IDisposable
         File.WriteAllBytes(b, other);
         File.SetLastWriteTimeUtc(b, when);
         File.SetLastWriteTimeUtc(c, File.GetLastWriteTimeUtc(c).AddMinutes(5));
-        var images = new[] { "a.png", "b.png", "c.png", "d.png" }.ToDictionary(n => n, n => n);
+        var images = new[] { "a.png", "b.png", "c.png", "d.png", "e.png" }.ToDictionary(n => n, n => n);
         var captions = new Dictionary<string, string>();
         // By stamps alone b looks unchanged; c is restamped (same bytes).
         var plain = idx.PlanRefresh(root, images, captions);
         Assert.Empty(plain.ChangedImageIds);
         Assert.Equal(["c.png"], plain.Restamped.Select(i => i.Id));
-        // Hashing every image finds b; c is restamped as before; a is left alone; d, indexed without a hash, cannot be
-        // told from its bytes, so it counts as changed (encoded again, it then has one).
+        Assert.Equal(1, plain.Unstamped);   // e: indexed before files were stamped
+        // Hashing every image finds b; c is restamped as before; a is left alone; d, indexed without a hash, and e,
+        // without a stamp, cannot be told from their bytes, so they count as changed (encoded again, they get both).
         var reported = new List<int>();
         var full = idx.PlanRefresh(root, images, captions, progress: reported.Add, rehash: true);
-        Assert.Equal(["b.png", "d.png"], full.ChangedImageIds.Order(StringComparer.Ordinal));
-        Assert.Equal(2, full.ChangedImages);
+        Assert.Equal(["b.png", "d.png", "e.png"], full.ChangedImageIds.Order(StringComparer.Ordinal));
+        Assert.Equal((3, 0), (full.ChangedImages, full.Unstamped));
         Assert.Equal(["c.png"], full.Restamped.Select(i => i.Id));
         Assert.Empty(full.Rows["image"]);
-        Assert.Equal([4], reported);
-        // The same bytes back: nothing differs.
+        Assert.Equal([5], reported);
+        // The same bytes back: nothing differs but what cannot be told.
         File.WriteAllBytes(b, content["b.png"]);
         File.SetLastWriteTimeUtc(b, when);
-        Assert.Equal(["d.png"], idx.PlanRefresh(root, images, captions, rehash: true).ChangedImageIds);
+        Assert.Equal(["d.png", "e.png"], idx.PlanRefresh(root, images, captions, rehash: true).ChangedImageIds.Order(StringComparer.Ordinal));
+        // An unstamped image whose file is gone from a folder that lists: gone, as without --rehash for stamped ones.
+        File.Delete(Path.Combine(root, "e.png"));
+        var gone = idx.PlanRefresh(root, images, captions, rehash: true);
+        Assert.Equal(1, gone.GoneImages);
+        Assert.Equal([4], gone.Rows["image"]);
     }
 
     [Fact]

@@ -392,7 +392,7 @@ public sealed class EmbeddingIndex : IDisposable
     /// <param name="cancel">checked before each image</param>
     /// <param name="rehash">hash every stamped image, not only those whose stamp changed: an image whose bytes differ from
     /// the indexed ones is changed even where its size and write time are the recorded ones (a file restored from a backup
-    /// with its old times); one indexed without a recorded hash counts as changed</param>
+    /// with its old times); one indexed without a recorded hash or stamp counts as changed (encoded again, it gets both)</param>
     public Refresh PlanRefresh(string root, IReadOnlyDictionary<string, string> images, IReadOnlyDictionary<string, string> captions,
         Func<string, bool>? unknown = null, Action<int>? progress = null, CancellationToken cancel = default, bool rehash = false)
     {
@@ -412,7 +412,7 @@ public sealed class EmbeddingIndex : IDisposable
                 if (it.Path is not null && unknown?.Invoke(it.Path) == true) continue;
                 if (!images.TryGetValue(it.Id, out var path)) { gone++; rows["image"].Add(it.Row); continue; }
                 if (path != it.Path) { changed++; changedIds.Add(it.Id); continue; }
-                if (it.Bytes is null) { unstamped++; continue; }
+                if (it.Bytes is null && !rehash) { unstamped++; continue; }
                 string file = System.IO.Path.Combine(root, path);
                 var (bytes, modified) = FileStamp(file);
                 // Not there: gone if its folder lists its entries without it; unknown (kept) if the folder cannot be
@@ -420,6 +420,13 @@ public sealed class EmbeddingIndex : IDisposable
                 if (bytes is null)
                 {
                     if (ImageFiles.Listed(file, listings) == false) { gone++; rows["image"].Add(it.Row); }
+                    else unreadable++;
+                }
+                else if (it.Bytes is null)
+                {
+                    // Indexed before files were stamped, and rehashed: its bytes cannot be compared, so it is encoded again
+                    // (and stamped then). One that cannot be read now is unknown: kept.
+                    if (ImageFiles.CanOpen(file)) { changed++; changedIds.Add(it.Id); }
                     else unreadable++;
                 }
                 else if (rehash || bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
