@@ -75,7 +75,7 @@ Entry entries[] = {
     KV_ENTRY(infonce_backward_tiles), KV_ENTRY(infonce_backward_diag), KV_ENTRY(infonce_diag_of),
     KV_ENTRY(infonce_stats_tiles), KV_ENTRY(infonce_backward_tiles_of),
     KV_ENTRY(layernorm_forward), KV_ENTRY(layernorm_backward_dx), KV_ENTRY(layernorm_backward_params_partial),
-    KV_ENTRY(layernorm_backward_params_combine),
+    KV_ENTRY(layernorm_backward_params_combine), KV_ENTRY(kv_spin),
     KV_ENTRY(topk_chunks), KV_ENTRY(topk_chunks_f16), KV_ENTRY(topk_merge), KV_ENTRY(topk_f16_queries),
     KV_ENTRY(topk_f16_max_norm), KV_ENTRY(topk_tc_f16), KV_ENTRY(topk_f16_rescore),
 };
@@ -308,6 +308,15 @@ int cuStreamSynchronize(void*) { return kOk; }   // launches run to completion b
 int cuEventCreate(void** e, unsigned) { *e = new Event{0}; return kOk; }
 int cuEventRecord(void* e, void*) { static_cast<Event*>(e)->ms = nowMs(); return kOk; }
 int cuEventSynchronize(void*) { return kOk; }
+// Every launch has run by the time it returns, so a recorded event is complete; kv_emu_set_pending_event_queries makes
+// the next n queries answer CUDA_ERROR_NOT_READY instead (a test of the timing harness's queued path).
+int pendingEventQueries = 0;
+int cuEventQuery(void*)
+{
+    if (pendingEventQueries > 0) { pendingEventQueries--; return 600; }
+    return kOk;
+}
+void kv_emu_set_pending_event_queries(int n) { pendingEventQueries = n; }
 int cuEventDestroy_v2(void* e) { delete static_cast<Event*>(e); return kOk; }
 int cuEventElapsedTime(float* ms, void* a, void* b)
 {

@@ -8,6 +8,7 @@
 // Used by kernels/emu/emu_tests.cpp (run by kernels/emu/run.sh and the test suite).
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -163,6 +164,10 @@ KV_EMU_FN static inline float kv_max(float a, float b) { return std::fmax(a, b);
 KV_EMU_FN static inline float kv_sqrt(float x) { return std::sqrt(x); }
 KV_EMU_FN static inline float kv_rcp(float x) { return 1.0f / x; }
 KV_EMU_FN static inline float kv_fma(float a, float b, float c) { return std::fma(a, b, c); }
+KV_EMU_FN static inline unsigned long long kv_globaltimer()
+{
+    return (unsigned long long)std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 KV_EMU_FN static inline float kv_exp2(float x) { return std::exp2(x); }
 KV_EMU_FN static inline float kv_log2(float x) { return std::log2(x); }
 

@@ -7,7 +7,9 @@
 # Three groups, each well under the device tool's 10 minutes a command; run them as separate calls, checks first:
 #   ONLY=checks bash perf/gpu/run-v2.sh    parity of every new kernel (registry cases with the version switched on,
 #                                          the top-k stress suite), all at once: ~1.5-2 minutes
-#   ONLY=timings bash perf/gpu/run-v2.sh   each new version beside the old one, and PyTorch, ~4-5 minutes
+#   ONLY=timings bash perf/gpu/run-v2.sh   each new version beside the old one, and PyTorch, ~5-7 minutes; every bench
+#                                          checks what it times, so with 15 minutes of device time run this one first
+#                                          (timeout_s 600), then the checks group if time is left
 #   ONLY=search bash perf/gpu/run-v2.sh    index search: today's path, and f16 rows as halves with top-k v1 / v2 / v3;
 #                                          model throughput (perf e2e) with version 1 and with every new version
 # Rehearsal without a GPU (here): bash kernels/emu/build-driver.sh DIR, then KERNELVL_CUDA_DRIVER=DIR/libkv_emu_cuda.so
@@ -69,10 +71,16 @@ if [ "$group" = checks ]; then
   grep -h -o "(C75[0-9][0-9])[^|]*" "$R"/check-*.txt "$R/info.txt" 2>/dev/null | sort -u | head -n 12 || true
 elif [ "$group" = timings ]; then
   # Ordered by what issue 4's ratios need, so that a run cut short still has them: the PyTorch baselines (every
-  # ratio's denominator), the four targets' kernels, then the version 1 / 2 comparison of the ops for the flips.
+  # ratio's denominator; its JSON is rewritten after each row), the four targets' kernels, the headline baselines once
+  # more (the card's drift within the run: targets takes the faster of the two, the conservative ratio), the targets'
+  # table; then the version 1 / 2 comparison of the ops for the flips, and the table again with those files. The time
+  # limits of the steps up to the first table, the info probe included, add up to 525 s of the device tool's 600 s a command.
+  torch_run() { timeout "$1" python3 perf/gpu/torch_baselines.py --out "$2" "${@:3}" > "$2.log" 2>&1 & wait $!; echo "exit $?"; tail -n 24 "$2.log"; }
+  targets() { echo "== issue 4's targets, ratios within this run ($R/targets.md, targets.json)$1"
+              timeout 30 dotnet "$bundle/perf/KernelVL.Perf.dll" targets "$R" 2>&1 | grep -E '^\| |targets:' | cut -c1-200; }
   if [ "${SKIP_TORCH:-0}" != 1 ]; then
     echo "== PyTorch baselines (same card, same run)"
-    timeout 50 python3 perf/gpu/torch_baselines.py --out "$R/torch-baselines.json" 2>&1 | tail -n 14
+    torch_run 90 "$R/torch-baselines.json"
   fi
   echo "== gemm versions 1, 2, 3, 4 (4 also in clusters of 2) at the targets' shapes (checked, then timed)"
   perf 100 gemm-bf16 --json "$R/gemm-bf16.json" > "$R/gemm-bf16.md" 2>&1; echo "exit $?"; tail -n 45 "$R/gemm-bf16.md"
@@ -83,23 +91,27 @@ elif [ "$group" = timings ]; then
   KERNELVL_CUDA_ATTENTION=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-attention-v3.json" \
     --filter '^attention .*D64' > "$R/ops-attention-v3.md" 2> "$R/ops-attention-v3.log"; echo "exit $?"
   grep -E '^\| attention' "$R/ops-attention-v3.md" | cut -c1-140
+  echo "== InfoNCE version 2 step by step at N 4096, D 768 (GB/s of the passes over S, L2 flushed; TFLOP/s of the GEMMs; the gradient checked)"
+  perf 60 infonce-phases --json "$R/infonce-phases.json" > "$R/infonce-phases.md" 2>&1; echo "exit $?"; cat "$R/infonce-phases.md"
+  if [ "${SKIP_TORCH:-0}" != 1 ]; then
+    echo "== PyTorch headline baselines again (copy, bf16 GEMMs, SDPA): the card's drift within the run"
+    torch_run 40 "$R/torch-baselines-after.json" --subset headline
+  fi
+  targets ""
   echo "== InfoNCE version 2 on the Hopper 3xTF32 GEMM (KERNELVL_CUDA_GEMM_F32=3), checked against the cpu backend, then timed"
-  KERNELVL_CUDA_INFONCE=2 KERNELVL_CUDA_GEMM_F32=3 perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 \
+  KERNELVL_CUDA_INFONCE=2 KERNELVL_CUDA_GEMM_F32=3 perf 40 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 \
     --json "$R/ops-infonce-f32v3.json" --filter 'infonce.*N4096' > "$R/ops-infonce-f32v3.md" 2> "$R/ops-infonce-f32v3.log"; echo "exit $?"
   grep -E '^\| infonce' "$R/ops-infonce-f32v3.md" | cut -c1-140
-  echo "== InfoNCE version 2 step by step at N 4096, D 768 (GB/s of the passes over S, TFLOP/s of the GEMMs)"
-  perf 60 infonce-phases --json "$R/infonce-phases.json" > "$R/infonce-phases.md" 2>&1; echo "exit $?"; cat "$R/infonce-phases.md"
   for ver in 1 2; do
     echo "== attention forward/backward, InfoNCE (S and its gradient GEMMs), layer norm backward: version $ver (checked against the cpu backend, then timed)"
     KERNELVL_CUDA_ATTENTION=$ver KERNELVL_CUDA_GEMM_F32=$ver KERNELVL_CUDA_INFONCE=$ver KERNELVL_CUDA_ATTENTION_BACKWARD=$ver KERNELVL_CUDA_LAYERNORM_BACKWARD=$ver \
-      perf 60 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-v$ver.json" \
+      perf 40 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-v$ver.json" \
       --filter '^attention.*D64|infonce.*N4096|^layernorm_backward' > "$R/ops-v$ver.md" 2> "$R/ops-v$ver.log"; echo "exit $?"
     grep -E '^\| (attention|infonce|layernorm)' "$R/ops-v$ver.md" | cut -c1-140
   done
-  # The targets' table from the files above (also runnable on the build machine over an unpacked v2-timings.tgz,
-  # e.g. after a run cut short: dotnet perf/KernelVL.Perf/bin/Release/net10.0/KernelVL.Perf.dll targets DIR).
-  echo "== issue 4's targets, ratios within this run ($R/targets.md, targets.json)"
-  timeout 30 dotnet "$bundle/perf/KernelVL.Perf.dll" targets "$R" 2>&1 | grep -E '^\| |targets:' | cut -c1-200
+  # The table again with every file (also runnable on the build machine over an unpacked v2-timings.tgz, e.g. after
+  # a run cut short: dotnet perf/KernelVL.Perf/bin/Release/net10.0/KernelVL.Perf.dll targets DIR).
+  targets " with the version 1 / 2 files"
 elif [ "$group" = search ]; then
   echo "== index search as it is today (rows widened on the host, f32 top-k)"
   perf 60 search --backend cuda --json "$R/search-widened.json" > "$R/search-widened.md" 2>&1; echo "exit $?"

@@ -579,6 +579,9 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         Assert.Equal(loss.ToArray()[0], phaseLoss);
         Assert.Equal(6, steps.Count);
         Assert.All(steps, s => Assert.True(s.Ms > 0 && s.Bytes > 0 && s.Flops > 0, s.Step));
+        // Timed behind the busy wait (kv_spin, launched on the emulator too), which the emulator's synchronous launches
+        // can never outlast: each step is then timed a call at a time, and says so.
+        Assert.All(steps, s => Assert.StartsWith("per call: the host emulator", s.Timing));
         Assert.Throws<ShapeException>(() => be.InfoNcePhases(be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), 1f, 0, 1));
     }
 
@@ -650,6 +653,51 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
     }
 
     [System.Runtime.InteropServices.UnmanagedFunctionPointer(System.Runtime.InteropServices.CallingConvention.Cdecl)]
+    private delegate void SetPending(int n);
+
+    /// <summary>
+    /// The timing harness (CudaBackend.MedianMs) behind its busy wait: where the driver says the wait was still running
+    /// when the batch was enqueued (the emulator is told to say so), each batch's span is divided by its calls and the
+    /// median taken; where it was not (the emulator's synchronous launches), one event pair per call, and LastTiming
+    /// says which. Either way the op ran, and the time is positive.
+    /// </summary>
+    [SkippableFact]
+    public void MedianMsQueuesCallsBehindABusyWaitOrSaysItTimedThemOneByOne()
+    {
+        Skip.If(driver.Library is null, driver.WhyNot);
+        var pending = System.Runtime.InteropServices.Marshal.GetDelegateForFunctionPointer<SetPending>(
+            System.Runtime.InteropServices.NativeLibrary.GetExport(System.Runtime.InteropServices.NativeLibrary.Load(driver.Library!), "kv_emu_set_pending_event_queries"));
+        using var be = Backend();
+        using var x = be.Empty(new Shape(64, 48));
+        using var y = be.Empty(new Shape(64, 48));
+        using var g = be.Empty(new Shape(48));
+        using var bb = be.Empty(new Shape(48));
+        using var mean = be.Empty(new Shape(64));
+        using var rstd = be.Empty(new Shape(64));
+        be.CopyFromHost(Enumerable.Range(0, 64 * 48).Select(i => (float)Math.Sin(i)).ToArray(), x);
+        be.Fill(g, 1f);
+        be.Fill(bb, 0f);
+        int calls = 0;
+        void Op() { calls++; be.LayerNorm(x, g, bb, 1e-5f, y, mean, rstd); }
+        double ms = be.MedianMs(Op, warmup: 1, reps: 4);
+        Assert.True(ms > 0 && double.IsFinite(ms), $"{ms}");
+        Assert.StartsWith("per call: the host emulator", be.LastTiming);
+        Assert.Equal(1 + 1 + 1 + 4, calls);   // warm-up, the span estimate, one try behind the wait, then four timed one by one
+        pending(1000);
+        try
+        {
+            calls = 0;
+            ms = be.MedianMs(Op, warmup: 1, reps: 4);
+            Assert.True(ms > 0 && double.IsFinite(ms), $"{ms}");
+            Assert.Matches("^queued, (one call|[0-9]+ calls) a batch$", be.LastTiming);
+            Assert.True(calls >= 1 + 1 + 5, $"{calls} calls: five batches at least");
+        }
+        finally
+        {
+            pending(0);
+        }
+    }
+
     private delegate void SetRegisters([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string entry, int registers);
 
     [SkippableFact]

@@ -27,7 +27,7 @@ public sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<int*, int> _cuCtxGetDevice;
     private readonly delegate* unmanaged<nint*, uint, int> _cuEventCreate;
     private readonly delegate* unmanaged<nint, nint, int> _cuEventRecord;
-    private readonly delegate* unmanaged<nint, int> _cuEventSynchronize, _cuEventDestroy;
+    private readonly delegate* unmanaged<nint, int> _cuEventSynchronize, _cuEventDestroy, _cuEventQuery;
     private readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
     private readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
     private readonly delegate* unmanaged<TensorMap*, int, uint, nint, ulong*, ulong*, uint*, uint*, int, int, int, int, int> _cuTensorMapEncodeTiled;
@@ -60,6 +60,7 @@ public sealed unsafe class CudaDriver
         _cuEventRecord = (delegate* unmanaged<nint, nint, int>)Export(lib, "cuEventRecord");
         _cuEventSynchronize = (delegate* unmanaged<nint, int>)Export(lib, "cuEventSynchronize");
         _cuEventDestroy = (delegate* unmanaged<nint, int>)Export(lib, "cuEventDestroy_v2");
+        _cuEventQuery = (delegate* unmanaged<nint, int>)Export(lib, "cuEventQuery");
         // CUDA 12.8 added the _v2 entry (the plain one is deprecated in CUDA 13); the same signature either way.
         _cuEventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)(NativeLibrary.TryGetExport(lib, "cuEventElapsedTime_v2", out var et)
             ? (void*)et : Export(lib, "cuEventElapsedTime"));
@@ -264,6 +265,18 @@ public sealed unsafe class CudaDriver
 
     public void RecordEvent(nint e, nint stream) => Check("cuEventRecord", _cuEventRecord(e, stream));
     public void DestroyEvent(nint e) => Check("cuEventDestroy", _cuEventDestroy(e));
+
+    /// <summary>Whether the work before a recorded event has completed (cuEventQuery: CUDA_SUCCESS, or
+    /// CUDA_ERROR_NOT_READY while it runs); any other result is a <see cref="CudaException"/>.</summary>
+    public bool EventCompleted(nint e)
+    {
+        int rc = _cuEventQuery(e);
+        if (rc == NotReady) return false;
+        Check("cuEventQuery", rc);
+        return true;
+    }
+
+    private const int NotReady = 600;   // CUDA_ERROR_NOT_READY
 
     /// <summary>Milliseconds between two recorded events, once the second has completed (waits for it).</summary>
     public float ElapsedMs(nint start, nint end)

@@ -55,7 +55,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     internal const int Tc3Threads = 384;   // top-k version 3: two consumer warpgroups + a producer warpgroup (setmaxnreg)
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 2 * (64 * (4 * 32) * 4 + 64 * 3 * 4 + 16) + 2 * 3 * 8;   // top-k version 3: stages, alignment, two warpgroups' lists, mbarriers
     private readonly CudaModules? _sm90;
-    private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq;
+    private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq, _spin;
     private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce, _gemm4x2, _tc3x4;
     private readonly int _gemm4Clusters;   // clusters of two of gemm_bf16_wgmma_tma_x2 that the device runs at once
     private readonly int _topk3Clusters;   // clusters of four of topk_tc_f16_wgmma_x4 that the device runs at once
@@ -392,6 +392,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
             _attnDq = Fn(_modules, "attention", "attention_backward_dq_d64");
             _lnBackPartial = Fn(_modules, "layernorm", "layernorm_backward_params_partial");
             _lnBackCombine = Fn(_modules, "layernorm", "layernorm_backward_params_combine");
+            _spin = Fn(_modules, "layernorm", "kv_spin");
             _attn64v2 = Fn(_modules, "attention", "attention_forward_d64_v2");
             _toBf16 = Fn(_modules, "gemm", "convert_bf16_kmajor");
             _splitReduce = Fn(_modules, "gemm", "gemm_splitk_reduce");
@@ -506,28 +507,58 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     }
 
     /// <summary>
-    /// Times <paramref name="op"/> with CUDA events on this backend's stream (device time, not host time around a
-    /// synchronisation): warm-up calls first, then one event pair per call; returns the median in milliseconds.
+    /// The device's time per call of <paramref name="op"/> (milliseconds, the median over batches), measured with CUDA
+    /// events on this backend's stream. One event pair around a call on an idle stream would time the host too: the
+    /// start event completes at once, and the kernels begin only when the host has launched them, which for a
+    /// microsecond kernel is most of the span. So each batch first launches a busy wait (kv_spin) that holds the
+    /// stream while <c>calls</c> calls are enqueued behind it, then the event pair around those calls: they run back to
+    /// back, as in a model's forward pass. Whether the wait outlasted the enqueueing is checked (the start event must
+    /// still be pending when the last call is enqueued); if not, the batch is redone with a four times longer wait. An
+    /// op that waits for the device itself (one that reads a count back, say) can never be queued: after the longest
+    /// wait it is timed with one event pair per call instead, host gaps included, and <see cref="LastTiming"/> says so.
+    /// <paramref name="before"/>, if given, runs before each batch's wait, untimed (an L2 flush), and makes every batch
+    /// a single call. <paramref name="reps"/>: the calls timed in all (at least five batches).
     /// </summary>
-    public double MedianMs(Action op, int warmup, int reps)
+    public double MedianMs(Action op, int warmup, int reps, Action? before = null)
     {
         _driver.SetCurrentContext(_context);
         nint start = _driver.CreateEvent(), end = _driver.CreateEvent();
+        using var spins = Empty(new Shape(2));   // kv_spin's iteration count (8 bytes)
         try
         {
+            // Warm-up, and two estimates: the host's time to enqueue a call, and the span of one call on an idle stream
+            // (an upper bound of the device's time).
+            var sw = System.Diagnostics.Stopwatch.StartNew();
             for (int i = 0; i < warmup; i++) op();
+            double hostMs = warmup > 0 ? sw.Elapsed.TotalMilliseconds / warmup : 0;
             Synchronize();
-            var times = new double[reps];
-            for (int i = 0; i < reps; i++)
+            double spanMs = PerCallMs(op, start, end, Emulated ? 1 : 3);
+            int calls = before is not null ? 1 : (int)Math.Clamp(Math.Round(1.0 / Math.Max(spanMs, 1e-3)), 1, 64);
+            int batches = Math.Max(5, (reps + calls - 1) / calls);
+            double spinMs = Math.Clamp(2 * calls * hostMs + 0.2, 0.2, MaxSpinMs);
+            var times = new List<double>(batches);
+            while (times.Count < batches)
             {
+                before?.Invoke();
+                Args().Add((long)(spinMs * 1e6)).Add(P(spins));
+                Go(_spin, (1, 1, 1), 32);
                 _driver.RecordEvent(start, _stream);
-                op();
+                for (int i = 0; i < calls; i++) op();
                 _driver.RecordEvent(end, _stream);
-                times[i] = _driver.ElapsedMs(start, end);
-                Synchronize();   // the stream is idle now: recycles the call's temporaries instead of allocating new ones
+                bool queued = !_driver.EventCompleted(start);
+                double ms = _driver.ElapsedMs(start, end) / calls;
+                Synchronize();   // the stream is idle now: recycles the calls' temporaries instead of allocating new ones
+                if (queued) { times.Add(ms); continue; }
+                if (spinMs < MaxSpinMs && !Emulated) { spinMs = Math.Min(MaxSpinMs, spinMs * 4); continue; }
+                // Never queued: the op waits for the device (or the host cannot keep up with it). One pair per call. (The
+                // host emulator runs each launch to completion before it returns: never queued, known after one try.)
+                LastTiming = Emulated ? "per call: the host emulator runs each launch to completion"
+                    : "per call: the op could not be queued behind a wait (it waits for the device, or its host work outlasts it): host gaps included";
+                return PerCallMs(op, start, end, Math.Max(1, reps), before);
             }
-            Array.Sort(times);
-            return reps == 0 ? double.NaN : times[reps / 2];
+            LastTiming = calls == 1 ? "queued, one call a batch" : $"queued, {calls} calls a batch";
+            times.Sort();
+            return times[times.Count / 2];
         }
         finally
         {
@@ -535,6 +566,30 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
             _driver.DestroyEvent(end);
             Synchronize();
         }
+    }
+
+    /// <summary>The longest busy wait <see cref="MedianMs"/> puts before a batch (ms).</summary>
+    internal const double MaxSpinMs = 50;
+
+    /// <summary>How the last <see cref="MedianMs"/> timed its op: queued behind a busy wait (the device's time), or one
+    /// event pair per call (host gaps included), with the reason.</summary>
+    public string LastTiming { get; private set; } = "";
+
+    // The median of one event pair per call on an idle stream (each call's temporaries recycled by a synchronisation).
+    private double PerCallMs(Action op, nint start, nint end, int reps, Action? before = null)
+    {
+        var times = new double[reps];
+        for (int i = 0; i < reps; i++)
+        {
+            before?.Invoke();
+            _driver.RecordEvent(start, _stream);
+            op();
+            _driver.RecordEvent(end, _stream);
+            times[i] = _driver.ElapsedMs(start, end);
+            Synchronize();
+        }
+        Array.Sort(times);
+        return times[reps / 2];
     }
 
     // ---------------------------------------------------------------- matmul (MatMul and MatMulBackward of the base class route here)
@@ -1047,9 +1102,9 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     /// events, the median of <paramref name="reps"/>): what the "bandwidth-bound" asks about is visible per step,
     /// the passes over the [n, n] matrix against their bytes, the GEMMs against their FLOPs. Each step runs on the
     /// buffers the previous ones filled (the in-place G pass again over G when repeated: the same work). Returns
-    /// (step, median ms, bytes it must move, FLOPs), and the loss of the first forward (to check the data were real).
+    /// (step, median ms, bytes it must move, FLOPs, how it was timed: <see cref="LastTiming"/>), and the loss of the first forward (to check the data were real).
     /// </summary>
-    public (IReadOnlyList<(string Step, double Ms, double Bytes, double Flops)> Steps, float Loss) InfoNcePhases(Tensor t, Tensor v, float invTemperature, int warmup, int reps)
+    public (IReadOnlyList<(string Step, double Ms, double Bytes, double Flops, string Timing)> Steps, float Loss) InfoNcePhases(Tensor t, Tensor v, float invTemperature, int warmup, int reps)
     {
         var (n, dim) = Contract.Rows("infonce phases", "t", t);
         Contract.SameShape("infonce phases", "t", t, "v", v);
@@ -1070,15 +1125,20 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         Fill(dt, 0f);
         Fill(dv, 0f);
         double nn = (double)n * n, nd = (double)n * dim, parts = 4.0 * nb * n;
-        var steps = new List<(string, double, double, double)>();
-        void Step(string name, Action a, double bytes, double flops) => steps.Add((name, MedianMs(a, warmup, reps), bytes, flops));
+        var steps = new List<(string, double, double, double, string)>();
+        // The passes over S are timed with the L2 cache flushed before each call (a 256 MB write, untimed): S (64 MB at
+        // n 4096) would otherwise be read largely from an H100's 50 MB L2 when the pass is repeated, and the copy rate it
+        // is compared with is HBM's. (Not on the host emulator, whose memory has no such cache to speak of.)
+        using var flush = Emulated ? null : Empty(new Shape(64 << 20));
+        Action? cold = flush is null ? null : () => Fill(flush, 0f);
+        void Step(string name, Action a, double bytes, double flops, bool pass = false) => steps.Add((name, MedianMs(a, warmup, reps, pass ? cold : null), bytes, flops, LastTiming + (pass && cold is not null ? ", L2 flushed before each call" : "")));
         string gemm = PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null ? "3xTF32 wgmma" : "3xTF32 mma.sync";
         Step($"S = invT t v^T ({gemm})", () => NceScores(t, v, invTemperature, sm), 4 * (2 * nd + nn), 2 * nn * dim);
-        Step("diagonal + row/column statistics (one read of S)", () => NceStats(sm, diag, part), 4 * (nn + 2 * n) + 6 * parts, 6 * nn);
+        Step("diagonal + row/column statistics (one read of S)", () => NceStats(sm, diag, part), 4 * (nn + 2 * n) + 6 * parts, 6 * nn, pass: true);
         Step("combine: lse, loss", () => NceCombine(diag, part, lseRow, lseCol, terms, loss), 6 * parts + 4.0 * 5 * n, 10.0 * n * nb);
         var first = new float[1];
         CopyToHost(loss, first);
-        Step("G = dloss/dS over S in place (one read, one write)", () => NceGradTiles(sm, lseRow, lseCol, dloss, invTemperature, off), 8 * nn + 2 * parts, 8 * nn);
+        Step("G = dloss/dS over S in place (one read, one write)", () => NceGradTiles(sm, lseRow, lseCol, dloss, invTemperature, off), 8 * nn + 2 * parts, 8 * nn, pass: true);
         Step("G diagonal", () => NceGradDiagonal(off, dloss, invTemperature, sm), 2 * parts + 8.0 * n, 2.0 * n * nb);
         Step($"dt += G v, dv += G^T t ({gemm})", () => NceGradGemms(sm, t, v, dt, dv), 4 * (nn + 4 * nd), 4 * nn * dim);
         return (steps, first[0]);
