@@ -129,10 +129,10 @@ extern "C" __global__ void layernorm_backward_params_combine(const float* __rest
 // thread holds the stream for `ns` nanoseconds of the device's clock, so that the calls enqueued behind it are all
 // waiting on the device before the first starts: the events around them then time the device's work without the host's
 // launch gaps. Writes the loop's iterations to *spins. One block of one warp, whose lane 0 waits.
-extern "C" __global__ void kv_spin(unsigned long long ns, unsigned long long* spins)
+extern "C" __global__ void kv_spin(long long ns, unsigned long long* spins)
 {
     if (threadIdx.x != 0) return;
     unsigned long long t0 = kv_globaltimer(), n = 0;
-    while (kv_globaltimer() - t0 < ns) n++;
+    while ((long long)(kv_globaltimer() - t0) < ns) n++;
     *spins = n;
 }
