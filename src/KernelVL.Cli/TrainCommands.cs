@@ -140,7 +140,7 @@ internal static class TrainCommands
             ? $"stopped at step {s.Steps}: its checkpoint is written; {onStop}"
             : $"done: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}{(float.IsFinite(s.FinalLoss) ? $", final loss {s.FinalLoss:F4}" : " (no step left to run)")}");
         if (s.Best is { } b)
-            Console.WriteLine($"best: step {b.Step}, i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
+            Console.WriteLine($"best: step {b.Step} (epoch {b.Epoch}), i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
         return s.Stopped ? stopCode : ErrorReporting.Ok;
     }
 }

@@ -155,6 +155,26 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal([KernelVL.Training.Trainer.LockFile], Directory.GetFileSystemEntries(o).Select(Path.GetFileName));
     }
 
+    [Fact]
+    public void AResumedRunNamesTheBestCheckpointThatDidNotChange()
+    {
+        // A fresh run's summary ends with its best checkpoint; a resume whose evaluations (here none: the run had
+        // finished) did not replace it printed no best line at all.
+        string o = Tmp();
+        string[] args = ["decompose", "--model", fx.Init, "--data", fx.Data, "--out", o, "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu"];
+        static string Best((int Code, string Out, string Err) r) =>
+            r.Code == 0 ? r.Out.Split('\n').SingleOrDefault(l => l.StartsWith("best: ", StringComparison.Ordinal)) ?? $"no best line in: {r.Out}" : $"exit {r.Code}: {r.Err}";
+        string fresh = Best(Run(args));
+        Assert.StartsWith("best: step 4 (epoch 1), i2t R@1 ", fresh);
+        Assert.Equal(fresh, Best(Run([.. args, "--resume"])));
+        // A trainer state written before it recorded the best's evaluation: found in metrics.jsonl.
+        string state = Path.Combine(o, KernelVL.Training.Trainer.LastFolder, KernelVL.Training.Trainer.StateFile);
+        var st = JsonNode.Parse(File.ReadAllText(state))!.AsObject();
+        Assert.True(st.Remove("best"));
+        File.WriteAllText(state, st.ToJsonString());
+        Assert.Equal(fresh, Best(Run([.. args, "--resume"])));
+    }
+
     [SkippableFact]
     public async Task TrainingStoppedBySigtermWritesItsCheckpointAsCtrlCDoes()
     {
