@@ -175,6 +175,30 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal(fresh, Best(Run([.. args, "--resume"])));
     }
 
+    [Fact]
+    public void PretrainFromACheckpointRefusesTheOptionsOfAModelFromScratch()
+    {
+        // --config and --vocab beside --init were ignored without a word (the model is the checkpoint's); now refused,
+        // naming them, before anything is written. --config's default stays out of the way.
+        string vocab = Path.Combine(fx.Dir, "vocab.txt");
+        foreach (var (more, named) in new[]
+        {
+            (new[] { "--config", "tiny" }, "--config: sets up a model trained from scratch, but --init "),
+            (["--vocab", vocab], "--vocab: sets up"),
+            (["--config", "small", "--vocab", vocab], "--config and --vocab: set up a model trained from scratch"),
+        })
+        {
+            string o = Tmp();
+            var r = Run(["pretrain", "--init", fx.Init, "--data", fx.Data, "--out", o, .. more, "--device", "cpu"]);
+            Assert.True(r.Code == 2, $"{string.Join(' ', more)}: exit {r.Code}, {r.Err}");
+            Assert.StartsWith($"kernelvl: bad input: {named}", r.Err);
+            Assert.Single(r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.False(Path.Exists(o), $"{string.Join(' ', more)}: left {o} behind");
+        }
+        var ok = Run("pretrain", "--init", fx.Init, "--data", fx.Data, "--out", Tmp(), "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu");
+        Assert.True(ok.Code == 0, ok.Err);
+    }
+
     [SkippableFact]
     public async Task TrainingStoppedBySigtermWritesItsCheckpointAsCtrlCDoes()
     {
