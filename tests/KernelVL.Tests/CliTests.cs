@@ -243,15 +243,20 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             names[^1].Values[names[^1].Values.Length / 2] = float.NaN;
             SafeTensorsWriter.Write(Path.Combine(nan, "model.safetensors"), names);
         }
+        string decomposed = Tmp(); CopyFolder(fx.Init, decomposed);   // as decompose writes its output
+        var marked = JsonNode.Parse(File.ReadAllText(Path.Combine(decomposed, "config.json")))!;
+        marked["kernelvl_stage"] = "decompose";
+        File.WriteAllText(Path.Combine(decomposed, "config.json"), marked.ToJsonString());
         string[] Out(string o) => ["--out", o];
         var cases = new List<(string[] Args, string Message, string? Absent)>();
         void Case(string message, string? absent, params string[] args) => cases.Add((args, message, absent));
-        string o1 = Tmp(), o2 = Tmp(), o3 = Tmp(), o4 = Tmp(), o5 = Tmp(), o6 = Tmp(), o7 = Tmp();
+        string o1 = Tmp(), o2 = Tmp(), o3 = Tmp(), o4 = Tmp(), o5 = Tmp(), o6 = Tmp(), o7 = Tmp(), o8 = Tmp();
         Case("no images", o1, ["index", "--model", fx.Init, "--images", emptyImages, .. Out(o1), "--device", "cpu"]);
         Case("not valid JSON", o2, ["index", "--model", fx.Init, "--images", Images, "--data", badJson, .. Out(o2), "--device", "cpu"]);
         Case("no such file", o3, ["pretrain", "--data", fx.Data, "--vocab", Path.Combine(fx.Dir, "no-vocab.txt"), .. Out(o3), "--device", "cpu"]);
         Case("unknown config preset", o4, ["pretrain", "--data", fx.Data, "--config", "huge", .. Out(o4), "--device", "cpu"]);
         Case("model.safetensors", o5, ["decompose", "--model", zeroWeights, "--data", fx.Data, .. Out(o5), "--device", "cpu"]);
+        Case("is already decomposed (written by decompose", o8, ["decompose", "--model", decomposed, "--data", fx.Data, .. Out(o8), "--device", "cpu"]);
         Case("--temperature must be finite", o6, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "Infinity", .. Out(o6), "--device", "cpu"]);
         Case("raise --temperature (now 1E-30", null, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "1e-30", "--epochs", "1", "--batch", "48", "--eval-images", "4", .. Out(Tmp()), "--device", "cpu"]);
         Case("does not belong to these weights", null, ["eval", "--model", wide, "--data", fx.Data, "--device", "cpu"]);

@@ -197,7 +197,7 @@ public sealed class Trainer
             {
                 bestR1 = lastEval.Recall.I2T.R1;
                 best = lastEval;
-                model.Save(_o.Out);   // the best model is the output folder itself
+                model.Save(_o.Out, StageName);   // the best model is the output folder itself
             }
             TrainingPlots.Write(_o.Out);
             return true;
@@ -305,11 +305,23 @@ public sealed class Trainer
         return new TrainingDivergedException($"{what}; {hint}");
     }
 
+    /// <summary>The stage this run's checkpoints record in their config.json (<see cref="VlTransformerConfig.Stage"/>).</summary>
+    private string StageName => _o.Stage == TrainStage.Pretrain ? VlTransformerConfig.PretrainStage : VlTransformerConfig.DecomposeStage;
+
     private VlModel CreateModel(IReadOnlyList<DatasetImage> train, string last)
     {
         var heads = _o.Stage == TrainStage.Pretrain ? VlHeads.Itm | VlHeads.Mlm : VlHeads.None;
         if (_o.Resume && File.Exists(Path.Combine(last, StateFile))) return VlModel.Load(last, _backend, ensureHeads: heads, seed: _o.Seed);
-        if (_o.Init is not null) return VlModel.Load(_o.Init, _backend, ensureHeads: heads, seed: _o.Seed);
+        if (_o.Init is not null)
+        {
+            // The output of decompose given to it again (its stage-1 checkpoint was meant) would be fine-tuned a second
+            // time, silently: refused. An unmarked checkpoint (older, or converted) is taken as it is.
+            string config = Path.Combine(_o.Init, VlModel.ConfigFile);
+            if (_o.Stage == TrainStage.Decompose && File.Exists(config) && VlTransformerConfig.Load(config).Stage == VlTransformerConfig.DecomposeStage)
+                throw new BadInputException($"--model {_o.Init}: is already decomposed (written by decompose: {VlModel.ConfigFile} has kernelvl_stage {VlTransformerConfig.DecomposeStage}); " +
+                    "give the stage-1 checkpoint it came from (the --out of pretrain)");
+            return VlModel.Load(_o.Init, _backend, ensureHeads: heads, seed: _o.Seed);
+        }
         // From scratch: a preset, and a vocabulary (given, or built from the training captions) it is sized to; the
         // built vocabulary is the first file written to --out.
         var cfg = VlTransformerConfig.Preset(_o.Config);
@@ -731,7 +743,7 @@ public sealed class Trainer
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         try
         {
-            model.Save(tmp);
+            model.Save(tmp, StageName);
             opt.Save(Path.Combine(tmp, OptimizerFile));
             var st = new JsonObject
             {
