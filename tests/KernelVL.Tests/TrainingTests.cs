@@ -531,6 +531,28 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void AResumeWhoseMetricsAreGoneSaysSo()
+    {
+        // metrics.jsonl removed after the run stopped at step 2: the resumed run started a new one at step 3 without a word.
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.True(Run(opts, p => p.Step == 2).Summary.Stopped);
+        string metrics = Path.Combine(opts.Out, Trainer.MetricsFile);
+        List<string> Resume()
+        {
+            var warnings = new List<string>();
+            using var be = new CpuBackend();
+            new Trainer(opts with { Resume = true }, be) { Warn = warnings.Add }.Run();
+            return warnings;
+        }
+        File.Delete(metrics);
+        Assert.Equal([$"{metrics}: missing: the metrics of steps 1 to 2 are lost; a new metrics.jsonl starts at step 3 (loss.png and recall.png with it)"], Resume());
+        Assert.Equal([3, 4], Metrics(opts.Out).Where(m => m["eval"] is null).Select(m => (int)m["step"]!));
+        File.Delete(metrics);
+        Assert.Equal([$"{metrics}: missing: the metrics of steps 1 to 4 are lost; the run had finished, so none is written"], Resume());
+        Assert.False(File.Exists(metrics));
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

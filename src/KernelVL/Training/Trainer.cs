@@ -170,6 +170,14 @@ public sealed class Trainer
             else Info?.Invoke(step >= total ? $"the run in {_o.Out} finished at step {step}: nothing to resume" : $"resuming {_o.Stage} at step {step + 1} of {total}");
         }
         else if (_o.Resume) Info?.Invoke($"nothing to resume in {last}: starting");
+        if (step > 0 && !File.Exists(MetricsPath))
+        {
+            // The log of the checkpoint's steps is gone (removed or moved outside the run), and the checkpoint holds no
+            // per-step losses to rebuild it from: said, not silently replaced by a log that starts at the resumed step.
+            bool more = evalPending || step < total;
+            Warn?.Invoke($"{MetricsPath}: missing: the metrics of steps 1 to {step} are lost; " +
+                (more ? $"a new {MetricsFile} starts at step {(evalPending ? step : step + 1)} (loss.png and recall.png with it)" : "the run had finished, so none is written"));
+        }
         TruncateMetrics(step, dropEvalAtStep: evalPending);
 
         float loss = float.NaN;
