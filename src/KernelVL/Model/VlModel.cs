@@ -337,6 +337,8 @@ public sealed class VlModel : Module
     public void Save(string folder, string? stage = null)
     {
         if (Tokenizer is null) throw new BadInputException("the model has no tokenizer: a checkpoint needs its vocab.txt");
+        if (stage is not (null or VlTransformerConfig.PretrainStage or VlTransformerConfig.DecomposeStage))
+            throw new ArgumentOutOfRangeException(nameof(stage), stage, $"a checkpoint's stage is {VlTransformerConfig.PretrainStage} or {VlTransformerConfig.DecomposeStage} (its config.json would not load)");
         Directory.CreateDirectory(folder);
         AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), (stage is null ? Config : Config with { Stage = stage }).ToJson());
         StateDict.Save(this, Path.Combine(folder, WeightsFile));
