@@ -68,6 +68,10 @@ internal static class TrainCommands
         cmd.SetAction(ErrorReporting.Guard(r =>
         {
             string dataPath = r.GetValue(data)!;
+            // --config and --vocab shape a model made from scratch: with --init the checkpoint is the model (its size and
+            // its vocabulary), so given ones would be ignored. Only values the user gave: --config has a default.
+            if (pre && r.GetValue(model) is { } init && new Option[] { config, vocab }.Where(x => r.GetResult(x) is { Implicit: false }).Select(x => x.Name).ToList() is { Count: > 0 } given)
+                throw new BadInputException($"{string.Join(" and ", given)}: {(given.Count == 1 ? "sets" : "set")} up a model trained from scratch, but --init {init} gives the model (its size and vocabulary): drop {(given.Count == 1 ? "it" : "them")}, or drop --init");
             var o = d with
             {
                 Data = dataPath,
@@ -140,7 +144,7 @@ internal static class TrainCommands
             ? $"stopped at step {s.Steps}: its checkpoint is written; {onStop}"
             : $"done: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}{(float.IsFinite(s.FinalLoss) ? $", final loss {s.FinalLoss:F4}" : " (no step left to run)")}");
         if (s.Best is { } b)
-            Console.WriteLine($"best: step {b.Step}, i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
+            Console.WriteLine($"best: step {b.Step} (epoch {b.Epoch}), i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
         return s.Stopped ? stopCode : ErrorReporting.Ok;
     }
 }

@@ -155,6 +155,50 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal([KernelVL.Training.Trainer.LockFile], Directory.GetFileSystemEntries(o).Select(Path.GetFileName));
     }
 
+    [Fact]
+    public void AResumedRunNamesTheBestCheckpointThatDidNotChange()
+    {
+        // A fresh run's summary ends with its best checkpoint; a resume whose evaluations (here none: the run had
+        // finished) did not replace it printed no best line at all.
+        string o = Tmp();
+        string[] args = ["decompose", "--model", fx.Init, "--data", fx.Data, "--out", o, "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu"];
+        static string Best((int Code, string Out, string Err) r) =>
+            r.Code == 0 ? r.Out.Split('\n').SingleOrDefault(l => l.StartsWith("best: ", StringComparison.Ordinal)) ?? $"no best line in: {r.Out}" : $"exit {r.Code}: {r.Err}";
+        string fresh = Best(Run(args));
+        Assert.StartsWith("best: step 4 (epoch 1), i2t R@1 ", fresh);
+        Assert.Equal(fresh, Best(Run([.. args, "--resume"])));
+        // A trainer state written before it recorded the best's evaluation: found in metrics.jsonl.
+        string state = Path.Combine(o, KernelVL.Training.Trainer.LastFolder, KernelVL.Training.Trainer.StateFile);
+        var st = JsonNode.Parse(File.ReadAllText(state))!.AsObject();
+        Assert.True(st.Remove("best"));
+        File.WriteAllText(state, st.ToJsonString());
+        Assert.Equal(fresh, Best(Run([.. args, "--resume"])));
+    }
+
+    [Fact]
+    public void PretrainFromACheckpointRefusesTheOptionsOfAModelFromScratch()
+    {
+        // --config and --vocab beside --init were ignored without a word (the model is the checkpoint's); now refused,
+        // naming them, before anything is written. --config's default stays out of the way.
+        string vocab = Path.Combine(fx.Dir, "vocab.txt");
+        foreach (var (more, named) in new[]
+        {
+            (new[] { "--config", "tiny" }, "--config: sets up a model trained from scratch, but --init "),
+            (["--vocab", vocab], "--vocab: sets up"),
+            (["--config", "small", "--vocab", vocab], "--config and --vocab: set up a model trained from scratch"),
+        })
+        {
+            string o = Tmp();
+            var r = Run(["pretrain", "--init", fx.Init, "--data", fx.Data, "--out", o, .. more, "--device", "cpu"]);
+            Assert.True(r.Code == 2, $"{string.Join(' ', more)}: exit {r.Code}, {r.Err}");
+            Assert.StartsWith($"kernelvl: bad input: {named}", r.Err);
+            Assert.Single(r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.False(Path.Exists(o), $"{string.Join(' ', more)}: left {o} behind");
+        }
+        var ok = Run("pretrain", "--init", fx.Init, "--data", fx.Data, "--out", Tmp(), "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu");
+        Assert.True(ok.Code == 0, ok.Err);
+    }
+
     [SkippableFact]
     public async Task TrainingStoppedBySigtermWritesItsCheckpointAsCtrlCDoes()
     {
@@ -199,15 +243,20 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             names[^1].Values[names[^1].Values.Length / 2] = float.NaN;
             SafeTensorsWriter.Write(Path.Combine(nan, "model.safetensors"), names);
         }
+        string decomposed = Tmp(); CopyFolder(fx.Init, decomposed);   // as decompose writes its output
+        var marked = JsonNode.Parse(File.ReadAllText(Path.Combine(decomposed, "config.json")))!;
+        marked["kernelvl_stage"] = "decompose";
+        File.WriteAllText(Path.Combine(decomposed, "config.json"), marked.ToJsonString());
         string[] Out(string o) => ["--out", o];
         var cases = new List<(string[] Args, string Message, string? Absent)>();
         void Case(string message, string? absent, params string[] args) => cases.Add((args, message, absent));
-        string o1 = Tmp(), o2 = Tmp(), o3 = Tmp(), o4 = Tmp(), o5 = Tmp(), o6 = Tmp(), o7 = Tmp();
+        string o1 = Tmp(), o2 = Tmp(), o3 = Tmp(), o4 = Tmp(), o5 = Tmp(), o6 = Tmp(), o7 = Tmp(), o8 = Tmp();
         Case("no images", o1, ["index", "--model", fx.Init, "--images", emptyImages, .. Out(o1), "--device", "cpu"]);
         Case("not valid JSON", o2, ["index", "--model", fx.Init, "--images", Images, "--data", badJson, .. Out(o2), "--device", "cpu"]);
         Case("no such file", o3, ["pretrain", "--data", fx.Data, "--vocab", Path.Combine(fx.Dir, "no-vocab.txt"), .. Out(o3), "--device", "cpu"]);
         Case("unknown config preset", o4, ["pretrain", "--data", fx.Data, "--config", "huge", .. Out(o4), "--device", "cpu"]);
         Case("model.safetensors", o5, ["decompose", "--model", zeroWeights, "--data", fx.Data, .. Out(o5), "--device", "cpu"]);
+        Case("is already decomposed (written by decompose", o8, ["decompose", "--model", decomposed, "--data", fx.Data, .. Out(o8), "--device", "cpu"]);
         Case("--temperature must be finite", o6, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "Infinity", .. Out(o6), "--device", "cpu"]);
         Case("raise --temperature (now 1E-30", null, ["decompose", "--model", fx.Init, "--data", fx.Data, "--temperature", "1e-30", "--epochs", "1", "--batch", "48", "--eval-images", "4", .. Out(Tmp()), "--device", "cpu"]);
         Case("does not belong to these weights", null, ["eval", "--model", wide, "--data", fx.Data, "--device", "cpu"]);

@@ -34,6 +34,10 @@ public class ConfigTests : IDisposable
         Assert.Equal(VlFamily.Oscar, c.Family);
         Assert.Equal(VlPooling.Cls, c.Pooling);
         Assert.Equal(16, c.HeadDim);
+        // kernelvl_stage (which training command wrote the checkpoint): absent in older and converted configs, kept by a round trip.
+        Assert.Null(c.Stage);
+        Assert.Equal(VlTransformerConfig.DecomposeStage, VlTransformerConfig.Load(Write((c with { Stage = VlTransformerConfig.DecomposeStage }).ToJson())).Stage);
+        Assert.DoesNotContain("kernelvl_stage", c.ToJson());
         Assert.Equal(32, VlTransformerConfig.Preset("tiny").HiddenSize);
         Assert.Throws<BadInputException>(() => VlTransformerConfig.Preset("huge"));
     }
@@ -46,6 +50,7 @@ public class ConfigTests : IDisposable
     [InlineData("""{"hidden_act": "relu"}""", "hidden_act relu is not supported")]
     [InlineData("""{"image_size": 100, "patch_size": 32}""", "not a multiple of patch_size")]
     [InlineData("""{"kernelvl_family": "clip"}""", "kernelvl_family must be")]
+    [InlineData("""{"kernelvl_stage": "finetune"}""", "kernelvl_stage must be pretrain or decompose, got finetune")]
     [InlineData("""[1, 2]""", "not a JSON object")]
     [InlineData("""{"hidden_size": 768,""", "not valid JSON")]
     public void BadConfigsNameTheFileAndTheField(string json, string expected)

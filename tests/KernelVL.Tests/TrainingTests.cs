@@ -506,6 +506,53 @@ public sealed class TrainingTests(TinyShapesFixture fx) : IClassFixture<TinyShap
     }
 
     [Fact]
+    public void CheckpointsRecordTheirStageAndDecomposeRefusesADecomposedModel()
+    {
+        // fx.Init names no stage (a checkpoint from before the marker): still decomposed. The output, and the resumable
+        // checkpoint beside it, record the stage in config.json.
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Run(opts);
+        foreach (var folder in new[] { opts.Out, Path.Combine(opts.Out, Trainer.LastFolder) })
+            Assert.Equal("decompose", (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(folder, VlModel.ConfigFile)))!["kernelvl_stage"]);
+        // The output given to decompose again (its stage-1 checkpoint was meant): refused, nothing made; a resume of the
+        // run itself (from its own decomposed train/last) is not.
+        string again = Out();
+        var e = Assert.Throws<BadInputException>(() => Run(opts with { Init = opts.Out, Out = again }));
+        Assert.Equal($"--model {opts.Out}: is already decomposed (written by decompose: config.json has kernelvl_stage decompose); give the stage-1 checkpoint it came from (the --out of pretrain)", e.Message);
+        Assert.False(Directory.Exists(again));
+        Assert.Equal(4, Run(opts with { Resume = true }).Summary.Steps);
+        // Stage 1 records its own, and decompose takes it.
+        var pre = TrainOptions.For(TrainStage.Pretrain, fx.Data, opts.Images, Out()) with { Init = fx.Init, Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4, Workers = 2 };
+        Run(pre);
+        using (var be = new CpuBackend())
+        using (var m = VlModel.Load(pre.Out, be))
+            Assert.Equal(VlTransformerConfig.PretrainStage, m.Config.Stage);
+        Assert.Equal(4, Run(opts with { Init = pre.Out, Out = Out() }).Summary.Steps);
+    }
+
+    [Fact]
+    public void AResumeWhoseMetricsAreGoneSaysSo()
+    {
+        // metrics.jsonl removed after the run stopped at step 2: the resumed run started a new one at step 3 without a word.
+        var opts = Decompose(Out()) with { Epochs = 1, BatchSize = 48, MicroBatch = 48, EvalImages = 4 };
+        Assert.True(Run(opts, p => p.Step == 2).Summary.Stopped);
+        string metrics = Path.Combine(opts.Out, Trainer.MetricsFile);
+        List<string> Resume()
+        {
+            var warnings = new List<string>();
+            using var be = new CpuBackend();
+            new Trainer(opts with { Resume = true }, be) { Warn = warnings.Add }.Run();
+            return warnings;
+        }
+        File.Delete(metrics);
+        Assert.Equal([$"{metrics}: missing: the metrics of steps 1 to 2 are lost; a new metrics.jsonl starts at step 3 (loss.png and recall.png with it)"], Resume());
+        Assert.Equal([3, 4], Metrics(opts.Out).Where(m => m["eval"] is null).Select(m => (int)m["step"]!));
+        File.Delete(metrics);
+        Assert.Equal([$"{metrics}: missing: the metrics of steps 1 to 4 are lost; the run had finished, so none is written"], Resume());
+        Assert.False(File.Exists(metrics));
+    }
+
+    [Fact]
     public void PretrainingLossFalls()
     {
         string o = Out();

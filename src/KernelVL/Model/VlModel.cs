@@ -333,11 +333,14 @@ public sealed class VlModel : Module
     }
 
     /// <summary>Writes the checkpoint folder (each file to a temporary name, then renamed into place).</summary>
-    public void Save(string folder)
+    /// <param name="stage">The training stage to record in config.json (<see cref="VlTransformerConfig.Stage"/>); null: the config's own.</param>
+    public void Save(string folder, string? stage = null)
     {
         if (Tokenizer is null) throw new BadInputException("the model has no tokenizer: a checkpoint needs its vocab.txt");
+        if (stage is not (null or VlTransformerConfig.PretrainStage or VlTransformerConfig.DecomposeStage))
+            throw new ArgumentOutOfRangeException(nameof(stage), stage, $"a checkpoint's stage is {VlTransformerConfig.PretrainStage} or {VlTransformerConfig.DecomposeStage} (its config.json would not load)");
         Directory.CreateDirectory(folder);
-        AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), Config.ToJson());
+        AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), (stage is null ? Config : Config with { Stage = stage }).ToJson());
         StateDict.Save(this, Path.Combine(folder, WeightsFile));
         string vocab = Path.Combine(folder, VocabFile);
         if (!string.Equals(Path.GetFullPath(vocab), Path.GetFullPath(Tokenizer.VocabPath), StringComparison.Ordinal))

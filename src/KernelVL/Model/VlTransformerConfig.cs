@@ -53,6 +53,16 @@ public sealed record VlTransformerConfig
     public int MaxRegions { get; init; } = 70;
     public VlPooling Pooling { get; init; } = VlPooling.MeanTanh;
 
+    /// <summary>The values of <see cref="Stage"/>: stage 1 (a cross-encoder) and stage 2 (decomposed into image and text encoders).</summary>
+    public const string PretrainStage = "pretrain", DecomposeStage = "decompose";
+
+    /// <summary>
+    /// kernelvl_stage: the training command that wrote the checkpoint (<see cref="PretrainStage"/> or
+    /// <see cref="DecomposeStage"/>); null where config.json names none (a checkpoint written before the key, or converted
+    /// from elsewhere). It says what the weights were trained for; the architecture does not depend on it.
+    /// </summary>
+    public string? Stage { get; init; }
+
     public int HeadDim => HiddenSize / NumHeads;
 
     /// <summary>Presets for training from scratch: tiny (tests), small (the demo), base (ViLT-B/32's shape).</summary>
@@ -116,12 +126,20 @@ public sealed record VlTransformerConfig
             "cls" => VlPooling.Cls,
             var p => throw new BadInputException($"{source}: kernelvl_pooling must be mean_tanh or cls, got {p}"),
         };
+        string? stage = Str("kernelvl_stage") switch
+        {
+            null => null,
+            PretrainStage => PretrainStage,
+            DecomposeStage => DecomposeStage,
+            var s => throw new BadInputException($"{source}: kernelvl_stage must be {PretrainStage} or {DecomposeStage}, got {s}"),
+        };
         string? act = Str("hidden_act");
         if (act is not null && act != "gelu") throw new BadInputException($"{source}: hidden_act {act} is not supported (gelu, the exact erf form)");
         var c = new VlTransformerConfig
         {
             Family = family,
             Pooling = pooling,
+            Stage = stage,
             VocabSize = Int("vocab_size", d.VocabSize, 1),
             HiddenSize = Int("hidden_size", d.HiddenSize, 1),
             NumLayers = Int("num_hidden_layers", d.NumLayers, 1),
@@ -180,6 +198,7 @@ public sealed record VlTransformerConfig
             ["img_feature_dim"] = RegionFeatureSize,
             ["max_img_seq_length"] = MaxRegions,
         };
+        if (Stage is not null) o["kernelvl_stage"] = Stage;
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 }

@@ -147,12 +147,15 @@ public sealed class Trainer
         bool evalPending = false;
         if (_o.Resume && File.Exists(Path.Combine(last, StateFile)))
         {
-            var (fingerprint, savedStep, savedBest, pending) = ReadState(Path.Combine(last, StateFile));
+            var (fingerprint, savedStep, savedBest, savedBestEval, pending) = ReadState(Path.Combine(last, StateFile));
             evalPending = pending;
             CheckFingerprint(fingerprint, Path.Combine(last, StateFile));
             opt.Load(Path.Combine(last, OptimizerFile));
             step = savedStep;
             bestR1 = savedBest ?? double.NegativeInfinity;
+            // The best's evaluation, for the summary (the best checkpoint may not change in this run): kept in the state
+            // ("best"); a state written before it was is matched with the evaluations the checkpoint's steps logged.
+            best = savedBestEval ?? (savedBest is { } r1 ? BestFromMetrics(step, r1) : null);
             if (step != opt.Step) throw new BadInputException($"{last}: the optimizer is at step {opt.Step}, the trainer state at {step}");
             if (bestProblem is not null)
             {
@@ -160,12 +163,21 @@ public sealed class Trainer
                 // The checkpoint's step is evaluated again, and the best is kept from there.
                 Warn?.Invoke($"{bestProblem}: the best checkpoint (i2t R@1 {bestR1:F1}) is lost; step {step} is evaluated first and the best is kept from there");
                 bestR1 = double.NegativeInfinity;
+                best = null;
                 evalPending = true;
             }
             if (evalPending) Info?.Invoke($"resuming {_o.Stage} at step {step} of {total}: its evaluation was cut short, made first");
             else Info?.Invoke(step >= total ? $"the run in {_o.Out} finished at step {step}: nothing to resume" : $"resuming {_o.Stage} at step {step + 1} of {total}");
         }
         else if (_o.Resume) Info?.Invoke($"nothing to resume in {last}: starting");
+        if (step > 0 && !File.Exists(MetricsPath))
+        {
+            // The log of the checkpoint's steps is gone (removed or moved outside the run), and the checkpoint holds no
+            // per-step losses to rebuild it from: said, not silently replaced by a log that starts at the resumed step.
+            bool more = evalPending || step < total;
+            Warn?.Invoke($"{MetricsPath}: missing: the metrics of steps 1 to {step} are lost; " +
+                (more ? $"a new {MetricsFile} starts at step {(evalPending ? step : step + 1)} (loss.png and recall.png with it)" : "the run had finished, so none is written"));
+        }
         TruncateMetrics(step, dropEvalAtStep: evalPending);
 
         float loss = float.NaN;
@@ -187,18 +199,13 @@ public sealed class Trainer
             {
                 return false;
             }
-            AppendMetrics(new JsonObject
-            {
-                ["step"] = atStep, ["epoch"] = epoch, ["eval"] = lastEval.Mode, ["i2t_r1"] = lastEval.Recall.I2T.R1, ["i2t_r5"] = lastEval.Recall.I2T.R5,
-                ["i2t_r10"] = lastEval.Recall.I2T.R10, ["t2i_r1"] = lastEval.Recall.T2I.R1, ["t2i_r5"] = lastEval.Recall.T2I.R5,
-                ["t2i_r10"] = lastEval.Recall.T2I.R10, ["rsum"] = lastEval.Recall.Rsum, ["eval_seconds"] = Math.Round(lastEval.Seconds, 2),
-            });
+            AppendMetrics(EvalRow(lastEval));
             Evaluated?.Invoke(lastEval);
             if (lastEval.Recall.I2T.R1 > bestR1 || best is null && bestR1 == double.NegativeInfinity)
             {
                 bestR1 = lastEval.Recall.I2T.R1;
                 best = lastEval;
-                model.Save(_o.Out);   // the best model is the output folder itself
+                model.Save(_o.Out, StageName);   // the best model is the output folder itself
             }
             TrainingPlots.Write(_o.Out);
             return true;
@@ -206,7 +213,7 @@ public sealed class Trainer
 
         if (evalPending)
         {
-            if (EvaluateAndKeepBest(step, (int)Math.Max(1, ((long)step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1);
+            if (EvaluateAndKeepBest(step, (int)Math.Max(1, ((long)step + perEpoch - 1) / perEpoch))) SaveLast(model, opt, last, step, bestR1, best);
             else stopped = true;
         }
         for (int epoch = step / perEpoch; epoch < _o.Epochs && !stopped; epoch++)
@@ -253,18 +260,18 @@ public sealed class Trainer
                 if (ct.IsCancellationRequested)
                 {
                     // Stopped (Ctrl-C): this step's checkpoint, its evaluation (if it had one) left for the resumed run.
-                    SaveLast(model, opt, last, step, bestR1, evalPending: eval);
+                    SaveLast(model, opt, last, step, bestR1, best, evalPending: eval);
                     stopped = true;
                     break;
                 }
                 if (eval && !EvaluateAndKeepBest(step, epoch + 1))
                 {
-                    SaveLast(model, opt, last, step, bestR1, evalPending: true);
+                    SaveLast(model, opt, last, step, bestR1, best, evalPending: true);
                     stopped = true;
                     break;
                 }
                 if (eval || (_o.CheckpointEvery > 0 && step % _o.CheckpointEvery == 0) || step == total)
-                    SaveLast(model, opt, last, step, bestR1);
+                    SaveLast(model, opt, last, step, bestR1, best);
                 if (eval && ct.IsCancellationRequested)
                 {
                     // Stopped during an evaluation that does not look at the token (stage 2's, seconds): its checkpoint is written.
@@ -306,11 +313,23 @@ public sealed class Trainer
         return new TrainingDivergedException($"{what}; {hint}");
     }
 
+    /// <summary>The stage this run's checkpoints record in their config.json (<see cref="VlTransformerConfig.Stage"/>).</summary>
+    private string StageName => _o.Stage == TrainStage.Pretrain ? VlTransformerConfig.PretrainStage : VlTransformerConfig.DecomposeStage;
+
     private VlModel CreateModel(IReadOnlyList<DatasetImage> train, string last)
     {
         var heads = _o.Stage == TrainStage.Pretrain ? VlHeads.Itm | VlHeads.Mlm : VlHeads.None;
         if (_o.Resume && File.Exists(Path.Combine(last, StateFile))) return VlModel.Load(last, _backend, ensureHeads: heads, seed: _o.Seed);
-        if (_o.Init is not null) return VlModel.Load(_o.Init, _backend, ensureHeads: heads, seed: _o.Seed);
+        if (_o.Init is not null)
+        {
+            // The output of decompose given to it again (its stage-1 checkpoint was meant) would be fine-tuned a second
+            // time, silently: refused. An unmarked checkpoint (older, or converted) is taken as it is.
+            string config = Path.Combine(_o.Init, VlModel.ConfigFile);
+            if (_o.Stage == TrainStage.Decompose && File.Exists(config) && VlTransformerConfig.Load(config).Stage == VlTransformerConfig.DecomposeStage)
+                throw new BadInputException($"--model {_o.Init}: is already decomposed (written by decompose: {VlModel.ConfigFile} has kernelvl_stage {VlTransformerConfig.DecomposeStage}); " +
+                    "give the stage-1 checkpoint it came from (the --out of pretrain)");
+            return VlModel.Load(_o.Init, _backend, ensureHeads: heads, seed: _o.Seed);
+        }
         // From scratch: a preset, and a vocabulary (given, or built from the training captions) it is sized to; the
         // built vocabulary is the first file written to --out.
         var cfg = VlTransformerConfig.Preset(_o.Config);
@@ -648,8 +667,11 @@ public sealed class Trainer
         throw new BadInputException($"{statePath}: written by a run with other options ({which}); resume with the same ones or start a new --out");
     }
 
-    /// <summary>trainer_state.json: (fingerprint, step, best i2t R@1, whether the step's evaluation is still to run); a malformed file is bad input naming it.</summary>
-    private static (string? Fingerprint, int Step, double? BestR1, bool EvalPending) ReadState(string path)
+    /// <summary>
+    /// trainer_state.json: (fingerprint, step, best i2t R@1, the best's evaluation when recorded, whether the step's
+    /// evaluation is still to run); a malformed file is bad input naming it.
+    /// </summary>
+    private static (string? Fingerprint, int Step, double? BestR1, EvalRecord? Best, bool EvalPending) ReadState(string path)
     {
         try
         {
@@ -662,7 +684,7 @@ public sealed class Trainer
                 _ => throw new BadInputException($"{path}: malformed best_i2t_r1"),
             };
             bool pending = st["eval_pending"] is JsonValue pv && pv.TryGetValue(out bool p) && p;
-            return (st["fingerprint"] is JsonValue fv && fv.TryGetValue(out string? f) ? f : null, step, best, pending);
+            return (st["fingerprint"] is JsonValue fv && fv.TryGetValue(out string? f) ? f : null, step, best, FromEvalRow(st["best"]), pending);
         }
         catch (JsonException e)
         {
@@ -721,20 +743,22 @@ public sealed class Trainer
         }
     }
 
-    private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1, bool evalPending = false)
+    /// <param name="best">The best checkpoint's evaluation (null before the first, or when an older state did not record it).</param>
+    private void SaveLast(VlModel model, AdamWOptimizer opt, string last, int step, double bestR1, EvalRecord? best, bool evalPending = false)
     {
         // Written beside, then swapped in: a kill at any moment leaves either the previous or the new checkpoint whole.
         string tmp = last + ".tmp", old = last + ".old";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         try
         {
-            model.Save(tmp);
+            model.Save(tmp, StageName);
             opt.Save(Path.Combine(tmp, OptimizerFile));
             var st = new JsonObject
             {
                 ["version"] = 1, ["stage"] = _o.Stage.ToString().ToLowerInvariant(), ["step"] = step, ["fingerprint"] = _fingerprint,
                 ["best_i2t_r1"] = double.IsFinite(bestR1) ? bestR1 : null, ["seed"] = _o.Seed,
             };
+            if (best is not null) st["best"] = EvalRow(best);
             if (evalPending) st["eval_pending"] = true;
             AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), st.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         }
@@ -751,6 +775,45 @@ public sealed class Trainer
     }
 
     private string MetricsPath => Path.Combine(_o.Out, MetricsFile);
+
+    /// <summary>An evaluation as a row of metrics.jsonl (trainer_state.json keeps the best one in the same form).</summary>
+    private static JsonObject EvalRow(EvalRecord e) => new()
+    {
+        ["step"] = e.Step, ["epoch"] = e.Epoch, ["eval"] = e.Mode, ["i2t_r1"] = e.Recall.I2T.R1, ["i2t_r5"] = e.Recall.I2T.R5,
+        ["i2t_r10"] = e.Recall.I2T.R10, ["t2i_r1"] = e.Recall.T2I.R1, ["t2i_r5"] = e.Recall.T2I.R5,
+        ["t2i_r10"] = e.Recall.T2I.R10, ["rsum"] = e.Recall.Rsum, ["eval_seconds"] = Math.Round(e.Seconds, 2),
+    };
+
+    /// <summary>The evaluation in a row of <see cref="EvalRow"/>'s form (median and mean rank are not logged: NaN); null for any other row.</summary>
+    private static EvalRecord? FromEvalRow(JsonNode? row)
+    {
+        if (row is not JsonObject o || o["eval"] is not JsonValue mv || !mv.TryGetValue(out string? mode)) return null;
+        int? Int(string key) => o[key] is JsonValue v && v.TryGetValue(out int x) ? x : null;
+        double? Num(string key) => o[key] is JsonValue v && v.TryGetValue(out double x) ? x : null;
+        if (Int("step") is not { } step || Int("epoch") is not { } epoch
+            || Num("i2t_r1") is not { } i1 || Num("i2t_r5") is not { } i5 || Num("i2t_r10") is not { } i10
+            || Num("t2i_r1") is not { } t1 || Num("t2i_r5") is not { } t5 || Num("t2i_r10") is not { } t10)
+            return null;
+        var recall = new RecallResult(new RecallAt(i1, i5, i10, double.NaN, double.NaN), new RecallAt(t1, t5, t10, double.NaN, double.NaN));
+        return new EvalRecord(step, epoch, recall, Num("eval_seconds") ?? 0, mode);
+    }
+
+    /// <summary>
+    /// The best checkpoint's evaluation from metrics.jsonl (a state written before trainer_state.json recorded it): the
+    /// first evaluation up to the checkpoint's step with its i2t R@1 (a later one replaces the best only when higher).
+    /// </summary>
+    private EvalRecord? BestFromMetrics(int step, double bestR1)
+    {
+        if (!File.Exists(MetricsPath)) return null;
+        foreach (var line in File.ReadLines(MetricsPath))
+        {
+            EvalRecord? e;
+            try { e = FromEvalRow(JsonNode.Parse(line)); }
+            catch (JsonException) { continue; }
+            if (e is not null && e.Step <= step && e.Recall.I2T.R1 == bestR1) return e;
+        }
+        return null;
+    }
 
     private void AppendMetrics(JsonObject row)
     {
