@@ -113,6 +113,7 @@ internal static class RetrievalCommands
             if (imageItems.Count == 0) throw new BadInputException($"{root}: no images ({string.Join(", ", ImageExtensions)})");
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(ckpt, backend);
+            WarnStages(m, ckpt, encodes: true, null, null, scoresPairs: false);
             if ((long)seg * m.Config.HiddenSize * (dt == VectorDType.F16 ? 2 : 4) > EmbeddingIndex.MaxSegmentBytes)
                 throw new BadInputException($"--segment-rows {seg}: segments of {seg} x {m.Config.HiddenSize} {r.GetValue(dtype)} values exceed {EmbeddingIndex.MaxSegmentBytes >> 20} MiB");
             var imageMap = imageItems.ToDictionary(i => i.Id, i => i.Path, StringComparer.Ordinal);
@@ -299,6 +300,7 @@ internal static class RetrievalCommands
             using var backend = BackendFactory.Create(TrainCommands.ResolveDevice(r.GetValue(device)!));
             using var m = VlModel.Load(ckpt, backend);
             using var cm = rr > 0 && r.GetValue(crossModel) is { } cp ? VlModel.Load(cp, backend) : null;
+            WarnStages(m, ckpt, encodes: true, cm, r.GetValue(crossModel), scoresPairs: rr > 0);
             var openWatch = Stopwatch.StartNew();
             // Lengths are checked at the open and again as each segment is mapped; the checksums (a read of the whole
             // index, seconds on a large one) only with --verify: the build that wrote them and every resume check them.
@@ -447,11 +449,29 @@ internal static class RetrievalCommands
             using var m = VlModel.Load(r.GetValue(model)!, backend);
             var set = LoadSplit(m, dataPath, imageRoot, r.GetValue(split)!, lim, strict: r.GetValue(strict));
             using var cm = r.GetValue(crossModel) is { } cp ? VlModel.Load(cp, backend) : null;
+            WarnStages(m, r.GetValue(model)!, encodes: md is not "cross", cm, r.GetValue(crossModel), scoresPairs: md is not "decomposed");
             var doc = Evaluate(m, set, md, rk, bsz, r.GetValue(split)!, cross: cm);
             if (r.GetValue(json) is { } path) AtomicFile.WriteAllText(path, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return ErrorReporting.Ok;
         }));
         return cmd;
+    }
+
+    /// <summary>
+    /// Warnings (not errors: a comparison may want exactly that) where a checkpoint's recorded stage does not suit its use:
+    /// encoding with a stage-1 (pretrain) model, whose pooled embeddings were never trained for retrieval, or scoring
+    /// pairs with a stage-2 (decompose) model, whose cross-encoder head stage 2 does not train. Checkpoints without a
+    /// recorded stage say nothing.
+    /// </summary>
+    private static void WarnStages(VlModel m, string modelPath, bool encodes, VlModel? cross, string? crossPath, bool scoresPairs)
+    {
+        if (encodes && m.Config.Stage == VlTransformerConfig.PretrainStage)
+            Console.Error.WriteLine($"kernelvl: warning: --model {modelPath} is a stage-1 (pretrain) checkpoint: its image and text encoders were not " +
+                                    "trained for retrieval on their own; decompose it first (kernelvl decompose --model it) for the decomposed mode");
+        var scorer = cross ?? m;
+        if (scoresPairs && scorer.Config.Stage == VlTransformerConfig.DecomposeStage)
+            Console.Error.WriteLine($"kernelvl: warning: {(cross is null ? $"--model {modelPath}" : $"--cross-model {crossPath}")} is a stage-2 (decompose) checkpoint " +
+                                    "scoring image-caption pairs: stage 2 does not train its matching head; pass the stage-1 checkpoint it came from as --cross-model");
     }
 
     /// <summary>

@@ -65,6 +65,38 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     }
 
     [Fact]
+    public void ACheckpointsStageThatDoesNotSuitItsUseIsWarnedAbout()
+    {
+        // A copy of the fixture's model marked as each stage (config.json's kernelvl_stage, as pretrain/decompose write it).
+        string Marked(string stage)
+        {
+            string dir = Tmp();
+            Directory.CreateDirectory(dir);
+            foreach (var f in Directory.GetFiles(fx.Init)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+            var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!.AsObject();
+            config["kernelvl_stage"] = stage;
+            File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+            return dir;
+        }
+        string stage1 = Marked("pretrain"), stage2 = Marked("decompose");
+        (int Code, string Out, string Err) Eval(string model, string mode, params string[] more) =>
+            Run(["eval", "--model", model, "--data", fx.Data, "--mode", mode, "--limit", "4", "--rerank-k", "2", "--device", "cpu", .. more]);
+        // Encoding with a stage-1 model; scoring pairs with a stage-2 one (itself, or as --cross-model).
+        var r = Eval(stage1, "decomposed");
+        Assert.True(r.Code == 0 && r.Err.Contains($"--model {stage1} is a stage-1 (pretrain) checkpoint") && !r.Err.Contains("stage-2"), r.Err);
+        r = Eval(stage2, "cross");
+        Assert.True(r.Code == 0 && r.Err.Contains($"--model {stage2} is a stage-2 (decompose) checkpoint scoring image-caption pairs") && !r.Err.Contains("(pretrain)"), r.Err);
+        r = Eval(stage2, "rerank", "--cross-model", stage2);
+        Assert.True(r.Code == 0 && r.Err.Contains($"--cross-model {stage2} is a stage-2"), r.Err);
+        // The intended pairings, and checkpoints that record no stage, say nothing.
+        foreach (var (model, mode, cross) in new[] { (stage2, "decomposed", (string?)null), (stage1, "cross", null), (stage2, "all", stage1), (fx.Init, "all", null) })
+        {
+            r = cross is null ? Eval(model, mode) : Eval(model, mode, "--cross-model", cross);
+            Assert.True(r.Code == 0 && !r.Err.Contains("warning"), $"{mode}: {r.Err}");
+        }
+    }
+
+    [Fact]
     public void EvalJsonNeverReplacesAnInputAndSkippedImagesAreCounted()
     {
         // The audit's --json onto the dataset, into the checkpoint, onto a user's file: each replaced it, exit 0. Now
