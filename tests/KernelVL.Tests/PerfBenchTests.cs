@@ -5,7 +5,8 @@ namespace KernelVL.Tests;
 /// <summary>
 /// The GPU benches' checks, which run here without a GPU: an output left as the NaN (or -1) it was filled with before a
 /// version's call fails (the GEMM's scan of every entry, the top-k list check), the top-k "norm bound given" row passes
-/// only with its version's own run, and the GEMM summary counts shapes.
+/// only with its version's own run, the GEMM summary counts shapes, and `ops` measures the host's peaks only for the
+/// backends whose rows use them.
 /// </summary>
 public sealed class PerfBenchTests
 {
@@ -70,5 +71,12 @@ public sealed class PerfBenchTests
         Assert.Equal("3 of 4 shapes passed every check, 1 failed (5 version checks failed)", GemmBf16Bench.PassedLine(4, 1, 5));
         Assert.Equal("4 of 4 shapes passed every check, 0 failed (0 version checks failed)", GemmBf16Bench.PassedLine(4, 0, 0));
         Assert.Equal("0 of 1 shapes passed every check, 1 failed (1 version check failed)", GemmBf16Bench.PassedLine(1, 1, 1));
+    }
+
+    [Fact]
+    public void OpsMeasuresTheHostsPeaksOnlyForTheBackendsThatRunOnIt()
+    {
+        foreach (string name in KernelVL.Backends.BackendFactory.Names)
+            Assert.Equal(name is "reference" or "cpu" or "ilgpu-cpu", Peaks.ForBackend(name));
     }
 }
