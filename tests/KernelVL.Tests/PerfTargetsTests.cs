@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json.Nodes;
 
 namespace KernelVL.Tests;
@@ -6,7 +7,7 @@ namespace KernelVL.Tests;
 /// <summary>
 /// `KernelVL.Perf targets DIR` (issue 4's targets from a GPU run's result files) on results written here in the benches'
 /// formats with fresh random timings: each ratio against the definition computed in the test (the fastest version that
-/// passed its check; top-k's floor the larger of bytes at the copy rate and FLOPs at the best large bf16 matmul rate),
+/// passed its check; top-k's floor the larger of bytes at the copy rate and FLOPs at the card's tensor-core peak),
 /// failed and untimed rows left out, missing files "not measured", bad files a one-line error naming them, exit code 2.
 /// </summary>
 public sealed class PerfTargetsTests : IDisposable
@@ -42,13 +43,16 @@ public sealed class PerfTargetsTests : IDisposable
     private const double N = 4096, D = 768;
 
     private readonly Dictionary<string, double> _torch = [];   // "op shape" -> median ms
-    private double _copyGbps, _bf16Rate;
+    private double _copyGbps, _bf16Rate, _tcPeak;
 
     private static JsonObject TorchRow(string op, string shape, double ms, double? tflops = null, double? gbps = null) =>
         new() { ["op"] = op, ["shape"] = shape, ["median_ms"] = ms, ["tflops"] = tflops, ["gbps"] = gbps };
 
-    private void WriteTorch()
+    /// <param name="tcPeak">Writes machine.tc_peak_tflops (a random peak above every achieved rate), as torch_baselines.py
+    /// does; false: a file from before it did.</param>
+    private void WriteTorch(bool tcPeak = true, string card = Card)
     {
+        _tcPeak = U(800, 1000);
         _copyGbps = U(2500, 3200);
         double big = U(700, 800), mid = U(600, 800);
         _bf16Rate = Math.Max(big, mid);
@@ -73,11 +77,13 @@ public sealed class PerfTargetsTests : IDisposable
         rows.Add(TorchRow("topk_search_f16", "Q1024 N1M D768 k10", U(8, 12)));
         _torch["infonce_fwd_bwd_f32 N4096 D768"] = U(2, 3);
         rows.Add(TorchRow("infonce_fwd_bwd_f32", "N4096 D768", _torch["infonce_fwd_bwd_f32 N4096 D768"]));
-        Write("torch-baselines.json", new JsonObject
+        var machine = new JsonObject { ["gpu"] = card, ["sm_count"] = 132, ["torch"] = "2.11.0+cu130", ["cuda"] = "13.0" };
+        if (tcPeak)
         {
-            ["machine"] = new JsonObject { ["gpu"] = Card, ["sm_count"] = 132, ["torch"] = "2.11.0+cu130", ["cuda"] = "13.0" },
-            ["results"] = rows,
-        });
+            machine["tc_peak_tflops"] = _tcPeak;
+            machine["tc_peak_source"] = "132 SMs x 1830 MHz x 4096 FLOP/clk";
+        }
+        Write("torch-baselines.json", new JsonObject { ["machine"] = machine, ["results"] = rows });
     }
 
     private static JsonObject GemmRow(string kernel, string shape, double? ms, bool ok) =>
@@ -196,11 +202,14 @@ public sealed class PerfTargetsTests : IDisposable
 
         var k = rows.Single(r => ((string)r!["target"]!).StartsWith("top-k", StringComparison.Ordinal))!;
         double bestTopK = Math.Min(t2, Math.Min(t2b, t3));
-        double floor = Math.Max(TopKBytes / (_copyGbps * 1e9), TopKFlops / (_bf16Rate * 1e12)) * 1e3;
+        double floor = Math.Max(TopKBytes / (_copyGbps * 1e9), TopKFlops / (_tcPeak * 1e12)) * 1e3;
         Near(bestTopK, k["ours_ms"]);
         Near(floor, k["baseline_ms"]);
         Near(bestTopK / floor, k["value"]);
         Assert.Equal(bestTopK / floor <= 2.0, (bool)k["met"]!);
+        Assert.Contains("132 SMs x 1830 MHz x 4096 FLOP/clk", (string)k["note"]!);
+        double atRate = Math.Max(TopKBytes / (_copyGbps * 1e9), TopKFlops / (_bf16Rate * 1e12)) * 1e3;   // (informational)
+        Assert.Contains($"the floor would be {atRate.ToString("F3", CultureInfo.InvariantCulture)} ms", (string)k["note"]!);
         Assert.Equal(bestTopK == t3 ? "v3 wgmma + TMA" : bestTopK == t2 ? "v2 mma.sync" : "v2 mma.sync, norm bound given", (string)k["ours"]!);
 
         var passes = rows.Where(r => ((string)r!["target"]!).StartsWith("InfoNCE", StringComparison.Ordinal)).ToList();
@@ -209,6 +218,45 @@ public sealed class PerfTargetsTests : IDisposable
         Near((8 * nn + 2 * 4.0 * 64 * N) / (gpass / 1e3) / 1e9 / _copyGbps, passes[1]!["value"]);
         Assert.Contains("torch f32", (string)passes[0]!["note"]!);
         Assert.All(rows.Where(r => (string)r!["case"]! != "1024x768x3072"), r => Assert.NotNull(r!["met"]));   // every other row measured
+    }
+
+    private void WriteTopK(double ms) => Write("topk-f16.json", new JsonObject
+    {
+        ["gpu"] = Card, ["op"] = "topk_f16", ["shape"] = "Q1024 N1000000 D768 k10",
+        ["versions"] = new JsonArray { TopKRow(3, "v3 wgmma + TMA", ms, true, "measured") },
+    });
+
+    private static JsonNode TopKOf(JsonArray rows) => rows.Single(r => ((string)r!["target"]!).StartsWith("top-k", StringComparison.Ordinal))!;
+
+    [Theory]
+    [InlineData("NVIDIA H100 80GB HBM3", 989.4, "H100 SXM5")]
+    [InlineData("NVIDIA H100 PCIe", 756.5, "H100 PCIe")]
+    [InlineData("NVIDIA H100 NVL", 835.5, "H100 NVL")]
+    [InlineData("NVIDIA H200", 989.4, "H200")]
+    public void WithoutTheCardsPeakInTheBaselinesTheTopKFloorTakesItFromTheSpecTable(string card, double peak, string name)
+    {
+        WriteTorch(tcPeak: false, card: card);
+        double ms = U(2, 5);
+        WriteTopK(ms);
+        Assert.True(Run("targets", _dir).Code == 0);
+        var k = TopKOf(JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "targets.json")))!["targets"]!.AsArray());
+        double floor = Math.Max(TopKBytes / (_copyGbps * 1e9), TopKFlops / (peak * 1e12)) * 1e3;
+        Near(floor, k["baseline_ms"]);
+        Near(ms / floor, k["value"]);
+        Assert.Contains($"spec table: {name} ('{card}')", (string)k["note"]!);
+    }
+
+    [Fact]
+    public void WithoutAPeakForTheCardTheTopKRowIsNotMeasured()
+    {
+        WriteTorch(tcPeak: false, card: "NVIDIA A100-SXM4-80GB");
+        WriteTopK(U(2, 5));
+        Assert.True(Run("targets", _dir).Code == 0);
+        var k = TopKOf(JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "targets.json")))!["targets"]!.AsArray());
+        Assert.Null(k["met"]);
+        Assert.Null(k["value"]);
+        Assert.Contains("no tensor-core peak", (string)k["note"]!);
+        Assert.Contains("'NVIDIA A100-SXM4-80GB' is not in the spec table", (string)k["note"]!);
     }
 
     [Fact]
