@@ -24,7 +24,10 @@ namespace KernelVL.Perf;
 /// least one read of S reaches >= 0.70 of the copy rate; fwd + bwd against torch f32 as a note.</item>
 /// </list>
 /// A file that is missing leaves its rows "not measured" (a run cut short); torch-baselines.json, every ratio's
-/// denominator, is required. A file that is not the JSON its bench writes is a <see cref="BadInputException"/> naming it.
+/// denominator, is required. torch-baselines-after.json (optional, same format, a subset timed after our kernels): where
+/// both have an (op, shape), the faster is the baseline (conservative for us) and the note gives both times. Rows of
+/// either side may say how they were timed ("timing": "queued" or "per-call"); where ours and the baseline's differ, the
+/// note says so. A file that is not the JSON its bench writes is a <see cref="BadInputException"/> naming it.
 /// </summary>
 internal static class Targets
 {
@@ -70,18 +73,28 @@ internal static class Targets
     internal static (string Header, List<Row> Rows) Compute(string dir)
     {
         using var torch = Load(dir, "torch-baselines.json") ?? throw new BadInputException($"{Path.Combine(dir, "torch-baselines.json")}: missing (the PyTorch baselines, every ratio's denominator)");
-        string torchFile = Path.Combine(dir, "torch-baselines.json");
-        var baselines = new Dictionary<(string Op, string Shape), (double Ms, double? Tflops, double? Gbps)>();
-        foreach (var r in Array(torch.RootElement, "results", torchFile).EnumerateArray())
-        {
-            double? ms = Number(r, "median_ms", torchFile);
-            if (ms is > 0) baselines[(Text(r, "op", torchFile), Text(r, "shape", torchFile))] = (ms.Value, Number(r, "tflops", torchFile), Number(r, "gbps", torchFile));
-        }
-        var machine = Object(torch.RootElement, "machine", torchFile);
+        var baselines = TorchRows(torch, Path.Combine(dir, "torch-baselines.json"));
+        var machine = Object(torch.RootElement, "machine", Path.Combine(dir, "torch-baselines.json"));
         string card = OptionalText(machine, "gpu") ?? "unknown card";
+        var cards = new SortedSet<string>(StringComparer.Ordinal) { card };
+        using (var after = Load(dir, "torch-baselines-after.json"))
+        {
+            // The same baselines timed again after our kernels (optional, a subset): the faster of the two is the
+            // baseline (conservative for us), both times in its note.
+            if (after is not null)
+            {
+                string afterFile = Path.Combine(dir, "torch-baselines-after.json");
+                if (OptionalText(Object(after.RootElement, "machine", afterFile), "gpu") is { } g) cards.Add(g);
+                foreach (var (key, a) in TorchRows(after, afterFile))
+                    baselines[key] = baselines.TryGetValue(key, out var b)
+                        ? (a.Ms < b.Ms ? a : b) with { Spread = $"torch before {F(b.Ms, 4)} ms, after {F(a.Ms, 4)} ms" }
+                        : a with { Spread = "torch timed after ours only" };
+            }
+        }
         string header = $"{card}{(machine.TryGetProperty("sm_count", out var sm) && sm.ValueKind == JsonValueKind.Number ? $" ({sm.GetInt32()} SMs)" : "")}"
                         + $", torch {OptionalText(machine, "torch") ?? "?"}, CUDA {OptionalText(machine, "cuda") ?? "?"}";
-        double? copyGbps = baselines.TryGetValue(("copy_d2d", "256M f32"), out var copy) ? copy.Gbps : null;
+        var copy = baselines.GetValueOrDefault(("copy_d2d", "256M f32"));
+        double? copyGbps = copy?.Gbps;
         // The tensor cores' dense peak: the card's, from the baselines' machine, else from the spec table by name.
         var tcPeak = machine.TryGetProperty("tc_peak_tflops", out var tp) && tp.ValueKind == JsonValueKind.Number && tp.GetDouble() > 0
             ? (Tflops: tp.GetDouble(), Source: OptionalText(machine, "tc_peak_source") ?? "torch-baselines.json")
@@ -90,7 +103,6 @@ internal static class Targets
         double? bf16Tflops = baselines.Where(b => b.Key.Op == "matmul_bf16" && Dims(b.Key.Shape) is { } d && d.All(x => x >= 4096) && b.Value.Tflops is > 0)
                                       .Select(b => b.Value.Tflops).Max();
         var rows = new List<Row>();
-        var cards = new SortedSet<string>(StringComparer.Ordinal) { card };
 
         // GEMM: the fastest passing kernel on bf16 operands at each shape, against torch.matmul bf16 (cuBLAS).
         string gemmFile = Path.Combine(dir, "gemm-bf16.json");
@@ -100,7 +112,7 @@ internal static class Targets
             else
             {
                 if (OptionalText(gemm.RootElement, "gpu") is { } g) cards.Add(g);
-                var byShape = new List<(string Shape, List<(string Kernel, double Ms)> Runs)>();
+                var byShape = new List<(string Shape, List<(string Kernel, double Ms, string? Timing)> Runs)>();
                 foreach (var r in Array(gemm.RootElement, "rows", gemmFile).EnumerateArray())
                 {
                     string kernel = Text(r, "kernel", gemmFile), shape = Text(r, "shape", gemmFile);
@@ -108,24 +120,25 @@ internal static class Targets
                     if (entry.Runs is null) byShape.Add(entry = (shape, []));
                     const string suffix = " bf16 operands";
                     if (!kernel.EndsWith(suffix, StringComparison.Ordinal) || !Flag(r, "ok", gemmFile) || Number(r, "median_ms", gemmFile) is not > 0) continue;
-                    entry.Runs.Add((kernel[..^suffix.Length], Number(r, "median_ms", gemmFile)!.Value));
+                    entry.Runs.Add((kernel[..^suffix.Length], Number(r, "median_ms", gemmFile)!.Value, Timing(r, gemm.RootElement)));
                 }
                 foreach (var (shape, runs) in byShape)
                 {
-                    double? baseMs = baselines.TryGetValue(("matmul_bf16", shape), out var b) ? b.Ms : null;
+                    var b = baselines.GetValueOrDefault(("matmul_bf16", shape));
+                    double? baseMs = b?.Ms;
                     string target = $"GEMM bf16 >= {GemmGoal:0.00} of cuBLAS";
                     if (runs.Count == 0) { rows.Add(NotMeasured(target, shape, GemmGoal, "no kernel on bf16 operands passed its check")); continue; }
                     var best = runs.MinBy(x => x.Ms);
                     double? value = baseMs / best.Ms;
-                    string note = baseMs is null ? "no torch matmul_bf16 at this shape"
-                                                 : string.Join("; ", runs.Select(x => $"{x.Kernel} {F(baseMs.Value / x.Ms, 2)}"));
+                    string note = b is null ? "no torch matmul_bf16 at this shape"
+                                            : Join(string.Join("; ", runs.Select(x => $"{x.Kernel} {F(b.Ms / x.Ms, 2)}")), b.Spread, TimedApart(best.Timing, b.Timing));
                     rows.Add(new Row(target, shape, best.Kernel, best.Ms, "torch.matmul bf16", baseMs, value, $">= {GemmGoal:0.00}", value is null ? null : value >= GemmGoal, note));
                 }
             }
         }
 
         // Attention forward, D 64: the fastest passing version at each T, with and without the key mask, against SDPA bf16.
-        var attention = new List<(string Version, string Shape, double Ms)>();
+        var attention = new List<(string Version, string Shape, double Ms, string? Timing)>();
         var attentionFiles = new List<string>();
         foreach (var (file, version) in new[] { ("ops-attention-v3.json", "v3"), ("ops-v2.json", "v2"), ("ops-v1.json", "v1") })
         {
@@ -136,7 +149,7 @@ internal static class Targets
             if (ops.RootElement.TryGetProperty("machine", out var m) && m.ValueKind == JsonValueKind.Object && OptionalText(m, "gpu") is { } g) cards.Add(g);
             foreach (var r in Array(ops.RootElement, "results", path).EnumerateArray())
                 if (Text(r, "op", path) == "attention" && Flag(r, "ok", path) && Number(r, "median_ms", path) is double ms && ms > 0)
-                    attention.Add((version, Text(r, "shape", path), ms));
+                    attention.Add((version, Text(r, "shape", path), ms, Timing(r, ops.RootElement)));
         }
         foreach (int t in AttentionT)
             foreach (bool mask in new[] { false, true })
@@ -148,10 +161,12 @@ internal static class Targets
                     rows.Add(NotMeasured(target, shape, AttentionGoal, attentionFiles.Count == 0 ? "ops-attention-v3.json, ops-v2.json, ops-v1.json missing" : $"no passing row in {string.Join(", ", attentionFiles)}"));
                     continue;
                 }
-                double? baseMs = baselines.TryGetValue((mask ? "sdpa_bf16_mask" : "sdpa_bf16", $"B8 H12 T{t} D64"), out var b) ? b.Ms : null;
+                var b = baselines.GetValueOrDefault((mask ? "sdpa_bf16_mask" : "sdpa_bf16", $"B8 H12 T{t} D64"));
+                double? baseMs = b?.Ms;
                 var best = runs.MinBy(x => x.Ms);
                 double? value = baseMs / best.Ms;
-                string note = baseMs is null ? "no torch SDPA at this shape" : string.Join("; ", runs.Select(x => $"{x.Version} {F(baseMs.Value / x.Ms, 2)}"));
+                string note = b is null ? "no torch SDPA at this shape"
+                                        : Join(string.Join("; ", runs.Select(x => $"{x.Version} {F(b.Ms / x.Ms, 2)}")), b.Spread, TimedApart(best.Timing, b.Timing));
                 rows.Add(new Row(target, shape, best.Version, best.Ms, mask ? "SDPA bf16, mask" : "SDPA bf16", baseMs, value, $">= {AttentionGoal:0.00}", value is null ? null : value >= AttentionGoal, note));
             }
 
@@ -189,9 +204,10 @@ internal static class Targets
                         double atRate = Math.Max(memMs, best.Flops / (rate * 1e12) * 1e3);
                         achieved = $"; at torch's best bf16 matmul rate ({F(rate, 0)} TFLOP/s) the floor would be {F(atRate, 3)} ms, ours {F(best.Ms / atRate, 2)}x of it (not the target)";
                     }
-                    string torchTopk = baselines.TryGetValue(("topk_search_f16", $"Q1024 N1M D768 k10"), out var tk) ? $"; torch.topk search {F(tk.Ms, 3)} ms" : "";
+                    string torchTopk = baselines.GetValueOrDefault(("topk_search_f16", "Q1024 N1M D768 k10")) is { } tk ? $"; torch.topk search {F(tk.Ms, 3)} ms" : "";
                     string note = $"floors: memory {F(memMs, 3)} ms ({F(best.Bytes / 1e9, 2)} GB at {F(copyGbps.Value, 0)} GB/s), tensor cores {F(tcMs, 3)} ms "
                                   + $"({F(best.Flops / 1e12, 2)} TFLOP at the dense peak {F(peak.Tflops, 1)} TFLOP/s, {peak.Source}){achieved}{torchTopk}; "
+                                  + (copy!.Spread is { } spread ? $"copy_d2d: {spread}; " : "")
                                   + string.Join("; ", runs.Select(x => $"{x.Version} {F(x.Ms / floor, 2)}x"));
                     rows.Add(new Row(target, shape, best.Version, best.Ms, "floor", floor, value, $"<= {TopKGoal:0.0}x", value <= TopKGoal, note));
                 }
@@ -211,10 +227,11 @@ internal static class Targets
                 double n = Number(nce.RootElement, "n", nceFile) ?? 0, d = Number(nce.RootElement, "d", nceFile) ?? 0;
                 string shape = $"N{F(n, 0)} D{F(d, 0)}";
                 var steps = Array(nce.RootElement, "steps", nceFile).EnumerateArray()
-                    .Select(s => (Step: Text(s, "step", nceFile), Ms: Number(s, "median_ms", nceFile) ?? double.NaN, Bytes: Number(s, "bytes", nceFile) ?? 0, Flops: Number(s, "flops", nceFile) ?? 0)).ToList();
+                    .Select(s => (Step: Text(s, "step", nceFile), Ms: Number(s, "median_ms", nceFile) ?? double.NaN, Bytes: Number(s, "bytes", nceFile) ?? 0, Flops: Number(s, "flops", nceFile) ?? 0,
+                                  Timing: Timing(s, nce.RootElement))).ToList();
                 double total = steps.Sum(s => s.Ms);   // NaN when a step was not timed: then no fwd + bwd figure
                 string torchNote = !double.IsFinite(total) ? "a step was not timed: no fwd + bwd figure"
-                    : baselines.TryGetValue(("infonce_fwd_bwd_f32", shape), out var tn)
+                    : baselines.GetValueOrDefault(("infonce_fwd_bwd_f32", shape)) is { } tn
                     ? $"fwd + bwd {F(total, 3)} ms vs torch f32 {F(tn.Ms, 3)} ms ({F(tn.Ms / total, 2)}x)" : $"fwd + bwd {F(total, 3)} ms";
                 // A pass over S: moves at least one read of the [n, n] f32 matrix at under 10 FLOPs a byte (not a GEMM).
                 var passes = steps.Where(s => s.Bytes >= 4 * n * n && s.Flops <= 10 * s.Bytes && s.Ms > 0).ToList();   // (NaN: untimed)
@@ -224,7 +241,8 @@ internal static class Targets
                 {
                     if (copyGbps is null) break;
                     double gbps = p.Bytes / (p.Ms / 1e3) / 1e9, value = gbps / copyGbps.Value;
-                    rows.Add(new Row(target, $"{shape}: {p.Step}", $"{F(gbps, 0)} GB/s", p.Ms, "torch copy_d2d", copyGbps, value, $">= {InfoNceGoal:0.00}", value >= InfoNceGoal, torchNote));
+                    rows.Add(new Row(target, $"{shape}: {p.Step}", $"{F(gbps, 0)} GB/s", p.Ms, "torch copy_d2d", copyGbps, value, $">= {InfoNceGoal:0.00}", value >= InfoNceGoal,
+                                     Join(torchNote, copy!.Spread is { } spread ? $"copy_d2d: {spread}" : null, TimedApart(p.Timing, copy.Timing))));
                 }
             }
         }
@@ -244,6 +262,28 @@ internal static class Targets
                       + $"{(r.Value is { } v ? F(v, 2) : "-")} | {r.Goal} | {(r.Met is null ? "not measured" : r.Met.Value ? "yes" : "no")} | {r.Note} |\n");
         return sb.ToString();
     }
+
+    /// <summary>A PyTorch baseline: the faster of its runs before and after ours where both files have it (Spread: both
+    /// times), else its one run; Timing: how it was timed ("queued", "per-call") where the file says.</summary>
+    private sealed record Baseline(double Ms, double? Tflops, double? Gbps, string? Timing, string? Spread);
+
+    private static Dictionary<(string Op, string Shape), Baseline> TorchRows(JsonDocument doc, string path)
+    {
+        var rows = new Dictionary<(string Op, string Shape), Baseline>();
+        foreach (var r in Array(doc.RootElement, "results", path).EnumerateArray())
+            if (Number(r, "median_ms", path) is double ms and > 0)
+                rows[(Text(r, "op", path), Text(r, "shape", path))] = new(ms, Number(r, "tflops", path), Number(r, "gbps", path), OptionalText(r, "timing"), null);
+        return rows;
+    }
+
+    /// <summary>How one of our rows was timed: its own "timing", else its file's; null where neither says.</summary>
+    private static string? Timing(JsonElement row, JsonElement file) => OptionalText(row, "timing") ?? OptionalText(file, "timing");
+
+    /// <summary>A note where ours and the baseline were timed differently (both known), else null.</summary>
+    private static string? TimedApart(string? ours, string? baseline) =>
+        ours is not null && baseline is not null && ours != baseline ? $"timed differently: ours {ours}, the baseline {baseline}" : null;
+
+    private static string Join(params string?[] notes) => string.Join("; ", notes.Where(n => !string.IsNullOrEmpty(n)));
 
     private static Row NotMeasured(string target, string shape, double goal, string why, bool lower = false) =>
         new(target, shape, null, null, null, null, null, lower ? $"<= {goal:0.0}x" : $">= {goal:0.00}", null, why);

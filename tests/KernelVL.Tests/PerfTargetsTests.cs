@@ -109,6 +109,8 @@ public sealed class PerfTargetsTests : IDisposable
     private static JsonNode Row(JsonArray rows, string targetStart, string @case) =>
         rows.Single(r => ((string)r!["target"]!).StartsWith(targetStart, StringComparison.Ordinal) && (string)r!["case"]! == @case)!;
 
+    private static string F4(double x) => x.ToString("F4", CultureInfo.InvariantCulture);
+
     private static void Near(double want, JsonNode? got) => Assert.Equal(want, got!.GetValue<double>(), want * 1e-9);
 
     [Fact]
@@ -257,6 +259,65 @@ public sealed class PerfTargetsTests : IDisposable
         Assert.Null(k["value"]);
         Assert.Contains("no tensor-core peak", (string)k["note"]!);
         Assert.Contains("'NVIDIA A100-SXM4-80GB' is not in the spec table", (string)k["note"]!);
+    }
+
+    [Fact]
+    public void WhereTorchWasTimedBeforeAndAfterOursTheFasterIsTheBaselineAndBothAreInTheNote()
+    {
+        WriteTorch();
+        double gemm = U(0.15, 0.3), attn = U(0.02, 0.3);
+        Write("gemm-bf16.json", new JsonObject { ["gpu"] = Card, ["rows"] = new JsonArray { GemmRow("v2 bf16 operands", "4096x4096x4096", gemm, true) } });
+        Write("ops-v1.json", new JsonObject { ["machine"] = new JsonObject { ["gpu"] = Card }, ["results"] = new JsonArray { OpsRow("B8 H12 Tq256 Tk256 D64", attn, true) } });
+        double topk = U(2, 5);
+        WriteTopK(topk);
+        // After ours: GEMM slower than before, SDPA faster, the copy faster (a higher rate: a lower memory floor, stricter for us).
+        double gemmBefore = _torch["matmul_bf16 4096x4096x4096"], gemmAfter = gemmBefore * U(1.01, 1.3);
+        double sdpaBefore = _torch["sdpa_bf16 B8 H12 T256 D64"], sdpaAfter = sdpaBefore * U(0.7, 0.99);
+        double copyBefore = 2.0 * 4 * (1 << 28) / (_copyGbps * 1e9) * 1e3, copyRateAfter = _copyGbps * U(1.01, 1.1);
+        Write("torch-baselines-after.json", new JsonObject
+        {
+            ["machine"] = new JsonObject { ["gpu"] = Card },
+            ["results"] = new JsonArray
+            {
+                TorchRow("matmul_bf16", "4096x4096x4096", gemmAfter, tflops: 1),
+                TorchRow("sdpa_bf16", "B8 H12 T256 D64", sdpaAfter),
+                TorchRow("copy_d2d", "256M f32", 2.0 * 4 * (1 << 28) / (copyRateAfter * 1e9) * 1e3, gbps: copyRateAfter),
+            },
+        });
+        var rows = Targets(_dir);
+
+        var g = Row(rows, "GEMM", "4096x4096x4096");
+        Near(gemmBefore / gemm, g["value"]);
+        Assert.Contains($"torch before {F4(gemmBefore)} ms, after {F4(gemmAfter)} ms", (string)g["note"]!);
+        var a = Row(rows, "attention", "B8 H12 Tq256 Tk256 D64");
+        Near(sdpaAfter / attn, a["value"]);
+        Near(sdpaAfter, a["baseline_ms"]);
+        Assert.Contains($"torch before {F4(sdpaBefore)} ms, after {F4(sdpaAfter)} ms", (string)a["note"]!);
+        Assert.DoesNotContain("torch before", (string)Row(rows, "attention", "B8 H12 Tq512 Tk512 D64")["note"]!);   // (not measured again)
+        var k = TopKOf(rows);
+        Near(Math.Max(TopKBytes / (copyRateAfter * 1e9), TopKFlops / (_tcPeak * 1e12)) * 1e3, k["baseline_ms"]);
+        Assert.Contains($"copy_d2d: torch before {F4(copyBefore)} ms", (string)k["note"]!);
+    }
+
+    [Fact]
+    public void RowsTimedDifferentlyFromTheirBaselineSaySo()
+    {
+        WriteTorch();
+        Write("torch-baselines-after.json", new JsonObject
+        {
+            ["machine"] = new JsonObject { ["gpu"] = Card },
+            ["results"] = new JsonArray
+            {
+                new JsonObject { ["op"] = "matmul_bf16", ["shape"] = "4096x4096x4096", ["median_ms"] = 1e-3, ["tflops"] = null, ["gbps"] = null, ["timing"] = "per-call" },
+                new JsonObject { ["op"] = "matmul_bf16", ["shape"] = "1024x3072x768", ["median_ms"] = 1e-3, ["tflops"] = null, ["gbps"] = null, ["timing"] = "queued" },
+            },
+        });
+        var rows = new JsonArray { GemmRow("v2 bf16 operands", "4096x4096x4096", U(0.2, 0.3), true), GemmRow("v2 bf16 operands", "1024x3072x768", U(0.02, 0.03), true) };
+        foreach (var r in rows) r!["timing"] = "queued";
+        Write("gemm-bf16.json", new JsonObject { ["gpu"] = Card, ["rows"] = rows });
+        var t = Targets(_dir);
+        Assert.Contains("timed differently: ours queued, the baseline per-call", (string)Row(t, "GEMM", "4096x4096x4096")["note"]!);
+        Assert.DoesNotContain("timed differently", (string)Row(t, "GEMM", "1024x3072x768")["note"]!);
     }
 
     [Fact]
