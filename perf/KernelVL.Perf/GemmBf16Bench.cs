@@ -10,9 +10,10 @@ namespace KernelVL.Perf;
 /// memory (what cuBLAS bf16 and torch bf16 are timed with), version 2 behind the f32 MatMul (the bf16 conversions
 /// included), versions 3 (wgmma) and 4 (TMA + warp-specialised wgmma, split-K where its tiles leave most SMs idle, also timed without,
 /// and in clusters of two sharing B; Hopper, when NVRTC built them) the same two ways, and version 1 (f32 operands rounded
-/// while staging). Checked first: 4096 sampled entries of version 2
-/// against an f64 dot product of the bf16-rounded operands (error budget 1e-4 of sum |a b|: f32 accumulation only),
-/// and the f32 MatMul's result equal to the bf16 kernel's bit for bit (the same rounding, the same kernel).
+/// while staging). Checked first, each version into an output filled with NaN (so a kernel that writes nothing, or skips
+/// tiles, cannot pass on the previous version's product): every entry finite, 4096 sampled entries against an f64 dot
+/// product of the bf16-rounded operands (error budget 1e-4 of sum |a b|: f32 accumulation only), and the f32 MatMul's
+/// result equal to the bf16 kernel's bit for bit (the same rounding, the same kernel).
 /// </summary>
 internal static class GemmBf16Bench
 {
@@ -25,7 +26,7 @@ internal static class GemmBf16Bench
         if (backend.GemmV2Unavailable is { } why) { Console.Error.WriteLine($"perf: {why}"); return 1; }
         var rng = new Random(4321);
         var rows = new List<Dictionary<string, object?>>();
-        int failures = 0;
+        int failures = 0, failedShapes = 0;   // version checks that failed; shapes where any did
         Console.WriteLine($"gemm.cu on {backend.Accelerator.Name} (CUDA events, median of 20 after 3 warm-up calls)");
         Console.WriteLine("| kernel | shape MxNxK | median ms | TFLOP/s | check |");
         Console.WriteLine("|---|---|---:|---:|---|");
@@ -46,11 +47,19 @@ internal static class GemmBf16Bench
             backend.CopyFromHost(biasH, bias);
             using var a16 = backend.ToBf16KMajor(a, trans: false);                   // [M, K] bf16
             using var b16 = backend.ToBf16KMajor(b, trans: false);                   // [N, K] bf16
-            backend.MatMulBf16(a16, b16, k, bias, c);
+            var cv = new float[(long)m * n];
+            // One version's check call: c filled with NaN first, then the call, then all of c checked (Check scans it).
+            string? Checked(Action call, float[] into)
+            {
+                backend.Fill(c, float.NaN);
+                call();
+                backend.CopyToHost(c, into);
+                return Check(ah, bh, biasH, into, m, n, k, rng);
+            }
             var ch = new float[(long)m * n];
-            backend.CopyToHost(c, ch);
-            string? problem = Check(ah, bh, biasH, ch, m, n, k, rng);
+            string? problem = Checked(() => backend.MatMulBf16(a16, b16, k, bias, c), ch);
             backend.GemmVersion = 2;
+            backend.Fill(c2, float.NaN);
             backend.MatMul(a, b, bias, c2, transA: false, transB: true);
             var c2h = new float[(long)m * n];
             backend.CopyToHost(c2, c2h);
@@ -80,10 +89,7 @@ internal static class GemmBf16Bench
                     continue;
                 }
                 backend.GemmVersion = ver;
-                backend.MatMulBf16(a16, b16, k, bias, c);
-                var cv = new float[(long)m * n];
-                backend.CopyToHost(c, cv);
-                string? pv = Check(ah, bh, biasH, cv, m, n, k, rng);
+                string? pv = Checked(() => backend.MatMulBf16(a16, b16, k, bias, c), cv);
                 if (pv is not null) { failures++; problem ??= $"v{ver}: " + pv; }
                 string name = ver == 3 ? "v3 wgmma" : backend.LastGemmSplits > 1 ? $"v4 TMA + wgmma, split-K {backend.LastGemmSplits}" : "v4 TMA + wgmma";
                 Row($"{name} bf16 operands", pv is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pv);
@@ -92,9 +98,7 @@ internal static class GemmBf16Bench
                 {
                     // one block per tile instead of persistent blocks (KERNELVL_CUDA_GEMM_PERSISTENT=0), checked and timed beside it
                     backend.GemmPersistent = false;
-                    backend.MatMulBf16(a16, b16, k, bias, c);
-                    backend.CopyToHost(c, cv);
-                    string? pp = Check(ah, bh, biasH, cv, m, n, k, rng);
+                    string? pp = Checked(() => backend.MatMulBf16(a16, b16, k, bias, c), cv);
                     if (pp is not null) { failures++; problem ??= "v4 not persistent: " + pp; }
                     Row($"{name}, a block per tile bf16 operands", pp is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pp);
                     backend.GemmPersistent = true;
@@ -103,9 +107,7 @@ internal static class GemmBf16Bench
                 {
                     // clusters of two blocks sharing B by TMA multicast (KERNELVL_CUDA_GEMM_CLUSTER=2), checked and timed beside it
                     backend.GemmCluster = 2;
-                    backend.MatMulBf16(a16, b16, k, bias, c);
-                    backend.CopyToHost(c, cv);
-                    string? pc = Check(ah, bh, biasH, cv, m, n, k, rng);
+                    string? pc = Checked(() => backend.MatMulBf16(a16, b16, k, bias, c), cv);
                     if (pc is not null) { failures++; problem ??= "v4 clusters of 2: " + pc; }
                     string split = backend.LastGemmSplits > 1 ? $", split-K {backend.LastGemmSplits}" : "";
                     Row($"v4 TMA + wgmma, clusters of 2 (B multicast){split} bf16 operands",
@@ -118,9 +120,7 @@ internal static class GemmBf16Bench
                 {
                     // the same shape without the split, checked and timed beside it (KERNELVL_CUDA_GEMM_SPLITK=0 does this everywhere)
                     backend.GemmSplitK = false;
-                    backend.MatMulBf16(a16, b16, k, bias, c);
-                    backend.CopyToHost(c, cv);
-                    string? pn = Check(ah, bh, biasH, cv, m, n, k, rng);
+                    string? pn = Checked(() => backend.MatMulBf16(a16, b16, k, bias, c), cv);
                     if (pn is not null) { failures++; problem ??= "v4 without split-K: " + pn; }
                     Row("v4 TMA + wgmma, no split-K bf16 operands", pn is null ? backend.MedianMs(() => backend.MatMulBf16(a16, b16, k, bias, c), warmup: 3, reps: 20) : double.NaN, pn);
                     backend.GemmSplitK = true;
@@ -128,6 +128,7 @@ internal static class GemmBf16Bench
             }
             backend.GemmVersion = 1;
             Row("v1 MatMul f32", backend.MedianMs(() => backend.MatMul(a, b, bias, c2, false, true), warmup: 3, reps: 20), null);   // (checked by the parity registry, not here)
+            if (problem is not null) failedShapes++;   // (problem: the shape's first failure, of any version)
         }
         if (jsonPath is not null)
         {
@@ -135,7 +136,7 @@ internal static class GemmBf16Bench
             File.WriteAllText(tmp, JsonSerializer.Serialize(new { gpu = backend.Accelerator.Name, rows }, new JsonSerializerOptions { WriteIndented = true }));
             File.Move(tmp, jsonPath, overwrite: true);
         }
-        Console.WriteLine($"{shapes.Length - failures} passed, {failures} failed");
+        Console.WriteLine(PassedLine(shapes.Length, failedShapes, failures));
         return failures == 0 ? 0 : 1;
     }
 
@@ -153,6 +154,10 @@ internal static class GemmBf16Bench
         return [.. shapes];
     }
 
+    /// <summary>The summary line: shapes where every version passed, and how many version checks failed.</summary>
+    internal static string PassedLine(int shapes, int failedShapes, int failedChecks) =>
+        $"{shapes - failedShapes} of {shapes} shapes passed every check, {failedShapes} failed ({failedChecks} version check{(failedChecks == 1 ? "" : "s")} failed)";
+
     /// <summary>Round to bf16, nearest even (what cvt.rn.bf16x2.f32 does for finite values).</summary>
     internal static float Bf16(float x)
     {
@@ -161,8 +166,10 @@ internal static class GemmBf16Bench
         return BitConverter.UInt32BitsToSingle(u & 0xffff0000u);
     }
 
+    /// <summary>c [M, N] (filled with NaN before the call) against the bf16-rounded operands: every entry finite, then 4096 sampled ones.</summary>
     private static string? Check(float[] a, float[] b, float[] bias, float[] c, int m, int n, int k, Random rng)
     {
+        if (NonFinite(c, n) is { } unwritten) return unwritten;
         for (int s = 0; s < 4096; s++)
         {
             int i = rng.Next(m), j = rng.Next(n);
@@ -175,6 +182,15 @@ internal static class GemmBf16Bench
             }
             if (Math.Abs(c[(long)i * n + j] - dot) > 1e-4 * mag + 1e-6) return $"c[{i}, {j}] = {c[(long)i * n + j]}, f64 of the bf16 operands {dot}";
         }
+        return null;
+    }
+
+    /// <summary>The first entry of c [rows, n] that is NaN or infinite, as a problem (NaN: never written, the output having
+    /// been filled with NaN before the call); null when every entry is finite.</summary>
+    internal static string? NonFinite(ReadOnlySpan<float> c, int n)
+    {
+        for (int i = 0; i < c.Length; i++)
+            if (!float.IsFinite(c[i])) return $"c[{i / n}, {i % n}] = {c[i]}{(float.IsNaN(c[i]) ? " (not written: the output was filled with NaN)" : "")}";
         return null;
     }
 

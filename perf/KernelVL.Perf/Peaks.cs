@@ -7,6 +7,9 @@ namespace KernelVL.Perf;
 /// <summary>The machine's limits, measured in the same run as the ops: an FMA loop on every core and a large copy.</summary>
 internal static unsafe class Peaks
 {
+    /// <summary>Whether the host's peaks are the reference for a backend's rows: the backends that run on the host's cores.</summary>
+    public static bool ForBackend(string resolvedName) => resolvedName is "cpu" or "reference" or "ilgpu-cpu";
+
     /// <summary>fp32 GFLOP/s of independent FMA chains, one dedicated thread per core, all started together (median of 7).</summary>
     public static double FmaGflops()
     {

@@ -120,13 +120,21 @@ if (args[0] == "topk-f16")
 }
 
 if (BackendFactory.Resolve(backendName) != backendName) Console.Error.WriteLine($"backend {backendName} is {BackendFactory.Resolve(backendName)} here");
-Console.Error.WriteLine("measuring peaks (FMA loop on all cores, 256 MiB copy) ...");
-// The copy peak of this (virtualised, shared) machine drifts by tens of percent within minutes: it is sampled
-// before and after the ops, and the median of all samples is the reference for the memory-bound ratios.
-double fma = Peaks.FmaGflops();
-var copySamples = Peaks.CopyGbpsSamples();
-double copy = Peaks.Median(copySamples);
-Console.Error.WriteLine($"peaks: fma {fma:F0} GFLOP/s, copy {copy:F1} GB/s");
+// The host's peaks, for a host backend only: a GPU backend's rows never use them (its card's peaks are not measured
+// here), and they take seconds a call.
+bool hostBackend = Peaks.ForBackend(BackendFactory.Resolve(backendName));
+double fma = double.NaN, copy = double.NaN;
+var copySamples = new List<double>();
+if (hostBackend)
+{
+    Console.Error.WriteLine("measuring peaks (FMA loop on all cores, 256 MiB copy) ...");
+    // The copy peak of this (virtualised, shared) machine drifts by tens of percent within minutes: it is sampled
+    // before and after the ops, and the median of all samples is the reference for the memory-bound ratios.
+    fma = Peaks.FmaGflops();
+    copySamples = Peaks.CopyGbpsSamples();
+    copy = Peaks.Median(copySamples);
+    Console.Error.WriteLine($"peaks: fma {fma:F0} GFLOP/s, copy {copy:F1} GB/s");
+}
 
 using var backend = BackendFactory.Create(backendName);
 using var reference = BackendFactory.Create(referenceName);
@@ -173,7 +181,6 @@ foreach (var c in cases)
     double secs = medianMs / 1e3;
     double gflops = c.Flops > 0 ? c.Flops / secs / 1e9 : 0, gbps = c.Bytes / secs / 1e9;
     bool computeBound = c.Flops / Math.Max(1, c.Bytes) > 10;
-    bool hostBackend = backend.Name is "cpu" or "reference" or "ilgpu-cpu";   // the measured peaks are the host's
     double fraction = !hostBackend ? double.NaN : computeBound ? gflops / fma : gbps / copy;
     results.Add(new()
     {
@@ -185,13 +192,18 @@ foreach (var c in cases)
     Console.Error.WriteLine($"  {c,-48} {medianMs,9:F3} ms  {(check.Ok ? "ok" : "FAIL: " + check.Problem)}");
 }
 
-copySamples.AddRange(Peaks.CopyGbpsSamples());
-copy = Peaks.Median(copySamples);
-Console.Error.WriteLine($"copy peak: median {copy:F1} GB/s of {copySamples.Count} samples before and after (range {copySamples.Min():F1} to {copySamples.Max():F1})");
-foreach (var r in results)
-    if ((string)r["bound"]! == "memory" && r["gbps"] is double gb && r["fraction_of_peak"] is not null) r["fraction_of_peak"] = R(gb / copy);
+if (hostBackend)
+{
+    copySamples.AddRange(Peaks.CopyGbpsSamples());
+    copy = Peaks.Median(copySamples);
+    Console.Error.WriteLine($"copy peak: median {copy:F1} GB/s of {copySamples.Count} samples before and after (range {copySamples.Min():F1} to {copySamples.Max():F1})");
+    foreach (var r in results)
+        if ((string)r["bound"]! == "memory" && r["gbps"] is double gb && r["fraction_of_peak"] is not null) r["fraction_of_peak"] = R(gb / copy);
+}
 
-Console.WriteLine($"machine: {SystemInfo.CpuName}, {SystemInfo.Cores} cores{(backend is KernelVL.Backends.Ilgpu.IlgpuBackend ib2 ? $", accelerator {ib2.Accelerator.Name}" : "")}; backend {backend.Name}; host peaks: FMA {fma:F0} GFLOP/s, copy {copy:F1} GB/s (median of {copySamples.Count}){(backend.Name is "cpu" or "reference" or "ilgpu-cpu" ? "" : "; \"of peak\" is left empty for a GPU backend (its card's peaks are not measured here)")}");
+Console.WriteLine($"machine: {SystemInfo.CpuName}, {SystemInfo.Cores} cores{(backend is KernelVL.Backends.Ilgpu.IlgpuBackend ib2 ? $", accelerator {ib2.Accelerator.Name}" : "")}; backend {backend.Name}; "
+                  + (hostBackend ? $"host peaks: FMA {fma:F0} GFLOP/s, copy {copy:F1} GB/s (median of {copySamples.Count})"
+                                 : "host peaks not measured and \"of peak\" left empty for a GPU backend (its card's peaks are not measured here)"));
 Console.WriteLine();
 Console.WriteLine("| op | shape | median ms | GFLOP/s | GB/s | of peak | max rel err | ok |");
 Console.WriteLine("|---|---|---:|---:|---:|---:|---:|---|");
@@ -222,8 +234,14 @@ if (jsonPath is not null)
 {
     var doc = new Dictionary<string, object?>
     {
-        ["machine"] = new Dictionary<string, object?> { ["cpu"] = SystemInfo.CpuName, ["cores"] = SystemInfo.Cores, ["gpu"] = backend is KernelVL.Backends.Ilgpu.IlgpuBackend ib && ib.Accelerator.AcceleratorType != ILGPU.Runtime.AcceleratorType.CPU ? ib.Accelerator.Name : null, ["runtime"] = SystemInfo.Runtime },
-        ["peaks"] = new Dictionary<string, object?>
+        ["machine"] = new Dictionary<string, object?>
+        {
+            ["cpu"] = SystemInfo.CpuName, ["cores"] = SystemInfo.Cores, ["gpu"] = backend is KernelVL.Backends.Ilgpu.IlgpuBackend ib && ib.Accelerator.AcceleratorType != ILGPU.Runtime.AcceleratorType.CPU ? ib.Accelerator.Name : null,
+            ["runtime"] = SystemInfo.Runtime,
+            // The kernel versions that ran (what `targets` labels rows by: a version asked for but unavailable falls back).
+            ["cuda_versions"] = backend is KernelVL.Backends.Cuda.CudaBackend cv ? CudaVersions.Effective(cv) : null,
+        },
+        ["peaks"] = !hostBackend ? null : new Dictionary<string, object?>
         {
             ["fma_gflops"] = R(fma), ["copy_gbps"] = R(copy),
             ["copy_gbps_samples"] = copySamples.Select(v => Math.Round(v, 1)).ToArray(),

@@ -5,10 +5,14 @@ OUT=${OUT:-$(mktemp -d)}
 [ -f "$bundle/dotnet-runtime.tar.xz" ] || { echo "error: $bundle is missing: run perf/gpu/prepare.sh first and carry it" >&2; exit 2; }
 
 export DOTNET_ROOT=$(mktemp -d)
-tar -C "$DOTNET_ROOT" -xJf "$bundle/dotnet-runtime.tar.xz"
+# Without the runtime every later `dotnet` is "command not found" while the script goes on: stop here instead.
+tar -C "$DOTNET_ROOT" -xJf "$bundle/dotnet-runtime.tar.xz" \
+  || { echo "error: could not unpack $bundle/dotnet-runtime.tar.xz into $DOTNET_ROOT (tar says why above: no xz, a damaged bundle, a full disk)" >&2; exit 2; }
 export PATH="$DOTNET_ROOT:$PATH" DOTNET_CLI_TELEMETRY_OPTOUT=1
 # Without libicu .NET only starts in invariant mode (then the tokenizer cannot strip accents: Unicode normalisation needs ICU).
-ldconfig -p 2>/dev/null | grep -q libicuuc || export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1
+# grep -c reads all of ldconfig's output: grep -q would stop at the first match, and under run-v2.sh's pipefail the
+# SIGPIPE that ldconfig then gets (output over the 64 KiB pipe buffer) fails the test although ICU is there.
+ldconfig -p 2>/dev/null | grep -c libicuuc > /dev/null || export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1
 
 echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
 echo "== CUDA libraries"
