@@ -37,15 +37,13 @@ internal static class CublasBaselines
                 double ms = backend.MedianMs(() => blas.Gemm(CuBlasOperation.NonTranspose, CuBlasOperation.NonTranspose, m, n, k,
                     1f, a.View, m, b.View, k, 0f, c.View, m), warmup: 5, reps: 30);
                 double tflops = 2.0 * m * n * k / (ms / 1e3) / 1e12;
-                rows.Add(new() { ["baseline"] = name, ["shape"] = $"{m}x{n}x{k}", ["median_ms"] = Math.Round(ms, 5), ["tflops"] = Math.Round(tflops, 2) });
+                rows.Add(new() { ["baseline"] = name, ["shape"] = $"{m}x{n}x{k}", ["median_ms"] = Math.Round(ms, 5), ["timing"] = backend.LastTiming, ["tflops"] = Math.Round(tflops, 2) });
                 Console.WriteLine($"| {name} | {m}x{n}x{k} | {ms:F4} | {tflops:F1} |");
             }
         }
         if (jsonPath is not null)
         {
-            string tmp = jsonPath + ".tmp";
-            File.WriteAllText(tmp, JsonSerializer.Serialize(new { gpu = acc.Name, results = rows }, new JsonSerializerOptions { WriteIndented = true }));
-            File.Move(tmp, jsonPath, overwrite: true);
+            KernelVL.IO.AtomicFile.WriteAllText(jsonPath, JsonSerializer.Serialize(new { gpu = acc.Name, results = rows }, new JsonSerializerOptions { WriteIndented = true }));
         }
         return 0;
     }

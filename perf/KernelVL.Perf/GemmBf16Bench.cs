@@ -73,7 +73,7 @@ internal static class GemmBf16Bench
                 Console.WriteLine($"| {kernel} | {m}x{n}x{k} | {ms:F4} | {flops / (ms / 1e3) / 1e12:F1} | {rowProblem ?? "ok"} |");
                 // null where a check failed and the kernel was not timed (NaN): System.Text.Json refuses to write NaN
                 bool timed = double.IsFinite(ms);
-                rows.Add(new() { ["kernel"] = kernel, ["shape"] = $"{m}x{n}x{k}", ["median_ms"] = timed ? Math.Round(ms, 5) : null,
+                rows.Add(new() { ["kernel"] = kernel, ["shape"] = $"{m}x{n}x{k}", ["median_ms"] = timed ? Math.Round(ms, 5) : null, ["timing"] = timed ? backend.LastTiming : null,
                                  ["tflops"] = timed ? Math.Round(flops / (ms / 1e3) / 1e12, 2) : null, ["ok"] = rowProblem is null, ["problem"] = rowProblem });
             }
             string? v2Problem = problem;

@@ -64,7 +64,8 @@ internal static class TopKF16Bench
             double ms = backend.MedianMs(() => backend.TopKF16(qt, corpusDev.View, k, scores, indices), warmup: 2, reps: 10);
             double bytes = (double)n * d * 2 + (double)q * d * 4, flops = 2.0 * q * n * d;
             Console.WriteLine($"| topk_f16 | Q{q} N{n} D{d} k{k} | {version} ({scorer}) | {ms:F3} | {bytes / (ms / 1e3) / 1e9:F1} | {flops / (ms / 1e3) / 1e12:F2} | {fallbacks} | {problem ?? "ok"} |");
-            rows.Add(new { version, scorer, median_ms = ms, bytes, flops, fallbacks, ok = problem is null, problem, norm_bound = "measured" });
+            string timing = backend.LastTiming;
+            rows.Add(new { version, scorer, median_ms = ms, timing, bytes, flops, fallbacks, ok = problem is null, problem, norm_bound = "measured" });
             if (version >= 2)
             {
                 // As the index searches: the segment's norm bound from its manifest, so no max-norm pass on the device.
@@ -75,7 +76,7 @@ internal static class TopKF16Bench
                 int fb = backend.LastTopKFallbacks;
                 double msb = backend.MedianMs(() => backend.TopKF16(qt, corpusDev.View, k, scores, indices, bound), warmup: 2, reps: 10);
                 Console.WriteLine($"| topk_f16 | Q{q} N{n} D{d} k{k} | {version} ({scorer}), norm bound given | {msb:F3} | {bytes / (msb / 1e3) / 1e9:F1} | {flops / (msb / 1e3) / 1e12:F2} | {fb} | {pb ?? "ok"} |");
-                rows.Add(new { version, scorer, median_ms = msb, bytes, flops, fallbacks = fb, ok = okb, problem = pb, norm_bound = "given" });
+                rows.Add(new { version, scorer, median_ms = msb, timing = backend.LastTiming, bytes, flops, fallbacks = fb, ok = okb, problem = pb, norm_bound = "given" });
             }
         }
         if (jsonPath is not null)
