@@ -52,7 +52,7 @@ internal static class Targets
 
     private static readonly (string File, int Version)[] AttentionFiles = [("ops-attention-v3.json", 3), ("ops-v2.json", 2), ("ops-v1.json", 1)];
 
-    internal enum Status { Met, NotMet, NotMeasured, NotTargetShape, Supplementary }
+    internal enum Status { Met, NotMet, NotMeasured, NotTargetShape, Supplementary, Suspect }
 
     /// <summary>
     /// One row. Value: baseline ms / ours (for top-k, ours / floor); Met: null unless the row is judged (not measured,
@@ -66,7 +66,7 @@ internal static class Targets
         public string StatusText => Status switch
         {
             Status.Met => "met", Status.NotMet => "not met", Status.NotMeasured => "not measured",
-            Status.NotTargetShape => "not the target's shape", _ => "supplementary",
+            Status.NotTargetShape => "not the target's shape", Status.Suspect => "suspect: faster than the hardware allows", _ => "supplementary",
         };
 
         /// <summary>The table's met column: yes, no, or why the row is not judged.</summary>
@@ -113,8 +113,8 @@ internal static class Targets
     {
         int measured = rows.Count(r => r.Met is not null), met = rows.Count(r => r.Met == true);
         int notMeasured = rows.Count(r => r.Status == Status.NotMeasured), supplementary = rows.Count(r => r.Status == Status.Supplementary);
-        int offShape = rows.Count(r => r.Status == Status.NotTargetShape);
-        var uncounted = new[] { (supplementary, "supplementary"), (offShape, "not the target's shape") }.Where(x => x.Item1 > 0).Select(x => $"{x.Item1} {x.Item2}").ToList();
+        int offShape = rows.Count(r => r.Status == Status.NotTargetShape), suspect = rows.Count(r => r.Status == Status.Suspect);
+        var uncounted = new[] { (supplementary, "supplementary"), (offShape, "not the target's shape"), (suspect, "suspect: faster than the hardware allows") }.Where(x => x.Item1 > 0).Select(x => $"{x.Item1} {x.Item2}").ToList();
         return $"targets: {met} of {measured} measured rows met, {notMeasured} not measured{(uncounted.Count > 0 ? $" (not counted: {string.Join(", ", uncounted)})" : "")}";
     }
 
@@ -198,7 +198,8 @@ internal static class Targets
                 runs.Add(new(kernel[..^suffix.Length], ms, Timing(r, gemm.RootElement)));
         }
         Row Fastest(string shape) => byShape[shape].Count == 0 ? NotMeasured(target, shape, GemmGoal, "no kernel on bf16 operands passed its check")
-            : Versus(target, shape, byShape[shape], run.Baselines.GetValueOrDefault(("matmul_bf16", shape)), "torch.matmul bf16", GemmGoal);
+            : Plausible(Versus(target, shape, byShape[shape], run.Baselines.GetValueOrDefault(("matmul_bf16", shape)), "torch.matmul bf16", GemmGoal),
+                        Dims(shape) is { } g ? PeakMs(run, 2.0 * g[0] * g[1] * g[2]) : null, "ours above the tensor cores' dense peak");
         foreach (string c in GemmCases)
             rows.Add(byShape.ContainsKey(c) ? Fastest(c) : NotMeasured(target, c, GemmGoal, "not in gemm-bf16.json (a run cut short?)"));
         foreach (string shape in shapes.Where(s => !GemmCases.Contains(s)))
@@ -237,7 +238,8 @@ internal static class Targets
                 string shape = $"B8 H12 Tq{t} Tk{t} D64{(mask ? " mask" : "")}", target = $"attention fwd >= {AttentionGoal:0.00} of SDPA";
                 var these = runs.Where(a => a.Shape == shape).Select(a => a.Run).ToList();
                 var row = these.Count > 0
-                    ? Versus(target, shape, these, run.Baselines.GetValueOrDefault((mask ? "sdpa_bf16_mask" : "sdpa_bf16", $"B8 H12 T{t} D64")), mask ? "SDPA bf16, mask" : "SDPA bf16", AttentionGoal)
+                    ? Plausible(Versus(target, shape, these, run.Baselines.GetValueOrDefault((mask ? "sdpa_bf16_mask" : "sdpa_bf16", $"B8 H12 T{t} D64")), mask ? "SDPA bf16, mask" : "SDPA bf16", AttentionGoal),
+                                PeakMs(run, 4.0 * 8 * 12 * t * t * 64), "ours above the tensor cores' dense peak")
                     : NotMeasured(target, shape, AttentionGoal, files.Count == 0 ? $"{string.Join(", ", AttentionFiles.Select(f => f.File))} missing" : $"no passing row in {string.Join(", ", files)}");
                 rows.Add(!mask ? row : row with { Goal = "(supplementary)", Status = Status.Supplementary, Note = Join(row.Status == Status.NotMeasured ? "not measured" : null, MaskNote, row.Note) });
             }
@@ -283,7 +285,7 @@ internal static class Targets
                                    is { } tk ? $"torch.topk search {F(tk.Ms, 3)} ms" : null,
                                copy.Spread is { } spread ? $"copy_d2d: {spread}" : null,
                                string.Join("; ", runs.Select(x => $"{x.Label} {F(x.Ms!.Value / floor, 2)}x")), leftOut);
-            row = Judged(target, TopKCase, best.Label, ms, "floor", floor, ms / floor, TopKGoal, lower: true, note);
+            row = Plausible(Judged(target, TopKCase, best.Label, ms, "floor", floor, ms / floor, TopKGoal, lower: true, note), floor, "ours below the floor");
         }
         rows.Add(shape == TopKCase ? row : OffShape(row, TopKCase, $"measured at {shape}, not the target's {TopKCase}"));
     }
@@ -324,8 +326,9 @@ internal static class Targets
             {
                 // The copy's time over the pass's bytes: baseline ms / ours is the pass's GB/s over the copy's.
                 double copyMs = s.Bytes / (copyGbps * 1e9) * 1e3, gbps = s.Bytes / (s.Ms / 1e3) / 1e9;
-                row = Judged(target, Case(p), $"{F(gbps, 0)} GB/s over {F(s.Bytes / 1e6, 1)} MB", s.Ms, $"copy at {F(copyGbps, 0)} GB/s (torch copy_d2d)", copyMs,
-                             copyMs / s.Ms, InfoNceGoal, lower: false, Join(gradient, torch, copy.Spread is { } spread ? $"copy_d2d: {spread}" : null, TimedApart(s.Timing, copy.Timing)));
+                row = Plausible(Judged(target, Case(p), $"{F(gbps, 0)} GB/s over {F(s.Bytes / 1e6, 1)} MB", s.Ms, $"copy at {F(copyGbps, 0)} GB/s (torch copy_d2d)", copyMs,
+                                       copyMs / s.Ms, InfoNceGoal, lower: false, Join(gradient, torch, copy.Spread is { } spread ? $"copy_d2d: {spread}" : null, TimedApart(s.Timing, copy.Timing))),
+                                copyMs / MaxOverCopy, $"ours above {MaxOverCopy:0.0}x the copy rate");
             }
             rows.Add(shape == InfoNceCase ? row : OffShape(row, Case(p), $"measured at {shape}, not the target's {InfoNceCase}"));
         }
@@ -336,6 +339,22 @@ internal static class Targets
         !file.TryGetProperty("gradient_ok", out var g) || g.ValueKind == JsonValueKind.Null ? null
         : g.ValueKind is JsonValueKind.True or JsonValueKind.False ? g.GetBoolean()
         : throw new BadInputException($"{path}: \"gradient_ok\" is not true/false");
+
+    /// <summary>
+    /// A judged row whose time is below what the card can do (<paramref name="minMs"/>: the FLOPs at the tensor cores'
+    /// dense peak, top-k's floor, a pass's bytes at <see cref="MaxOverCopy"/> times the copy rate) is suspect, not met: a
+    /// kernel that skipped work its check did not see (scratch left by an earlier version, say) would look like that.
+    /// </summary>
+    private static Row Plausible(Row r, double? minMs, string why) =>
+        r.Status is Status.Met or Status.NotMet && r.OursMs is { } ms && minMs is { } min && ms < min
+            ? r with { Status = Status.Suspect, Note = Join($"suspect: {why} ({F(ms, 4)} ms against at least {F(min, 4)} ms)", r.Note) }
+            : r;
+
+    /// <summary>How far above the measured copy rate a pass may seem before it is suspect (a read-mostly pass may beat a copy a little).</summary>
+    internal const double MaxOverCopy = 1.15;
+
+    /// <summary>The time <paramref name="flops"/> take at the card's dense tensor-core peak (ms); null without a peak.</summary>
+    private static double? PeakMs(Context run, double flops) => run.TcPeak is { } p ? flops / (p.Tflops * 1e12) * 1e3 : null;
 
     /// <summary>The fastest run against a torch baseline (baseline ms / ours), every run's ratio in the note; not measured without the baseline.</summary>
     private static Row Versus(string target, string @case, List<Timed> runs, Baseline? b, string baseline, double goal)
