@@ -40,6 +40,8 @@ static __device__ __forceinline__ float kv_rcp(float x) { float r; asm("rcp.rn.f
 static __device__ __forceinline__ float kv_fma(float a, float b, float c) { float r; asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c)); return r; }
 // The device's nanosecond clock (%globaltimer): kv_spin's (layernorm.cu) only use, the timing harness's busy wait.
 static __device__ __forceinline__ unsigned long long kv_globaltimer() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+// The SM's cycle counter (%clock64): kv_spin's bound should %globaltimer stall.
+static __device__ __forceinline__ unsigned long long kv_clock64() { unsigned long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 // 2^x and log2(x): the hardware's approximations (max relative error ~2^-22); ex2(-inf) = 0, lg2(0) = -inf.
 static __device__ __forceinline__ float kv_exp2(float x) { float r; asm("ex2.approx.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 static __device__ __forceinline__ float kv_log2(float x) { float r; asm("lg2.approx.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }

@@ -132,7 +132,20 @@ extern "C" __global__ void layernorm_backward_params_combine(const float* __rest
 extern "C" __global__ void kv_spin(long long ns, unsigned long long* spins)
 {
     if (threadIdx.x != 0) return;
-    unsigned long long t0 = kv_globaltimer(), n = 0;
-    while ((long long)(kv_globaltimer() - t0) < ns) n++;
+    // Bounded by the cycle counter too (4 ns cycles: at most 4 GHz, so never before ns nanoseconds), should the
+    // global timer stall: a wait that never ends would hold the stream, and every later timing, forever.
+    unsigned long long t0 = kv_globaltimer(), c0 = kv_clock64(), n = 0;
+    while ((long long)(kv_globaltimer() - t0) < ns && (long long)(kv_clock64() - c0) < 4 * ns) n++;
     *spins = n;
+}
+
+// Also the timing harness's: reads p[0..n) (a buffer several times the L2's size, filled once) so that what the L2
+// held is evicted before a timed pass, and evicted clean: a write (a memset) would leave the L2 full of dirty lines that
+// the timed pass then writes back to memory, bytes it is not charged with. The XOR of what it read is stored only if it
+// equals a value a buffer of zeros never gives, which keeps the loads. Any grid; 256 threads a block.
+extern "C" __global__ void kv_l2_flush(const unsigned* __restrict__ p, long long n, unsigned* sink)
+{
+    unsigned x = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) x ^= p[i];
+    if (x == 0x7fc00001u) *sink = x;
 }

@@ -75,7 +75,7 @@ Entry entries[] = {
     KV_ENTRY(infonce_backward_tiles), KV_ENTRY(infonce_backward_diag), KV_ENTRY(infonce_diag_of),
     KV_ENTRY(infonce_stats_tiles), KV_ENTRY(infonce_backward_tiles_of),
     KV_ENTRY(layernorm_forward), KV_ENTRY(layernorm_backward_dx), KV_ENTRY(layernorm_backward_params_partial),
-    KV_ENTRY(layernorm_backward_params_combine), KV_ENTRY(kv_spin),
+    KV_ENTRY(layernorm_backward_params_combine), KV_ENTRY(kv_spin), KV_ENTRY(kv_l2_flush),
     KV_ENTRY(topk_chunks), KV_ENTRY(topk_chunks_f16), KV_ENTRY(topk_merge), KV_ENTRY(topk_f16_queries),
     KV_ENTRY(topk_f16_max_norm), KV_ENTRY(topk_tc_f16), KV_ENTRY(topk_f16_rescore),
 };

@@ -168,6 +168,7 @@ KV_EMU_FN static inline unsigned long long kv_globaltimer()
 {
     return (unsigned long long)std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+KV_EMU_FN static inline unsigned long long kv_clock64() { return kv_globaltimer(); }   // (a 1 GHz clock)
 KV_EMU_FN static inline float kv_exp2(float x) { return std::exp2(x); }
 KV_EMU_FN static inline float kv_log2(float x) { return std::log2(x); }
 

@@ -52,7 +52,9 @@ internal static class GemmBf16Bench
             string? Checked(Action call, float[] into)
             {
                 backend.Fill(c, float.NaN);
-                call();
+                backend.PoisonScratch = true;   // split-K's slices too (a recycled buffer could hold an earlier version's)
+                try { call(); }
+                finally { backend.PoisonScratch = false; }
                 backend.CopyToHost(c, into);
                 return Check(ah, bh, biasH, into, m, n, k, rng);
             }

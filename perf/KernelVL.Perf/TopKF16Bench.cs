@@ -165,7 +165,9 @@ internal static class TopKF16Bench
     {
         backend.Fill(scores, float.NaN);
         backend.Fill(indices, -1);
-        backend.TopKF16(qt, corpus, k, scores, indices, bound);
+        backend.PoisonScratch = true;   // the per-slice and candidate lists too (recycled buffers could hold an earlier version's)
+        try { backend.TopKF16(qt, corpus, k, scores, indices, bound); }
+        finally { backend.PoisonScratch = false; }
         int q = qt.Shape[0];
         var s = new float[q * k];
         var idx = new int[q * k];

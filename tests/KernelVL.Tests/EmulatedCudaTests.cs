@@ -174,6 +174,7 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
     public void HalfCorpusTopKMatchesAnF64ScanInEveryVersion(int n, int q, int d, int k, int copies)
     {
         using var be = Backend();
+        be.PoisonScratch = true;   // as the perf benches check: scratch rented as NaN / -1, which no version may read unwritten
         var rng = new Random(Random.Shared.Next());
         var corpus = new Half[n * d];                                         // [N, D]
         for (int r = 0; r < n; r++)
@@ -291,6 +292,7 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
     public void Bf16OperandGemmMatchesF64InEveryVersion()
     {
         using var be = Backend();
+        be.PoisonScratch = true;   // as gemm-bf16 checks: split-K's slices rented as NaN, which the reduce may not read unwritten
         var rng = new Random(Random.Shared.Next());
         int m = 130, n = 200, k = 1100;   // version 4 splits K here (few tiles, deep K)
         var a = new float[m * k];
@@ -582,6 +584,9 @@ public sealed class EmulatedCudaTests(EmulatedDriver driver, TinyShapesFixture f
         // Timed behind the busy wait (kv_spin, launched on the emulator too), which the emulator's synchronous launches
         // can never outlast: each step is then timed a call at a time, and says so.
         Assert.All(steps, s => Assert.StartsWith("per call: the host emulator", s.Timing));
+        // The two passes over S are timed after a read of a flush buffer (kv_l2_flush; a small one on the emulator).
+        Assert.Equal(["diagonal + row/column statistics (one read of S)", "G = dloss/dS over S in place (one read, one write)"],
+                     steps.Where(s => s.Timing.EndsWith(", L2 flushed before each call", StringComparison.Ordinal)).Select(s => s.Step));
         Assert.Throws<ShapeException>(() => be.InfoNcePhases(be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), be.Empty(new Shape(CudaBackend.InfoNceV2MaxN + 1, 1)), 1f, 0, 1));
     }
 

@@ -55,7 +55,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
     internal const int Tc3Threads = 384;   // top-k version 3: two consumer warpgroups + a producer warpgroup (setmaxnreg)
     internal const int Tc3SharedBytes = 3 * (128 + 256) * 128 + 1024 + 2 * (64 * (4 * 32) * 4 + 64 * 3 * 4 + 16) + 2 * 3 * 8;   // top-k version 3: stages, alignment, two warpgroups' lists, mbarriers
     private readonly CudaModules? _sm90;
-    private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq, _spin;
+    private readonly nint _gemm3, _gemmF32x3, _lnBackDx, _lnBackPartial, _lnBackCombine, _attnDelta, _attnDkDv, _attnDq, _spin, _l2Flush;
     private readonly nint _nceDiagOf, _nceStats, _nceBackTilesOf, _gemm4, _tc3, _gemmTf32x3, _splitTf32, _attn3, _splitReduce, _gemm4x2, _tc3x4;
     private readonly int _gemm4Clusters;   // clusters of two of gemm_bf16_wgmma_tma_x2 that the device runs at once
     private readonly int _topk3Clusters;   // clusters of four of topk_tc_f16_wgmma_x4 that the device runs at once
@@ -393,6 +393,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
             _lnBackPartial = Fn(_modules, "layernorm", "layernorm_backward_params_partial");
             _lnBackCombine = Fn(_modules, "layernorm", "layernorm_backward_params_combine");
             _spin = Fn(_modules, "layernorm", "kv_spin");
+            _l2Flush = Fn(_modules, "layernorm", "kv_l2_flush");
             _attn64v2 = Fn(_modules, "attention", "attention_forward_d64_v2");
             _toBf16 = Fn(_modules, "gemm", "convert_bf16_kmajor");
             _splitReduce = Fn(_modules, "gemm", "gemm_splitk_reduce");
@@ -566,6 +567,20 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
             _driver.DestroyEvent(end);
             Synchronize();
         }
+    }
+
+    /// <summary>
+    /// For checks only (the perf benches set it around a version's check call, never around its timing): the scratch one
+    /// kernel writes and the next reads (split-K's slices, top-k's per-slice and candidate lists) is filled with NaN and
+    /// -1 as it is rented. The allocator recycles buffers by size, so without it a version that skips part of its work
+    /// could pass its check on what an earlier version left in the same buffer, and be timed as the fastest.
+    /// </summary>
+    public bool PoisonScratch { get; set; }
+
+    private void Poison(params Tensor[] scratch)
+    {
+        if (!PoisonScratch) return;
+        foreach (var t in scratch) Fill(t, t.DType == DType.I32 ? -1f : float.NaN);
     }
 
     /// <summary>The longest busy wait <see cref="MedianMs"/> puts before a batch (ms).</summary>
@@ -782,6 +797,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                 // order with the bias, GELU and accumulate (gemm_splitk_reduce).
                 int splits = ((k + 63) / 64 + ksteps - 1) / ksteps;
                 using var w = Empty(new Shape(splits, m, n));
+                Poison(w);
                 Args().Add(ta).Add(tb).Add((nint)0).Add(P(w)).Add(m).Add(n).Add(k).Add(n).Add(1).Add(1)
                     .Add((long)m * n).Add(1f).Add(0).Add(0).Add(ksteps).Add(splits);
                 Gemm4Go(cluster, m, n, splits);
@@ -1126,12 +1142,19 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         Fill(dv, 0f);
         double nn = (double)n * n, nd = (double)n * dim, parts = 4.0 * nb * n;
         var steps = new List<(string, double, double, double, string)>();
-        // The passes over S are timed with the L2 cache flushed before each call (a 256 MB write, untimed): S (64 MB at
+        // The passes over S are timed with the L2 cache flushed before each call (a read of 256 MB, untimed: kv_l2_flush,
+        // which leaves the L2 clean, where a memset would leave it dirty for the timed pass to write back): S (64 MB at
         // n 4096) would otherwise be read largely from an H100's 50 MB L2 when the pass is repeated, and the copy rate it
-        // is compared with is HBM's. (Not on the host emulator, whose memory has no such cache to speak of.)
-        using var flush = Emulated ? null : Empty(new Shape(64 << 20));
-        Action? cold = flush is null ? null : () => Fill(flush, 0f);
-        void Step(string name, Action a, double bytes, double flops, bool pass = false) => steps.Add((name, MedianMs(a, warmup, reps, pass ? cold : null), bytes, flops, LastTiming + (pass && cold is not null ? ", L2 flushed before each call" : "")));
+        // is compared with is HBM's. (On the host emulator a small buffer: the launch is checked, the emulator has no L2.)
+        using var flush = Empty(new Shape(Emulated ? 1 << 16 : 64 << 20));
+        using var sink = Empty(new Shape(1));
+        Fill(flush, 0f);
+        Action cold = () =>
+        {
+            Args().Add(P(flush)).Add(flush.Numel).Add(P(sink));
+            Go(_l2Flush, ((uint)(8 * _multiprocessors), 1, 1), 256);
+        };
+        void Step(string name, Action a, double bytes, double flops, bool pass = false) => steps.Add((name, MedianMs(a, warmup, reps, pass ? cold : null), bytes, flops, LastTiming + (pass ? ", L2 flushed before each call" : "")));
         string gemm = PreciseGemmVersion == 3 && PreciseGemmV3Unavailable is null ? "3xTF32 wgmma" : "3xTF32 mma.sync";
         Step($"S = invT t v^T ({gemm})", () => NceScores(t, v, invTemperature, sm), 4 * (2 * nd + nn), 2 * nn * dim);
         Step("diagonal + row/column statistics (one read of S)", () => NceStats(sm, diag, part), 4 * (nn + 2 * n) + 6 * parts, 6 * nn, pass: true);
@@ -1323,6 +1346,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         using var candS = Empty(new Shape(q, kp));                              // [Q, kp] the best approximate candidates
         using var candI = Empty(new Shape(q, kp), DType.I32);
         using var fail = Empty(new Shape(q), DType.I32);                        // [Q] 1: the certificate failed
+        Poison(partS, partI, candS, candI);
         long elems = (long)q * d;
         Args().Add(queries).Add(elems).Add(P(qh));
         Go(_tcQueries, ((uint)Math.Min(Blocks(elems, 256), 65535u), 1, 1), 256);
@@ -1433,6 +1457,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
         int chunks = (n + TopKChunk - 1) / TopKChunk;
         using var partS = Empty(new Shape(q, chunks, k2));                  // [Q, chunks, K2] each chunk's best, best first
         using var partI = Empty(new Shape(q, chunks, k2), DType.I32);
+        Poison(partS, partI);
         Args().Add(queries).Add(corpus).Add(n).Add(d).Add(k2).Add(P(partS)).Add(P(partI));
         Go(chunkKernel, ((uint)q, (uint)chunks, 1), 256, (uint)(d * sizeof(float)));
         Args().Add(P(partS)).Add(P(partI)).Add(chunks).Add(k2).Add(k).Add(scores).Add(indices);
