@@ -46,7 +46,8 @@ internal static class DemoCommand
 
     public static Command Create()
     {
-        var outDir = new Option<string>("--out") { Description = "Folder for the dataset, checkpoints, report.md and results.json", DefaultValueFactory = _ => "kernelvl-demo" };
+        var outDir = new Option<string>("--out") { Description = "Folder for the dataset, checkpoints, report.md and results.json: new, empty, or an earlier demo's, " +
+            "whose report, data/, stage1/ and stage2/ are then replaced (refused untouched if they hold files the demo did not write; other files are kept)", DefaultValueFactory = _ => "kernelvl-demo" };
         var quick = new Option<bool>("--quick") { Description = "A smoke run in seconds (tiny model, tiny data): checks the pipeline, not the method" };
         var scale = new Option<bool>("--scale") { Description = "A bigger run (more data, longer training): tens of minutes on 2 cores" };
         var seed = new Option<int>("--seed") { Description = "Seed of the data, the models and the training (deterministic on the cpu backend)", DefaultValueFactory = _ => 1 };
@@ -67,16 +68,11 @@ internal static class DemoCommand
     public static int Run(Plan p, string dir, int seed, string device)
     {
         var total = Stopwatch.StartNew();
-        // A rerun replaces a previous demo's stage1/ and stage2/: never those of a folder that is not one.
-        if (File.Exists(dir)) throw new BadInputException($"--out {dir}: is a file, not a folder");
-        if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any()
-            && !File.Exists(Path.Combine(dir, "data", "dataset.json")) && !File.Exists(Path.Combine(dir, "results.json")))
-            throw new BadInputException($"--out {dir}: not empty and not a previous demo's folder (no data/dataset.json): give a new or an empty folder");
-        Directory.CreateDirectory(dir);
+        // The folder is the demo's own from the first write (its marker), and an earlier run's report is gone before new
+        // data is made, so a rerun starts over in it.
+        using var folder = DemoFolder.Take(dir, Say);
         var timings = new JsonObject();
-        string dataDir = Path.Combine(dir, "data"), stage1 = Path.Combine(dir, "stage1"), stage2 = Path.Combine(dir, "stage2");
-        foreach (var old in new[] { stage1, stage2 })
-            if (Directory.Exists(old)) Directory.Delete(old, true);   // a fresh run each time (deterministic under --seed)
+        string dataDir = Path.Combine(dir, DemoFolder.DataFolder), stage1 = Path.Combine(dir, DemoFolder.Stage1Folder), stage2 = Path.Combine(dir, DemoFolder.Stage2Folder);
 
         // 1. Data.
         var sw = Stopwatch.StartNew();

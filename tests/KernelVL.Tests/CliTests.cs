@@ -588,7 +588,9 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal("bag_of_words", (string)doc["baseline"]!["mode"]!);
         Assert.Equal(3, doc["acceptance"]!.AsArray().Count);
         Assert.True((double)doc["timings"]!["total_seconds"]! > 0);
-        Assert.Contains("## Test retrieval", File.ReadAllText(Path.Combine(dir, "report.md")));
+        string report = File.ReadAllText(Path.Combine(dir, "report.md"));
+        Assert.Contains("## Test retrieval", report);
+        Assert.True(File.Exists(Path.Combine(dir, ".kernelvl-demo")), "no marker");
         // The checkpoints it leaves are usable by the other commands.
         r = Run("eval", "--model", Path.Combine(dir, "stage2"), "--data", Path.Combine(dir, "data", "dataset.json"), "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);
