@@ -68,9 +68,25 @@ internal static class DemoCommand
     public static int Run(Plan p, string dir, int seed, string device)
     {
         var total = Stopwatch.StartNew();
-        // The folder is the demo's own from the first write (its marker), and an earlier run's report is gone before new
-        // data is made, so a rerun starts over in it.
+        // Ctrl-C and SIGTERM stop every phase at its next check (the training stages after their step, checkpoint written):
+        // exit 130 or 143 with a line, no temporary file left. The folder is the demo's own from the first write (its
+        // marker), and an earlier run's report is gone before new data is made, so a rerun starts over in it.
+        using var stop = new StopSignal();
         using var folder = DemoFolder.Take(dir, Say);
+        string phase = "the data";
+        try
+        {
+            return RunStages(p, dir, seed, device, stop, total, x => phase = x);
+        }
+        catch (OperationCanceledException) when (stop.Requested)
+        {
+            Console.WriteLine($"stopped by {stop.Cause} during {phase}: {dir} holds a partial run and no report; the demo starts over when run again");
+            return stop.Code;
+        }
+    }
+
+    private static int RunStages(Plan p, string dir, int seed, string device, StopSignal stop, Stopwatch total, Action<string> phase)
+    {
         var timings = new JsonObject();
         string dataDir = Path.Combine(dir, DemoFolder.DataFolder), stage1 = Path.Combine(dir, DemoFolder.Stage1Folder), stage2 = Path.Combine(dir, DemoFolder.Stage2Folder);
 
@@ -79,8 +95,9 @@ internal static class DemoCommand
         Say($"{p.Name} run: {p.Train}/{p.Val}/{p.Test} synthetic images ({p.ImageSize}px), config {p.Config}, backend {device}, seed {seed}");
         string data;
         using (var bar = new ProgressBar("data", p.Train + p.Val + p.Test, " img"))
-            data = SyntheticShapes.Generate(dataDir, p.Train, p.Val, p.Test, p.ImageSize, seed, (d, _) => bar.Report(d));
+            data = SyntheticShapes.Generate(dataDir, p.Train, p.Val, p.Test, p.ImageSize, seed, (d, _) => bar.Report(d), stop.Token);
         timings["data_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
+        stop.Token.ThrowIfCancellationRequested();
 
         // 2. Stage 1: the cross-encoder (ITM with hard negatives + MLM).
         var common = TrainOptions.For(TrainStage.Pretrain, data, dataDir, stage1) with
@@ -91,7 +108,7 @@ internal static class DemoCommand
         };
         sw.Restart();
         Say("stage 1: training the single-stream VL transformer (image-text matching + masked language modelling)");
-        if (TrainCommands.Run(common, "stage 1 ", StopHint) is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C (130) or SIGTERM (143)
+        if (TrainCommands.Run(common, "stage 1 ", StopHint, stop) is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C (130) or SIGTERM (143)
         timings["stage1_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         // 3. Stage 2: VLDeformer decomposition from the stage-1 model.
@@ -102,15 +119,19 @@ internal static class DemoCommand
             Init = stage1, Epochs = p.DecomposeEpochs, BatchSize = p.Batch, MicroBatch = p.Batch, LearningRate = p.DecomposeLr, Temperature = p.Temperature,
             Warmup = 30, EvalImages = Math.Max(p.EvalImages, 50), Seed = seed, Backend = device,
         };
-        if (TrainCommands.Run(dec, "stage 2 ", StopHint) is var c2 && c2 != ErrorReporting.Ok) return c2;
+        if (TrainCommands.Run(dec, "stage 2 ", StopHint, stop) is var c2 && c2 != ErrorReporting.Ok) return c2;
         timings["stage2_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
+        phase("loading the models");
+        stop.Token.ThrowIfCancellationRequested();
         using var backend = BackendFactory.Create(device);
         using var cross = VlModel.Load(stage1, backend);
         using var decomposed = VlModel.Load(stage2, backend);
 
         // 4. The bag-of-words baseline on the same pairs.
         sw.Restart();
+        phase("the baseline");
+        stop.Token.ThrowIfCancellationRequested();
         Say("baseline: a bag-of-words dual encoder on the same pairs");
         var ds = KarpathyDataset.Load(data);
         var trainImgs = ds.Split("train");
@@ -120,14 +141,21 @@ internal static class DemoCommand
             (p.ImageSize / decomposed.Config.PatchSize) * (p.ImageSize / decomposed.Config.PatchSize), seed);
         List<float> bowLosses;
         using (var bar = new ProgressBar("baseline step", p.BowEpochs * Math.Max(1, trainImgs.Count / 64)))
-            bowLosses = bow.Train(trainPrepared, trainImgs.Select(i => i.Captions).ToList(), p.BowEpochs, 64, 2e-3f, 0.05f, seed, (s, _, l) => bar.Report(s, $"loss {l:F3}"));
+            bowLosses = bow.Train(trainPrepared, trainImgs.Select(i => i.Captions).ToList(), p.BowEpochs, 64, 2e-3f, 0.05f, seed, (s, _, l) =>
+            {
+                bar.Report(s, $"loss {l:F3}");
+                stop.Token.ThrowIfCancellationRequested();
+            });
         timings["baseline_train_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         // 5. Evaluation on the test split: decomposed (stage 2), cross-encoder (stage 1) over all pairs, rerank.
+        phase("the evaluation");
+        stop.Token.ThrowIfCancellationRequested();
         Say("evaluating on the test split: every mode timed on the same images and captions");
         var set = RetrievalCommands.LoadSplit(decomposed, data, dataDir, "test", 0, strict: true, label: "test");
+        stop.Token.ThrowIfCancellationRequested();
         var table = new StringWriter();
-        var evalDoc = RetrievalCommands.Evaluate(decomposed, set, "all", p.RerankK, 64, "test", table, cross);
+        var evalDoc = RetrievalCommands.Evaluate(decomposed, set, "all", p.RerankK, 64, "test", table, cross, stop.Token);
         sw.Restart();
         var bowI = bow.Embed(set.Images, x => bow.EncodeImages(x), 128);
         var bowT = bow.Embed(set.Captions, x => bow.EncodeText(x), 128);
@@ -157,6 +185,10 @@ internal static class DemoCommand
         results["plan"] = JsonSerializer.SerializeToNode(p);
         results["seed"] = seed;
         results["backend"] = device;
+        // The outputs last, each whole (written to a temporary name, then renamed); a stop asked for while they are
+        // written waits for them, and the run ends complete.
+        phase("the report");
+        stop.Token.ThrowIfCancellationRequested();
         AtomicFile.WriteAllText(Path.Combine(dir, "results.json"), results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
 
         // 6. Figures and the report.

@@ -526,7 +526,9 @@ internal static class RetrievalCommands
 
     /// <summary>Runs the modes on a set, prints the table, returns the JSON document of the eval command.</summary>
     /// <param name="cross">The early-interaction model for the cross and rerank modes (default: <paramref name="m"/>; the demo uses the stage-1 model).</param>
-    public static JsonObject Evaluate(VlModel m, EvalSet set, string mode, int rerankK, int batch, string split, TextWriter? table = null, VlModel? cross = null)
+    /// <param name="cancel">Checked at each progress report: a stop asked for (the demo's Ctrl-C) ends the evaluation there.</param>
+    public static JsonObject Evaluate(VlModel m, EvalSet set, string mode, int rerankK, int batch, string split, TextWriter? table = null, VlModel? cross = null,
+        CancellationToken cancel = default)
     {
         cross ??= m;
         table ??= Console.Out;
@@ -537,6 +539,7 @@ internal static class RetrievalCommands
         string? barLabel = null;
         void Progress(string what, long done, long total)
         {
+            cancel.ThrowIfCancellationRequested();
             if (barLabel != what) { bar?.Dispose(); bar = new ProgressBar(what, total); barLabel = what; }
             bar!.Report(done);
         }

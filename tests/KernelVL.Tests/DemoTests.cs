@@ -8,7 +8,7 @@ namespace KernelVL.Tests;
 
 /// <summary>
 /// `kernelvl demo --quick` as a process: which --out it takes as an earlier demo's, that every check comes before anything
-/// is deleted, two demos on one folder, and the refusals of an --out that cannot be a folder.
+/// is deleted, Ctrl-C and SIGTERM outside the training stages, two demos on one folder, and its option refusals.
 /// </summary>
 public sealed class DemoTests : IDisposable
 {
@@ -97,6 +97,48 @@ public sealed class DemoTests : IDisposable
         Assert.Contains($"kernelvl demo: replacing the earlier demo in {dir}", r.Err);
         Assert.Equal("mine: kept by every rerun", File.ReadAllText(Path.Combine(dir, "notes.txt")));
         Assert.Equal(2, (int)JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!["seed"]!);
+    }
+
+    /// <summary>Starts kernelvl, sends <paramref name="signal"/> (kill -SIG) when a stderr line holds <paramref name="pattern"/>, and waits for it.</summary>
+    private static (int Code, string Out, string Err) RunAndSignal(string pattern, string signal, params string[] args)
+    {
+        using var p = CliTests.Start(args);
+        var o = p.StandardOutput.ReadToEndAsync();
+        var err = new StringBuilder();
+        bool sent = false;
+        for (string? line; (line = p.StandardError.ReadLine()) is not null;)
+        {
+            err.AppendLine(line);
+            if (sent || !line.Contains(pattern, StringComparison.Ordinal)) continue;
+            using (var kill = Process.Start("kill", [$"-{signal}", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) kill.WaitForExit();
+            sent = true;
+        }
+        Assert.True(p.WaitForExit(120_000), "kernelvl did not end");
+        Assert.True(sent, $"no line with '{pattern}': {err}");
+        return (p.ExitCode, o.Result, err.ToString());
+    }
+
+    [Theory]
+    [InlineData("INT", 130, "Ctrl-C")]
+    [InlineData("TERM", 143, "SIGTERM")]
+    public void AStopDuringTheDataEndsWithALineLeavesNoStaleReportAndTheNextRunStartsOver(string signal, int code, string cause)
+    {
+        string dir = Tmp("stopped");
+        var r = Demo(dir);
+        Assert.True(r.Code == 0, r.Err);
+        // Stopped as the data stage begins (before its first image is written): outside the training stages.
+        r = RunAndSignal("data 0/", signal, "demo", "--quick", "--seed", "9", "--out", dir, "--device", "cpu");
+        Assert.True(r.Code == code, $"exit {r.Code}: {r.Out} {r.Err}");
+        // The line of a stop in the data stage; on a machine slow to deliver the signal, the stage-1 training's own.
+        Assert.True(r.Out.Contains($"stopped by {cause} during the data", StringComparison.Ordinal) || r.Out.Contains("stopped at step", StringComparison.Ordinal), r.Out);
+        var files = Directory.GetFiles(dir, "*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 }).Select(f => Path.GetRelativePath(dir, f)).ToList();
+        Assert.DoesNotContain(files, f => f.EndsWith(".tmp", StringComparison.Ordinal));
+        // The earlier run's report and results are gone: never beside data and checkpoints they do not describe.
+        Assert.DoesNotContain("report.md", files);
+        Assert.DoesNotContain("results.json", files);
+        r = Demo(dir);
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Contains($"replacing the earlier demo in {dir}", r.Err);
     }
 
     [Fact]

@@ -174,7 +174,8 @@ public static partial class SyntheticShapes
     /// colour-swapped twin, in the same split and group, so every split holds pairs that only attribute binding tells
     /// apart (a bag of words cannot). Deterministic under the seed.
     /// </summary>
-    public static string Generate(string dir, int train, int val, int test, int size, int seed, Action<int, int>? progress = null)
+    /// <param name="cancel">Checked before each image: a stop leaves whole images and no dataset.json.</param>
+    public static string Generate(string dir, int train, int val, int test, int size, int seed, Action<int, int>? progress = null, CancellationToken cancel = default)
     {
         if (File.Exists(dir)) throw new BadInputException($"{dir}: is a file, not a folder");
         var rng = new Random(seed);
@@ -209,6 +210,7 @@ public static partial class SyntheticShapes
         var images = new List<DatasetImage>(total);
         for (int i = 0; i < total; i++)
         {
+            cancel.ThrowIfCancellationRequested();
             string split = i < train ? "train" : i < train + val ? "val" : "test";
             string rel = Path.Combine("images", $"{i:D6}.png");
             using (var img = Render(scenes[i], size, new Random(seed * 7919 + i)))
