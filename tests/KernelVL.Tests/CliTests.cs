@@ -590,6 +590,15 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.True((double)doc["timings"]!["total_seconds"]! > 0);
         string report = File.ReadAllText(Path.Combine(dir, "report.md"));
         Assert.Contains("## Test retrieval", report);
+        // One speedup figure, results.json's: in the report, on stdout, in the eval table's line and in the acceptance check.
+        double speedup = (double)doc["speedup_decomposed_vs_cross"]!;
+        string times = $"{speedup:F0}x";
+        Assert.Contains($"**{times}**", report);
+        Assert.Contains($"speed: decomposed is {times} faster", r.Out);
+        Assert.Contains($"decomposed {times} faster than the cross-encoder", r.Out);
+        var check = doc["acceptance"]!.AsArray().Single(a => ((string)a!["check"]!).Contains("100x", StringComparison.Ordinal))!;
+        Assert.Equal(times, (string)check["measured"]!);
+        Assert.Equal(speedup >= 100, (bool)check["met"]!);
         Assert.True(File.Exists(Path.Combine(dir, ".kernelvl-demo")), "no marker");
         // The checkpoints it leaves are usable by the other commands.
         r = Run("eval", "--model", Path.Combine(dir, "stage2"), "--data", Path.Combine(dir, "data", "dataset.json"), "--device", "cpu");
