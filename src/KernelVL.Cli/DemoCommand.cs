@@ -204,9 +204,13 @@ internal static class DemoCommand
         Console.WriteLine($"mean recall: cross {crossMean:F1}, decomposed {decMean:F1}, rerank {rerankMean:F1}, bag of words {bowMean:F1}; decomposed {speedup:F0}x faster than the cross-encoder");
         foreach (var a in acceptance) Console.WriteLine($"{((bool)a!["met"]! ? "MET    " : "NOT MET")} {(string)a["check"]!} ({(string)a["measured"]!})");
         Console.WriteLine($"report: {Path.Combine(dir, "report.md")} ({ProgressBar.Format(total.Elapsed)} in all)");
-        Console.WriteLine($"go on: kernelvl search --model {stage2} --index <index> --text \"a small red circle left of a large blue square\"  (after: kernelvl index --model {stage2} --data {data} --images {dataDir} --out <index>)");
+        Console.WriteLine($"go on: kernelvl search --model {Quote(stage2)} --index <index> --text \"a small red circle left of a large blue square\"  (after: kernelvl index --model {Quote(stage2)} --data {Quote(data)} --images {Quote(dataDir)} --out <index>)");
         return ErrorReporting.Ok;
     }
+
+    /// <summary>A path as a POSIX shell reads it back: as it is when it holds only safe characters, else in single quotes.</summary>
+    private static string Quote(string path) =>
+        path.Length > 0 && path.All(c => char.IsAsciiLetterOrDigit(c) || "/._-+:@%,=".Contains(c)) ? path : "'" + path.Replace("'", "'\\''") + "'";
 
     private static JsonObject Check(string what, bool met, string measured) => new() { ["check"] = what, ["met"] = met, ["measured"] = measured };
     private static JsonObject Dir(RecallAt d) => new() { ["r1"] = Math.Round(d.R1, 3), ["r5"] = Math.Round(d.R5, 3), ["r10"] = Math.Round(d.R10, 3), ["medr"] = d.MedR };
@@ -302,9 +306,11 @@ internal static class DemoCommand
         r.AppendLine("## Go on from here");
         r.AppendLine();
         r.AppendLine("```");
-        r.AppendLine($"kernelvl index  --model {Path.Combine(dir, "stage2")} --data {Path.Combine(dir, "data", "dataset.json")} --out {Path.Combine(dir, "index")}");
-        r.AppendLine($"kernelvl search --model {Path.Combine(dir, "stage2")} --index {Path.Combine(dir, "index")} --text \"a small red circle left of a large blue square\" --rerank 10 --cross-model {Path.Combine(dir, "stage1")}");
-        r.AppendLine($"kernelvl eval   --model {Path.Combine(dir, "stage2")} --cross-model {Path.Combine(dir, "stage1")} --data {Path.Combine(dir, "data", "dataset.json")} --mode all");
+        string stage1 = Quote(Path.Combine(dir, DemoFolder.Stage1Folder)), stage2 = Quote(Path.Combine(dir, DemoFolder.Stage2Folder));
+        string data = Quote(Path.Combine(dir, DemoFolder.DataFolder, "dataset.json")), index = Quote(Path.Combine(dir, "index"));
+        r.AppendLine($"kernelvl index  --model {stage2} --data {data} --out {index}");
+        r.AppendLine($"kernelvl search --model {stage2} --index {index} --text \"a small red circle left of a large blue square\" --rerank 10 --cross-model {stage1}");
+        r.AppendLine($"kernelvl eval   --model {stage2} --cross-model {stage1} --data {data} --mode all --rerank-k {p.RerankK}");
         r.AppendLine("```");
         r.AppendLine();
         r.AppendLine("Everything above is in `results.json` (the eval JSON of `kernelvl eval`, plus the baseline, the timings and the acceptance checks).");

@@ -577,7 +577,7 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
     [Fact]
     public void TheQuickDemoRunsTheWholePipelineAndWritesItsReport()
     {
-        string dir = Tmp();
+        string dir = Tmp() + " demo";   // a space: the printed commands must quote it
         var r = Run("demo", "--quick", "--out", dir, "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);
         foreach (var f in new[] { "report.md", "results.json", "recall.png", "examples.png", "baseline-loss.png", "data/dataset.json",
@@ -599,6 +599,11 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         var check = doc["acceptance"]!.AsArray().Single(a => ((string)a!["check"]!).Contains("100x", StringComparison.Ordinal))!;
         Assert.Equal(times, (string)check["measured"]!);
         Assert.Equal(speedup >= 100, (bool)check["met"]!);
+        // The commands to go on: paths quoted for a shell, eval with the demo's rerank depth (--quick: 4).
+        string stage2 = $"'{Path.Combine(dir, "stage2")}'";
+        Assert.Contains($"go on: kernelvl search --model {stage2} --index", r.Out);
+        Assert.Contains($"kernelvl index  --model {stage2} --data '{Path.Combine(dir, "data", "dataset.json")}'", report);
+        Assert.Contains("--mode all --rerank-k 4", report);
         Assert.True(File.Exists(Path.Combine(dir, ".kernelvl-demo")), "no marker");
         // The checkpoints it leaves are usable by the other commands.
         r = Run("eval", "--model", Path.Combine(dir, "stage2"), "--data", Path.Combine(dir, "data", "dataset.json"), "--device", "cpu");
