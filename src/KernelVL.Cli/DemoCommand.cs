@@ -50,7 +50,7 @@ internal static class DemoCommand
             "whose report, data/, stage1/ and stage2/ are then replaced (refused untouched if they hold files the demo did not write; other files are kept)", DefaultValueFactory = _ => "kernelvl-demo" };
         var quick = new Option<bool>("--quick") { Description = "A smoke run in seconds (tiny model, tiny data): checks the pipeline, not the method" };
         var scale = new Option<bool>("--scale") { Description = "A bigger run (more data, longer training): tens of minutes on 2 cores" };
-        var seed = new Option<int>("--seed") { Description = "Seed of the data, the models and the training (deterministic on the cpu backend)", DefaultValueFactory = _ => 1 };
+        var seed = new Option<int>("--seed") { Description = "Seed of the data, the models and the training, 0 or more (deterministic on the cpu backend)", DefaultValueFactory = _ => 1 };
         var device = TrainCommands.DeviceOption();
         var cmd = new Command("demo", "The whole method end to end on generated data: train a VL transformer, decompose it, compare retrieval modes against a bag-of-words baseline");
         foreach (var o in new Option[] { outDir, quick, scale, seed, device }) cmd.Options.Add(o);
@@ -68,6 +68,7 @@ internal static class DemoCommand
     public static int Run(Plan p, string dir, int seed, string device)
     {
         var total = Stopwatch.StartNew();
+        if (seed < 0) throw new BadInputException($"--seed {seed}: must be 0 or more (the data generator would draw the scenes of --seed {(seed == int.MinValue ? int.MaxValue : -seed)})");
         // Ctrl-C and SIGTERM stop every phase at its next check (the training stages after their step, checkpoint written):
         // exit 130 or 143 with a line, no temporary file left. The folder is the demo's own from the first write (its
         // marker), and an earlier run's report is gone before new data is made, so a rerun starts over in it.

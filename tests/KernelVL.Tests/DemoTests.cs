@@ -196,4 +196,17 @@ public sealed class DemoTests : IDisposable
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains("an earlier demo's", r.Out);   // what a rerun replaces, and what it refuses
     }
+
+    [Fact]
+    public void ANegativeSeedIsRefusedBeforeAnyOutput()
+    {
+        // .NET's seeded Random takes a seed's absolute value: --seed -1 drew the scenes of --seed 1.
+        string dir = Tmp("negative-seed");
+        var r = Demo(dir, "--seed", "-1");
+        Assert.True(r.Code == 2 && r.Err.Contains("--seed -1: must be 0 or more"), $"exit {r.Code}: {r.Err}");
+        Assert.False(Path.Exists(dir));
+        r = CliTests.Run("shapes", "--out", dir, "--train", "2", "--val", "0", "--test", "2", "--seed", "-2147483648");
+        Assert.True(r.Code == 2 && r.Err.Contains("--seed must be 0 or more"), $"exit {r.Code}: {r.Err}");
+        Assert.False(Path.Exists(dir));
+    }
 }

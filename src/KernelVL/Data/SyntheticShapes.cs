@@ -172,12 +172,14 @@ public static partial class SyntheticShapes
     /// Writes <paramref name="train"/> + <paramref name="val"/> + <paramref name="test"/> distinct scenes as PNGs under
     /// DIR/images and the split as DIR/dataset.json; returns the JSON's path. Scenes come in twins: a scene and its
     /// colour-swapped twin, in the same split and group, so every split holds pairs that only attribute binding tells
-    /// apart (a bag of words cannot). Deterministic under the seed.
+    /// apart (a bag of words cannot). Deterministic under the seed, which must not be negative: .NET's seeded
+    /// <see cref="Random"/> takes a seed's absolute value, so -N would draw the scenes of N.
     /// </summary>
     /// <param name="cancel">Checked before each image: a stop leaves whole images and no dataset.json.</param>
     public static string Generate(string dir, int train, int val, int test, int size, int seed, Action<int, int>? progress = null, CancellationToken cancel = default)
     {
         if (File.Exists(dir)) throw new BadInputException($"{dir}: is a file, not a folder");
+        if (seed < 0) throw new BadInputException($"seed {seed}: must be 0 or more (a negative seed would draw the scenes of {(seed == int.MinValue ? int.MaxValue : -seed)})");
         var rng = new Random(seed);
         var seen = new HashSet<string>();
         var scenes = new List<Scene>();
