@@ -574,6 +574,26 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal(total, ids.Distinct().Count());
     }
 
+    [SkippableFact]
+    public void AFullDiskAndAnOverlongNameAreBadInputWithExit2()
+    {
+        // A name too long for the file system is the user's input, like any other --out that cannot be made.
+        string longName = Path.Combine(fx.Dir, new string('x', 300));
+        var r = Run("demo", "--quick", "--out", longName, "--device", "cpu");
+        Assert.True(r.Code == 2 && r.Err.StartsWith("kernelvl: bad input:", StringComparison.Ordinal), $"exit {r.Code}: {r.Err}");
+        Assert.False(Path.Exists(longName));
+        // /dev/full: every write fails with ENOSPC, as on a full disk (the place the user gave, not the program, is at fault).
+        Skip.IfNot(File.Exists("/dev/full"), "no /dev/full here");
+        var psi = new ProcessStartInfo("sh") { RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add("exec dotnet \"$0\" info > /dev/full");
+        psi.ArgumentList.Add(Exe);
+        using var p = Process.Start(psi)!;
+        string err = p.StandardError.ReadToEnd();
+        Assert.True(p.WaitForExit(60_000), "kernelvl info did not end");
+        Assert.True(p.ExitCode == 2 && err.StartsWith("kernelvl: bad input: ", StringComparison.Ordinal), $"exit {p.ExitCode}: {err}");
+    }
+
     [Fact]
     public void TheQuickDemoRunsTheWholePipelineAndWritesItsReport()
     {
