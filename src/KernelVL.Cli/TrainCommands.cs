@@ -8,7 +8,7 @@ namespace KernelVL.Cli;
 internal static class TrainCommands
 {
     /// <summary>--device: auto = the cuda backend where a GPU is present, else cpu.</summary>
-    public static Option<string> DeviceOption() => new("--device") { Description = "Backend: auto (cuda where a GPU is present, else cpu), cpu, cuda, ilgpu, ilgpu-cpu, reference", DefaultValueFactory = _ => "auto" };
+    public static Option<string> DeviceOption() => new("--device") { Description = "Backend: auto (cuda where a GPU is present, else cpu), cpu, cuda, ilgpu, ilgpu-cuda, ilgpu-cpu, reference", DefaultValueFactory = _ => "auto" };
 
     public static string ResolveDevice(string device)
     {

@@ -209,4 +209,12 @@ public sealed class DemoTests : IDisposable
         Assert.True(r.Code == 2 && r.Err.Contains("--seed must be 0 or more"), $"exit {r.Code}: {r.Err}");
         Assert.False(Path.Exists(dir));
     }
+
+    [Fact]
+    public void TheDeviceHelpNamesEveryBackend()
+    {
+        var r = CliTests.Run("demo", "--help");
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Contains("ilgpu-cuda", r.Out);
+    }
 }
