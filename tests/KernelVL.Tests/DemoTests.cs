@@ -163,6 +163,12 @@ public sealed class DemoTests : IDisposable
                 var second = Demo(dir, "--seed", "3");
                 AssertRefused(second, dir, "another kernelvl demo is using it");
             }
+            catch
+            {
+                first.Kill(entireProcessTree: true);   // no demo left writing into the folder the test removes
+                first.WaitForExit();
+                throw;
+            }
             finally
             {
                 using var cont = Process.Start("kill", ["-CONT", Pid()]);
