@@ -46,10 +46,11 @@ internal static class DemoCommand
 
     public static Command Create()
     {
-        var outDir = new Option<string>("--out") { Description = "Folder for the dataset, checkpoints, report.md and results.json", DefaultValueFactory = _ => "kernelvl-demo" };
+        var outDir = new Option<string>("--out") { Description = "Folder for the dataset, checkpoints, report.md and results.json: new, empty, or an earlier demo's, " +
+            "whose report, data/, stage1/ and stage2/ are then replaced (refused untouched if they hold files the demo did not write; other files are kept)", DefaultValueFactory = _ => "kernelvl-demo" };
         var quick = new Option<bool>("--quick") { Description = "A smoke run in seconds (tiny model, tiny data): checks the pipeline, not the method" };
         var scale = new Option<bool>("--scale") { Description = "A bigger run (more data, longer training): tens of minutes on 2 cores" };
-        var seed = new Option<int>("--seed") { Description = "Seed of the data, the models and the training (deterministic on the cpu backend)", DefaultValueFactory = _ => 1 };
+        var seed = new Option<int>("--seed") { Description = "Seed of the data, the models and the training, 0 or more (deterministic on the cpu backend)", DefaultValueFactory = _ => 1 };
         var device = TrainCommands.DeviceOption();
         var cmd = new Command("demo", "The whole method end to end on generated data: train a VL transformer, decompose it, compare retrieval modes against a bag-of-words baseline");
         foreach (var o in new Option[] { outDir, quick, scale, seed, device }) cmd.Options.Add(o);
@@ -67,24 +68,37 @@ internal static class DemoCommand
     public static int Run(Plan p, string dir, int seed, string device)
     {
         var total = Stopwatch.StartNew();
-        // A rerun replaces a previous demo's stage1/ and stage2/: never those of a folder that is not one.
-        if (File.Exists(dir)) throw new BadInputException($"--out {dir}: is a file, not a folder");
-        if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any()
-            && !File.Exists(Path.Combine(dir, "data", "dataset.json")) && !File.Exists(Path.Combine(dir, "results.json")))
-            throw new BadInputException($"--out {dir}: not empty and not a previous demo's folder (no data/dataset.json): give a new or an empty folder");
-        Directory.CreateDirectory(dir);
+        if (seed < 0) throw new BadInputException($"--seed {seed}: must be 0 or more (the data generator would draw the scenes of --seed {(seed == int.MinValue ? int.MaxValue : -seed)})");
+        // Ctrl-C and SIGTERM stop every phase at its next check (the training stages after their step, checkpoint written):
+        // exit 130 or 143 with a line, no temporary file left. The folder is the demo's own from the first write (its
+        // marker), and an earlier run's report is gone before new data is made, so a rerun starts over in it.
+        using var stop = new StopSignal();
+        using var folder = DemoFolder.Take(dir, Say);
+        string phase = "the data";
+        try
+        {
+            return RunStages(p, dir, seed, device, stop, total, x => phase = x);
+        }
+        catch (OperationCanceledException) when (stop.Requested)
+        {
+            Console.WriteLine($"stopped by {stop.Cause} during {phase}: {dir} holds a partial run and no report; the demo starts over when run again");
+            return stop.Code;
+        }
+    }
+
+    private static int RunStages(Plan p, string dir, int seed, string device, StopSignal stop, Stopwatch total, Action<string> phase)
+    {
         var timings = new JsonObject();
-        string dataDir = Path.Combine(dir, "data"), stage1 = Path.Combine(dir, "stage1"), stage2 = Path.Combine(dir, "stage2");
-        foreach (var old in new[] { stage1, stage2 })
-            if (Directory.Exists(old)) Directory.Delete(old, true);   // a fresh run each time (deterministic under --seed)
+        string dataDir = Path.Combine(dir, DemoFolder.DataFolder), stage1 = Path.Combine(dir, DemoFolder.Stage1Folder), stage2 = Path.Combine(dir, DemoFolder.Stage2Folder);
 
         // 1. Data.
         var sw = Stopwatch.StartNew();
         Say($"{p.Name} run: {p.Train}/{p.Val}/{p.Test} synthetic images ({p.ImageSize}px), config {p.Config}, backend {device}, seed {seed}");
         string data;
         using (var bar = new ProgressBar("data", p.Train + p.Val + p.Test, " img"))
-            data = SyntheticShapes.Generate(dataDir, p.Train, p.Val, p.Test, p.ImageSize, seed, (d, _) => bar.Report(d));
+            data = SyntheticShapes.Generate(dataDir, p.Train, p.Val, p.Test, p.ImageSize, seed, (d, _) => bar.Report(d), stop.Token);
         timings["data_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
+        stop.Token.ThrowIfCancellationRequested();
 
         // 2. Stage 1: the cross-encoder (ITM with hard negatives + MLM).
         var common = TrainOptions.For(TrainStage.Pretrain, data, dataDir, stage1) with
@@ -95,7 +109,7 @@ internal static class DemoCommand
         };
         sw.Restart();
         Say("stage 1: training the single-stream VL transformer (image-text matching + masked language modelling)");
-        if (TrainCommands.Run(common, "stage 1 ", StopHint) is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C (130) or SIGTERM (143)
+        if (TrainCommands.Run(common, "stage 1 ", StopHint, stop) is var c1 && c1 != ErrorReporting.Ok) return c1;   // stopped by Ctrl-C (130) or SIGTERM (143)
         timings["stage1_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         // 3. Stage 2: VLDeformer decomposition from the stage-1 model.
@@ -106,15 +120,19 @@ internal static class DemoCommand
             Init = stage1, Epochs = p.DecomposeEpochs, BatchSize = p.Batch, MicroBatch = p.Batch, LearningRate = p.DecomposeLr, Temperature = p.Temperature,
             Warmup = 30, EvalImages = Math.Max(p.EvalImages, 50), Seed = seed, Backend = device,
         };
-        if (TrainCommands.Run(dec, "stage 2 ", StopHint) is var c2 && c2 != ErrorReporting.Ok) return c2;
+        if (TrainCommands.Run(dec, "stage 2 ", StopHint, stop) is var c2 && c2 != ErrorReporting.Ok) return c2;
         timings["stage2_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
+        phase("loading the models");
+        stop.Token.ThrowIfCancellationRequested();
         using var backend = BackendFactory.Create(device);
         using var cross = VlModel.Load(stage1, backend);
         using var decomposed = VlModel.Load(stage2, backend);
 
         // 4. The bag-of-words baseline on the same pairs.
         sw.Restart();
+        phase("the baseline");
+        stop.Token.ThrowIfCancellationRequested();
         Say("baseline: a bag-of-words dual encoder on the same pairs");
         var ds = KarpathyDataset.Load(data);
         var trainImgs = ds.Split("train");
@@ -124,14 +142,21 @@ internal static class DemoCommand
             (p.ImageSize / decomposed.Config.PatchSize) * (p.ImageSize / decomposed.Config.PatchSize), seed);
         List<float> bowLosses;
         using (var bar = new ProgressBar("baseline step", p.BowEpochs * Math.Max(1, trainImgs.Count / 64)))
-            bowLosses = bow.Train(trainPrepared, trainImgs.Select(i => i.Captions).ToList(), p.BowEpochs, 64, 2e-3f, 0.05f, seed, (s, _, l) => bar.Report(s, $"loss {l:F3}"));
+            bowLosses = bow.Train(trainPrepared, trainImgs.Select(i => i.Captions).ToList(), p.BowEpochs, 64, 2e-3f, 0.05f, seed, (s, _, l) =>
+            {
+                bar.Report(s, $"loss {l:F3}");
+                stop.Token.ThrowIfCancellationRequested();
+            });
         timings["baseline_train_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 2);
 
         // 5. Evaluation on the test split: decomposed (stage 2), cross-encoder (stage 1) over all pairs, rerank.
+        phase("the evaluation");
+        stop.Token.ThrowIfCancellationRequested();
         Say("evaluating on the test split: every mode timed on the same images and captions");
         var set = RetrievalCommands.LoadSplit(decomposed, data, dataDir, "test", 0, strict: true, label: "test");
+        stop.Token.ThrowIfCancellationRequested();
         var table = new StringWriter();
-        var evalDoc = RetrievalCommands.Evaluate(decomposed, set, "all", p.RerankK, 64, "test", table, cross);
+        var evalDoc = RetrievalCommands.Evaluate(decomposed, set, "all", p.RerankK, 64, "test", table, cross, stop.Token);
         sw.Restart();
         var bowI = bow.Embed(set.Images, x => bow.EncodeImages(x), 128);
         var bowT = bow.Embed(set.Captions, x => bow.EncodeText(x), 128);
@@ -141,7 +166,8 @@ internal static class DemoCommand
         var modes = evalDoc["modes"]!.AsArray().ToDictionary(m => (string)m!["mode"]!, m => m!);
         double Mean(JsonNode m) => ((double)m["rsum"]!) / 6;
         double crossMean = Mean(modes["cross"]), decMean = Mean(modes["decomposed"]), rerankMean = Mean(modes["rerank"]), bowMean = bowR.MeanRecall;
-        double speedup = (double)modes["cross"]["seconds"]! / (double)modes["decomposed"]["seconds"]!;
+        // The one speedup figure, as results.json holds it (from the unrounded times): the report, stdout and the check use it.
+        double speedup = evalDoc["speedup_decomposed_vs_cross"] is JsonValue sv ? (double)sv : double.NaN;
         var acceptance = new JsonArray
         {
             Check("decomposed mean recall within 3 points of the cross-encoder's", decMean >= crossMean - 3, $"{decMean:F1} vs {crossMean:F1}"),
@@ -161,6 +187,10 @@ internal static class DemoCommand
         results["plan"] = JsonSerializer.SerializeToNode(p);
         results["seed"] = seed;
         results["backend"] = device;
+        // The outputs last, each whole (written to a temporary name, then renamed); a stop asked for while they are
+        // written waits for them, and the run ends complete.
+        phase("the report");
+        stop.Token.ThrowIfCancellationRequested();
         AtomicFile.WriteAllText(Path.Combine(dir, "results.json"), results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
 
         // 6. Figures and the report.
@@ -175,9 +205,13 @@ internal static class DemoCommand
         Console.WriteLine($"mean recall: cross {crossMean:F1}, decomposed {decMean:F1}, rerank {rerankMean:F1}, bag of words {bowMean:F1}; decomposed {speedup:F0}x faster than the cross-encoder");
         foreach (var a in acceptance) Console.WriteLine($"{((bool)a!["met"]! ? "MET    " : "NOT MET")} {(string)a["check"]!} ({(string)a["measured"]!})");
         Console.WriteLine($"report: {Path.Combine(dir, "report.md")} ({ProgressBar.Format(total.Elapsed)} in all)");
-        Console.WriteLine($"go on: kernelvl search --model {stage2} --index <index> --text \"a small red circle left of a large blue square\"  (after: kernelvl index --model {stage2} --data {data} --images {dataDir} --out <index>)");
+        Console.WriteLine($"go on: kernelvl search --model {Quote(stage2)} --index <index> --text \"a small red circle left of a large blue square\"  (after: kernelvl index --model {Quote(stage2)} --data {Quote(data)} --images {Quote(dataDir)} --out <index>)");
         return ErrorReporting.Ok;
     }
+
+    /// <summary>A path as a POSIX shell reads it back: as it is when it holds only safe characters, else in single quotes.</summary>
+    private static string Quote(string path) =>
+        path.Length > 0 && path.All(c => char.IsAsciiLetterOrDigit(c) || "/._-+:@%,=".Contains(c)) ? path : "'" + path.Replace("'", "'\\''") + "'";
 
     private static JsonObject Check(string what, bool met, string measured) => new() { ["check"] = what, ["met"] = met, ["measured"] = measured };
     private static JsonObject Dir(RecallAt d) => new() { ["r1"] = Math.Round(d.R1, 3), ["r5"] = Math.Round(d.R5, 3), ["r10"] = Math.Round(d.R10, 3), ["medr"] = d.MedR };
@@ -273,9 +307,11 @@ internal static class DemoCommand
         r.AppendLine("## Go on from here");
         r.AppendLine();
         r.AppendLine("```");
-        r.AppendLine($"kernelvl index  --model {Path.Combine(dir, "stage2")} --data {Path.Combine(dir, "data", "dataset.json")} --out {Path.Combine(dir, "index")}");
-        r.AppendLine($"kernelvl search --model {Path.Combine(dir, "stage2")} --index {Path.Combine(dir, "index")} --text \"a small red circle left of a large blue square\" --rerank 10 --cross-model {Path.Combine(dir, "stage1")}");
-        r.AppendLine($"kernelvl eval   --model {Path.Combine(dir, "stage2")} --cross-model {Path.Combine(dir, "stage1")} --data {Path.Combine(dir, "data", "dataset.json")} --mode all");
+        string stage1 = Quote(Path.Combine(dir, DemoFolder.Stage1Folder)), stage2 = Quote(Path.Combine(dir, DemoFolder.Stage2Folder));
+        string data = Quote(Path.Combine(dir, DemoFolder.DataFolder, "dataset.json")), index = Quote(Path.Combine(dir, "index"));
+        r.AppendLine($"kernelvl index  --model {stage2} --data {data} --out {index}");
+        r.AppendLine($"kernelvl search --model {stage2} --index {index} --text \"a small red circle left of a large blue square\" --rerank 10 --cross-model {stage1}");
+        r.AppendLine($"kernelvl eval   --model {stage2} --cross-model {stage1} --data {data} --mode all --rerank-k {p.RerankK}");
         r.AppendLine("```");
         r.AppendLine();
         r.AppendLine("Everything above is in `results.json` (the eval JSON of `kernelvl eval`, plus the baseline, the timings and the acceptance checks).");

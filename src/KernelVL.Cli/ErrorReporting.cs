@@ -2,7 +2,7 @@ using KernelVL;
 
 namespace KernelVL.Cli;
 
-/// <summary>The only place exceptions become exit codes: 2 for bad input, 1 for any other failure (130: stopped by Ctrl-C).</summary>
+/// <summary>The only place exceptions become exit codes: 2 for bad input (a full disk too), 1 for any other failure (130: stopped by Ctrl-C).</summary>
 internal static class ErrorReporting
 {
     /// <summary>
@@ -16,13 +16,22 @@ internal static class ErrorReporting
         var inner = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerException! : e;
         int code = inner switch
         {
-            BadInputException or ShapeException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException => BadInput,
+            BadInputException or ShapeException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or PathTooLongException => BadInput,
+            IOException io when NoRoom(io) => BadInput,
             _ => Failure,
         };
         Console.Error.WriteLine($"kernelvl: {(code == BadInput ? "bad input" : "error")}: {inner.Message}");
         if (verbose) Console.Error.WriteLine(inner);
         return code;
     }
+
+    /// <summary>
+    /// A write the file system refused for want of room or of write access (ENOSPC, EDQUOT, EROFS; on Linux and macOS .NET
+    /// puts the errno in HResult): the place the user gave is at fault, as with a folder they cannot write to.
+    /// </summary>
+    private static bool NoRoom(IOException e) => OperatingSystem.IsWindows()
+        ? e.HResult is unchecked((int)0x80070070) or unchecked((int)0x80070027)   // ERROR_DISK_FULL, ERROR_HANDLE_DISK_FULL
+        : e.HResult is 28 or 30 || e.HResult == (OperatingSystem.IsMacOS() ? 69 : 122);
 
     /// <summary>
     /// A parser's message in a user's words: "Cannot parse argument 'abc' for option '-k' as expected type

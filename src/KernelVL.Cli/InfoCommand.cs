@@ -63,7 +63,7 @@ internal static class InfoCommand
                 ops = ops.Select(o => new { op = o.Op, implemented_by = o.ImplementedBy }),
             };
             Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
-            return ErrorReporting.Ok;
+            return ProbeCode(probes);
         }
         Console.WriteLine($"runtime        {SystemInfo.Runtime}");
         Console.WriteLine($"cpu            {SystemInfo.CpuName}, {SystemInfo.Cores} cores");
@@ -84,6 +84,9 @@ internal static class InfoCommand
             Console.WriteLine($"  {n,-10} {BackendFactory.Unavailable(n) ?? "available"}{(n == backend ? " (default)" : "")}");
         Console.WriteLine($"ops on the {backend} backend (CpuBackend = its own SIMD kernel, ReferenceBackend = scalar loops)");
         foreach (var (op, by) in ops) Console.WriteLine($"  {op,-24} {by}");
-        return probes.Any(p => !p.Ok) ? ErrorReporting.Failure : ErrorReporting.Ok;
+        return ProbeCode(probes);
     }
+
+    /// <summary>1 when a --probe failed, whether the report is text or JSON (the JSON says which in ilgpu_probe).</summary>
+    private static int ProbeCode(IEnumerable<SystemInfo.ProbeResult> probes) => probes.Any(p => !p.Ok) ? ErrorReporting.Failure : ErrorReporting.Ok;
 }

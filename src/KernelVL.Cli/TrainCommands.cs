@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Runtime.InteropServices;
 using KernelVL.Backends;
 using KernelVL.Training;
 
@@ -9,7 +8,7 @@ namespace KernelVL.Cli;
 internal static class TrainCommands
 {
     /// <summary>--device: auto = the cuda backend where a GPU is present, else cpu.</summary>
-    public static Option<string> DeviceOption() => new("--device") { Description = "Backend: auto (cuda where a GPU is present, else cpu), cpu, cuda, ilgpu, ilgpu-cpu, reference", DefaultValueFactory = _ => "auto" };
+    public static Option<string> DeviceOption() => new("--device") { Description = "Backend: auto (cuda where a GPU is present, else cpu), cpu, cuda, ilgpu, ilgpu-cuda, ilgpu-cpu, reference", DefaultValueFactory = _ => "auto" };
 
     public static string ResolveDevice(string device)
     {
@@ -93,8 +92,11 @@ internal static class TrainCommands
     }
 
     /// <param name="onStop">What to tell the user after Ctrl-C or SIGTERM (the demo cannot be resumed: a rerun starts over).</param>
-    public static int Run(TrainOptions o, string label = "", string onStop = "continue with the same command and --resume")
+    /// <param name="stop">The caller's handler of Ctrl-C and SIGTERM (the demo's, for its whole run); by default the run's own.</param>
+    public static int Run(TrainOptions o, string label = "", string onStop = "continue with the same command and --resume", StopSignal? stop = null)
     {
+        using var ownStop = stop is null ? new StopSignal() : null;
+        stop ??= ownStop!;
         using var backend = BackendFactory.Create(o.Backend);
         ProgressBar? bar = null;
         var trainer = new Trainer(o, backend);
@@ -119,22 +121,15 @@ internal static class TrainCommands
             string line = $"eval @ step {e.Step} ({e.Mode}, {e.Seconds:F1}s): i2t R@1/5/10 {e.Recall.I2T.R1:F1}/{e.Recall.I2T.R5:F1}/{e.Recall.I2T.R10:F1}  t2i {e.Recall.T2I.R1:F1}/{e.Recall.T2I.R5:F1}/{e.Recall.T2I.R10:F1}  rsum {e.Recall.Rsum:F1}";
             if (bar is null) Console.Error.WriteLine(line); else { bar.Status(""); bar.Line(line); }
         };
-        using var cts = new CancellationTokenSource();
-        int stopCode = ErrorReporting.Interrupted;
-        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
-        Console.CancelKeyPress += onCancel;
-        // SIGTERM (kill, docker stop, systemd, Slurm) stops as Ctrl-C does: after the step in progress, its checkpoint
-        // written; without this the runtime would end the process and lose the steps since the last checkpoint.
-        var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stopCode = ErrorReporting.Terminated; cts.Cancel(); });
+        // Ctrl-C and SIGTERM stop after the step in progress, its checkpoint written; without a handler the runtime would
+        // end the process and lose the steps since the last checkpoint.
         TrainSummary s;
         try
         {
-            s = trainer.Run(cts.Token);
+            s = trainer.Run(stop.Token);
         }
         finally
         {
-            Console.CancelKeyPress -= onCancel;
-            onTerm.Dispose();
             bar?.Dispose();
             evalBar?.Dispose();
         }
@@ -145,6 +140,6 @@ internal static class TrainCommands
             : $"done: {s.Steps} steps in {ProgressBar.Format(TimeSpan.FromSeconds(s.Seconds))}{(float.IsFinite(s.FinalLoss) ? $", final loss {s.FinalLoss:F4}" : " (no step left to run)")}");
         if (s.Best is { } b)
             Console.WriteLine($"best: step {b.Step} (epoch {b.Epoch}), i2t R@1 {b.Recall.I2T.R1:F1}, t2i R@1 {b.Recall.T2I.R1:F1}, rsum {b.Recall.Rsum:F1} -> {o.Out}");
-        return s.Stopped ? stopCode : ErrorReporting.Ok;
+        return s.Stopped ? stop.Code : ErrorReporting.Ok;
     }
 }

@@ -26,6 +26,17 @@ public sealed class IndexChangedException : BadInputException
     public IndexChangedException(string message) : base(message) { }
 }
 
+/// <summary>
+/// A folder about to be replaced holds an entry its writer does not make (a user's file, a link): refused before anything
+/// in it is deleted. <see cref="Entry"/> is its path, for callers that word the refusal their own way.
+/// </summary>
+public sealed class ForeignEntryException : BadInputException
+{
+    public ForeignEntryException(string entry, string message) : base(message) => Entry = entry;
+
+    public string Entry { get; }
+}
+
 /// <summary>A backend cannot do what was asked (not available on this machine, op missing, device error).</summary>
 public sealed class BackendException : KernelVLException
 {

@@ -574,10 +574,30 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal(total, ids.Distinct().Count());
     }
 
+    [SkippableFact]
+    public void AFullDiskAndAnOverlongNameAreBadInputWithExit2()
+    {
+        // A name too long for the file system is the user's input, like any other --out that cannot be made.
+        string longName = Path.Combine(fx.Dir, new string('x', 300));
+        var r = Run("demo", "--quick", "--out", longName, "--device", "cpu");
+        Assert.True(r.Code == 2 && r.Err.StartsWith("kernelvl: bad input:", StringComparison.Ordinal), $"exit {r.Code}: {r.Err}");
+        Assert.False(Path.Exists(longName));
+        // /dev/full: every write fails with ENOSPC, as on a full disk (the place the user gave, not the program, is at fault).
+        Skip.IfNot(File.Exists("/dev/full"), "no /dev/full here");
+        var psi = new ProcessStartInfo("sh") { RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add("exec dotnet \"$0\" info > /dev/full");
+        psi.ArgumentList.Add(Exe);
+        using var p = Process.Start(psi)!;
+        string err = p.StandardError.ReadToEnd();
+        Assert.True(p.WaitForExit(60_000), "kernelvl info did not end");
+        Assert.True(p.ExitCode == 2 && err.StartsWith("kernelvl: bad input: ", StringComparison.Ordinal), $"exit {p.ExitCode}: {err}");
+    }
+
     [Fact]
     public void TheQuickDemoRunsTheWholePipelineAndWritesItsReport()
     {
-        string dir = Tmp();
+        string dir = Tmp() + " demo";   // a space: the printed commands must quote it
         var r = Run("demo", "--quick", "--out", dir, "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);
         foreach (var f in new[] { "report.md", "results.json", "recall.png", "examples.png", "baseline-loss.png", "data/dataset.json",
@@ -588,7 +608,23 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
         Assert.Equal("bag_of_words", (string)doc["baseline"]!["mode"]!);
         Assert.Equal(3, doc["acceptance"]!.AsArray().Count);
         Assert.True((double)doc["timings"]!["total_seconds"]! > 0);
-        Assert.Contains("## Test retrieval", File.ReadAllText(Path.Combine(dir, "report.md")));
+        string report = File.ReadAllText(Path.Combine(dir, "report.md"));
+        Assert.Contains("## Test retrieval", report);
+        // One speedup figure, results.json's: in the report, on stdout, in the eval table's line and in the acceptance check.
+        double speedup = (double)doc["speedup_decomposed_vs_cross"]!;
+        string times = $"{speedup:F0}x";
+        Assert.Contains($"**{times}**", report);
+        Assert.Contains($"speed: decomposed is {times} faster", r.Out);
+        Assert.Contains($"decomposed {times} faster than the cross-encoder", r.Out);
+        var check = doc["acceptance"]!.AsArray().Single(a => ((string)a!["check"]!).Contains("100x", StringComparison.Ordinal))!;
+        Assert.Equal(times, (string)check["measured"]!);
+        Assert.Equal(speedup >= 100, (bool)check["met"]!);
+        // The commands to go on: paths quoted for a shell, eval with the demo's rerank depth (--quick: 4).
+        string stage2 = $"'{Path.Combine(dir, "stage2")}'";
+        Assert.Contains($"go on: kernelvl search --model {stage2} --index", r.Out);
+        Assert.Contains($"kernelvl index  --model {stage2} --data '{Path.Combine(dir, "data", "dataset.json")}'", report);
+        Assert.Contains("--mode all --rerank-k 4", report);
+        Assert.True(File.Exists(Path.Combine(dir, ".kernelvl-demo")), "no marker");
         // The checkpoints it leaves are usable by the other commands.
         r = Run("eval", "--model", Path.Combine(dir, "stage2"), "--data", Path.Combine(dir, "data", "dataset.json"), "--device", "cpu");
         Assert.True(r.Code == 0, r.Err);

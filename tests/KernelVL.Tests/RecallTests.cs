@@ -156,17 +156,17 @@ public class RecallTests
             Assert.Equal(Enumerable.Range(0, 6).Select(i => $"{i:D6}.png"), Directory.GetFiles(images).Select(Path.GetFileName).Order());
             Assert.Equal(6, KarpathyDataset.Load(Path.Combine(dir, "dataset.json")).Images.Count);
             File.WriteAllText(Path.Combine(images, "holiday.png"), "mine");
-            Assert.Contains("holds holiday.png", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(dir, 3, 0, 3, 16, 1)).Message);
+            Assert.Contains("holds holiday.png", Assert.ThrowsAny<BadInputException>(() => SyntheticShapes.Generate(dir, 3, 0, 3, 16, 1)).Message);
             Assert.Equal(7, Directory.GetFiles(images).Length);   // nothing deleted
             // Frames named as this generator names its images, without its dataset.json: never judged by names alone.
             string frames = Path.Combine(dir, "frames");
             Directory.CreateDirectory(Path.Combine(frames, "images"));
             File.WriteAllText(Path.Combine(frames, "images", "000000.png"), "a user's frame");
-            Assert.Contains("no kernelvl shapes dataset.json", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(frames, 3, 0, 3, 16, 1)).Message);
+            Assert.Contains("no kernelvl shapes dataset.json", Assert.ThrowsAny<BadInputException>(() => SyntheticShapes.Generate(frames, 3, 0, 3, 16, 1)).Message);
             Assert.True(File.Exists(Path.Combine(frames, "images", "000000.png")));
             string other = Path.Combine(dir, "other");
             Directory.CreateDirectory(Path.Combine(other, "dataset.json"));
-            Assert.Contains("is a folder, where the dataset's JSON goes", Assert.Throws<BadInputException>(() => SyntheticShapes.Generate(other, 3, 0, 3, 16, 1)).Message);
+            Assert.Contains("is a folder, where the dataset's JSON goes", Assert.ThrowsAny<BadInputException>(() => SyntheticShapes.Generate(other, 3, 0, 3, 16, 1)).Message);
         }
         finally
         {

@@ -120,14 +120,27 @@ public static partial class SyntheticShapes
     /// </summary>
     public static void ClearPrevious(string dir)
     {
+        foreach (var f in PreviousFiles(dir)) File.Delete(f);
+    }
+
+    /// <summary>
+    /// The files <see cref="ClearPrevious"/> deletes in <paramref name="dir"/>, found and checked with nothing touched;
+    /// throws <see cref="ForeignEntryException"/> naming the first entry this generator does not write.
+    /// </summary>
+    /// <param name="imagesOwned">
+    /// The caller knows the folder to be its own (the demo, by its marker): images named as this generator names them are
+    /// taken as its own without a kernelvl-shapes dataset.json, which a run stopped during the images has not written yet.
+    /// </param>
+    public static List<string> PreviousFiles(string dir, bool imagesOwned = false)
+    {
         if (File.Exists(dir)) throw new BadInputException($"{dir}: is a file, not a folder");
-        if (!Directory.Exists(dir)) return;
-        string json = Path.Combine(dir, "dataset.json"), images = Path.Combine(dir, "images");
-        if (Directory.Exists(json)) throw new BadInputException($"{json}: is a folder, where the dataset's JSON goes");
-        if (File.Exists(images)) throw new BadInputException($"{images}: is a file, where the images' folder goes");
-        if (Directory.Exists(images) && new DirectoryInfo(images).LinkTarget is not null)
-            throw new BadInputException($"{images}: is a link to another folder: give a new or an empty folder");
         var generated = new List<string>();
+        if (!Directory.Exists(dir)) return generated;
+        string json = Path.Combine(dir, "dataset.json"), images = Path.Combine(dir, "images");
+        if (Directory.Exists(json)) throw new ForeignEntryException(json, $"{json}: is a folder, where the dataset's JSON goes");
+        if (File.Exists(images)) throw new ForeignEntryException(images, $"{images}: is a file, where the images' folder goes");
+        if (Directory.Exists(images) && new DirectoryInfo(images).LinkTarget is not null)
+            throw new ForeignEntryException(images, $"{images}: is a link to another folder: give a new or an empty folder");
         bool shapesSet = false;   // a kernelvl-shapes dataset.json: the images are its (never judged by their names alone)
         foreach (var e in Directory.EnumerateFileSystemEntries(dir))
         {
@@ -135,7 +148,7 @@ public static partial class SyntheticShapes
             if (name == "images") continue;
             bool ours = name == "dataset.json" ? shapesSet = File.Exists(e) && File.ReadAllText(e).Contains("\"kernelvl-shapes\"", StringComparison.Ordinal)
                       : IO.AtomicFile.IsTemporaryOf(name, "dataset.json");
-            if (!ours) throw new BadInputException($"{dir}: holds {name}, which is not part of a kernelvl shapes dataset: give a new or an empty folder");
+            if (!ours) throw new ForeignEntryException(e, $"{dir}: holds {name}, which is not part of a kernelvl shapes dataset: give a new or an empty folder");
             generated.Add(e);
         }
         if (Directory.Exists(images))
@@ -143,13 +156,13 @@ public static partial class SyntheticShapes
             {
                 string name = Path.GetFileName(e);
                 bool temporary = name.Length > 11 && ImageName().IsMatch(name.Substring(1, 10)) && IO.AtomicFile.IsTemporaryOf(name, name.Substring(1, 10));
-                if (!File.Exists(e) || !(ImageName().IsMatch(name) || temporary))
-                    throw new BadInputException($"{images}: holds {name}, which this generator does not write: give a new or an empty folder");
-                if (!shapesSet && !temporary)
-                    throw new BadInputException($"{images}: holds {name}, but no kernelvl shapes dataset.json says it is one of its images (an interrupted run?): remove the folder, or give a new one");
+                if (!File.Exists(e) || new FileInfo(e).LinkTarget is not null || !(ImageName().IsMatch(name) || temporary))
+                    throw new ForeignEntryException(e, $"{images}: holds {name}, which this generator does not write: give a new or an empty folder");
+                if (!shapesSet && !temporary && !imagesOwned)
+                    throw new ForeignEntryException(e, $"{images}: holds {name}, but no kernelvl shapes dataset.json says it is one of its images (an interrupted run?): remove the folder, or give a new one");
                 generated.Add(e);
             }
-        foreach (var f in generated) File.Delete(f);
+        return generated;
     }
 
     [System.Text.RegularExpressions.GeneratedRegex(@"^\d{6}\.png$")]
@@ -159,11 +172,14 @@ public static partial class SyntheticShapes
     /// Writes <paramref name="train"/> + <paramref name="val"/> + <paramref name="test"/> distinct scenes as PNGs under
     /// DIR/images and the split as DIR/dataset.json; returns the JSON's path. Scenes come in twins: a scene and its
     /// colour-swapped twin, in the same split and group, so every split holds pairs that only attribute binding tells
-    /// apart (a bag of words cannot). Deterministic under the seed.
+    /// apart (a bag of words cannot). Deterministic under the seed, which must not be negative: .NET's seeded
+    /// <see cref="Random"/> takes a seed's absolute value, so -N would draw the scenes of N.
     /// </summary>
-    public static string Generate(string dir, int train, int val, int test, int size, int seed, Action<int, int>? progress = null)
+    /// <param name="cancel">Checked before each image: a stop leaves whole images and no dataset.json.</param>
+    public static string Generate(string dir, int train, int val, int test, int size, int seed, Action<int, int>? progress = null, CancellationToken cancel = default)
     {
         if (File.Exists(dir)) throw new BadInputException($"{dir}: is a file, not a folder");
+        if (seed < 0) throw new BadInputException($"seed {seed}: must be 0 or more (a negative seed would draw the scenes of {(seed == int.MinValue ? int.MaxValue : -seed)})");
         var rng = new Random(seed);
         var seen = new HashSet<string>();
         var scenes = new List<Scene>();
@@ -196,6 +212,7 @@ public static partial class SyntheticShapes
         var images = new List<DatasetImage>(total);
         for (int i = 0; i < total; i++)
         {
+            cancel.ThrowIfCancellationRequested();
             string split = i < train ? "train" : i < train + val ? "val" : "test";
             string rel = Path.Combine("images", $"{i:D6}.png");
             using (var img = Render(scenes[i], size, new Random(seed * 7919 + i)))

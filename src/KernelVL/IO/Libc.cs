@@ -19,6 +19,11 @@ internal static class Libc
     [DllImport("libc", EntryPoint = "realpath", SetLastError = true)]
     public static extern nint RealPath([MarshalAs(UnmanagedType.LPUTF8Str)] string path, nint resolved);
 
+    public const int WOk = 2, XOk = 1;
+
+    [DllImport("libc", EntryPoint = "access", SetLastError = true)]
+    public static extern int Access([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int mode);
+
     [DllImport("libc", EntryPoint = "free")]
     public static extern void Free(nint p);
 }

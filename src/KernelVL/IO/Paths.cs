@@ -27,4 +27,10 @@ public static class Paths
 
     /// <summary>Whether two paths name the same file or folder (symlinks and trailing separators resolved).</summary>
     public static bool Same(string a, string b) => string.Equals(Real(a), Real(b), StringComparison.Ordinal);
+
+    /// <summary>
+    /// Whether entries can be made in and removed from <paramref name="folder"/>: write and search permission, and not on a
+    /// read-only mount (access(2), Linux and macOS). True where that cannot be asked (Windows): the attempt decides there.
+    /// </summary>
+    public static bool CanChangeEntries(string folder) => OperatingSystem.IsWindows() || Libc.Access(folder, Libc.WOk | Libc.XOk) == 0;
 }

@@ -732,6 +732,34 @@ public sealed class Trainer
     // optimizer.safetensors.tmp: the fixed names the safetensors writer used before 2026-11-30.
     private static bool Stale(string name) => RunFiles.Any(f => AtomicFile.IsTemporaryOf(name, f)) || name is $"{VlModel.WeightsFile}.tmp" or $"{OptimizerFile}.tmp";
 
+    /// <summary>
+    /// Everything in <paramref name="outDir"/>, a training run's folder (its best checkpoint, log, plots, train/ with the
+    /// resumable checkpoint, and what a killed run leaves: the lock, last.tmp, last.old, temporary files), deepest first so
+    /// that it can be deleted in that order. Throws <see cref="ForeignEntryException"/> naming the first entry a run does
+    /// not write (a user's file, a link), having touched nothing.
+    /// </summary>
+    public static List<string> RunFolderEntries(string outDir)
+    {
+        string[] checkpoint = [VlModel.ConfigFile, VlModel.WeightsFile, VlModel.VocabFile, StateFile, OptimizerFile];
+        string lastName = Path.GetFileName(LastFolder);
+        var found = new List<string>();
+        void Walk(string folder, string[] files, string[] folders, Action<string>? into)
+        {
+            foreach (var e in Directory.EnumerateFileSystemEntries(folder).Order(StringComparer.Ordinal))
+            {
+                string name = Path.GetFileName(e);
+                bool link = new FileInfo(e).LinkTarget is not null;
+                if (!link && Directory.Exists(e) && folders.Contains(name)) into?.Invoke(e);
+                else if (link || !File.Exists(e) || !(files.Contains(name) || Stale(name)))
+                    throw new ForeignEntryException(e, $"{folder}: holds {name}, which a training run does not write");
+                found.Add(e);
+            }
+        }
+        Walk(outDir, [MetricsFile, "loss.png", "recall.png", VlModel.ConfigFile, VlModel.WeightsFile, VlModel.VocabFile, LockFile], ["train"],
+            train => Walk(train, [VlModel.VocabFile], [lastName, lastName + ".tmp", lastName + ".old"], ckpt => Walk(ckpt, checkpoint, [], null)));
+        return found;
+    }
+
     private void RemoveStaleTemporaries(string last)
     {
         if (Directory.Exists(last + ".tmp")) Directory.Delete(last + ".tmp", recursive: true);
