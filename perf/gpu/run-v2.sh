@@ -25,13 +25,20 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 source perf/gpu/env.sh
 group=${ONLY:-checks}
-R="$OUT/v2-$group"; mkdir -p "$R"
+# The results are gathered outside $OUT and only packed into it: the device tool brings back 8 files at most, so a
+# run killed at its limit without the trap running must not leave a folder of many files there.
+WORK=$(mktemp -d); R="$WORK/v2-$group"; mkdir -p "$R"
 export XDG_CACHE_HOME="$R/cache"
+# The script's own deadline (seconds since it started, env.sh's unpacking included), inside the device tool's 600 s
+# a command: the steps after the first targets table are skipped when they could run past it.
+deadline=${DEADLINE:-570}
 # Packed however the script ends, also when the device tool's time limit stops it (TERM): what ran comes back.
-pack() { trap - EXIT TERM INT; [ -d "$R" ] || return 0; tar -C "$OUT" -czf "$OUT/v2-$group.tgz" "v2-$group" && rm -rf "$R" && echo "== packed: $OUT/v2-$group.tgz"; }
+pack() { trap - EXIT TERM INT; [ -d "$R" ] || return 0; tar -C "$WORK" -czf "$OUT/v2-$group.tgz" "v2-$group" && rm -rf "$R" && echo "== packed: $OUT/v2-$group.tgz"; }
 trap pack EXIT
 # The runs under `timeout` are stopped by name (this machine runs only them).
-stop_runs() { pkill -TERM -f "$bundle/perf/KernelVL.Perf.dll"; pkill -TERM -f "$bundle/cli/kernelvl.dll"; wait; }
+stop_runs() { pkill -TERM -f "$bundle/perf/KernelVL.Perf.dll"; pkill -TERM -f "$bundle/cli/kernelvl.dll"; pkill -TERM -f perf/gpu/torch_baselines.py; wait; }
+# Whether a step of `limit` seconds (and the final table's 30) still fits before the deadline; says so when not.
+fits() { if [ $((deadline - SECONDS)) -ge $(($1 + 30)) ]; then return 0; fi; echo "== skipped (${SECONDS} s of ${deadline} used): $2"; return 1; }
 trap 'echo "== stopped (time limit?): packing what ran"; stop_runs; pack; exit 124' TERM INT
 
 echo "== kernelvl info --probe (libcuda, libnvrtc, ILGPU's CUDA accelerator, how each kernel file loaded)"
@@ -98,11 +105,16 @@ elif [ "$group" = timings ]; then
     torch_run 40 "$R/torch-baselines-after.json" --subset headline
   fi
   targets ""
+  # A copy of everything so far, in case the rest is cut short by the device tool's limit (no trap then).
+  tar -C "$WORK" -czf "$OUT/v2-$group-first.tgz" "v2-$group" && echo "== packed so far: $OUT/v2-$group-first.tgz"
+  if fits 40 "InfoNCE version 2 on the Hopper 3xTF32 GEMM"; then
   echo "== InfoNCE version 2 on the Hopper 3xTF32 GEMM (KERNELVL_CUDA_GEMM_F32=3), checked against the cpu backend, then timed"
   KERNELVL_CUDA_INFONCE=2 KERNELVL_CUDA_GEMM_F32=3 perf 40 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 \
     --json "$R/ops-infonce-f32v3.json" --filter 'infonce.*N4096' > "$R/ops-infonce-f32v3.md" 2> "$R/ops-infonce-f32v3.log"; echo "exit $?"
   grep -E '^\| infonce' "$R/ops-infonce-f32v3.md" | cut -c1-140
+  fi
   for ver in 1 2; do
+    fits 40 "ops version $ver" || continue
     echo "== attention forward/backward, InfoNCE (S and its gradient GEMMs), layer norm backward: version $ver (checked against the cpu backend, then timed)"
     KERNELVL_CUDA_ATTENTION=$ver KERNELVL_CUDA_GEMM_F32=$ver KERNELVL_CUDA_INFONCE=$ver KERNELVL_CUDA_ATTENTION_BACKWARD=$ver KERNELVL_CUDA_LAYERNORM_BACKWARD=$ver \
       perf 40 ops --backend cuda --gpu-shapes --reference cpu --min-time 0.1 --json "$R/ops-v$ver.json" \

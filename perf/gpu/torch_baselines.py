@@ -21,10 +21,16 @@ import torch.nn.functional as F
 MAX_SPIN_MS = 50.0
 
 
-def cycles_per_ms(props):
-    # torch.cuda._sleep counts SM clock cycles; the adaptive wait below corrects a wrong guess.
-    khz = getattr(props, "clock_rate", 0) or 0
-    return khz if khz > 0 else 2.0e6
+def cycles_per_ms():
+    """torch.cuda._sleep counts SM clock cycles: measured once (a sleep of 10^7 cycles timed with events, after one
+    that wakes the clock up), not taken from a device property whose unit varies; the adaptive wait in bench corrects
+    what the clock does later."""
+    torch.cuda._sleep(10**7)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record(); torch.cuda._sleep(10**7); b.record()
+    torch.cuda.synchronize()
+    ms = a.elapsed_time(b)
+    return min(5.0e6, max(1.0e5, 1e7 / ms)) if ms > 0 else 2.0e6   # (an SM clock between 0.1 and 5 GHz)
 
 
 def per_call(fn, reps):
@@ -39,10 +45,12 @@ def per_call(fn, reps):
 
 def bench(fn, cpm, warmup=5, reps=30):
     """(median ms a call on the device, "queued" | "per-call")."""
+    fn()                                                # the first call (library set-up, lazy loading) not in the estimate
+    torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    for _ in range(max(warmup - 1, 1)):
         fn()
-    host_ms = (time.perf_counter() - t0) * 1e3 / max(warmup, 1)
+    host_ms = (time.perf_counter() - t0) * 1e3 / max(warmup - 1, 1)
     torch.cuda.synchronize()
     span = per_call(fn, 3)                              # an upper bound of the device's time
     calls = int(min(64, max(1, round(1.0 / max(span, 1e-3)))))
@@ -92,12 +100,12 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
-    cpm = cycles_per_ms(props)
+    cpm = cycles_per_ms()
     peak, peak_source = tc_peak(props)
     rows = []
     doc = {"machine": {"gpu": props.name, "sm_count": props.multi_processor_count,
                        "memory_gib": round(props.total_memory / 2**30, 1), "torch": torch.__version__, "cuda": torch.version.cuda,
-                       "tc_peak_tflops": peak, "tc_peak_source": peak_source, "subset": args.subset,
+                       "tc_peak_tflops": peak, "tc_peak_source": peak_source, "subset": args.subset, "sleep_cycles_per_ms": round(cpm),
                        "timing": "device time a call: calls queued behind a busy wait, one event pair a batch, median of batches"},
            "results": rows}
 

@@ -557,7 +557,7 @@ public sealed class CudaBackend : IlgpuBackend, IHalfRowsTopK, IOpBudgets
                     : "per call: the op could not be queued behind a wait (it waits for the device, or its host work outlasts it): host gaps included";
                 return PerCallMs(op, start, end, Math.Max(1, reps), before);
             }
-            LastTiming = calls == 1 ? "queued, one call a batch" : $"queued, {calls} calls a batch";
+            LastTiming = $"queued, {(calls == 1 ? "one call" : $"{calls} calls")} a batch behind a {spinMs.ToString("0.0", System.Globalization.CultureInfo.InvariantCulture)} ms wait";
             times.Sort();
             return times[times.Count / 2];
         }
