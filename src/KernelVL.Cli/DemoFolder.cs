@@ -44,18 +44,30 @@ internal sealed class DemoFolder : IDisposable
         }
         var held = FolderLock.TryTake(dir, LockFile)
             ?? throw new BadInputException($"--out {dir}: another kernelvl demo is using it; wait for it to end, or give another folder");
+        var stageLocks = new List<FolderLock>();
         try
         {
-            var earlier = Earlier(dir);   // every check, under the lock, before anything is deleted
+            // A stage folder a pretrain or decompose still runs in (the demo's stop hint suggests resuming one there) is
+            // refused: its training lock is taken, and held while the folder is deleted.
+            foreach (var stage in new[] { Stage1Folder, Stage2Folder })
+            {
+                string path = Path.Combine(dir, stage);
+                if (!Directory.Exists(path) || new FileInfo(path).LinkTarget is not null) continue;   // (a link is refused below)
+                stageLocks.Add(FolderLock.TryTake(path, Trainer.LockFile)
+                    ?? throw new BadInputException($"--out {dir}: {stage}/ is in use by a running kernelvl pretrain or decompose: nothing changed; wait for it to end (or stop it), or give another folder"));
+            }
+            var earlier = Earlier(dir);   // every check, under the locks, before anything is deleted
             if (earlier.Count > 0) say($"replacing the earlier demo in {dir} (its report, data/, stage1/ and stage2/)");
             string marker = Path.Combine(dir, MarkerFile);
             if (!File.Exists(marker))
                 AtomicFile.WriteAllText(marker, "Written by `kernelvl demo`: a rerun with this --out replaces the demo's output here (report.md, results.json, the charts, data/, stage1/, stage2/).\n");
             foreach (var e in earlier)
                 if (Directory.Exists(e)) Directory.Delete(e); else File.Delete(e);   // no links among them: refused above
+            foreach (var l in stageLocks) l.Dispose();
         }
         catch
         {
+            foreach (var l in stageLocks) l.Dispose();
             held.Dispose();
             if (!existed) Directory.Delete(dir, recursive: true);
             throw;

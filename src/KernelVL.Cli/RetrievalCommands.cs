@@ -163,7 +163,8 @@ internal static class RetrievalCommands
                 if (plan.Unreadable > 0)
                     Console.Error.WriteLine($"kernelvl: warning: {plan.Unreadable} indexed images cannot be read now (changed, or their folder cannot be read or is missing): kept as they were");
                 if (rehashAll)
-                    Console.Error.WriteLine($"kernelvl: --rehash: {plan.ChangedImages} of the {indexed - plan.Unstamped - plan.Unreadable} indexed images checked differ from what was encoded");
+                    Console.Error.WriteLine($"kernelvl: --rehash: {plan.ChangedImages - plan.RehashUnknown} of the {indexed - plan.Unreadable - plan.RehashUnknown} indexed images hashed differ from what was encoded" +
+                                            (plan.RehashUnknown > 0 ? $"; {plan.RehashUnknown} indexed without a stamp or hash are encoded again (then they have both)" : ""));
                 if (plan.Unstamped > 0)
                     Console.Error.WriteLine($"kernelvl: warning: {plan.Unstamped} indexed images carry no file stamp (indexed before 2026-11-29): changes to them are not seen; rerun with --rehash to encode them again, stamped");
                 if (plan.Any)

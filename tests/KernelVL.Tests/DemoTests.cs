@@ -91,6 +91,17 @@ public sealed class DemoTests : IDisposable
         Directory.Delete(Path.Combine(dir, "stage2"));
         Directory.Move(Path.Combine(dir, "stage2.moved"), Path.Combine(dir, "stage2"));
 
+        // A stage folder that a pretrain or decompose still runs in (its training lock held, here by this process):
+        // refused with nothing changed, not deleted from under the run.
+        string stage1 = Path.Combine(dir, "stage1");
+        using (var training = KernelVL.IO.FolderLock.TryTake(stage1, KernelVL.Training.Trainer.LockFile))
+        {
+            Assert.NotNull(training);
+            var files = Directory.GetFiles(stage1, "*", SearchOption.AllDirectories).Where(f => Path.GetFileName(f) != KernelVL.Training.Trainer.LockFile).Order().ToList();
+            AssertRefused(Demo(dir), dir, "stage1/ is in use by a running kernelvl pretrain or decompose: nothing changed");
+            Assert.Equal(files, Directory.GetFiles(stage1, "*", SearchOption.AllDirectories).Where(f => Path.GetFileName(f) != KernelVL.Training.Trainer.LockFile).Order().ToList());
+        }
+
         // Nothing foreign left: the rerun says that it replaces the earlier demo, and keeps the user's file beside it.
         r = Demo(dir, "--seed", "2");
         Assert.True(r.Code == 0, r.Err);

@@ -133,6 +133,17 @@ public class RecallTests
             Assert.Equal(!OperatingSystem.IsLinux(), FolderLock.StillNamed(stale, path));
             using var fresh = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
             Assert.True(FolderLock.StillNamed(fresh, path));
+            // Only a lock held elsewhere is "in use": a read-only folder, a full disk or no inodes are thrown as they are.
+            using (var held = FolderLock.TryTake(dir, "held.lock"))
+            {
+                var conflict = Assert.ThrowsAny<IOException>(() => new FileStream(Path.Combine(dir, "held.lock"), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None));
+                Assert.True(FolderLock.IsLockConflict(conflict), $"0x{conflict.HResult:X8} {conflict.Message}");
+            }
+            if (File.Exists("/dev/full"))
+            {
+                var full = Assert.ThrowsAny<IOException>(() => { using var f = new FileStream("/dev/full", FileMode.Open, FileAccess.Write); f.WriteByte(1); f.Flush(); });
+                Assert.False(FolderLock.IsLockConflict(full), full.Message);
+            }
         }
         finally
         {

@@ -32,7 +32,7 @@ public sealed class FolderLock : IDisposable
             {
                 s = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
             }
-            catch (IOException)
+            catch (IOException e) when (IsLockConflict(e))
             {
                 if (File.Exists(path)) return null;   // held by another process
                 continue;   // its holder deleted it as it let go (see Dispose) between the open and the look: again
@@ -44,6 +44,14 @@ public sealed class FolderLock : IDisposable
         }
         return null;   // other processes keep taking and letting go of it: in use
     }
+
+    /// <summary>
+    /// Whether an open failed because another process holds the lock (flock's EWOULDBLOCK on Linux, 11, and macOS, 35;
+    /// a sharing violation on Windows), not because the folder is read-only, the disk full or out of inodes: those are
+    /// thrown as they are, never reported as "in use".
+    /// </summary>
+    internal static bool IsLockConflict(IOException e) =>
+        e.HResult is 11 or 35 or unchecked((int)0x80070020) or unchecked((int)0x80070021);
 
     /// <summary>
     /// Whether the file open in <paramref name="s"/> is still the one at <paramref name="path"/>. A file at the path is not

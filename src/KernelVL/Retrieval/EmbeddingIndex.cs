@@ -368,9 +368,11 @@ public sealed class EmbeddingIndex : IDisposable
     /// <param name="GoneCaptions">captions no longer in the source: removed</param>
     /// <param name="Restamped">images whose stamp changed but whose content did not: their items with the new stamp (kept, not encoded again)</param>
     /// <param name="Unstamped">indexed images without a recorded stamp (indexes from before 2026-11-29): changes to them cannot be seen</param>
+    /// <param name="RehashUnknown">with rehash: the changed images among <paramref name="ChangedImages"/> that were indexed
+    /// without a stamp or a hash, so their bytes could not be compared (encoded again all the same)</param>
     /// <param name="Unreadable">indexed images whose stamp changed but whose file cannot be read now, or whose folder cannot be listed or entered, or is missing: kept as they are (unknown)</param>
     public sealed record Refresh(IReadOnlyDictionary<string, List<int>> Rows, int ChangedImages, int GoneImages, int ChangedCaptions, int GoneCaptions,
-        IReadOnlyList<IndexItem> Restamped, int Unstamped, IReadOnlySet<string> ChangedImageIds, int Unreadable = 0)
+        IReadOnlyList<IndexItem> Restamped, int Unstamped, IReadOnlySet<string> ChangedImageIds, int Unreadable = 0, int RehashUnknown = 0)
     {
         /// <summary>Whether rows go or items are restamped now (changed images are replaced later, as they are encoded).</summary>
         public bool Any => Rows.Values.Any(r => r.Count > 0) || Restamped.Count > 0;
@@ -402,7 +404,7 @@ public sealed class EmbeddingIndex : IDisposable
         var rows = Kinds.ToDictionary(k => k, _ => new List<int>());
         var restamped = new List<IndexItem>();
         var changedIds = new HashSet<string>(StringComparer.Ordinal);
-        int changed = 0, gone = 0, capChanged = 0, capGone = 0, unstamped = 0;
+        int changed = 0, gone = 0, capChanged = 0, capGone = 0, unstamped = 0, rehashUnknown = 0;
         foreach (var it in _items.Values.OrderBy(i => i.Row))
         {
             if (it.Kind == "image")
@@ -426,7 +428,7 @@ public sealed class EmbeddingIndex : IDisposable
                 {
                     // Indexed before files were stamped, and rehashed: its bytes cannot be compared, so it is encoded again
                     // (and stamped then). One that cannot be read now is unknown: kept.
-                    if (ImageFiles.CanOpen(file)) { changed++; changedIds.Add(it.Id); }
+                    if (ImageFiles.CanOpen(file)) { changed++; rehashUnknown++; changedIds.Add(it.Id); }
                     else unreadable++;
                 }
                 else if (rehash || bytes != it.Bytes || it.ModifiedMs is not null && modified != it.ModifiedMs)
@@ -437,7 +439,12 @@ public sealed class EmbeddingIndex : IDisposable
                     bool stampSame = bytes == it.Bytes && (it.ModifiedMs is null || modified == it.ModifiedMs);
                     if (sha is null) unreadable++;
                     else if (sha == it.Sha256) { if (!stampSame) restamped.Add(it with { Bytes = bytes, ModifiedMs = modified }); }
-                    else { changed++; changedIds.Add(it.Id); }
+                    else
+                    {
+                        changed++;
+                        changedIds.Add(it.Id);
+                        if (rehash && it.Sha256 is null && stampSame) rehashUnknown++;   // (looked at only because of --rehash)
+                    }
                 }
             }
             else if (it.Kind == "caption")
@@ -447,7 +454,7 @@ public sealed class EmbeddingIndex : IDisposable
             }
         }
         progress?.Invoke(checkedImages);
-        return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped, changedIds, unreadable);
+        return new Refresh(rows, changed, gone, capChanged, capGone, restamped, unstamped, changedIds, unreadable, rehashUnknown);
     }
 
     /// <summary>The SHA-256 of bytes as the manifest and the items file record it (lower-case hex).</summary>
