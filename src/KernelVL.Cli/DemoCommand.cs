@@ -42,7 +42,9 @@ internal static class DemoCommand
         DecomposeEpochs: 1, DecomposeLr: 1e-3f, Temperature: 0.05f, Batch: 16, EvalImages: 8, BowEpochs: 2, RerankK: 4);
     public static readonly Plan Scale = Default with { Name = "scale", Train = 6000, Val = 200, Test = 500, PretrainEpochs = 20, PretrainLr = 1e-3f, DecomposeEpochs = 10, EvalImages = 60 };
 
-    private const string StopHint = "the demo itself starts over when run again (pretrain/decompose --resume continue a stage)";
+    // (Not "--resume a stage": that needs the demo plan's options, which are printed nowhere, and the next demo run
+    // replaces the stage folders anyway.)
+    private const string StopHint = "the demo starts over when run again with the same --out";
 
     public static Command Create()
     {

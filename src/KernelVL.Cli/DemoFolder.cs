@@ -69,7 +69,9 @@ internal sealed class DemoFolder : IDisposable
         {
             foreach (var l in stageLocks) l.Dispose();
             held.Dispose();
-            if (!existed) Directory.Delete(dir, recursive: true);
+            // A folder this run made goes if it is empty again; never recursively (another process may have taken it
+            // the moment the lock was let go).
+            if (!existed) try { Directory.Delete(dir); } catch (IOException) { }
             throw;
         }
         return new DemoFolder(held);
@@ -90,7 +92,8 @@ internal sealed class DemoFolder : IDisposable
     /// <summary>Whether <paramref name="dir"/> is empty (a lock file left by a killed demo aside) or shows that the demo wrote it.</summary>
     private static bool Evidence(string dir)
     {
-        if (!Directory.EnumerateFileSystemEntries(dir).Any(e => Path.GetFileName(e) != LockFile)) return true;
+        // (A marker's temporary counts as nothing too: a kill during the first run's first write leaves one.)
+        if (!Directory.EnumerateFileSystemEntries(dir).Any(e => Path.GetFileName(e) is var n && n != LockFile && !AtomicFile.IsTemporaryOf(n, MarkerFile))) return true;
         string marker = Path.Combine(dir, MarkerFile);
         if (File.Exists(marker) && new FileInfo(marker).LinkTarget is null) return true;
         // A demo from before the marker: its results.json, by the fields only the demo writes.

@@ -227,8 +227,24 @@ public sealed class CliTests(TinyShapesFixture fx) : IClassFixture<TinyShapesFix
             Assert.Single(r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
             Assert.False(Path.Exists(o), $"{string.Join(' ', more)}: left {o} behind");
         }
-        var ok = Run("pretrain", "--init", fx.Init, "--data", fx.Data, "--out", Tmp(), "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu");
+        string run = Tmp();
+        var ok = Run("pretrain", "--init", fx.Init, "--data", fx.Data, "--out", run, "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu");
         Assert.True(ok.Code == 0, ok.Err);
+        // A run started before the refusal with --init and --config tiny recorded tiny in its fingerprint: it resumes
+        // without --config (which it may no longer be given), saying that the recorded one is not checked.
+        string state = Path.Combine(run, "train", "last", "trainer_state.json");
+        var st = JsonNode.Parse(File.ReadAllText(state))!.AsObject();
+        string fp = (string)st["fingerprint"]!;
+        Assert.Contains("|small|", fp);
+        st["fingerprint"] = fp.Replace("|small|", "|tiny|");
+        File.WriteAllText(state, st.ToJsonString());
+        var resumed = Run("pretrain", "--init", fx.Init, "--data", fx.Data, "--out", run, "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu", "--resume");
+        Assert.True(resumed.Code == 0 && resumed.Err.Contains("recorded --config tiny, which --init makes moot: not checked"), resumed.Err);
+        // Any other option that differs is still refused.
+        st["fingerprint"] = fp.Replace("|small|", "|tiny|").Replace(fx.Data, fx.Data + ".other");
+        File.WriteAllText(state, st.ToJsonString());
+        var refused = Run("pretrain", "--init", fx.Init, "--data", fx.Data, "--out", run, "--epochs", "1", "--batch", "48", "--eval-images", "4", "--device", "cpu", "--resume");
+        Assert.True(refused.Code == 2 && refused.Err.Contains("written by a run with other options (--data, --config)"), refused.Err);
     }
 
     [SkippableFact]

@@ -163,10 +163,12 @@ public sealed class DemoTests : IDisposable
         var firstOut = first.StandardOutput.ReadToEndAsync();
         var err = new StringBuilder();
         string Pid() => first.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        bool tried = false;
         for (string? line; (line = first.StandardError.ReadLine()) is not null;)
         {
             err.AppendLine(line);
             if (!line.Contains("data 0/", StringComparison.Ordinal)) continue;
+            tried = true;
             // Held still in its data stage while a second demo is started on the same folder.
             using (var stop = Process.Start("kill", ["-STOP", Pid()])) stop.WaitForExit();
             try
@@ -189,6 +191,7 @@ public sealed class DemoTests : IDisposable
             break;
         }
         Assert.True(first.WaitForExit(120_000), "the first demo did not end");
+        Assert.True(tried, $"the first demo printed no 'data 0/' line, so the second was never tried: {err}");
         Assert.True(first.ExitCode == 0, $"exit {first.ExitCode}: {err}");
         Assert.Equal(2, (int)JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!["seed"]!);
         await firstOut;
@@ -197,6 +200,21 @@ public sealed class DemoTests : IDisposable
         r = Demo(fresh, "--seed", "2");
         Assert.True(r.Code == 0, r.Err);
         Assert.Equal(File.ReadAllText(Path.Combine(fresh, "data", "dataset.json")), File.ReadAllText(json));
+    }
+
+    [Fact]
+    public void AFolderLeftByAKillDuringTheFirstMarkerWriteIsTakenAsEmpty()
+    {
+        // SIGKILL between the marker's temporary file and its rename: nothing but that temporary (and the lock file).
+        string dir = Tmp("killed");
+        Directory.CreateDirectory(dir);
+        string tmp = Path.Combine(dir, "..kernelvl-demo.4242.0123456789abcdef0123456789abcdef.tmp");   // (AtomicFile: "." + the name + ".PID.GUID.tmp")
+        File.WriteAllText(tmp, "Written by");
+        File.WriteAllText(Path.Combine(dir, ".kernelvl-demo.lock"), "");
+        var r = Demo(dir);
+        Assert.True(r.Code == 0, r.Err);
+        Assert.False(File.Exists(tmp));
+        Assert.True(File.Exists(Path.Combine(dir, ".kernelvl-demo")));
     }
 
     [Fact]

@@ -661,6 +661,17 @@ public sealed class Trainer
         }
         var fields = _o.FingerprintFields(_dataSha256);
         var was = stored?.Split('|');
+        if (was?.Length == fields.Count && _o.Init is not null)
+        {
+            // With --init the model is the checkpoint's and --config names nothing; a run started before --config was
+            // refused beside --init recorded the one it was given, which cannot be given again now: not checked.
+            int config = fields.Select(f => f.Option).ToList().IndexOf("--config");
+            if (fields.Where((f, i) => i != config && was[i] != f.Value).Any() is false)
+            {
+                Info?.Invoke($"{statePath}: the run it continues recorded --config {was[config]}, which --init makes moot: not checked");
+                return;
+            }
+        }
         string which = was?.Length == fields.Count
             ? string.Join(", ", fields.Where((f, i) => was[i] != f.Value).Select(f => f.Option))
             : "data, batch, schedule or seed";
