@@ -71,8 +71,10 @@ public sealed class IlgpuAllocator : IDisposable
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            // Out of device memory: give the pooled buffers back and try once more. (Trim is only safe here because
-            // the backend synchronises before it allocates on this path.)
+            // Out of device memory: give the pooled buffers back and try once more. The pending ones may still be read
+            // by queued launches (CudaBackend.MedianMs queues many calls without a synchronisation), so the device is
+            // waited for first: then nothing queued can touch what Trim frees.
+            _acc.Synchronize();
             Trim();
             return _acc.Allocate1D<int>(bin);
         }
